@@ -1,0 +1,58 @@
+//! `skypipe-loadtest`: runs a workload of sleeping tasks on the engine and prints its figures.
+
+use clap::Parser;
+use skypipe_engine::{EXIT_CANNOT_START, EngineArgs, launch, load_config};
+use skypipe_loadtest::{Loadtest, LoadtestFile, Workload, metrics};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Engine load test: every task of a workload file sleeps its duration.
+#[derive(Debug, Parser)]
+#[command(name = "skypipe-loadtest", version)]
+struct Cli {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Workload file (overrides `[loadtest] workload`).
+    #[arg(long, value_name = "FILE")]
+    workload: Option<PathBuf>,
+    /// Pass each task's duration to the engine as its cost hint.
+    #[arg(long)]
+    hints: bool,
+    /// Multiply every duration by this factor (overrides `[loadtest] time_scale`).
+    #[arg(long, value_name = "FACTOR")]
+    time_scale: Option<f64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut file: LoadtestFile = match load_config(cli.engine.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CANNOT_START);
+        }
+    };
+    if let Some(w) = cli.workload {
+        file.loadtest.workload = w;
+    }
+    if let Some(t) = cli.time_scale {
+        file.loadtest.time_scale = t;
+    }
+    file.loadtest.hints |= cli.hints;
+    let stage = match Loadtest::new(file.loadtest) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CANNOT_START);
+        }
+    };
+    let launched = launch(&stage, &file.run, &cli.engine);
+    if let Some(summary) = &launched.summary
+        && let Ok(workload) = Workload::load(&stage.config().workload)
+    {
+        for (name, value) in metrics(summary, &workload.tasks(), stage.config().time_scale) {
+            println!("{name}: {value}");
+        }
+    }
+    launched.exit_code()
+}

@@ -1,0 +1,194 @@
+//! The entry point every stage binary calls: command-line flags shared by all stages, config
+//! loading, MPI start-up and the exit code.
+
+use crate::driver::{RunSetup, dispatcher, worker, write_report};
+use crate::interactive::{dry_run, run_one};
+use crate::options::{RunOptions, Schedule};
+use crate::report::{EXIT_CANNOT_START, RunSummary};
+use crate::signals;
+use mpi::Threading;
+use mpi::traits::*;
+use serde::de::DeserializeOwned;
+use skypipe_stage::Stage;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Flags every stage binary accepts (flatten into the binary's clap parser).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EngineArgs {
+    /// TOML run configuration (unknown keys are refused).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run directory (ledger, reports, outputs); overrides `[run] dir`.
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Run this one unit in this process, without MPI and without the ledger (debugging).
+    #[arg(long, value_name = "ID", conflicts_with = "dry_run")]
+    pub unit: Option<String>,
+    /// List the planned units and what a run would do, then exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also rerun units that failed in an earlier invocation.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Resume even though the stage configuration changed since the run directory was made.
+    #[arg(long)]
+    pub allow_config_change: bool,
+    /// Override `[run] schedule`.
+    #[arg(long, value_enum)]
+    pub schedule: Option<Schedule>,
+    /// Override `[run] progress_interval_s`.
+    #[arg(long, value_name = "SECONDS")]
+    pub progress_interval: Option<f64>,
+}
+
+/// A configuration error: the run stops before any unit starts (exit code 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+/// Reads a TOML configuration file into `C` (whose tables should use `deny_unknown_fields`);
+/// without a file, `C::default()`.
+pub fn load_config<C: DeserializeOwned + Default>(path: Option<&Path>) -> Result<C, ConfigError> {
+    let Some(path) = path else {
+        return Ok(C::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        message: format!("cannot read the configuration: {e}"),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// What [`launch`] did.
+#[derive(Debug)]
+pub struct Launched {
+    /// The exit code from the conventions (0, 1, 2, 3).
+    pub exit_code: u8,
+    /// On rank 0 of a full run: the summary (already printed and written as run-report.json).
+    pub summary: Option<RunSummary>,
+}
+
+impl Launched {
+    fn code(exit_code: u8) -> Self {
+        Self {
+            exit_code,
+            summary: None,
+        }
+    }
+
+    /// As a process exit code.
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        std::process::ExitCode::from(self.exit_code)
+    }
+}
+
+/// Sets up logging to stderr (`RUST_LOG` overrides the `info` default); idempotent.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// The command line that reruns this run and retries its failed units.
+fn retry_command() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(first) = args.first_mut()
+        && let Some(name) = Path::new(first.as_str()).file_name()
+    {
+        *first = name.to_string_lossy().into_owned();
+    }
+    if !args.iter().any(|a| a == "--retry-failed") {
+        args.push("--retry-failed".into());
+    }
+    args.iter()
+        .map(|a| {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `stage` as the flags say: one unit in-process (`--unit`), a plan listing
+/// (`--dry-run`), or the whole plan over MPI (under `mpirun`/`srun`, or alone as one rank).
+pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launched {
+    let started = Instant::now();
+    init_logging();
+    let mut opts = run.clone();
+    if let Some(s) = args.schedule {
+        opts.schedule = s;
+    }
+    if let Some(p) = args.progress_interval {
+        opts.progress_interval_s = p;
+    }
+    if let Err(e) = opts.validate() {
+        eprintln!("error: invalid configuration: {e}");
+        return Launched::code(EXIT_CANNOT_START);
+    }
+    let run_dir = args.run_dir.clone().or_else(|| opts.dir.clone());
+    if args.dry_run {
+        return Launched::code(dry_run(stage, run_dir.as_deref(), args.retry_failed));
+    }
+    let Some(run_dir) = run_dir else {
+        eprintln!("error: no run directory: pass --run-dir DIR or set `dir` in the [run] table");
+        return Launched::code(EXIT_CANNOT_START);
+    };
+    if let Some(id) = &args.unit {
+        return Launched::code(run_one(stage, id, &run_dir, opts.fsync));
+    }
+    signals::install();
+    let Some((universe, _threading)) = mpi::initialize_with_threading(Threading::Funneled) else {
+        eprintln!("error: MPI could not be initialised (or was initialised twice)");
+        return Launched::code(EXIT_CANNOT_START);
+    };
+    let world = universe.world();
+    let rank = world.rank();
+    let span = tracing::info_span!("rank", rank);
+    let _entered = span.enter();
+    if rank != 0 {
+        let exit_code = worker(stage, &world, &run_dir, opts.fsync);
+        return Launched::code(exit_code);
+    }
+    let setup = RunSetup {
+        opts: &opts,
+        run_dir: &run_dir,
+        retry_failed: args.retry_failed,
+        allow_config_change: args.allow_config_change,
+        started,
+        retry_command: retry_command(),
+    };
+    match dispatcher(stage, &world, &setup) {
+        Ok(summary) => {
+            write_report(&run_dir, &summary, opts.fsync);
+            eprint!("{}", summary.text());
+            eprintln!("report: {}", run_dir.join("run-report.json").display());
+            Launched {
+                exit_code: summary.exit_code(),
+                summary: Some(summary),
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Launched::code(EXIT_CANNOT_START)
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The `[run]` section shared by every binary's TOML configuration.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// How units are assigned to ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Units are handed out on demand to whichever rank is free (the default).
+    #[default]
+    Dynamic,
+    /// Unit `i` goes to rank `i mod W`, like the HSC pool's `mapNoBalance`; for benchmarks only.
+    Static,
+}
+
+/// Engine settings: the `[run]` table of every stage's configuration file.
+///
+/// Changing these never invalidates a run directory; only the stage's own settings do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunOptions {
+    /// Run directory for the ledger, reports and (by default) outputs. Default: none, so
+    /// `--run-dir` must be given.
+    pub dir: Option<PathBuf>,
+    /// `dynamic` (default) or `static`.
+    pub schedule: Schedule,
+    /// How many times a transient failure is retried before the unit is recorded failed.
+    /// Default 2.
+    pub max_retries: u32,
+    /// Seconds between progress lines printed by rank 0. Default 10.
+    pub progress_interval_s: f64,
+    /// Whether outputs and the ledger are fsynced (true, the default) or only renamed into
+    /// place (still atomic if the job dies, not if the machine does).
+    pub fsync: bool,
+    /// Seconds between durable ledger commits; records in between are lost if the job is
+    /// killed, and those units run again on resume. Default 0.5.
+    pub ledger_sync_interval_s: f64,
+    /// Seconds rank 0 waits, after SIGTERM/SIGINT, for units already running to report before
+    /// it exits anyway. Default 20 (Slurm's default KillWait is 30).
+    pub stop_grace_s: f64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            schedule: Schedule::Dynamic,
+            max_retries: 2,
+            progress_interval_s: 10.0,
+            fsync: true,
+            ledger_sync_interval_s: 0.5,
+            stop_grace_s: 20.0,
+        }
+    }
+}
+
+impl RunOptions {
+    /// Checks values that TOML types cannot, naming the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("run.progress_interval_s", self.progress_interval_s),
+            ("run.ledger_sync_interval_s", self.ledger_sync_interval_s),
+        ];
+        for (key, value) in positive {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!(
+                    "{key} must be a positive number of seconds, got {value}"
+                ));
+            }
+        }
+        if !(self.stop_grace_s.is_finite() && self.stop_grace_s >= 0.0) {
+            return Err(format!(
+                "run.stop_grace_s must be zero or a positive number of seconds, got {}",
+                self.stop_grace_s
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_and_unknown_keys_are_refused() {
+        let opts: RunOptions = toml::from_str("schedule = \"static\"").unwrap();
+        assert_eq!(opts.schedule, Schedule::Static);
+        assert_eq!(opts.max_retries, 2);
+        let err = toml::from_str::<RunOptions>("max_retry = 3").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `max_retry`"),
+            "{err}"
+        );
+        let bad = RunOptions {
+            progress_interval_s: 0.0,
+            ..RunOptions::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("run.progress_interval_s")
+        );
+    }
+}

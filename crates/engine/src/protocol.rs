@@ -1,0 +1,72 @@
+//! Messages between the dispatcher (rank 0) and the workers, encoded with postcard.
+
+use serde::{Deserialize, Serialize};
+use skypipe_stage::{Outcome, UnitFailure};
+
+/// Tag of dispatcher → worker messages.
+pub(crate) const TAG_TO_WORKER: i32 = 11;
+/// Tag of worker → dispatcher messages.
+pub(crate) const TAG_TO_DISPATCHER: i32 = 12;
+
+/// One unit handed to a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Assignment<U> {
+    /// Index of the unit in the plan.
+    pub index: u64,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The unit.
+    pub unit: U,
+}
+
+/// Dispatcher → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker<U> {
+    /// Run these units, then report.
+    Work(Vec<Assignment<U>>),
+    /// No more work: send [`ToDispatcher::Finished`] and exit with this code.
+    Stop {
+        /// The job's exit code, so every rank exits alike.
+        exit_code: u8,
+    },
+}
+
+/// What happened to one unit on a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct UnitReport {
+    /// Index of the unit in the plan.
+    pub index: u64,
+    /// Attempt number that produced this result.
+    pub attempt: u32,
+    /// Outcome or failure.
+    pub result: Result<Outcome, UnitFailure>,
+    /// Wall seconds the attempt took.
+    pub elapsed_s: f64,
+}
+
+/// Busy time of one rank, sent when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankStats {
+    /// The rank.
+    pub rank: usize,
+    /// Seconds spent inside units.
+    pub busy_s: f64,
+    /// Units attempted.
+    pub units: u64,
+}
+
+/// Worker → dispatcher.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToDispatcher {
+    /// Results of the last batch (empty at start); the worker now waits for more.
+    Ready {
+        /// One report per unit run.
+        reports: Vec<UnitReport>,
+        /// Units of the batch not run because a stop was requested.
+        returned: Vec<u64>,
+        /// The worker received SIGTERM/SIGINT.
+        interrupted: bool,
+    },
+    /// Answer to [`ToWorker::Stop`].
+    Finished(RankStats),
+}
