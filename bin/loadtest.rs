@@ -18,6 +18,9 @@ struct Cli {
     /// Pass each task's duration to the engine as its cost hint.
     #[arg(long)]
     hints: bool,
+    /// Add a gather unit per workload group, after the group's tasks (`[loadtest] gather`).
+    #[arg(long)]
+    gather: bool,
     /// Multiply every duration by this factor (overrides `[loadtest] time_scale`).
     #[arg(long, value_name = "FACTOR")]
     time_scale: Option<f64>,
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         file.loadtest.time_scale = t;
     }
     file.loadtest.hints |= cli.hints;
+    file.loadtest.gather |= cli.gather;
     let stage = match Loadtest::new(file.loadtest) {
         Ok(s) => s,
         Err(e) => {

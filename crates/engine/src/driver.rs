@@ -1,22 +1,27 @@
 //! The SPMD run: rank 0 dispatches (its main thread) and works (a second thread); every other
-//! rank works. Only this module and `launch` touch MPI.
+//! rank works. Only this module, `collectives` and `launch` touch MPI.
 
-use crate::execute::run_batch;
+use crate::collectives::MpiCollectives;
+use crate::execute::{RankContext, run_assignment, run_batch};
+use crate::graph::{Graph, Next};
 use crate::ledger::{Ledger, LedgerRecord, unix_now};
 use crate::options::RunOptions;
-use crate::plan::{Plan, plan_stage, select};
+use crate::plan::{Plan, Selection, plan_stage};
 use crate::protocol::{
     Assignment, RankStats, TAG_TO_DISPATCHER, TAG_TO_WORKER, ToDispatcher, ToWorker, UnitReport,
 };
-use crate::queue::WorkQueue;
 use crate::report::{EXIT_CANNOT_START, RunSummary, UnitResult};
 use crate::signals;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use serde::Serialize;
 use skypipe_io::{Durability, write_atomic};
-use skypipe_stage::{OutcomeKind, Stage, UnitContext};
+use skypipe_stage::{Input, Outcome, OutcomeKind, Stage};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +30,7 @@ pub(crate) struct RunSetup<'a> {
     /// Engine options, already merged with the command line.
     pub opts: &'a RunOptions,
     /// Run directory.
-    pub run_dir: &'a std::path::Path,
+    pub run_dir: &'a Path,
     /// `--retry-failed`.
     pub retry_failed: bool,
     /// `--allow-config-change`.
@@ -35,6 +40,26 @@ pub(crate) struct RunSetup<'a> {
     /// The command that retries failures.
     pub retry_command: String,
 }
+
+/// The communicators of a rank: `world` carries dispatch messages; `units` (a duplicate made
+/// once at start-up) is where multi-rank units form their sub-communicators.
+pub(crate) struct Comms {
+    /// Dispatch traffic.
+    pub world: SimpleCommunicator,
+    /// Parent of multi-rank units' communicators.
+    pub units: SimpleCommunicator,
+    /// Whether rank 0's worker thread may make MPI calls (MPI_THREAD_MULTIPLE).
+    pub threads_may_call_mpi: bool,
+}
+
+/// A communicator handed to rank 0's worker thread. Only sound when MPI was initialised with
+/// `MPI_THREAD_MULTIPLE`, which [`Comms::threads_may_call_mpi`] records.
+struct ThreadComm(SimpleCommunicator);
+
+// SAFETY: MPI handles may be used from any thread under MPI_THREAD_MULTIPLE; the dispatcher
+// only moves this into the worker thread when that level was granted, and only that thread
+// uses it afterwards.
+unsafe impl Send for ThreadComm {}
 
 /// Waits with little latency at first and little CPU later.
 struct Backoff {
@@ -93,23 +118,21 @@ fn receive(
     }
 }
 
+/// Joins the sub-communicator of a multi-rank unit.
+fn unit_collectives(units: &SimpleCommunicator, members: &[i32], tag: i32) -> MpiCollectives {
+    let group = units.group().include(members);
+    let comm = units
+        .split_by_subgroup_with_tag(&group, tag)
+        .expect("this rank is a member of the unit's group");
+    MpiCollectives::new(comm)
+}
+
 /// A worker rank (> 0): ask, run, report, until told to stop. Returns the job's exit code.
-pub(crate) fn worker<S: Stage>(
-    stage: &S,
-    world: &SimpleCommunicator,
-    run_dir: &std::path::Path,
-    durable: bool,
-) -> u8 {
-    let rank = world.rank() as usize;
-    let base = UnitContext {
-        attempt: 1,
-        run_dir: run_dir.to_path_buf(),
-        rank,
-        durable,
-    };
+pub(crate) fn worker<S: Stage>(stage: &S, comms: &Comms, base: &RankContext) -> u8 {
+    let world = &comms.world;
     let dispatcher = world.process_at_rank(0);
     let mut stats = RankStats {
-        rank,
+        rank: base.rank,
         ..RankStats::default()
     };
     let mut backoff = Backoff::new();
@@ -122,18 +145,27 @@ pub(crate) fn worker<S: Stage>(
     loop {
         let (bytes, _) = receive(world, Some(0), TAG_TO_WORKER, &mut backoff);
         let message: ToWorker<S::Unit> = postcard::from_bytes(&bytes).unwrap_or_else(|e| {
-            panic!("rank {rank}: undecodable message from the dispatcher: {e}")
+            panic!(
+                "rank {}: undecodable message from the dispatcher: {e}",
+                base.rank
+            )
         });
-        match message {
-            ToWorker::Work(batch) => {
-                let (reports, returned) =
-                    run_batch(stage, batch, &base, signals::flag(), &mut stats);
-                let reply = ToDispatcher::Ready {
-                    reports,
-                    returned,
-                    interrupted: signals::stop_requested(),
-                };
-                dispatcher.send_with_tag(&encode(&reply)[..], TAG_TO_DISPATCHER);
+        let (reports, returned) = match message {
+            ToWorker::Work(batch) => run_batch(stage, batch, base, signals::flag(), &mut stats),
+            ToWorker::Multi {
+                assignment,
+                members,
+                tag,
+            } => {
+                let collectives = unit_collectives(&comms.units, &members, tag);
+                let report = run_assignment(
+                    stage,
+                    assignment,
+                    base,
+                    Some(Box::new(collectives)),
+                    &mut stats,
+                );
+                (vec![report], vec![])
             }
             ToWorker::Stop { exit_code } => {
                 dispatcher.send_with_tag(
@@ -142,14 +174,28 @@ pub(crate) fn worker<S: Stage>(
                 );
                 return exit_code;
             }
-        }
+        };
+        let reply = ToDispatcher::Ready {
+            reports,
+            returned,
+            interrupted: signals::stop_requested(),
+        };
+        dispatcher.send_with_tag(&encode(&reply)[..], TAG_TO_DISPATCHER);
     }
 }
 
 /// Commands to rank 0's own worker thread.
 enum LocalCommand<U> {
     Work(Vec<Assignment<U>>),
+    Multi(Assignment<U>, Vec<i32>, i32),
     Stop,
+}
+
+/// Ranks being gathered for a multi-rank unit.
+struct Reservation {
+    index: usize,
+    attempt: u32,
+    members: Vec<usize>,
 }
 
 /// Everything the dispatcher tracks while the run is under way.
@@ -157,10 +203,21 @@ struct Dispatcher<'a, S: Stage> {
     stage: &'a S,
     setup: &'a RunSetup<'a>,
     world: &'a SimpleCommunicator,
+    size: usize,
     plan: Plan<S::Unit>,
     ledger: Ledger,
-    queue: WorkQueue,
+    graph: Graph,
+    /// Value of each ended unit, kept while units that run after it have not ended.
+    values: Vec<Option<Vec<u8>>>,
+    /// Outcome of each ended unit.
+    outcomes: Vec<Option<OutcomeKind>>,
+    /// Units that run after each unit and have not ended yet.
+    consumers_left: Vec<usize>,
     idle: Vec<usize>,
+    reservation: Option<Reservation>,
+    multi_reports: HashMap<usize, Vec<UnitReport>>,
+    next_tag: i32,
+    local_joins_multi: bool,
     results: Vec<UnitResult>,
     retries: usize,
     stopping_since: Option<Instant>,
@@ -171,41 +228,111 @@ struct Dispatcher<'a, S: Stage> {
 }
 
 impl<S: Stage> Dispatcher<'_, S> {
-    fn send_batch(&mut self, rank: usize, batch: Vec<(usize, u32)>) {
-        self.first_dispatch.get_or_insert_with(Instant::now);
-        let assignments: Vec<Assignment<S::Unit>> = batch
-            .into_iter()
-            .map(|(index, attempt)| Assignment {
-                index: index as u64,
-                attempt,
-                unit: self.plan.units[index].clone(),
+    fn assignment(&self, index: usize, attempt: u32) -> Assignment<S::Unit> {
+        let inputs = self.plan.after[index]
+            .iter()
+            .map(|&a| Input {
+                unit: self.plan.ids[a].clone(),
+                outcome: self.outcomes[a].unwrap_or(OutcomeKind::Done),
+                value: self.values[a].clone(),
             })
             .collect();
+        Assignment {
+            index: index as u64,
+            attempt,
+            unit: self.plan.units[index].clone(),
+            inputs,
+        }
+    }
+
+    fn send(&mut self, rank: usize, command: LocalCommand<S::Unit>) {
+        self.first_dispatch.get_or_insert_with(Instant::now);
         if rank == 0 {
-            let _ = self.local_tx.send(LocalCommand::Work(assignments));
-        } else {
-            let bytes = encode(&ToWorker::Work(assignments));
-            self.world
-                .process_at_rank(rank as i32)
-                .send_with_tag(&bytes[..], TAG_TO_WORKER);
+            let _ = self.local_tx.send(command);
+            return;
         }
+        let message = match command {
+            LocalCommand::Work(batch) => ToWorker::Work(batch),
+            LocalCommand::Multi(assignment, members, tag) => ToWorker::Multi {
+                assignment,
+                members,
+                tag,
+            },
+            LocalCommand::Stop => unreachable!("remote ranks are stopped by stop_workers"),
+        };
+        self.world
+            .process_at_rank(rank as i32)
+            .send_with_tag(&encode(&message)[..], TAG_TO_WORKER);
     }
 
-    /// Gives `rank` its next batch, or parks it.
+    /// Gives `rank` its next work, adds it to a multi-rank unit being gathered, or parks it.
     fn serve(&mut self, rank: usize) {
-        if self.stopping_since.is_none() {
-            let batch = self.queue.next_batch(rank);
-            if !batch.is_empty() {
-                self.send_batch(rank, batch);
-                return;
-            }
+        if self.stopping_since.is_some() {
+            self.idle.push(rank);
+            return;
         }
-        self.idle.push(rank);
+        let may_join = rank != 0 || self.local_joins_multi;
+        if let Some(reservation) = &mut self.reservation
+            && may_join
+        {
+            reservation.members.push(rank);
+            self.launch_if_complete();
+            return;
+        }
+        match self.graph.next(rank) {
+            Next::Batch(batch) if !batch.is_empty() => {
+                let assignments = batch
+                    .into_iter()
+                    .map(|(index, attempt)| self.assignment(index, attempt))
+                    .collect();
+                self.send(rank, LocalCommand::Work(assignments));
+            }
+            Next::Multi(index, attempt) if may_join && self.reservation.is_none() => {
+                self.reservation = Some(Reservation {
+                    index,
+                    attempt,
+                    members: vec![rank],
+                });
+                for other in std::mem::take(&mut self.idle) {
+                    self.serve(other);
+                }
+                self.launch_if_complete();
+            }
+            Next::Multi(index, _) => {
+                self.graph.give_back(None, index);
+                self.idle.push(rank);
+            }
+            Next::Batch(_) | Next::Nothing => self.idle.push(rank),
+        }
     }
 
-    /// Hands newly queued work (retries) to parked ranks.
+    fn launch_if_complete(&mut self) {
+        let Some(reservation) = &self.reservation else {
+            return;
+        };
+        if reservation.members.len() < self.graph.ranks_of(reservation.index) {
+            return;
+        }
+        let reservation = self.reservation.take().expect("checked");
+        let mut members: Vec<i32> = reservation.members.iter().map(|&r| r as i32).collect();
+        members.sort_unstable();
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1) & 0x3fff_ffff;
+        tracing::debug!(unit = %self.plan.ids[reservation.index], ?members, "starting a multi-rank unit");
+        for &rank in &members {
+            self.graph.start_on(rank as usize);
+            let assignment = self.assignment(reservation.index, reservation.attempt);
+            self.send(
+                rank as usize,
+                LocalCommand::Multi(assignment, members.clone(), tag),
+            );
+        }
+    }
+
+    /// Hands newly ready work to parked ranks.
     fn serve_idle(&mut self) {
-        if self.stopping_since.is_some() || self.queue.pending() == 0 {
+        if self.stopping_since.is_some() || (self.graph.ready() == 0 && self.reservation.is_none())
+        {
             return;
         }
         for rank in std::mem::take(&mut self.idle) {
@@ -213,33 +340,31 @@ impl<S: Stage> Dispatcher<'_, S> {
         }
     }
 
+    fn append(&mut self, record: LedgerRecord) {
+        if let Err(e) = self.ledger.append(&record) {
+            self.fail_ledger(e.to_string());
+        }
+        self.results.push(UnitResult::from(&record));
+    }
+
     fn record(&mut self, rank: usize, report: UnitReport) {
         let index = report.index as usize;
-        self.queue.complete(rank, report.elapsed_s);
         self.last_result = Some(Instant::now());
         let (outcome, message) = match report.result {
-            Ok(o) => {
-                let kind = OutcomeKind::from(&o);
-                let reason = match o {
-                    skypipe_stage::Outcome::NoWork { reason } => Some(reason),
-                    skypipe_stage::Outcome::Done => None,
-                };
-                (kind, reason)
-            }
+            Ok(Outcome::Done) => (OutcomeKind::Done, None),
+            Ok(Outcome::NoWork { reason }) => (OutcomeKind::NoWork, Some(reason)),
             Err(f) if f.kind.is_retryable() && report.attempt <= self.setup.opts.max_retries => {
-                tracing::warn!(
-                    unit = %self.plan.ids[index],
-                    attempt = report.attempt,
-                    "retrying after failure: {f}"
-                );
+                tracing::warn!(unit = %self.plan.ids[index], attempt = report.attempt, "retrying after failure: {f}");
                 self.retries += 1;
-                self.queue.retry(rank, index);
+                self.graph.retry(index);
                 return;
             }
             Err(f) => (OutcomeKind::from(f.kind), Some(f.message)),
         };
-        let record = LedgerRecord {
-            unit: self.plan.ids[index].clone(),
+        let success = outcome.is_success();
+        let value = report.value.filter(|_| success);
+        self.append(LedgerRecord {
+            unit: self.plan.ids[index].to_string(),
             outcome,
             attempts: report.attempt,
             rank,
@@ -247,11 +372,50 @@ impl<S: Stage> Dispatcher<'_, S> {
             message,
             invocation: self.ledger.invocation(),
             time: unix_now(),
-        };
-        if let Err(e) = self.ledger.append(&record) {
-            self.fail_ledger(e.to_string());
+            value: value.as_ref().map(|v| BASE64.encode(v)),
+        });
+        self.outcomes[index] = Some(outcome);
+        if self.consumers_left[index] > 0 {
+            self.values[index] = value;
         }
-        self.results.push(UnitResult::from(&record));
+        let blocked = self.graph.finish(index, success);
+        self.ended(index);
+        self.record_blocked(blocked);
+    }
+
+    /// Records units that cannot run because an input failed.
+    fn record_blocked(&mut self, blocked: Vec<(usize, usize)>) {
+        for (unit, failed_input) in blocked {
+            let message = format!(
+                "not run: input unit {} failed ({})",
+                self.plan.ids[failed_input],
+                self.outcomes[failed_input].map_or("failed earlier", OutcomeKind::as_str)
+            );
+            self.outcomes[unit] = Some(OutcomeKind::DependencyFailed);
+            self.append(LedgerRecord {
+                unit: self.plan.ids[unit].to_string(),
+                outcome: OutcomeKind::DependencyFailed,
+                attempts: 0,
+                rank: 0,
+                elapsed_s: 0.0,
+                message: Some(message),
+                invocation: self.ledger.invocation(),
+                time: unix_now(),
+                value: None,
+            });
+            self.ended(unit);
+        }
+    }
+
+    /// Releases the values a unit no longer needs once it has ended.
+    fn ended(&mut self, index: usize) {
+        for k in 0..self.plan.after[index].len() {
+            let input = self.plan.after[index][k];
+            self.consumers_left[input] = self.consumers_left[input].saturating_sub(1);
+            if self.consumers_left[input] == 0 {
+                self.values[input] = None;
+            }
+        }
     }
 
     fn fail_ledger(&mut self, error: String) {
@@ -261,16 +425,21 @@ impl<S: Stage> Dispatcher<'_, S> {
     }
 
     fn begin_stop(&mut self) {
-        if self.stopping_since.is_none() {
-            tracing::warn!(
-                "stop requested: no new units; waiting up to {} s for {} running units",
-                self.setup.opts.stop_grace_s,
-                self.queue.in_flight()
-            );
-            self.stopping_since = Some(Instant::now());
-            if let Err(e) = self.ledger.commit() {
-                self.ledger_error.get_or_insert(e.to_string());
-            }
+        if self.stopping_since.is_some() {
+            return;
+        }
+        tracing::warn!(
+            "stop requested: no new units; waiting up to {} s for {} running units",
+            self.setup.opts.stop_grace_s,
+            self.graph.in_flight()
+        );
+        self.stopping_since = Some(Instant::now());
+        if let Some(reservation) = self.reservation.take() {
+            self.graph.give_back(None, reservation.index);
+            self.idle.extend(reservation.members);
+        }
+        if let Err(e) = self.ledger.commit() {
+            self.ledger_error.get_or_insert(e.to_string());
         }
     }
 
@@ -282,10 +451,29 @@ impl<S: Stage> Dispatcher<'_, S> {
         interrupted: bool,
     ) {
         for report in reports {
-            self.record(rank, report);
+            let index = report.index as usize;
+            self.graph.returned(rank, report.elapsed_s);
+            let needed = self.graph.ranks_of(index);
+            if needed == 1 {
+                self.record(rank, report);
+                continue;
+            }
+            let parts = self.multi_reports.entry(index).or_default();
+            parts.push(report);
+            if parts.len() == needed {
+                let mut parts = self.multi_reports.remove(&index).expect("present");
+                // The first failure if any, else rank 0's report (which carries the value).
+                parts.sort_by_key(|p| (p.result.is_ok(), p.value.is_none()));
+                let mut combined = parts.swap_remove(0);
+                combined.elapsed_s = parts
+                    .iter()
+                    .map(|p| p.elapsed_s)
+                    .fold(combined.elapsed_s, f64::max);
+                self.record(rank, combined);
+            }
         }
         for index in returned {
-            self.queue.give_back(rank, index as usize);
+            self.graph.give_back(Some(rank), index as usize);
         }
         if interrupted {
             self.begin_stop();
@@ -295,25 +483,24 @@ impl<S: Stage> Dispatcher<'_, S> {
     }
 
     fn progress(&self, started: Instant) {
-        let done = self.results.len();
+        let ended = self.results.len();
         let failed = self
             .results
             .iter()
             .filter(|r| !r.outcome.is_success())
             .count();
-        let total = done + self.queue.pending() + self.queue.in_flight();
+        let total = ended + self.graph.open();
         let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-        let rate = done as f64 / elapsed;
-        let left = total - done;
+        let rate = ended as f64 / elapsed;
         let eta = if rate > 0.0 {
-            left as f64 / rate
+            self.graph.open() as f64 / rate
         } else {
             f64::INFINITY
         };
         tracing::info!(
-            "{}: {done}/{total} units ended ({failed} failed), {} running, {rate:.1} units/s, ETA {}",
+            "{}: {ended}/{total} units ended ({failed} failed), {} running, {rate:.1} units/s, ETA {}",
             self.stage.name(),
-            self.queue.in_flight(),
+            self.graph.in_flight(),
             if eta.is_finite() {
                 format!("{eta:.0} s")
             } else {
@@ -325,13 +512,13 @@ impl<S: Stage> Dispatcher<'_, S> {
             "invocation": self.ledger.invocation(),
             "time": unix_now(),
             "to_run": total,
-            "ended": done,
+            "ended": ended,
             "failed": failed,
-            "running": self.queue.in_flight(),
-            "pending": self.queue.pending(),
+            "running": self.graph.in_flight(),
+            "pending": self.graph.open() - self.graph.in_flight().min(self.graph.open()),
             "rate_per_s": rate,
             "eta_s": if eta.is_finite() { Some(eta) } else { None },
-            "ranks": self.world.size(),
+            "ranks": self.size,
             "pid": std::process::id(),
         });
         let _ = write_atomic(
@@ -346,11 +533,22 @@ impl<S: Stage> Dispatcher<'_, S> {
 /// run could not start.
 pub(crate) fn dispatcher<S: Stage>(
     stage: &S,
-    world: &SimpleCommunicator,
+    comms: Comms,
     setup: &RunSetup<'_>,
 ) -> Result<RunSummary, String> {
+    let Comms {
+        world,
+        units,
+        threads_may_call_mpi,
+    } = comms;
+    let world = &world;
     let size = world.size() as usize;
-    let prepared = prepare(stage, setup);
+    let max_ranks = if threads_may_call_mpi {
+        size
+    } else {
+        size.saturating_sub(1).max(1)
+    };
+    let prepared = prepare(stage, setup, max_ranks);
     let (plan, ledger) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -358,12 +556,26 @@ pub(crate) fn dispatcher<S: Stage>(
             return Err(e);
         }
     };
-    let selection = select(
-        &plan.ids,
-        &plan.hints,
-        ledger.previous(),
-        setup.retry_failed,
-    );
+    let previous = ledger.previous().clone();
+    let all: Vec<usize> = (0..plan.units.len()).collect();
+    let (specs, selection) = plan.node_specs(&all, &previous, setup.retry_failed);
+    let Selection {
+        to_run,
+        skipped_done,
+        skipped_failed,
+    } = selection;
+    let (graph, blocked) = match Graph::new(specs, size, setup.opts.schedule, setup.opts.max_batch)
+    {
+        Ok(g) => g,
+        Err(on_cycle) => {
+            stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
+            return Err(format!(
+                "{}: unit {} is on a dependency cycle",
+                stage.name(),
+                plan.ids[on_cycle]
+            ));
+        }
+    };
     if let Err(e) =
         ledger.write_manifest(stage.name(), &stage.config_fingerprint(), plan.units.len())
     {
@@ -371,22 +583,34 @@ pub(crate) fn dispatcher<S: Stage>(
         return Err(e.to_string());
     }
     tracing::info!(
-        "{}: {} units planned, {} already done, {} failed earlier{}, {} to run on {size} ranks",
+        "{}: {} units planned, {skipped_done} already done, {} failed earlier{}, {to_run} to run on {size} ranks",
         stage.name(),
         plan.units.len(),
-        selection.skipped_done,
-        selection.skipped_failed.len(),
+        skipped_failed.len(),
         if setup.retry_failed {
             " (retried)"
         } else {
             " (not retried)"
         },
-        selection.order.len()
     );
-    let total_units = plan.units.len();
-    let queue = WorkQueue::new(selection.order, total_units, size, setup.opts.schedule);
-    let base = UnitContext {
-        attempt: 1,
+    let n = plan.units.len();
+    let mut values = vec![None; n];
+    let mut outcomes = vec![None; n];
+    let mut consumers_left = vec![0; n];
+    for i in 0..n {
+        for &a in &plan.after[i] {
+            consumers_left[a] += 1;
+        }
+    }
+    for (i, id) in plan.ids.iter().enumerate() {
+        if let Some(r) = previous.get(id.as_str()) {
+            outcomes[i] = Some(r.outcome);
+            if r.outcome.is_success() {
+                values[i] = r.value.as_deref().and_then(|v| BASE64.decode(v).ok());
+            }
+        }
+    }
+    let base = RankContext {
         run_dir: setup.run_dir.to_path_buf(),
         rank: 0,
         durable: setup.opts.fsync,
@@ -394,13 +618,32 @@ pub(crate) fn dispatcher<S: Stage>(
     let (local_tx, local_rx) = mpsc::channel::<LocalCommand<S::Unit>>();
     let (event_tx, event_rx) = mpsc::channel::<(Vec<UnitReport>, Vec<u64>, bool)>();
     let startup_s = setup.started.elapsed().as_secs_f64();
+    let thread_comm = ThreadComm(units);
 
     std::thread::scope(|scope| {
         let local = scope.spawn(move || {
+            let thread_comm = thread_comm;
             let mut stats = RankStats::default();
-            while let Ok(LocalCommand::Work(batch)) = local_rx.recv() {
-                let (reports, returned) =
-                    run_batch(stage, batch, &base, signals::flag(), &mut stats);
+            loop {
+                let (reports, returned) = match local_rx.recv() {
+                    Ok(LocalCommand::Work(batch)) => {
+                        run_batch(stage, batch, &base, signals::flag(), &mut stats)
+                    }
+                    Ok(LocalCommand::Multi(assignment, members, tag)) => {
+                        let collectives = unit_collectives(&thread_comm.0, &members, tag);
+                        (
+                            vec![run_assignment(
+                                stage,
+                                assignment,
+                                &base,
+                                Some(Box::new(collectives)),
+                                &mut stats,
+                            )],
+                            vec![],
+                        )
+                    }
+                    Ok(LocalCommand::Stop) | Err(_) => break,
+                };
                 if event_tx
                     .send((reports, returned, signals::stop_requested()))
                     .is_err()
@@ -414,10 +657,18 @@ pub(crate) fn dispatcher<S: Stage>(
             stage,
             setup,
             world,
+            size,
             plan,
             ledger,
-            queue,
+            graph,
+            values,
+            outcomes,
+            consumers_left,
             idle: Vec::new(),
+            reservation: None,
+            multi_reports: HashMap::new(),
+            next_tag: 1,
+            local_joins_multi: threads_may_call_mpi,
             results: Vec::new(),
             retries: 0,
             stopping_since: None,
@@ -426,6 +677,7 @@ pub(crate) fn dispatcher<S: Stage>(
             first_dispatch: None,
             last_result: None,
         };
+        d.record_blocked(blocked);
         let loop_start = Instant::now();
         d.serve(0);
         let mut backoff = Backoff::new();
@@ -435,7 +687,7 @@ pub(crate) fn dispatcher<S: Stage>(
         let mut abandoned = false;
         loop {
             let drained =
-                d.queue.is_finished() || (d.stopping_since.is_some() && d.queue.in_flight() == 0);
+                d.graph.is_finished() || (d.stopping_since.is_some() && d.graph.in_flight() == 0);
             if drained && d.idle.len() == size {
                 break;
             }
@@ -495,12 +747,12 @@ pub(crate) fn dispatcher<S: Stage>(
             ranks: size,
             schedule: setup.opts.schedule,
             invocation: d.ledger.invocation(),
-            planned: total_units,
-            skipped_done: selection.skipped_done,
-            skipped_failed: selection.skipped_failed,
+            planned: n,
+            skipped_done,
+            skipped_failed,
             units: std::mem::take(&mut d.results),
             retries: d.retries,
-            not_run: d.queue.pending() + d.queue.in_flight(),
+            not_run: d.graph.open(),
             interrupted,
             startup_s,
             makespan_s,
@@ -534,7 +786,11 @@ pub(crate) fn dispatcher<S: Stage>(
 }
 
 /// Opens the ledger and plans, on rank 0.
-fn prepare<S: Stage>(stage: &S, setup: &RunSetup<'_>) -> Result<(Plan<S::Unit>, Ledger), String> {
+fn prepare<S: Stage>(
+    stage: &S,
+    setup: &RunSetup<'_>,
+    max_ranks: usize,
+) -> Result<(Plan<S::Unit>, Ledger), String> {
     let ledger = Ledger::open(
         setup.run_dir,
         stage.name(),
@@ -544,7 +800,7 @@ fn prepare<S: Stage>(stage: &S, setup: &RunSetup<'_>) -> Result<(Plan<S::Unit>, 
         Duration::from_secs_f64(setup.opts.ledger_sync_interval_s),
     )
     .map_err(|e| e.to_string())?;
-    let plan = plan_stage(stage)?;
+    let plan = plan_stage(stage, max_ranks)?;
     Ok((plan, ledger))
 }
 
@@ -594,7 +850,7 @@ fn stop_workers(
 }
 
 /// Writes `run-report.json` in the run directory (logging, not failing, on error).
-pub(crate) fn write_report(run_dir: &std::path::Path, summary: &RunSummary, fsync: bool) {
+pub(crate) fn write_report(run_dir: &Path, summary: &RunSummary, fsync: bool) {
     let report = serde_json::to_vec_pretty(&summary.report()).expect("report serialises");
     let durability = if fsync {
         Durability::Synced

@@ -1,10 +1,22 @@
-//! Running units on whichever rank: timing, panics, tracing spans.
+//! Running units on whichever rank: timing, panics, tracing spans, values.
 
 use crate::protocol::{Assignment, RankStats, UnitReport};
-use skypipe_stage::{FailureKind, Outcome, Stage, UnitContext, UnitFailure, WorkUnit};
+use skypipe_stage::{Collectives, FailureKind, Outcome, Stage, UnitContext, UnitFailure, WorkUnit};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// The parts of a unit's context that are the same for every unit on a rank.
+#[derive(Debug, Clone)]
+pub(crate) struct RankContext {
+    /// Run directory.
+    pub run_dir: PathBuf,
+    /// This rank.
+    pub rank: usize,
+    /// Whether outputs are fsynced.
+    pub durable: bool,
+}
 
 /// Runs one unit, turning a panic into a bad-input failure; returns the result and seconds.
 pub(crate) fn run_unit<S: Stage>(
@@ -37,11 +49,43 @@ pub(crate) fn run_unit<S: Stage>(
     (result, elapsed)
 }
 
+/// Runs one assignment (with collectives for a multi-rank unit) and reports it.
+pub(crate) fn run_assignment<S: Stage>(
+    stage: &S,
+    assignment: Assignment<S::Unit>,
+    base: &RankContext,
+    collectives: Option<Box<dyn Collectives>>,
+    stats: &mut RankStats,
+) -> UnitReport {
+    let keep_value = collectives.as_ref().is_none_or(|c| c.rank() == 0);
+    let mut ctx = UnitContext::new(
+        assignment.attempt,
+        base.run_dir.clone(),
+        base.rank,
+        base.durable,
+    )
+    .with_inputs(assignment.inputs);
+    if let Some(c) = collectives {
+        ctx = ctx.with_collectives(c);
+    }
+    let (result, elapsed_s) = run_unit(stage, &assignment.unit, &ctx);
+    stats.busy_s += elapsed_s;
+    stats.units += 1;
+    let value = ctx.take_value().filter(|_| keep_value && result.is_ok());
+    UnitReport {
+        index: assignment.index,
+        attempt: assignment.attempt,
+        result,
+        elapsed_s,
+        value,
+    }
+}
+
 /// Runs a batch in order; once `stop` is set, the units not yet started are returned unrun.
 pub(crate) fn run_batch<S: Stage>(
     stage: &S,
     batch: Vec<Assignment<S::Unit>>,
-    base: &UnitContext,
+    base: &RankContext,
     stop: &AtomicBool,
     stats: &mut RankStats,
 ) -> (Vec<UnitReport>, Vec<u64>) {
@@ -52,19 +96,7 @@ pub(crate) fn run_batch<S: Stage>(
             returned.push(assignment.index);
             continue;
         }
-        let ctx = UnitContext {
-            attempt: assignment.attempt,
-            ..base.clone()
-        };
-        let (result, elapsed_s) = run_unit(stage, &assignment.unit, &ctx);
-        stats.busy_s += elapsed_s;
-        stats.units += 1;
-        reports.push(UnitReport {
-            index: assignment.index,
-            attempt: assignment.attempt,
-            result,
-            elapsed_s,
-        });
+        reports.push(run_assignment(stage, assignment, base, None, stats));
     }
     (reports, returned)
 }

@@ -1,7 +1,8 @@
 //! The entry point every stage binary calls: command-line flags shared by all stages, config
 //! loading, MPI start-up and the exit code.
 
-use crate::driver::{RunSetup, dispatcher, worker, write_report};
+use crate::driver::{Comms, RunSetup, dispatcher, worker, write_report};
+use crate::execute::RankContext;
 use crate::interactive::{dry_run, run_one};
 use crate::options::{RunOptions, Schedule};
 use crate::report::{EXIT_CANNOT_START, RunSummary};
@@ -156,16 +157,27 @@ pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launc
         return Launched::code(run_one(stage, id, &run_dir, opts.fsync));
     }
     signals::install();
-    let Some((universe, _threading)) = mpi::initialize_with_threading(Threading::Funneled) else {
+    let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Multiple) else {
         eprintln!("error: MPI could not be initialised (or was initialised twice)");
         return Launched::code(EXIT_CANNOT_START);
     };
     let world = universe.world();
     let rank = world.rank();
+    let units = world.duplicate();
+    let comms = Comms {
+        world,
+        units,
+        threads_may_call_mpi: threading == Threading::Multiple,
+    };
     let span = tracing::info_span!("rank", rank);
     let _entered = span.enter();
     if rank != 0 {
-        let exit_code = worker(stage, &world, &run_dir, opts.fsync);
+        let base = RankContext {
+            run_dir: run_dir.clone(),
+            rank: rank as usize,
+            durable: opts.fsync,
+        };
+        let exit_code = worker(stage, &comms, &base);
         return Launched::code(exit_code);
     }
     let setup = RunSetup {
@@ -176,7 +188,7 @@ pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launc
         started,
         retry_command: retry_command(),
     };
-    match dispatcher(stage, &world, &setup) {
+    match dispatcher(stage, comms, &setup) {
         Ok(summary) => {
             write_report(&run_dir, &summary, opts.fsync);
             eprint!("{}", summary.text());

@@ -38,6 +38,10 @@ pub struct LedgerRecord {
     pub invocation: u32,
     /// Unix time of recording, seconds.
     pub time: f64,
+    /// The value the unit passed to the units that run after it, base64 of its postcard
+    /// encoding (kept so that a resumed run can still hand it on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// The manifest that ties a run directory's ledger to one configuration.
@@ -395,6 +399,7 @@ mod tests {
             message: None,
             invocation: 1,
             time: 0.0,
+            value: None,
         }
     }
 

@@ -29,15 +29,16 @@
 //! std::process::exit(i32::from(launched.exit_code));
 //! ```
 
+mod collectives;
 mod driver;
 mod execute;
+mod graph;
 mod interactive;
 mod launch;
 pub mod ledger;
 mod options;
 mod plan;
 mod protocol;
-mod queue;
 mod report;
 mod signals;
 

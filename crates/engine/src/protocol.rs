@@ -1,7 +1,7 @@
 //! Messages between the dispatcher (rank 0) and the workers, encoded with postcard.
 
 use serde::{Deserialize, Serialize};
-use skypipe_stage::{Outcome, UnitFailure};
+use skypipe_stage::{Input, Outcome, UnitFailure};
 
 /// Tag of dispatcher → worker messages.
 pub(crate) const TAG_TO_WORKER: i32 = 11;
@@ -17,6 +17,8 @@ pub(crate) struct Assignment<U> {
     pub attempt: u32,
     /// The unit.
     pub unit: U,
+    /// Outcomes and values of the units it runs after.
+    pub inputs: Vec<Input>,
 }
 
 /// Dispatcher → worker.
@@ -24,6 +26,16 @@ pub(crate) struct Assignment<U> {
 pub(crate) enum ToWorker<U> {
     /// Run these units, then report.
     Work(Vec<Assignment<U>>),
+    /// Run this unit together with `members` (ranks of the unit communicator), on a
+    /// sub-communicator created with `tag`, then report.
+    Multi {
+        /// The unit.
+        assignment: Assignment<U>,
+        /// The ranks taking part, ascending.
+        members: Vec<i32>,
+        /// Tag for MPI_Comm_create_group.
+        tag: i32,
+    },
     /// No more work: send [`ToDispatcher::Finished`] and exit with this code.
     Stop {
         /// The job's exit code, so every rank exits alike.
@@ -42,6 +54,8 @@ pub(crate) struct UnitReport {
     pub result: Result<Outcome, UnitFailure>,
     /// Wall seconds the attempt took.
     pub elapsed_s: f64,
+    /// The value the unit set, if any (multi-rank units: only from their rank 0).
+    pub value: Option<Vec<u8>>,
 }
 
 /// Busy time of one rank, sent when it stops.

@@ -3,7 +3,12 @@
 //! Workload files (`skypipe-engine-workload/1`) hold `durations_s` (one per task, in
 //! submission order) and `group` (the subset each task belongs to); other keys are ignored.
 //! The stage can write one small output per task and inject failures (errors, panics,
-//! transient errors) so the engine's isolation, retry and resume paths can be exercised.
+//! transient errors, held units) so the engine's isolation, retry and resume paths can be
+//! exercised. With `gather`, each group gets a unit that runs after the group's tasks and sums
+//! their durations (a scatter/gather over that subset); with `follow_up`, every task gets a
+//! second-phase unit that runs after its group's gather and uses its result
+//! (scatter-gather-scatter); with `collective_ranks = k`, one unit runs on k ranks at once and
+//! checks an all-reduce over exactly those ranks.
 
 mod workload;
 
@@ -43,6 +48,13 @@ pub struct LoadtestConfig {
     pub time_scale: f64,
     /// Write `RUN_DIR/loadtest/task=N.out` for every task. Default false.
     pub write_outputs: bool,
+    /// Add one gather unit per group (`group=G`), after the group's tasks. Default false.
+    pub gather: bool,
+    /// Add one second-phase unit per task (`task=N,phase=2`), after its group's gather.
+    /// Needs `gather`. Default false.
+    pub follow_up: bool,
+    /// Add one unit (`collective=1`) that runs on this many ranks at once; 0 (default) for none.
+    pub collective_ranks: usize,
     /// Failures to inject.
     pub inject: Injection,
 }
@@ -54,6 +66,9 @@ impl Default for LoadtestConfig {
             hints: false,
             time_scale: 1.0,
             write_outputs: false,
+            gather: false,
+            follow_up: false,
+            collective_ranks: 0,
             inject: Injection::default(),
         }
     }
@@ -72,10 +87,15 @@ pub struct Injection {
     /// How many attempts of each `transient` task fail. Default 0 (then 1 is used if the
     /// list is not empty).
     pub transient_attempts: u32,
+    /// Units that, once started, create `HOLD_DIR/<id>.started` and wait until
+    /// `HOLD_DIR/<id>.release` exists (tests use this to order events without timing).
+    pub hold: Vec<String>,
+    /// Directory of the hold files. Default `RUN_DIR/hold`.
+    pub hold_dir: Option<PathBuf>,
 }
 
 /// One task of the workload.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     /// Index in the workload.
     pub index: u32,
@@ -85,10 +105,55 @@ pub struct Task {
     pub duration_s: f64,
 }
 
-impl WorkUnit for Task {
+impl Task {
     fn id(&self) -> UnitId {
         UnitId::new().with("task", self.index)
     }
+}
+
+/// A unit of the load test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LoadUnit {
+    /// A workload task (`task=N`): sleeps its duration.
+    Task(Task),
+    /// A group's gather (`group=G`): sums its tasks' durations.
+    Gather {
+        /// The group.
+        group: i64,
+    },
+    /// A task's second phase (`task=N,phase=2`): uses its group's gathered sum.
+    FollowUp(Task),
+    /// A unit run on several ranks at once (`collective=1`).
+    Collective {
+        /// Ranks it runs on.
+        ranks: usize,
+    },
+}
+
+impl WorkUnit for LoadUnit {
+    fn id(&self) -> UnitId {
+        match self {
+            LoadUnit::Task(t) => t.id(),
+            LoadUnit::Gather { group } => UnitId::new().with("group", group),
+            LoadUnit::FollowUp(t) => t.id().with("phase", 2),
+            LoadUnit::Collective { .. } => UnitId::new().with("collective", 1),
+        }
+    }
+}
+
+/// What a task passes to its group's gather.
+#[derive(Debug, Serialize, Deserialize)]
+struct TaskValue {
+    index: u32,
+    duration_s: f64,
+}
+
+/// What a gather passes to its group's second phase.
+#[derive(Debug, Serialize, Deserialize)]
+struct GroupValue {
+    group: i64,
+    tasks: u32,
+    sum_s: f64,
 }
 
 /// The load-test stage.
@@ -124,55 +189,44 @@ impl Loadtest {
         &self.config
     }
 
-    fn output_path(&self, ctx: &UnitContext, task: &Task) -> PathBuf {
-        ctx.run_dir
-            .join("loadtest")
-            .join(format!("{}.out", task.id()))
-    }
-}
-
-impl Stage for Loadtest {
-    type Unit = Task;
-
-    fn name(&self) -> &'static str {
-        "loadtest"
-    }
-
-    fn config_fingerprint(&self) -> String {
-        let content = std::fs::read(&self.config.workload).unwrap_or_default();
-        fingerprint_of(&(
-            &self.config.time_scale,
-            &self.config.write_outputs,
-            &self.config.inject,
-            fingerprint_of(&content),
-        ))
-    }
-
-    fn plan(&self) -> Result<Vec<PlannedUnit<Task>>, PlanError> {
-        let workload =
-            Workload::load(&self.config.workload).map_err(|e| PlanError::from_error(&e))?;
-        Ok(workload
-            .tasks()
-            .into_iter()
-            .map(|task| {
-                if self.config.hints {
-                    let cost = task.duration_s;
-                    PlannedUnit::with_cost(task, cost)
-                } else {
-                    PlannedUnit::new(task)
-                }
-            })
-            .collect())
-    }
-
-    fn run(&self, task: &Task, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
-        let seconds = task.duration_s * self.config.time_scale;
-        if seconds > 0.0 {
-            std::thread::sleep(Duration::from_secs_f64(seconds));
+    fn write_output(&self, ctx: &UnitContext, id: &UnitId, text: &str) -> Result<(), UnitFailure> {
+        if !self.config.write_outputs {
+            return Ok(());
         }
-        let id = task.id();
+        let path = ctx.run_dir.join("loadtest").join(format!("{id}.out"));
+        let durability = if ctx.durable {
+            Durability::Synced
+        } else {
+            Durability::ProcessCrashOnly
+        };
+        write_atomic(path, text.as_bytes(), durability)
+            .map(|_| ())
+            .map_err(UnitFailure::transient)
+    }
+
+    /// Applies the configured injections to unit `id`.
+    fn inject(&self, id: &UnitId, ctx: &UnitContext) -> Result<(), UnitFailure> {
         let inject = &self.config.inject;
         let listed = |list: &[String]| list.iter().any(|s| s == id.as_str());
+        if listed(&inject.hold) {
+            let dir = inject
+                .hold_dir
+                .clone()
+                .unwrap_or_else(|| ctx.run_dir.join("hold"));
+            std::fs::create_dir_all(&dir).map_err(UnitFailure::transient)?;
+            std::fs::write(dir.join(format!("{id}.started")), b"")
+                .map_err(UnitFailure::transient)?;
+            let release = dir.join(format!("{id}.release"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            while !release.exists() {
+                if std::time::Instant::now() > deadline {
+                    return Err(UnitFailure::bad_input(format!(
+                        "{id}: held for 300 s and never released"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         if listed(&inject.transient) && ctx.attempt <= inject.transient_attempts.max(1) {
             return Err(UnitFailure::transient(format!(
                 "{id}: injected transient failure (attempt {})",
@@ -187,20 +241,195 @@ impl Stage for Loadtest {
         if listed(&inject.panic) {
             panic!("{id}: injected panic");
         }
-        if self.config.write_outputs {
-            let text = format!(
+        Ok(())
+    }
+
+    fn run_task(&self, task: &Task, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        let seconds = task.duration_s * self.config.time_scale;
+        if seconds > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(seconds));
+        }
+        let id = task.id();
+        self.inject(&id, ctx)?;
+        self.write_output(
+            ctx,
+            &id,
+            &format!(
                 "{id}\tgroup={}\tduration_s={}\n",
                 task.group, task.duration_s
-            );
-            let durability = if ctx.durable {
-                Durability::Synced
-            } else {
-                Durability::ProcessCrashOnly
-            };
-            write_atomic(self.output_path(ctx, task), text.as_bytes(), durability)
-                .map_err(UnitFailure::transient)?;
+            ),
+        )?;
+        if self.config.gather {
+            ctx.set_value(&TaskValue {
+                index: task.index,
+                duration_s: task.duration_s,
+            });
         }
         Ok(Outcome::Done)
+    }
+
+    fn run_gather(&self, group: i64, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        let id = UnitId::new().with("group", group);
+        self.inject(&id, ctx)?;
+        let mut values: Vec<(UnitId, TaskValue)> = ctx.input_values()?;
+        values.sort_by_key(|(_, v)| v.index);
+        let sum_s: f64 = values.iter().map(|(_, v)| v.duration_s).sum();
+        let indices: Vec<String> = values.iter().map(|(_, v)| v.index.to_string()).collect();
+        self.write_output(
+            ctx,
+            &id,
+            &format!(
+                "{id}\ttasks={}\tsum_s={sum_s}\tmembers={}\n",
+                values.len(),
+                indices.join(",")
+            ),
+        )?;
+        ctx.set_value(&GroupValue {
+            group,
+            tasks: values.len() as u32,
+            sum_s,
+        });
+        Ok(Outcome::Done)
+    }
+
+    fn run_follow_up(&self, task: &Task, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        let id = task.id().with("phase", 2);
+        self.inject(&id, ctx)?;
+        let values: Vec<(UnitId, GroupValue)> = ctx.input_values()?;
+        let [(_, group)] = values.as_slice() else {
+            return Err(UnitFailure::bad_input(format!(
+                "{id}: expected its group's gather as the only input, got {}",
+                values.len()
+            )));
+        };
+        self.write_output(
+            ctx,
+            &id,
+            &format!(
+                "{id}\tgroup={}\tgroup_tasks={}\tgroup_sum_s={}\n",
+                group.group, group.tasks, group.sum_s
+            ),
+        )?;
+        Ok(Outcome::Done)
+    }
+
+    fn run_collective(&self, ranks: usize, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        let id = UnitId::new().with("collective", 1);
+        let c = ctx.collectives();
+        if c.rank() == 0 {
+            self.inject(&id, ctx)?;
+        }
+        c.barrier();
+        if c.size() != ranks {
+            return Err(UnitFailure::bad_input(format!(
+                "{id}: runs on {} ranks, planned for {ranks}",
+                c.size()
+            )));
+        }
+        let mut sums = [(c.rank() + 1) as f64, 1.0];
+        c.all_reduce_sum_f64(&mut sums);
+        let mut counts = [1_u64 << c.rank()];
+        c.all_reduce_sum_u64(&mut counts);
+        let members = c.all_gather_bytes(&(c.rank() as u32).to_le_bytes());
+        let mut greeting = if c.rank() == 0 {
+            b"from rank 0".to_vec()
+        } else {
+            Vec::new()
+        };
+        c.broadcast_bytes(0, &mut greeting);
+        let expected_members: Vec<Vec<u8>> = (0..ranks as u32)
+            .map(|r| r.to_le_bytes().to_vec())
+            .collect();
+        if members != expected_members
+            || greeting != b"from rank 0"
+            || counts[0] != (1_u64 << ranks) - 1
+        {
+            return Err(UnitFailure::bad_input(format!(
+                "{id}: collectives over {ranks} ranks gave inconsistent results"
+            )));
+        }
+        if c.rank() == 0 {
+            self.write_output(
+                ctx,
+                &id,
+                &format!(
+                    "{id}\tranks={}\tsum={}\tcount={}\n",
+                    c.size(),
+                    sums[0],
+                    sums[1]
+                ),
+            )?;
+            ctx.set_value(&sums[0]);
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+impl Stage for Loadtest {
+    type Unit = LoadUnit;
+
+    fn name(&self) -> &'static str {
+        "loadtest"
+    }
+
+    fn config_fingerprint(&self) -> String {
+        let content = std::fs::read(&self.config.workload).unwrap_or_default();
+        let c = &self.config;
+        fingerprint_of(&(
+            c.time_scale,
+            c.write_outputs,
+            c.gather,
+            c.follow_up,
+            c.collective_ranks,
+            &c.inject,
+            fingerprint_of(&content),
+        ))
+    }
+
+    fn plan(&self) -> Result<Vec<PlannedUnit<LoadUnit>>, PlanError> {
+        let workload =
+            Workload::load(&self.config.workload).map_err(|e| PlanError::from_error(&e))?;
+        let tasks = workload.tasks();
+        let mut plan: Vec<PlannedUnit<LoadUnit>> = Vec::with_capacity(tasks.len() * 2);
+        for task in &tasks {
+            let unit = PlannedUnit::new(LoadUnit::Task(task.clone()));
+            plan.push(if self.config.hints {
+                unit.cost(task.duration_s)
+            } else {
+                unit
+            });
+        }
+        if self.config.gather {
+            let mut groups: std::collections::BTreeMap<i64, Vec<UnitId>> = Default::default();
+            for task in &tasks {
+                groups.entry(task.group).or_default().push(task.id());
+            }
+            for (&group, members) in &groups {
+                plan.push(
+                    PlannedUnit::new(LoadUnit::Gather { group }).after(members.iter().cloned()),
+                );
+            }
+            if self.config.follow_up {
+                for task in &tasks {
+                    let gather = UnitId::new().with("group", task.group);
+                    plan.push(PlannedUnit::new(LoadUnit::FollowUp(task.clone())).after([gather]));
+                }
+            }
+        }
+        if self.config.collective_ranks > 0 {
+            let ranks = self.config.collective_ranks;
+            plan.push(PlannedUnit::new(LoadUnit::Collective { ranks }).on_ranks(ranks));
+        }
+        Ok(plan)
+    }
+
+    fn run(&self, unit: &LoadUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        match unit {
+            LoadUnit::Task(task) => self.run_task(task, ctx),
+            LoadUnit::Gather { group } => self.run_gather(*group, ctx),
+            LoadUnit::FollowUp(task) => self.run_follow_up(task, ctx),
+            LoadUnit::Collective { ranks } => self.run_collective(*ranks, ctx),
+        }
     }
 }
 
@@ -253,20 +482,15 @@ mod tests {
     use super::*;
 
     fn ctx(dir: &std::path::Path, attempt: u32) -> UnitContext {
-        UnitContext {
-            attempt,
-            run_dir: dir.to_path_buf(),
-            rank: 0,
-            durable: false,
-        }
+        UnitContext::new(attempt, dir, 0, false)
     }
 
-    fn task(i: u32) -> Task {
-        Task {
+    fn task(i: u32) -> LoadUnit {
+        LoadUnit::Task(Task {
             index: i,
             group: 0,
             duration_s: 0.0,
-        }
+        })
     }
 
     #[test]

@@ -31,15 +31,16 @@
 //! assert_eq!(Obs(7).id().to_string(), "obs=0007");
 //! ```
 
+mod context;
 mod failure;
 mod unit_id;
 
+pub use context::{Collectives, Input, SoloCollectives, UnitContext};
 pub use failure::{FailureKind, Outcome, OutcomeKind, UnitFailure};
 pub use unit_id::{ParseUnitIdError, UnitId};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::path::PathBuf;
 
 /// One unit of work: serialisable (it travels between ranks) and named by a stable [`UnitId`].
 pub trait WorkUnit: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -47,30 +48,50 @@ pub trait WorkUnit: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
     fn id(&self) -> UnitId;
 }
 
-/// A unit as planned, with an optional cost hint (any positive scale, larger = slower).
+/// A unit as planned: optional cost hint, the units it must run after, and how many ranks
+/// it runs on.
 #[derive(Debug, Clone)]
 pub struct PlannedUnit<U> {
     /// The unit itself.
     pub unit: U,
     /// Expected relative cost; with hints the engine starts the most expensive units first.
     pub cost_hint: Option<f64>,
+    /// Units that must end (done or no-work) before this one starts; their values reach it
+    /// through [`UnitContext::inputs`]. If one fails, this unit is recorded
+    /// dependency-failed and not run. Nothing else waits: there is no stage-wide barrier.
+    pub after: Vec<UnitId>,
+    /// Ranks the unit runs on at once (default 1). With more than one, every rank runs
+    /// [`Stage::run`] with [`UnitContext::collectives`] over exactly those ranks.
+    pub ranks: usize,
 }
 
 impl<U> PlannedUnit<U> {
-    /// A unit without a cost hint.
+    /// A unit with no hint, no dependencies, on one rank.
     pub fn new(unit: U) -> Self {
         Self {
             unit,
             cost_hint: None,
+            after: Vec::new(),
+            ranks: 1,
         }
     }
 
-    /// A unit with a cost hint.
-    pub fn with_cost(unit: U, cost: f64) -> Self {
-        Self {
-            unit,
-            cost_hint: Some(cost),
-        }
+    /// Sets the cost hint.
+    pub fn cost(mut self, cost: f64) -> Self {
+        self.cost_hint = Some(cost);
+        self
+    }
+
+    /// Runs after these units (a group's gather after its members, a follow-up after the gather).
+    pub fn after(mut self, units: impl IntoIterator<Item = UnitId>) -> Self {
+        self.after.extend(units);
+        self
+    }
+
+    /// Runs on `ranks` ranks at once with collectives among them.
+    pub fn on_ranks(mut self, ranks: usize) -> Self {
+        self.ranks = ranks;
+        self
     }
 }
 
@@ -84,19 +105,6 @@ impl PlanError {
     pub fn from_error(err: &(dyn std::error::Error + 'static)) -> Self {
         Self(failure::error_chain(err))
     }
-}
-
-/// What a unit may know about how it is being run. Science code should not need more.
-#[derive(Debug, Clone)]
-pub struct UnitContext {
-    /// 1 for the first try, 2 for the first retry, ...
-    pub attempt: u32,
-    /// The run directory (ledger, reports and, by default, outputs).
-    pub run_dir: PathBuf,
-    /// The MPI rank running the unit (0 when run interactively); for log messages only.
-    pub rank: usize,
-    /// Whether outputs must be fsynced before they are renamed into place.
-    pub durable: bool,
 }
 
 /// A pipeline stage: a list of units and the function that processes one of them.
