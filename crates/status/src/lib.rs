@@ -1,0 +1,1 @@
+//! Run-directory inspection (under construction).
