@@ -48,6 +48,40 @@ pub fn direct(bin: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// A job started in its own process group; dropping it (a test that panics) kills the group,
+/// so a failed test leaves no ranks behind.
+pub struct Job(Option<Child>);
+
+impl Job {
+    /// Starts `cmd` with its output captured.
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        Self(Some(
+            cmd.spawn()
+                .expect("spawn (is mpirun installed? run `make test`)"),
+        ))
+    }
+
+    /// The process-group ID.
+    pub fn pgid(&self) -> i32 {
+        self.0.as_ref().expect("running").id() as i32
+    }
+
+    /// Waits for the job within [`DEADLINE`].
+    pub fn wait(mut self) -> Output {
+        wait_with_deadline(self.0.take().expect("running"), DEADLINE)
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            kill_group(child.id() as i32, "KILL");
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Runs to completion within [`DEADLINE`], killing the process group if it hangs.
 pub fn run(mut cmd: Command) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -3,6 +3,7 @@
 
 use crate::collectives::MpiCollectives;
 use crate::execute::{RankContext, run_assignment, run_batch};
+use crate::follow::{Follow, parse_list};
 use crate::graph::{Graph, Next};
 use crate::ledger::{Ledger, LedgerRecord, unix_now};
 use crate::options::RunOptions;
@@ -19,7 +20,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use serde::Serialize;
 use skypipe_io::{Durability, write_atomic};
-use skypipe_stage::{Input, Outcome, OutcomeKind, Stage};
+use skypipe_stage::{FailureKind, Input, Outcome, OutcomeKind, Stage};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
@@ -39,6 +40,10 @@ pub(crate) struct RunSetup<'a> {
     pub started: Instant,
     /// The command that retries failures.
     pub retry_command: String,
+    /// Memory isolation of units, when configured.
+    pub isolation: Option<std::sync::Arc<crate::isolation::Isolation>>,
+    /// `--follow DIR`.
+    pub follow: Option<std::path::PathBuf>,
 }
 
 /// The communicators of a rank: `world` carries dispatch messages; `units` (a duplicate made
@@ -216,6 +221,16 @@ struct Dispatcher<'a, S: Stage> {
     idle: Vec<usize>,
     reservation: Option<Reservation>,
     multi_reports: HashMap<usize, Vec<UnitReport>>,
+    /// Memory limits of the attempts so far, per unit (isolated units only).
+    memory_limits: HashMap<usize, Vec<u64>>,
+    /// Each unit's latest record from earlier invocations.
+    previous: HashMap<String, LedgerRecord>,
+    /// Ledger counts of the planned units.
+    selection: Selection,
+    /// Most ranks one unit may get.
+    max_ranks: usize,
+    /// Follow mode.
+    follow: Option<Follow>,
     next_tag: i32,
     local_joins_multi: bool,
     results: Vec<UnitResult>,
@@ -350,11 +365,30 @@ impl<S: Stage> Dispatcher<'_, S> {
     fn record(&mut self, rank: usize, report: UnitReport) {
         let index = report.index as usize;
         self.last_result = Some(Instant::now());
+        if let Some(limit) = report.memory_limit_mb {
+            self.memory_limits.entry(index).or_default().push(limit);
+        }
         let (outcome, message) = match report.result {
             Ok(Outcome::Done) => (OutcomeKind::Done, None),
             Ok(Outcome::NoWork { reason }) => (OutcomeKind::NoWork, Some(reason)),
-            Err(f) if f.kind.is_retryable() && report.attempt <= self.setup.opts.max_retries => {
+            Err(f)
+                if f.kind == FailureKind::Transient
+                    && report.attempt <= self.setup.opts.max_retries =>
+            {
                 tracing::warn!(unit = %self.plan.ids[index], attempt = report.attempt, "retrying after failure: {f}");
+                self.retries += 1;
+                self.graph.retry(index);
+                return;
+            }
+            Err(f)
+                if f.kind == FailureKind::OutOfMemory
+                    && self
+                        .setup
+                        .isolation
+                        .as_ref()
+                        .is_some_and(|iso| iso.may_grow(report.attempt)) =>
+            {
+                tracing::warn!(unit = %self.plan.ids[index], attempt = report.attempt, "retrying with a larger memory limit: {f}");
                 self.retries += 1;
                 self.graph.retry(index);
                 return;
@@ -363,6 +397,7 @@ impl<S: Stage> Dispatcher<'_, S> {
         };
         let success = outcome.is_success();
         let value = report.value.filter(|_| success);
+        let memory_limits_mb = self.memory_limits.remove(&index).unwrap_or_default();
         self.append(LedgerRecord {
             unit: self.plan.ids[index].to_string(),
             outcome,
@@ -373,6 +408,7 @@ impl<S: Stage> Dispatcher<'_, S> {
             invocation: self.ledger.invocation(),
             time: unix_now(),
             value: value.as_ref().map(|v| BASE64.encode(v)),
+            memory_limits_mb,
         });
         self.outcomes[index] = Some(outcome);
         if self.consumers_left[index] > 0 {
@@ -402,6 +438,7 @@ impl<S: Stage> Dispatcher<'_, S> {
                 invocation: self.ledger.invocation(),
                 time: unix_now(),
                 value: None,
+                memory_limits_mb: vec![],
             });
             self.ended(unit);
         }
@@ -416,6 +453,77 @@ impl<S: Stage> Dispatcher<'_, S> {
                 self.values[input] = None;
             }
         }
+    }
+
+    /// Adds the units of unit lists dropped into the follow directory.
+    fn take_lists(&mut self) {
+        let Some(mut follow) = self.follow.take() else {
+            return;
+        };
+        for path in follow.scan() {
+            let planned = match parse_list::<S::Unit>(&path) {
+                Ok(p) => p,
+                Err(reason) => {
+                    follow.reject(&path, reason);
+                    continue;
+                }
+            };
+            let first = self.plan.units.len();
+            let indices = match self
+                .plan
+                .extend(self.stage.name(), planned, self.max_ranks, true)
+            {
+                Ok(i) => i,
+                Err(reason) => {
+                    follow.reject(&path, format!("{}: {reason}", path.display()));
+                    continue;
+                }
+            };
+            let (specs, selection) =
+                self.plan
+                    .node_specs(&indices, &self.previous, self.setup.retry_failed);
+            match self.graph.add(specs) {
+                Ok(blocked) => {
+                    self.values.resize(self.plan.units.len(), None);
+                    self.outcomes.resize(self.plan.units.len(), None);
+                    self.consumers_left.resize(self.plan.units.len(), 0);
+                    for &i in &indices {
+                        for k in 0..self.plan.after[i].len() {
+                            let input = self.plan.after[i][k];
+                            self.consumers_left[input] += 1;
+                        }
+                        settle_from_ledger(
+                            &self.previous,
+                            self.plan.ids[i].as_str(),
+                            &mut self.outcomes[i],
+                            &mut self.values[i],
+                        );
+                    }
+                    self.selection.to_run += selection.to_run;
+                    self.selection.skipped_done += selection.skipped_done;
+                    self.selection
+                        .skipped_failed
+                        .extend(selection.skipped_failed);
+                    tracing::info!(
+                        "{}: took {} new units from {}",
+                        self.stage.name(),
+                        selection.to_run,
+                        path.display()
+                    );
+                    self.record_blocked(blocked);
+                }
+                Err(on_cycle) => {
+                    let id = self.plan.ids[on_cycle].clone();
+                    self.plan.truncate(first);
+                    follow.reject(
+                        &path,
+                        format!("{}: unit {id} is on a dependency cycle", path.display()),
+                    );
+                }
+            }
+        }
+        self.follow = Some(follow);
+        self.serve_idle();
     }
 
     fn fail_ledger(&mut self, error: String) {
@@ -556,14 +664,21 @@ pub(crate) fn dispatcher<S: Stage>(
             return Err(e);
         }
     };
+    let follow = match setup.follow.clone().map(Follow::new).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
+            return Err(e);
+        }
+    };
     let previous = ledger.previous().clone();
     let all: Vec<usize> = (0..plan.units.len()).collect();
     let (specs, selection) = plan.node_specs(&all, &previous, setup.retry_failed);
-    let Selection {
-        to_run,
-        skipped_done,
-        skipped_failed,
-    } = selection;
+    let (to_run, skipped_done, skipped_failed_count) = (
+        selection.to_run,
+        selection.skipped_done,
+        selection.skipped_failed.len(),
+    );
     let (graph, blocked) = match Graph::new(specs, size, setup.opts.schedule, setup.opts.max_batch)
     {
         Ok(g) => g,
@@ -583,10 +698,9 @@ pub(crate) fn dispatcher<S: Stage>(
         return Err(e.to_string());
     }
     tracing::info!(
-        "{}: {} units planned, {skipped_done} already done, {} failed earlier{}, {to_run} to run on {size} ranks",
+        "{}: {} units planned, {skipped_done} already done, {skipped_failed_count} failed earlier{}, {to_run} to run on {size} ranks",
         stage.name(),
         plan.units.len(),
-        skipped_failed.len(),
         if setup.retry_failed {
             " (retried)"
         } else {
@@ -603,17 +717,13 @@ pub(crate) fn dispatcher<S: Stage>(
         }
     }
     for (i, id) in plan.ids.iter().enumerate() {
-        if let Some(r) = previous.get(id.as_str()) {
-            outcomes[i] = Some(r.outcome);
-            if r.outcome.is_success() {
-                values[i] = r.value.as_deref().and_then(|v| BASE64.decode(v).ok());
-            }
-        }
+        settle_from_ledger(&previous, id.as_str(), &mut outcomes[i], &mut values[i]);
     }
     let base = RankContext {
         run_dir: setup.run_dir.to_path_buf(),
         rank: 0,
         durable: setup.opts.fsync,
+        isolation: setup.isolation.clone(),
     };
     let (local_tx, local_rx) = mpsc::channel::<LocalCommand<S::Unit>>();
     let (event_tx, event_rx) = mpsc::channel::<(Vec<UnitReport>, Vec<u64>, bool)>();
@@ -667,6 +777,11 @@ pub(crate) fn dispatcher<S: Stage>(
             idle: Vec::new(),
             reservation: None,
             multi_reports: HashMap::new(),
+            memory_limits: HashMap::new(),
+            previous,
+            selection,
+            max_ranks,
+            follow,
             next_tag: 1,
             local_joins_multi: threads_may_call_mpi,
             results: Vec::new(),
@@ -679,16 +794,24 @@ pub(crate) fn dispatcher<S: Stage>(
         };
         d.record_blocked(blocked);
         let loop_start = Instant::now();
+        d.take_lists();
         d.serve(0);
+        let mut next_scan = Instant::now();
         let mut backoff = Backoff::new();
         let progress_every = Duration::from_secs_f64(setup.opts.progress_interval_s);
         let mut next_progress = Instant::now() + progress_every;
         let grace = Duration::from_secs_f64(setup.opts.stop_grace_s);
         let mut abandoned = false;
         loop {
+            if d.follow.is_some() && Instant::now() >= next_scan {
+                d.take_lists();
+                next_scan = Instant::now() + Duration::from_millis(200);
+            }
+            let following =
+                d.follow.as_ref().is_some_and(|f| !f.stopped) && d.stopping_since.is_none();
             let drained =
                 d.graph.is_finished() || (d.stopping_since.is_some() && d.graph.in_flight() == 0);
-            if drained && d.idle.len() == size {
+            if drained && !following && d.idle.len() == size {
                 break;
             }
             if signals::stop_requested() {
@@ -724,6 +847,9 @@ pub(crate) fn dispatcher<S: Stage>(
                 d.handle_ready(0, reports, returned, interrupted);
                 busy = true;
             }
+            if let Err(e) = d.ledger.commit_if_due() {
+                d.fail_ledger(e.to_string());
+            }
             if Instant::now() >= next_progress {
                 d.progress(loop_start);
                 next_progress = Instant::now() + progress_every;
@@ -747,9 +873,14 @@ pub(crate) fn dispatcher<S: Stage>(
             ranks: size,
             schedule: setup.opts.schedule,
             invocation: d.ledger.invocation(),
-            planned: n,
-            skipped_done,
-            skipped_failed,
+            planned: d.plan.units.len(),
+            skipped_done: d.selection.skipped_done,
+            skipped_failed: std::mem::take(&mut d.selection.skipped_failed),
+            rejected_lists: d
+                .follow
+                .as_mut()
+                .map(|f| std::mem::take(&mut f.rejected))
+                .unwrap_or_default(),
             units: std::mem::take(&mut d.results),
             retries: d.retries,
             not_run: d.graph.open(),
@@ -783,6 +914,21 @@ pub(crate) fn dispatcher<S: Stage>(
         }
         Ok(summary)
     })
+}
+
+/// Sets a unit's outcome and value from its ledger record of an earlier invocation.
+fn settle_from_ledger(
+    previous: &HashMap<String, LedgerRecord>,
+    id: &str,
+    outcome: &mut Option<OutcomeKind>,
+    value: &mut Option<Vec<u8>>,
+) {
+    if let Some(r) = previous.get(id) {
+        *outcome = Some(r.outcome);
+        if r.outcome.is_success() {
+            *value = r.value.as_deref().and_then(|v| BASE64.decode(v).ok());
+        }
+    }
 }
 
 /// Opens the ledger and plans, on rank 0.

@@ -1,9 +1,11 @@
 //! Running units on whichever rank: timing, panics, tracing spans, values.
 
+use crate::isolation::{Isolation, run_isolated};
 use crate::protocol::{Assignment, RankStats, UnitReport};
 use skypipe_stage::{Collectives, FailureKind, Outcome, Stage, UnitContext, UnitFailure, WorkUnit};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -16,6 +18,8 @@ pub(crate) struct RankContext {
     pub rank: usize,
     /// Whether outputs are fsynced.
     pub durable: bool,
+    /// Run single-rank units in memory-limited child processes.
+    pub isolation: Option<Arc<Isolation>>,
 }
 
 /// Runs one unit, turning a panic into a bad-input failure; returns the result and seconds.
@@ -78,6 +82,7 @@ pub(crate) fn run_assignment<S: Stage>(
         result,
         elapsed_s,
         value,
+        memory_limit_mb: None,
     }
 }
 
@@ -96,7 +101,11 @@ pub(crate) fn run_batch<S: Stage>(
             returned.push(assignment.index);
             continue;
         }
-        reports.push(run_assignment(stage, assignment, base, None, stats));
+        let report = match &base.isolation {
+            Some(iso) => run_isolated(iso, assignment, base, stats),
+            None => run_assignment(stage, assignment, base, None, stats),
+        };
+        reports.push(report);
     }
     (reports, returned)
 }

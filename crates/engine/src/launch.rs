@@ -4,6 +4,7 @@
 use crate::driver::{Comms, RunSetup, dispatcher, worker, write_report};
 use crate::execute::RankContext;
 use crate::interactive::{dry_run, run_one};
+use crate::isolation::{Isolation, child_main};
 use crate::options::{RunOptions, Schedule};
 use crate::report::{EXIT_CANNOT_START, RunSummary};
 use crate::signals;
@@ -41,6 +42,13 @@ pub struct EngineArgs {
     /// Override `[run] progress_interval_s`.
     #[arg(long, value_name = "SECONDS")]
     pub progress_interval: Option<f64>,
+    /// Keep running and take unit lists dropped into DIR (`*.json`, format
+    /// `skypipe-unit-list/1`) until a file DIR/STOP appears.
+    #[arg(long, value_name = "DIR")]
+    pub follow: Option<PathBuf>,
+    /// Internal: run the isolated unit described by FILE.request (see `[run] isolate`).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub isolated_unit: Option<PathBuf>,
 }
 
 /// A configuration error: the run stops before any unit starts (exit code 1).
@@ -129,6 +137,26 @@ fn retry_command() -> String {
         .join(" ")
 }
 
+/// The isolation settings of this run, when `[run] isolate` is on.
+fn isolation(opts: &RunOptions) -> Option<std::sync::Arc<Isolation>> {
+    if !opts.isolate {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    let cap_mb = if opts.memory_cap_mb == 0 {
+        opts.memory_limit_mb.saturating_mul(4)
+    } else {
+        opts.memory_cap_mb
+    };
+    Some(std::sync::Arc::new(Isolation {
+        exe,
+        args: std::env::args_os().skip(1).collect(),
+        limit_mb: opts.memory_limit_mb,
+        growth: opts.memory_growth,
+        cap_mb,
+    }))
+}
+
 /// Runs `stage` as the flags say: one unit in-process (`--unit`), a plan listing
 /// (`--dry-run`), or the whole plan over MPI (under `mpirun`/`srun`, or alone as one rank).
 pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launched {
@@ -144,6 +172,9 @@ pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launc
     if let Err(e) = opts.validate() {
         eprintln!("error: invalid configuration: {e}");
         return Launched::code(EXIT_CANNOT_START);
+    }
+    if let Some(stem) = &args.isolated_unit {
+        return Launched::code(child_main(stage, stem));
     }
     let run_dir = args.run_dir.clone().or_else(|| opts.dir.clone());
     if args.dry_run {
@@ -171,11 +202,13 @@ pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launc
     };
     let span = tracing::info_span!("rank", rank);
     let _entered = span.enter();
+    let isolation = isolation(&opts);
     if rank != 0 {
         let base = RankContext {
             run_dir: run_dir.clone(),
             rank: rank as usize,
             durable: opts.fsync,
+            isolation,
         };
         let exit_code = worker(stage, &comms, &base);
         return Launched::code(exit_code);
@@ -187,6 +220,8 @@ pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launc
         allow_config_change: args.allow_config_change,
         started,
         retry_command: retry_command(),
+        isolation,
+        follow: args.follow.clone(),
     };
     match dispatcher(stage, comms, &setup) {
         Ok(summary) => {

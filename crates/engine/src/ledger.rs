@@ -42,6 +42,9 @@ pub struct LedgerRecord {
     /// encoding (kept so that a resumed run can still hand it on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// Memory limit of each attempt, MiB, when the unit ran isolated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_limits_mb: Vec<u64>,
 }
 
 /// The manifest that ties a run directory's ledger to one configuration.
@@ -218,6 +221,7 @@ pub struct Ledger {
     last_sync: Instant,
     invocation: u32,
     previous: HashMap<String, LedgerRecord>,
+    dirty: bool,
 }
 
 impl Ledger {
@@ -282,6 +286,7 @@ impl Ledger {
             last_sync: Instant::now(),
             invocation: invocations + 1,
             previous,
+            dirty: false,
         };
         Ok(ledger)
     }
@@ -337,7 +342,14 @@ impl Ledger {
         self.writer
             .write_all(b"\n")
             .map_err(io_err(&self.paths.records))?;
-        if self.last_sync.elapsed() >= self.sync_interval {
+        self.dirty = true;
+        self.commit_if_due()
+    }
+
+    /// Commits if records are waiting and the sync interval has passed since the last commit;
+    /// call it regularly so that records never wait long for readers such as `skypipe-status`.
+    pub fn commit_if_due(&mut self) -> Result<(), LedgerError> {
+        if self.dirty && self.last_sync.elapsed() >= self.sync_interval {
             self.commit()?;
         }
         Ok(())
@@ -353,6 +365,7 @@ impl Ledger {
                 .map_err(io_err(&self.paths.records))?;
         }
         self.last_sync = Instant::now();
+        self.dirty = false;
         Ok(())
     }
 }
@@ -400,6 +413,7 @@ mod tests {
             invocation: 1,
             time: 0.0,
             value: None,
+            memory_limits_mb: vec![],
         }
     }
 

@@ -32,8 +32,10 @@
 mod collectives;
 mod driver;
 mod execute;
+mod follow;
 mod graph;
 mod interactive;
+mod isolation;
 mod launch;
 pub mod ledger;
 mod options;
@@ -42,6 +44,7 @@ mod protocol;
 mod report;
 mod signals;
 
+pub use follow::{STOP_FILE, UNIT_LIST_FORMAT};
 pub use interactive::{dry_run, run_one};
 pub use launch::{ConfigError, EngineArgs, Launched, init_logging, launch, load_config};
 pub use options::{RunOptions, Schedule};

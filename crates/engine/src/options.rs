@@ -42,6 +42,16 @@ pub struct RunOptions {
     /// Most units sent in one dispatch message. Short units are batched (about 2 ms of
     /// expected work per message) to amortise messaging; 1 turns batching off. Default 1024.
     pub max_batch: usize,
+    /// Run each single-rank unit in its own child process, so that a unit that runs out of
+    /// memory or crashes in a C library fails alone. Default false (costs a process start per
+    /// unit; see docs/benchmarks.md).
+    pub isolate: bool,
+    /// With `isolate`: address-space limit of a unit's first attempt, MiB; 0 (default) for none.
+    pub memory_limit_mb: u64,
+    /// With `isolate`: factor applied to the limit after each out-of-memory failure. Default 2.
+    pub memory_growth: f64,
+    /// With `isolate`: the largest limit a retry may use, MiB; 0 (default) means 4 × memory_limit_mb.
+    pub memory_cap_mb: u64,
 }
 
 impl Default for RunOptions {
@@ -55,6 +65,10 @@ impl Default for RunOptions {
             ledger_sync_interval_s: 0.5,
             stop_grace_s: 20.0,
             max_batch: 1024,
+            isolate: false,
+            memory_limit_mb: 0,
+            memory_growth: 2.0,
+            memory_cap_mb: 0,
         }
     }
 }
@@ -78,6 +92,21 @@ impl RunOptions {
                 "run.stop_grace_s must be zero or a positive number of seconds, got {}",
                 self.stop_grace_s
             ));
+        }
+        if !(self.memory_growth.is_finite() && self.memory_growth >= 1.0) {
+            return Err(format!(
+                "run.memory_growth must be at least 1, got {}",
+                self.memory_growth
+            ));
+        }
+        if self.memory_cap_mb != 0 && self.memory_cap_mb < self.memory_limit_mb {
+            return Err(format!(
+                "run.memory_cap_mb ({}) is below run.memory_limit_mb ({})",
+                self.memory_cap_mb, self.memory_limit_mb
+            ));
+        }
+        if self.memory_limit_mb != 0 && !self.isolate {
+            return Err("run.memory_limit_mb needs run.isolate = true".to_string());
         }
         if self.max_batch == 0 {
             return Err("run.max_batch must be at least 1".to_string());

@@ -104,6 +104,11 @@ impl<U: WorkUnit> Plan<U> {
         Ok((first..self.units.len()).collect())
     }
 
+    /// Forgets units from `len` on (a list that could not be added).
+    pub fn truncate(&mut self, len: usize) {
+        self.rollback(len);
+    }
+
     fn rollback(&mut self, len: usize) {
         for id in self.ids.drain(len..) {
             self.index.remove(&id);
@@ -202,6 +207,7 @@ mod tests {
             invocation: 1,
             time: 0.0,
             value: None,
+            memory_limits_mb: vec![],
         }
     }
 

@@ -56,6 +56,8 @@ pub(crate) struct UnitReport {
     pub elapsed_s: f64,
     /// The value the unit set, if any (multi-rank units: only from their rank 0).
     pub value: Option<Vec<u8>>,
+    /// The memory limit the attempt ran under, when isolated.
+    pub memory_limit_mb: Option<u64>,
 }
 
 /// Busy time of one rank, sent when it stops.

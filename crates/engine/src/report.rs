@@ -35,6 +35,9 @@ pub struct UnitResult {
     /// No-work reason or failure message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Memory limit of each attempt, MiB, when the unit ran isolated.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub memory_limits_mb: Vec<u64>,
 }
 
 impl From<&LedgerRecord> for UnitResult {
@@ -46,6 +49,7 @@ impl From<&LedgerRecord> for UnitResult {
             rank: r.rank,
             elapsed_s: r.elapsed_s,
             message: r.message.clone(),
+            memory_limits_mb: r.memory_limits_mb.clone(),
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct RunSummary {
     pub retries: usize,
     /// Units left pending because the run was interrupted.
     pub not_run: usize,
+    /// Follow mode: unit lists rejected, with reasons.
+    pub rejected_lists: Vec<String>,
     /// Whether SIGTERM/SIGINT stopped the run.
     pub interrupted: bool,
     /// Seconds from process start to the first dispatch.
@@ -147,6 +153,7 @@ impl RunSummary {
             ran: self.units.len(),
             not_run: self.not_run,
             retries: self.retries,
+            rejected_lists: &self.rejected_lists,
             outcomes: self.counts(),
             per_rank: ranks,
             slowest,
@@ -178,6 +185,9 @@ impl RunSummary {
             self.ranks,
             100.0 * report.utilisation,
         ));
+        for reason in &self.rejected_lists {
+            out.push_str(&format!("rejected unit list: {reason}\n"));
+        }
         let failures: Vec<&UnitResult> = self.failures().collect();
         if !failures.is_empty() {
             out.push_str(&format!("{} failed units:\n", failures.len()));
@@ -257,6 +267,8 @@ pub struct RunReport<'a> {
     pub not_run: usize,
     /// Retried attempts.
     pub retries: usize,
+    /// Unit lists rejected in follow mode, with reasons.
+    pub rejected_lists: &'a [String],
     /// Counts by outcome.
     pub outcomes: BTreeMap<&'static str, usize>,
     /// Busy time per rank.
@@ -281,6 +293,7 @@ mod tests {
             rank: 0,
             elapsed_s,
             message: (!outcome.is_success()).then(|| "broken".to_string()),
+            memory_limits_mb: vec![],
         }
     }
 
@@ -296,6 +309,7 @@ mod tests {
             units,
             retries: 0,
             not_run: 0,
+            rejected_lists: vec![],
             interrupted,
             startup_s: 0.1,
             makespan_s: 2.0,

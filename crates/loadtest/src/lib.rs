@@ -92,6 +92,10 @@ pub struct Injection {
     pub hold: Vec<String>,
     /// Directory of the hold files. Default `RUN_DIR/hold`.
     pub hold_dir: Option<PathBuf>,
+    /// Units that allocate and touch `allocate_mb` MiB (to exercise memory limits).
+    pub allocate: Vec<String>,
+    /// MiB allocated by each `allocate` unit. Default 0.
+    pub allocate_mb: u64,
 }
 
 /// One task of the workload.
@@ -226,6 +230,10 @@ impl Loadtest {
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
+        }
+        if listed(&inject.allocate) {
+            let block = vec![1_u8; (inject.allocate_mb as usize) << 20];
+            std::hint::black_box(&block);
         }
         if listed(&inject.transient) && ctx.attempt <= inject.transient_attempts.max(1) {
             return Err(UnitFailure::transient(format!(

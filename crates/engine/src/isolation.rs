@@ -1,0 +1,273 @@
+//! Memory-isolated units: each unit runs in a re-executed child of the binary, under an
+//! address-space limit (RLIMIT_AS), so a unit that runs out of memory or crashes inside a C
+//! library kills only itself. The rank that launched it records what happened and the MPI
+//! job lives on.
+//!
+//! The child is the same binary with the same arguments plus `--isolated-unit FILE`: it reads
+//! the assignment from `FILE.request`, runs it exactly as a rank would, writes the report to
+//! `FILE.report`, and never initialises MPI.
+
+use crate::execute::{RankContext, run_assignment};
+use crate::protocol::{Assignment, RankStats, UnitReport};
+use serde::{Deserialize, Serialize};
+use skypipe_stage::{FailureKind, Stage, UnitFailure};
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// How units are isolated on this rank.
+#[derive(Debug, Clone)]
+pub(crate) struct Isolation {
+    /// The binary to re-execute.
+    pub exe: PathBuf,
+    /// Its arguments (those of this process).
+    pub args: Vec<OsString>,
+    /// Address-space limit of the first attempt, MiB (0: none).
+    pub limit_mb: u64,
+    /// Factor applied to the limit after each out-of-memory failure.
+    pub growth: f64,
+    /// Largest limit, MiB.
+    pub cap_mb: u64,
+}
+
+impl Isolation {
+    /// The limit for attempt `attempt` (1-based), if any.
+    pub fn limit_for(&self, attempt: u32) -> Option<u64> {
+        if self.limit_mb == 0 {
+            return None;
+        }
+        let grown = self.limit_mb as f64 * self.growth.powi(attempt.saturating_sub(1) as i32);
+        Some((grown.round() as u64).min(self.cap_mb.max(self.limit_mb)))
+    }
+
+    /// Whether an out-of-memory failure at `attempt` may be retried with a larger limit.
+    pub fn may_grow(&self, attempt: u32) -> bool {
+        match (self.limit_for(attempt), self.limit_for(attempt + 1)) {
+            (Some(now), Some(next)) => next > now,
+            _ => false,
+        }
+    }
+}
+
+/// What the parent hands the child.
+#[derive(Serialize, Deserialize)]
+struct Request<U> {
+    assignment: Assignment<U>,
+    run_dir: PathBuf,
+    rank: usize,
+    durable: bool,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Runs one assignment in a child process under the attempt's memory limit.
+pub(crate) fn run_isolated<U: Serialize>(
+    iso: &Isolation,
+    assignment: Assignment<U>,
+    base: &RankContext,
+    stats: &mut RankStats,
+) -> UnitReport {
+    let index = assignment.index;
+    let attempt = assignment.attempt;
+    let limit = iso.limit_for(attempt);
+    let scratch = base.run_dir.join("isolation");
+    let stem = scratch.join(format!(
+        "rank{}-{}-{}",
+        base.rank,
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let start = Instant::now();
+    let outcome = spawn_child(
+        iso,
+        &stem,
+        limit,
+        Request {
+            assignment,
+            run_dir: base.run_dir.clone(),
+            rank: base.rank,
+            durable: base.durable,
+        },
+    );
+    let _ = std::fs::remove_file(stem.with_extension("request"));
+    let _ = std::fs::remove_file(stem.with_extension("report"));
+    let elapsed_s = start.elapsed().as_secs_f64();
+    stats.busy_s += elapsed_s;
+    stats.units += 1;
+    let limit_text = limit.map_or("no memory limit".to_string(), |l| {
+        format!("memory limit {l} MiB")
+    });
+    let failure = |kind, message: String| UnitReport {
+        index,
+        attempt,
+        result: Err(UnitFailure { kind, message }),
+        elapsed_s,
+        value: None,
+        memory_limit_mb: limit,
+    };
+    match outcome {
+        Ok(mut report) => {
+            report.elapsed_s = elapsed_s;
+            report.memory_limit_mb = limit;
+            report
+        }
+        Err(ChildFailure::OutOfMemory(detail)) => failure(
+            FailureKind::OutOfMemory,
+            format!("out of memory at {limit_text}: {detail}"),
+        ),
+        Err(ChildFailure::Crashed(detail)) => failure(
+            FailureKind::BadInput,
+            format!("isolated unit crashed ({limit_text}): {detail}"),
+        ),
+        Err(ChildFailure::Launch(detail)) => failure(
+            FailureKind::Transient,
+            format!("cannot run the isolated unit: {detail}"),
+        ),
+    }
+}
+
+enum ChildFailure {
+    OutOfMemory(String),
+    Crashed(String),
+    Launch(String),
+}
+
+fn spawn_child<U: Serialize>(
+    iso: &Isolation,
+    stem: &Path,
+    limit_mb: Option<u64>,
+    request: Request<U>,
+) -> Result<UnitReport, ChildFailure> {
+    let request_path = stem.with_extension("request");
+    let report_path = stem.with_extension("report");
+    if let Some(dir) = stem.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ChildFailure::Launch(format!("{}: {e}", dir.display())))?;
+    }
+    let bytes = postcard::to_stdvec(&request).expect("requests always encode");
+    std::fs::write(&request_path, bytes)
+        .map_err(|e| ChildFailure::Launch(format!("{}: {e}", request_path.display())))?;
+    let mut cmd = Command::new(&iso.exe);
+    cmd.args(&iso.args)
+        .arg("--isolated-unit")
+        .arg(stem)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped());
+    if let Some(limit) = limit_mb {
+        let bytes = limit.saturating_mul(1 << 20);
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let rlim = libc::rlimit {
+                    rlim_cur: bytes as libc::rlim_t,
+                    rlim_max: bytes as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &rlim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ChildFailure::Launch(format!("{}: {e}", iso.exe.display())))?;
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| ChildFailure::Launch(e.to_string()))?;
+    let tail: String = {
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(3)..].join(" | ")
+    };
+    let alloc_failed = stderr.contains("memory allocation of") || stderr.contains("out of memory");
+    if status.success() {
+        eprint!("{stderr}");
+        let bytes = std::fs::read(&report_path)
+            .map_err(|e| ChildFailure::Crashed(format!("no report ({e}); stderr: {tail}")))?;
+        return postcard::from_bytes(&bytes)
+            .map_err(|e| ChildFailure::Crashed(format!("unreadable report: {e}")));
+    }
+    if alloc_failed {
+        return Err(ChildFailure::OutOfMemory(tail));
+    }
+    match status.signal() {
+        Some(libc::SIGKILL) => Err(ChildFailure::OutOfMemory(format!(
+            "killed by SIGKILL (the kernel's out-of-memory killer?); stderr: {tail}"
+        ))),
+        Some(signal) => Err(ChildFailure::Crashed(format!(
+            "killed by signal {signal}; stderr: {tail}"
+        ))),
+        None => Err(ChildFailure::Crashed(format!(
+            "exit status {}; stderr: {tail}",
+            status.code().unwrap_or(-1)
+        ))),
+    }
+}
+
+/// The child side: runs the unit described by `STEM.request` and writes `STEM.report`.
+/// Returns the process exit code.
+pub(crate) fn child_main<S: Stage>(stage: &S, stem: &Path) -> u8 {
+    let request_path = stem.with_extension("request");
+    let bytes = match std::fs::read(&request_path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {}: {e}", request_path.display());
+            return 1;
+        }
+    };
+    let request: Request<S::Unit> = match postcard::from_bytes(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", request_path.display());
+            return 1;
+        }
+    };
+    let base = RankContext {
+        run_dir: request.run_dir,
+        rank: request.rank,
+        durable: request.durable,
+        isolation: None,
+    };
+    let mut stats = RankStats::default();
+    let report = run_assignment(stage, request.assignment, &base, None, &mut stats);
+    let bytes = postcard::to_stdvec(&report).expect("reports always encode");
+    match std::fs::write(stem.with_extension("report"), bytes) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}: {e}", stem.display());
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_grow_by_the_factor_up_to_the_cap() {
+        let iso = Isolation {
+            exe: PathBuf::new(),
+            args: vec![],
+            limit_mb: 100,
+            growth: 2.0,
+            cap_mb: 300,
+        };
+        let limits: Vec<Option<u64>> = (1..=4).map(|a| iso.limit_for(a)).collect();
+        assert_eq!(limits, vec![Some(100), Some(200), Some(300), Some(300)]);
+        assert!(iso.may_grow(1) && iso.may_grow(2));
+        assert!(!iso.may_grow(3));
+        let unlimited = Isolation { limit_mb: 0, ..iso };
+        assert_eq!(unlimited.limit_for(1), None);
+        assert!(!unlimited.may_grow(1));
+    }
+}
