@@ -13,6 +13,8 @@
 //! ```
 
 mod atomic;
+pub mod fits;
+pub mod hdf5;
 
 pub use atomic::{
     AtomicFile, Durability, IoError, TEMP_MARKER, remove_stale_temporaries, write_atomic,

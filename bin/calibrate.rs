@@ -1,0 +1,2 @@
+//! `skypipe-calibrate` (under construction).
+fn main() {}

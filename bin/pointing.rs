@@ -1,0 +1,2 @@
+//! `skypipe-pointing` (under construction).
+fn main() {}

@@ -1,0 +1,2 @@
+//! `skypipe-singleframe` (under construction).
+fn main() {}
