@@ -10,6 +10,9 @@ if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 printf '[run]\nmax_batch = 1\n' > "$tmp/unbatched.toml"
+printf '[run]\nfsync = false\nisolate = true\n' > "$tmp/isolated.toml"
+printf '[run]\nfsync = false\n' > "$tmp/inprocess.toml"
+python3 -c 'import json; json.dump({"format": "skypipe-engine-workload/1", "durations_s": [0.0]*400, "group": [0]*400}, open("'"$tmp"'/w400.json", "w"))'
 
 # bench NAME W WORKLOAD [extra args...] -> "NAME W=.. makespan=.. tasks/s=.. efficiency=.."
 bench() {
@@ -34,5 +37,10 @@ for w in 16 32; do
   bench "skewed static round-robin" "$w" workloads/skewed.json --schedule static
 done
 for w in 16 32; do
-  bench "groups dynamic, no hints" "$w" workloads/groups.json
+  bench "groups, gather per group" "$w" workloads/groups.json --gather
+  bench "groups, no gather" "$w" workloads/groups.json
 done
+# Process isolation: the same 400 empty units in-process and isolated, on 2 ranks.
+bench "400 empty units, in-process" 2 "$tmp/w400.json" --config "$tmp/inprocess.toml"
+bench "400 empty units, isolated" 2 "$tmp/w400.json" --config "$tmp/isolated.toml"
+
