@@ -101,11 +101,16 @@ pub(crate) fn run_batch<S: Stage>(
             returned.push(assignment.index);
             continue;
         }
-        let report = match &base.isolation {
-            Some(iso) => run_isolated(iso, assignment, base, stats),
-            None => run_assignment(stage, assignment, base, None, stats),
-        };
-        reports.push(report);
+        match &base.isolation {
+            Some(iso) => {
+                let index = assignment.index;
+                match run_isolated(iso, assignment, base, stats) {
+                    Some(report) => reports.push(report),
+                    None => returned.push(index),
+                }
+            }
+            None => reports.push(run_assignment(stage, assignment, base, None, stats)),
+        }
     }
     (reports, returned)
 }

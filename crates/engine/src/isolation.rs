@@ -64,13 +64,15 @@ struct Request<U> {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Runs one assignment in a child process under the attempt's memory limit.
+/// Runs one assignment in a child process under the attempt's memory limit. Returns `None`
+/// when the child was stopped by SIGTERM/SIGINT during a clean stop of the job (the unit is
+/// then handed back unrun, not recorded as failed).
 pub(crate) fn run_isolated<U: Serialize>(
     iso: &Isolation,
     assignment: Assignment<U>,
     base: &RankContext,
     stats: &mut RankStats,
-) -> UnitReport {
+) -> Option<UnitReport> {
     let index = assignment.index;
     let attempt = assignment.attempt;
     let limit = iso.limit_for(attempt);
@@ -109,12 +111,13 @@ pub(crate) fn run_isolated<U: Serialize>(
         value: None,
         memory_limit_mb: limit,
     };
-    match outcome {
+    Some(match outcome {
         Ok(mut report) => {
             report.elapsed_s = elapsed_s;
             report.memory_limit_mb = limit;
             report
         }
+        Err(ChildFailure::Stopped) => return None,
         Err(ChildFailure::OutOfMemory(detail)) => failure(
             FailureKind::OutOfMemory,
             format!("out of memory at {limit_text}: {detail}"),
@@ -127,10 +130,11 @@ pub(crate) fn run_isolated<U: Serialize>(
             FailureKind::Transient,
             format!("cannot run the isolated unit: {detail}"),
         ),
-    }
+    })
 }
 
 enum ChildFailure {
+    Stopped,
     OutOfMemory(String),
     Crashed(String),
     Launch(String),
@@ -200,6 +204,9 @@ fn spawn_child<U: Serialize>(
         return Err(ChildFailure::OutOfMemory(tail));
     }
     match status.signal() {
+        Some(libc::SIGTERM | libc::SIGINT) if crate::signals::stop_requested() => {
+            Err(ChildFailure::Stopped)
+        }
         Some(libc::SIGKILL) => Err(ChildFailure::OutOfMemory(format!(
             "killed by SIGKILL (the kernel's out-of-memory killer?); stderr: {tail}"
         ))),

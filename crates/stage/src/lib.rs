@@ -1,7 +1,11 @@
 //! The contract between science code and the skypipe engine.
 //!
 //! A [`Stage`] names its work units ([`Stage::plan`]) and processes one unit at a time
-//! ([`Stage::run`]). It never knows which rank it runs on or how many there are: the engine
+//! ([`Stage::run`]). A planned unit may run after other units ([`PlannedUnit::after`]) and
+//! receive the values they set ([`UnitContext::input_values`]): that is how a stage gathers
+//! over any subset of its units (all CCDs of a visit) and scatters the result to a follow-up
+//! phase, with no barrier for the rest. A unit may also run on several ranks at once
+//! ([`PlannedUnit::on_ranks`], [`UnitContext::collectives`]). It never knows which rank it runs on or how many there are: the engine
 //! (crate `skypipe-engine`) decides that, records every unit's [`Outcome`] or
 //! [`UnitFailure`] in its ledger, and retries what [`FailureKind`] says may be retried.
 //!
@@ -9,26 +13,52 @@
 //! use skypipe_stage::{Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId, WorkUnit};
 //! use serde::{Deserialize, Serialize};
 //!
+//! /// One CCD of a visit, or the visit-wide solution gathered from them.
 //! #[derive(Clone, Serialize, Deserialize)]
-//! struct Obs(u32);
-//! impl WorkUnit for Obs {
-//!     fn id(&self) -> UnitId { UnitId::new().with("obs", format_args!("{:04}", self.0)) }
+//! enum Unit { Ccd { visit: u32, ccd: u32 }, Solve { visit: u32 } }
+//!
+//! impl WorkUnit for Unit {
+//!     fn id(&self) -> UnitId {
+//!         match self {
+//!             Unit::Ccd { visit, ccd } => UnitId::new().with("visit", visit).with("ccd", ccd),
+//!             Unit::Solve { visit } => UnitId::new().with("solve", visit),
+//!         }
+//!     }
 //! }
 //!
-//! struct Count;
-//! impl Stage for Count {
-//!     type Unit = Obs;
-//!     fn name(&self) -> &'static str { "count" }
+//! struct Visits;
+//! impl Stage for Visits {
+//!     type Unit = Unit;
+//!     fn name(&self) -> &'static str { "visits" }
 //!     fn config_fingerprint(&self) -> String { "v1".into() }
-//!     fn plan(&self) -> Result<Vec<PlannedUnit<Obs>>, PlanError> {
-//!         Ok((0..3).map(|i| PlannedUnit::new(Obs(i))).collect())
+//!     fn plan(&self) -> Result<Vec<PlannedUnit<Unit>>, PlanError> {
+//!         let mut plan = Vec::new();
+//!         for visit in 0..2 {
+//!             let ccds: Vec<Unit> = (0..4).map(|ccd| Unit::Ccd { visit, ccd }).collect();
+//!             // The visit's solution runs after (and gathers) its own CCDs only.
+//!             let members: Vec<UnitId> = ccds.iter().map(WorkUnit::id).collect();
+//!             plan.extend(ccds.into_iter().map(PlannedUnit::new));
+//!             plan.push(PlannedUnit::new(Unit::Solve { visit }).after(members));
+//!         }
+//!         Ok(plan)
 //!     }
-//!     fn run(&self, unit: &Obs, _ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
-//!         if unit.0 == 2 { return Err(UnitFailure::bad_input("obs 2 is corrupt")); }
-//!         Ok(Outcome::Done)
+//!     fn run(&self, unit: &Unit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+//!         match unit {
+//!             Unit::Ccd { ccd, .. } if *ccd == 3 => Ok(Outcome::NoWork { reason: "too few stars".into() }),
+//!             Unit::Ccd { ccd, .. } => {
+//!                 ctx.set_value(&(f64::from(*ccd) * 0.5)); // e.g. a match-list summary
+//!                 Ok(Outcome::Done)
+//!             }
+//!             Unit::Solve { .. } => {
+//!                 let parts: Vec<(UnitId, f64)> = ctx.input_values()?;
+//!                 assert_eq!(parts.len(), 3); // the no-work CCD passes no value
+//!                 ctx.set_value(&parts.iter().map(|(_, v)| v).sum::<f64>());
+//!                 Ok(Outcome::Done)
+//!             }
+//!         }
 //!     }
 //! }
-//! assert_eq!(Obs(7).id().to_string(), "obs=0007");
+//! assert_eq!(Visits.plan().unwrap().len(), 10);
 //! ```
 
 mod context;
