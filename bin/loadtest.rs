@@ -1,7 +1,7 @@
 //! `skypipe-loadtest`: runs a workload of sleeping tasks on the engine and prints its figures.
 
 use clap::Parser;
-use skypipe_engine::{EXIT_CANNOT_START, EngineArgs, launch, load_config};
+use skypipe_engine::{EngineArgs, run_binary};
 use skypipe_loadtest::{Loadtest, LoadtestFile, Workload, metrics};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,30 +28,18 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut file: LoadtestFile = match load_config(cli.engine.config.as_deref()) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CANNOT_START);
+    let (launched, stage) = run_binary(&cli.engine, |mut file: LoadtestFile| {
+        if let Some(w) = cli.workload {
+            file.loadtest.workload = w;
         }
-    };
-    if let Some(w) = cli.workload {
-        file.loadtest.workload = w;
-    }
-    if let Some(t) = cli.time_scale {
-        file.loadtest.time_scale = t;
-    }
-    file.loadtest.hints |= cli.hints;
-    file.loadtest.gather |= cli.gather;
-    let stage = match Loadtest::new(file.loadtest) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: invalid configuration: {e}");
-            return ExitCode::from(EXIT_CANNOT_START);
+        if let Some(t) = cli.time_scale {
+            file.loadtest.time_scale = t;
         }
-    };
-    let launched = launch(&stage, &file.run, &cli.engine);
-    if let Some(summary) = &launched.summary
+        file.loadtest.hints |= cli.hints;
+        file.loadtest.gather |= cli.gather;
+        Ok((file.run, Loadtest::new(file.loadtest)?))
+    });
+    if let (Some(summary), Some(stage)) = (&launched.summary, &stage)
         && let Ok(workload) = Workload::load(&stage.config().workload)
     {
         for (name, value) in metrics(summary, &workload.tasks(), stage.config().time_scale) {

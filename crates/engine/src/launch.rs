@@ -137,6 +137,37 @@ fn retry_command() -> String {
         .join(" ")
 }
 
+/// The whole `main` of a stage binary after argument parsing: reads the configuration named
+/// by `--config` (defaults without one), builds the stage from it, and launches it. `build`
+/// returns the `[run]` options and the stage, or a message naming the bad key; any error exits
+/// with code 1 before a unit runs.
+pub fn run_binary<F, S>(
+    args: &EngineArgs,
+    build: impl FnOnce(F) -> Result<(RunOptions, S), String>,
+) -> (Launched, Option<S>)
+where
+    F: DeserializeOwned + Default,
+    S: Stage,
+{
+    let file: F = match load_config(args.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return (Launched::code(EXIT_CANNOT_START), None);
+        }
+    };
+    match build(file) {
+        Ok((run, stage)) => {
+            let launched = launch(&stage, &run, args);
+            (launched, Some(stage))
+        }
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            (Launched::code(EXIT_CANNOT_START), None)
+        }
+    }
+}
+
 /// The isolation settings of this run, when `[run] isolate` is on.
 fn isolation(opts: &RunOptions) -> Option<std::sync::Arc<Isolation>> {
     if !opts.isolate {

@@ -46,7 +46,9 @@ mod signals;
 
 pub use follow::{STOP_FILE, UNIT_LIST_FORMAT};
 pub use interactive::{dry_run, run_one};
-pub use launch::{ConfigError, EngineArgs, Launched, init_logging, launch, load_config};
+pub use launch::{
+    ConfigError, EngineArgs, Launched, init_logging, launch, load_config, run_binary,
+};
 pub use options::{RunOptions, Schedule};
 pub use protocol::RankStats;
 pub use report::{
