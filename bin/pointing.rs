@@ -1,2 +1,31 @@
-//! `skypipe-pointing` (under construction).
-fn main() {}
+//! `skypipe-pointing`: dense detector pointing (HEALPix pixels, I/Q/U weights, θ/φ/ψ) for every
+//! observation of a list, one unit per observation on the engine.
+
+use clap::Parser;
+use skypipe_cmb::PointingFile;
+use skypipe_cmb::pointing::Pointing;
+use skypipe_engine::{EngineArgs, RunOptions, run_binary};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Dense detector pointing from attitude and focal plane.
+#[derive(Debug, Parser)]
+#[command(name = "skypipe-pointing", version)]
+struct Cli {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Observation list (overrides `[pointing] observations`).
+    #[arg(long, value_name = "FILE")]
+    observations: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (launched, _) = run_binary(&cli.engine, |mut file: PointingFile<RunOptions>| {
+        if let Some(o) = cli.observations {
+            file.pointing.observations = o;
+        }
+        Ok((file.run, Pointing::new(file.pointing)?))
+    });
+    launched.exit_code()
+}

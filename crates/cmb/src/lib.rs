@@ -1,3 +1,58 @@
-//! Under construction.
+//! CMB timestream processing for skypipe: the data model, the built-in simulator and the
+//! `pointing` and `calibrate` stages.
+//!
+//! # Data flow
+//! An observation list (`observations.json`, [`model::ObservationList`]) names one HDF5 file per
+//! observation (attitude at 8 Hz with satellite velocity, raw timestreams per detector) and a
+//! focal-plane file. [`sim`] writes such a data set with its truth. [`pointing::Pointing`] turns
+//! each observation into dense detector pointing (`RUN_DIR/pointing/obs=NNNN.h5`: HEALPix pixels,
+//! I/Q/U weights, θ/φ/ψ); [`calibrate::Calibrate`] reads raw timestreams and that pointing,
+//! fits or looks up gains against the relativistic dipole, and writes calibrated,
+//! dipole-subtracted timestreams (`RUN_DIR/calibrate/obs=NNNN.h5`). Layouts: `docs/formats.md`.
+//!
+//! # Invariants
+//! - Planning reads only the observation list; science files are opened inside units.
+//! - Every input is validated at the I/O boundary ([`model`]); a bad file fails its unit with
+//!   an error naming the file and the dataset, and the other units go on.
+//! - Outputs are written under a temporary name and renamed; identical inputs and
+//!   configuration give byte-identical outputs.
+//! - Memory per unit is bounded by `chunk_samples`, not by the length of an observation.
+//!
+//! ```no_run
+//! use skypipe_cmb::pointing::{Pointing, PointingConfig};
+//! let stage = Pointing::new(PointingConfig { nside: 256, ..Default::default() })?;
+//! stage.process(0, std::path::Path::new("run/pointing/obs=0000.h5"), skypipe_io::Durability::Synced)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+pub mod calibrate;
+pub mod model;
+pub mod pointing;
 pub mod sim;
+
+use serde::{Deserialize, Serialize};
+
+/// The `skypipe-pointing` configuration file: the engine's `[run]` table (type `R`, the
+/// engine's `RunOptions` in the binary) and `[pointing]`. Unknown keys are refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointingFile<R> {
+    /// Engine options.
+    #[serde(default)]
+    pub run: R,
+    /// Stage options.
+    #[serde(default)]
+    pub pointing: pointing::PointingConfig,
+}
+
+/// The `skypipe-calibrate` configuration file: `[run]` and `[calibrate]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrateFile<R> {
+    /// Engine options.
+    #[serde(default)]
+    pub run: R,
+    /// Stage options.
+    #[serde(default)]
+    pub calibrate: calibrate::CalibrateConfig,
+}

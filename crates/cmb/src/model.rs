@@ -1,0 +1,667 @@
+//! The CMB timestream data model: observation list, focal plane, observation files, maps and
+//! gain tables, read and validated at the I/O boundary (layouts in `docs/formats.md`, `## CMB`).
+//!
+//! Every reader checks shapes and values and fails with an error naming the file and the
+//! dataset: the stages turn it into a bad-input failure of the unit.
+
+use serde::{Deserialize, Serialize};
+use skypipe_core::attitude::validate_attitude;
+use skypipe_core::quat::{self, Quat};
+use skypipe_core::{frames, healpix};
+use skypipe_io::hdf5::{H5Error, H5Reader, H5Writer};
+use skypipe_stage::{UnitId, WorkUnit};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// `format` of an observation list.
+pub const OBSERVATIONS_FORMAT: &str = "skypipe-cmb-observations/1";
+/// Root `format` attribute of an observation file.
+pub const OBS_FORMAT: &str = "skypipe-cmb-obs/1";
+/// Root `format` attribute of a focal-plane file.
+pub const FOCALPLANE_FORMAT: &str = "skypipe-cmb-focalplane/1";
+/// Root `format` attribute of a pointing output.
+pub const POINTING_FORMAT: &str = "skypipe-cmb-pointing/1";
+/// Root `format` attribute of a calibrated-timestream output.
+pub const CALIBRATED_FORMAT: &str = "skypipe-cmb-calibrated/1";
+/// Root `format` attribute of a HEALPix I/Q/U map file.
+pub const MAP_FORMAT: &str = "skypipe-cmb-map/1";
+/// Root `format` attribute of a gain table.
+pub const GAINS_FORMAT: &str = "skypipe-cmb-gains/1";
+
+/// Flag bit set by `skypipe-calibrate` on a sample whose raw value is NaN or infinite.
+pub const FLAG_NONFINITE: u8 = 0x80;
+
+/// Any error of the CMB data model: an HDF5 problem naming file and dataset, or a bad list.
+#[derive(Debug, thiserror::Error)]
+pub enum CmbError {
+    /// Reading, validating or writing an HDF5 file.
+    #[error(transparent)]
+    H5(#[from] H5Error),
+    /// The observation list is unreadable or inconsistent.
+    #[error("{path}: {message}")]
+    List {
+        /// The list file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl CmbError {
+    /// Whether retrying could help (a failed write or commit), as opposed to bad input.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            CmbError::H5(H5Error::Write { .. } | H5Error::Commit(_))
+        )
+    }
+
+    /// The unit failure for this error: transient for failed writes, bad-input otherwise.
+    pub fn into_failure(self) -> skypipe_stage::UnitFailure {
+        if self.is_transient() {
+            skypipe_stage::UnitFailure::transient(self)
+        } else {
+            skypipe_stage::UnitFailure::bad_input(self)
+        }
+    }
+}
+
+/// A unit of the CMB stages: one observation (pointing period), `obs=0421`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObsUnit {
+    /// Observation number.
+    pub obs: u32,
+}
+
+impl WorkUnit for ObsUnit {
+    fn id(&self) -> UnitId {
+        UnitId::new().with("obs", format_args!("{:04}", self.obs))
+    }
+}
+
+/// The file name of an observation's outputs: `obs=0421.h5`.
+pub fn obs_file_name(obs: u32) -> String {
+    format!("obs={obs:04}.h5")
+}
+
+/// One entry of the observation list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservationEntry {
+    /// Observation number (unit `obs=NNNN`).
+    pub obs: u32,
+    /// The observation file, relative to the list's directory (or absolute).
+    pub file: PathBuf,
+    /// Samples per detector, if known: the engine's cost hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
+}
+
+/// The observation list (`observations.json`) the stages plan from; no science file is opened
+/// to plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservationList {
+    /// Must be [`OBSERVATIONS_FORMAT`].
+    pub format: String,
+    /// The focal-plane file, relative to the list's directory (or absolute).
+    pub focal_plane: PathBuf,
+    /// The observations, in submission order.
+    pub observations: Vec<ObservationEntry>,
+}
+
+impl ObservationList {
+    /// Reads a list; relative paths are resolved against the list's directory. Refuses a wrong
+    /// format, an empty list and duplicate observation numbers.
+    pub fn load(path: &Path) -> Result<Self, CmbError> {
+        let err = |message: String| CmbError::List {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let mut list: ObservationList =
+            serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if list.format != OBSERVATIONS_FORMAT {
+            return Err(err(format!(
+                "format is '{}', expected '{OBSERVATIONS_FORMAT}'",
+                list.format
+            )));
+        }
+        if list.observations.is_empty() {
+            return Err(err("the list has no observations".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for o in &list.observations {
+            if !seen.insert(o.obs) {
+                return Err(err(format!("observation {} is listed twice", o.obs)));
+            }
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        list.focal_plane = base.join(&list.focal_plane);
+        for o in &mut list.observations {
+            o.file = base.join(&o.file);
+        }
+        Ok(list)
+    }
+
+    /// The entry of observation `obs`.
+    pub fn entry(&self, obs: u32) -> Option<&ObservationEntry> {
+        self.observations.iter().find(|o| o.obs == obs)
+    }
+}
+
+/// A celestial frame of attitude, velocities, pointing and maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Frame {
+    /// J2000 mean ecliptic.
+    Ecliptic,
+    /// FK5 J2000 equatorial.
+    Equatorial,
+    /// Galactic.
+    Galactic,
+}
+
+impl Frame {
+    /// The name stored in `frame` attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Frame::Ecliptic => "ecliptic",
+            Frame::Equatorial => "equatorial",
+            Frame::Galactic => "galactic",
+        }
+    }
+
+    /// Parses a `frame` attribute (case-insensitive).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "ecliptic" => Some(Frame::Ecliptic),
+            "equatorial" => Some(Frame::Equatorial),
+            "galactic" => Some(Frame::Galactic),
+            _ => None,
+        }
+    }
+
+    fn to_galactic(self) -> Quat {
+        match self {
+            Frame::Ecliptic => frames::ecliptic_to_galactic(),
+            Frame::Equatorial => frames::equatorial_to_galactic(),
+            Frame::Galactic => quat::IDENTITY,
+        }
+    }
+
+    /// The rotation taking vectors in `self` to vectors in `to` (unit quaternion).
+    pub fn rotation_to(self, to: Frame) -> Quat {
+        if self == to {
+            return quat::IDENTITY;
+        }
+        quat::mul(quat::conj(to.to_galactic()), self.to_galactic())
+    }
+}
+
+/// Parses a HEALPix ordering attribute (`RING` / `NESTED`, case-insensitive).
+pub fn parse_ordering(text: &str) -> Option<healpix::Ordering> {
+    match text.to_ascii_uppercase().as_str() {
+        "RING" => Some(healpix::Ordering::Ring),
+        "NESTED" | "NEST" => Some(healpix::Ordering::Nested),
+        _ => None,
+    }
+}
+
+/// The attribute text of a HEALPix ordering.
+pub fn ordering_name(o: healpix::Ordering) -> &'static str {
+    match o {
+        healpix::Ordering::Ring => "RING",
+        healpix::Ordering::Nested => "NESTED",
+    }
+}
+
+/// One detector of the focal plane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorSpec {
+    /// Name (the group name in every file).
+    pub name: String,
+    /// Offset quaternion `[x, y, z, w]`: detector frame → boresight frame, before the
+    /// polarisation angle.
+    pub quat: Quat,
+    /// Polarisation angle (deg): the detector frame is `quat ⊗ R_z(pol_angle)`.
+    pub pol_angle_deg: f64,
+    /// Polarisation efficiency η in [0, 1].
+    pub pol_efficiency: f64,
+    /// Nominal sample rate (Hz); each timestream carries its own exact `rate_hz`, which must
+    /// equal it.
+    pub rate_hz: f64,
+    /// Noise-equivalent temperature (K_CMB √s).
+    pub net_k_sqrt_s: f64,
+    /// 1/f knee frequency (Hz), 0 for white noise.
+    pub fknee_hz: f64,
+    /// Nominal gain (V / K_CMB), if known.
+    pub gain: Option<f64>,
+}
+
+impl DetectorSpec {
+    /// The full offset quaternion `quat ⊗ R_z(pol_angle)` used by the pointing kernel.
+    pub fn offset(&self) -> Quat {
+        let rz = quat::from_axis_angle([0.0, 0.0, 1.0], self.pol_angle_deg.to_radians())
+            .expect("ẑ is a unit axis");
+        quat::mul(self.quat, rz)
+    }
+}
+
+/// The focal plane: detectors sorted by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FocalPlane {
+    /// The detectors, sorted by name.
+    pub detectors: Vec<DetectorSpec>,
+}
+
+fn finite(path: &Path, name: &str, v: f64) -> Result<f64, H5Error> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(H5Error::invalid(
+            path,
+            name,
+            format!("value {v} is not finite"),
+        ))
+    }
+}
+
+impl FocalPlane {
+    /// Reads and validates a focal-plane file (`/detectors/<name>` groups with attributes).
+    pub fn read(path: &Path) -> Result<Self, CmbError> {
+        let r = H5Reader::open(path)?;
+        let names = r.group_names("detectors")?;
+        if names.is_empty() {
+            return Err(H5Error::invalid(path, "detectors", "no detector groups").into());
+        }
+        let mut detectors = Vec::new();
+        for name in names {
+            let g = format!("detectors/{name}");
+            let q = r.attr_vec::<f64>(&g, "quat", Some(4))?;
+            let q = [q[0], q[1], q[2], q[3]];
+            quat::check_unit(q)
+                .map_err(|e| H5Error::invalid(path, &format!("{g}@quat"), e.to_string()))?;
+            let pol_efficiency = finite(path, &g, r.attr_f64(&g, "pol_efficiency")?)?;
+            if !(0.0..=1.0).contains(&pol_efficiency) {
+                return Err(H5Error::invalid(
+                    path,
+                    &format!("{g}@pol_efficiency"),
+                    format!("{pol_efficiency} is not in [0, 1]"),
+                )
+                .into());
+            }
+            let rate_hz = finite(path, &g, r.attr_f64(&g, "rate_hz")?)?;
+            if rate_hz <= 0.0 {
+                return Err(H5Error::invalid(path, &format!("{g}@rate_hz"), "must be > 0").into());
+            }
+            let opt = |attr: &str| -> Result<Option<f64>, H5Error> {
+                if r.has_attr(&g, attr) {
+                    Ok(Some(finite(
+                        path,
+                        &format!("{g}@{attr}"),
+                        r.attr_f64(&g, attr)?,
+                    )?))
+                } else {
+                    Ok(None)
+                }
+            };
+            detectors.push(DetectorSpec {
+                quat: q,
+                pol_angle_deg: finite(path, &g, r.attr_f64(&g, "pol_angle_deg")?)?,
+                pol_efficiency,
+                rate_hz,
+                net_k_sqrt_s: opt("net_k_sqrt_s")?.unwrap_or(0.0),
+                fknee_hz: opt("fknee_hz")?.unwrap_or(0.0),
+                gain: opt("gain")?,
+                name,
+            });
+        }
+        Ok(Self { detectors })
+    }
+
+    /// Writes the focal plane to `path` atomically.
+    pub fn write(&self, path: &Path, durability: skypipe_io::Durability) -> Result<(), CmbError> {
+        let w = H5Writer::create(path, durability)?;
+        w.attr_str("", "format", FOCALPLANE_FORMAT)?;
+        for d in &self.detectors {
+            let g = format!("detectors/{}", d.name);
+            w.group(&g)?;
+            w.attr_vec(&g, "quat", &d.quat)?;
+            w.attr_f64(&g, "pol_angle_deg", d.pol_angle_deg)?;
+            w.attr_f64(&g, "pol_efficiency", d.pol_efficiency)?;
+            w.attr_f64(&g, "rate_hz", d.rate_hz)?;
+            w.attr_f64(&g, "net_k_sqrt_s", d.net_k_sqrt_s)?;
+            w.attr_f64(&g, "fknee_hz", d.fknee_hz)?;
+            if let Some(gain) = d.gain {
+                w.attr_f64(&g, "gain", gain)?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+}
+
+/// A validated attitude: times, boresight quaternions and satellite velocities.
+#[derive(Debug, Clone)]
+pub struct AttitudeData {
+    /// Times (s), strictly increasing.
+    pub times: Vec<f64>,
+    /// Unit quaternions (scalar-last), boresight frame → `frame`.
+    pub quats: Vec<Quat>,
+    /// Satellite velocity with respect to the solar-system barycentre (km/s, in `frame`).
+    pub velocity: Vec<[f64; 3]>,
+    /// The frame of quaternions and velocities.
+    pub frame: Frame,
+}
+
+/// Reads and validates `/attitude` of an observation file: shapes agree, no NaN, unit
+/// quaternions, strictly increasing times, a known frame.
+pub fn read_attitude(r: &H5Reader) -> Result<AttitudeData, CmbError> {
+    let path = r.path();
+    let times: Vec<f64> = r.read_1d("attitude/time", None)?;
+    let n = times.len();
+    let quats: Vec<[f64; 4]> = r.read_2d("attitude/quat", Some(n))?;
+    let velocity: Vec<[f64; 3]> = r.read_2d("attitude/velocity", Some(n))?;
+    let frame_text = r.attr_str("attitude", "frame")?;
+    let frame = Frame::parse(&frame_text).ok_or_else(|| {
+        H5Error::invalid(
+            path,
+            "attitude@frame",
+            format!("unknown frame '{frame_text}' (ecliptic, equatorial or galactic)"),
+        )
+    })?;
+    if let Some(i) = quats.iter().position(|q| q.iter().any(|c| !c.is_finite())) {
+        return Err(H5Error::invalid(
+            path,
+            "attitude/quat",
+            format!("quaternion {i} is {:?}, not finite", quats[i]),
+        )
+        .into());
+    }
+    if let Some(i) = velocity
+        .iter()
+        .position(|v| v.iter().any(|c| !c.is_finite()))
+    {
+        return Err(H5Error::invalid(
+            path,
+            "attitude/velocity",
+            format!("velocity {i} is {:?}, not finite", velocity[i]),
+        )
+        .into());
+    }
+    validate_attitude(&times, &quats).map_err(|e| {
+        let name = match e {
+            skypipe_core::attitude::AttitudeError::BadQuaternion { .. } => "attitude/quat",
+            _ => "attitude/time",
+        };
+        H5Error::invalid(path, name, e.to_string())
+    })?;
+    Ok(AttitudeData {
+        times,
+        quats,
+        velocity,
+        frame,
+    })
+}
+
+impl AttitudeData {
+    /// Velocities (km/s) linearly interpolated at samples `first .. first + len` of a clock
+    /// `t_i = t0 + i / rate` (samples must lie within the attitude span; the ends are clamped).
+    pub fn velocities(&self, t0: f64, rate: f64, first: u64, len: usize) -> Vec<[f64; 3]> {
+        let rel: Vec<f64> = self.times.iter().map(|t| t - t0).collect();
+        let n = rel.len();
+        if n == 1 {
+            return vec![self.velocity[0]; len];
+        }
+        let mut out = Vec::with_capacity(len);
+        let s0 = first as f64 / rate;
+        let mut j = rel
+            .partition_point(|&x| x <= s0)
+            .saturating_sub(1)
+            .min(n - 2);
+        for k in 0..len {
+            let s = (first + k as u64) as f64 / rate;
+            while j < n - 2 && rel[j + 1] <= s {
+                j += 1;
+            }
+            let u = ((s - rel[j]) / (rel[j + 1] - rel[j])).clamp(0.0, 1.0);
+            let (a, b) = (self.velocity[j], self.velocity[j + 1]);
+            out.push([0, 1, 2].map(|c| a[c] + u * (b[c] - a[c])));
+        }
+        out
+    }
+}
+
+/// The clock and length of one detector's timestream in an observation file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimestreamInfo {
+    /// Time of sample 0 (s).
+    pub t0: f64,
+    /// Exact sample rate (Hz).
+    pub rate_hz: f64,
+    /// Number of samples.
+    pub len: usize,
+}
+
+/// Reads the clock attributes (`t0`, `rate_hz`) of `group` and the length of its `dataset`
+/// (without reading the samples); the rate must equal `nominal_rate` (the focal plane's).
+pub fn timestream_info(
+    r: &H5Reader,
+    group: &str,
+    dataset: &str,
+    nominal_rate: Option<f64>,
+) -> Result<TimestreamInfo, CmbError> {
+    let path = r.path();
+    let t0 = finite(path, &format!("{group}@t0"), r.attr_f64(group, "t0")?)?;
+    let rate_hz = finite(
+        path,
+        &format!("{group}@rate_hz"),
+        r.attr_f64(group, "rate_hz")?,
+    )?;
+    if rate_hz <= 0.0 {
+        return Err(H5Error::invalid(path, &format!("{group}@rate_hz"), "must be > 0").into());
+    }
+    if let Some(nominal) = nominal_rate
+        && (rate_hz - nominal).abs() > 1e-9 * nominal
+    {
+        return Err(H5Error::invalid(
+            path,
+            &format!("{group}@rate_hz"),
+            format!("{rate_hz} Hz differs from the focal plane's {nominal} Hz"),
+        )
+        .into());
+    }
+    let name = format!("{group}/{dataset}");
+    let len = r.dataset(&name, &[None])?.rows();
+    Ok(TimestreamInfo { t0, rate_hz, len })
+}
+
+/// A HEALPix I/Q/U map in K_CMB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkyMap {
+    /// nside.
+    pub nside: u64,
+    /// Pixel ordering.
+    pub ordering: healpix::Ordering,
+    /// Frame of the pixelisation.
+    pub frame: Frame,
+    /// `[I, Q, U]` per pixel (K_CMB, COSMO polarisation convention).
+    pub iqu: Vec<[f64; 3]>,
+}
+
+impl SkyMap {
+    /// Reads a map file (`/map` `[npix, 3]`, attributes `nside`, `ordering`, `frame`).
+    pub fn read(path: &Path) -> Result<Self, CmbError> {
+        let r = H5Reader::open(path)?;
+        let nside = r.attr_i64("map", "nside")?;
+        let grid = u64::try_from(nside)
+            .ok()
+            .and_then(|n| healpix::Healpix::new(n, healpix::Ordering::Ring).ok())
+            .ok_or_else(|| H5Error::invalid(path, "map@nside", format!("bad nside {nside}")))?;
+        let ord = r.attr_str("map", "ordering")?;
+        let ordering = parse_ordering(&ord)
+            .ok_or_else(|| H5Error::invalid(path, "map@ordering", format!("unknown '{ord}'")))?;
+        let fr = r.attr_str("map", "frame")?;
+        let frame = Frame::parse(&fr)
+            .ok_or_else(|| H5Error::invalid(path, "map@frame", format!("unknown '{fr}'")))?;
+        let iqu: Vec<[f64; 3]> = r.read_2d("map", Some(grid.npix() as usize))?;
+        if let Some(i) = iqu.iter().position(|p| p.iter().any(|v| !v.is_finite())) {
+            return Err(H5Error::invalid(path, "map", format!("pixel {i} is not finite")).into());
+        }
+        Ok(Self {
+            nside: grid.nside(),
+            ordering,
+            frame,
+            iqu,
+        })
+    }
+
+    /// Writes the map atomically.
+    pub fn write(&self, path: &Path, durability: skypipe_io::Durability) -> Result<(), CmbError> {
+        let w = H5Writer::create(path, durability)?;
+        w.attr_str("", "format", MAP_FORMAT)?;
+        w.write_2d("map", &self.iqu)?;
+        w.attr_i64("map", "nside", self.nside as i64)?;
+        w.attr_str("map", "ordering", ordering_name(self.ordering))?;
+        w.attr_str("map", "frame", self.frame.as_str())?;
+        w.attr_str("map", "units", "K_CMB")?;
+        w.attr_str("map", "columns", "I,Q,U")?;
+        w.commit()?;
+        Ok(())
+    }
+}
+
+/// Gains (V / K_CMB) and optional offsets (V) per observation and detector.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GainTable {
+    /// Observation numbers (rows).
+    pub obs: Vec<u32>,
+    /// Per detector name: gain per row.
+    pub gain: BTreeMap<String, Vec<f64>>,
+    /// Per detector name: offset per row (may be absent for a detector).
+    pub offset: BTreeMap<String, Vec<f64>>,
+}
+
+impl GainTable {
+    /// Reads a gain table (`/obs`, `/detectors/<name>/gain`, optional `.../offset`).
+    pub fn read(path: &Path) -> Result<Self, CmbError> {
+        let r = H5Reader::open(path)?;
+        let obs: Vec<i64> = r.read_1d("obs", None)?;
+        let n = obs.len();
+        let obs = obs
+            .iter()
+            .map(|&o| u32::try_from(o))
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(|_| H5Error::invalid(path, "obs", "observation numbers must be in u32"))?;
+        let mut table = GainTable {
+            obs,
+            ..Default::default()
+        };
+        for name in r.group_names("detectors")? {
+            let g = format!("detectors/{name}/gain");
+            let gains: Vec<f64> = r.read_1d(&g, Some(n))?;
+            if let Some(i) = gains.iter().position(|g| !g.is_finite() || *g == 0.0) {
+                return Err(
+                    H5Error::invalid(path, &g, format!("row {i}: gain {}", gains[i])).into(),
+                );
+            }
+            table.gain.insert(name.clone(), gains);
+            let o = format!("detectors/{name}/offset");
+            if r.exists(&o) {
+                table.offset.insert(name.clone(), r.read_1d(&o, Some(n))?);
+            }
+        }
+        Ok(table)
+    }
+
+    /// Writes the table atomically.
+    pub fn write(&self, path: &Path, durability: skypipe_io::Durability) -> Result<(), CmbError> {
+        let w = H5Writer::create(path, durability)?;
+        w.attr_str("", "format", GAINS_FORMAT)?;
+        let obs: Vec<i64> = self.obs.iter().map(|&o| i64::from(o)).collect();
+        w.write_1d("obs", &obs)?;
+        for (name, gains) in &self.gain {
+            w.write_1d(&format!("detectors/{name}/gain"), gains)?;
+            w.attr_str(&format!("detectors/{name}/gain"), "units", "V/K_CMB")?;
+            if let Some(off) = self.offset.get(name) {
+                w.write_1d(&format!("detectors/{name}/offset"), off)?;
+                w.attr_str(&format!("detectors/{name}/offset"), "units", "V")?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Gain and offset of `detector` in observation `obs`.
+    pub fn lookup(&self, obs: u32, detector: &str) -> Option<(f64, Option<f64>)> {
+        let row = self.obs.iter().position(|&o| o == obs)?;
+        let g = self.gain.get(detector)?[row];
+        let off = self.offset.get(detector).map(|o| o[row]);
+        Some((g, off))
+    }
+}
+
+/// Direction (unit vector) of colatitude `theta` and longitude `phi` (rad).
+#[inline]
+pub fn direction(theta: f64, phi: f64) -> [f64; 3] {
+    let (st, ct) = theta.sin_cos();
+    let (sp, cp) = phi.sin_cos();
+    [st * cp, st * sp, ct]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_rotations_compose_and_invert() {
+        let v = [0.3, -0.5, 0.81];
+        let q = Frame::Ecliptic.rotation_to(Frame::Galactic);
+        let g = quat::rotate(q, v);
+        let g2 = quat::rotate(frames::ecliptic_to_galactic(), v);
+        let back = quat::rotate(Frame::Galactic.rotation_to(Frame::Ecliptic), g);
+        let via_eq = quat::rotate(
+            Frame::Equatorial.rotation_to(Frame::Galactic),
+            quat::rotate(Frame::Ecliptic.rotation_to(Frame::Equatorial), v),
+        );
+        for i in 0..3 {
+            assert!((g[i] - g2[i]).abs() < 1e-15);
+            assert!((back[i] - v[i]).abs() < 1e-15);
+            assert!((via_eq[i] - g[i]).abs() < 1e-12);
+        }
+        assert_eq!(Frame::Galactic.rotation_to(Frame::Galactic), quat::IDENTITY);
+    }
+
+    #[test]
+    fn velocities_interpolate_linearly_and_clamp() {
+        let att = AttitudeData {
+            times: vec![10.0, 11.0, 12.0],
+            quats: vec![quat::IDENTITY; 3],
+            velocity: vec![[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]],
+            frame: Frame::Ecliptic,
+        };
+        let v = att.velocities(10.0, 4.0, 0, 9);
+        assert_eq!(v[0], [0.0, 0.0, 0.0]);
+        assert_eq!(v[2], [0.5, 1.0, 1.5]);
+        assert_eq!(v[4], [1.0, 2.0, 3.0]);
+        assert_eq!(v[6], [2.0, 2.0, 2.0]);
+        assert_eq!(v[8], [3.0, 2.0, 1.0]);
+        assert_eq!(att.velocities(10.0, 4.0, 5, 2), v[5..7].to_vec());
+    }
+
+    #[test]
+    fn observation_list_resolves_paths_and_refuses_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("observations.json");
+        std::fs::write(&p, format!(r#"{{"format":"{OBSERVATIONS_FORMAT}","focal_plane":"fp.h5","observations":[{{"obs":1,"file":"obs/obs=0001.h5","samples":10,"extra":1}}]}}"#)).unwrap();
+        let l = ObservationList::load(&p).unwrap();
+        assert_eq!(l.focal_plane, dir.path().join("fp.h5"));
+        assert_eq!(l.entry(1).unwrap().file, dir.path().join("obs/obs=0001.h5"));
+        std::fs::write(&p, format!(r#"{{"format":"{OBSERVATIONS_FORMAT}","focal_plane":"fp.h5","observations":[{{"obs":1,"file":"a"}},{{"obs":1,"file":"b"}}]}}"#)).unwrap();
+        let e = ObservationList::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("observations.json") && e.contains("listed twice"),
+            "{e}"
+        );
+        assert_eq!(ObsUnit { obs: 421 }.id().to_string(), "obs=0421");
+    }
+}
