@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The quick-start demo. Until the science stages land it runs the engine load test on the
-# built-in skewed workload under mpirun with 4 ranks: interrupted part-way by SIGTERM (as Slurm
-# does at a time limit), resumed, with injected failures, then the run report.
+# The quick-start demo, on built-in simulated data, under mpirun with 4 ranks:
+#   1. the engine load test on the skewed workload: interrupted part-way by SIGTERM (as Slurm
+#      does at a time limit), resumed, with injected failures, then the run report;
+#   2. the CMB chain: skypipe-sim cmb -> skypipe-pointing -> skypipe-calibrate, then
+#      skypipe-status on the run directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/skypipe-loadtest
@@ -33,3 +35,17 @@ echo "== 4. the run report ($run_dir/run-report.json)"
 cat "$run_dir/run-report.json"
 echo
 echo "== ledger: $(wc -l < "$run_dir/ledger/loadtest.jsonl") records for 2000 units; outputs: $(ls "$run_dir/loadtest" | wc -l) files"
+
+echo
+echo "== 5. CMB: simulate 12 short Planck-like observations, then pointing and calibration on 4 ranks"
+cmb_data=demo-run/cmb-data
+cmb_run=demo-run/cmb
+rm -rf "$cmb_data" "$cmb_run"
+target/release/skypipe-sim cmb --size tiny --observations 12 --out "$cmb_data"
+"${mpirun[@]}" target/release/skypipe-pointing --config configs/pointing.toml \
+  --observations "$cmb_data/observations.json" --run-dir "$cmb_run"
+"${mpirun[@]}" target/release/skypipe-calibrate --config configs/calibrate.toml \
+  --observations "$cmb_data/observations.json" --run-dir "$cmb_run"
+echo
+echo "== 6. skypipe-status $cmb_run"
+target/release/skypipe-status "$cmb_run"
