@@ -1,2 +1,31 @@
-//! `skypipe-singleframe` (under construction).
-fn main() {}
+//! `skypipe-singleframe`: single-frame processing of raw CCD exposures, one unit per CCD, and
+//! the registry of processed CCDs (one unit per visit).
+
+use clap::Parser;
+use skypipe_engine::{EngineArgs, RunOptions, run_binary};
+use skypipe_optical::singleframe::{Singleframe, SingleframeFile};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Single-frame processing: ISR, background, detection, deblending, measurement, registry.
+#[derive(Debug, Parser)]
+#[command(name = "skypipe-singleframe", version)]
+struct Cli {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// CCD list (`skypipe-ccd-list/1`, e.g. the `units.json` of `skypipe-sim image`);
+    /// overrides `[singleframe] input`.
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (launched, _) = run_binary(&cli.engine, |mut file: SingleframeFile<RunOptions>| {
+        if let Some(input) = cli.input {
+            file.singleframe.input = Some(input);
+        }
+        Ok((file.run, Singleframe::new(file.singleframe)?))
+    });
+    launched.exit_code()
+}

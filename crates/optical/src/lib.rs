@@ -1,3 +1,38 @@
-//! Under construction.
+//! Imaging kernels and the single-frame stage of skypipe.
+//!
+//! Pure kernels on row-major [`image::Image`]s, one job per module:
+//! [`isr`] (bias, flat, gain, saturation and bad-pixel masks, variance),
+//! [`background`] (mesh background with interpolation), [`cosmic`] (cosmic-ray rejection),
+//! [`detect`] (PSF-matched filter, footprints, watershed deblending) and [`measure`]
+//! (centroids, aperture and PSF fluxes, moments, flags, PSF size). [`pipeline`] chains them
+//! for one CCD, in memory. [`wcs`] is the TAN projection used for sky coordinates.
+//! [`sim`] writes the simulated camera (`skypipe-sim image`), and [`singleframe`] is the
+//! engine stage (`skypipe-singleframe`) that reads raw CCDs, runs the chain, writes the
+//! calibrated exposure and source catalogue, and records each CCD in the registry.
+//!
+//! **Invariant:** the kernels do no I/O and know no MPI; inputs are validated when read
+//! (`skypipe_io::fits`), so kernels only `debug_assert!`.
+//!
+//! ```
+//! use skypipe_optical::image::Image;
+//! use skypipe_optical::pipeline::{process, ChainParams, Instrument};
+//! let raw = Image::filled(64, 64, 1000.0f32);
+//! let inst = Instrument { gain: 1.0, read_noise: 5.0, saturate: 60000.0 };
+//! let out = process(raw, None, None, &inst, &ChainParams::default());
+//! assert!(out.sources.is_empty());
+//! assert!(out.image.data.iter().all(|v| v.abs() < 1e-2));
+//! ```
 
+pub mod background;
+pub mod cosmic;
+pub mod detect;
+pub mod image;
+pub mod isr;
+pub mod measure;
+pub mod pipeline;
 pub mod sim;
+pub mod singleframe;
+pub mod wcs;
+
+/// The CCD registry this stage writes (re-exported for callers and tests of the stage).
+pub use skypipe_registry as registry;

@@ -1,15 +1,907 @@
-//! The built-in simulated data set (under construction).
+//! The built-in simulated imaging data set (`skypipe-sim image`): a seeded camera of several
+//! CCDs observing one field in 2–3 bands, several dithered visits per band.
+//!
+//! Per visit: a Moffat PSF whose width changes between visits, a sky with a gradient, Poisson
+//! and read noise, bias and flat-field structure, a few saturated stars, cosmic rays, and a
+//! header WCS perturbed from the truth (offset, rotation, scale). Stars and galaxies (Moffat
+//! profiles broadened and made elliptical for galaxies), with a few close star pairs to test
+//! deblending. Files written under `--out` (layout in `docs/formats.md`, `## Imaging`):
+//! `raw/vVVVV/cCC.fits`, `calib/bias-cCC.fits`, `calib/flat-cCC-B.fits`,
+//! `truth/vVVVV/cCC.fits`, `reference.fits`, and `units.json` (the CCD units).
+//!
+//! [`render_ccd`] draws one CCD from a list of objects in pixel coordinates; the tests use it
+//! directly to build fields with known content.
+
+use crate::image::Image;
+use crate::singleframe::{CCD_LIST_FORMAT, CcdInput, CcdList};
+use crate::wcs::TanWcs;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Poisson, StandardNormal};
+use rayon::prelude::*;
+use skypipe_io::fits::{Card, Column, FitsError, FitsWriter};
+use std::f64::consts::PI;
+use std::path::{Path, PathBuf};
+
+/// Size of the simulated data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Size {
+    /// 4 CCDs of 256×512, bands g and r, 2 visits per band (16 CCD units; for tests).
+    Tiny,
+    /// 8 CCDs of 1024×2048, bands g, r, i, 2 visits per band (48 CCD units; for the demo).
+    Demo,
+}
 
 /// Command-line options of this simulator.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
     /// Output directory.
     #[arg(long, value_name = "DIR")]
-    pub out: std::path::PathBuf,
+    pub out: PathBuf,
+    /// Data set size.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub size: Size,
+    /// Random seed (the same seed writes the same files).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Kind of a simulated object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A point source (the PSF).
+    Star,
+    /// An extended source: a broader, elliptical Moffat.
+    Galaxy,
+}
+
+impl Kind {
+    /// The name used in the truth tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Star => "star",
+            Kind::Galaxy => "galaxy",
+        }
+    }
+}
+
+/// One object on a CCD, in 0-based pixel coordinates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    /// Centre x.
+    pub x: f64,
+    /// Centre y.
+    pub y: f64,
+    /// Total flux, electrons.
+    pub flux: f64,
+    /// Star or galaxy.
+    pub kind: Kind,
+    /// Intrinsic size added in quadrature to the Moffat α (galaxies), pixels.
+    pub size: f64,
+    /// Axis ratio b/a (1 for stars).
+    pub q: f64,
+    /// Position angle of the major axis, radians.
+    pub theta: f64,
+}
+
+impl Object {
+    /// A star.
+    pub fn star(x: f64, y: f64, flux: f64) -> Self {
+        Self {
+            x,
+            y,
+            flux,
+            kind: Kind::Star,
+            size: 0.0,
+            q: 1.0,
+            theta: 0.0,
+        }
+    }
+}
+
+/// How to draw one CCD.
+#[derive(Debug, Clone)]
+pub struct CcdSpec {
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// PSF FWHM, pixels.
+    pub psf_fwhm: f64,
+    /// Moffat β of the PSF.
+    pub psf_beta: f64,
+    /// Sky at the CCD centre, e- per pixel (before the flat).
+    pub sky: f64,
+    /// Fractional sky change across the CCD along x and y.
+    pub sky_gradient: [f64; 2],
+    /// e- per ADU.
+    pub gain: f64,
+    /// Read noise, e-.
+    pub read_noise: f64,
+    /// Saturation of the raw image, ADU.
+    pub saturate: f64,
+    /// Bias level, ADU.
+    pub bias_level: f64,
+    /// Amplitude of the flat-field structure (0 for a flat of ones).
+    pub flat_amplitude: f64,
+    /// Number of cosmic-ray tracks.
+    pub cosmic_rays: usize,
+}
+
+impl CcdSpec {
+    /// The true sky (e- per pixel, before the flat) at 0-based pixel (x, y).
+    pub fn sky_at(&self, x: f64, y: f64) -> f64 {
+        self.sky
+            * (1.0
+                + self.sky_gradient[0] * (x / self.width as f64 - 0.5)
+                + self.sky_gradient[1] * (y / self.height as f64 - 0.5))
+    }
+
+    /// Expected matched-filter S/N of an object: `F / sqrt(F + 4π σ² (sky + rn²))`, with σ
+    /// the Gaussian-equivalent width of the PSF (and the object's size).
+    pub fn expected_snr(&self, o: &Object) -> f64 {
+        let s = self.psf_fwhm / 2.354_820_045;
+        let s2 = s * s + o.size * o.size / (q_safe(o.q));
+        let noise = 4.0 * PI * s2 * (self.sky_at(o.x, o.y) + self.read_noise.powi(2));
+        o.flux / (o.flux + noise).sqrt()
+    }
+}
+
+fn q_safe(q: f64) -> f64 {
+    q.clamp(0.2, 1.0)
+}
+
+/// A drawn CCD: the raw image (ADU) and its calibration frames.
+#[derive(Debug, Clone)]
+pub struct RenderedCcd {
+    /// Raw image, ADU, clipped at saturation.
+    pub raw: Image<f32>,
+    /// Master bias, ADU.
+    pub bias: Image<f32>,
+    /// Master flat (mean ≈ 1).
+    pub flat: Image<f32>,
+    /// Pixels hit by cosmic rays (0-based x, y).
+    pub cosmic_rays: Vec<(usize, usize)>,
+}
+
+/// Moffat α for a FWHM and β.
+pub fn moffat_alpha(fwhm: f64, beta: f64) -> f64 {
+    fwhm / (2.0 * (2f64.powf(1.0 / beta) - 1.0).sqrt())
+}
+
+/// Adds the object's pixel-integrated profile (normalised to its flux over the full stamp,
+/// including pixels off the CCD) to `img` (electrons).
+pub fn add_object(img: &mut Image<f64>, o: &Object, psf_fwhm: f64, psf_beta: f64) {
+    let alpha_psf = moffat_alpha(psf_fwhm, psf_beta);
+    let (alpha, beta) = match o.kind {
+        Kind::Star => (alpha_psf, psf_beta),
+        Kind::Galaxy => ((alpha_psf * alpha_psf + o.size * o.size).sqrt(), 2.5),
+    };
+    let q = q_safe(o.q);
+    let (c, s) = (o.theta.cos(), o.theta.sin());
+    let rmax = (12.0 * alpha / q.sqrt()).min(90.0).ceil();
+    let (x0, x1) = ((o.x - rmax).floor() as i64, (o.x + rmax).ceil() as i64);
+    let (y0, y1) = ((o.y - rmax).floor() as i64, (o.y + rmax).ceil() as i64);
+    let nsub = 5;
+    let mut stamp: Vec<(i64, i64, f64)> = Vec::new();
+    let mut total = 0.0;
+    for py in y0..=y1 {
+        for px in x0..=x1 {
+            let near = ((px as f64 - o.x).hypot(py as f64 - o.y)) < 2.5 * alpha / q.sqrt();
+            let n = if near { nsub } else { 1 };
+            let mut v = 0.0;
+            for j in 0..n {
+                for i in 0..n {
+                    let dx = px as f64 - 0.5 + (i as f64 + 0.5) / n as f64 - o.x;
+                    let dy = py as f64 - 0.5 + (j as f64 + 0.5) / n as f64 - o.y;
+                    // Rotate into the major/minor frame; stretch the minor axis.
+                    let u = c * dx + s * dy;
+                    let w = (-s * dx + c * dy) / q;
+                    let r2 = (u * u + w * w) / (alpha * alpha);
+                    v += (1.0 + r2).powf(-beta);
+                }
+            }
+            v /= (n * n) as f64;
+            total += v;
+            stamp.push((px, py, v));
+        }
+    }
+    if total <= 0.0 {
+        return;
+    }
+    let scale = o.flux / total;
+    for (px, py, v) in stamp {
+        if px >= 0 && py >= 0 && (px as usize) < img.width && (py as usize) < img.height {
+            let i = py as usize * img.width + px as usize;
+            img.data[i] += v * scale;
+        }
+    }
+}
+
+/// Master bias (ADU: level, a column pattern and a row gradient; no randomness, so the same
+/// for every band) and master flat (mean ≈ 1: a smooth pattern, vignetting and 0.1% pixel
+/// response; seeded by `rng`) of a CCD.
+pub fn calibration_frames(spec: &CcdSpec, rng: &mut ChaCha8Rng) -> (Image<f32>, Image<f32>) {
+    let (w, h) = (spec.width, spec.height);
+    let mut flat = Image::filled(w, h, 1.0f32);
+    let mut bias = Image::filled(w, h, 0.0f32);
+    let phase: f64 = rng.random_range(0.0..2.0 * PI);
+    for y in 0..h {
+        for x in 0..w {
+            let (fx, fy) = (x as f64 / w as f64, y as f64 / h as f64);
+            let r2 = (fx - 0.5).powi(2) + (fy - 0.5).powi(2);
+            let pixel: f64 = rng.sample(StandardNormal);
+            let f = 1.0
+                + spec.flat_amplitude
+                    * (0.5 * (2.0 * PI * fx + phase).sin() * (PI * fy).cos() - r2 + 0.02 * pixel);
+            flat.set(x, y, f as f32);
+            let b = spec.bias_level + 3.0 * (x as f64 / 7.0).sin() + 0.002 * y as f64;
+            bias.set(x, y, b as f32);
+        }
+    }
+    (bias, flat)
+}
+
+/// Exposes a CCD: objects and sky in electrons, times the flat, Poisson noise, cosmic rays
+/// (straight tracks of 1–6 pixels, 400–5000 e- each), read noise, then
+/// `raw = bias + charge / gain` clipped at saturation. Returns the raw image (ADU) and the
+/// cosmic-ray pixels.
+pub fn expose(
+    spec: &CcdSpec,
+    objects: &[Object],
+    bias: &Image<f32>,
+    flat: &Image<f32>,
+    rng: &mut ChaCha8Rng,
+) -> (Image<f32>, Vec<(usize, usize)>) {
+    let (w, h) = (spec.width, spec.height);
+    let mut e = Image::filled(w, h, 0.0f64);
+    for o in objects {
+        add_object(&mut e, o, spec.psf_fwhm, spec.psf_beta);
+    }
+    let mut cr = Image::filled(w, h, 0.0f64);
+    let mut cosmic = Vec::new();
+    for _ in 0..spec.cosmic_rays {
+        let len = rng.random_range(1..=6usize);
+        let ang: f64 = rng.random_range(0.0..PI);
+        let (sx, sy) = (
+            rng.random_range(0.0..w as f64),
+            rng.random_range(0.0..h as f64),
+        );
+        let amp: f64 = rng.random_range(400.0..5000.0);
+        for k in 0..len {
+            let x = (sx + k as f64 * ang.cos()).round();
+            let y = (sy + k as f64 * ang.sin()).round();
+            if x >= 0.0 && y >= 0.0 && (x as usize) < w && (y as usize) < h {
+                let (x, y) = (x as usize, y as usize);
+                if cr.get(x, y) == 0.0 {
+                    cosmic.push((x, y));
+                }
+                cr.set(x, y, amp);
+            }
+        }
+    }
+    let mut raw = Image::filled(w, h, 0.0f32);
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let lambda = f64::from(flat.data[i]) * (spec.sky_at(x as f64, y as f64) + e.data[i]);
+            let mut n = poisson(lambda.max(0.0), rng) + cr.data[i];
+            let z: f64 = rng.sample(StandardNormal);
+            n += spec.read_noise * z;
+            raw.data[i] = (f64::from(bias.data[i]) + n / spec.gain).min(spec.saturate) as f32;
+        }
+    }
+    (raw, cosmic)
+}
+
+/// Draws a CCD with its own calibration frames: [`calibration_frames`] then [`expose`].
+pub fn render_ccd(spec: &CcdSpec, objects: &[Object], rng: &mut ChaCha8Rng) -> RenderedCcd {
+    let (bias, flat) = calibration_frames(spec, rng);
+    let (raw, cosmic_rays) = expose(spec, objects, &bias, &flat, rng);
+    RenderedCcd {
+        raw,
+        bias,
+        flat,
+        cosmic_rays,
+    }
+}
+
+/// A Poisson deviate (normal approximation above 1000, where it is accurate to well below the
+/// noise itself).
+fn poisson(lambda: f64, rng: &mut ChaCha8Rng) -> f64 {
+    if lambda <= 0.0 {
+        return 0.0;
+    }
+    if lambda > 1000.0 {
+        let z: f64 = rng.sample(StandardNormal);
+        return lambda + lambda.sqrt() * z;
+    }
+    Poisson::new(lambda).map_or(lambda, |p| p.sample(rng))
+}
+
+/// An object on the sky with a magnitude per band.
+#[derive(Debug, Clone)]
+struct SkyObject {
+    id: i64,
+    ra: f64,
+    dec: f64,
+    mags: Vec<f64>,
+    kind: Kind,
+    size: f64,
+    q: f64,
+    theta: f64,
+    pair: i64,
+}
+
+/// The camera and survey of one data set size.
+#[derive(Debug, Clone)]
+struct Survey {
+    ccd_cols: usize,
+    ccd_rows: usize,
+    width: usize,
+    height: usize,
+    bands: Vec<&'static str>,
+    visits_per_band: usize,
+    objects_per_ccd: usize,
+}
+
+const PIXEL_SCALE_DEG: f64 = 0.2 / 3600.0;
+const GAP: f64 = 40.0;
+const FIELD: (f64, f64) = (150.0, 2.0);
+/// Zero points: e- in one exposure for magnitude 0 is 10^(0.4 ZP).
+const ZERO_POINTS: [(&str, f64); 3] = [("g", 30.0), ("r", 30.2), ("i", 29.9)];
+const SKY: [(&str, f64); 3] = [("g", 200.0), ("r", 350.0), ("i", 500.0)];
+const EXPTIME: f64 = 30.0;
+
+fn survey(size: Size) -> Survey {
+    match size {
+        Size::Tiny => Survey {
+            ccd_cols: 2,
+            ccd_rows: 2,
+            width: 256,
+            height: 512,
+            bands: vec!["g", "r"],
+            visits_per_band: 2,
+            objects_per_ccd: 250,
+        },
+        Size::Demo => Survey {
+            ccd_cols: 4,
+            ccd_rows: 2,
+            width: 1024,
+            height: 2048,
+            bands: vec!["g", "r", "i"],
+            visits_per_band: 2,
+            objects_per_ccd: 1500,
+        },
+    }
+}
+
+fn lookup(table: &[(&str, f64)], band: &str) -> f64 {
+    table.iter().find(|(b, _)| *b == band).map_or(30.0, |t| t.1)
+}
+
+/// The true WCS of CCD `(col, row)` for a pointing and rotation.
+fn ccd_wcs(s: &Survey, col: usize, row: usize, ra: f64, dec: f64, rot: f64, scale: f64) -> TanWcs {
+    // Focal plane: CCDs on a grid with gaps, boresight at the centre of the grid.
+    let fp_w = s.ccd_cols as f64 * s.width as f64 + (s.ccd_cols - 1) as f64 * GAP;
+    let fp_h = s.ccd_rows as f64 * s.height as f64 + (s.ccd_rows - 1) as f64 * GAP;
+    let ox = col as f64 * (s.width as f64 + GAP);
+    let oy = row as f64 * (s.height as f64 + GAP);
+    let (c, sn) = (rot.cos(), rot.sin());
+    TanWcs {
+        crpix: [fp_w / 2.0 - ox + 0.5, fp_h / 2.0 - oy + 0.5],
+        crval: [ra, dec],
+        cd: [[-scale * c, scale * sn], [scale * sn, scale * c]],
+    }
+}
+
+fn wcs_cards(w: &TanWcs, prefix: &str) -> Vec<Card> {
+    let k = |n: &str| format!("{prefix}{n}");
+    let mut cards = Vec::new();
+    if prefix.is_empty() {
+        cards.push(Card::text("CTYPE1", "RA---TAN", "gnomonic projection"));
+        cards.push(Card::text("CTYPE2", "DEC--TAN", "gnomonic projection"));
+        cards.push(Card::text("CUNIT1", "deg", ""));
+        cards.push(Card::text("CUNIT2", "deg", ""));
+        cards.push(Card::text("RADESYS", "ICRS", ""));
+    }
+    cards.extend([
+        Card::real(&k("CRPIX1"), w.crpix[0], "reference pixel x"),
+        Card::real(&k("CRPIX2"), w.crpix[1], "reference pixel y"),
+        Card::real(&k("CRVAL1"), w.crval[0], "[deg] RA at the reference pixel"),
+        Card::real(&k("CRVAL2"), w.crval[1], "[deg] Dec at the reference pixel"),
+        Card::real(&k("CD1_1"), w.cd[0][0], "[deg/pix]"),
+        Card::real(&k("CD1_2"), w.cd[0][1], "[deg/pix]"),
+        Card::real(&k("CD2_1"), w.cd[1][0], "[deg/pix]"),
+        Card::real(&k("CD2_2"), w.cd[1][1], "[deg/pix]"),
+    ]);
+    cards
+}
+
+/// Header cards of the WCS in standard FITS form (`CTYPEn`, `CRPIXn`, `CRVALn`, `CDi_j`).
+pub fn wcs_header(w: &TanWcs) -> Vec<Card> {
+    wcs_cards(w, "")
+}
+
+/// Draws a magnitude from `p(m) ∝ 10^(slope m)` on `[lo, hi]`.
+fn power_law_mag(rng: &mut ChaCha8Rng, lo: f64, hi: f64, slope: f64) -> f64 {
+    let u: f64 = rng.random_range(0.0..1.0);
+    let (a, b) = (10f64.powf(slope * lo), 10f64.powf(slope * hi));
+    (a + u * (b - a)).log10() / slope
+}
+
+fn sky_objects(s: &Survey, rng: &mut ChaCha8Rng) -> Vec<SkyObject> {
+    let fp_w = s.ccd_cols as f64 * s.width as f64 + (s.ccd_cols - 1) as f64 * GAP;
+    let fp_h = s.ccd_rows as f64 * s.height as f64 + (s.ccd_rows - 1) as f64 * GAP;
+    let margin = 300.0;
+    let (hw, hh) = (
+        (fp_w / 2.0 + margin) * PIXEL_SCALE_DEG,
+        (fp_h / 2.0 + margin) * PIXEL_SCALE_DEG,
+    );
+    let area_factor =
+        ((fp_w + 2.0 * margin) * (fp_h + 2.0 * margin)) / (s.width as f64 * s.height as f64);
+    let n = (s.objects_per_ccd as f64 * area_factor) as usize;
+    let nb = s.bands.len();
+    let cosd = FIELD.1.to_radians().cos();
+    let mut out: Vec<SkyObject> = Vec::with_capacity(n + n / 10);
+    let color = |rng: &mut ChaCha8Rng, m_r: f64| -> Vec<f64> {
+        let gr: f64 = rng.random_range(0.2..1.2);
+        let ri: f64 = rng.random_range(0.0..0.5);
+        (0..nb)
+            .map(|b| match b {
+                0 => m_r + gr,
+                1 => m_r,
+                _ => m_r - ri,
+            })
+            .collect()
+    };
+    for _ in 0..n {
+        let ra = FIELD.0 + rng.random_range(-hw..hw) / cosd;
+        let dec = FIELD.1 + rng.random_range(-hh..hh);
+        let star = rng.random_bool(0.5);
+        let id = out.len() as i64;
+        if star {
+            let m = power_law_mag(rng, 16.0, 24.5, 0.25);
+            let mags = color(rng, m);
+            out.push(SkyObject {
+                id,
+                ra,
+                dec,
+                mags,
+                kind: Kind::Star,
+                size: 0.0,
+                q: 1.0,
+                theta: 0.0,
+                pair: -1,
+            });
+            // A few close pairs (2.3–3 × a typical FWHM apart), for deblending.
+            if rng.random_bool(0.04) && m < 21.0 {
+                let sep = rng.random_range(2.3..3.0) * 3.2 * PIXEL_SCALE_DEG;
+                let ang: f64 = rng.random_range(0.0..2.0 * PI);
+                let m2 = m + rng.random_range(0.0..1.0);
+                let mags = color(rng, m2);
+                let id2 = id + 1;
+                out[id as usize].pair = id2;
+                out.push(SkyObject {
+                    id: id2,
+                    ra: ra + sep * ang.cos() / cosd,
+                    dec: dec + sep * ang.sin(),
+                    mags,
+                    kind: Kind::Star,
+                    size: 0.0,
+                    q: 1.0,
+                    theta: 0.0,
+                    pair: id,
+                });
+            }
+        } else {
+            let m = power_law_mag(rng, 18.0, 24.5, 0.3);
+            let mags = color(rng, m);
+            out.push(SkyObject {
+                id,
+                ra,
+                dec,
+                mags,
+                kind: Kind::Galaxy,
+                size: rng.random_range(0.5..3.0),
+                q: rng.random_range(0.4..1.0),
+                theta: rng.random_range(0.0..PI),
+                pair: -1,
+            });
+        }
+    }
+    // A few saturated stars: about two per CCD.
+    let nsat = 2 * s.ccd_cols * s.ccd_rows;
+    for _ in 0..nsat {
+        let id = out.len() as i64;
+        let m = rng.random_range(12.5..14.0);
+        let mags = color(rng, m);
+        out.push(SkyObject {
+            id,
+            ra: FIELD.0 + rng.random_range(-hw..hw) / cosd,
+            dec: FIELD.1 + rng.random_range(-hh..hh),
+            mags,
+            kind: Kind::Star,
+            size: 0.0,
+            q: 1.0,
+            theta: 0.0,
+            pair: -1,
+        });
+    }
+    out
+}
+
+/// Writes the whole data set; the error names the file that could not be written.
+pub fn write_data_set(out: &Path, size: Size, seed: u64) -> Result<usize, FitsError> {
+    let s = survey(size);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let objects = sky_objects(&s, &mut rng);
+    let nccd = s.ccd_cols * s.ccd_rows;
+    let nb = s.bands.len();
+    let gain = 1.5;
+    let read_noise = 5.0;
+    let saturate = 60000.0;
+
+    // Reference catalogue: stars brighter than r = 21.5, positions with 20 mas noise.
+    let stars: Vec<&SkyObject> = objects
+        .iter()
+        .filter(|o| o.kind == Kind::Star && o.mags[1.min(nb - 1)] < 21.5)
+        .collect();
+    let cosd = FIELD.1.to_radians().cos();
+    let noise = 0.02 / 3600.0;
+    let mut cols = vec![
+        Column::i64("ID", "", stars.iter().map(|o| o.id).collect()),
+        Column::f64(
+            "RA",
+            "deg",
+            stars
+                .iter()
+                .map(|o| {
+                    let z: f64 = rng.sample(StandardNormal);
+                    o.ra + z * noise / cosd
+                })
+                .collect(),
+        ),
+        Column::f64(
+            "DEC",
+            "deg",
+            stars
+                .iter()
+                .map(|o| {
+                    let z: f64 = rng.sample(StandardNormal);
+                    o.dec + z * noise
+                })
+                .collect(),
+        ),
+    ];
+    for (b, band) in s.bands.iter().enumerate() {
+        cols.push(Column::f64(
+            &format!("MAG_{}", band.to_uppercase()),
+            "mag",
+            stars.iter().map(|o| o.mags[b]).collect(),
+        ));
+    }
+    let mut w = FitsWriter::create(out.join("reference.fits"), false, None)?;
+    w.table(
+        "REFCAT",
+        &cols,
+        &[Card::text(
+            "BANDS",
+            &s.bands.join(","),
+            "magnitude columns MAG_<BAND>",
+        )],
+    )?;
+    w.commit()?;
+
+    // Calibration frames: one bias per CCD, one flat per CCD and band (the flat's structure
+    // depends on the CCD; its seed on the CCD and band).
+    let base = CcdSpec {
+        width: s.width,
+        height: s.height,
+        psf_fwhm: 3.0,
+        psf_beta: 3.5,
+        sky: 300.0,
+        sky_gradient: [0.0, 0.0],
+        gain,
+        read_noise,
+        saturate,
+        bias_level: 1000.0,
+        flat_amplitude: 0.05,
+        cosmic_rays: 0,
+    };
+
+    let mut units = Vec::new();
+    let mut visit = 0u64;
+    for (b, band) in s.bands.iter().enumerate() {
+        for _ in 0..s.visits_per_band {
+            visit += 1;
+            let dra = rng.random_range(-20.0..20.0) / 3600.0 / cosd;
+            let ddec = rng.random_range(-20.0..20.0) / 3600.0;
+            let rot: f64 = rng.random_range(-0.05f64..0.05).to_radians();
+            let fwhm = rng.random_range(2.6..3.8);
+            let sky = lookup(&SKY, band) * rng.random_range(0.8..1.2);
+            let grad = [rng.random_range(-0.1..0.1), rng.random_range(-0.1..0.1)];
+            // Header WCS: the pointing as the telescope reports it.
+            let hdr_dra = rng.random_range(-2.0..2.0) / 3600.0;
+            let hdr_ddec = rng.random_range(-2.0..2.0) / 3600.0;
+            let hdr_rot: f64 = rng.random_range(-0.02f64..0.02).to_radians();
+            let hdr_scale = 1.0 + rng.random_range(-3e-4..3e-4);
+            let zp = lookup(&ZERO_POINTS, band);
+            // CCDs are drawn in parallel; each has its own seeded generators, so the files
+            // do not depend on the number of threads.
+            let drawn_ccds: Vec<Result<CcdInput, FitsError>> = (0..nccd)
+                .into_par_iter()
+                .map(|ccd| -> Result<CcdInput, FitsError> {
+                    let (col, row) = (ccd % s.ccd_cols, ccd / s.ccd_cols);
+                    let (ra, dec) = (FIELD.0 + dra, FIELD.1 + ddec);
+                    let truth_wcs = ccd_wcs(&s, col, row, ra, dec, rot, PIXEL_SCALE_DEG);
+                    let header_wcs = ccd_wcs(
+                        &s,
+                        col,
+                        row,
+                        ra + hdr_dra,
+                        dec + hdr_ddec,
+                        rot + hdr_rot,
+                        PIXEL_SCALE_DEG * hdr_scale,
+                    );
+                    let spec = CcdSpec {
+                        psf_fwhm: fwhm,
+                        sky,
+                        sky_gradient: grad,
+                        cosmic_rays: (s.width * s.height) / 8000,
+                        ..base.clone()
+                    };
+                    let mut on_ccd: Vec<(i64, Object, f64, i64)> = Vec::new();
+                    let mut drawn: Vec<Object> = Vec::new();
+                    for o in &objects {
+                        let Some((x1, y1)) = truth_wcs.sky_to_pixel(o.ra, o.dec) else {
+                            continue;
+                        };
+                        let (x, y) = (x1 - 1.0, y1 - 1.0);
+                        let m = 80.0;
+                        if x < -m || y < -m || x > s.width as f64 + m || y > s.height as f64 + m {
+                            continue;
+                        }
+                        let obj = Object {
+                            x,
+                            y,
+                            flux: 10f64.powf(0.4 * (zp - o.mags[b])),
+                            kind: o.kind,
+                            size: o.size,
+                            q: o.q,
+                            theta: o.theta,
+                        };
+                        if x >= -0.5
+                            && y >= -0.5
+                            && x < s.width as f64 - 0.5
+                            && y < s.height as f64 - 0.5
+                        {
+                            on_ccd.push((o.id, obj.clone(), o.mags[b], o.pair));
+                        }
+                        drawn.push(obj);
+                    }
+                    let mut frng = ChaCha8Rng::seed_from_u64(
+                        seed ^ 0x5eed_f1a7 ^ ((ccd as u64) << 8) ^ b as u64,
+                    );
+                    let (bias, flat) = calibration_frames(&base, &mut frng);
+                    let mut crng = ChaCha8Rng::seed_from_u64(
+                        seed.wrapping_mul(1_000_003) ^ (visit << 16) ^ ccd as u64,
+                    );
+                    let raw = expose(&spec, &drawn, &bias, &flat, &mut crng);
+
+                    let raw_rel = format!("raw/v{visit:04}/c{ccd:02}.fits");
+                    let bias_rel = format!("calib/bias-c{ccd:02}.fits");
+                    let flat_rel = format!("calib/flat-c{ccd:02}-{band}.fits");
+                    let truth_rel = format!("truth/v{visit:04}/c{ccd:02}.fits");
+                    let mut cards = vec![
+                        Card::int("VISIT", visit as i64, "visit (exposure) number"),
+                        Card::int("CCD", ccd as i64, "CCD number in the camera"),
+                        Card::text("BAND", band, "filter band"),
+                        Card::text("FILTER", band, "filter band (alias of BAND)"),
+                        Card::real("EXPTIME", EXPTIME, "[s] exposure time"),
+                        Card::real("GAIN", gain, "[e-/ADU]"),
+                        Card::real("RDNOISE", read_noise, "[e-] read noise"),
+                        Card::real("SATURATE", saturate, "[ADU] saturation level"),
+                        Card::text("BUNIT", "adu", ""),
+                    ];
+                    cards.extend(wcs_header(&header_wcs));
+                    let mut wr =
+                        FitsWriter::create(out.join(&raw_rel), false, Some(&to_array(&raw.0)))?;
+                    wr.primary_keys(&cards)?;
+                    wr.commit()?;
+                    if b == 0 && visit == 1 {
+                        let mut wb =
+                            FitsWriter::create(out.join(&bias_rel), false, Some(&to_array(&bias)))?;
+                        wb.primary_keys(&[
+                            Card::int("CCD", ccd as i64, "CCD number"),
+                            Card::text("OBSTYPE", "bias", "master bias [ADU]"),
+                        ])?;
+                        wb.commit()?;
+                    }
+                    if !out.join(&flat_rel).exists() {
+                        let mut wf =
+                            FitsWriter::create(out.join(&flat_rel), false, Some(&to_array(&flat)))?;
+                        wf.primary_keys(&[
+                            Card::int("CCD", ccd as i64, "CCD number"),
+                            Card::text("BAND", band, "filter band"),
+                            Card::text("OBSTYPE", "flat", "master flat, mean about 1"),
+                        ])?;
+                        wf.commit()?;
+                    }
+                    // Truth.
+                    let mut tw = FitsWriter::create(out.join(&truth_rel), false, None)?;
+                    let mut tcards = vec![
+                        Card::int("VISIT", visit as i64, ""),
+                        Card::int("CCD", ccd as i64, ""),
+                        Card::text("BAND", band, ""),
+                        Card::real("PSFFWHM", fwhm, "[pix] true PSF FWHM (Moffat)"),
+                        Card::real("PSFBETA", spec.psf_beta, "Moffat beta"),
+                        Card::real("SKY0", sky, "[e-/pix] sky at the CCD centre"),
+                        Card::real("SKYGX", grad[0], "fractional sky change across x"),
+                        Card::real("SKYGY", grad[1], "fractional sky change across y"),
+                        Card::real("ZP", zp, "[mag] e- = 10^(0.4 (ZP - mag))"),
+                    ];
+                    tcards.extend(wcs_cards(&truth_wcs, "T"));
+                    tw.primary_keys(&tcards)?;
+                    tw.table(
+                        "OBJECTS",
+                        &[
+                            Column::i64("ID", "", on_ccd.iter().map(|t| t.0).collect()),
+                            Column::f64("X", "pix", on_ccd.iter().map(|t| t.1.x + 1.0).collect()),
+                            Column::f64("Y", "pix", on_ccd.iter().map(|t| t.1.y + 1.0).collect()),
+                            Column::f64(
+                                "FLUX",
+                                "electron",
+                                on_ccd.iter().map(|t| t.1.flux).collect(),
+                            ),
+                            Column::f64("MAG", "mag", on_ccd.iter().map(|t| t.2).collect()),
+                            Column::f64(
+                                "SNR",
+                                "",
+                                on_ccd.iter().map(|t| spec.expected_snr(&t.1)).collect(),
+                            ),
+                            Column::text(
+                                "TYPE",
+                                on_ccd
+                                    .iter()
+                                    .map(|t| t.1.kind.as_str().to_string())
+                                    .collect(),
+                            ),
+                            Column::i64("PAIR", "", on_ccd.iter().map(|t| t.3).collect()),
+                        ],
+                        &[],
+                    )?;
+                    tw.table(
+                        "COSMICS",
+                        &[
+                            Column::f64(
+                                "X",
+                                "pix",
+                                raw.1.iter().map(|c| c.0 as f64 + 1.0).collect(),
+                            ),
+                            Column::f64(
+                                "Y",
+                                "pix",
+                                raw.1.iter().map(|c| c.1 as f64 + 1.0).collect(),
+                            ),
+                        ],
+                        &[],
+                    )?;
+                    tw.commit()?;
+                    Ok(CcdInput {
+                        visit,
+                        ccd: ccd as u32,
+                        band: band.to_string(),
+                        raw: raw_rel.into(),
+                        bias: Some(bias_rel.into()),
+                        flat: Some(flat_rel.into()),
+                        variance: None,
+                    })
+                })
+                .collect();
+            for unit in drawn_ccds {
+                units.push(unit?);
+            }
+        }
+    }
+    let n = units.len();
+    let list = CcdList {
+        format: CCD_LIST_FORMAT.into(),
+        units,
+    };
+    let json = serde_json::to_vec_pretty(&list).expect("a list always serialises");
+    skypipe_io::write_atomic(
+        out.join("units.json"),
+        &json,
+        skypipe_io::Durability::ProcessCrashOnly,
+    )?;
+    Ok(n)
+}
+
+fn to_array(img: &Image<f32>) -> ndarray::Array2<f32> {
+    ndarray::Array2::from_shape_vec((img.height, img.width), img.data.clone())
+        .expect("image shape matches its data")
 }
 
 /// Writes the data set; returns the process exit code.
 pub fn run(args: &SimArgs) -> u8 {
-    eprintln!("error: not built yet: {}", args.out.display());
-    1
+    match write_data_set(&args.out, args.size, args.seed) {
+        Ok(n) => {
+            println!(
+                "wrote {n} CCD units to {} (list: {})",
+                args.out.display(),
+                args.out.join("units.json").display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_stars_hold_their_flux() {
+        let mut img = Image::filled(101, 101, 0.0f64);
+        add_object(&mut img, &Object::star(50.3, 49.8, 1e5), 3.0, 3.5);
+        let total: f64 = img.data.iter().sum();
+        assert!((total / 1e5 - 1.0).abs() < 1e-9, "{total}");
+        // Centroid of the rendered star equals its position (symmetric profile).
+        let cx: f64 = img
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i % 101) as f64 * v)
+            .sum::<f64>()
+            / total;
+        let cy: f64 = img
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i / 101) as f64 * v)
+            .sum::<f64>()
+            / total;
+        assert!(
+            (cx - 50.3).abs() < 1e-3 && (cy - 49.8).abs() < 1e-3,
+            "{cx},{cy}"
+        );
+        // Half the flux falls within... the FWHM is right: the peak halves at FWHM/2.
+        let a = moffat_alpha(3.0, 3.5);
+        let half = (1.0 + (1.5f64 / a).powi(2)).powf(-3.5);
+        assert!((half - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_calibrated_frame_has_the_right_sky_and_noise() {
+        let spec = CcdSpec {
+            width: 64,
+            height: 64,
+            psf_fwhm: 3.0,
+            psf_beta: 3.5,
+            sky: 400.0,
+            sky_gradient: [0.0, 0.0],
+            gain: 2.0,
+            read_noise: 5.0,
+            saturate: 1e9,
+            bias_level: 1000.0,
+            flat_amplitude: 0.05,
+            cosmic_rays: 0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let r = render_ccd(&spec, &[], &mut rng);
+        let n = (64 * 64) as f64;
+        let cal: Vec<f64> = (0..64 * 64)
+            .map(|i| f64::from(r.raw.data[i] - r.bias.data[i]) / f64::from(r.flat.data[i]) * 2.0)
+            .collect();
+        let mean = cal.iter().sum::<f64>() / n;
+        let var = cal.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        assert!((mean - 400.0).abs() < 1.5, "{mean}");
+        // Poisson 400 + read noise 25 (flat ≈ 1).
+        assert!((var / 425.0 - 1.0).abs() < 0.08, "{var}");
+    }
 }

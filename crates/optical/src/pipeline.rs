@@ -1,0 +1,256 @@
+//! The whole single-frame chain on one CCD, in memory: ISR → masks → variance → background →
+//! cosmic rays → PSF size → PSF-matched detection → deblending → measurement.
+//! No I/O here; the stage reads the inputs and writes the outputs around it.
+
+use crate::background::{self, Background};
+use crate::cosmic::{self, CosmicRayParams};
+use crate::detect::{self, DetectParams};
+use crate::image::{Image, mask};
+use crate::isr;
+use crate::measure::{self, FWHM_TO_SIGMA, MeasureParams, Source};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the chain (the `[singleframe]` table's science part).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainParams {
+    /// Background mesh cell, pixels. Default 64.
+    pub background_cell: usize,
+    /// Detection threshold on the PSF-filtered image, σ. Default 5.
+    pub threshold: f64,
+    /// Smallest footprint, pixels. Default 5.
+    pub min_pixels: usize,
+    /// Deblending: a secondary peak must rise this many σ above its saddle. Default 4.
+    pub deblend_nsigma: f64,
+    /// Deblending: …and this fraction of the brighter peak. Default 0.01.
+    pub deblend_contrast: f64,
+    /// FWHM (pixels) assumed for the first detection pass, before the PSF is measured. Default 3.
+    pub initial_fwhm: f64,
+    /// Aperture radius in units of the measured FWHM. Default 4.
+    pub aperture_fwhm: f64,
+    /// Margin (pixels) flagged EDGE. Default 4.
+    pub edge: usize,
+    /// Cosmic rays: smallest possible PSF FWHM (pixels). Default 2.
+    pub cr_min_fwhm: f64,
+    /// Cosmic rays: significance of the excess, σ. Default 5.
+    pub cr_nsigma: f64,
+    /// PSF stars: smallest aperture S/N. Default 30.
+    pub psf_min_snr: f64,
+}
+
+impl Default for ChainParams {
+    fn default() -> Self {
+        Self {
+            background_cell: 64,
+            threshold: 5.0,
+            min_pixels: 5,
+            deblend_nsigma: 4.0,
+            deblend_contrast: 0.01,
+            initial_fwhm: 3.0,
+            aperture_fwhm: 4.0,
+            edge: 4,
+            cr_min_fwhm: 2.0,
+            cr_nsigma: 5.0,
+            psf_min_snr: 30.0,
+        }
+    }
+}
+
+impl ChainParams {
+    /// Checks values that types cannot, naming the key (under `singleframe.`).
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("threshold", self.threshold),
+            ("deblend_nsigma", self.deblend_nsigma),
+            ("initial_fwhm", self.initial_fwhm),
+            ("aperture_fwhm", self.aperture_fwhm),
+            ("cr_min_fwhm", self.cr_min_fwhm),
+            ("cr_nsigma", self.cr_nsigma),
+            ("psf_min_snr", self.psf_min_snr),
+        ];
+        for (k, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("singleframe.{k} must be finite and > 0, got {v}"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.deblend_contrast) {
+            return Err(format!(
+                "singleframe.deblend_contrast must be in [0, 1), got {}",
+                self.deblend_contrast
+            ));
+        }
+        if self.background_cell < 8 {
+            return Err("singleframe.background_cell must be at least 8".into());
+        }
+        Ok(())
+    }
+}
+
+/// The instrument description of one raw exposure (from its header).
+#[derive(Debug, Clone, Copy)]
+pub struct Instrument {
+    /// e- per ADU.
+    pub gain: f32,
+    /// Read noise, e-.
+    pub read_noise: f32,
+    /// Saturation level of the raw image, ADU.
+    pub saturate: f32,
+}
+
+/// Everything the chain produces for one CCD.
+#[derive(Debug, Clone)]
+pub struct ChainOutput {
+    /// Calibrated, background-subtracted image, e-.
+    pub image: Image<f32>,
+    /// Mask plane (bits of [`mask`]).
+    pub mask: Image<u32>,
+    /// Variance plane, e-².
+    pub variance: Image<f32>,
+    /// The background model that was subtracted, e-.
+    pub background: Background,
+    /// Measured PSF FWHM, pixels (the initial guess when too few stars were found).
+    pub psf_fwhm: f64,
+    /// Whether `psf_fwhm` was measured (false: fell back to the initial guess).
+    pub psf_measured: bool,
+    /// Aperture correction applied to the PSF fluxes.
+    pub aperture_correction: f64,
+    /// Radius of the aperture fluxes, pixels.
+    pub aperture_radius: f64,
+    /// Measured sources.
+    pub sources: Vec<Source>,
+    /// Cosmic-ray pixels found.
+    pub cosmic_ray_pixels: usize,
+    /// Saturated pixels found.
+    pub saturated_pixels: usize,
+    /// Wall time of each step, seconds, in order (for benchmarks and logs).
+    pub timings: Vec<(&'static str, f64)>,
+}
+
+/// Runs the chain on a raw image (ADU) with optional master bias and flat (same shape).
+pub fn process(
+    raw: Image<f32>,
+    bias: Option<&Image<f32>>,
+    flat: Option<&Image<f32>>,
+    inst: &Instrument,
+    p: &ChainParams,
+) -> ChainOutput {
+    process_with_variance(raw, bias, flat, None, inst, p)
+}
+
+/// [`process`] with an optional input variance (in the raw image's units squared), used
+/// instead of the Poisson + read-noise model (converted to e-² with the gain and flat).
+pub fn process_with_variance(
+    raw: Image<f32>,
+    bias: Option<&Image<f32>>,
+    flat: Option<&Image<f32>>,
+    variance_in: Option<&Image<f32>>,
+    inst: &Instrument,
+    p: &ChainParams,
+) -> ChainOutput {
+    let (w, h) = (raw.width, raw.height);
+    let mut timings = Vec::new();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64)>| {
+        timings.push((name, clock.elapsed().as_secs_f64()));
+        clock = std::time::Instant::now();
+    };
+    let mut m = Image::filled(w, h, 0u32);
+    let saturated_pixels = isr::mask_saturated_and_bad(&raw, inst.saturate, &mut m);
+    isr::mask_edges(&mut m, p.edge);
+    let mut img = raw;
+    isr::bias_flat_gain(&mut img, bias, flat, inst.gain, &mut m);
+    let variance = match variance_in {
+        None => isr::variance_plane(&img, flat, inst.read_noise, &m),
+        Some(v) => {
+            let mut var = v.clone();
+            for (i, x) in var.data.iter_mut().enumerate() {
+                let f = flat.map_or(1.0, |f| f.data[i]);
+                let f = if f.is_finite() && f > 0.0 { f } else { 1.0 };
+                let g = inst.gain / f;
+                *x = if x.is_finite() && *x > 0.0 {
+                    *x * g * g
+                } else {
+                    f32::MAX.sqrt()
+                };
+                if !(v.data[i].is_finite() && v.data[i] > 0.0) {
+                    m.data[i] |= mask::BAD;
+                }
+            }
+            var
+        }
+    };
+
+    lap("isr", &mut timings);
+    // Background, then cosmic rays on the subtracted image.
+    let bg = Background::estimate(&img, &m, p.background_cell);
+    background::subtract(&mut img, &bg.render());
+    lap("background", &mut timings);
+    let crp = CosmicRayParams {
+        min_fwhm: p.cr_min_fwhm,
+        nsigma: p.cr_nsigma,
+        ..CosmicRayParams::default()
+    };
+    let cosmic_ray_pixels = cosmic::reject_cosmic_rays(&mut img, &variance, &mut m, &crp);
+    lap("cosmic_rays", &mut timings);
+
+    let dp = DetectParams {
+        threshold: p.threshold,
+        min_pixels: p.min_pixels,
+        deblend_nsigma: p.deblend_nsigma,
+        deblend_contrast: p.deblend_contrast,
+    };
+    // A first pass at the initial FWHM finds the bright stars and measures the PSF (the
+    // adaptive moments of a bright star do not depend on the filter that found it). Only
+    // peaks bright enough to be PSF stars are measured here; this pass's footprints mask the
+    // sources for the second background estimate.
+    let mut m_det = m.clone();
+    let sig = detect::significance(&img, &variance, &m_det, p.initial_fwhm * FWHM_TO_SIGMA);
+    let det = detect::detect(&sig, &mut m_det, &dp);
+    let mp = MeasureParams {
+        fwhm: p.initial_fwhm,
+        aperture_radius: p.aperture_fwhm * p.initial_fwhm,
+        min_significance: p.psf_min_snr,
+    };
+    let mut bright = measure::measure(&img, &variance, &m_det, &det, &mp);
+    let measured = measure::psf_fwhm_from_stars(&mut bright, p.psf_min_snr, 5.0 * p.initial_fwhm);
+    let psf_measured = measured.is_some();
+    let fwhm = measured.unwrap_or(p.initial_fwhm);
+    lap("psf", &mut timings);
+    // Background again with the detected footprints masked, then final detection.
+    let residual = Background::estimate(&img, &m_det, p.background_cell);
+    background::subtract(&mut img, &residual.render());
+    let mut bg = bg;
+    for (l, r) in bg.levels.iter_mut().zip(&residual.levels) {
+        *l += r;
+    }
+    lap("background2", &mut timings);
+
+    let sig = detect::significance(&img, &variance, &m, fwhm * FWHM_TO_SIGMA);
+    let det = detect::detect(&sig, &mut m, &dp);
+    lap("detection", &mut timings);
+    let mp = MeasureParams {
+        fwhm,
+        aperture_radius: p.aperture_fwhm * fwhm,
+        min_significance: 0.0,
+    };
+    let mut sources = measure::measure(&img, &variance, &m, &det, &mp);
+    if psf_measured {
+        measure::psf_fwhm_from_stars(&mut sources, p.psf_min_snr, 5.0 * fwhm);
+    }
+    let aperture_correction = measure::apply_aperture_correction(&mut sources);
+    lap("measurement", &mut timings);
+    ChainOutput {
+        image: img,
+        mask: m,
+        variance,
+        background: bg,
+        psf_fwhm: fwhm,
+        psf_measured,
+        aperture_correction,
+        aperture_radius: p.aperture_fwhm * fwhm,
+        sources,
+        cosmic_ray_pixels,
+        saturated_pixels,
+        timings,
+    }
+}

@@ -1,0 +1,585 @@
+//! The `singleframe` stage: one unit per CCD (ISR → detection → measurement, outputs written
+//! atomically) and one registry unit per visit, after that visit's CCDs, that records them in
+//! the SQLite registry in one transaction.
+//!
+//! Units: `visit=V,ccd=C` for a CCD; `visit=V,step=registry` for a visit's registry rows. A
+//! CCD unit passes its registry record to the registry unit as its value, so only registry
+//! units write the database, and a failed CCD blocks only its own visit's registry unit.
+//! Planning reads the CCD list (`skypipe-ccd-list/1`), never a science file.
+//!
+//! Outputs under `RUN_DIR/singleframe/`: `calexp/vVVVV/cCC.fits` (IMAGE, MASK, VARIANCE) and
+//! `src/vVVVV/cCC.fits` (table SOURCES); the registry at `RUN_DIR/registry.sqlite3` unless
+//! configured. Formats: `docs/formats.md`, `## Imaging`.
+
+use crate::image::{Image, mask};
+use crate::measure::flags;
+use crate::pipeline::{self, ChainOutput, ChainParams, Instrument};
+use crate::wcs::TanWcs;
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
+use skypipe_registry::{CcdRecord, CcdStatus, Registry, SkyPoint};
+use skypipe_stage::{
+    Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId, WorkUnit,
+    fingerprint_of,
+};
+use std::path::{Path, PathBuf};
+
+/// Format tag of the CCD list file.
+pub const CCD_LIST_FORMAT: &str = "skypipe-ccd-list/1";
+
+/// One raw CCD exposure to process, as listed in the CCD list (paths relative to the list).
+/// Unknown keys are ignored (a data file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CcdInput {
+    /// Visit (exposure) number.
+    pub visit: u64,
+    /// CCD number.
+    pub ccd: u32,
+    /// Filter band.
+    pub band: String,
+    /// Raw image (FITS, primary HDU; optional `VARIANCE` extension).
+    pub raw: PathBuf,
+    /// Master bias, if the image is not yet bias-corrected.
+    #[serde(default)]
+    pub bias: Option<PathBuf>,
+    /// Master flat, if the image is not yet flat-fielded.
+    #[serde(default)]
+    pub flat: Option<PathBuf>,
+    /// A variance image (FITS primary HDU, in the raw image's units squared), if given.
+    #[serde(default)]
+    pub variance: Option<PathBuf>,
+}
+
+/// The CCD list file (`skypipe-ccd-list/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CcdList {
+    /// Must be [`CCD_LIST_FORMAT`].
+    pub format: String,
+    /// The CCDs.
+    pub units: Vec<CcdInput>,
+}
+
+/// The `skypipe-singleframe` configuration file: the engine's `[run]` table (type `R`, the
+/// engine's `RunOptions` in the binary) and `[singleframe]`. Unknown keys are refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SingleframeFile<R> {
+    /// Engine options.
+    #[serde(default)]
+    pub run: R,
+    /// Stage options.
+    #[serde(default)]
+    pub singleframe: SingleframeConfig,
+}
+
+/// The `[singleframe]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SingleframeConfig {
+    /// CCD list file (`skypipe-ccd-list/1`, e.g. `units.json` from `skypipe-sim image`).
+    pub input: Option<PathBuf>,
+    /// Registry database. Default `RUN_DIR/registry.sqlite3`.
+    pub registry: Option<PathBuf>,
+    /// Science settings of the chain.
+    pub chain: ChainParams,
+}
+
+/// A unit of the stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SingleframeUnit {
+    /// Process one CCD (paths already resolved).
+    Ccd(CcdInput),
+    /// Record a visit's processed CCDs in the registry.
+    Registry {
+        /// The visit.
+        visit: u64,
+    },
+}
+
+impl WorkUnit for SingleframeUnit {
+    fn id(&self) -> UnitId {
+        match self {
+            SingleframeUnit::Ccd(c) => ccd_id(c.visit, c.ccd),
+            SingleframeUnit::Registry { visit } => {
+                UnitId::new().with("visit", visit).with("step", "registry")
+            }
+        }
+    }
+}
+
+fn ccd_id(visit: u64, ccd: u32) -> UnitId {
+    UnitId::new().with("visit", visit).with("ccd", ccd)
+}
+
+/// What a CCD unit hands to its visit's registry unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CcdSummary {
+    /// Visit.
+    pub visit: u64,
+    /// CCD.
+    pub ccd: u32,
+    /// Band.
+    pub band: String,
+    /// Exposure time, s.
+    pub exposure_time: f64,
+    /// PSF FWHM, pixels.
+    pub psf_fwhm: f64,
+    /// Corners (ra, dec) in degrees, in pixel order (1,1), (W,1), (W,H), (1,H) (outer edges).
+    pub corners: [(f64, f64); 4],
+    /// Calibrated exposure.
+    pub calexp: PathBuf,
+    /// Source catalogue.
+    pub catalog: PathBuf,
+    /// Number of sources.
+    pub sources: usize,
+}
+
+/// Errors of a CCD unit, each naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CcdError {
+    /// Reading or writing a FITS file failed.
+    #[error(transparent)]
+    Fits(#[from] FitsError),
+    /// The header has an unusable value.
+    #[error("{path}: primary HDU: {message}")]
+    Header {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The stage.
+#[derive(Debug, Clone)]
+pub struct Singleframe {
+    config: SingleframeConfig,
+    input: PathBuf,
+}
+
+impl Singleframe {
+    /// Checks the configuration (naming the key) and builds the stage.
+    pub fn new(config: SingleframeConfig) -> Result<Self, String> {
+        let input = config
+            .input
+            .clone()
+            .ok_or("singleframe.input is not set (the CCD list, e.g. units.json; or --input)")?;
+        config.chain.validate()?;
+        Ok(Self { config, input })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SingleframeConfig {
+        &self.config
+    }
+
+    /// Reads the CCD list, resolving its paths against the list's directory.
+    pub fn read_list(path: &Path) -> Result<Vec<CcdInput>, String> {
+        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let list: CcdList = serde_json::from_slice(&text)
+            .map_err(|e| format!("{}: not a CCD list: {e}", path.display()))?;
+        if list.format != CCD_LIST_FORMAT {
+            return Err(format!(
+                "{}: format '{}', expected '{CCD_LIST_FORMAT}'",
+                path.display(),
+                list.format
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(list.units.len());
+        for u in list.units {
+            if !seen.insert((u.visit, u.ccd)) {
+                return Err(format!(
+                    "{}: visit {} ccd {} is listed twice",
+                    path.display(),
+                    u.visit,
+                    u.ccd
+                ));
+            }
+            out.push(CcdInput {
+                raw: resolve(&u.raw),
+                bias: u.bias.as_ref().map(resolve),
+                flat: u.flat.as_ref().map(resolve),
+                variance: u.variance.as_ref().map(resolve),
+                ..u
+            });
+        }
+        Ok(out)
+    }
+
+    fn registry_path(&self, run_dir: &Path) -> PathBuf {
+        self.config
+            .registry
+            .clone()
+            .unwrap_or_else(|| run_dir.join("registry.sqlite3"))
+    }
+
+    fn run_ccd(&self, c: &CcdInput, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        let summary = process_ccd(c, &self.config.chain, &ctx.run_dir, ctx.durable).map_err(
+            |e| match &e {
+                CcdError::Fits(FitsError::Write { .. } | FitsError::Io(_)) => {
+                    UnitFailure::transient(e)
+                }
+                _ => UnitFailure::bad_input(e),
+            },
+        )?;
+        ctx.set_value(&summary);
+        Ok(Outcome::Done)
+    }
+
+    fn run_registry(&self, visit: u64, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        let values: Vec<(UnitId, CcdSummary)> = ctx.input_values()?;
+        if values.is_empty() {
+            return Ok(Outcome::NoWork {
+                reason: format!("no CCD of visit {visit} was processed"),
+            });
+        }
+        let mut records = Vec::with_capacity(values.len());
+        for (_, s) in values {
+            let mut corners = Vec::with_capacity(4);
+            for (ra, dec) in s.corners {
+                corners.push(SkyPoint::new(ra, dec).map_err(UnitFailure::bad_input)?);
+            }
+            records.push(CcdRecord {
+                visit: s.visit,
+                ccd: s.ccd,
+                band: s.band,
+                exposure_time: s.exposure_time,
+                psf_fwhm: s.psf_fwhm,
+                corners: [corners[0], corners[1], corners[2], corners[3]],
+                calexp_path: s.calexp,
+                catalog_path: s.catalog,
+                calibration: None,
+                status: CcdStatus::Processed,
+            });
+        }
+        let mut reg =
+            Registry::open(self.registry_path(&ctx.run_dir)).map_err(UnitFailure::transient)?;
+        reg.insert_ccds(&records).map_err(UnitFailure::transient)?;
+        Ok(Outcome::Done)
+    }
+}
+
+impl Stage for Singleframe {
+    type Unit = SingleframeUnit;
+
+    fn name(&self) -> &'static str {
+        "singleframe"
+    }
+
+    fn config_fingerprint(&self) -> String {
+        fingerprint_of(&self.config.chain)
+    }
+
+    fn plan(&self) -> Result<Vec<PlannedUnit<SingleframeUnit>>, PlanError> {
+        let ccds = Self::read_list(&self.input).map_err(PlanError)?;
+        let mut visits: std::collections::BTreeMap<u64, Vec<UnitId>> = Default::default();
+        let mut plan = Vec::with_capacity(ccds.len() + 8);
+        for c in ccds {
+            visits
+                .entry(c.visit)
+                .or_default()
+                .push(ccd_id(c.visit, c.ccd));
+            plan.push(PlannedUnit::new(SingleframeUnit::Ccd(c)));
+        }
+        for (visit, members) in visits {
+            plan.push(PlannedUnit::new(SingleframeUnit::Registry { visit }).after(members));
+        }
+        Ok(plan)
+    }
+
+    fn run(&self, unit: &SingleframeUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        match unit {
+            SingleframeUnit::Ccd(c) => self.run_ccd(c, ctx),
+            SingleframeUnit::Registry { visit } => self.run_registry(*visit, ctx),
+        }
+    }
+}
+
+/// Output paths of a CCD, relative to the run directory.
+pub fn output_paths(visit: u64, ccd: u32) -> (PathBuf, PathBuf) {
+    (
+        PathBuf::from(format!("singleframe/calexp/v{visit:04}/c{ccd:02}.fits")),
+        PathBuf::from(format!("singleframe/src/v{visit:04}/c{ccd:02}.fits")),
+    )
+}
+
+/// What the raw file's header says.
+#[derive(Debug, Clone)]
+pub struct RawHeader {
+    /// Band (`BAND`, else `FILTER`).
+    pub band: String,
+    /// `EXPTIME`, s.
+    pub exptime: f64,
+    /// `GAIN`, `RDNOISE`, `SATURATE`.
+    pub instrument: Instrument,
+    /// The header TAN WCS.
+    pub wcs: TanWcs,
+}
+
+/// Reads and checks the keywords of a raw exposure's primary HDU.
+pub fn read_raw_header(r: &mut FitsReader) -> Result<RawHeader, CcdError> {
+    let p = Hdu::Primary;
+    let band = match r.key_string_opt(p, "BAND")? {
+        Some(b) => b,
+        None => r.key_string(p, "FILTER")?,
+    };
+    let exptime = r.key_f64(p, "EXPTIME")?;
+    let gain = r.key_f64(p, "GAIN")?;
+    let read_noise = r.key_f64(p, "RDNOISE")?;
+    let saturate = r.key_f64_opt(p, "SATURATE")?.unwrap_or(f64::from(f32::MAX));
+    let path = r.path().to_path_buf();
+    let bad = |message: String| CcdError::Header {
+        path: path.clone(),
+        message,
+    };
+    if gain.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        || read_noise < 0.0
+        || exptime < 0.0
+    {
+        return Err(bad(format!(
+            "GAIN must be > 0 and RDNOISE, EXPTIME ≥ 0 (got {gain}, {read_noise}, {exptime})"
+        )));
+    }
+    for (key, want) in [("CTYPE1", "RA---TAN"), ("CTYPE2", "DEC--TAN")] {
+        let v = r.key_string(p, key)?;
+        if v != want {
+            return Err(bad(format!("{key} is '{v}'; only '{want}' is supported")));
+        }
+    }
+    let wcs = TanWcs {
+        crpix: [r.key_f64(p, "CRPIX1")?, r.key_f64(p, "CRPIX2")?],
+        crval: [r.key_f64(p, "CRVAL1")?, r.key_f64(p, "CRVAL2")?],
+        cd: [
+            [r.key_f64(p, "CD1_1")?, r.key_f64(p, "CD1_2")?],
+            [r.key_f64(p, "CD2_1")?, r.key_f64(p, "CD2_2")?],
+        ],
+    };
+    let det = wcs.cd[0][0] * wcs.cd[1][1] - wcs.cd[0][1] * wcs.cd[1][0];
+    if det == 0.0 {
+        return Err(bad("the CD matrix is singular".into()));
+    }
+    Ok(RawHeader {
+        band,
+        exptime,
+        instrument: Instrument {
+            gain: gain as f32,
+            read_noise: read_noise as f32,
+            saturate: saturate as f32,
+        },
+        wcs,
+    })
+}
+
+fn to_image(a: Array2<f32>) -> Image<f32> {
+    let (h, w) = a.dim();
+    let data = if a.is_standard_layout() {
+        a.into_raw_vec_and_offset().0
+    } else {
+        a.iter().copied().collect()
+    };
+    Image::from_vec(w, h, data)
+}
+
+fn to_array<T: Copy>(img: &Image<T>) -> Array2<T> {
+    Array2::from_shape_vec((img.height, img.width), img.data.clone())
+        .expect("image shape matches its data")
+}
+
+/// Reads one CCD's inputs (validated), runs the chain, writes the calibrated exposure and the
+/// catalogue under `run_dir`, and returns the registry summary.
+pub fn process_ccd(
+    c: &CcdInput,
+    chain: &ChainParams,
+    run_dir: &Path,
+    durable: bool,
+) -> Result<CcdSummary, CcdError> {
+    let mut r = FitsReader::open(&c.raw)?;
+    let header = read_raw_header(&mut r)?;
+    let raw = to_image(r.image_f32_checked(Hdu::Primary, None)?);
+    let shape = Some((raw.height, raw.width));
+    let mut variance_in = if r.has_hdu("VARIANCE") {
+        Some(to_image(r.image_f32_checked(Hdu::Name("VARIANCE"), shape)?))
+    } else {
+        None
+    };
+    drop(r);
+    let read_aux = |p: &Option<PathBuf>| -> Result<Option<Image<f32>>, CcdError> {
+        match p {
+            None => Ok(None),
+            Some(p) => Ok(Some(to_image(
+                FitsReader::open(p)?.image_f32_checked(Hdu::Primary, shape)?,
+            ))),
+        }
+    };
+    let bias = read_aux(&c.bias)?;
+    let flat = read_aux(&c.flat)?;
+    if let Some(v) = read_aux(&c.variance)? {
+        variance_in = Some(v);
+    }
+    let out = pipeline::process_with_variance(
+        raw,
+        bias.as_ref(),
+        flat.as_ref(),
+        variance_in.as_ref(),
+        &header.instrument,
+        chain,
+    );
+    let (calexp_rel, catalog_rel) = output_paths(c.visit, c.ccd);
+    write_calexp(&run_dir.join(&calexp_rel), c, &header, &out, durable)?;
+    write_catalog(&run_dir.join(&catalog_rel), c, &header, &out, durable)?;
+    let (w, h) = (out.image.width as f64, out.image.height as f64);
+    let corners = [
+        (0.5, 0.5),
+        (w + 0.5, 0.5),
+        (w + 0.5, h + 0.5),
+        (0.5, h + 0.5),
+    ]
+    .map(|(x, y)| header.wcs.pixel_to_sky(x, y));
+    Ok(CcdSummary {
+        visit: c.visit,
+        ccd: c.ccd,
+        band: header.band.clone(),
+        exposure_time: header.exptime,
+        psf_fwhm: out.psf_fwhm,
+        corners,
+        calexp: calexp_rel,
+        catalog: catalog_rel,
+        sources: out.sources.len(),
+    })
+}
+
+fn common_cards(c: &CcdInput, h: &RawHeader, out: &ChainOutput) -> Vec<Card> {
+    vec![
+        Card::int("VISIT", c.visit as i64, "visit (exposure) number"),
+        Card::int("CCD", i64::from(c.ccd), "CCD number"),
+        Card::text("BAND", &h.band, "filter band"),
+        Card::text("FILTER", &h.band, "filter band"),
+        Card::real("EXPTIME", h.exptime, "[s] exposure time"),
+        Card::real(
+            "PSFFWHM",
+            out.psf_fwhm,
+            "[pix] PSF FWHM (adaptive moments of stars)",
+        ),
+        Card::int(
+            "PSFMEAS",
+            i64::from(out.psf_measured),
+            "1 if PSFFWHM was measured",
+        ),
+        Card::real(
+            "APCORR",
+            out.aperture_correction,
+            "aperture/PSF flux ratio applied",
+        ),
+        Card::real(
+            "BKGRMS",
+            out.background.typical_rms(),
+            "[e-] typical sky noise",
+        ),
+        Card::int(
+            "NCRPIX",
+            out.cosmic_ray_pixels as i64,
+            "cosmic-ray pixels found",
+        ),
+        Card::int("NSATPIX", out.saturated_pixels as i64, "saturated pixels"),
+        Card::int("WCSFIT", 0, "1 once the exposure-wide WCS fit is attached"),
+        Card::int("ZPFIT", 0, "1 once the photometric zero point is attached"),
+    ]
+}
+
+fn write_calexp(
+    path: &Path,
+    c: &CcdInput,
+    h: &RawHeader,
+    out: &ChainOutput,
+    durable: bool,
+) -> Result<(), CcdError> {
+    let mut w = FitsWriter::create(path, durable, None)?;
+    w.primary_keys(&common_cards(c, h, out))?;
+    let mut img_cards = crate::sim::wcs_header(&h.wcs);
+    img_cards.push(Card::text("BUNIT", "electron", "background subtracted"));
+    img_cards.push(Card::real(
+        "GAIN",
+        1.0,
+        "[e-/electron] the image is in electrons",
+    ));
+    w.image_f32("IMAGE", &to_array(&out.image), &img_cards)?;
+    let mask_i32 = Image::from_vec(
+        out.mask.width,
+        out.mask.height,
+        out.mask.data.iter().map(|&v| v as i32).collect(),
+    );
+    let mut mcards = crate::sim::wcs_header(&h.wcs);
+    for (name, bit) in mask::NAMES {
+        mcards.push(Card::int(
+            &format!("MP_{name}"),
+            i64::from(bit),
+            "mask bit value",
+        ));
+    }
+    w.image_i32("MASK", &to_array(&mask_i32), &mcards)?;
+    let mut vcards = crate::sim::wcs_header(&h.wcs);
+    vcards.push(Card::text("BUNIT", "electron2", "variance"));
+    w.image_f32("VARIANCE", &to_array(&out.variance), &vcards)?;
+    w.commit()?;
+    Ok(())
+}
+
+fn write_catalog(
+    path: &Path,
+    c: &CcdInput,
+    h: &RawHeader,
+    out: &ChainOutput,
+    durable: bool,
+) -> Result<(), CcdError> {
+    let s = &out.sources;
+    let sky: Vec<(f64, f64)> = s
+        .iter()
+        .map(|s| h.wcs.pixel_to_sky(s.x + 1.0, s.y + 1.0))
+        .collect();
+    let col = |f: &dyn Fn(&crate::measure::Source) -> f64| s.iter().map(f).collect::<Vec<f64>>();
+    let columns = vec![
+        Column::i64("ID", "", (1..=s.len() as i64).collect()),
+        Column::f64("X", "pix", col(&|s| s.x + 1.0)),
+        Column::f64("Y", "pix", col(&|s| s.y + 1.0)),
+        Column::f64("RA", "deg", sky.iter().map(|p| p.0).collect()),
+        Column::f64("DEC", "deg", sky.iter().map(|p| p.1).collect()),
+        Column::f64("FLUX_APER", "electron", col(&|s| s.flux_aper)),
+        Column::f64("FLUX_APER_ERR", "electron", col(&|s| s.flux_aper_err)),
+        Column::f64("FLUX_PSF", "electron", col(&|s| s.flux_psf)),
+        Column::f64("FLUX_PSF_ERR", "electron", col(&|s| s.flux_psf_err)),
+        Column::f64("IXX", "pix2", col(&|s| s.ixx)),
+        Column::f64("IYY", "pix2", col(&|s| s.iyy)),
+        Column::f64("IXY", "pix2", col(&|s| s.ixy)),
+        Column::f64("DET_SIGNIF", "", col(&|s| s.significance)),
+        Column::i64(
+            "FOOTPRINT",
+            "",
+            s.iter().map(|s| s.footprint as i64).collect(),
+        ),
+        Column::i32("FLAGS", "", s.iter().map(|s| s.flags as i32).collect()),
+    ];
+    let mut cards = common_cards(c, h, out);
+    cards.push(Card::real(
+        "APRAD",
+        out.aperture_radius,
+        "[pix] FLUX_APER radius",
+    ));
+    for (key, bit, what) in flags::NAMES {
+        cards.push(Card::int(key, i64::from(bit), what));
+    }
+    let mut w = FitsWriter::create(path, durable, None)?;
+    w.primary_keys(&common_cards(c, h, out))?;
+    w.table("SOURCES", &columns, &cards)?;
+    w.commit()?;
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! End-to-end tests of `skypipe-singleframe` on the tiny simulated camera under mpirun: the
+//! outputs (readable by astropy), the registry and its overlap queries, and bad inputs that
+//! fail alone with errors naming the file, the HDU or key, and the unit.
+//! The science statistics (completeness, purity, centroids, fluxes, background, cosmic rays,
+//! saturation) are tested in process in `crates/optical/tests/statistics.rs`.
+
+mod common;
+
+use common::*;
+use skypipe_optical::registry::{ConvexPolygon, Registry};
+use skypipe_optical::singleframe::{CcdList, output_paths};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn sim_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_skypipe-sim"))
+}
+
+fn singleframe_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_skypipe-singleframe"))
+}
+
+/// Writes the tiny data set into `dir` and returns the path of its CCD list.
+fn simulate(dir: &Path) -> PathBuf {
+    let out = run(direct(
+        &sim_bin(),
+        &[
+            "image",
+            "--out",
+            dir.to_str().unwrap(),
+            "--size",
+            "tiny",
+            "--seed",
+            "7",
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    dir.join("units.json")
+}
+
+fn config(dir: &Path) -> String {
+    let path = dir.join("singleframe.toml");
+    std::fs::write(&path, "[run]\nfsync = false\nprogress_interval_s = 0.5\n").unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn singleframe(ranks: usize, cfg: &str, input: &Path, run_dir: &Path) -> std::process::Output {
+    run(mpirun(
+        ranks,
+        &singleframe_bin(),
+        &[
+            "--config",
+            cfg,
+            "--input",
+            input.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    ))
+}
+
+fn outcomes(run_dir: &Path) -> Vec<(String, String, String)> {
+    ledger(run_dir, "singleframe")
+        .into_iter()
+        .map(|r| {
+            (
+                r["unit"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+                r.get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tiny_camera_is_processed_registered_and_readable_by_astropy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(&tmp.path().join("data"));
+    // The shipped configuration parses (unknown keys are refused) and plans the CCD list.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/singleframe.toml");
+    let dry_dir = tmp.path().join("dry");
+    let out = run(direct(
+        &singleframe_bin(),
+        &[
+            "--config",
+            shipped.to_str().unwrap(),
+            "--input",
+            list.to_str().unwrap(),
+            "--run-dir",
+            dry_dir.to_str().unwrap(),
+            "--dry-run",
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let listing = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(listing.contains("visit=4,step=registry"), "{listing}");
+
+    let cfg = config(tmp.path());
+    let run_dir = tmp.path().join("run");
+    let out = singleframe(3, &cfg, &list, &run_dir);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let done = outcomes(&run_dir);
+    assert_eq!(done.len(), 16 + 4, "{done:?}");
+    assert!(done.iter().all(|(_, o, _)| o == "done"), "{done:?}");
+
+    // Outputs exist for every CCD, and no temporary file is left.
+    let units: CcdList = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    for u in &units.units {
+        let (calexp, src) = output_paths(u.visit, u.ccd);
+        assert!(run_dir.join(&calexp).is_file() && run_dir.join(&src).is_file());
+    }
+    assert!(
+        files(&run_dir).keys().all(|k| !k.contains(".skypipe-tmp.")),
+        "temporaries left"
+    );
+
+    // The registry: every CCD, and overlap queries answer with the right CCDs.
+    let reg = Registry::open_read_only(run_dir.join("registry.sqlite3")).unwrap();
+    assert_eq!(reg.count().unwrap(), 16);
+    let all = reg.all().unwrap();
+    for rec in &all {
+        assert!(rec.psf_fwhm > 2.0 && rec.psf_fwhm < 5.0, "{rec:?}");
+        assert!(run_dir.join(&rec.calexp_path).is_file());
+    }
+    // A small box around the first CCD's centre: every CCD containing that point (exact
+    // test on the stored corners) and no other.
+    let c = all[0].corners;
+    let (ra, dec) = (
+        c.iter().map(|p| p.ra()).sum::<f64>() / 4.0,
+        c.iter().map(|p| p.dec()).sum::<f64>() / 4.0,
+    );
+    let d = 0.001;
+    let probe = ConvexPolygon::from_radec(&[
+        (ra - d, dec - d),
+        (ra + d, dec - d),
+        (ra + d, dec + d),
+        (ra - d, dec + d),
+    ])
+    .unwrap();
+    let hits: Vec<(u64, u32)> = reg
+        .overlapping(&probe)
+        .unwrap()
+        .iter()
+        .map(|r| (r.visit, r.ccd))
+        .collect();
+    let brute: Vec<(u64, u32)> = all
+        .iter()
+        .filter(|r| r.region().unwrap().intersects(&probe))
+        .map(|r| (r.visit, r.ccd))
+        .collect();
+    assert_eq!(hits, brute);
+    assert!(hits.contains(&(all[0].visit, all[0].ccd)), "{hits:?}");
+    // CCDs of one visit do not overlap: at most one hit per visit.
+    let mut visits: Vec<u64> = hits.iter().map(|h| h.0).collect();
+    visits.dedup();
+    assert_eq!(visits.len(), hits.len(), "{hits:?}");
+    // A box around the whole field finds every CCD.
+    let field =
+        ConvexPolygon::from_radec(&[(149.9, 1.9), (150.1, 1.9), (150.1, 2.1), (149.9, 2.1)])
+            .unwrap();
+    assert_eq!(reg.overlapping(&field).unwrap().len(), 16);
+    // A box far away overlaps nothing.
+    let far = ConvexPolygon::from_radec(&[(10.0, 10.0), (10.1, 10.0), (10.1, 10.1), (10.0, 10.1)])
+        .unwrap();
+    assert!(reg.overlapping(&far).unwrap().is_empty());
+
+    // astropy opens the outputs unmodified: the calexp's HDUs and WCS, and the catalogue,
+    // whose RA/DEC equal astropy's pixel-to-sky of X/Y.
+    let (calexp, src) = output_paths(1, 0);
+    let script = format!(
+        r#"
+from astropy.io import fits
+from astropy.wcs import WCS
+import numpy as np
+c = fits.open("{calexp}")
+assert [h.name for h in c] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE"], [h.name for h in c]
+assert c["IMAGE"].data.shape == c["VARIANCE"].data.shape == c["MASK"].data.shape == (512, 256)
+assert c["IMAGE"].data.dtype.kind == "f"
+w = WCS(c["IMAGE"].header)
+t = fits.open("{src}")["SOURCES"].data
+assert len(t) > 20, len(t)
+ra, dec = w.all_pix2world(t["X"], t["Y"], 1)
+assert np.max(np.abs(ra - t["RA"]) * np.cos(np.radians(dec))) < 1e-9
+assert np.max(np.abs(dec - t["DEC"])) < 1e-9
+for name in ["X", "Y", "RA", "DEC", "FLUX_APER", "FLUX_APER_ERR", "FLUX_PSF", "FLUX_PSF_ERR", "IXX", "IYY", "IXY", "FLAGS"]:
+    assert name in t.columns.names, name
+print("ok", len(t))
+"#,
+        calexp = run_dir.join(&calexp).display(),
+        src = run_dir.join(&src).display()
+    );
+    let py = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+}
+
+/// Replaces the header card `key` of the first header of a FITS file by a COMMENT card.
+fn remove_card(bytes: &mut [u8], key: &str) {
+    let prefix = format!("{key:<8}=");
+    for card in bytes.chunks_mut(80) {
+        if card.starts_with(prefix.as_bytes()) {
+            let comment = format!("{:<80}", format!("COMMENT removed {key}"));
+            card.copy_from_slice(comment.as_bytes());
+            return;
+        }
+        if card.starts_with(b"END     ") {
+            break;
+        }
+    }
+    panic!("no card {key}");
+}
+
+/// Sets the integer value of header card `key` in the first header.
+fn set_card(bytes: &mut [u8], key: &str, value: i64) {
+    let prefix = format!("{key:<8}=");
+    for card in bytes.chunks_mut(80) {
+        if card.starts_with(prefix.as_bytes()) {
+            let new = format!("{:<80}", format!("{key:<8}= {value:>20}"));
+            card.copy_from_slice(new.as_bytes());
+            return;
+        }
+    }
+    panic!("no card {key}");
+}
+
+/// Offset of the data after the first header (the 2880-byte block after the END card).
+fn data_start(bytes: &[u8]) -> usize {
+    let end = bytes
+        .chunks(80)
+        .position(|c| c.starts_with(b"END     "))
+        .expect("END card");
+    ((end * 80 + 80).div_ceil(2880)) * 2880
+}
+
+#[test]
+fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let list = simulate(&data);
+    let mut units: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    let bad_dir = data.join("bad");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    let raw_of = |u: &serde_json::Value| data.join(u["raw"].as_str().unwrap());
+    let find = |units: &serde_json::Value, visit: u64, ccd: u64| {
+        units["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|u| u["visit"] == visit && u["ccd"] == ccd)
+            .unwrap()
+    };
+    // visit 1, ccd 0: truncated in the pixel data.
+    let i = find(&units, 1, 0);
+    let bytes = std::fs::read(raw_of(&units["units"][i])).unwrap();
+    let truncated = bad_dir.join("truncated.fits");
+    std::fs::write(&truncated, &bytes[..data_start(&bytes) + 5000]).unwrap();
+    units["units"][i]["raw"] = truncated.to_str().unwrap().into();
+    // visit 1, ccd 1: header without CRVAL1.
+    let i = find(&units, 1, 1);
+    let mut bytes = std::fs::read(raw_of(&units["units"][i])).unwrap();
+    remove_card(&mut bytes, "CRVAL1");
+    let no_wcs = bad_dir.join("no-crval1.fits");
+    std::fs::write(&no_wcs, &bytes).unwrap();
+    units["units"][i]["raw"] = no_wcs.to_str().unwrap().into();
+    // visit 2, ccd 0: a variance image of another shape.
+    let i = find(&units, 2, 0);
+    let mut bytes = std::fs::read(raw_of(&units["units"][i])).unwrap();
+    set_card(&mut bytes, "NAXIS1", 128);
+    let variance = bad_dir.join("variance-128.fits");
+    std::fs::write(&variance, &bytes).unwrap();
+    units["units"][i]["variance"] = variance.to_str().unwrap().into();
+    // visit 2, ccd 1: every pixel NaN.
+    let i = find(&units, 2, 1);
+    let mut bytes = std::fs::read(raw_of(&units["units"][i])).unwrap();
+    let start = data_start(&bytes);
+    for px in bytes[start..start + 256 * 512 * 4].chunks_mut(4) {
+        px.copy_from_slice(&[0x7f, 0xc0, 0, 0]);
+    }
+    let nan = bad_dir.join("all-nan.fits");
+    std::fs::write(&nan, &bytes).unwrap();
+    units["units"][i]["raw"] = nan.to_str().unwrap().into();
+    let bad_list = data.join("bad-units.json");
+    std::fs::write(&bad_list, serde_json::to_vec(&units).unwrap()).unwrap();
+
+    let cfg = config(tmp.path());
+    let run_dir = tmp.path().join("run");
+    let out = singleframe(3, &cfg, &bad_list, &run_dir);
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    let all = outcomes(&run_dir);
+    let by_unit = |id: &str| {
+        all.iter()
+            .find(|(u, _, _)| u == id)
+            .unwrap_or_else(|| panic!("{id} not in ledger: {all:?}"))
+            .clone()
+    };
+    let expect = [
+        ("visit=1,ccd=0", "truncated.fits", "primary HDU"),
+        ("visit=1,ccd=1", "no-crval1.fits", "CRVAL1"),
+        ("visit=2,ccd=0", "variance-128.fits", "[512, 128]"),
+        ("visit=2,ccd=1", "all-nan.fits", "NaN"),
+    ];
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (unit, file, what) in expect {
+        let (_, outcome, message) = by_unit(unit);
+        assert_eq!(outcome, "bad-input", "{unit}: {message}");
+        assert!(
+            message.contains(file) && message.contains(what),
+            "{unit}: {message}"
+        );
+        assert!(
+            stderr.contains(unit),
+            "summary does not name {unit}:\n{stderr}"
+        );
+    }
+    // Every other CCD is done; visits 1 and 2 lost their registry unit, 3 and 4 did not.
+    let ccd_done = all
+        .iter()
+        .filter(|(u, o, _)| u.contains("ccd=") && o == "done")
+        .count();
+    assert_eq!(ccd_done, 12, "{all:?}");
+    assert_eq!(by_unit("visit=1,step=registry").1, "dependency-failed");
+    assert_eq!(by_unit("visit=3,step=registry").1, "done");
+    let reg = Registry::open_read_only(run_dir.join("registry.sqlite3")).unwrap();
+    let visits: Vec<u64> = reg.all().unwrap().iter().map(|r| r.visit).collect();
+    assert_eq!(visits, vec![3, 3, 3, 3, 4, 4, 4, 4]);
+}
