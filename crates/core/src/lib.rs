@@ -12,6 +12,10 @@
 //! - [`aberration`]: relativistic aberration by the observer velocity ([`aberration::Beta`]).
 //! - [`frames`]: the fixed ecliptic (J2000) → galactic rotation.
 //! - [`dipole`]: the relativistic CMB dipole and the Planck 2018 solar velocity.
+//! - [`binning`]: noise-weighted I/Q/U accumulation into sparse sub-maps (only touched blocks
+//!   allocated, reducible in bounded chunks) and the per-pixel 3×3 solve with an rcond cut.
+//! - [`destripe`]: baseline offsets by preconditioned conjugate gradient, with the map
+//!   reduction pluggable ([`destripe::Reduce`]) so each iteration can reduce over MPI ranks.
 //!
 //! # Conventions
 //! - **Quaternions** are `[f64; 4]` in **scalar-last** order `[x, y, z, w]`. `rotate(q, v)` is
@@ -60,6 +64,8 @@
 
 pub mod aberration;
 pub mod attitude;
+pub mod binning;
+pub mod destripe;
 pub mod dipole;
 pub mod frames;
 pub mod healpix;

@@ -37,6 +37,8 @@ struct Entry<U> {
     cost: Option<f64>,
     #[serde(default = "one")]
     ranks: usize,
+    #[serde(default)]
+    tolerate_failed_inputs: bool,
 }
 
 fn one() -> usize {
@@ -61,6 +63,7 @@ pub(crate) fn parse_list<U: DeserializeOwned>(path: &Path) -> Result<Vec<Planned
         .map(|e| {
             let mut p = PlannedUnit::new(e.unit).after(e.after).on_ranks(e.ranks);
             p.cost_hint = e.cost;
+            p.tolerate_failed_inputs = e.tolerate_failed_inputs;
             p
         })
         .collect())

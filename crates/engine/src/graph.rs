@@ -25,6 +25,8 @@ pub(crate) struct NodeSpec {
     pub ranks: usize,
     /// Cost hint.
     pub hint: Option<f64>,
+    /// Runs once its inputs have ended, even if some failed.
+    pub tolerant: bool,
     /// How it ended in an earlier invocation: `Some(true)` done or no-work (not rerun),
     /// `Some(false)` failed and not retried now, `None` to run.
     pub prior: Option<bool>,
@@ -49,6 +51,7 @@ struct Node {
     hint: f64,
     state: State,
     attempts: u32,
+    tolerant: bool,
 }
 
 /// Heap key: deeper first, then costlier, then earlier in the plan.
@@ -150,6 +153,7 @@ impl Graph {
                 hint: spec.hint.unwrap_or(0.0),
                 state: State::Blocked,
                 attempts: 0,
+                tolerant: spec.tolerant,
             });
         }
         for index in first..first + count {
@@ -195,11 +199,15 @@ impl Graph {
                 .max()
                 .unwrap_or(0);
             self.nodes[i].level = level;
-            let failed_input = self.nodes[i]
-                .after
-                .iter()
-                .copied()
-                .find(|&a| self.nodes[a].state == State::Failed);
+            let failed_input = if self.nodes[i].tolerant {
+                None
+            } else {
+                self.nodes[i]
+                    .after
+                    .iter()
+                    .copied()
+                    .find(|&a| self.nodes[a].state == State::Failed)
+            };
             match (priors[i - first], failed_input) {
                 (Some(true), _) => self.nodes[i].state = State::Succeeded,
                 (Some(false), _) => self.nodes[i].state = State::Failed,
@@ -209,10 +217,15 @@ impl Graph {
                 }
                 (None, None) => {
                     self.open += 1;
+                    let tolerant = self.nodes[i].tolerant;
                     let waiting = self.nodes[i]
                         .after
                         .iter()
-                        .filter(|&&a| self.nodes[a].state != State::Succeeded)
+                        .filter(|&&a| match self.nodes[a].state {
+                            State::Succeeded => false,
+                            State::Failed => !tolerant,
+                            _ => true,
+                        })
                         .count();
                     self.nodes[i].waiting_on = waiting;
                     if waiting == 0 {
@@ -349,7 +362,15 @@ impl Graph {
             let mut stack = vec![index];
             while let Some(i) = stack.pop() {
                 for d in self.nodes[i].dependants.clone() {
-                    if self.nodes[d].state == State::Blocked {
+                    if self.nodes[d].state != State::Blocked {
+                        continue;
+                    }
+                    if self.nodes[d].tolerant {
+                        self.nodes[d].waiting_on -= 1;
+                        if self.nodes[d].waiting_on == 0 {
+                            self.push_ready(d);
+                        }
+                    } else {
                         self.nodes[d].state = State::Failed;
                         self.open -= 1;
                         blocked.push((d, i));
@@ -509,6 +530,28 @@ mod tests {
         assert_eq!(batch(g.next(0)), vec![(3, 1)]);
         g.finish(3, true);
         assert!(g.is_finished());
+    }
+
+    #[test]
+    fn a_tolerant_unit_runs_after_failed_inputs_and_stops_the_cascade() {
+        // 0, 1 -> 2 (tolerant) -> 3; 0 fails.
+        let mut specs = vec![spec(&[]), spec(&[]), spec(&[0, 1]), spec(&[2])];
+        specs[2].tolerant = true;
+        let (mut g, _) = Graph::new(specs, 1, Schedule::Dynamic, 1).unwrap();
+        assert_eq!(batch(g.next(0)), vec![(0, 1)]);
+        assert!(g.finish(0, false).is_empty());
+        assert_eq!(batch(g.next(0)), vec![(1, 1)]);
+        g.finish(1, true);
+        assert_eq!(batch(g.next(0)), vec![(2, 1)]);
+        g.finish(2, true);
+        assert_eq!(batch(g.next(0)), vec![(3, 1)]);
+        // Failed earlier and not retried counts as ended for a tolerant unit.
+        let mut specs = vec![spec(&[]), spec(&[0])];
+        specs[0].prior = Some(false);
+        specs[1].tolerant = true;
+        let (mut g, blocked) = Graph::new(specs, 1, Schedule::Dynamic, 1).unwrap();
+        assert!(blocked.is_empty());
+        assert_eq!(batch(g.next(0)), vec![(1, 1)]);
     }
 
     #[test]

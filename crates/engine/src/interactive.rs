@@ -58,7 +58,7 @@ pub fn run_one<S: Stage>(stage: &S, id: &str, run_dir: &Path, durable: bool) -> 
         for &a in &plan.after[index] {
             let input = &plan.ids[a];
             match previous.get(input.as_str()) {
-                Some(r) if r.outcome.is_success() => inputs.push(Input {
+                Some(r) if r.outcome.is_success() || plan.tolerant[index] => inputs.push(Input {
                     unit: input.clone(),
                     outcome: r.outcome,
                     value: r.value.as_deref().and_then(|v| BASE64.decode(v).ok()),

@@ -18,6 +18,8 @@ pub(crate) struct Plan<U> {
     pub after: Vec<Vec<usize>>,
     /// Ranks each one needs.
     pub ranks: Vec<usize>,
+    /// Whether each one runs after failed inputs too.
+    pub tolerant: Vec<bool>,
     /// Index of each ID.
     pub index: HashMap<UnitId, usize>,
 }
@@ -31,6 +33,7 @@ impl<U: WorkUnit> Plan<U> {
             hints: Vec::new(),
             after: Vec::new(),
             ranks: Vec::new(),
+            tolerant: Vec::new(),
             index: HashMap::new(),
         }
     }
@@ -73,6 +76,7 @@ impl<U: WorkUnit> Plan<U> {
             self.ids.push(id);
             self.hints.push(p.cost_hint);
             self.ranks.push(p.ranks);
+            self.tolerant.push(p.tolerate_failed_inputs);
             self.after.push(Vec::new());
             self.units.push(p.unit);
             fresh.push(p.after);
@@ -117,6 +121,7 @@ impl<U: WorkUnit> Plan<U> {
         self.hints.truncate(len);
         self.after.truncate(len);
         self.ranks.truncate(len);
+        self.tolerant.truncate(len);
     }
 
     /// Graph nodes for `indices`, settled from the ledger: units recorded done or no-work are
@@ -149,6 +154,7 @@ impl<U: WorkUnit> Plan<U> {
                     after: self.after[i].clone(),
                     ranks: self.ranks[i],
                     hint: self.hints[i],
+                    tolerant: self.tolerant[i],
                     prior,
                 }
             })

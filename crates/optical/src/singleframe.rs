@@ -292,7 +292,11 @@ impl Stage for Singleframe {
             plan.push(PlannedUnit::new(SingleframeUnit::Ccd(c)));
         }
         for (visit, members) in visits {
-            plan.push(PlannedUnit::new(SingleframeUnit::Registry { visit }).after(members));
+            plan.push(
+                PlannedUnit::new(SingleframeUnit::Registry { visit })
+                    .after(members)
+                    .tolerating_failed_inputs(),
+            );
         }
         Ok(plan)
     }

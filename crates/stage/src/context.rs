@@ -13,7 +13,8 @@ use std::path::PathBuf;
 pub struct Input {
     /// The input unit.
     pub unit: UnitId,
-    /// How it ended (done or no-work; failed inputs stop their dependants from running).
+    /// How it ended: done or no-work, or (only for units planned with
+    /// `tolerating_failed_inputs`) a failure kind.
     pub outcome: OutcomeKind,
     /// The value it set with [`UnitContext::set_value`], encoded.
     pub value: Option<Vec<u8>>,

@@ -93,6 +93,10 @@ pub struct PlannedUnit<U> {
     /// Ranks the unit runs on at once (default 1). With more than one, every rank runs
     /// [`Stage::run`] with [`UnitContext::collectives`] over exactly those ranks.
     pub ranks: usize,
+    /// Run once every input has ended, even if some failed (default false): a gather that can
+    /// work with the members that succeeded (a visit's registry rows without a broken CCD).
+    /// Failed inputs appear in [`UnitContext::inputs`] with their outcome and no value.
+    pub tolerate_failed_inputs: bool,
 }
 
 impl<U> PlannedUnit<U> {
@@ -103,6 +107,7 @@ impl<U> PlannedUnit<U> {
             cost_hint: None,
             after: Vec::new(),
             ranks: 1,
+            tolerate_failed_inputs: false,
         }
     }
 
@@ -121,6 +126,12 @@ impl<U> PlannedUnit<U> {
     /// Runs on `ranks` ranks at once with collectives among them.
     pub fn on_ranks(mut self, ranks: usize) -> Self {
         self.ranks = ranks;
+        self
+    }
+
+    /// Runs once its inputs have ended, whether or not they all succeeded.
+    pub fn tolerating_failed_inputs(mut self) -> Self {
+        self.tolerate_failed_inputs = true;
         self
     }
 }
