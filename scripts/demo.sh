@@ -3,7 +3,9 @@
 #   1. the engine load test on the skewed workload: interrupted part-way by SIGTERM (as Slurm
 #      does at a time limit), resumed, with injected failures, then the run report;
 #   2. the CMB chain: skypipe-sim cmb -> skypipe-pointing -> skypipe-calibrate, then
-#      skypipe-status on the run directory.
+#      skypipe-status on the run directory;
+#   3. imaging: skypipe-sim image -> skypipe-singleframe (one unit per CCD, one registry unit per
+#      visit), then skypipe-status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/skypipe-loadtest
@@ -49,3 +51,16 @@ target/release/skypipe-sim cmb --size tiny --observations 12 --out "$cmb_data"
 echo
 echo "== 6. skypipe-status $cmb_run"
 target/release/skypipe-status "$cmb_run"
+
+echo
+echo "== 7. Imaging: simulate 16 small CCD exposures (2 bands x 2 visits x 4 CCDs), then singleframe on 4 ranks"
+img_data=demo-run/image-data
+img_run=demo-run/image
+rm -rf "$img_data" "$img_run"
+target/release/skypipe-sim image --size tiny --out "$img_data"
+"${mpirun[@]}" target/release/skypipe-singleframe --config configs/singleframe.toml \
+  --input "$img_data/units.json" --run-dir "$img_run"
+echo
+echo "== 8. skypipe-status $img_run"
+target/release/skypipe-status "$img_run"
+echo "calibrated exposures and catalogues: $(find "$img_run/singleframe" -type f | wc -l) files; registry: $img_run/registry.sqlite3"
