@@ -645,21 +645,7 @@ impl FitsWriter {
         data: &Array2<f32>,
         cards: &[Card],
     ) -> Result<(), FitsError> {
-        let dims = [data.nrows(), data.ncols()];
-        let desc = ImageDescription {
-            data_type: ImageType::Float,
-            dimensions: &dims,
-        };
-        let what = format!("HDU '{extname}'");
-        let hdu = {
-            let f = self.file.as_mut().expect("open until commit");
-            f.create_image(extname, &desc)
-        }
-        .map_err(self.werr(what.clone()))?;
-        let flat: Vec<f32> = data.iter().copied().collect();
-        hdu.write_image(self.f(), &flat)
-            .map_err(self.werr(what.clone()))?;
-        self.write_cards(&hdu, cards, &what)
+        self.image(extname, data, ImageType::Float, cards)
     }
 
     /// Appends a 32-bit integer image extension (mask planes).
@@ -669,9 +655,19 @@ impl FitsWriter {
         data: &Array2<i32>,
         cards: &[Card],
     ) -> Result<(), FitsError> {
+        self.image(extname, data, ImageType::Long, cards)
+    }
+
+    fn image<T: Copy + fitsio::images::WriteImage>(
+        &mut self,
+        extname: &str,
+        data: &Array2<T>,
+        data_type: ImageType,
+        cards: &[Card],
+    ) -> Result<(), FitsError> {
         let dims = [data.nrows(), data.ncols()];
         let desc = ImageDescription {
-            data_type: ImageType::Long,
+            data_type,
             dimensions: &dims,
         };
         let what = format!("HDU '{extname}'");
@@ -680,7 +676,7 @@ impl FitsWriter {
             f.create_image(extname, &desc)
         }
         .map_err(self.werr(what.clone()))?;
-        let flat: Vec<i32> = data.iter().copied().collect();
+        let flat: Vec<T> = data.iter().copied().collect();
         hdu.write_image(self.f(), &flat)
             .map_err(self.werr(what.clone()))?;
         self.write_cards(&hdu, cards, &what)
