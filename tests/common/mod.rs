@@ -2,6 +2,8 @@
 //! reading run directories.
 #![allow(dead_code)]
 
+pub mod cmb;
+
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! CMB timestream processing for skypipe: the data model, the built-in simulator and the
-//! `pointing` and `calibrate` stages.
+//! `pointing`, `calibrate` and `mapmake` stages.
 //!
 //! # Data flow
 //! An observation list (`observations.json`, [`model::ObservationList`]) names one HDF5 file per
@@ -8,7 +8,9 @@
 //! each observation into dense detector pointing (`RUN_DIR/pointing/obs=NNNN.h5`: HEALPix pixels,
 //! I/Q/U weights, θ/φ/ψ); [`calibrate::Calibrate`] reads raw timestreams and that pointing,
 //! fits or looks up gains against the relativistic dipole, and writes calibrated,
-//! dipole-subtracted timestreams (`RUN_DIR/calibrate/obs=NNNN.h5`). Layouts: `docs/formats.md`.
+//! dipole-subtracted timestreams (`RUN_DIR/calibrate/obs=NNNN.h5`); [`mapmake::Mapmake`] bins
+//! them over all ranks into binned and destriped HEALPix maps (`RUN_DIR/mapmake/`). Layouts:
+//! `docs/formats.md`.
 //!
 //! # Invariants
 //! - Planning reads only the observation list; science files are opened inside units.
@@ -26,6 +28,7 @@
 //! ```
 
 pub mod calibrate;
+pub mod mapmake;
 pub mod model;
 pub mod pointing;
 pub mod sim;
@@ -55,4 +58,16 @@ pub struct CalibrateFile<R> {
     /// Stage options.
     #[serde(default)]
     pub calibrate: calibrate::CalibrateConfig,
+}
+
+/// The `skypipe-mapmake` configuration file: `[run]` and `[mapmake]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapmakeFile<R> {
+    /// Engine options.
+    #[serde(default)]
+    pub run: R,
+    /// Stage options.
+    #[serde(default)]
+    pub mapmake: mapmake::MapmakeConfig,
 }

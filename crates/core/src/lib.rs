@@ -71,3 +71,4 @@ pub mod frames;
 pub mod healpix;
 pub mod pointing;
 pub mod quat;
+pub mod quicklook;

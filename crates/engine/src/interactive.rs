@@ -132,7 +132,11 @@ pub fn dry_run<S: Stage>(stage: &S, run_dir: Option<&Path>, retry_failed: bool) 
         let _ = writeln!(
             out,
             "{id}\t{state}\t{hint}\t{}\t{}",
-            plan.ranks[i],
+            if plan.ranks[i] == usize::MAX {
+                "all".to_string()
+            } else {
+                plan.ranks[i].to_string()
+            },
             if after.is_empty() { "-" } else { &after }
         );
     }

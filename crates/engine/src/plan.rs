@@ -3,7 +3,7 @@
 use crate::graph::NodeSpec;
 use crate::ledger::LedgerRecord;
 use crate::report::UnitResult;
-use skypipe_stage::{PlannedUnit, Stage, UnitId, WorkUnit};
+use skypipe_stage::{ALL_RANKS, PlannedUnit, Stage, UnitId, WorkUnit};
 use std::collections::HashMap;
 
 /// A stage's plan, checked: unique IDs, known dependencies, sane hints and rank counts.
@@ -65,7 +65,12 @@ impl<U: WorkUnit> Plan<U> {
                 self.rollback(first);
                 return Err(format!("{stage}: unit {id} has an invalid cost hint {h}"));
             }
-            if p.ranks == 0 || p.ranks > max_ranks {
+            let ranks = if p.ranks == ALL_RANKS {
+                max_ranks
+            } else {
+                p.ranks
+            };
+            if ranks == 0 || ranks > max_ranks {
                 self.rollback(first);
                 return Err(format!(
                     "{stage}: unit {id} needs {} ranks, but this job can give a unit at most {max_ranks}",
@@ -75,7 +80,7 @@ impl<U: WorkUnit> Plan<U> {
             self.index.insert(id.clone(), self.units.len());
             self.ids.push(id);
             self.hints.push(p.cost_hint);
-            self.ranks.push(p.ranks);
+            self.ranks.push(ranks);
             self.tolerant.push(p.tolerate_failed_inputs);
             self.after.push(Vec::new());
             self.units.push(p.unit);
@@ -224,9 +229,11 @@ mod tests {
             PlannedUnit::new(U(0)),
             PlannedUnit::new(U(1)).after([id(0), id(0)]),
             PlannedUnit::new(U(2)).on_ranks(2),
+            PlannedUnit::new(U(6)).on_all_ranks(),
         ];
-        assert_eq!(plan.extend("s", units, 2, false).unwrap(), vec![0, 1, 2]);
+        assert_eq!(plan.extend("s", units, 2, false).unwrap(), vec![0, 1, 2, 3]);
         assert_eq!(plan.after[1], vec![0]);
+        assert_eq!(plan.ranks[3], 2, "all ranks resolves to the job's");
         let err = plan
             .extend("s", vec![PlannedUnit::new(U(3)).after([id(9)])], 2, false)
             .unwrap_err();
@@ -234,7 +241,7 @@ mod tests {
             err.contains("u=3 runs after unit u=9, which is not in the plan"),
             "{err}"
         );
-        assert_eq!(plan.units.len(), 3, "a refused list adds nothing");
+        assert_eq!(plan.units.len(), 4, "a refused list adds nothing");
         let err = plan
             .extend("s", vec![PlannedUnit::new(U(4)).on_ranks(3)], 2, false)
             .unwrap_err();
@@ -252,7 +259,7 @@ mod tests {
                 true
             )
             .unwrap(),
-            vec![3]
+            vec![4]
         );
     }
 

@@ -15,6 +15,7 @@
 mod atomic;
 pub mod fits;
 pub mod hdf5;
+pub mod png;
 
 pub use atomic::{
     AtomicFile, Durability, IoError, TEMP_MARKER, remove_stale_temporaries, write_atomic,

@@ -78,6 +78,10 @@ pub trait WorkUnit: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
     fn id(&self) -> UnitId;
 }
 
+/// [`PlannedUnit::ranks`] value meaning "every rank the job can give a unit"; the engine
+/// resolves it when it plans (a stage never learns the number of ranks).
+pub const ALL_RANKS: usize = usize::MAX;
+
 /// A unit as planned: optional cost hint, the units it must run after, and how many ranks
 /// it runs on.
 #[derive(Debug, Clone)]
@@ -91,7 +95,8 @@ pub struct PlannedUnit<U> {
     /// dependency-failed and not run. Nothing else waits: there is no stage-wide barrier.
     pub after: Vec<UnitId>,
     /// Ranks the unit runs on at once (default 1). With more than one, every rank runs
-    /// [`Stage::run`] with [`UnitContext::collectives`] over exactly those ranks.
+    /// [`Stage::run`] with [`UnitContext::collectives`] over exactly those ranks; [`ALL_RANKS`]
+    /// for every rank of the job.
     pub ranks: usize,
     /// Run once every input has ended, even if some failed (default false): a gather that can
     /// work with the members that succeeded (a visit's registry rows without a broken CCD).
@@ -126,6 +131,13 @@ impl<U> PlannedUnit<U> {
     /// Runs on `ranks` ranks at once with collectives among them.
     pub fn on_ranks(mut self, ranks: usize) -> Self {
         self.ranks = ranks;
+        self
+    }
+
+    /// Runs on every rank of the job at once ([`ALL_RANKS`]): a reduction over all the data
+    /// the job holds (a map made from every observation). Run alone (`--unit`), it runs on one.
+    pub fn on_all_ranks(mut self) -> Self {
+        self.ranks = ALL_RANKS;
         self
     }
 

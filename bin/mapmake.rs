@@ -1,0 +1,32 @@
+//! `skypipe-mapmake`: binned and destriped HEALPix maps from calibrated timestreams, one unit
+//! per observation on the engine's balanced queue, then one map unit on every rank.
+
+use clap::Parser;
+use skypipe_cmb::MapmakeFile;
+use skypipe_cmb::mapmake::Mapmake;
+use skypipe_engine::{EngineArgs, RunOptions, run_binary};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Binned and destriped I/Q/U maps (FITS for healpy, PNG quicklooks) from calibrated
+/// timestreams and dense pointing.
+#[derive(Debug, Parser)]
+#[command(name = "skypipe-mapmake", version)]
+struct Cli {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Observation list (overrides `[mapmake] observations`).
+    #[arg(long, value_name = "FILE")]
+    observations: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (launched, _) = run_binary(&cli.engine, |mut file: MapmakeFile<RunOptions>| {
+        if let Some(o) = cli.observations {
+            file.mapmake.observations = o;
+        }
+        Ok((file.run, Mapmake::new(file.mapmake)?))
+    });
+    launched.exit_code()
+}

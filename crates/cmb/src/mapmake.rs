@@ -1,0 +1,1089 @@
+//! `skypipe-mapmake`: binned and destriped HEALPix maps from calibrated timestreams.
+//!
+//! # Units
+//! - `obs=NNNN`, one per observation, on the engine's balanced queue: read the observation's
+//!   dense pointing (`RUN_DIR/pointing/obs=NNNN.h5`) and calibrated timestreams
+//!   (`RUN_DIR/calibrate/obs=NNNN.h5`), validate them (clocks, shapes, nside, frame, finite
+//!   unflagged samples, pixels in range), convert pixels to NESTED and keep them in this
+//!   process's memory. A bad file fails its own unit with the file and detector named.
+//! - `map=full`, after every observation, on every rank at once
+//!   ([`skypipe_stage::PlannedUnit::on_all_ranks`]): each rank bins the observations it holds
+//!   into sparse sub-maps ([`skypipe_core::binning`]), the sub-maps are summed over all ranks in
+//!   bounded chunks, and the per-pixel 3×3 systems are solved (binned map); with destriping,
+//!   per-detector baselines are solved by preconditioned conjugate gradient over all ranks
+//!   ([`skypipe_core::destripe`]). Rank 0 of the unit writes the maps.
+//!
+//! # Resume
+//! Data held in memory is an optimisation, never the record: when the map unit starts, its
+//! ranks tell each other which observations they hold, and every observation that no rank holds
+//! (the job was restarted, or an observation unit ran in an isolated child process) is read
+//! again by the least-loaded rank (longest first). The map unit writes all its files atomically
+//! and is recorded done only after they are in place; it is either done or redone whole.
+//!
+//! # Outputs (`RUN_DIR/mapmake/`)
+//! `map_binned.fits` (and `map_destriped.fits` with destriping): one HEALPix table each with
+//! `I_STOKES`, `Q_STOKES`, `U_STOKES` (K_CMB; only `I_STOKES` in intensity-only mode), `HITS`
+//! and `RCOND`, readable by `healpy.read_map`; a Mollweide quicklook PNG of I beside each; and
+//! `summary.json` (observations, samples, pixels, destriper iterations and residual).
+//! Unobserved pixels and pixels under the rcond cut are `UNSEEN` (−1.6375e30).
+
+use crate::model::{
+    CALIBRATED_FORMAT, CmbError, FLAG_NONFINITE, FocalPlane, Frame, ObservationList,
+    POINTING_FORMAT, obs_file_name, ordering_name, parse_ordering, timestream_info,
+};
+use crate::pointing::durability;
+use serde::{Deserialize, Serialize};
+use skypipe_core::binning::{
+    BinAccumulator, BinnedMap, Components, SparseMap, SubmapLayout, UNSEEN, reduce_in_chunks,
+    submaps_in_mask, touched_mask,
+};
+use skypipe_core::destripe::{DestripeConfig, Reduce, Timestream, destripe};
+use skypipe_core::healpix::{Healpix, Ordering};
+use skypipe_core::quicklook::{self, QuicklookError, Scale};
+use skypipe_io::Durability;
+use skypipe_io::fits::{Card, Column, HealpixHeader, write_healpix_map};
+use skypipe_io::hdf5::{H5Error, H5Reader};
+use skypipe_stage::{
+    Collectives, FailureKind, Outcome, OutcomeKind, PlanError, PlannedUnit, Stage, UnitContext,
+    UnitFailure, UnitId, WorkUnit, fingerprint_of,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Values per `allreduce` call when sub-maps are summed (32 MiB of `f64`): bounds the buffer
+/// and keeps every MPI count far below 2³¹.
+const REDUCE_CHUNK_VALUES: usize = 1 << 22;
+
+/// Which Stokes parameters the maps hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapComponents {
+    /// I, Q and U (default).
+    Iqu,
+    /// Intensity only.
+    I,
+}
+
+impl MapComponents {
+    fn kernel(self) -> Components {
+        match self {
+            MapComponents::Iqu => Components::Iqu,
+            MapComponents::I => Components::I,
+        }
+    }
+}
+
+/// Pixel ordering of the output files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputOrdering {
+    /// RING (default; what `healpy.read_map` returns).
+    Ring,
+    /// NESTED (the order the maps are made in).
+    Nested,
+}
+
+/// The `[mapmake]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapmakeConfig {
+    /// The observation list. Default `data/cmb/observations.json`.
+    pub observations: PathBuf,
+    /// Directory of the pointing outputs. Default `RUN_DIR/pointing`.
+    pub pointing_dir: Option<PathBuf>,
+    /// Directory of the calibrated timestreams. Default `RUN_DIR/calibrate`.
+    pub calibrated_dir: Option<PathBuf>,
+    /// Output directory. Default `RUN_DIR/mapmake`.
+    pub out_dir: Option<PathBuf>,
+    /// Expected nside of the pointing: an observation whose pointing differs fails its unit.
+    /// Default: whatever the pointing files say, as long as they all agree.
+    pub nside: Option<u64>,
+    /// `iqu` (default) or `i`.
+    pub components: MapComponents,
+    /// Pixels whose 3×3 matrix has a smaller reciprocal condition number are cut (`UNSEEN`).
+    /// Default 1e-3.
+    pub rcond_min: f64,
+    /// Sub-maps are the pixels of this lower-resolution NESTED grid (power of two, at most
+    /// the map's nside): only sub-maps a rank touches are allocated and reduced. Default 16
+    /// (3 072 sub-maps, as in MADAM).
+    pub submap_nside: u64,
+    /// Solve for baselines and write the destriped map (default true).
+    pub destripe: bool,
+    /// Baseline length (s). Default 1.
+    pub baseline_s: f64,
+    /// Conjugate-gradient tolerance on `‖r‖/‖b‖`. Default 1e-10.
+    pub tolerance: f64,
+    /// Conjugate-gradient iteration cap. Default 200.
+    pub max_iterations: usize,
+    /// Weight detectors by `1/σ²` from the focal plane's NET (default true); otherwise, or
+    /// when a detector has no NET, every detector weighs 1.
+    pub noise_weights: bool,
+    /// Make the maps from the observations that succeeded when some failed (default false:
+    /// the map unit then fails as dependency-failed and a rerun with `--retry-failed` redoes
+    /// the failed observations and the map).
+    pub allow_failed_observations: bool,
+    /// Pixel ordering of the output files. Default `ring`.
+    pub output_ordering: OutputOrdering,
+    /// Width of the quicklook PNGs in pixels (0: none). Default 1600.
+    pub quicklook_width: u32,
+}
+
+impl Default for MapmakeConfig {
+    fn default() -> Self {
+        Self {
+            observations: PathBuf::from("data/cmb/observations.json"),
+            pointing_dir: None,
+            calibrated_dir: None,
+            out_dir: None,
+            nside: None,
+            components: MapComponents::Iqu,
+            rcond_min: 1e-3,
+            submap_nside: 16,
+            destripe: true,
+            baseline_s: 1.0,
+            tolerance: 1e-10,
+            max_iterations: 200,
+            noise_weights: true,
+            allow_failed_observations: false,
+            output_ordering: OutputOrdering::Ring,
+            quicklook_width: 1600,
+        }
+    }
+}
+
+/// A unit of `skypipe-mapmake`: one observation to read, or the map made from all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapUnit {
+    /// Read and validate one observation (`obs=NNNN`).
+    Obs {
+        /// Observation number.
+        obs: u32,
+    },
+    /// Bin (and destripe) every observation into the maps (`map=full`).
+    Map,
+}
+
+impl WorkUnit for MapUnit {
+    fn id(&self) -> UnitId {
+        match self {
+            MapUnit::Obs { obs } => UnitId::new().with("obs", format_args!("{obs:04}")),
+            MapUnit::Map => UnitId::new().with("map", "full"),
+        }
+    }
+}
+
+/// What an observation unit passes to the map unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObsSummary {
+    /// Observation number.
+    pub obs: u32,
+    /// nside of its pointing.
+    pub nside: u64,
+    /// Frame of its pointing (`galactic`, ...).
+    pub frame: String,
+    /// Sample rate (Hz) shared by its detectors.
+    pub rate_hz: f64,
+    /// Samples over all detectors.
+    pub samples: u64,
+    /// Unflagged samples over all detectors.
+    pub good_samples: u64,
+}
+
+/// What the map unit reports (its value, and `summary.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapSummary {
+    /// HEALPix nside of the maps.
+    pub nside: u64,
+    /// Coordinate frame.
+    pub frame: String,
+    /// Observations binned.
+    pub observations: usize,
+    /// Observations left out because their unit failed (`allow_failed_observations`).
+    pub missing_observations: Vec<String>,
+    /// Unflagged samples binned.
+    pub samples: u64,
+    /// Pixels with at least one hit.
+    pub observed_pixels: u64,
+    /// Observed pixels under the rcond cut.
+    pub cut_pixels: u64,
+    /// Ranks the map was made on.
+    pub ranks: usize,
+    /// Observations read again by the map unit (not held in memory from their own units).
+    pub reread_observations: usize,
+    /// Baseline length in samples (0 without destriping).
+    pub baseline_samples: usize,
+    /// Conjugate-gradient iterations (0 without destriping).
+    pub iterations: usize,
+    /// Final relative CG residual.
+    pub residual: f64,
+    /// Whether the CG reached its tolerance.
+    pub converged: bool,
+    /// Files written, relative to the output directory.
+    pub files: Vec<String>,
+}
+
+/// One detector's validated data, pixels in NESTED order.
+#[derive(Debug, Clone)]
+struct DetectorData {
+    pixels: Vec<u64>,
+    weights: Vec<[f64; 3]>,
+    signal: Vec<f64>,
+    flags: Vec<u8>,
+    inv_var: f64,
+}
+
+/// One observation held in memory.
+#[derive(Debug, Clone)]
+struct ObsData {
+    summary: ObsSummary,
+    detectors: Vec<DetectorData>,
+}
+
+impl ObsData {
+    fn timestreams(&self) -> impl Iterator<Item = Timestream<'_>> {
+        self.detectors.iter().map(|d| Timestream {
+            pixels: &d.pixels,
+            weights: &d.weights,
+            signal: &d.signal,
+            flags: Some(&d.flags),
+            inv_var: d.inv_var,
+        })
+    }
+}
+
+/// The `skypipe-mapmake` stage.
+#[derive(Debug)]
+pub struct Mapmake {
+    config: MapmakeConfig,
+    list: ObservationList,
+    focal_plane: FocalPlane,
+    /// Observations read by this process's units, kept for the map unit.
+    held: Mutex<BTreeMap<u32, ObsData>>,
+}
+
+impl Mapmake {
+    /// Loads the observation list and focal plane and checks the configuration.
+    pub fn new(config: MapmakeConfig) -> Result<Self, String> {
+        if !(config.rcond_min.is_finite() && (0.0..1.0).contains(&config.rcond_min)) {
+            return Err(format!(
+                "mapmake.rcond_min must be in [0, 1), got {}",
+                config.rcond_min
+            ));
+        }
+        if !config.submap_nside.is_power_of_two() {
+            return Err(format!(
+                "mapmake.submap_nside must be a power of two, got {}",
+                config.submap_nside
+            ));
+        }
+        if let Some(n) = config.nside {
+            Healpix::new(n, Ordering::Nested).map_err(|e| format!("mapmake.nside: {e}"))?;
+            if config.submap_nside > n {
+                return Err(format!(
+                    "mapmake.submap_nside {} exceeds mapmake.nside {n}",
+                    config.submap_nside
+                ));
+            }
+        }
+        let widths = quicklook::MIN_WIDTH..=quicklook::MAX_WIDTH;
+        if config.quicklook_width != 0 && !widths.contains(&config.quicklook_width) {
+            return Err(format!(
+                "mapmake.quicklook_width must be 0 or in {}..={}, got {}",
+                quicklook::MIN_WIDTH,
+                quicklook::MAX_WIDTH,
+                config.quicklook_width
+            ));
+        }
+        if !(config.baseline_s.is_finite() && config.baseline_s > 0.0) {
+            return Err(format!(
+                "mapmake.baseline_s must be > 0, got {}",
+                config.baseline_s
+            ));
+        }
+        if !(config.tolerance.is_finite() && config.tolerance >= 0.0) {
+            return Err(format!(
+                "mapmake.tolerance must be >= 0, got {}",
+                config.tolerance
+            ));
+        }
+        let list = ObservationList::load(&config.observations).map_err(|e| e.to_string())?;
+        let focal_plane = FocalPlane::read(&list.focal_plane).map_err(|e| e.to_string())?;
+        Ok(Self {
+            config,
+            list,
+            focal_plane,
+            held: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MapmakeConfig {
+        &self.config
+    }
+
+    /// The pointing file of `obs`.
+    pub fn pointing_path(&self, run_dir: &Path, obs: u32) -> PathBuf {
+        self.config
+            .pointing_dir
+            .clone()
+            .unwrap_or_else(|| run_dir.join("pointing"))
+            .join(obs_file_name(obs))
+    }
+
+    /// The calibrated file of `obs`.
+    pub fn calibrated_path(&self, run_dir: &Path, obs: u32) -> PathBuf {
+        self.config
+            .calibrated_dir
+            .clone()
+            .unwrap_or_else(|| run_dir.join("calibrate"))
+            .join(obs_file_name(obs))
+    }
+
+    /// The output directory.
+    pub fn out_dir(&self, run_dir: &Path) -> PathBuf {
+        self.config
+            .out_dir
+            .clone()
+            .unwrap_or_else(|| run_dir.join("mapmake"))
+    }
+
+    /// `1/σ²` per sample of a detector from its NET and rate, or 1 (uniform weights).
+    fn inv_var(&self, net_k_sqrt_s: f64, rate_hz: f64) -> f64 {
+        let uniform = !self.config.noise_weights
+            || self
+                .focal_plane
+                .detectors
+                .iter()
+                .any(|d| !(d.net_k_sqrt_s.is_finite() && d.net_k_sqrt_s > 0.0));
+        if uniform {
+            1.0
+        } else {
+            1.0 / (net_k_sqrt_s * net_k_sqrt_s * rate_hz)
+        }
+    }
+
+    /// Reads and validates one observation (pixels converted to NESTED).
+    fn load(&self, run_dir: &Path, obs: u32) -> Result<ObsData, CmbError> {
+        let pt = H5Reader::open(self.pointing_path(run_dir, obs))?;
+        let cal = H5Reader::open(self.calibrated_path(run_dir, obs))?;
+        let (pt_path, cal_path) = (pt.path().to_path_buf(), cal.path().to_path_buf());
+        for (r, format) in [(&pt, POINTING_FORMAT), (&cal, CALIBRATED_FORMAT)] {
+            let found = r.attr_str("", "format")?;
+            if found != format {
+                return Err(H5Error::invalid(
+                    r.path(),
+                    "@format",
+                    format!("'{found}', expected '{format}'"),
+                )
+                .into());
+            }
+            let found = r.attr_i64("", "obs")?;
+            if found != i64::from(obs) {
+                return Err(H5Error::invalid(
+                    r.path(),
+                    "@obs",
+                    format!("holds observation {found}, expected {obs}"),
+                )
+                .into());
+            }
+        }
+        let nside_attr = pt.attr_i64("", "nside")?;
+        let ordering_text = pt.attr_str("", "ordering")?;
+        let ordering = parse_ordering(&ordering_text).ok_or_else(|| {
+            H5Error::invalid(
+                &pt_path,
+                "@ordering",
+                format!("unknown ordering '{ordering_text}'"),
+            )
+        })?;
+        let grid = u64::try_from(nside_attr)
+            .ok()
+            .and_then(|n| Healpix::new(n, ordering).ok())
+            .ok_or_else(|| {
+                H5Error::invalid(
+                    &pt_path,
+                    "@nside",
+                    format!("{nside_attr} is not a valid HEALPix nside"),
+                )
+            })?;
+        let nside = grid.nside();
+        if let Some(expected) = self.config.nside
+            && expected != nside
+        {
+            return Err(H5Error::invalid(
+                &pt_path,
+                "@nside",
+                format!("pointing has nside {nside}, but mapmake.nside is {expected}"),
+            )
+            .into());
+        }
+        if self.config.submap_nside > nside {
+            return Err(H5Error::invalid(
+                &pt_path,
+                "@nside",
+                format!(
+                    "pointing nside {nside} is below mapmake.submap_nside {}",
+                    self.config.submap_nside
+                ),
+            )
+            .into());
+        }
+        let frame_text = pt.attr_str("", "frame")?;
+        let frame = Frame::parse(&frame_text).ok_or_else(|| {
+            H5Error::invalid(&pt_path, "@frame", format!("unknown frame '{frame_text}'"))
+        })?;
+        let cal_frame = cal.attr_str("", "frame")?;
+        if Frame::parse(&cal_frame) != Some(frame) {
+            return Err(H5Error::invalid(
+                &cal_path,
+                "@frame",
+                format!(
+                    "calibrated with pointing in '{cal_frame}', but {} is in '{frame_text}'",
+                    pt_path.display()
+                ),
+            )
+            .into());
+        }
+        let npix = grid.npix();
+        let mut detectors = Vec::with_capacity(self.focal_plane.detectors.len());
+        let (mut samples, mut good_samples) = (0u64, 0u64);
+        let mut rate = None;
+        for det in &self.focal_plane.detectors {
+            let group = format!("detectors/{}", det.name);
+            let pinfo = timestream_info(&pt, &group, "pixels", Some(det.rate_hz))?;
+            let cinfo = timestream_info(&cal, &group, "signal", Some(det.rate_hz))?;
+            if pinfo != cinfo {
+                return Err(H5Error::invalid(
+                    &cal_path,
+                    &group,
+                    format!(
+                        "clock/length (t0 {}, {} Hz, {} samples) differs from the pointing's in {} (t0 {}, {} Hz, {} samples)",
+                        cinfo.t0,
+                        cinfo.rate_hz,
+                        cinfo.len,
+                        pt_path.display(),
+                        pinfo.t0,
+                        pinfo.rate_hz,
+                        pinfo.len
+                    ),
+                )
+                .into());
+            }
+            match rate {
+                None => rate = Some(pinfo.rate_hz),
+                Some(r) if (r - pinfo.rate_hz).abs() > 1e-9 * r => {
+                    return Err(H5Error::invalid(
+                        &pt_path,
+                        &format!("{group}@rate_hz"),
+                        format!(
+                            "{} Hz differs from the other detectors' {r} Hz (one baseline length per map)",
+                            pinfo.rate_hz
+                        ),
+                    )
+                    .into());
+                }
+                Some(_) => {}
+            }
+            let len = Some(pinfo.len);
+            let mut pixels: Vec<u64> = pt.read_1d(&format!("{group}/pixels"), len)?;
+            let weights: Vec<[f64; 3]> = pt.read_2d(&format!("{group}/weights"), len)?;
+            let signal: Vec<f64> = cal.read_1d(&format!("{group}/signal"), len)?;
+            let flags: Vec<u8> = cal.read_1d(&format!("{group}/flags"), len)?;
+            for i in 0..pixels.len() {
+                if flags[i] != 0 {
+                    continue;
+                }
+                if pixels[i] >= npix {
+                    return Err(H5Error::invalid(
+                        &pt_path,
+                        &format!("{group}/pixels"),
+                        format!("sample {i}: pixel {} is not below npix {npix}", pixels[i]),
+                    )
+                    .into());
+                }
+                if !weights[i].iter().all(|w| w.is_finite()) {
+                    return Err(H5Error::invalid(
+                        &pt_path,
+                        &format!("{group}/weights"),
+                        format!("sample {i}: weights {:?} are not finite", weights[i]),
+                    )
+                    .into());
+                }
+                if !signal[i].is_finite() {
+                    return Err(H5Error::invalid(
+                        &cal_path,
+                        &format!("{group}/signal"),
+                        format!(
+                            "sample {i}: unflagged value {} is not finite (flag it, e.g. with {FLAG_NONFINITE:#x})",
+                            signal[i]
+                        ),
+                    )
+                    .into());
+                }
+                good_samples += 1;
+            }
+            if ordering == Ordering::Ring {
+                for (p, &f) in pixels.iter_mut().zip(&flags) {
+                    if f == 0 {
+                        *p = grid.to_nested(*p).expect("pixel checked below npix");
+                    }
+                }
+            }
+            samples += pixels.len() as u64;
+            detectors.push(DetectorData {
+                pixels,
+                weights,
+                signal,
+                flags,
+                inv_var: self.inv_var(det.net_k_sqrt_s, pinfo.rate_hz),
+            });
+        }
+        Ok(ObsData {
+            summary: ObsSummary {
+                obs,
+                nside,
+                frame: frame.as_str().to_string(),
+                rate_hz: rate.unwrap_or(0.0),
+                samples,
+                good_samples,
+            },
+            detectors,
+        })
+    }
+
+    fn run_obs(&self, obs: u32, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        if self.list.entry(obs).is_none() {
+            return Err(UnitFailure::bad_input(format!(
+                "{}: no observation {obs}",
+                self.config.observations.display()
+            )));
+        }
+        for (path, producer) in [
+            (self.pointing_path(&ctx.run_dir, obs), "skypipe-pointing"),
+            (self.calibrated_path(&ctx.run_dir, obs), "skypipe-calibrate"),
+        ] {
+            if !path.exists() {
+                return Err(UnitFailure::new(
+                    FailureKind::DependencyFailed,
+                    format!(
+                        "{}: missing (run {producer} first; did its unit fail?)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        let data = self
+            .load(&ctx.run_dir, obs)
+            .map_err(CmbError::into_failure)?;
+        ctx.set_value(&data.summary);
+        self.held
+            .lock()
+            .expect("no unit panics while holding the lock")
+            .insert(obs, data);
+        Ok(Outcome::Done)
+    }
+
+    fn run_map(&self, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        let coll = ctx.collectives();
+        let summaries: Vec<ObsSummary> = ctx
+            .input_values::<ObsSummary>()?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        let missing: Vec<String> = ctx
+            .inputs()
+            .iter()
+            .filter(|i| !matches!(i.outcome, OutcomeKind::Done | OutcomeKind::NoWork))
+            .map(|i| i.unit.to_string())
+            .collect();
+        let grid = self.check_consistent(&ctx.run_dir, &summaries)?;
+
+        // Who holds what: keep each observation on the lowest rank holding it, read the rest.
+        let wanted: BTreeMap<u32, u64> = summaries.iter().map(|s| (s.obs, s.samples)).collect();
+        let mine: Vec<u32> = {
+            let held = self.held.lock().expect("no panic while locked");
+            held.keys()
+                .copied()
+                .filter(|o| wanted.contains_key(o))
+                .collect()
+        };
+        let gathered: Vec<Vec<u32>> = coll
+            .all_gather_bytes(&serde_json::to_vec(&mine).expect("a list encodes"))
+            .iter()
+            .map(|b| serde_json::from_slice(b).expect("every rank sends a list"))
+            .collect();
+        let assignment = assign_observations(&gathered, &wanted);
+        let reread = assignment.iter().map(|a| a.read.len()).sum::<usize>();
+        let me = &assignment[coll.rank()];
+        let mut load_errors = Vec::new();
+        for &obs in &me.read {
+            match self.load(&ctx.run_dir, obs) {
+                Ok(data) => {
+                    self.held
+                        .lock()
+                        .expect("no panic while locked")
+                        .insert(obs, data);
+                }
+                Err(e) => load_errors.push(format!("obs={obs:04}: {e}")),
+            }
+        }
+        agree(coll, load_errors)?;
+
+        let held = self.held.lock().expect("no panic while locked");
+        let local: Vec<&ObsData> = me.keep.iter().chain(&me.read).map(|o| &held[o]).collect();
+        let timestreams: Vec<Timestream<'_>> = local.iter().flat_map(|d| d.timestreams()).collect();
+        let layout = SubmapLayout::new(
+            grid.npix(),
+            (grid.nside() / self.config.submap_nside).pow(2),
+        )
+        .expect("nside and submap_nside are powers of two");
+        let comps = self.config.components.kernel();
+        let rate = summaries.first().map_or(1.0, |s| s.rate_hz);
+        let baseline_samples = ((self.config.baseline_s * rate).round() as usize).max(1);
+        let mut reduce = UnitReduce { coll };
+        let (binned, destriped, solver) = if self.config.destripe {
+            let cfg = DestripeConfig {
+                baseline_length: baseline_samples,
+                tolerance: self.config.tolerance,
+                max_iterations: self.config.max_iterations,
+                rcond_min: self.config.rcond_min,
+            };
+            let out = destripe(&timestreams, layout, comps, &cfg, &mut reduce)
+                .map_err(|e| UnitFailure::bad_input(format!("destriping: {e}")))?;
+            let report = (out.iterations, out.residual, out.converged);
+            (out.binned, Some(out.destriped), report)
+        } else {
+            let mut acc = BinAccumulator::new(layout, comps);
+            for ts in &timestreams {
+                acc.accumulate(ts.pixels, ts.weights, ts.signal, ts.flags, ts.inv_var)
+                    .map_err(|e| UnitFailure::bad_input(format!("binning: {e}")))?;
+            }
+            reduce.reduce_map(acc.map_mut());
+            (acc.solve(self.config.rcond_min), None, (0, 0.0, true))
+        };
+        drop(held);
+        if coll.rank() != 0 {
+            return Ok(Outcome::Done);
+        }
+        let frame = summaries
+            .first()
+            .map_or("galactic".to_string(), |s| s.frame.clone());
+        let mut summary = MapSummary {
+            nside: grid.nside(),
+            frame: frame.clone(),
+            observations: summaries.len(),
+            missing_observations: missing,
+            samples: summaries.iter().map(|s| s.good_samples).sum(),
+            observed_pixels: binned.observed_pixels().count() as u64,
+            cut_pixels: binned.cut_pixels().len() as u64,
+            ranks: coll.size(),
+            reread_observations: reread,
+            baseline_samples: if self.config.destripe {
+                baseline_samples
+            } else {
+                0
+            },
+            iterations: solver.0,
+            residual: solver.1,
+            converged: solver.2,
+            files: Vec::new(),
+        };
+        if !summary.converged {
+            tracing::warn!(
+                iterations = summary.iterations,
+                residual = summary.residual,
+                "the destriper did not reach its tolerance"
+            );
+        }
+        let out_dir = self.out_dir(&ctx.run_dir);
+        let dur = durability(ctx);
+        let mut outputs = vec![("binned", &binned)];
+        if let Some(d) = &destriped {
+            outputs.push(("destriped", d));
+        }
+        for (name, map) in outputs {
+            let fits = format!("map_{name}.fits");
+            self.write_map(&out_dir.join(&fits), map, &summary, name, dur)?;
+            summary.files.push(fits);
+            if self.config.quicklook_width > 0 {
+                let png = format!("map_{name}.png");
+                write_quicklook(
+                    &out_dir.join(&png),
+                    map,
+                    self.config.quicklook_width,
+                    name,
+                    dur,
+                )?;
+                summary.files.push(png);
+            }
+        }
+        let json = serde_json::to_vec_pretty(&summary).expect("a summary encodes");
+        skypipe_io::write_atomic(out_dir.join("summary.json"), &json, dur)
+            .map_err(|e| UnitFailure::transient(format!("{}: {e}", out_dir.display())))?;
+        tracing::info!(
+            observations = summary.observations,
+            samples = summary.samples,
+            pixels = summary.observed_pixels,
+            iterations = summary.iterations,
+            residual = summary.residual,
+            "maps written to {}",
+            out_dir.display()
+        );
+        ctx.set_value(&summary);
+        Ok(Outcome::Done)
+    }
+
+    /// Every observation must share nside, frame and sample rate.
+    fn check_consistent(
+        &self,
+        run_dir: &Path,
+        summaries: &[ObsSummary],
+    ) -> Result<Healpix, UnitFailure> {
+        let Some(first) = summaries.first() else {
+            return Err(UnitFailure::bad_input(
+                "no observation was read successfully: nothing to map",
+            ));
+        };
+        let describe = |s: &ObsSummary| {
+            format!(
+                "{} (nside {}, frame {}, {} Hz)",
+                self.pointing_path(run_dir, s.obs).display(),
+                s.nside,
+                s.frame,
+                s.rate_hz
+            )
+        };
+        let differing: Vec<String> = summaries
+            .iter()
+            .filter(|s| {
+                s.nside != first.nside
+                    || s.frame != first.frame
+                    || (s.rate_hz - first.rate_hz).abs() > 1e-9 * first.rate_hz
+            })
+            .map(describe)
+            .collect();
+        if !differing.is_empty() {
+            return Err(UnitFailure::bad_input(format!(
+                "observations disagree on nside, frame or sample rate: {} differ from {}",
+                differing.join(", "),
+                describe(first)
+            )));
+        }
+        Ok(Healpix::new(first.nside, Ordering::Nested).expect("checked by the obs unit"))
+    }
+
+    fn write_map(
+        &self,
+        path: &Path,
+        map: &BinnedMap,
+        summary: &MapSummary,
+        kind: &str,
+        dur: Durability,
+    ) -> Result<(), UnitFailure> {
+        let dense = map.to_dense();
+        let nside = summary.nside;
+        let nested = self.config.output_ordering == OutputOrdering::Nested;
+        let reorder = |values: Vec<f64>| -> Vec<f64> {
+            if nested {
+                values
+            } else {
+                nested_to_ring(nside, &values)
+            }
+        };
+        let names = ["I_STOKES", "Q_STOKES", "U_STOKES"];
+        let mut columns: Vec<Column> = dense
+            .values
+            .into_iter()
+            .zip(names)
+            .map(|(v, name)| Column::f64(name, "K_CMB", reorder(v)))
+            .collect();
+        let hits: Vec<i64> = reorder(dense.hits).iter().map(|&h| h as i64).collect();
+        columns.push(Column::i64("HITS", "", hits));
+        columns.push(Column::f64("RCOND", "", reorder(dense.rcond)));
+        let coordsys = match Frame::parse(&summary.frame) {
+            Some(Frame::Galactic) => "G",
+            Some(Frame::Ecliptic) => "E",
+            _ => "C",
+        };
+        let header = HealpixHeader {
+            nside,
+            nested,
+            coordsys,
+            cards: vec![
+                Card::text("CREATOR", "skypipe-mapmake", "software"),
+                Card::text("MAPTYPE", kind, "binned or destriped"),
+                Card::text("TEMPTYPE", "THERMO", "thermodynamic temperature"),
+                Card::int("NOBS", summary.observations as i64, "observations binned"),
+                Card::int(
+                    "NMISSING",
+                    summary.missing_observations.len() as i64,
+                    "observations whose unit failed",
+                ),
+                Card::int("NSAMPLES", summary.samples as i64, "samples binned"),
+                Card::real("RCONDMIN", self.config.rcond_min, "rcond cut"),
+                Card::int(
+                    "BASELINE",
+                    summary.baseline_samples as i64,
+                    "destriper baseline (samples)",
+                ),
+                Card::int("CGITER", summary.iterations as i64, "CG iterations"),
+                Card::real("CGRESID", summary.residual, "final relative CG residual"),
+                Card::text(
+                    "ORIGORD",
+                    ordering_name(Ordering::Nested),
+                    "ordering the map was made in",
+                ),
+            ],
+        };
+        write_healpix_map(path, &header, columns, dur)
+            .map_err(|e| UnitFailure::transient(format!("{}: {e}", path.display())))
+    }
+}
+
+/// A full-sky NESTED array reordered to RING.
+fn nested_to_ring(nside: u64, values: &[f64]) -> Vec<f64> {
+    let grid = Healpix::new(nside, Ordering::Nested).expect("valid nside");
+    let mut out = vec![UNSEEN; values.len()];
+    for (nest, &v) in values.iter().enumerate() {
+        let ring = grid.to_ring(nest as u64).expect("pixel below npix");
+        out[ring as usize] = v;
+    }
+    out
+}
+
+/// Writes the Mollweide quicklook of a map's I.
+fn write_quicklook(
+    path: &Path,
+    map: &BinnedMap,
+    width: u32,
+    kind: &str,
+    dur: Durability,
+) -> Result<(), UnitFailure> {
+    let grid = Healpix::new((map.layout().npix() / 12).isqrt(), Ordering::Nested)
+        .expect("the map's nside is valid");
+    let sample = |theta: f64, phi: f64| {
+        let pix = grid
+            .ang2pix(theta, phi.rem_euclid(std::f64::consts::TAU))
+            .ok()?;
+        map.value(pix).map(|v| v[0])
+    };
+    let percentiles = Scale::Percentile {
+        low: 2.0,
+        high: 98.0,
+    };
+    let image = match quicklook::render(width, percentiles, sample) {
+        // Nothing solved anywhere: an all-grey map on an arbitrary scale.
+        Err(QuicklookError::NothingSeen) => {
+            quicklook::render(width, Scale::Fixed { min: 0.0, max: 1.0 }, sample)
+        }
+        other => other,
+    }
+    .map_err(|e| UnitFailure::bad_input(format!("quicklook: {e}")))?;
+    let limits = format!("{:.6e} {:.6e}", image.min, image.max);
+    skypipe_io::png::write_png_rgb(
+        path,
+        image.width,
+        image.height,
+        &image.rgb,
+        &[
+            ("Title", &format!("skypipe-mapmake {kind} I (K_CMB)")),
+            ("Limits", &limits),
+        ],
+        dur,
+    )
+    .map_err(|e| UnitFailure::transient(format!("{}: {e}", path.display())))
+}
+
+/// The observations one rank of the map unit bins: those it holds and keeps, and those it
+/// must read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assignment {
+    /// Held in memory already.
+    pub keep: Vec<u32>,
+    /// To read from disk.
+    pub read: Vec<u32>,
+}
+
+/// Splits the wanted observations (`obs → samples`) over ranks given what each rank holds:
+/// an observation held by several ranks stays with the lowest; observations no rank holds go,
+/// longest first, to the rank with the fewest samples so far (ties to the lowest rank).
+/// Deterministic, so every rank computes the same split.
+pub fn assign_observations(held: &[Vec<u32>], wanted: &BTreeMap<u32, u64>) -> Vec<Assignment> {
+    let mut out = vec![Assignment::default(); held.len()];
+    let mut load = vec![0u64; held.len()];
+    let mut taken = BTreeSet::new();
+    for (rank, obs_list) in held.iter().enumerate() {
+        for &obs in obs_list {
+            if let Some(&samples) = wanted.get(&obs)
+                && taken.insert(obs)
+            {
+                out[rank].keep.push(obs);
+                load[rank] += samples;
+            }
+        }
+    }
+    let mut rest: Vec<(u32, u64)> = wanted
+        .iter()
+        .filter(|(o, _)| !taken.contains(*o))
+        .map(|(&o, &s)| (o, s))
+        .collect();
+    rest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    for (obs, samples) in rest {
+        let rank = (0..load.len())
+            .min_by_key(|&r| (load[r], r))
+            .expect("at least one rank");
+        out[rank].read.push(obs);
+        load[rank] += samples;
+    }
+    for a in &mut out {
+        a.keep.sort_unstable();
+        a.read.sort_unstable();
+    }
+    out
+}
+
+/// Every rank shares its errors; if any rank has one, every rank fails with all of them (so
+/// no rank goes on to a collective the others will never join).
+fn agree(coll: &dyn Collectives, errors: Vec<String>) -> Result<(), UnitFailure> {
+    let all: Vec<String> = coll
+        .all_gather_bytes(&serde_json::to_vec(&errors).expect("strings encode"))
+        .iter()
+        .flat_map(|b| serde_json::from_slice::<Vec<String>>(b).expect("every rank sends a list"))
+        .collect();
+    if all.is_empty() {
+        Ok(())
+    } else {
+        Err(UnitFailure::bad_input(all.join("; ")))
+    }
+}
+
+/// [`Reduce`] over the ranks of a multi-rank unit: the union of touched sub-maps is found
+/// with one small reduction, rank 0 allocates all of it (it writes the full maps), and the
+/// sub-maps are summed in chunks of [`REDUCE_CHUNK_VALUES`].
+struct UnitReduce<'a> {
+    coll: &'a dyn Collectives,
+}
+
+impl Reduce for UnitReduce<'_> {
+    fn reduce_map(&mut self, map: &mut SparseMap) {
+        let mut mask: Vec<u64> = touched_mask(map).into_iter().map(u64::from).collect();
+        self.coll.all_reduce_sum_u64(&mut mask);
+        let mask: Vec<u8> = mask.into_iter().map(|m| u8::from(m > 0)).collect();
+        let union = submaps_in_mask(&mask);
+        if self.coll.rank() == 0 {
+            for &sm in &union {
+                map.allocate(sm).expect("sub-map of the map's own layout");
+            }
+        }
+        reduce_in_chunks(map, &union, REDUCE_CHUNK_VALUES, |buf| {
+            self.coll.all_reduce_sum_f64(buf)
+        })
+        .expect("sub-maps of the map's own layout");
+    }
+
+    fn sum(&mut self, values: &mut [f64]) {
+        self.coll.all_reduce_sum_f64(values);
+    }
+}
+
+impl Stage for Mapmake {
+    type Unit = MapUnit;
+
+    fn name(&self) -> &'static str {
+        "mapmake"
+    }
+
+    fn config_fingerprint(&self) -> String {
+        fingerprint_of(&self.config)
+    }
+
+    fn plan(&self) -> Result<Vec<PlannedUnit<MapUnit>>, PlanError> {
+        let mut plan: Vec<PlannedUnit<MapUnit>> = self
+            .list
+            .observations
+            .iter()
+            .map(|o| {
+                let unit = PlannedUnit::new(MapUnit::Obs { obs: o.obs });
+                match o.samples {
+                    Some(s) => unit.cost(s as f64),
+                    None => unit,
+                }
+            })
+            .collect();
+        let members: Vec<UnitId> = plan.iter().map(|p| p.unit.id()).collect();
+        let map = PlannedUnit::new(MapUnit::Map).after(members).on_all_ranks();
+        plan.push(if self.config.allow_failed_observations {
+            map.tolerating_failed_inputs()
+        } else {
+            map
+        });
+        Ok(plan)
+    }
+
+    fn run(&self, unit: &MapUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        match *unit {
+            MapUnit::Obs { obs } => self.run_obs(obs, ctx),
+            MapUnit::Map => {
+                let result = self.run_map(ctx);
+                if result.is_ok() {
+                    self.held.lock().expect("no panic while locked").clear();
+                }
+                result
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_observations_stay_and_the_rest_are_balanced_longest_first() {
+        let wanted: BTreeMap<u32, u64> =
+            [(0, 100), (1, 100), (2, 300), (3, 50), (4, 200), (5, 10)].into();
+        // Rank 1 and 2 both hold obs 1 (a retried unit): the lowest keeps it.
+        let held = vec![vec![0], vec![1, 9], vec![1]];
+        let a = assign_observations(&held, &wanted);
+        assert_eq!(a[0].keep, vec![0]);
+        assert_eq!(a[1].keep, vec![1], "obs 9 is not wanted");
+        assert!(a[2].keep.is_empty());
+        // Loads 100, 100, 0: obs 2 (300) → rank 2; obs 4 (200) → rank 0 (tie, lowest);
+        // obs 3 (50) → rank 1; obs 5 (10) → rank 1 (150 < 300).
+        assert_eq!(a[2].read, vec![2]);
+        assert_eq!(a[0].read, vec![4]);
+        assert_eq!(a[1].read, vec![3, 5]);
+        let mut all: Vec<u32> = a
+            .iter()
+            .flat_map(|x| x.keep.iter().chain(&x.read))
+            .copied()
+            .collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            vec![0, 1, 2, 3, 4, 5],
+            "every wanted observation exactly once"
+        );
+    }
+
+    #[test]
+    fn nothing_held_spreads_reads_over_every_rank() {
+        let wanted: BTreeMap<u32, u64> = (0..8).map(|o| (o, 100)).collect();
+        let a = assign_observations(&[vec![], vec![], vec![]], &wanted);
+        let counts: Vec<usize> = a.iter().map(|x| x.read.len()).collect();
+        assert_eq!(counts, vec![3, 3, 2]);
+    }
+
+    #[test]
+    fn nested_to_ring_is_a_permutation_matching_the_grid() {
+        let nside = 4;
+        let npix = 12 * nside * nside;
+        let values: Vec<f64> = (0..npix).map(|p| p as f64).collect();
+        let ring = nested_to_ring(nside, &values);
+        let grid = Healpix::new(nside, Ordering::Ring).unwrap();
+        for (r, &v) in ring.iter().enumerate() {
+            assert_eq!(grid.to_nested(r as u64).unwrap() as f64, v);
+        }
+    }
+}
