@@ -2,7 +2,7 @@
 # The quick-start demo, on built-in simulated data, under mpirun with 4 ranks:
 #   1. the engine load test on the skewed workload: interrupted part-way by SIGTERM (as Slurm
 #      does at a time limit), resumed, with injected failures, then the run report;
-#   2. the CMB chain: skypipe-sim cmb -> skypipe-pointing -> skypipe-calibrate, then
+#   2. the CMB chain: skypipe-sim cmb -> skypipe-pointing -> skypipe-calibrate -> skypipe-mapmake, then
 #      skypipe-status on the run directory;
 #   3. imaging: skypipe-sim image -> skypipe-singleframe (one unit per CCD, one registry unit per
 #      visit), then skypipe-status.
@@ -39,15 +39,21 @@ echo
 echo "== ledger: $(wc -l < "$run_dir/ledger/loadtest.jsonl") records for 2000 units; outputs: $(ls "$run_dir/loadtest" | wc -l) files"
 
 echo
-echo "== 5. CMB: simulate 12 short Planck-like observations, then pointing and calibration on 4 ranks"
+echo "== 5. CMB: simulate 12 short Planck-like observations, then pointing, calibration and map-making on 4 ranks"
 cmb_data=demo-run/cmb-data
 cmb_run=demo-run/cmb
 rm -rf "$cmb_data" "$cmb_run"
 target/release/skypipe-sim cmb --size tiny --observations 12 --out "$cmb_data"
-"${mpirun[@]}" target/release/skypipe-pointing --config configs/pointing.toml \
+# The shipped pointing config is nside 2048; the demo's maps use nside 256 (1.5 MB per column).
+sed 's/^nside = 2048/nside = 256/' configs/pointing.toml > "$cmb_data/pointing.toml"
+"${mpirun[@]}" target/release/skypipe-pointing --config "$cmb_data/pointing.toml" \
   --observations "$cmb_data/observations.json" --run-dir "$cmb_run"
 "${mpirun[@]}" target/release/skypipe-calibrate --config configs/calibrate.toml \
   --observations "$cmb_data/observations.json" --run-dir "$cmb_run"
+"${mpirun[@]}" target/release/skypipe-mapmake --config configs/mapmake.toml \
+  --observations "$cmb_data/observations.json" --run-dir "$cmb_run"
+echo "maps: $(ls "$cmb_run/mapmake" | tr '\n' ' ')"
+cat "$cmb_run/mapmake/summary.json"
 echo
 echo "== 6. skypipe-status $cmb_run"
 target/release/skypipe-status "$cmb_run"

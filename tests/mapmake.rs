@@ -110,6 +110,19 @@ fn noiseless_chain_maps_the_input_sky_identically_on_1_2_and_3_ranks() {
         assert_eq!(sum["ranks"], ranks);
         assert_eq!(sum["observations"], 6);
         assert_eq!(sum["reread_observations"], 0, "{sum}");
+        // Every rank binned a share (the queue spread the six observations over all of them).
+        let per_rank: Vec<u64> = sum["samples_per_rank"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(per_rank.len(), ranks, "{sum}");
+        assert!(per_rank.iter().all(|&n| n > 0), "{sum}");
+        assert_eq!(
+            per_rank.iter().sum::<u64>(),
+            sum["samples"].as_u64().unwrap()
+        );
         for f in [
             "map_binned.fits",
             "map_binned.png",

@@ -211,6 +211,15 @@ pub struct MapSummary {
     pub ranks: usize,
     /// Observations read again by the map unit (not held in memory from their own units).
     pub reread_observations: usize,
+    /// Unflagged samples each rank of the map unit binned: the load balance.
+    pub samples_per_rank: Vec<u64>,
+    /// Sub-maps each rank touched (its accumulator holds these; rank 0 also holds the union to
+    /// write the maps).
+    pub submaps_per_rank: Vec<u64>,
+    /// Pixels per sub-map.
+    pub submap_pixels: u64,
+    /// Sub-maps in the sky.
+    pub submaps: u64,
     /// Baseline length in samples (0 without destriping).
     pub baseline_samples: usize,
     /// Conjugate-gradient iterations (0 without destriping).
@@ -639,6 +648,14 @@ impl Mapmake {
         )
         .expect("nside and submap_nside are powers of two");
         let comps = self.config.components.kernel();
+        let (local_samples, local_submaps) = local_extent(&timestreams, layout);
+        let extents: Vec<[u64; 2]> = coll
+            .all_gather_bytes(
+                &serde_json::to_vec(&[local_samples, local_submaps]).expect("encodes"),
+            )
+            .iter()
+            .map(|b| serde_json::from_slice(b).expect("every rank sends two counts"))
+            .collect();
         let rate = summaries.first().map_or(1.0, |s| s.rate_hz);
         let baseline_samples = ((self.config.baseline_s * rate).round() as usize).max(1);
         let mut reduce = UnitReduce { coll };
@@ -679,6 +696,10 @@ impl Mapmake {
             cut_pixels: binned.cut_pixels().len() as u64,
             ranks: coll.size(),
             reread_observations: reread,
+            samples_per_rank: extents.iter().map(|e| e[0]).collect(),
+            submaps_per_rank: extents.iter().map(|e| e[1]).collect(),
+            submap_pixels: layout.submap_size() as u64,
+            submaps: layout.n_submaps() as u64,
             baseline_samples: if self.config.destripe {
                 baseline_samples
             } else {
@@ -839,6 +860,21 @@ impl Mapmake {
         write_healpix_map(path, &header, columns, dur)
             .map_err(|e| UnitFailure::transient(format!("{}: {e}", path.display())))
     }
+}
+
+/// Unflagged samples and the distinct sub-maps they touch in this rank's timestreams.
+fn local_extent(timestreams: &[Timestream<'_>], layout: SubmapLayout) -> (u64, u64) {
+    let mut touched = vec![false; layout.n_submaps()];
+    let mut samples = 0;
+    for ts in timestreams {
+        for (i, &p) in ts.pixels.iter().enumerate() {
+            if ts.flags.is_none_or(|f| f[i] == 0) {
+                touched[layout.split(p).0] = true;
+                samples += 1;
+            }
+        }
+    }
+    (samples, touched.iter().filter(|&&t| t).count() as u64)
 }
 
 /// A full-sky NESTED array reordered to RING.
