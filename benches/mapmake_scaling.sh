@@ -40,7 +40,7 @@ for nside in 1024 2048; do
   t1=
   for ranks in 1 2; do
     run="$work/map$nside-$ranks"
-    printf '[run]\nfsync = false\nprogress_interval_s = 600\n[mapmake]\npointing_dir = "%s"\ncalibrated_dir = "%s"\n' \
+    printf '[run]\nfsync = false\nprogress_interval_s = 600\n[mapmake]\ncomponents = "i"\npointing_dir = "%s"\ncalibrated_dir = "%s"\n' \
       "$work/run$nside/pointing" "$work/cal/calibrate" > "$work/m.toml"
     start=$(date +%s.%N)
     "${mpirun[@]}" -n "$ranks" /usr/bin/time -f "maxrss_kb %M" "$bin/skypipe-mapmake" \

@@ -14,7 +14,7 @@
 use crate::model::{
     AttitudeData, CALIBRATED_FORMAT, CmbError, FLAG_NONFINITE, FocalPlane, Frame, GainTable,
     ObsUnit, ObservationList, SkyMap, direction, obs_file_name, parse_ordering, read_attitude,
-    timestream_info,
+    stage_file, timestream_info,
 };
 use crate::pointing::{durability, plan_list};
 use serde::{Deserialize, Serialize};
@@ -274,11 +274,12 @@ impl Calibrate {
 
     /// The pointing file of `obs` for a run directory.
     pub fn pointing_path(&self, run_dir: &Path, obs: u32) -> PathBuf {
-        self.config
-            .pointing_dir
-            .clone()
-            .unwrap_or_else(|| run_dir.join("pointing"))
-            .join(obs_file_name(obs))
+        stage_file(
+            self.config.pointing_dir.as_deref(),
+            run_dir,
+            "pointing",
+            obs,
+        )
     }
 
     fn read_chunk(

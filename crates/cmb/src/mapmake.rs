@@ -29,9 +29,10 @@
 
 use crate::model::{
     CALIBRATED_FORMAT, CmbError, FLAG_NONFINITE, FocalPlane, Frame, ObservationList,
-    POINTING_FORMAT, obs_file_name, ordering_name, parse_ordering, timestream_info,
+    POINTING_FORMAT, ordering_name, parse_ordering, stage_file, timestream_info,
 };
 use crate::pointing::durability;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use skypipe_core::binning::{
     BinAccumulator, BinnedMap, Components, SparseMap, SubmapLayout, UNSEEN, reduce_in_chunks,
@@ -333,20 +334,22 @@ impl Mapmake {
 
     /// The pointing file of `obs`.
     pub fn pointing_path(&self, run_dir: &Path, obs: u32) -> PathBuf {
-        self.config
-            .pointing_dir
-            .clone()
-            .unwrap_or_else(|| run_dir.join("pointing"))
-            .join(obs_file_name(obs))
+        stage_file(
+            self.config.pointing_dir.as_deref(),
+            run_dir,
+            "pointing",
+            obs,
+        )
     }
 
     /// The calibrated file of `obs`.
     pub fn calibrated_path(&self, run_dir: &Path, obs: u32) -> PathBuf {
-        self.config
-            .calibrated_dir
-            .clone()
-            .unwrap_or_else(|| run_dir.join("calibrate"))
-            .join(obs_file_name(obs))
+        stage_file(
+            self.config.calibrated_dir.as_deref(),
+            run_dir,
+            "calibrate",
+            obs,
+        )
     }
 
     /// The output directory.
@@ -719,13 +722,24 @@ impl Mapmake {
         }
         let out_dir = self.out_dir(&ctx.run_dir);
         let dur = durability(ctx);
+        let order = match self.config.output_ordering {
+            OutputOrdering::Ring => Some(ring_order(grid.nside())),
+            OutputOrdering::Nested => None,
+        };
         let mut outputs = vec![("binned", &binned)];
         if let Some(d) = &destriped {
             outputs.push(("destriped", d));
         }
         for (name, map) in outputs {
             let fits = format!("map_{name}.fits");
-            self.write_map(&out_dir.join(&fits), map, &summary, name, dur)?;
+            self.write_map(
+                &out_dir.join(&fits),
+                map,
+                order.as_deref(),
+                &summary,
+                name,
+                dur,
+            )?;
             summary.files.push(fits);
             if self.config.quicklook_width > 0 {
                 let png = format!("map_{name}.png");
@@ -794,34 +808,36 @@ impl Mapmake {
         Ok(Healpix::new(first.nside, Ordering::Nested).expect("checked by the obs unit"))
     }
 
+    /// Writes one map; `order` maps each output (RING) pixel to its NESTED pixel, `None` for
+    /// NESTED output.
     fn write_map(
         &self,
         path: &Path,
         map: &BinnedMap,
+        order: Option<&[u64]>,
         summary: &MapSummary,
         kind: &str,
         dur: Durability,
     ) -> Result<(), UnitFailure> {
-        let dense = map.to_dense();
         let nside = summary.nside;
-        let nested = self.config.output_ordering == OutputOrdering::Nested;
-        let reorder = |values: Vec<f64>| -> Vec<f64> {
-            if nested {
-                values
-            } else {
-                nested_to_ring(nside, &values)
-            }
-        };
+        let nested = order.is_none();
         let names = ["I_STOKES", "Q_STOKES", "U_STOKES"];
-        let mut columns: Vec<Column> = dense
-            .values
-            .into_iter()
-            .zip(names)
-            .map(|(v, name)| Column::f64(name, "K_CMB", reorder(v)))
+        let mut columns: Vec<Column> = (0..map.components().nnz())
+            .map(|c| {
+                let values = gather(nside, order, |p| map.value(p).map_or(UNSEEN, |v| v[c]));
+                Column::f64(names[c], "K_CMB", values)
+            })
             .collect();
-        let hits: Vec<i64> = reorder(dense.hits).iter().map(|&h| h as i64).collect();
-        columns.push(Column::i64("HITS", "", hits));
-        columns.push(Column::f64("RCOND", "", reorder(dense.rcond)));
+        columns.push(Column::i64(
+            "HITS",
+            "",
+            gather(nside, order, |p| map.hits(p) as i64),
+        ));
+        columns.push(Column::f64(
+            "RCOND",
+            "",
+            gather(nside, order, |p| map.rcond(p)),
+        ));
         let coordsys = match Frame::parse(&summary.frame) {
             Some(Frame::Galactic) => "G",
             Some(Frame::Ecliptic) => "E",
@@ -877,15 +893,26 @@ fn local_extent(timestreams: &[Timestream<'_>], layout: SubmapLayout) -> (u64, u
     (samples, touched.iter().filter(|&&t| t).count() as u64)
 }
 
-/// A full-sky NESTED array reordered to RING.
-fn nested_to_ring(nside: u64, values: &[f64]) -> Vec<f64> {
-    let grid = Healpix::new(nside, Ordering::Nested).expect("valid nside");
-    let mut out = vec![UNSEEN; values.len()];
-    for (nest, &v) in values.iter().enumerate() {
-        let ring = grid.to_ring(nest as u64).expect("pixel below npix");
-        out[ring as usize] = v;
+/// The NESTED pixel of every RING pixel (the output order of a RING file), in parallel.
+fn ring_order(nside: u64) -> Vec<u64> {
+    let ring = Healpix::new(nside, Ordering::Ring).expect("valid nside");
+    (0..ring.npix())
+        .into_par_iter()
+        .map(|r| ring.to_nested(r).expect("pixel below npix"))
+        .collect()
+}
+
+/// A full-sky column: `value(nested pixel)` for every output pixel (in `order`, or NESTED when
+/// `None`), in parallel.
+fn gather<T: Send>(
+    nside: u64,
+    order: Option<&[u64]>,
+    value: impl Fn(u64) -> T + Sync + Send,
+) -> Vec<T> {
+    match order {
+        Some(order) => order.par_iter().map(|&p| value(p)).collect(),
+        None => (0..12 * nside * nside).into_par_iter().map(value).collect(),
     }
-    out
 }
 
 /// Writes the Mollweide quicklook of a map's I.
@@ -1112,14 +1139,15 @@ mod tests {
     }
 
     #[test]
-    fn nested_to_ring_is_a_permutation_matching_the_grid() {
+    fn ring_order_gathers_nested_values_into_ring_order() {
         let nside = 4;
-        let npix = 12 * nside * nside;
-        let values: Vec<f64> = (0..npix).map(|p| p as f64).collect();
-        let ring = nested_to_ring(nside, &values);
+        let order = ring_order(nside);
+        let ring = gather(nside, Some(&order), |nest| nest as f64);
+        let nested = gather(nside, None, |nest| nest as f64);
         let grid = Healpix::new(nside, Ordering::Ring).unwrap();
         for (r, &v) in ring.iter().enumerate() {
             assert_eq!(grid.to_nested(r as u64).unwrap() as f64, v);
+            assert_eq!(nested[r], r as f64);
         }
     }
 }

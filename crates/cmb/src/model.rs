@@ -84,6 +84,13 @@ pub fn obs_file_name(obs: u32) -> String {
     format!("obs={obs:04}.h5")
 }
 
+/// The file of observation `obs` written by the stage `stage` (`pointing`, `calibrate`):
+/// `dir/obs=NNNN.h5` when a directory is configured, else `RUN_DIR/<stage>/obs=NNNN.h5`.
+pub fn stage_file(dir: Option<&Path>, run_dir: &Path, stage: &str, obs: u32) -> PathBuf {
+    dir.map_or_else(|| run_dir.join(stage), Path::to_path_buf)
+        .join(obs_file_name(obs))
+}
+
 /// One entry of the observation list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObservationEntry {
