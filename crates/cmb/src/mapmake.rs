@@ -106,9 +106,10 @@ pub struct MapmakeConfig {
     /// Default 1e-3.
     pub rcond_min: f64,
     /// Sub-maps are the pixels of this lower-resolution NESTED grid (power of two, at most
-    /// the map's nside): only sub-maps a rank touches are allocated and reduced. Default 16
-    /// (3 072 sub-maps, as in MADAM).
-    pub submap_nside: u64,
+    /// the map's nside): only sub-maps a rank touches are allocated and reduced. Default: the
+    /// map's nside / 8 (sub-maps of 64 pixels), so that a partial sky is reduced with little
+    /// waste; full-sky maps may take a coarser grid (MADAM's 16) for fewer, larger blocks.
+    pub submap_nside: Option<u64>,
     /// Solve for baselines and write the destriped map (default true).
     pub destripe: bool,
     /// Baseline length (s). Default 1.
@@ -140,7 +141,7 @@ impl Default for MapmakeConfig {
             nside: None,
             components: MapComponents::Iqu,
             rcond_min: 1e-3,
-            submap_nside: 16,
+            submap_nside: None,
             destripe: true,
             baseline_s: 1.0,
             tolerance: 1e-10,
@@ -231,6 +232,9 @@ pub struct MapSummary {
     pub converged: bool,
     /// Files written, relative to the output directory.
     pub files: Vec<String>,
+    /// Wall time of the map unit on its rank 0 (s): reading the observations no rank held
+    /// and agreeing on errors, binning + reductions + destriping, writing the outputs.
+    pub seconds: [f64; 3],
 }
 
 /// One detector's validated data, pixels in NESTED order.
@@ -281,18 +285,20 @@ impl Mapmake {
                 config.rcond_min
             ));
         }
-        if !config.submap_nside.is_power_of_two() {
+        if let Some(sub) = config.submap_nside
+            && !sub.is_power_of_two()
+        {
             return Err(format!(
-                "mapmake.submap_nside must be a power of two, got {}",
-                config.submap_nside
+                "mapmake.submap_nside must be a power of two, got {sub}"
             ));
         }
         if let Some(n) = config.nside {
             Healpix::new(n, Ordering::Nested).map_err(|e| format!("mapmake.nside: {e}"))?;
-            if config.submap_nside > n {
+            if let Some(sub) = config.submap_nside
+                && sub > n
+            {
                 return Err(format!(
-                    "mapmake.submap_nside {} exceeds mapmake.nside {n}",
-                    config.submap_nside
+                    "mapmake.submap_nside {sub} exceeds mapmake.nside {n}"
                 ));
             }
         }
@@ -330,6 +336,11 @@ impl Mapmake {
     /// The configuration.
     pub fn config(&self) -> &MapmakeConfig {
         &self.config
+    }
+
+    /// The sub-map grid's nside for a map of `nside`.
+    fn submap_nside(&self, nside: u64) -> u64 {
+        self.config.submap_nside.unwrap_or((nside / 8).max(1))
     }
 
     /// The pointing file of `obs`.
@@ -430,14 +441,13 @@ impl Mapmake {
             )
             .into());
         }
-        if self.config.submap_nside > nside {
+        if let Some(sub) = self.config.submap_nside
+            && sub > nside
+        {
             return Err(H5Error::invalid(
                 &pt_path,
                 "@nside",
-                format!(
-                    "pointing nside {nside} is below mapmake.submap_nside {}",
-                    self.config.submap_nside
-                ),
+                format!("pointing nside {nside} is below mapmake.submap_nside {sub}"),
             )
             .into());
         }
@@ -598,6 +608,7 @@ impl Mapmake {
 
     fn run_map(&self, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
         let coll = ctx.collectives();
+        let started = std::time::Instant::now();
         let summaries: Vec<ObsSummary> = ctx
             .input_values::<ObsSummary>()?
             .into_iter()
@@ -641,13 +652,14 @@ impl Mapmake {
             }
         }
         agree(coll, load_errors)?;
+        let read_s = started.elapsed().as_secs_f64();
 
         let held = self.held.lock().expect("no panic while locked");
         let local: Vec<&ObsData> = me.keep.iter().chain(&me.read).map(|o| &held[o]).collect();
         let timestreams: Vec<Timestream<'_>> = local.iter().flat_map(|d| d.timestreams()).collect();
         let layout = SubmapLayout::new(
             grid.npix(),
-            (grid.nside() / self.config.submap_nside).pow(2),
+            (grid.nside() / self.submap_nside(grid.nside())).pow(2),
         )
         .expect("nside and submap_nside are powers of two");
         let comps = self.config.components.kernel();
@@ -661,7 +673,7 @@ impl Mapmake {
             .collect();
         let rate = summaries.first().map_or(1.0, |s| s.rate_hz);
         let baseline_samples = ((self.config.baseline_s * rate).round() as usize).max(1);
-        let mut reduce = UnitReduce { coll };
+        let mut reduce = UnitReduce { coll, union: None };
         let (binned, destriped, solver) = if self.config.destripe {
             let cfg = DestripeConfig {
                 baseline_length: baseline_samples,
@@ -683,6 +695,12 @@ impl Mapmake {
             (acc.solve(self.config.rcond_min), None, (0, 0.0, true))
         };
         drop(held);
+        let solve_s = started.elapsed().as_secs_f64() - read_s;
+        tracing::info!(
+            read_s,
+            solve_s,
+            "map unit: inputs read and shared, maps solved"
+        );
         if coll.rank() != 0 {
             return Ok(Outcome::Done);
         }
@@ -712,6 +730,7 @@ impl Mapmake {
             residual: solver.1,
             converged: solver.2,
             files: Vec::new(),
+            seconds: [0.0; 3],
         };
         if !summary.converged {
             tracing::warn!(
@@ -753,6 +772,11 @@ impl Mapmake {
                 summary.files.push(png);
             }
         }
+        summary.seconds = [
+            read_s,
+            solve_s,
+            started.elapsed().as_secs_f64() - read_s - solve_s,
+        ];
         let json = serde_json::to_vec_pretty(&summary).expect("a summary encodes");
         skypipe_io::write_atomic(out_dir.join("summary.json"), &json, dur)
             .map_err(|e| UnitFailure::transient(format!("{}: {e}", out_dir.display())))?;
@@ -1021,25 +1045,41 @@ fn agree(coll: &dyn Collectives, errors: Vec<String>) -> Result<(), UnitFailure>
     }
 }
 
-/// [`Reduce`] over the ranks of a multi-rank unit: the union of touched sub-maps is found
-/// with one small reduction, rank 0 allocates all of it (it writes the full maps), and the
-/// sub-maps are summed in chunks of [`REDUCE_CHUNK_VALUES`].
+/// [`Reduce`] over the ranks of a multi-rank unit: the union of touched sub-maps is found by
+/// reducing a mask of sub-maps (only when some rank's sub-maps changed since the last map),
+/// rank 0 allocates all of it (it writes the full maps), and the union's sub-maps are summed
+/// in chunks of [`REDUCE_CHUNK_VALUES`].
 struct UnitReduce<'a> {
     coll: &'a dyn Collectives,
+    /// This rank's allocated sub-maps and the union over ranks from the last map reduced:
+    /// the destriper reduces maps with the same sub-maps at every iteration.
+    union: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 impl Reduce for UnitReduce<'_> {
     fn reduce_map(&mut self, map: &mut SparseMap) {
-        let mut mask: Vec<u64> = touched_mask(map).into_iter().map(u64::from).collect();
-        self.coll.all_reduce_sum_u64(&mut mask);
-        let mask: Vec<u8> = mask.into_iter().map(|m| u8::from(m > 0)).collect();
-        let union = submaps_in_mask(&mask);
-        if self.coll.rank() == 0 {
-            for &sm in &union {
-                map.allocate(sm).expect("sub-map of the map's own layout");
+        let local = map.touched_submaps();
+        // One small reduction decides, on every rank alike, whether the union must be redone.
+        let mut changed = [u64::from(
+            self.union
+                .as_ref()
+                .is_none_or(|(cached, _)| *cached != local),
+        )];
+        self.coll.all_reduce_sum_u64(&mut changed);
+        if changed[0] > 0 {
+            let mut mask: Vec<u64> = touched_mask(map).into_iter().map(u64::from).collect();
+            self.coll.all_reduce_sum_u64(&mut mask);
+            let mask: Vec<u8> = mask.into_iter().map(|m| u8::from(m > 0)).collect();
+            let union = submaps_in_mask(&mask);
+            if self.coll.rank() == 0 {
+                for &sm in &union {
+                    map.allocate(sm).expect("sub-map of the map's own layout");
+                }
             }
+            self.union = Some((map.touched_submaps(), union));
         }
-        reduce_in_chunks(map, &union, REDUCE_CHUNK_VALUES, |buf| {
+        let (_, union) = self.union.as_ref().expect("set above");
+        reduce_in_chunks(map, union, REDUCE_CHUNK_VALUES, |buf| {
             self.coll.all_reduce_sum_f64(buf)
         })
         .expect("sub-maps of the map's own layout");
