@@ -43,9 +43,14 @@ echo "== 5. CMB: simulate 12 short Planck-like observations, then pointing, cali
 cmb_data=demo-run/cmb-data
 cmb_run=demo-run/cmb
 rm -rf "$cmb_data" "$cmb_run"
-target/release/skypipe-sim cmb --size tiny --observations 12 --out "$cmb_data"
-# The shipped pointing config is nside 2048; the demo's maps use nside 256 (1.5 MB per column).
-sed 's/^nside = 2048/nside = 256/' configs/pointing.toml > "$cmb_data/pointing.toml"
+# Twelve 2-minute observations of 4 detector pairs whose spin axis precesses, so that scans
+# cross at several angles and the I/Q/U maps have well-conditioned pixels.
+mkdir -p "$cmb_data"
+printf 'observations = 12\nobs_duration_s = 120.0\ndetector_pairs = 4\nprecession_deg = 7.5\nprecession_period_days = 0.01\n' \
+  > "$cmb_data/../cmb-sim.toml"
+target/release/skypipe-sim cmb --size tiny --config "$cmb_data/../cmb-sim.toml" --out "$cmb_data"
+# The shipped pointing config is nside 2048; the demo's maps use nside 64 (49 152 pixels).
+sed 's/^nside = 2048/nside = 64/' configs/pointing.toml > "$cmb_data/pointing.toml"
 "${mpirun[@]}" target/release/skypipe-pointing --config "$cmb_data/pointing.toml" \
   --observations "$cmb_data/observations.json" --run-dir "$cmb_run"
 "${mpirun[@]}" target/release/skypipe-calibrate --config configs/calibrate.toml \
