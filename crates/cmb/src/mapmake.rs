@@ -218,6 +218,9 @@ pub struct MapSummary {
     /// Sub-maps each rank touched (its accumulator holds these; rank 0 also holds the union to
     /// write the maps).
     pub submaps_per_rank: Vec<u64>,
+    /// Sub-maps where at least two ranks hold samples: what each destriper iteration reduces
+    /// (0 without destriping).
+    pub shared_submaps: u64,
     /// Pixels per sub-map.
     pub submap_pixels: u64,
     /// Sub-maps in the sky.
@@ -666,14 +669,19 @@ impl Mapmake {
         let (local_samples, local_submaps) = local_extent(&timestreams, layout);
         let extents: Vec<[u64; 2]> = coll
             .all_gather_bytes(
-                &serde_json::to_vec(&[local_samples, local_submaps]).expect("encodes"),
+                &serde_json::to_vec(&[local_samples, local_submaps.len() as u64]).expect("encodes"),
             )
             .iter()
             .map(|b| serde_json::from_slice(b).expect("every rank sends two counts"))
             .collect();
         let rate = summaries.first().map_or(1.0, |s| s.rate_hz);
         let baseline_samples = ((self.config.baseline_s * rate).round() as usize).max(1);
-        let mut reduce = UnitReduce { coll, union: None };
+        let mut reduce = UnitReduce {
+            coll,
+            union: None,
+            held: local_submaps,
+            shared: None,
+        };
         let (binned, destriped, solver) = if self.config.destripe {
             let cfg = DestripeConfig {
                 baseline_length: baseline_samples,
@@ -695,6 +703,7 @@ impl Mapmake {
             (acc.solve(self.config.rcond_min), None, (0, 0.0, true))
         };
         drop(held);
+        let shared_submaps = reduce.shared.as_ref().map_or(0, Vec::len);
         let solve_s = started.elapsed().as_secs_f64() - read_s;
         tracing::info!(
             read_s,
@@ -719,6 +728,7 @@ impl Mapmake {
             reread_observations: reread,
             samples_per_rank: extents.iter().map(|e| e[0]).collect(),
             submaps_per_rank: extents.iter().map(|e| e[1]).collect(),
+            shared_submaps: shared_submaps as u64,
             submap_pixels: layout.submap_size() as u64,
             submaps: layout.n_submaps() as u64,
             baseline_samples: if self.config.destripe {
@@ -902,8 +912,8 @@ impl Mapmake {
     }
 }
 
-/// Unflagged samples and the distinct sub-maps they touch in this rank's timestreams.
-fn local_extent(timestreams: &[Timestream<'_>], layout: SubmapLayout) -> (u64, u64) {
+/// Unflagged samples and the sub-maps they touch (ascending) in this rank's timestreams.
+fn local_extent(timestreams: &[Timestream<'_>], layout: SubmapLayout) -> (u64, Vec<usize>) {
     let mut touched = vec![false; layout.n_submaps()];
     let mut samples = 0;
     for ts in timestreams {
@@ -914,7 +924,8 @@ fn local_extent(timestreams: &[Timestream<'_>], layout: SubmapLayout) -> (u64, u
             }
         }
     }
-    (samples, touched.iter().filter(|&&t| t).count() as u64)
+    let list = (0..touched.len()).filter(|&sm| touched[sm]).collect();
+    (samples, list)
 }
 
 /// The NESTED pixel of every RING pixel (the output order of a RING file), in parallel.
@@ -1054,6 +1065,10 @@ struct UnitReduce<'a> {
     /// This rank's allocated sub-maps and the union over ranks from the last map reduced:
     /// the destriper reduces maps with the same sub-maps at every iteration.
     union: Option<(Vec<usize>, Vec<usize>)>,
+    /// Sub-maps where this rank holds samples.
+    held: Vec<usize>,
+    /// Sub-maps where at least two ranks hold samples (found at the first iteration).
+    shared: Option<Vec<usize>>,
 }
 
 impl Reduce for UnitReduce<'_> {
@@ -1080,6 +1095,22 @@ impl Reduce for UnitReduce<'_> {
         }
         let (_, union) = self.union.as_ref().expect("set above");
         reduce_in_chunks(map, union, REDUCE_CHUNK_VALUES, |buf| {
+            self.coll.all_reduce_sum_f64(buf)
+        })
+        .expect("sub-maps of the map's own layout");
+    }
+
+    fn reduce_map_where_held(&mut self, map: &mut SparseMap) {
+        if self.shared.is_none() {
+            let mut count = vec![0u64; map.layout().n_submaps()];
+            for &sm in &self.held {
+                count[sm] = 1;
+            }
+            self.coll.all_reduce_sum_u64(&mut count);
+            self.shared = Some((0..count.len()).filter(|&sm| count[sm] > 1).collect());
+        }
+        let shared = self.shared.as_ref().expect("set above");
+        reduce_in_chunks(map, shared, REDUCE_CHUNK_VALUES, |buf| {
             self.coll.all_reduce_sum_f64(buf)
         })
         .expect("sub-maps of the map's own layout");

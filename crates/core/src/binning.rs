@@ -261,6 +261,31 @@ impl SparseMap {
         slot
     }
 
+    /// Allocate (zeroed), in first-touch order, the absent sub-maps of the used samples of
+    /// `chunk` from sample `from` on, growing the storage once. A map without storage gets it
+    /// fresh from the allocator as zeroed memory, so the pages of records that are never
+    /// written are never touched.
+    fn allocate_met(&mut self, chunk: &Chunk<'_>, from: usize) {
+        let before = self.submaps.len();
+        for i in (from..chunk.pixels.len()).filter(|&i| chunk.is_used(i)) {
+            let sm = self.layout.split(chunk.pixels[i]).0;
+            if self.slot_of[sm] == ABSENT {
+                self.slot_of[sm] =
+                    u32::try_from(self.submaps.len()).expect("fewer than 2^32 - 1 sub-maps");
+                self.submaps.push(sm);
+            }
+        }
+        if self.submaps.len() == before {
+            return;
+        }
+        let len = self.submaps.len() * self.block_len();
+        if self.data.is_empty() {
+            self.data = vec![0.0; len];
+        } else {
+            self.data.resize(len, 0.0);
+        }
+    }
+
     /// Allocate (zeroed) sub-map `submap` if it is absent.
     pub fn allocate(&mut self, submap: usize) -> Result<(), BinningError> {
         self.check_submap(submap)?;
@@ -456,55 +481,192 @@ pub fn reduce_in_chunks(
     Ok(calls)
 }
 
-/// Validate a chunk of samples; calls `visit(pix)` for every sample to be used.
-fn validate_chunk(
-    npix: u64,
-    pixels: &[u64],
-    weights: &[[f64; 3]],
-    signal: Option<&[f64]>,
-    flags: Option<&[u8]>,
+/// The samples of one `accumulate` call; sample `i` is used when `flags[i] == 0` (all when
+/// `flags` is `None`).
+struct Chunk<'a> {
+    pixels: &'a [u64],
+    weights: &'a [[f64; 3]],
+    signal: &'a [f64],
+    flags: Option<&'a [u8]>,
     inv_var: f64,
-    mut visit: impl FnMut(u64),
-) -> Result<(), BinningError> {
-    let n = pixels.len();
-    let check = |what, found: usize| {
-        if found == n {
-            Ok(())
-        } else {
-            Err(BinningError::LengthMismatch {
-                what,
-                found,
-                expected: n,
-            })
+}
+
+/// Exponent bits of an `f64`, all set exactly for infinities and NaNs.
+const EXP_BITS: u64 = 0x7ff0_0000_0000_0000;
+/// The lowest exponent bit: added to the exponent bits, it carries into the sign bit exactly
+/// when they are all set.
+const EXP_LSB: u64 = 1 << 52;
+
+/// Bit 63 set when `x` is infinite or NaN.
+#[inline(always)]
+fn not_finite_bit(x: f64) -> u64 {
+    (x.to_bits() & EXP_BITS) + EXP_LSB
+}
+
+/// Bit 63 set when `p ≥ npix` (`top = npix - 1`); also, harmlessly, for `2⁶³ ≤ p < npix`.
+#[inline(always)]
+fn out_of_range_bit(top: u64, p: u64) -> u64 {
+    p | top.wrapping_sub(p)
+}
+
+impl Chunk<'_> {
+    /// Whether sample `i` is binned (not flagged).
+    #[inline(always)]
+    fn is_used(&self, i: usize) -> bool {
+        self.flags.is_none_or(|f| f[i] == 0)
+    }
+
+    /// Validate the lengths, the noise weight and every used sample (pixel in range, weights
+    /// and value finite), reporting the first bad sample; returns the number of used samples.
+    ///
+    /// The samples are checked by branch-free OR-reductions (vectorised), and only when one
+    /// flags a problem are they scanned again to name the first bad sample.
+    fn validate(&self, npix: u64) -> Result<u64, BinningError> {
+        let n = self.pixels.len();
+        let check = |what, found: usize| {
+            if found == n {
+                Ok(())
+            } else {
+                Err(BinningError::LengthMismatch {
+                    what,
+                    found,
+                    expected: n,
+                })
+            }
+        };
+        check("weights", self.weights.len())?;
+        check("signal", self.signal.len())?;
+        if let Some(f) = self.flags {
+            check("flags", f.len())?;
         }
-    };
-    check("weights", weights.len())?;
-    if let Some(s) = signal {
-        check("signal", s.len())?;
+        let inv_var = self.inv_var;
+        if !(inv_var.is_finite() && inv_var > 0.0) {
+            return Err(BinningError::BadNoiseWeight { inv_var });
+        }
+        let top = npix - 1;
+        let (bad, used) = match self.flags {
+            None => {
+                let pix = self
+                    .pixels
+                    .iter()
+                    .fold(0, |a, &p| a | out_of_range_bit(top, p));
+                let values = (self.weights.as_flattened().iter())
+                    .chain(self.signal)
+                    .fold(0, |a, &x| a | not_finite_bit(x));
+                (pix | values, n as u64)
+            }
+            Some(flags) => (self.pixels.iter().zip(self.weights))
+                .zip(self.signal)
+                .zip(flags)
+                .fold((0, 0), |(a, used), (((&p, w), &s), &f)| {
+                    let bits = out_of_range_bit(top, p)
+                        | not_finite_bit(w[0])
+                        | not_finite_bit(w[1])
+                        | not_finite_bit(w[2])
+                        | not_finite_bit(s);
+                    let keep = u64::from(f == 0);
+                    (a | (bits & keep.wrapping_neg()), used + keep)
+                }),
+        };
+        if bad >> 63 != 0 {
+            for i in (0..n).filter(|&i| self.is_used(i)) {
+                let p = self.pixels[i];
+                if p >= npix {
+                    return Err(BinningError::BadPixel {
+                        index: i,
+                        pix: p,
+                        npix,
+                    });
+                }
+                if !(self.weights[i].iter().all(|x| x.is_finite()) && self.signal[i].is_finite()) {
+                    return Err(BinningError::NotFinite { index: i });
+                }
+            }
+        }
+        Ok(used)
     }
-    if let Some(f) = flags {
-        check("flags", f.len())?;
+}
+
+/// Samples ahead of the one being binned whose record is prefetched, to overlap the misses on
+/// the records (measured on `bin_samples`: the speed is flat from 8 to 32).
+const PREFETCH_AHEAD: usize = 16;
+
+/// Hint that `data[o..o + len]` (`len ≥ 1`) is about to be updated: prefetches its first and
+/// last cache lines (a record spans at most two). No effect off x86-64.
+#[inline(always)]
+fn prefetch_record(data: &[f64], o: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let first = data.as_ptr().wrapping_add(o);
+        let last = first.wrapping_add(len - 1);
+        // SAFETY: a prefetch is only a hint: it never faults nor changes memory, whatever the
+        // address (here it is in bounds anyway, the record being allocated).
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(first.cast());
+            _mm_prefetch::<_MM_HINT_T0>(last.cast());
+        }
     }
-    if !(inv_var.is_finite() && inv_var > 0.0) {
-        return Err(BinningError::BadNoiseWeight { inv_var });
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, o, len);
+}
+
+/// Add the used samples of a validated `chunk` into their pixels' records of `S` values with
+/// `add(record, w, signal · inv_var)`, in sample order, prefetching each record
+/// [`PREFETCH_AHEAD`] samples before its update. Absent sub-maps are allocated when first met
+/// (ahead), all those of the rest of the chunk at once.
+fn scatter<const S: usize>(
+    map: &mut SparseMap,
+    chunk: &Chunk<'_>,
+    add: impl Fn(&mut [f64; S], [f64; 3], f64) + Copy,
+) {
+    debug_assert_eq!(map.stride, S);
+    let mut start = 0;
+    while let Some(i) = scatter_from::<S>(map, chunk, start, add) {
+        map.allocate_met(chunk, i);
+        start = i;
     }
-    for (i, (&p, w)) in pixels.iter().zip(weights).enumerate() {
-        if flags.is_some_and(|f| f[i] != 0) {
+}
+
+/// [`scatter`] from sample `start` on, up to the sample whose record or prefetch meets an
+/// absent sub-map: returns that sample's index, `None` when the chunk is done.
+#[inline(always)]
+fn scatter_from<const S: usize>(
+    map: &mut SparseMap,
+    chunk: &Chunk<'_>,
+    start: usize,
+    add: impl Fn(&mut [f64; S], [f64; 3], f64),
+) -> Option<usize> {
+    let (shift, mask) = (map.layout.shift, map.layout.submap_size - 1);
+    let size = map.layout.submap_size();
+    let slot_of = &map.slot_of;
+    let data = &mut map.data;
+    let pixels = chunk.pixels;
+    let slot = |i: usize| slot_of[(pixels[i] >> shift) as usize];
+    let offset = |i: usize, slot: u32| (slot as usize * size + (pixels[i] & mask) as usize) * S;
+    let n = pixels.len();
+    if (start..n.min(start + PREFETCH_AHEAD)).any(|i| chunk.is_used(i) && slot(i) == ABSENT) {
+        return Some(start);
+    }
+    for i in start..n {
+        let ahead = i + PREFETCH_AHEAD;
+        if ahead < n && chunk.is_used(ahead) {
+            let s = slot(ahead);
+            if s == ABSENT {
+                return Some(i);
+            }
+            prefetch_record(data, offset(ahead, s), S);
+        }
+        if !chunk.is_used(i) {
             continue;
         }
-        if p >= npix {
-            return Err(BinningError::BadPixel {
-                index: i,
-                pix: p,
-                npix,
-            });
-        }
-        if !w.iter().all(|x| x.is_finite()) || signal.is_some_and(|s| !s[i].is_finite()) {
-            return Err(BinningError::NotFinite { index: i });
-        }
-        visit(p);
+        let o = offset(i, slot(i));
+        let r: &mut [f64; S] = (&mut data[o..o + S])
+            .try_into()
+            .expect("a slice of S values");
+        add(r, chunk.weights[i], chunk.signal[i] * chunk.inv_var);
     }
-    Ok(())
+    None
 }
 
 /// Per-pixel hits, noise-weighted matrix `Σ w wᵀ/σ²` and right-hand side `Σ w d/σ²`.
@@ -550,67 +712,33 @@ impl BinAccumulator {
         flags: Option<&[u8]>,
         inv_var: f64,
     ) -> Result<u64, BinningError> {
-        let layout = self.map.layout;
-        let mut last = usize::MAX;
-        let mut used = 0u64;
-        // Validate everything before touching the map, noting the sub-maps met.
-        let mut met = Vec::new();
-        validate_chunk(
-            layout.npix,
+        let chunk = Chunk {
             pixels,
             weights,
-            Some(signal),
+            signal,
             flags,
             inv_var,
-            |p| {
-                used += 1;
-                let sm = layout.split(p).0;
-                if sm != last {
-                    met.push(sm);
-                    last = sm;
-                }
-            },
-        )?;
-        for sm in met {
-            self.map.slot_or_alloc(sm);
-        }
-        let stride = self.comps.stride();
-        let data = &mut self.map.data;
-        let size = layout.submap_size();
-        let slot_of = &self.map.slot_of;
-        let shift = layout.shift;
-        let mask = layout.submap_size - 1;
-        for i in 0..pixels.len() {
-            if flags.is_some_and(|f| f[i] != 0) {
-                continue;
-            }
-            let p = pixels[i];
-            let slot = slot_of[(p >> shift) as usize] as usize;
-            let o = (slot * size + (p & mask) as usize) * stride;
-            let w = weights[i];
-            let d = signal[i] * inv_var;
-            match self.comps {
-                Components::I => {
-                    let r = &mut data[o..o + 3];
-                    r[0] += 1.0;
-                    r[1] += w[0] * w[0] * inv_var;
-                    r[2] += w[0] * d;
-                }
-                Components::Iqu => {
-                    let r = &mut data[o..o + 10];
-                    let (a, b, c) = (w[0] * inv_var, w[1] * inv_var, w[2] * inv_var);
-                    r[0] += 1.0;
-                    r[1] += a * w[0];
-                    r[2] += a * w[1];
-                    r[3] += a * w[2];
-                    r[4] += b * w[1];
-                    r[5] += b * w[2];
-                    r[6] += c * w[2];
-                    r[7] += w[0] * d;
-                    r[8] += w[1] * d;
-                    r[9] += w[2] * d;
-                }
-            }
+        };
+        let used = chunk.validate(self.map.layout.npix)?;
+        match self.comps {
+            Components::I => scatter::<3>(&mut self.map, &chunk, |r, w, d| {
+                r[0] += 1.0;
+                r[1] += w[0] * w[0] * inv_var;
+                r[2] += w[0] * d;
+            }),
+            Components::Iqu => scatter::<10>(&mut self.map, &chunk, |r, w, d| {
+                let (a, b, c) = (w[0] * inv_var, w[1] * inv_var, w[2] * inv_var);
+                r[0] += 1.0;
+                r[1] += a * w[0];
+                r[2] += a * w[1];
+                r[3] += a * w[2];
+                r[4] += b * w[1];
+                r[5] += b * w[2];
+                r[6] += c * w[2];
+                r[7] += w[0] * d;
+                r[8] += w[1] * d;
+                r[9] += w[2] * d;
+            }),
         }
         Ok(used)
     }
@@ -895,5 +1023,101 @@ impl BinnedMap {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sub-maps met for the first time late in a chunk (past the prefetch distance, after an
+    /// earlier call allocated others) are stored in first-touch order.
+    #[test]
+    fn submaps_are_allocated_in_first_touch_order() {
+        let layout = SubmapLayout::new(64, 4).unwrap();
+        let mut acc = BinAccumulator::new(layout, Components::Iqu);
+        let w = [1.0, 0.5, -0.5];
+        acc.accumulate(&[20, 21], &[w; 2], &[1.0; 2], None, 1.0)
+            .unwrap();
+        let mut pixels = vec![21u64; 40];
+        pixels.extend([60, 5, 60, 22, 9, 5]);
+        let mut flags = vec![0u8; pixels.len()];
+        flags[41] = 1; // pixel 5 first used at the last sample
+        let n = pixels.len();
+        let used = acc
+            .accumulate(&pixels, &vec![w; n], &vec![2.0; n], Some(&flags), 2.0)
+            .unwrap();
+        assert_eq!(used, n as u64 - 1);
+        assert_eq!(acc.map().slots(), &[5, 15, 2, 1]);
+        assert_eq!(acc.map().pixel(21).unwrap()[0], 41.0);
+        assert_eq!(acc.map().pixel(5).unwrap()[0], 1.0);
+        assert_eq!(acc.total_hits(), n as f64 + 1.0);
+    }
+
+    /// The first bad used sample is reported (flagged ones are skipped), and nothing changes.
+    #[test]
+    fn first_bad_sample_is_reported() {
+        let layout = SubmapLayout::new(48, 4).unwrap();
+        let mut acc = BinAccumulator::new(layout, Components::I);
+        let mut pixels = vec![3u64; 100];
+        let mut w = vec![[1.0, 0.0, 0.0]; 100];
+        let mut s = vec![1.0; 100];
+        let mut flags = vec![0u8; 100];
+        pixels[10] = u64::MAX;
+        flags[10] = 1;
+        w[20][2] = f64::INFINITY;
+        flags[20] = 1;
+        s[30] = f64::NAN;
+        pixels[30] = 48;
+        w[40][1] = f64::NEG_INFINITY;
+        let e = acc.accumulate(&pixels, &w, &s, Some(&flags), 1.0);
+        assert_eq!(
+            e,
+            Err(BinningError::BadPixel {
+                index: 30,
+                pix: 48,
+                npix: 48
+            })
+        );
+        pixels[30] = 47;
+        let e = acc.accumulate(&pixels, &w, &s, Some(&flags), 1.0);
+        assert_eq!(e, Err(BinningError::NotFinite { index: 30 }));
+        s[30] = 1.0;
+        let e = acc.accumulate(&pixels, &w, &s, None, 1.0);
+        assert_eq!(
+            e,
+            Err(BinningError::BadPixel {
+                index: 10,
+                pix: u64::MAX,
+                npix: 48
+            })
+        );
+        let e = acc.accumulate(&pixels, &w, &s, Some(&flags), 1.0);
+        assert_eq!(e, Err(BinningError::NotFinite { index: 40 }));
+        assert_eq!(acc.map().n_touched(), 0);
+        w[40][1] = 0.0;
+        assert_eq!(acc.accumulate(&pixels, &w, &s, Some(&flags), 1.0), Ok(98));
+    }
+
+    /// With `npix > 2⁶³` the quick range check also flags valid pixels at or above 2⁶³: the
+    /// exact scan then finds no error.
+    #[test]
+    fn huge_npix_pixels_are_accepted() {
+        let chunk = |pixels| Chunk {
+            pixels,
+            weights: &[[1.0, 0.0, 0.0]; 2],
+            signal: &[1.0; 2],
+            flags: None,
+            inv_var: 1.0,
+        };
+        assert_eq!(chunk(&[1 << 63, u64::MAX - 1]).validate(u64::MAX), Ok(2));
+        assert_eq!(
+            chunk(&[1, u64::MAX]).validate(u64::MAX),
+            Err(BinningError::BadPixel {
+                index: 1,
+                pix: u64::MAX,
+                npix: u64::MAX
+            })
+        );
     }
 }

@@ -75,12 +75,19 @@ pub struct Timestream<'a> {
 /// process needs the reduced values only in the sub-maps it has allocated itself: an MPI
 /// implementation is [`crate::binning::touched_mask`] reduced once per map for the union, then
 /// [`crate::binning::reduce_in_chunks`] around `MPI_Allreduce`. The destriper calls
-/// [`Reduce::reduce_map`] once for the matrix, once per operator application (the right-hand
-/// side and each CG iteration) and once for the final map, and [`Reduce::sum`] with one or two
-/// scalars per dot product.
+/// [`Reduce::reduce_map`] once for the matrix and once for the final map,
+/// [`Reduce::reduce_map_where_held`] once per operator application (the right-hand side and
+/// each CG iteration), and [`Reduce::sum`] with one to three scalars per dot product.
 pub trait Reduce {
     /// Sum `map` over all processes, in place.
     fn reduce_map(&mut self, map: &mut SparseMap);
+    /// Sum `map` over all processes where a process needs the sums only in the sub-maps where
+    /// it holds samples (the destriper's iterations; the binned and destriped maps use
+    /// [`Reduce::reduce_map`]). A sub-map where a single process holds samples needs no
+    /// communication at all. The default sums everything.
+    fn reduce_map_where_held(&mut self, map: &mut SparseMap) {
+        self.reduce_map(map);
+    }
     /// Sum each element of `values` over all processes, in place.
     fn sum(&mut self, values: &mut [f64]);
 }
@@ -194,12 +201,13 @@ struct Projector<'a, 'b> {
 }
 
 impl Projector<'_, '_> {
-    /// Bin the timestream `y(det, i)` over good samples into `rhs`, reduce, and solve per
-    /// pixel in place (`rhs ← C⁻¹ rhs`).
+    /// Bin the timestream `y(det, i)` over good samples into `rhs`, reduce (`everywhere`, or
+    /// only where this process holds samples), and solve per pixel in place (`rhs ← C⁻¹ rhs`).
     fn bin_and_solve<R: Reduce + ?Sized>(
         &mut self,
         reduce: &mut R,
         y: impl Fn(usize, usize) -> f64,
+        everywhere: bool,
     ) {
         self.rhs.clear_values();
         let nnz = self.comps.nnz();
@@ -219,7 +227,11 @@ impl Projector<'_, '_> {
                 }
             }
         }
-        reduce.reduce_map(&mut self.rhs);
+        if everywhere {
+            reduce.reduce_map(&mut self.rhs);
+        } else {
+            reduce.reduce_map_where_held(&mut self.rhs);
+        }
         let vals = self.rhs.values_mut();
         match self.comps {
             Components::I => {
@@ -256,7 +268,7 @@ impl Projector<'_, '_> {
         y: impl Fn(usize, usize) -> f64 + Copy,
         out: &mut [Vec<f64>],
     ) {
-        self.bin_and_solve(reduce, y);
+        self.bin_and_solve(reduce, y, false);
         for (d, ts) in self.data.iter().enumerate() {
             out[d].fill(0.0);
             for i in 0..ts.pixels.len() {
@@ -455,7 +467,7 @@ pub fn destripe<R: Reduce + ?Sized>(
     }
 
     // 5. The destriped map: bin d − F a (good samples) and solve with the same matrices.
-    proj.bin_and_solve(reduce, |d, i| data[d].signal[i] - x[d][i / l]);
+    proj.bin_and_solve(reduce, |d, i| data[d].signal[i] - x[d][i / l], true);
     let mut destriped = binned.clone();
     for (k, v) in destriped.values.iter_mut().enumerate() {
         if *v != crate::binning::UNSEEN {
