@@ -5,9 +5,13 @@
 #
 # Simulates OBSERVATIONS bench-size observations (5 min each, 8 detectors at 180.37 Hz), runs
 # pointing at nside 1024 and 2048 and calibration once (2 ranks), then the map-maker
-# (binned + destriped, I/Q/U) on 1 and 2 ranks at each nside. Prints wall time, speed-up, the
-# peak RSS of each rank (GNU time), and the sparse accumulators' size beside a dense full-sky
-# one, from summary.json. Scratch data under ${TMPDIR:-/tmp}; removed at the end.
+# (binned + destriped) on 1 and 2 ranks at each nside. Prints wall time, speed-up, the peak RSS
+# of each rank (GNU time), the sparse accumulators' size beside a dense full-sky one, the
+# sub-maps each CG iteration reduces, and the map unit's phases, from summary.json.
+# Intensity only: the simulation's four detector pairs sit at different focal-plane positions,
+# so at these resolutions few pixels see two pairs' angles and I/Q/U pixels fall under the
+# rcond cut, which would leave the destriper nothing to do.
+# Scratch data under ${TMPDIR:-/tmp}; removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 obs=${1:-48}
@@ -34,8 +38,8 @@ printf '[run]\nfsync = false\nprogress_interval_s = 600\n[calibrate]\npointing_d
   --run-dir "$work/cal" >/dev/null
 
 echo "observations: $obs; samples: $(python3 -c "import json;print(sum(o.get('samples',0) for o in json.load(open('$list'))['observations'])*8)")"
-printf '%-6s %-5s %-8s %-8s %-22s %-26s %s\n' nside ranks wall_s speedup "peak_rss_MB_per_rank" \
-  "accumulator_MB_per_rank" "dense_MB  iterations"
+printf '%-6s %-5s %-7s %-8s %-22s %-14s %-9s %-10s %-7s %s\n' nside ranks wall_s speedup \
+  "peak_rss_MB_per_rank" "accum_MB/rank" dense_MB iterations shared "map unit s (read solve write)"
 for nside in 1024 2048; do
   t1=
   for ranks in 1 2; do
@@ -54,11 +58,13 @@ for nside in 1024 2048; do
 import json, sys
 s = json.load(open(sys.argv[1]))
 nside, ranks, wall, t1, rss = sys.argv[2:]
-stride = 10  # hits, 6 matrix terms, 3 right-hand-side terms (I/Q/U)
+stride = 3  # hits, matrix, right-hand side (intensity only)
 acc = [n * s['submap_pixels'] * stride * 8 / 1e6 for n in s['submaps_per_rank']]
 dense = 12 * int(nside) ** 2 * stride * 8 / 1e6
-print(f"{nside:<6} {ranks:<5} {wall:<8} {float(t1) / float(wall):<8.2f} {rss:<22} "
-      f"{' '.join(f'{a:.0f}' for a in acc):<26} {dense:.0f}  {s['iterations']}")
+print(f"{nside:<6} {ranks:<5} {wall:<7} {float(t1) / float(wall):<8.2f} {rss:<22} "
+      f"{' '.join(f'{a:.0f}' for a in acc):<14} {dense:<9.0f} {s['iterations']:<10} "
+      f"{s['shared_submaps']}/{max(s['submaps_per_rank'])} "
+      f"{' '.join(f'{t:.1f}' for t in s['seconds'])}")
 EOF
   done
 done
