@@ -144,8 +144,9 @@ fn noiseless_chain_maps_the_input_sky_identically_on_1_2_and_3_ranks() {
 }
 
 /// An independent destriper (scipy's CG on sparse pointing and baseline matrices, uniform
-/// weights) on the chain's calibrated data; compares its map with ours and prints the residual
-/// RMS (monopole removed) of the binned and destriped maps.
+/// weights) on the chain's calibrated data; compares its map and baselines with ours (map and
+/// baseline files) and prints the residual RMS (monopole removed) of the binned and destriped
+/// maps.
 const CHECK_DESTRIPED: &str = r#"
 import sys, glob, h5py, numpy as np, healpy as hp, scipy.sparse as sp, scipy.sparse.linalg as sla
 data, run, inputs, length = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -182,7 +183,17 @@ assert (b[good] != hp.UNSEEN).all() and (d[good] != hp.UNSEEN).all()
 res = lambda m: np.std(m[good] - sky[good])
 diff = np.abs((d[good] - ref[good]) - np.mean(d[good] - ref[good])).max()
 assert diff < 1e-6 * res(d), (diff, res(d))
-print(f'{res(b) / res(d):.3f} binned={res(b):.3e} destriped={res(d):.3e} vs-scipy={diff:.1e}')
+# The baselines each rank wrote, in the same order (observations, then detectors by name).
+ours = []
+for f in sorted(glob.glob(run + '/mapmake/baselines/obs=*.h5')):
+    h = h5py.File(f, 'r')
+    assert h.attrs['format'] == 'skypipe-cmb-baselines/1' and h.attrs['baseline_samples'] == length
+    ours += [h['detectors'][d]['baselines'][:] for d in sorted(h['detectors'])]
+ours = np.concatenate(ours)
+assert ours.shape == a.shape, (ours.shape, a.shape)
+bdiff = np.abs((ours - ours.mean()) - (a - a.mean())).max()
+assert bdiff < 1e-6 * np.std(a), (bdiff, np.std(a))
+print(f'{res(b) / res(d):.3f} binned={res(b):.3e} destriped={res(d):.3e} vs-scipy={diff:.1e} baselines-vs-scipy={bdiff:.1e}')
 "#;
 
 #[test]

@@ -24,12 +24,14 @@
 //! `map_binned.fits` (and `map_destriped.fits` with destriping): one HEALPix table each with
 //! `I_STOKES`, `Q_STOKES`, `U_STOKES` (K_CMB; only `I_STOKES` in intensity-only mode), `HITS`
 //! and `RCOND`, readable by `healpy.read_map`; a Mollweide quicklook PNG of I beside each; and
-//! `summary.json` (observations, samples, pixels, destriper iterations and residual).
+//! `summary.json` (observations, samples, pixels, destriper iterations and residual). With
+//! destriping, each rank also writes the baselines of the observations it binned
+//! (`baselines/obs=NNNN.h5`).
 //! Unobserved pixels and pixels under the rcond cut are `UNSEEN` (−1.6375e30).
 
 use crate::model::{
     CALIBRATED_FORMAT, CmbError, FLAG_NONFINITE, FocalPlane, Frame, ObservationList,
-    POINTING_FORMAT, ordering_name, parse_ordering, stage_file, timestream_info,
+    POINTING_FORMAT, obs_file_name, ordering_name, parse_ordering, stage_file, timestream_info,
 };
 use crate::pointing::durability;
 use rayon::prelude::*;
@@ -43,7 +45,7 @@ use skypipe_core::healpix::{Healpix, Ordering};
 use skypipe_core::quicklook::{self, QuicklookError, Scale};
 use skypipe_io::Durability;
 use skypipe_io::fits::{Card, Column, HealpixHeader, write_healpix_map};
-use skypipe_io::hdf5::{H5Error, H5Reader};
+use skypipe_io::hdf5::{H5Error, H5Reader, H5Writer};
 use skypipe_stage::{
     Collectives, FailureKind, Outcome, OutcomeKind, PlanError, PlannedUnit, Stage, UnitContext,
     UnitFailure, UnitId, WorkUnit, fingerprint_of,
@@ -51,6 +53,9 @@ use skypipe_stage::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+/// Format tag of the baseline files (`RUN_DIR/mapmake/baselines/obs=NNNN.h5`).
+pub const BASELINES_FORMAT: &str = "skypipe-cmb-baselines/1";
 
 /// Values per `allreduce` call when sub-maps are summed (32 MiB of `f64`): bounds the buffer
 /// and keeps every MPI count far below 2³¹.
@@ -243,6 +248,7 @@ pub struct MapSummary {
 /// One detector's validated data, pixels in NESTED order.
 #[derive(Debug, Clone)]
 struct DetectorData {
+    name: String,
     pixels: Vec<u64>,
     weights: Vec<[f64; 3]>,
     signal: Vec<f64>,
@@ -557,6 +563,7 @@ impl Mapmake {
             }
             samples += pixels.len() as u64;
             detectors.push(DetectorData {
+                name: det.name.clone(),
                 pixels,
                 weights,
                 signal,
@@ -682,6 +689,7 @@ impl Mapmake {
             held: local_submaps,
             shared: None,
         };
+        let mut baselines = Vec::new();
         let (binned, destriped, solver) = if self.config.destripe {
             let cfg = DestripeConfig {
                 baseline_length: baseline_samples,
@@ -692,6 +700,7 @@ impl Mapmake {
             let out = destripe(&timestreams, layout, comps, &cfg, &mut reduce)
                 .map_err(|e| UnitFailure::bad_input(format!("destriping: {e}")))?;
             let report = (out.iterations, out.residual, out.converged);
+            baselines = out.baselines;
             (out.binned, Some(out.destriped), report)
         } else {
             let mut acc = BinAccumulator::new(layout, comps);
@@ -702,6 +711,15 @@ impl Mapmake {
             reduce.reduce_map(acc.map_mut());
             (acc.solve(self.config.rcond_min), None, (0, 0.0, true))
         };
+        // Every rank writes the baselines of the observations it binned, in parallel.
+        let mut amplitudes = baselines.into_iter();
+        for data in &local {
+            let per_detector: Vec<Vec<f64>> =
+                amplitudes.by_ref().take(data.detectors.len()).collect();
+            if self.config.destripe {
+                self.write_baselines(ctx, data, &per_detector, baseline_samples)?;
+            }
+        }
         drop(held);
         let shared_submaps = reduce.shared.as_ref().map_or(0, Vec::len);
         let solve_s = started.elapsed().as_secs_f64() - read_s;
@@ -751,6 +769,9 @@ impl Mapmake {
         }
         let out_dir = self.out_dir(&ctx.run_dir);
         let dur = durability(ctx);
+        if self.config.destripe {
+            summary.files.push("baselines/".to_string());
+        }
         let order = match self.config.output_ordering {
             OutputOrdering::Ring => Some(ring_order(grid.nside())),
             OutputOrdering::Nested => None,
@@ -840,6 +861,33 @@ impl Mapmake {
             )));
         }
         Ok(Healpix::new(first.nside, Ordering::Nested).expect("checked by the obs unit"))
+    }
+
+    /// Writes `RUN_DIR/mapmake/baselines/obs=NNNN.h5`: one baseline amplitude (K_CMB) per
+    /// `baseline_samples` samples of each detector, the offsets subtracted by the destriper.
+    fn write_baselines(
+        &self,
+        ctx: &UnitContext,
+        data: &ObsData,
+        amplitudes: &[Vec<f64>],
+        baseline_samples: usize,
+    ) -> Result<(), UnitFailure> {
+        let path = self
+            .out_dir(&ctx.run_dir)
+            .join("baselines")
+            .join(obs_file_name(data.summary.obs));
+        let write = || -> Result<(), H5Error> {
+            let w = H5Writer::create(&path, durability(ctx))?;
+            w.attr_str("", "format", BASELINES_FORMAT)?;
+            w.attr_i64("", "obs", i64::from(data.summary.obs))?;
+            w.attr_i64("", "baseline_samples", baseline_samples as i64)?;
+            for (det, a) in data.detectors.iter().zip(amplitudes) {
+                let name = format!("detectors/{}/baselines", det.name);
+                w.write_1d(&name, a)?;
+            }
+            w.commit().map(|_| ())
+        };
+        write().map_err(|e| UnitFailure::transient(e.to_string()))
     }
 
     /// Writes one map; `order` maps each output (RING) pixel to its NESTED pixel, `None` for
