@@ -220,8 +220,8 @@ pub struct MapSummary {
     pub reread_observations: usize,
     /// Unflagged samples each rank of the map unit binned: the load balance.
     pub samples_per_rank: Vec<u64>,
-    /// Sub-maps each rank touched (its accumulator holds these; rank 0 also holds the union to
-    /// write the maps).
+    /// Sub-maps each rank touched (its accumulator holds these; the first and last ranks also
+    /// hold the union, to write the maps).
     pub submaps_per_rank: Vec<u64>,
     /// Sub-maps where at least two ranks hold samples: what each destriper iteration reduces
     /// (0 without destriping).
@@ -728,7 +728,10 @@ impl Mapmake {
             solve_s,
             "map unit: inputs read and shared, maps solved"
         );
-        if coll.rank() != 0 {
+        // Rank 0 writes the binned map and the summary, the last rank the destriped map (both
+        // hold the whole sky, see `UnitReduce`): the two writes overlap.
+        let (rank, last) = (coll.rank(), coll.size() - 1);
+        if rank != 0 && rank != last {
             return Ok(Outcome::Done);
         }
         let frame = summaries
@@ -769,39 +772,41 @@ impl Mapmake {
         }
         let out_dir = self.out_dir(&ctx.run_dir);
         let dur = durability(ctx);
-        if self.config.destripe {
-            summary.files.push("baselines/".to_string());
-        }
         let order = match self.config.output_ordering {
             OutputOrdering::Ring => Some(ring_order(grid.nside())),
             OutputOrdering::Nested => None,
         };
-        let mut outputs = vec![("binned", &binned)];
-        if let Some(d) = &destriped {
+        let mut outputs = Vec::new();
+        if rank == 0 {
+            outputs.push(("binned", &binned));
+        }
+        if let Some(d) = destriped.as_ref().filter(|_| rank == last) {
             outputs.push(("destriped", d));
         }
         for (name, map) in outputs {
-            let fits = format!("map_{name}.fits");
-            self.write_map(
-                &out_dir.join(&fits),
-                map,
-                order.as_deref(),
-                &summary,
-                name,
-                dur,
-            )?;
-            summary.files.push(fits);
+            let fits = out_dir.join(format!("map_{name}.fits"));
+            self.write_map(&fits, map, order.as_deref(), &summary, name, dur)?;
             if self.config.quicklook_width > 0 {
-                let png = format!("map_{name}.png");
-                write_quicklook(
-                    &out_dir.join(&png),
-                    map,
-                    self.config.quicklook_width,
-                    name,
-                    dur,
-                )?;
-                summary.files.push(png);
+                let png = out_dir.join(format!("map_{name}.png"));
+                write_quicklook(&png, map, self.config.quicklook_width, name, dur)?;
             }
+        }
+        if rank != 0 {
+            return Ok(Outcome::Done);
+        }
+        let kinds: &[&str] = if self.config.destripe {
+            &["binned", "destriped"]
+        } else {
+            &["binned"]
+        };
+        for name in kinds {
+            summary.files.push(format!("map_{name}.fits"));
+            if self.config.quicklook_width > 0 {
+                summary.files.push(format!("map_{name}.png"));
+            }
+        }
+        if self.config.destripe {
+            summary.files.push("baselines/".to_string());
         }
         summary.seconds = [
             read_s,
@@ -1106,8 +1111,8 @@ fn agree(coll: &dyn Collectives, errors: Vec<String>) -> Result<(), UnitFailure>
 
 /// [`Reduce`] over the ranks of a multi-rank unit: the union of touched sub-maps is found by
 /// reducing a mask of sub-maps (only when some rank's sub-maps changed since the last map),
-/// rank 0 allocates all of it (it writes the full maps), and the union's sub-maps are summed
-/// in chunks of [`REDUCE_CHUNK_VALUES`].
+/// the first and the last rank allocate all of it (they write the full maps), and the union's
+/// sub-maps are summed in chunks of [`REDUCE_CHUNK_VALUES`].
 struct UnitReduce<'a> {
     coll: &'a dyn Collectives,
     /// This rank's allocated sub-maps and the union over ranks from the last map reduced:
@@ -1134,7 +1139,8 @@ impl Reduce for UnitReduce<'_> {
             self.coll.all_reduce_sum_u64(&mut mask);
             let mask: Vec<u8> = mask.into_iter().map(|m| u8::from(m > 0)).collect();
             let union = submaps_in_mask(&mask);
-            if self.coll.rank() == 0 {
+            let rank = self.coll.rank();
+            if rank == 0 || rank + 1 == self.coll.size() {
                 for &sm in &union {
                     map.allocate(sm).expect("sub-map of the map's own layout");
                 }
