@@ -90,6 +90,16 @@ pub enum OutputOrdering {
     Nested,
 }
 
+/// Floating-point precision of the I/Q/U columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float64 (default).
+    Double,
+    /// float32, as the Planck releases: half the size, ~7 significant digits.
+    Single,
+}
+
 /// The `[mapmake]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -132,6 +142,9 @@ pub struct MapmakeConfig {
     pub allow_failed_observations: bool,
     /// Pixel ordering of the output files. Default `ring`.
     pub output_ordering: OutputOrdering,
+    /// `double` (default) or `single` precision I/Q/U columns (HITS are 32-bit integers and
+    /// RCOND float32 either way).
+    pub output_precision: Precision,
     /// Width of the quicklook PNGs in pixels (0: none). Default 1600.
     pub quicklook_width: u32,
 }
@@ -154,6 +167,7 @@ impl Default for MapmakeConfig {
             noise_weights: true,
             allow_failed_observations: false,
             output_ordering: OutputOrdering::Ring,
+            output_precision: Precision::Double,
             quicklook_width: 1600,
         }
     }
@@ -909,21 +923,31 @@ impl Mapmake {
         let nside = summary.nside;
         let nested = order.is_none();
         let names = ["I_STOKES", "Q_STOKES", "U_STOKES"];
+        let single = self.config.output_precision == Precision::Single;
         let mut columns: Vec<Column> = (0..map.components().nnz())
             .map(|c| {
-                let values = gather(nside, order, |p| map.value(p).map_or(UNSEEN, |v| v[c]));
-                Column::f64(names[c], "K_CMB", values)
+                let value = |p| map.value(p).map_or(UNSEEN, |v| v[c]);
+                if single {
+                    Column::f32(names[c], "K_CMB", gather(nside, order, |p| value(p) as f32))
+                } else {
+                    Column::f64(names[c], "K_CMB", gather(nside, order, value))
+                }
             })
             .collect();
-        columns.push(Column::i64(
-            "HITS",
-            "",
-            gather(nside, order, |p| map.hits(p) as i64),
-        ));
-        columns.push(Column::f64(
+        // Hit counts as 32-bit integers unless a pixel has more (never in practice).
+        let max_hits = map
+            .observed_pixels()
+            .map(|p| map.hits(p))
+            .fold(0.0, f64::max);
+        columns.push(if max_hits <= f64::from(i32::MAX) {
+            Column::i32("HITS", "", gather(nside, order, |p| map.hits(p) as i32))
+        } else {
+            Column::i64("HITS", "", gather(nside, order, |p| map.hits(p) as i64))
+        });
+        columns.push(Column::f32(
             "RCOND",
             "",
-            gather(nside, order, |p| map.rcond(p)),
+            gather(nside, order, |p| map.rcond(p) as f32),
         ));
         let coordsys = match Frame::parse(&summary.frame) {
             Some(Frame::Galactic) => "G",
