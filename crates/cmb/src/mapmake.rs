@@ -44,7 +44,9 @@ use skypipe_core::destripe::{DestripeConfig, Reduce, Timestream, destripe};
 use skypipe_core::healpix::{Healpix, Ordering};
 use skypipe_core::quicklook::{self, QuicklookError, Scale};
 use skypipe_io::Durability;
-use skypipe_io::fits::{Card, Column, HealpixHeader, write_healpix_map};
+use skypipe_io::fits::{
+    Card, Column, ColumnSpec, ColumnType, HealpixHeader, write_healpix_map_blocks,
+};
 use skypipe_io::hdf5::{H5Error, H5Reader, H5Writer};
 use skypipe_stage::{
     Collectives, FailureKind, Outcome, OutcomeKind, PlanError, PlannedUnit, Stage, UnitContext,
@@ -786,10 +788,6 @@ impl Mapmake {
         }
         let out_dir = self.out_dir(&ctx.run_dir);
         let dur = durability(ctx);
-        let order = match self.config.output_ordering {
-            OutputOrdering::Ring => Some(ring_order(grid.nside())),
-            OutputOrdering::Nested => None,
-        };
         let mut outputs = Vec::new();
         if rank == 0 {
             outputs.push(("binned", &binned));
@@ -799,7 +797,7 @@ impl Mapmake {
         }
         for (name, map) in outputs {
             let fits = out_dir.join(format!("map_{name}.fits"));
-            self.write_map(&fits, map, order.as_deref(), &summary, name, dur)?;
+            self.write_map(&fits, map, &summary, name, dur)?;
             if self.config.quicklook_width > 0 {
                 let png = out_dir.join(format!("map_{name}.png"));
                 write_quicklook(&png, map, self.config.quicklook_width, name, dur)?;
@@ -909,46 +907,88 @@ impl Mapmake {
         write().map_err(|e| UnitFailure::transient(e.to_string()))
     }
 
-    /// Writes one map; `order` maps each output (RING) pixel to its NESTED pixel, `None` for
-    /// NESTED output.
+    /// Writes one map, block by block (memory: one block of columns, not the full sky).
     fn write_map(
         &self,
         path: &Path,
         map: &BinnedMap,
-        order: Option<&[u64]>,
         summary: &MapSummary,
         kind: &str,
         dur: Durability,
     ) -> Result<(), UnitFailure> {
         let nside = summary.nside;
-        let nested = order.is_none();
-        let names = ["I_STOKES", "Q_STOKES", "U_STOKES"];
+        let nested = self.config.output_ordering == OutputOrdering::Nested;
         let single = self.config.output_precision == Precision::Single;
-        let mut columns: Vec<Column> = (0..map.components().nnz())
-            .map(|c| {
-                let value = |p| map.value(p).map_or(UNSEEN, |v| v[c]);
-                if single {
-                    Column::f32(names[c], "K_CMB", gather(nside, order, |p| value(p) as f32))
-                } else {
-                    Column::f64(names[c], "K_CMB", gather(nside, order, value))
-                }
-            })
-            .collect();
+        let nnz = map.components().nnz();
         // Hit counts as 32-bit integers unless a pixel has more (never in practice).
         let max_hits = map
             .observed_pixels()
             .map(|p| map.hits(p))
             .fold(0.0, f64::max);
-        columns.push(if max_hits <= f64::from(i32::MAX) {
-            Column::i32("HITS", "", gather(nside, order, |p| map.hits(p) as i32))
+        let wide_hits = max_hits > f64::from(i32::MAX);
+        let names = ["I_STOKES", "Q_STOKES", "U_STOKES"];
+        let mut specs: Vec<ColumnSpec> = names[..nnz]
+            .iter()
+            .map(|name| {
+                let kind = if single {
+                    ColumnType::F32
+                } else {
+                    ColumnType::F64
+                };
+                ColumnSpec::new(name, "K_CMB", kind)
+            })
+            .collect();
+        let hits_kind = if wide_hits {
+            ColumnType::I64
         } else {
-            Column::i64("HITS", "", gather(nside, order, |p| map.hits(p) as i64))
-        });
-        columns.push(Column::f32(
-            "RCOND",
-            "",
-            gather(nside, order, |p| map.rcond(p) as f32),
-        ));
+            ColumnType::I32
+        };
+        specs.push(ColumnSpec::new("HITS", "", hits_kind));
+        specs.push(ColumnSpec::new("RCOND", "", ColumnType::F32));
+        let ring = Healpix::new(nside, Ordering::Ring).expect("valid nside");
+        // One block of every column, gathered in parallel from the NESTED map.
+        let fill = |first: usize, n: usize| -> Vec<Column> {
+            let pixels: Vec<u64> = (first as u64..(first + n) as u64)
+                .into_par_iter()
+                .map(|p| {
+                    if nested {
+                        p
+                    } else {
+                        ring.to_nested(p).expect("pixel below npix")
+                    }
+                })
+                .collect();
+            let mut block: Vec<Column> = (0..nnz)
+                .map(|c| {
+                    let value = |&p: &u64| map.value(p).map_or(UNSEEN, |v| v[c]);
+                    if single {
+                        let v = pixels.par_iter().map(|p| value(p) as f32).collect();
+                        Column::f32(names[c], "K_CMB", v)
+                    } else {
+                        Column::f64(names[c], "K_CMB", pixels.par_iter().map(value).collect())
+                    }
+                })
+                .collect();
+            block.push(if wide_hits {
+                Column::i64(
+                    "HITS",
+                    "",
+                    pixels.iter().map(|&p| map.hits(p) as i64).collect(),
+                )
+            } else {
+                Column::i32(
+                    "HITS",
+                    "",
+                    pixels.iter().map(|&p| map.hits(p) as i32).collect(),
+                )
+            });
+            block.push(Column::f32(
+                "RCOND",
+                "",
+                pixels.iter().map(|&p| map.rcond(p) as f32).collect(),
+            ));
+            block
+        };
         let coordsys = match Frame::parse(&summary.frame) {
             Some(Frame::Galactic) => "G",
             Some(Frame::Ecliptic) => "E",
@@ -984,7 +1024,7 @@ impl Mapmake {
                 ),
             ],
         };
-        write_healpix_map(path, &header, columns, dur)
+        write_healpix_map_blocks(path, &header, &specs, fill, dur)
             .map_err(|e| UnitFailure::transient(format!("{}: {e}", path.display())))
     }
 }
@@ -1003,28 +1043,6 @@ fn local_extent(timestreams: &[Timestream<'_>], layout: SubmapLayout) -> (u64, V
     }
     let list = (0..touched.len()).filter(|&sm| touched[sm]).collect();
     (samples, list)
-}
-
-/// The NESTED pixel of every RING pixel (the output order of a RING file), in parallel.
-fn ring_order(nside: u64) -> Vec<u64> {
-    let ring = Healpix::new(nside, Ordering::Ring).expect("valid nside");
-    (0..ring.npix())
-        .into_par_iter()
-        .map(|r| ring.to_nested(r).expect("pixel below npix"))
-        .collect()
-}
-
-/// A full-sky column: `value(nested pixel)` for every output pixel (in `order`, or NESTED when
-/// `None`), in parallel.
-fn gather<T: Send>(
-    nside: u64,
-    order: Option<&[u64]>,
-    value: impl Fn(u64) -> T + Sync + Send,
-) -> Vec<T> {
-    match order {
-        Some(order) => order.par_iter().map(|&p| value(p)).collect(),
-        None => (0..12 * nside * nside).into_par_iter().map(value).collect(),
-    }
 }
 
 /// Writes the Mollweide quicklook of a map's I.
@@ -1285,18 +1303,5 @@ mod tests {
         let a = assign_observations(&[vec![], vec![], vec![]], &wanted);
         let counts: Vec<usize> = a.iter().map(|x| x.read.len()).collect();
         assert_eq!(counts, vec![3, 3, 2]);
-    }
-
-    #[test]
-    fn ring_order_gathers_nested_values_into_ring_order() {
-        let nside = 4;
-        let order = ring_order(nside);
-        let ring = gather(nside, Some(&order), |nest| nest as f64);
-        let nested = gather(nside, None, |nest| nest as f64);
-        let grid = Healpix::new(nside, Ordering::Ring).unwrap();
-        for (r, &v) in ring.iter().enumerate() {
-            assert_eq!(grid.to_nested(r as u64).unwrap() as f64, v);
-            assert_eq!(nested[r], r as f64);
-        }
     }
 }

@@ -465,7 +465,118 @@ pub enum ColumnData {
     Text(Vec<String>),
 }
 
+/// The element type of a numeric column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// 64-bit floats (`D`).
+    F64,
+    /// 32-bit floats (`E`).
+    F32,
+    /// 64-bit integers (`K`).
+    I64,
+    /// 32-bit integers (`J`).
+    I32,
+}
+
+impl ColumnType {
+    /// Bytes per value.
+    pub fn bytes(self) -> usize {
+        match self {
+            ColumnType::F64 | ColumnType::I64 => 8,
+            ColumnType::F32 | ColumnType::I32 => 4,
+        }
+    }
+}
+
+/// A numeric column declared ahead of its values (tables written block by block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnSpec {
+    /// Column name (`TTYPEn`).
+    pub name: String,
+    /// Physical unit (`TUNITn`; empty for none).
+    pub unit: String,
+    /// Element type.
+    pub kind: ColumnType,
+}
+
+impl ColumnSpec {
+    /// A column named `name` of unit `unit` and type `kind`.
+    pub fn new(name: &str, unit: &str, kind: ColumnType) -> Self {
+        Self {
+            name: name.into(),
+            unit: unit.into(),
+            kind,
+        }
+    }
+}
+
+/// The CFITSIO description of a numeric column with `per_row` values per row.
+fn numeric_description(name: &str, kind: ColumnType, per_row: usize) -> ColumnDescription {
+    let mut d = ColumnDescription::new(name);
+    let t = match kind {
+        ColumnType::F64 => ColumnDataType::Double,
+        ColumnType::F32 => ColumnDataType::Float,
+        ColumnType::I64 => ColumnDataType::LongLong,
+        ColumnType::I32 => ColumnDataType::Int,
+    };
+    d.with_type(t).that_repeats(per_row);
+    d
+}
+
+/// Appends rows `first..first + n` of numeric `columns` (`per_row` values each) to `buf` as
+/// big-endian FITS binary-table rows.
+fn encode_rows(columns: &[Column], first: usize, n: usize, per_row: usize, buf: &mut Vec<u8>) {
+    for row in first..first + n {
+        let range = row * per_row..(row + 1) * per_row;
+        for c in columns {
+            match &c.data {
+                ColumnData::F64(v) => v[range.clone()]
+                    .iter()
+                    .for_each(|x| buf.extend_from_slice(&x.to_be_bytes())),
+                ColumnData::F32(v) => v[range.clone()]
+                    .iter()
+                    .for_each(|x| buf.extend_from_slice(&x.to_be_bytes())),
+                ColumnData::I64(v) => v[range.clone()]
+                    .iter()
+                    .for_each(|x| buf.extend_from_slice(&x.to_be_bytes())),
+                ColumnData::I32(v) => v[range.clone()]
+                    .iter()
+                    .for_each(|x| buf.extend_from_slice(&x.to_be_bytes())),
+                ColumnData::Text(_) => unreachable!("numeric columns only"),
+            }
+        }
+    }
+}
+
 impl Column {
+    /// Values `first..first + n` as a new column of the same name, unit and type.
+    fn slice(&self, first: usize, n: usize) -> Column {
+        let r = first..first + n;
+        let data = match &self.data {
+            ColumnData::F64(v) => ColumnData::F64(v[r].to_vec()),
+            ColumnData::F32(v) => ColumnData::F32(v[r].to_vec()),
+            ColumnData::I64(v) => ColumnData::I64(v[r].to_vec()),
+            ColumnData::I32(v) => ColumnData::I32(v[r].to_vec()),
+            ColumnData::Text(v) => ColumnData::Text(v[r].to_vec()),
+        };
+        Column {
+            name: self.name.clone(),
+            unit: self.unit.clone(),
+            data,
+        }
+    }
+
+    /// The element type, or `None` for text.
+    pub fn kind(&self) -> Option<ColumnType> {
+        match self.data {
+            ColumnData::F64(_) => Some(ColumnType::F64),
+            ColumnData::F32(_) => Some(ColumnType::F32),
+            ColumnData::I64(_) => Some(ColumnType::I64),
+            ColumnData::I32(_) => Some(ColumnType::I32),
+            ColumnData::Text(_) => None,
+        }
+    }
+
     /// A float64 column.
     pub fn f64(name: &str, unit: &str, data: Vec<f64>) -> Self {
         Self {
@@ -721,15 +832,15 @@ impl FitsWriter {
         );
         let mut descs = Vec::with_capacity(columns.len());
         for c in columns {
-            let mut d = ColumnDescription::new(c.name.clone());
-            match &c.data {
-                ColumnData::F64(_) => d.with_type(ColumnDataType::Double).that_repeats(per_row),
-                ColumnData::F32(_) => d.with_type(ColumnDataType::Float).that_repeats(per_row),
-                ColumnData::I64(_) => d.with_type(ColumnDataType::LongLong).that_repeats(per_row),
-                ColumnData::I32(_) => d.with_type(ColumnDataType::Int).that_repeats(per_row),
-                ColumnData::Text(v) => d
-                    .with_type(ColumnDataType::String)
-                    .that_repeats(v.iter().map(String::len).max().unwrap_or(1).max(1)),
+            let d = match (&c.data, c.kind()) {
+                (_, Some(kind)) => numeric_description(&c.name, kind, per_row),
+                (ColumnData::Text(v), None) => {
+                    let mut d = ColumnDescription::new(c.name.clone());
+                    d.with_type(ColumnDataType::String)
+                        .that_repeats(v.iter().map(String::len).max().unwrap_or(1).max(1));
+                    d
+                }
+                (_, None) => unreachable!("only text columns have no numeric kind"),
             };
             descs.push(d.create().map_err(self.werr(what.clone()))?);
         }
@@ -742,7 +853,14 @@ impl FitsWriter {
             .iter()
             .all(|c| !matches!(c.data, ColumnData::Text(_)));
         if numeric {
-            self.write_numeric_rows(columns, per_row, &what)?;
+            let row_bytes: usize = columns
+                .iter()
+                .map(|c| c.kind().map_or(0, ColumnType::bytes) * per_row)
+                .sum();
+            self.write_numeric_rows(rows / per_row, row_bytes, &what, |first, n, buf| {
+                encode_rows(columns, first, n, per_row, buf);
+                Ok(())
+            })?;
         }
         for c in columns.iter().filter(|_| !numeric) {
             let f = self.file.as_mut().expect("open until commit");
@@ -771,51 +889,34 @@ impl FitsWriter {
 
     /// Writes a numeric table's data row by row as raw big-endian bytes (CFITSIO `ffptbb`) in
     /// blocks of about 16 MiB: one sequential write instead of one strided pass per column,
-    /// which matters for full-sky maps (tens of millions of rows).
+    /// which matters for full-sky maps (tens of millions of rows). `encode(first, n, buf)`
+    /// appends rows `first..first + n` (each `row_bytes` long) to `buf`.
     fn write_numeric_rows(
         &mut self,
-        columns: &[Column],
-        per_row: usize,
+        rows: usize,
+        row_bytes: usize,
         what: &str,
+        mut encode: impl FnMut(usize, usize, &mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), FitsError> {
-        let values = columns.first().map_or(0, Column::len);
-        let rows = values / per_row.max(1);
-        let row_bytes: usize = columns
-            .iter()
-            .map(|c| {
-                per_row
-                    * match c.data {
-                        ColumnData::F64(_) | ColumnData::I64(_) => 8,
-                        ColumnData::F32(_) | ColumnData::I32(_) => 4,
-                        ColumnData::Text(_) => unreachable!("numeric columns only"),
-                    }
-            })
-            .sum();
         let block_rows = ((16 << 20) / row_bytes.max(1)).max(1);
         let mut buf = Vec::with_capacity(block_rows.min(rows) * row_bytes);
         let mut first = 0;
         while first < rows {
             let n = block_rows.min(rows - first);
             buf.clear();
-            for row in first..first + n {
-                let range = row * per_row..(row + 1) * per_row;
-                for c in columns {
-                    match &c.data {
-                        ColumnData::F64(v) => v[range.clone()]
-                            .iter()
-                            .for_each(|x| buf.extend_from_slice(&x.to_be_bytes())),
-                        ColumnData::F32(v) => v[range.clone()]
-                            .iter()
-                            .for_each(|x| buf.extend_from_slice(&x.to_be_bytes())),
-                        ColumnData::I64(v) => v[range.clone()]
-                            .iter()
-                            .for_each(|x| buf.extend_from_slice(&x.to_be_bytes())),
-                        ColumnData::I32(v) => v[range.clone()]
-                            .iter()
-                            .for_each(|x| buf.extend_from_slice(&x.to_be_bytes())),
-                        ColumnData::Text(_) => unreachable!("numeric columns only"),
-                    }
-                }
+            let fail = |message: String| FitsError::Write {
+                path: self.final_path.clone(),
+                what: what.to_string(),
+                message,
+            };
+            encode(first, n, &mut buf).map_err(fail)?;
+            if buf.len() != n * row_bytes {
+                return Err(fail(format!(
+                    "rows {first}..{}: {} bytes of data, expected {}",
+                    first + n,
+                    buf.len(),
+                    n * row_bytes
+                )));
             }
             let f = self.file.as_mut().expect("open until commit");
             let mut status = 0;
@@ -833,18 +934,67 @@ impl FitsWriter {
                 );
             }
             if status != 0 {
-                return Err(FitsError::Write {
-                    path: self.final_path.clone(),
-                    what: what.to_string(),
-                    message: format!(
-                        "CFITSIO status {status} writing rows {first}..{}",
-                        first + n
-                    ),
-                });
+                return Err(fail(format!(
+                    "CFITSIO status {status} writing rows {first}..{}",
+                    first + n
+                )));
             }
             first += n;
         }
         Ok(())
+    }
+
+    /// Appends a numeric binary table (`per_row` values of each column per row) of
+    /// `values` values per column, produced block by block: `fill(first, n)` returns values
+    /// `first..first + n` of every column, in the order and with the types of `specs`.
+    fn numeric_table_blocks(
+        &mut self,
+        extname: &str,
+        specs: &[ColumnSpec],
+        cards: &[Card],
+        values: usize,
+        per_row: usize,
+        mut fill: impl FnMut(usize, usize) -> Vec<Column>,
+    ) -> Result<(), FitsError> {
+        let what = format!("table '{extname}'");
+        let mut descs = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let d = numeric_description(&spec.name, spec.kind, per_row)
+                .create()
+                .map_err(self.werr(what.clone()))?;
+            descs.push(d);
+        }
+        let hdu = {
+            let f = self.file.as_mut().expect("open until commit");
+            f.create_table(extname, &descs)
+        }
+        .map_err(self.werr(what.clone()))?;
+        let row_bytes: usize = specs.iter().map(|s| s.kind.bytes() * per_row).sum();
+        self.write_numeric_rows(values / per_row, row_bytes, &what, |first, n, buf| {
+            let block = fill(first * per_row, n * per_row);
+            let matches = block.len() == specs.len()
+                && block
+                    .iter()
+                    .zip(specs)
+                    .all(|(c, s)| c.len() == n * per_row && c.kind() == Some(s.kind));
+            if !matches {
+                return Err(format!(
+                    "the block of values {}..{} does not match the declared columns",
+                    first * per_row,
+                    (first + n) * per_row
+                ));
+            }
+            encode_rows(&block, 0, n, per_row, buf);
+            Ok(())
+        })?;
+        let units: Vec<Card> = specs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.unit.is_empty())
+            .map(|(i, s)| Card::text(&format!("TUNIT{}", i + 1), &s.unit, "unit"))
+            .collect();
+        self.write_cards(&hdu, &units, &what)?;
+        self.write_cards(&hdu, cards, &what)
     }
 
     /// Closes the file, syncs it (when durable) and renames it into place.
@@ -939,42 +1089,66 @@ pub fn write_healpix_map(
     columns: Vec<Column>,
     durability: Durability,
 ) -> Result<(), FitsError> {
-    let refuse = |message: String| FitsError::Write {
-        path: path.to_path_buf(),
-        what: "HEALPix map".into(),
-        message,
-    };
+    let npix = healpix_npix(path, header)?;
+    let mut specs = Vec::with_capacity(columns.len());
+    for c in &columns {
+        let Some(kind) = c.kind() else {
+            return Err(healpix_refusal(
+                path,
+                format!("column '{}' holds text, not numbers", c.name),
+            ));
+        };
+        if c.len() as u64 != npix {
+            return Err(healpix_refusal(
+                path,
+                format!(
+                    "column '{}' has {} values, expected 12·nside² = {npix} (nside {})",
+                    c.name,
+                    c.len(),
+                    header.nside
+                ),
+            ));
+        }
+        specs.push(ColumnSpec::new(&c.name, &c.unit, kind));
+    }
+    write_healpix_map_blocks(
+        path,
+        header,
+        &specs,
+        |first, n| columns.iter().map(|c| c.slice(first, n)).collect(),
+        durability,
+    )
+}
+
+/// [`write_healpix_map`] with the columns produced block by block, so that a full-sky map
+/// never has to be held in memory: `fill(first, n)` returns the values of output pixels
+/// `first..first + n` of every column, in the order and with the types of `specs` (a block
+/// that does not match is refused). Blocks are about 16 MiB of table rows.
+///
+/// ```
+/// use skypipe_io::fits::{write_healpix_map_blocks, Column, ColumnSpec, ColumnType, HealpixHeader};
+/// use skypipe_io::Durability;
+/// let dir = tempfile::tempdir().unwrap();
+/// let header = HealpixHeader { nside: 2, nested: true, coordsys: "G", cards: vec![] };
+/// let specs = [ColumnSpec::new("I_STOKES", "K_CMB", ColumnType::F64)];
+/// let fill = |first: usize, n: usize| vec![Column::f64("I_STOKES", "K_CMB", (first..first + n).map(|p| p as f64).collect())];
+/// write_healpix_map_blocks(&dir.path().join("m.fits"), &header, &specs, fill, Durability::ProcessCrashOnly).unwrap();
+/// ```
+pub fn write_healpix_map_blocks(
+    path: &Path,
+    header: &HealpixHeader<'_>,
+    specs: &[ColumnSpec],
+    fill: impl FnMut(usize, usize) -> Vec<Column>,
+    durability: Durability,
+) -> Result<(), FitsError> {
+    let refuse = |message: String| healpix_refusal(path, message);
+    let npix = healpix_npix(path, header)?;
     let nside = header.nside;
-    if !(nside.is_power_of_two() && nside <= HEALPIX_MAX_NSIDE) {
-        return Err(refuse(format!(
-            "nside {nside} is not a power of two in [1, 2^29]"
-        )));
-    }
-    if !["G", "E", "C"].contains(&header.coordsys) {
-        return Err(refuse(format!(
-            "coordsys '{}' is not one of 'G', 'E', 'C'",
-            header.coordsys
-        )));
-    }
-    if columns.is_empty() {
+    if specs.is_empty() {
         return Err(refuse("no columns".into()));
     }
-    let npix = 12 * nside * nside;
-    for (k, c) in columns.iter().enumerate() {
-        if matches!(c.data, ColumnData::Text(_)) {
-            return Err(refuse(format!(
-                "column '{}' holds text, not numbers",
-                c.name
-            )));
-        }
-        if c.len() as u64 != npix {
-            return Err(refuse(format!(
-                "column '{}' has {} values, expected 12·nside² = {npix} (nside {nside})",
-                c.name,
-                c.len()
-            )));
-        }
-        if columns[..k]
+    for (k, c) in specs.iter().enumerate() {
+        if specs[..k]
             .iter()
             .any(|o| o.name.eq_ignore_ascii_case(&c.name))
         {
@@ -1014,9 +1188,36 @@ pub fn write_healpix_map(
         1
     };
     let mut w = FitsWriter::create(path, durability == Durability::Synced, None)?;
-    w.table_per_row(HEALPIX_EXTNAME, &columns, &cards, per_row)?;
+    w.numeric_table_blocks(HEALPIX_EXTNAME, specs, &cards, npix as usize, per_row, fill)?;
     w.commit()?;
     Ok(())
+}
+
+/// The number of pixels of a valid header's map; refuses a bad nside or coordsys.
+fn healpix_npix(path: &Path, header: &HealpixHeader<'_>) -> Result<u64, FitsError> {
+    let nside = header.nside;
+    if !(nside.is_power_of_two() && nside <= HEALPIX_MAX_NSIDE) {
+        return Err(healpix_refusal(
+            path,
+            format!("nside {nside} is not a power of two in [1, 2^29]"),
+        ));
+    }
+    if !["G", "E", "C"].contains(&header.coordsys) {
+        return Err(healpix_refusal(
+            path,
+            format!("coordsys '{}' is not one of 'G', 'E', 'C'", header.coordsys),
+        ));
+    }
+    Ok(12 * nside * nside)
+}
+
+/// The error for a HEALPix map refused before writing.
+fn healpix_refusal(path: &Path, message: String) -> FitsError {
+    FitsError::Write {
+        path: path.to_path_buf(),
+        what: "HEALPix map".into(),
+        message,
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 
 use skypipe_io::Durability;
 use skypipe_io::fits::{
-    Card, Column, FitsReader, HEALPIX_EXTNAME, Hdu, HealpixHeader, write_healpix_map,
+    Card, Column, ColumnSpec, FitsReader, HEALPIX_EXTNAME, Hdu, HealpixHeader, write_healpix_map,
+    write_healpix_map_blocks,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -299,4 +300,89 @@ fn invalid_maps_are_refused_naming_the_file() {
         );
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn maps_written_block_by_block_equal_maps_written_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // nside 256: 786 432 pixels, 768 rows of 1024, several 16 MiB blocks.
+    let case = Case {
+        nside: 256,
+        nested: false,
+        coordsys: "G",
+    };
+    let npix = 12 * 256 * 256;
+    let whole = columns(&map_values(npix));
+    let specs: Vec<ColumnSpec> = whole
+        .iter()
+        .map(|c| ColumnSpec::new(&c.name, &c.unit, c.kind().unwrap()))
+        .collect();
+    let a = dir.path().join("whole.fits");
+    let b = dir.path().join("blocks.fits");
+    write_healpix_map(
+        &a,
+        &header(&case),
+        whole.clone(),
+        Durability::ProcessCrashOnly,
+    )
+    .unwrap();
+    let mut calls = Vec::new();
+    let fill = |first: usize, n: usize| {
+        calls.push((first, n));
+        let values = map_values(npix);
+        columns(&values)
+            .into_iter()
+            .map(|c| match c.kind().unwrap() {
+                skypipe_io::fits::ColumnType::I32 => {
+                    let v: Vec<i32> = values[3][first..first + n]
+                        .iter()
+                        .map(|&h| h as i32)
+                        .collect();
+                    Column::i32(&c.name, &c.unit, v)
+                }
+                _ => {
+                    let k = NAMES.iter().position(|n| *n == c.name).unwrap();
+                    Column::f64(&c.name, &c.unit, values[k][first..first + n].to_vec())
+                }
+            })
+            .collect()
+    };
+    write_healpix_map_blocks(
+        &b,
+        &header(&case),
+        &specs,
+        fill,
+        Durability::ProcessCrashOnly,
+    )
+    .unwrap();
+    assert!(calls.len() > 1, "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|(first, n)| first % 1024 == 0 && n % 1024 == 0)
+    );
+    assert_eq!(calls.iter().map(|c| c.1).sum::<usize>(), npix);
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "files differ"
+    );
+
+    // A block that does not match the declared columns is refused; nothing is left behind.
+    let c = dir.path().join("bad_block.fits");
+    let short =
+        |_first: usize, n: usize| vec![Column::f64("I_STOKES", "K_CMB", vec![0.0; n.min(10)])];
+    let e = write_healpix_map_blocks(
+        &c,
+        &header(&case),
+        &specs[..1],
+        short,
+        Durability::ProcessCrashOnly,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("bad_block.fits") && e.contains("does not match"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }
