@@ -12,9 +12,9 @@
 //! Memory is bounded: a fit reads the inputs twice in chunks (sums, then output).
 
 use crate::model::{
-    AttitudeData, CALIBRATED_FORMAT, CmbError, FLAG_NONFINITE, FocalPlane, Frame, GainTable,
-    ObsUnit, ObservationList, SkyMap, direction, obs_file_name, parse_ordering, read_attitude,
-    stage_file, timestream_info,
+    AttitudeData, CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_OBSERVATION,
+    DATASET_POINTING, FLAG_NONFINITE, FocalPlane, Frame, GainTable, ObsUnit, ObservationList,
+    SkyMap, direction, obs_file_name, parse_ordering, read_attitude, stage_file, timestream_info,
 };
 use crate::pointing::{durability, plan_list};
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,8 @@ use skypipe_core::quat::{self, Quat};
 use skypipe_io::Durability;
 use skypipe_io::hdf5::{H5Dataset, H5Error, H5Reader, H5Writer};
 use skypipe_stage::{
-    FailureKind, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, fingerprint_of,
+    Connections, FailureKind, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure,
+    fingerprint_of,
 };
 use std::path::{Path, PathBuf};
 
@@ -603,6 +604,15 @@ impl Stage for Calibrate {
         self.process(unit.obs, &pointing, &out, durability(ctx))
             .map_err(CmbError::into_failure)?;
         Ok(Outcome::Done)
+    }
+
+    fn connections(&self, unit: &ObsUnit, run_dir: &Path) -> Connections {
+        let mut c = Connections::new();
+        if let Some(entry) = self.list.entry(unit.obs) {
+            c = c.prerequisite(DATASET_OBSERVATION, &entry.file);
+        }
+        c.input(DATASET_POINTING, self.pointing_path(run_dir, unit.obs))
+            .output(DATASET_CALIBRATED, output_path(run_dir, unit.obs))
     }
 }
 

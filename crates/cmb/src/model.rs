@@ -79,6 +79,15 @@ impl WorkUnit for ObsUnit {
     }
 }
 
+/// Dataset type of a raw observation file (attitude and timestreams; no stage writes it).
+pub const DATASET_OBSERVATION: &str = "observation";
+/// Dataset type of the pointing stage's files (`RUN_DIR/pointing/obs=NNNN.h5`).
+pub const DATASET_POINTING: &str = "pointing";
+/// Dataset type of the calibrate stage's files (`RUN_DIR/calibrate/obs=NNNN.h5`).
+pub const DATASET_CALIBRATED: &str = "calibrated";
+/// Dataset type of map-making's products (maps, quicklooks, summary, baselines).
+pub const DATASET_MAP: &str = "map";
+
 /// The file name of an observation's outputs: `obs=0421.h5`.
 pub fn obs_file_name(obs: u32) -> String {
     format!("obs={obs:04}.h5")

@@ -3,16 +3,17 @@
 
 use crate::collectives::MpiCollectives;
 use crate::execute::{RankContext, run_assignment, run_batch};
-use crate::follow::{Follow, parse_list};
+use crate::follow::Follow;
 use crate::graph::{Graph, Next};
-use crate::ledger::{Ledger, LedgerRecord, unix_now};
+use crate::ledger::{AttemptRecord, Ledger, LedgerRecord, unix_now};
 use crate::options::RunOptions;
-use crate::plan::{Plan, Selection, plan_stage};
+use crate::plan::{Plan, Selection, plan_stages};
 use crate::protocol::{
     Assignment, RankStats, TAG_TO_DISPATCHER, TAG_TO_WORKER, ToDispatcher, ToWorker, UnitReport,
 };
 use crate::report::{EXIT_CANNOT_START, RunSummary, UnitResult};
 use crate::signals;
+use crate::stages::StageSet;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use mpi::point_to_point::MatchedReceiveVec;
@@ -20,7 +21,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use serde::Serialize;
 use skypipe_io::{Durability, write_atomic};
-use skypipe_stage::{FailureKind, Input, Outcome, OutcomeKind, Stage};
+use skypipe_stage::{FailureKind, Input, Outcome, OutcomeKind};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
@@ -133,7 +134,7 @@ fn unit_collectives(units: &SimpleCommunicator, members: &[i32], tag: i32) -> Mp
 }
 
 /// A worker rank (> 0): ask, run, report, until told to stop. Returns the job's exit code.
-pub(crate) fn worker<S: Stage>(stage: &S, comms: &Comms, base: &RankContext) -> u8 {
+pub(crate) fn worker(stages: &StageSet<'_>, comms: &Comms, base: &RankContext) -> u8 {
     let world = &comms.world;
     let dispatcher = world.process_at_rank(0);
     let mut stats = RankStats {
@@ -149,14 +150,14 @@ pub(crate) fn worker<S: Stage>(stage: &S, comms: &Comms, base: &RankContext) -> 
     dispatcher.send_with_tag(&encode(&hello)[..], TAG_TO_DISPATCHER);
     loop {
         let (bytes, _) = receive(world, Some(0), TAG_TO_WORKER, &mut backoff);
-        let message: ToWorker<S::Unit> = postcard::from_bytes(&bytes).unwrap_or_else(|e| {
+        let message: ToWorker = postcard::from_bytes(&bytes).unwrap_or_else(|e| {
             panic!(
                 "rank {}: undecodable message from the dispatcher: {e}",
                 base.rank
             )
         });
         let (reports, returned) = match message {
-            ToWorker::Work(batch) => run_batch(stage, batch, base, signals::flag(), &mut stats),
+            ToWorker::Work(batch) => run_batch(stages, batch, base, signals::flag(), &mut stats),
             ToWorker::Multi {
                 assignment,
                 members,
@@ -164,7 +165,7 @@ pub(crate) fn worker<S: Stage>(stage: &S, comms: &Comms, base: &RankContext) -> 
             } => {
                 let collectives = unit_collectives(&comms.units, &members, tag);
                 let report = run_assignment(
-                    stage,
+                    stages,
                     assignment,
                     base,
                     Some(Box::new(collectives)),
@@ -190,9 +191,9 @@ pub(crate) fn worker<S: Stage>(stage: &S, comms: &Comms, base: &RankContext) -> 
 }
 
 /// Commands to rank 0's own worker thread.
-enum LocalCommand<U> {
-    Work(Vec<Assignment<U>>),
-    Multi(Assignment<U>, Vec<i32>, i32),
+enum LocalCommand {
+    Work(Vec<Assignment>),
+    Multi(Assignment, Vec<i32>, i32),
     Stop,
 }
 
@@ -204,13 +205,16 @@ struct Reservation {
 }
 
 /// Everything the dispatcher tracks while the run is under way.
-struct Dispatcher<'a, S: Stage> {
-    stage: &'a S,
+struct Dispatcher<'a> {
+    stages: &'a StageSet<'a>,
     setup: &'a RunSetup<'a>,
     world: &'a SimpleCommunicator,
     size: usize,
-    plan: Plan<S::Unit>,
-    ledger: Ledger,
+    plan: Plan,
+    /// One ledger per stage instance.
+    ledgers: Vec<Ledger>,
+    /// The last sequence number recorded.
+    seq: u64,
     graph: Graph,
     /// Value of each ended unit, kept while units that run after it have not ended.
     values: Vec<Option<Vec<u8>>>,
@@ -220,11 +224,13 @@ struct Dispatcher<'a, S: Stage> {
     consumers_left: Vec<usize>,
     idle: Vec<usize>,
     reservation: Option<Reservation>,
-    multi_reports: HashMap<usize, Vec<UnitReport>>,
+    multi_reports: HashMap<usize, Vec<(usize, UnitReport)>>,
     /// Memory limits of the attempts so far, per unit (isolated units only).
     memory_limits: HashMap<usize, Vec<u64>>,
-    /// Each unit's latest record from earlier invocations.
-    previous: HashMap<String, LedgerRecord>,
+    /// Earlier attempts of units being retried.
+    retried: HashMap<usize, Vec<AttemptRecord>>,
+    /// Each unit's latest record from earlier invocations, per stage instance.
+    previous: Vec<HashMap<String, LedgerRecord>>,
     /// Ledger counts of the planned units.
     selection: Selection,
     /// Most ranks one unit may get.
@@ -237,13 +243,15 @@ struct Dispatcher<'a, S: Stage> {
     retries: usize,
     stopping_since: Option<Instant>,
     ledger_error: Option<String>,
-    local_tx: mpsc::Sender<LocalCommand<S::Unit>>,
+    local_tx: mpsc::Sender<LocalCommand>,
+    /// Units to run per stage instance (planned, not settled by the ledgers).
+    to_run_by_instance: Vec<usize>,
     first_dispatch: Option<Instant>,
     last_result: Option<Instant>,
 }
 
-impl<S: Stage> Dispatcher<'_, S> {
-    fn assignment(&self, index: usize, attempt: u32) -> Assignment<S::Unit> {
+impl Dispatcher<'_> {
+    fn assignment(&self, index: usize, attempt: u32) -> Assignment {
         let inputs = self.plan.after[index]
             .iter()
             .map(|&a| Input {
@@ -255,12 +263,13 @@ impl<S: Stage> Dispatcher<'_, S> {
         Assignment {
             index: index as u64,
             attempt,
+            id: self.plan.ids[index].clone(),
             unit: self.plan.units[index].clone(),
             inputs,
         }
     }
 
-    fn send(&mut self, rank: usize, command: LocalCommand<S::Unit>) {
+    fn send(&mut self, rank: usize, command: LocalCommand) {
         self.first_dispatch.get_or_insert_with(Instant::now);
         if rank == 0 {
             let _ = self.local_tx.send(command);
@@ -333,7 +342,7 @@ impl<S: Stage> Dispatcher<'_, S> {
         members.sort_unstable();
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1) & 0x3fff_ffff;
-        tracing::debug!(unit = %self.plan.ids[reservation.index], ?members, "starting a multi-rank unit");
+        tracing::debug!(unit = %self.plan.label(self.stages, reservation.index), ?members, "starting a multi-rank unit");
         for &rank in &members {
             self.graph.start_on(rank as usize);
             let assignment = self.assignment(reservation.index, reservation.attempt);
@@ -355,61 +364,93 @@ impl<S: Stage> Dispatcher<'_, S> {
         }
     }
 
-    fn append(&mut self, record: LedgerRecord) {
-        if let Err(e) = self.ledger.append(&record) {
+    /// Appends `record` of unit `index` to its stage's ledger with the next sequence number.
+    fn append(&mut self, index: usize, mut record: LedgerRecord) {
+        self.seq += 1;
+        record.seq = self.seq;
+        let instance = self.plan.instance(index);
+        if let Err(e) = self.ledgers[instance].append(&record) {
             self.fail_ledger(e.to_string());
         }
-        self.results.push(UnitResult::from(&record));
+        let mut result = UnitResult::from(&record);
+        result.unit = self.plan.label(self.stages, index);
+        result.instance = instance;
+        self.results.push(result);
     }
 
-    fn record(&mut self, rank: usize, report: UnitReport) {
+    /// A record of unit `index` with this invocation's number and the time now.
+    fn new_record(
+        &self,
+        index: usize,
+        outcome: OutcomeKind,
+        message: Option<String>,
+    ) -> LedgerRecord {
+        LedgerRecord {
+            unit: self.plan.ids[index].to_string(),
+            outcome,
+            attempts: 0,
+            rank: 0,
+            elapsed_s: 0.0,
+            message,
+            invocation: self.ledgers[self.plan.instance(index)].invocation(),
+            time: unix_now(),
+            value: None,
+            memory_limits_mb: vec![],
+            seq: 0,
+            started: None,
+            ranks: vec![],
+            retried: vec![],
+        }
+    }
+
+    fn record(&mut self, rank: usize, ranks: Vec<usize>, report: UnitReport) {
         let index = report.index as usize;
         self.last_result = Some(Instant::now());
         if let Some(limit) = report.memory_limit_mb {
             self.memory_limits.entry(index).or_default().push(limit);
         }
+        let retry = match &report.result {
+            Err(f) if f.kind == FailureKind::Transient => {
+                report.attempt <= self.setup.opts.max_retries
+            }
+            Err(f) if f.kind == FailureKind::OutOfMemory => self
+                .setup
+                .isolation
+                .as_ref()
+                .is_some_and(|iso| iso.may_grow(report.attempt)),
+            _ => false,
+        };
+        if let (true, Err(f)) = (retry, &report.result) {
+            tracing::warn!(unit = %self.plan.label(self.stages, index), attempt = report.attempt, "retrying after failure: {f}");
+            self.retries += 1;
+            self.retried.entry(index).or_default().push(AttemptRecord {
+                rank,
+                ranks: ranks.clone(),
+                started: report.started,
+                elapsed_s: report.elapsed_s,
+                outcome: OutcomeKind::from(f.kind),
+                message: Some(f.message.clone()),
+            });
+            self.graph.retry(index);
+            return;
+        }
         let (outcome, message) = match report.result {
             Ok(Outcome::Done) => (OutcomeKind::Done, None),
             Ok(Outcome::NoWork { reason }) => (OutcomeKind::NoWork, Some(reason)),
-            Err(f)
-                if f.kind == FailureKind::Transient
-                    && report.attempt <= self.setup.opts.max_retries =>
-            {
-                tracing::warn!(unit = %self.plan.ids[index], attempt = report.attempt, "retrying after failure: {f}");
-                self.retries += 1;
-                self.graph.retry(index);
-                return;
-            }
-            Err(f)
-                if f.kind == FailureKind::OutOfMemory
-                    && self
-                        .setup
-                        .isolation
-                        .as_ref()
-                        .is_some_and(|iso| iso.may_grow(report.attempt)) =>
-            {
-                tracing::warn!(unit = %self.plan.ids[index], attempt = report.attempt, "retrying with a larger memory limit: {f}");
-                self.retries += 1;
-                self.graph.retry(index);
-                return;
-            }
             Err(f) => (OutcomeKind::from(f.kind), Some(f.message)),
         };
         let success = outcome.is_success();
         let value = report.value.filter(|_| success);
-        let memory_limits_mb = self.memory_limits.remove(&index).unwrap_or_default();
-        self.append(LedgerRecord {
-            unit: self.plan.ids[index].to_string(),
-            outcome,
-            attempts: report.attempt,
-            rank,
-            elapsed_s: report.elapsed_s,
-            message,
-            invocation: self.ledger.invocation(),
-            time: unix_now(),
-            value: value.as_ref().map(|v| BASE64.encode(v)),
-            memory_limits_mb,
-        });
+        let mut record = self.new_record(index, outcome, message);
+        record.attempts = report.attempt;
+        record.rank = rank;
+        record.ranks = ranks;
+        record.elapsed_s = report.elapsed_s;
+        record.started = Some(report.started);
+        record.value = value.as_ref().map(|v| BASE64.encode(v));
+        record.memory_limits_mb = self.memory_limits.remove(&index).unwrap_or_default();
+        record.retried = self.retried.remove(&index).unwrap_or_default();
+        self.append(index, record);
         self.outcomes[index] = Some(outcome);
         if self.consumers_left[index] > 0 {
             self.values[index] = value;
@@ -424,22 +465,24 @@ impl<S: Stage> Dispatcher<'_, S> {
         for (unit, failed_input) in blocked {
             let message = format!(
                 "not run: input unit {} failed ({})",
-                self.plan.ids[failed_input],
+                self.plan.label(self.stages, failed_input),
                 self.outcomes[failed_input].map_or("failed earlier", OutcomeKind::as_str)
             );
             self.outcomes[unit] = Some(OutcomeKind::DependencyFailed);
-            self.append(LedgerRecord {
-                unit: self.plan.ids[unit].to_string(),
-                outcome: OutcomeKind::DependencyFailed,
-                attempts: 0,
-                rank: 0,
-                elapsed_s: 0.0,
-                message: Some(message),
-                invocation: self.ledger.invocation(),
-                time: unix_now(),
-                value: None,
-                memory_limits_mb: vec![],
-            });
+            let record = self.new_record(unit, OutcomeKind::DependencyFailed, Some(message));
+            self.append(unit, record);
+            self.ended(unit);
+        }
+    }
+
+    /// Records units failed at planning because an input file is missing (before
+    /// [`Graph::new`] reports the units that depend on them).
+    fn record_missing(&mut self, missing: Vec<(usize, OutcomeKind, String)>) {
+        for (unit, kind, reason) in missing {
+            tracing::warn!(unit = %self.plan.label(self.stages, unit), "not run: {reason}");
+            self.outcomes[unit] = Some(kind);
+            let record = self.new_record(unit, kind, Some(reason));
+            self.append(unit, record);
             self.ended(unit);
         }
     }
@@ -461,7 +504,10 @@ impl<S: Stage> Dispatcher<'_, S> {
             return;
         };
         for path in follow.scan() {
-            let planned = match parse_list::<S::Unit>(&path) {
+            // Follow mode runs one stage (checked at start-up): instance 0.
+            let stages = self.stages;
+            let stage = &stages.instances[0];
+            let planned = match stage.stage.parse_list_erased(&path, self.setup.run_dir) {
                 Ok(p) => p,
                 Err(reason) => {
                     follow.reject(&path, reason);
@@ -469,19 +515,24 @@ impl<S: Stage> Dispatcher<'_, S> {
                 }
             };
             let first = self.plan.units.len();
-            let indices = match self
+            let added = self
                 .plan
-                .extend(self.stage.name(), planned, self.max_ranks, true)
-            {
+                .extend(0, &stage.name, planned, self.max_ranks, true)
+                .and_then(|indices| {
+                    self.plan.connect(stages, first)?;
+                    Ok(indices)
+                });
+            let indices = match added {
                 Ok(i) => i,
                 Err(reason) => {
+                    self.plan.truncate(first);
                     follow.reject(&path, format!("{}: {reason}", path.display()));
                     continue;
                 }
             };
             let (specs, selection) =
                 self.plan
-                    .node_specs(&indices, &self.previous, self.setup.retry_failed);
+                    .node_specs(stages, &indices, &self.previous, self.setup.retry_failed);
             match self.graph.add(specs) {
                 Ok(blocked) => {
                     self.values.resize(self.plan.units.len(), None);
@@ -493,27 +544,29 @@ impl<S: Stage> Dispatcher<'_, S> {
                             self.consumers_left[input] += 1;
                         }
                         settle_from_ledger(
-                            &self.previous,
+                            &self.previous[0],
                             self.plan.ids[i].as_str(),
                             &mut self.outcomes[i],
                             &mut self.values[i],
                         );
                     }
                     self.selection.to_run += selection.to_run;
+                    self.to_run_by_instance[0] += selection.to_run;
                     self.selection.skipped_done += selection.skipped_done;
                     self.selection
                         .skipped_failed
                         .extend(selection.skipped_failed);
                     tracing::info!(
                         "{}: took {} new units from {}",
-                        self.stage.name(),
+                        stage.name,
                         selection.to_run,
                         path.display()
                     );
+                    self.record_missing(selection.missing);
                     self.record_blocked(blocked);
                 }
                 Err(on_cycle) => {
-                    let id = self.plan.ids[on_cycle].clone();
+                    let id = self.plan.label(self.stages, on_cycle);
                     self.plan.truncate(first);
                     follow.reject(
                         &path,
@@ -524,6 +577,14 @@ impl<S: Stage> Dispatcher<'_, S> {
         }
         self.follow = Some(follow);
         self.serve_idle();
+    }
+
+    /// Commits every stage's ledger.
+    fn commit_ledgers(&mut self) -> Result<(), String> {
+        for ledger in &mut self.ledgers {
+            ledger.commit().map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn fail_ledger(&mut self, error: String) {
@@ -546,8 +607,8 @@ impl<S: Stage> Dispatcher<'_, S> {
             self.graph.give_back(None, reservation.index);
             self.idle.extend(reservation.members);
         }
-        if let Err(e) = self.ledger.commit() {
-            self.ledger_error.get_or_insert(e.to_string());
+        if let Err(e) = self.commit_ledgers() {
+            self.ledger_error.get_or_insert(e);
         }
     }
 
@@ -563,21 +624,30 @@ impl<S: Stage> Dispatcher<'_, S> {
             self.graph.returned(rank, report.elapsed_s);
             let needed = self.graph.ranks_of(index);
             if needed == 1 {
-                self.record(rank, report);
+                self.record(rank, Vec::new(), report);
                 continue;
             }
             let parts = self.multi_reports.entry(index).or_default();
-            parts.push(report);
+            parts.push((rank, report));
             if parts.len() == needed {
                 let mut parts = self.multi_reports.remove(&index).expect("present");
-                // The first failure if any, else rank 0's report (which carries the value).
-                parts.sort_by_key(|p| (p.result.is_ok(), p.value.is_none()));
-                let mut combined = parts.swap_remove(0);
-                combined.elapsed_s = parts
+                let mut ranks: Vec<usize> = parts.iter().map(|(r, _)| *r).collect();
+                ranks.sort_unstable();
+                // From the first rank's start to the last rank's end.
+                let start = parts
                     .iter()
-                    .map(|p| p.elapsed_s)
-                    .fold(combined.elapsed_s, f64::max);
-                self.record(rank, combined);
+                    .map(|(_, p)| p.started)
+                    .fold(f64::INFINITY, f64::min);
+                let end = parts
+                    .iter()
+                    .map(|(_, p)| p.started + p.elapsed_s)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                // The first failure if any, else rank 0's report (which carries the value).
+                parts.sort_by_key(|(_, p)| (p.result.is_ok(), p.value.is_none()));
+                let (_, mut combined) = parts.swap_remove(0);
+                combined.started = start;
+                combined.elapsed_s = (end - start).max(0.0);
+                self.record(ranks[0], ranks, combined);
             }
         }
         for index in returned {
@@ -607,7 +677,7 @@ impl<S: Stage> Dispatcher<'_, S> {
         };
         tracing::info!(
             "{}: {ended}/{total} units ended ({failed} failed), {} running, {rate:.1} units/s, ETA {}",
-            self.stage.name(),
+            self.stages.run_name(),
             self.graph.in_flight(),
             if eta.is_finite() {
                 format!("{eta:.0} s")
@@ -615,32 +685,41 @@ impl<S: Stage> Dispatcher<'_, S> {
                 "unknown".into()
             }
         );
-        let snapshot = serde_json::json!({
-            "stage": self.stage.name(),
-            "invocation": self.ledger.invocation(),
-            "time": unix_now(),
-            "to_run": total,
-            "ended": ended,
-            "failed": failed,
-            "running": self.graph.in_flight(),
-            "pending": self.graph.open() - self.graph.in_flight().min(self.graph.open()),
-            "rate_per_s": rate,
-            "eta_s": if eta.is_finite() { Some(eta) } else { None },
-            "ranks": self.size,
-            "pid": std::process::id(),
-        });
-        let _ = write_atomic(
-            &self.ledger.paths().progress,
-            snapshot.to_string().as_bytes(),
-            Durability::ProcessCrashOnly,
-        );
+        // One snapshot per stage instance (in a chain, its own counts; running and rate are
+        // the job's).
+        for (k, inst) in self.stages.instances.iter().enumerate() {
+            let mine = self.results.iter().filter(|r| r.instance == k);
+            let (ended_k, failed_k) = mine.fold((0, 0), |(e, f), r| {
+                (e + 1, f + usize::from(!r.outcome.is_success()))
+            });
+            let to_run_k = self.to_run_by_instance[k].max(ended_k);
+            let snapshot = serde_json::json!({
+                "stage": inst.name,
+                "invocation": self.ledgers[k].invocation(),
+                "time": unix_now(),
+                "to_run": to_run_k,
+                "ended": ended_k,
+                "failed": failed_k,
+                "running": self.graph.in_flight(),
+                "pending": to_run_k - ended_k,
+                "rate_per_s": rate,
+                "eta_s": if eta.is_finite() { Some(eta) } else { None },
+                "ranks": self.size,
+                "pid": std::process::id(),
+            });
+            let _ = write_atomic(
+                &self.ledgers[k].paths().progress,
+                snapshot.to_string().as_bytes(),
+                Durability::ProcessCrashOnly,
+            );
+        }
     }
 }
 
 /// Rank 0: plan, dispatch, record, report. Returns the summary, or an error message when the
 /// run could not start.
-pub(crate) fn dispatcher<S: Stage>(
-    stage: &S,
+pub(crate) fn dispatcher(
+    stages: &StageSet<'_>,
     comms: Comms,
     setup: &RunSetup<'_>,
 ) -> Result<RunSummary, String> {
@@ -656,56 +735,66 @@ pub(crate) fn dispatcher<S: Stage>(
     } else {
         size.saturating_sub(1).max(1)
     };
-    let prepared = prepare(stage, setup, max_ranks);
-    let (plan, ledger) = match prepared {
+    let cannot_start = |e: String| {
+        stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
+        Err(e)
+    };
+    if stages.is_chain() && setup.follow.is_some() {
+        return cannot_start("--follow runs one stage, not a chain".into());
+    }
+    let (plan, ledgers) = match prepare(stages, setup, max_ranks) {
         Ok(p) => p,
-        Err(e) => {
-            stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
-            return Err(e);
-        }
+        Err(e) => return cannot_start(e),
     };
     let follow = match setup.follow.clone().map(Follow::new).transpose() {
         Ok(f) => f,
-        Err(e) => {
-            stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
-            return Err(e);
-        }
+        Err(e) => return cannot_start(e),
     };
-    let previous = ledger.previous().clone();
+    let previous: Vec<HashMap<String, LedgerRecord>> =
+        ledgers.iter().map(|l| l.previous().clone()).collect();
     let all: Vec<usize> = (0..plan.units.len()).collect();
-    let (specs, selection) = plan.node_specs(&all, &previous, setup.retry_failed);
+    let (specs, mut selection) = plan.node_specs(stages, &all, &previous, setup.retry_failed);
+    let mut to_run_by_instance = vec![0; stages.len()];
+    for (i, spec) in specs.iter().enumerate() {
+        if spec.prior.is_none() {
+            to_run_by_instance[plan.instance(i)] += 1;
+        }
+    }
     let (to_run, skipped_done, skipped_failed_count) = (
         selection.to_run,
         selection.skipped_done,
         selection.skipped_failed.len(),
     );
+    let missing = std::mem::take(&mut selection.missing);
     let (graph, blocked) = match Graph::new(specs, size, setup.opts.schedule, setup.opts.max_batch)
     {
         Ok(g) => g,
         Err(on_cycle) => {
-            stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
-            return Err(format!(
+            return cannot_start(format!(
                 "{}: unit {} is on a dependency cycle",
-                stage.name(),
-                plan.ids[on_cycle]
+                stages.run_name(),
+                plan.label(stages, on_cycle)
             ));
         }
     };
-    if let Err(e) =
-        ledger.write_manifest(stage.name(), &stage.config_fingerprint(), plan.units.len())
-    {
-        stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
-        return Err(e.to_string());
+    for (k, inst) in stages.instances.iter().enumerate() {
+        let planned = (0..plan.units.len())
+            .filter(|&i| plan.instance(i) == k)
+            .count();
+        if let Err(e) = ledgers[k].write_manifest(&inst.name, &inst.stage.fingerprint(), planned) {
+            return cannot_start(e.to_string());
+        }
     }
     tracing::info!(
-        "{}: {} units planned, {skipped_done} already done, {skipped_failed_count} failed earlier{}, {to_run} to run on {size} ranks",
-        stage.name(),
+        "{}: {} units planned, {skipped_done} already done, {skipped_failed_count} failed earlier{}, {} with a missing input, {to_run} to run on {size} ranks",
+        stages.run_name(),
         plan.units.len(),
         if setup.retry_failed {
             " (retried)"
         } else {
             " (not retried)"
         },
+        missing.len(),
     );
     let n = plan.units.len();
     let mut values = vec![None; n];
@@ -717,15 +806,21 @@ pub(crate) fn dispatcher<S: Stage>(
         }
     }
     for (i, id) in plan.ids.iter().enumerate() {
-        settle_from_ledger(&previous, id.as_str(), &mut outcomes[i], &mut values[i]);
+        settle_from_ledger(
+            &previous[plan.instance(i)],
+            id.as_str(),
+            &mut outcomes[i],
+            &mut values[i],
+        );
     }
+    let seq = ledgers.iter().map(Ledger::last_seq).max().unwrap_or(0);
     let base = RankContext {
         run_dir: setup.run_dir.to_path_buf(),
         rank: 0,
         durable: setup.opts.fsync,
         isolation: setup.isolation.clone(),
     };
-    let (local_tx, local_rx) = mpsc::channel::<LocalCommand<S::Unit>>();
+    let (local_tx, local_rx) = mpsc::channel::<LocalCommand>();
     let (event_tx, event_rx) = mpsc::channel::<(Vec<UnitReport>, Vec<u64>, bool)>();
     let startup_s = setup.started.elapsed().as_secs_f64();
     let thread_comm = ThreadComm(units);
@@ -737,13 +832,13 @@ pub(crate) fn dispatcher<S: Stage>(
             loop {
                 let (reports, returned) = match local_rx.recv() {
                     Ok(LocalCommand::Work(batch)) => {
-                        run_batch(stage, batch, &base, signals::flag(), &mut stats)
+                        run_batch(stages, batch, &base, signals::flag(), &mut stats)
                     }
                     Ok(LocalCommand::Multi(assignment, members, tag)) => {
                         let collectives = unit_collectives(&thread_comm.0, &members, tag);
                         (
                             vec![run_assignment(
-                                stage,
+                                stages,
                                 assignment,
                                 &base,
                                 Some(Box::new(collectives)),
@@ -764,12 +859,13 @@ pub(crate) fn dispatcher<S: Stage>(
             stats
         });
         let mut d = Dispatcher {
-            stage,
+            stages,
             setup,
             world,
             size,
             plan,
-            ledger,
+            ledgers,
+            seq,
             graph,
             values,
             outcomes,
@@ -778,6 +874,7 @@ pub(crate) fn dispatcher<S: Stage>(
             reservation: None,
             multi_reports: HashMap::new(),
             memory_limits: HashMap::new(),
+            retried: HashMap::new(),
             previous,
             selection,
             max_ranks,
@@ -789,9 +886,11 @@ pub(crate) fn dispatcher<S: Stage>(
             stopping_since: None,
             ledger_error: None,
             local_tx,
+            to_run_by_instance,
             first_dispatch: None,
             last_result: None,
         };
+        d.record_missing(missing);
         d.record_blocked(blocked);
         let loop_start = Instant::now();
         d.take_lists();
@@ -847,8 +946,10 @@ pub(crate) fn dispatcher<S: Stage>(
                 d.handle_ready(0, reports, returned, interrupted);
                 busy = true;
             }
-            if let Err(e) = d.ledger.commit_if_due() {
-                d.fail_ledger(e.to_string());
+            for k in 0..d.ledgers.len() {
+                if let Err(e) = d.ledgers[k].commit_if_due() {
+                    d.fail_ledger(e.to_string());
+                }
             }
             if Instant::now() >= next_progress {
                 d.progress(loop_start);
@@ -860,8 +961,8 @@ pub(crate) fn dispatcher<S: Stage>(
                 backoff.wait();
             }
         }
-        if let Err(e) = d.ledger.commit() {
-            d.ledger_error.get_or_insert(e.to_string());
+        if let Err(e) = d.commit_ledgers() {
+            d.ledger_error.get_or_insert(e);
         }
         let interrupted = d.stopping_since.is_some();
         let makespan_s = match (d.first_dispatch, d.last_result) {
@@ -869,10 +970,11 @@ pub(crate) fn dispatcher<S: Stage>(
             _ => 0.0,
         };
         let mut summary = RunSummary {
-            stage: stage.name().to_string(),
+            stage: stages.run_name().to_string(),
+            stages: stages.names().map(str::to_string).collect(),
             ranks: size,
             schedule: setup.opts.schedule,
-            invocation: d.ledger.invocation(),
+            invocation: d.ledgers.iter().map(Ledger::invocation).max().unwrap_or(1),
             planned: d.plan.units.len(),
             skipped_done: d.selection.skipped_done,
             skipped_failed: std::mem::take(&mut d.selection.skipped_failed),
@@ -931,23 +1033,30 @@ fn settle_from_ledger(
     }
 }
 
-/// Opens the ledger and plans, on rank 0.
-fn prepare<S: Stage>(
-    stage: &S,
+/// Opens every stage instance's ledger and plans, on rank 0.
+fn prepare(
+    stages: &StageSet<'_>,
     setup: &RunSetup<'_>,
     max_ranks: usize,
-) -> Result<(Plan<S::Unit>, Ledger), String> {
-    let ledger = Ledger::open(
-        setup.run_dir,
-        stage.name(),
-        &stage.config_fingerprint(),
-        setup.allow_config_change,
-        setup.opts.fsync,
-        Duration::from_secs_f64(setup.opts.ledger_sync_interval_s),
-    )
-    .map_err(|e| e.to_string())?;
-    let plan = plan_stage(stage, max_ranks)?;
-    Ok((plan, ledger))
+) -> Result<(Plan, Vec<Ledger>), String> {
+    stages.check()?;
+    let ledgers = stages
+        .instances
+        .iter()
+        .map(|inst| {
+            Ledger::open(
+                setup.run_dir,
+                &inst.name,
+                &inst.stage.fingerprint(),
+                setup.allow_config_change,
+                setup.opts.fsync,
+                Duration::from_secs_f64(setup.opts.ledger_sync_interval_s),
+            )
+            .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = plan_stages(stages, setup.run_dir, max_ranks)?;
+    Ok((plan, ledgers))
 }
 
 /// Stops every worker rank (1..size) and collects their statistics. `parked` lists ranks known
@@ -961,7 +1070,7 @@ fn stop_workers(
     expect_hello: bool,
 ) -> Vec<RankStats> {
     let mut backoff = Backoff::new();
-    let stop = encode(&ToWorker::<()>::Stop { exit_code });
+    let stop = encode(&ToWorker::Stop { exit_code });
     if expect_hello {
         parked.clear();
         for _ in 1..size {
@@ -995,15 +1104,28 @@ fn stop_workers(
     stats
 }
 
-/// Writes `run-report.json` in the run directory (logging, not failing, on error).
+/// Writes `run-report.json` in the run directory and, in a chain run, each stage's part as
+/// `ledger/<stage>.report.json` (logging, not failing, on error).
 pub(crate) fn write_report(run_dir: &Path, summary: &RunSummary, fsync: bool) {
-    let report = serde_json::to_vec_pretty(&summary.report()).expect("report serialises");
     let durability = if fsync {
         Durability::Synced
     } else {
         Durability::ProcessCrashOnly
     };
-    if let Err(e) = write_atomic(run_dir.join("run-report.json"), &report, durability) {
+    let report = summary.report();
+    if report.stages.len() > 1 {
+        for part in &report.stages {
+            let path = run_dir
+                .join("ledger")
+                .join(format!("{}.report.json", part.stage));
+            let bytes = serde_json::to_vec_pretty(part).expect("report serialises");
+            if let Err(e) = write_atomic(&path, &bytes, durability) {
+                tracing::error!("cannot write {}: {e}", path.display());
+            }
+        }
+    }
+    let bytes = serde_json::to_vec_pretty(&report).expect("report serialises");
+    if let Err(e) = write_atomic(run_dir.join("run-report.json"), &bytes, durability) {
         tracing::error!("cannot write the run report: {e}");
     }
 }
