@@ -236,12 +236,15 @@ pub(crate) fn dry_run(
         .count();
     let _ = writeln!(
         out,
-        "# {}: {} units planned, {} already done, {failed_earlier} failed earlier, {} with a missing input, {} would run",
+        "# {}: {} units planned, {} already done, {failed_earlier} failed earlier, {} would run{}",
         stages.run_name(),
         plan.ids.len(),
         selection.skipped_done,
-        selection.missing.len(),
-        selection.to_run
+        selection.to_run,
+        match selection.missing.len() {
+            0 => String::new(),
+            n => format!(", {n} fail at once (input missing)"),
+        }
     );
     EXIT_OK
 }

@@ -29,6 +29,7 @@
 //! std::process::exit(i32::from(launched.exit_code));
 //! ```
 
+mod chain;
 mod collectives;
 mod driver;
 mod execute;
@@ -45,6 +46,7 @@ mod report;
 mod signals;
 mod stages;
 
+pub use chain::{ChainFile, ChainMember};
 pub use follow::{STOP_FILE, UNIT_LIST_FORMAT};
 pub use launch::{
     ConfigError, EngineArgs, Launched, init_logging, launch, launch_stages, load_config, run_binary,
