@@ -45,6 +45,7 @@ mod protocol;
 mod report;
 mod signals;
 mod stages;
+mod state;
 
 pub use chain::{ChainFile, ChainMember};
 pub use follow::{STOP_FILE, UNIT_LIST_FORMAT};
