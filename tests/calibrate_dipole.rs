@@ -266,7 +266,7 @@ fn the_mapmake_fits_map_is_a_sky_model_for_a_second_pass() {
         tmp.path(),
         "m.toml",
         "mapmake",
-        "output_ordering = \"nested\"\ndestripe = false\nquicklook_width = 200",
+        "components = \"i\"\noutput_ordering = \"nested\"\ndestripe = false\nquicklook_width = 200",
     );
     for (stage, cfg) in [
         ("pointing", &pcfg),
@@ -277,7 +277,8 @@ fn the_mapmake_fits_map_is_a_sky_model_for_a_second_pass() {
         assert_eq!(code(&out.status), 0, "{stage}: {}", text(&out));
     }
     // Second pass: its own run directory (ledger), the first pass's pointing, the NESTED FITS
-    // map as sky model (the pointing is RING), outputs beside the first pass's.
+    // intensity map as sky model (the pointing is RING; a few rings do not constrain Q and U),
+    // outputs beside the first pass's.
     let map = run1.join("mapmake/map_binned.fits");
     let second = run1.join("calibrate2");
     let c2 = stage_config(
@@ -300,20 +301,23 @@ fn the_mapmake_fits_map_is_a_sky_model_for_a_second_pass() {
 import sys, h5py, numpy as np
 data, run1 = sys.argv[1], sys.argv[2]
 truth = h5py.File(data + '/truth/gains.h5', 'r')
-e1, e2 = [], []
 for o in range(4):
     a = h5py.File(f'{run1}/calibrate/obs={o:04d}.h5', 'r')
     b = h5py.File(f'{run1}/calibrate2/obs={o:04d}.h5', 'r')
     assert b.attrs['sky_model'].endswith('map_binned.fits')
     for d in a['detectors']:
-        t = truth['detectors'][d]['gain'][o]
-        e1.append(a['detectors'][d].attrs['gain'] / t - 1)
-        e2.append(b['detectors'][d].attrs['gain'] / t - 1)
-e1, e2 = np.abs(e1), np.abs(e2)
-# The map holds the sky (and the first pass's gain errors, which average over detectors):
-# the second pass's gains are several times closer to the truth.
-assert e2.mean() < 0.3 * e1.mean(), (e1, e2)
-print('ok', e1.mean(), e2.mean())
+        ga, gb = a['detectors'][d].attrs, b['detectors'][d].attrs
+        # First pass: the sky leaks into the fit and is reported.
+        assert ga['gain_warning'] == 1 and ga['gain_error_sky'] > 5 * ga['gain_error_white'], dict(ga)
+        # Second pass: the map explains the residual (no excess, no warning)...
+        assert gb['gain_warning'] == 0 and gb['gain_error'] < 0.2 * ga['gain_error'], (dict(ga), dict(gb))
+        # ... but holds the first pass's gain error as a dipole (calibrated = sky − ε·dipole),
+        # so on a few rings the loop stays where it started: without the orbital dipole's
+        # changes over a long survey, gain and dipole are degenerate. A sky model read wrongly
+        # (pixel order, frame) would move the gains by the sky's ~1e-2.
+        assert abs(gb['gain'] / ga['gain'] - 1) < 3e-4, (o, d, ga['gain'], gb['gain'])
+        assert abs(ga['gain'] / truth['detectors'][d]['gain'][o] - 1) < 0.03
+print('ok')
 "#;
     let out = python(check, &[s(&tmp.path().join("data")), s(&run1)]);
     assert!(out.starts_with("ok"), "{out}");

@@ -546,7 +546,7 @@ impl Calibrate {
         }
         if let Some((g, None)) = inputs.table_entry {
             if (resid.1 as usize) < self.config.min_good_samples.max(1) {
-                return Err(self.too_few(inputs, resid.1));
+                return Err(self.too_few(inputs, resid.1, n_unseen));
             }
             return Ok(DetectorGain {
                 cal: Calibration {
@@ -562,7 +562,7 @@ impl Calibrate {
             .solve()
             .filter(|s| s.n as usize >= self.config.min_good_samples);
         let Some(sol) = sol else {
-            return Err(self.too_few(inputs, fit.len()));
+            return Err(self.too_few(inputs, fit.len(), n_unseen));
         };
         if !(sol.gain.is_finite() && sol.gain != 0.0) {
             return Err(H5Error::invalid(
@@ -734,12 +734,24 @@ impl Calibrate {
         Ok(())
     }
 
-    fn too_few(&self, inputs: &DetectorInputs<'_>, n: u64) -> CmbError {
+    fn too_few(&self, inputs: &DetectorInputs<'_>, n: u64, n_unseen: u64) -> CmbError {
+        let unseen = if n_unseen > 0 {
+            format!(
+                "; {n_unseen} samples fall on pixels that the sky model {} leaves unseen",
+                self.config
+                    .sky_model
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
+            )
+        } else {
+            String::new()
+        };
         H5Error::invalid(
             inputs.raw.file_path(),
             &format!("{}/signal", inputs.group),
             format!(
-                "only {n} unflagged finite samples (at least {} needed for calibration)",
+                "only {n} unflagged finite samples (at least {} needed for calibration){unseen}",
                 self.config.min_good_samples
             ),
         )
