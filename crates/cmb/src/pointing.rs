@@ -398,6 +398,7 @@ mod tests {
             net_k_sqrt_s: 0.0,
             fknee_hz: 0.0,
             gain: None,
+            freq_ghz: None,
         };
         (data, det)
     }
