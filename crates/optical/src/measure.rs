@@ -189,12 +189,15 @@ pub fn psf_flux(img: &Image<f32>, var: &Image<f32>, cx: f64, cy: f64, sigma: f64
 
 /// Second moments `(Ixx, Iyy, Ixy)` in pixels², adaptive (Bernstein & Jarvis): the elliptical
 /// Gaussian weight is iterated to twice the weighted moments it measures, which converges to
-/// the source's own covariance for a Gaussian source. `None` if it does not converge.
+/// the source's own covariance for a Gaussian source. `None` if it does not converge, or if
+/// the weight's 3σ radius grows beyond `max_radius` pixels (in a crowded field the weight can
+/// otherwise swallow the neighbours and grow to the size of the image).
 pub fn adaptive_moments(
     img: &Image<f32>,
     cx: f64,
     cy: f64,
     sigma0: f64,
+    max_radius: f64,
 ) -> Option<(f64, f64, f64)> {
     let (mut wxx, mut wyy, mut wxy) = (sigma0 * sigma0, sigma0 * sigma0, 0.0);
     for _ in 0..100 {
@@ -205,7 +208,7 @@ pub fn adaptive_moments(
         let (ixx, iyy, ixy) = (wyy / det, wxx / det, -wxy / det);
         // Within 3σ of the weight: the weighted integrand (weight × source) is narrower still.
         let r = 3.0 * wxx.max(wyy).sqrt();
-        if r > 0.5 * img.width.min(img.height) as f64 + 10.0 {
+        if r > max_radius || r > 0.5 * img.width.min(img.height) as f64 + 10.0 {
             return None;
         }
         let (xlo, xhi, ylo, yhi) = window(img, cx, cy, r)?;
@@ -319,7 +322,10 @@ pub fn measure_threads(
         let (fa, fae, bits, outside) = aperture_flux(img, var, m, x, y, p.aperture_radius);
         let core_bits = mask_bits_within(m, x, y, core);
         let (fp, fpe) = psf_flux(img, var, x, y, sigma);
-        let (ixx, iyy, ixy) = match adaptive_moments(img, x, y, sigma) {
+        // The weight may reach well past the source's own segment, never far past it.
+        let seg_radius = (pk.area as f64 / std::f64::consts::PI).sqrt();
+        let max_radius = 2.0 * seg_radius + 6.0 * sigma;
+        let (ixx, iyy, ixy) = match adaptive_moments(img, x, y, sigma, max_radius) {
             Some(mo) => mo,
             None => {
                 fl |= flags::MOMENTS_FAILED;
@@ -582,7 +588,9 @@ mod tests {
     #[test]
     fn adaptive_moments_recover_an_elliptical_gaussian() {
         let img = gaussian(61, 61, 30.0, 30.0, 1e4, 4.0, 2.0, 0.8);
-        let (xx, yy, xy) = adaptive_moments(&img, 30.0, 30.0, 1.5).unwrap();
+        let (xx, yy, xy) = adaptive_moments(&img, 30.0, 30.0, 1.5, 100.0).unwrap();
+        // A weight that must grow past the limit fails instead.
+        assert!(adaptive_moments(&img, 30.0, 30.0, 1.5, 4.0).is_none());
         // Pixelisation adds 1/12 px² to each diagonal moment.
         assert!((xx - 4.0 - 1.0 / 12.0).abs() < 0.02, "{xx}");
         assert!((yy - 2.0 - 1.0 / 12.0).abs() < 0.02, "{yy}");
