@@ -25,6 +25,7 @@ pub use time::{Estimate, format_time, parse_time};
 
 use serde::{Deserialize, Serialize};
 use skypipe_status::rundir::{self, StageFiles};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -490,7 +491,11 @@ impl StageCommand {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        name.strip_prefix("skypipe-").unwrap_or(&name).to_string()
+        match name.strip_prefix("skypipe-").unwrap_or(&name) {
+            // A chain run's reports and scripts are the chain's.
+            "run" => "chain".to_string(),
+            other => other.to_string(),
+        }
     }
 
     fn display(&self) -> String {
@@ -543,22 +548,39 @@ fn count_units(
             stderr,
         });
     }
-    let ledger = rundir::read_ledger(&StageFiles::new(run_dir, stage).records).map_err(|e| {
-        SlurmError::Invalid(format!(
-            "cannot read the ledger to count pending units: {e}"
-        ))
-    })?;
-    let latest = ledger.latest();
+    // A chain's dry run names units `STAGE[ID]`: each is checked in its own stage's ledger.
+    let mut ledgers: BTreeMap<String, HashMap<String, bool>> = BTreeMap::new();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let units = stdout
+    let mut units = 0;
+    for label in stdout
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|id| match latest.get(id) {
+    {
+        let (ledger_name, id) = match label.strip_suffix(']').and_then(|l| l.split_once('[')) {
+            Some((name, id)) => (name, id),
+            None => (stage, label),
+        };
+        if !ledgers.contains_key(ledger_name) {
+            let ledger = rundir::read_ledger(&StageFiles::new(run_dir, ledger_name).records)
+                .map_err(|e| {
+                    SlurmError::Invalid(format!(
+                        "cannot read the ledger to count pending units: {e}"
+                    ))
+                })?;
+            let latest = ledger
+                .latest()
+                .into_iter()
+                .map(|(unit, r)| (unit.to_string(), r.is_success()))
+                .collect();
+            ledgers.insert(ledger_name.to_string(), latest);
+        }
+        let pending = match ledgers[ledger_name].get(id) {
             None => true,
-            Some(r) => cmd.retry_failed && !r.is_success(),
-        })
-        .count();
+            Some(&success) => cmd.retry_failed && !success,
+        };
+        units += usize::from(pending);
+    }
     Ok(units as u64)
 }
 
