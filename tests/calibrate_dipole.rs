@@ -174,6 +174,7 @@ print('ok', worst)
 "#;
     let out = python(reference, &[s(tmp.path())]);
     assert!(out.starts_with("ok"), "{out}");
+    eprintln!("largest deviation / peak: {}", out.trim());
 }
 
 #[test]
@@ -226,6 +227,10 @@ print('ok', err['with'].max(), err['without'].max())
 "#;
     let out = python(check, &[s(tmp.path())]);
     assert!(out.starts_with("ok"), "{out}");
+    eprintln!(
+        "largest gain error with and without the quadrupole: {}",
+        out.trim()
+    );
 }
 
 #[test]
@@ -302,6 +307,10 @@ print('ok', sd, np.abs(w).max(), np.abs(p).max())
 "#;
     let out = python(check, &[s(&with), s(&without)]);
     assert!(out.starts_with("ok"), "{out}");
+    eprintln!(
+        "pull RMS with a sky model, max white pull and max pull without: {}",
+        out.trim()
+    );
 }
 
 #[test]
