@@ -818,6 +818,58 @@ mod tests {
     }
 
     #[test]
+    fn fits_sky_models_are_read_in_healpy_layout() {
+        use skypipe_io::fits::{Column, HealpixHeader, write_healpix_map};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.fits");
+        let mut i: Vec<f64> = (0..48).map(|p| p as f64 * 1e-6).collect();
+        i[5] = HEALPY_UNSEEN;
+        let q = vec![1e-7f32; 48];
+        let header = HealpixHeader {
+            nside: 2,
+            nested: true,
+            coordsys: "E",
+            cards: vec![],
+        };
+        let cols = vec![
+            Column::f64("I_STOKES", "K_CMB", i),
+            Column::f32("Q_STOKES", "K_CMB", q),
+        ];
+        write_healpix_map(
+            &path,
+            &header,
+            cols,
+            skypipe_io::Durability::ProcessCrashOnly,
+        )
+        .unwrap();
+        let m = SkyMap::load(&path).unwrap();
+        assert_eq!(
+            (m.nside, m.ordering, m.frame),
+            (2, healpix::Ordering::Nested, Frame::Ecliptic)
+        );
+        assert_eq!(m.iqu.len(), 48);
+        assert_eq!(m.iqu[7], [7e-6, f64::from(1e-7f32), 0.0]);
+        assert!(m.iqu[5].iter().all(|v| v.is_nan()));
+        // No intensity column: refused, naming the file.
+        let header = HealpixHeader {
+            nside: 1,
+            nested: false,
+            coordsys: "G",
+            cards: vec![],
+        };
+        let hits = Column::i32("HITS", "", vec![1; 12]);
+        write_healpix_map(
+            &path,
+            &header,
+            vec![hits],
+            skypipe_io::Durability::ProcessCrashOnly,
+        )
+        .unwrap();
+        let e = SkyMap::load(&path).unwrap_err().to_string();
+        assert!(e.contains("map.fits") && e.contains("intensity"), "{e}");
+    }
+
+    #[test]
     fn observation_list_resolves_paths_and_refuses_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("observations.json");
