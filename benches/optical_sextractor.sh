@@ -16,6 +16,8 @@
 # per CCD is kept. skypipe's own step split comes from its debug log (`steps (cpu s): ...`).
 # Completeness (truth S/N >= 10) and purity of both catalogues against the simulator's truth,
 # matching within 2 pixels.
+# SKYPIPE_BIN (default target/release) and SINGLEFRAME_CONFIG (default configs/singleframe.toml)
+# choose the binaries and configuration, e.g. to measure an older build beside a newer one.
 # Needs source-extractor and /usr/bin/python3 with astropy (Debian python3-astropy).
 set -eu
 dir=${1:?usage: $0 BENCH_DIR [NCCD] [ROUNDS]}
@@ -23,6 +25,7 @@ nccd=${2:-16}
 rounds=${3:-3}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin=${SKYPIPE_BIN:-$repo/target/release}
+config=${SINGLEFRAME_CONFIG:-$repo/configs/singleframe.toml}
 conf=$repo/benches/optical_sextractor
 mkdir -p "$dir"
 for set in survey crowded; do
@@ -30,7 +33,7 @@ for set in survey crowded; do
   [ "$set" = crowded ] && size=crowded
   [ -f "$dir/$set/units.json" ] || "$bin/skypipe-sim" image --size "$size" --out "$dir/$set"
 done
-exec /usr/bin/python3 - "$dir" "$nccd" "$rounds" "$bin" "$conf" "$repo/configs/singleframe.toml" <<'PY'
+exec /usr/bin/python3 - "$dir" "$nccd" "$rounds" "$bin" "$conf" "$config" <<'PY'
 import json, os, re, statistics, subprocess, sys
 import numpy as np
 from astropy.io import fits
@@ -56,7 +59,8 @@ def calibrated(base, u, out):
     bias = fits.getdata(os.path.join(base, u["bias"]))
     flat = fits.getdata(os.path.join(base, u["flat"]))
     cal = ((raw.data.astype(np.float64) - bias) / flat * raw.header["GAIN"]).astype(np.float32)
-    fits.writeto(out, cal, raw.header)
+    fits.writeto(out + ".tmp", cal, raw.header, overwrite=True)
+    os.replace(out + ".tmp", out)  # a run cut short leaves no truncated image behind
 
 def score(x, y, truth):
     tx, ty, snr = truth["X"], truth["Y"], truth["SNR"]

@@ -20,8 +20,10 @@ pub fn mask_saturated_and_bad(raw: &Image<f32>, saturate: f32, m: &mut Image<u32
     let (w, h) = (raw.width, raw.height);
     let mut count = 0;
     for y in 0..h {
-        for x in 0..w {
-            let v = raw.get(x, y);
+        for (x, &v) in raw.data[y * w..(y + 1) * w].iter().enumerate() {
+            if v.is_finite() && v < saturate {
+                continue;
+            }
             if !v.is_finite() {
                 m.data[y * w + x] |= mask::BAD;
             } else if v >= saturate {
@@ -113,11 +115,13 @@ pub fn variance_plane(
 /// Marks the pixels within `edge` pixels of the boundary as [`mask::EDGE`].
 pub fn mask_edges(m: &mut Image<u32>, edge: usize) {
     let (w, h) = (m.width, m.height);
-    for y in 0..h {
-        for x in 0..w {
-            if x < edge || y < edge || x + edge >= w || y + edge >= h {
-                m.data[y * w + x] |= mask::EDGE;
-            }
+    for (y, row) in m.data.chunks_exact_mut(w.max(1)).enumerate() {
+        if y < edge || y + edge >= h {
+            row.iter_mut().for_each(|v| *v |= mask::EDGE);
+        } else {
+            let e = edge.min(w);
+            row[..e].iter_mut().for_each(|v| *v |= mask::EDGE);
+            row[w - e..].iter_mut().for_each(|v| *v |= mask::EDGE);
         }
     }
 }

@@ -6,8 +6,10 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use skypipe_optical::image::mask;
 use skypipe_optical::measure::flags;
-use skypipe_optical::pipeline::{ChainOutput, ChainParams, Instrument, process};
-use skypipe_optical::sim::{CcdSpec, Kind, Object, render_ccd};
+use skypipe_optical::pipeline::{
+    ChainOutput, ChainParams, Instrument, process, process_with_variance,
+};
+use skypipe_optical::sim::{CcdSpec, Kind, Object, RenderedCcd, render_ccd};
 use std::sync::OnceLock;
 
 const SIZE: usize = 1024;
@@ -19,6 +21,7 @@ struct Field {
     pairs: Vec<(usize, usize)>,
     saturated: Vec<usize>,
     cosmic_rays: Vec<(usize, usize)>,
+    rendered: RenderedCcd,
     out: ChainOutput,
 }
 
@@ -101,7 +104,7 @@ fn field() -> &'static Field {
             saturate: spec.saturate as f32,
         };
         let out = process(
-            r.raw,
+            r.raw.clone(),
             Some(&r.bias),
             Some(&r.flat),
             &inst,
@@ -112,7 +115,8 @@ fn field() -> &'static Field {
             objects,
             pairs,
             saturated,
-            cosmic_rays: r.cosmic_rays,
+            cosmic_rays: r.cosmic_rays.clone(),
+            rendered: r,
             out,
         }
     })
@@ -376,4 +380,28 @@ fn saturated_stars_are_masked_and_flagged() {
         assert_ne!(f.out.sources[s].flags & flags::SATURATED, 0);
     }
     assert!(f.out.saturated_pixels > 0);
+}
+
+#[test]
+fn threads_inside_a_ccd_change_nothing() {
+    let f = field();
+    let r = &f.rendered;
+    let inst = Instrument {
+        gain: f.spec.gain as f32,
+        read_noise: f.spec.read_noise as f32,
+        saturate: f.spec.saturate as f32,
+    };
+    let out = process_with_variance(
+        r.raw.clone(),
+        Some(&r.bias),
+        Some(&r.flat),
+        None,
+        &inst,
+        &ChainParams::default(),
+        3,
+    );
+    assert_eq!(out.sources, f.out.sources);
+    assert_eq!(out.image, f.out.image);
+    assert_eq!(out.mask, f.out.mask);
+    assert_eq!(out.background.levels, f.out.background.levels);
 }
