@@ -10,6 +10,9 @@
 //!   estimated from the units to run), [`slurm::render_script`] writes the batch script,
 //!   whose body resubmits the job when a time limit interrupts it, and [`slurm::submit`]
 //!   chains the jobs with `sbatch --dependency=afterok`.
+//! - [`timeline`]: the per-rank timeline picture of a run (`skypipe-status RUN_DIR
+//!   --timeline FILE`, and `RUN_DIR/timeline.svg` written by [`timeline::write_run_timeline`]
+//!   at the end of every run), drawn by the `skypipe-timeline` crate.
 //! - [`rundir`]: the tolerant readers of run-directory files both of them use.
 //!
 //! ```no_run
@@ -24,6 +27,7 @@
 pub mod rundir;
 pub mod slurm;
 pub mod status;
+pub mod timeline;
 
 pub use status::{RunStatus, StageStatus, State, run_status};
 
