@@ -3,11 +3,11 @@
 //! when a time limit interrupts a job. See docs/slurm.md.
 
 use clap::Parser;
-use skypipe_status::shell_quote;
-use skypipe_status::slurm::{
-    self, SlurmFile, SlurmSettings, StageSpec, plan_jobs, plan_warnings, render_script,
-    sbatch_args, write_scripts,
+use skypipe_slurm_scripts::{
+    SlurmFile, SlurmSettings, StageSpec, plan_jobs, plan_warnings, render_script, sbatch_args,
+    submit, write_scripts,
 };
+use skypipe_status::shell_quote;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -192,7 +192,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         }
         return Ok(());
     }
-    let ids = slurm::submit(&jobs, "sbatch").map_err(|e| e.to_string())?;
+    let ids = submit(&jobs, "sbatch").map_err(|e| e.to_string())?;
     for (job, id) in jobs.iter().zip(&ids) {
         println!("job {id}: {} ({})", job.stage, job.script.display());
         eprintln!(

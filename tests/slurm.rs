@@ -10,14 +10,16 @@
 //!   for real (Slurm's SIGTERM at the limit) and that the script resubmits; and a chain whose
 //!   first stage is stopped by the `--signal` warning before its limit, resubmitted, and
 //!   whose second stage waits for the continuation. Every unit is done exactly once.
-//!   Skipped, with the reason printed, when not root or the packages cannot be installed.
+//!   Fails, saying to run `make test` (which installs `slurm-wlm` and `munge` through
+//!   `scripts/install-deps.sh test`), when not root or a Slurm program is missing; the test
+//!   itself never installs anything.
 
 mod common;
 
 use common::{ledger, report, text, write_workload};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -476,47 +478,60 @@ fn stdout_of(cmd: &str, args: &[&str]) -> Option<String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
-/// Installs slurm-wlm and munge when missing (as root); `Err` says why it cannot.
-fn ensure_packages() -> Result<(), String> {
-    let installed = || {
-        sh("dpkg", &["-s", "slurm-wlm", "munge"]).is_some_and(|o| o.status.success())
-            && [
-                "/usr/sbin/slurmctld",
-                "/usr/sbin/slurmd",
-                "/usr/sbin/munged",
-            ]
-            .iter()
-            .all(|p| Path::new(p).is_file())
+/// The programs the real-Slurm test runs (Debian `slurm-wlm`, `munge`, `util-linux`).
+const SLURM_PROGRAMS: [&str; 10] = [
+    "/usr/sbin/slurmctld",
+    "/usr/sbin/slurmd",
+    "/usr/sbin/munged",
+    "runuser",
+    "sinfo",
+    "squeue",
+    "scontrol",
+    "scancel",
+    "sbatch",
+    "srun",
+];
+
+/// Whether `program` (an absolute path, or a name looked up on `PATH`) is an executable file.
+fn program_exists(program: &str) -> bool {
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
-    if installed() {
-        return Ok(());
+    if program.contains('/') {
+        return executable(Path::new(program));
     }
-    eprintln!("slurm test: installing slurm-wlm and munge with apt-get");
-    let install = || {
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-                "slurm-wlm",
-                "munge",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if !install() {
-        let _ = sh("apt-get", &["update", "-qq"]);
-        install();
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
+/// Panics, saying what is missing and how to get it, unless this machine can host a private
+/// Slurm: root (slurmd and munged start as root), the Slurm and munge programs, and the
+/// `slurm` and `munge` users the packages create. The test never installs anything itself:
+/// `make test` runs `scripts/install-deps.sh test` first, which does.
+fn require_slurm_host() {
+    let how = "run `make test` (it installs the test dependencies with \
+               `scripts/install-deps.sh test`), or `scripts/install-deps.sh test` by hand, as root";
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    assert_eq!(
+        uid,
+        Some(0),
+        "the real-Slurm test must run as root (slurmd and munged start as root): {how}"
+    );
+    let mut missing: Vec<String> = SLURM_PROGRAMS
+        .iter()
+        .filter(|p| !program_exists(p))
+        .map(|p| p.to_string())
+        .collect();
+    for user in ["slurm", "munge"] {
+        if stdout_of("id", &["-u", user]).is_none() {
+            missing.push(format!("user {user}"));
+        }
     }
-    if installed() {
-        Ok(())
-    } else {
-        Err("slurm-wlm and munge are not installed and apt-get could not install them".into())
-    }
+    assert!(
+        missing.is_empty(),
+        "the real-Slurm test needs Debian's slurm-wlm and munge; missing: {}. {how}",
+        missing.join(", ")
+    );
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -560,16 +575,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `Ok(None)` with a printed reason when this machine cannot host the test.
-    fn start() -> Option<Cluster> {
-        if stdout_of("id", &["-u"]).as_deref() != Some("0") {
-            eprintln!("slurm test skipped: not root (slurmd and munged must start as root)");
-            return None;
-        }
-        if let Err(why) = ensure_packages() {
-            eprintln!("slurm test skipped: {why}");
-            return None;
-        }
+    /// Starts the daemons; panics saying what to install when this machine cannot host them.
+    fn start() -> Cluster {
+        require_slurm_host();
         let began = Instant::now();
         let host = stdout_of("hostname", &["-s"]).expect("hostname -s");
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -699,7 +707,7 @@ impl Cluster {
             "slurm test: cluster up in {:.1} s",
             began.elapsed().as_secs_f64()
         );
-        Some(cluster)
+        cluster
     }
 
     fn command(&self, program: &str) -> Command {
@@ -879,9 +887,7 @@ fn submit(cluster: &Cluster, args: &str) -> Vec<String> {
 
 #[test]
 fn real_slurm_runs_jobs_and_resubmits_them_after_time_limits() {
-    let Some(cluster) = Cluster::start() else {
-        return;
-    };
+    let cluster = Cluster::start();
     let started = Instant::now();
     let d = cluster.path().to_path_buf();
     let lt = loadtest_bin();

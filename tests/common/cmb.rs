@@ -12,6 +12,7 @@ pub fn bin(name: &str) -> PathBuf {
         "pointing" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-pointing")),
         "calibrate" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-calibrate")),
         "mapmake" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-mapmake")),
+        "run" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-run")),
         _ => unreachable!(),
     }
 }

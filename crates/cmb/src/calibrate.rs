@@ -2,29 +2,43 @@
 //!
 //! Per detector, the raw timestream `d` (V) is modelled as `d = g·T + b + noise` where the
 //! template `T` (K_CMB) is the detector's response to the total (solar + orbital) relativistic
-//! dipole, `½·ΔT_dipole` (the I weight of the pointing convention is ½), plus, when a sky model
-//! is given, `w·m` with the stored pointing weights. The gain `g` (V/K_CMB) and offset `b` (V)
-//! come from a gain table or from a least-squares fit over the unflagged, finite samples. The
-//! output is `(d − b)/g − ½·ΔT_dipole`: calibrated, dipole-subtracted, in K_CMB, in the same
-//! response convention as the pointing weights. NaN or infinite raw samples are written as 0
-//! and flagged ([`crate::model::FLAG_NONFINITE`]); they never enter the fit.
+//! dipole, `½·ΔT_dipole` (the I weight of the pointing convention is ½), optionally with the
+//! kinematic quadrupole at the detector's centre frequency, plus, when a sky model is given,
+//! `w·m` with the stored pointing weights. The gain `g` (V/K_CMB) and offset `b` (V) come from
+//! a gain table or from a least-squares fit over the unflagged, finite samples. The output is
+//! `(d − b)/g − ½·ΔT_dipole`: calibrated, dipole-subtracted, in K_CMB, in the same response
+//! convention as the pointing weights. NaN or infinite raw samples are written as 0 and flagged
+//! ([`crate::model::FLAG_NONFINITE`]); they never enter the fit.
 //!
-//! Memory is bounded: a fit reads the inputs twice in chunks (sums, then output).
+//! A fitted gain's error ([`skypipe_core::gainfit`]) adds to the white-noise error the bias
+//! that the unmodelled smooth residual (sky, 1/f noise) can cause; when that dominates, the
+//! unit logs a warning: without a sky model the sky leaks into the fit, and `sky_model` (the
+//! true sky, or the map of a previous calibrate → mapmake pass) is the way to a correct gain.
+//!
+//! A unit reads and validates its inputs first ([`Calibrate::process`]: the observation, the
+//! pointing, every detector's datasets), then streams each detector through the kernels
+//! (dipole model, line fit, calibration, residual statistics) chunk by chunk, writing as it
+//! goes. Memory is bounded: a fit reads the inputs twice in chunks (sums, then output) unless
+//! the detector is short enough to cache.
 
 use crate::model::{
-    AttitudeData, CALIBRATED_FORMAT, CmbError, FLAG_NONFINITE, FocalPlane, Frame, GainTable,
-    ObsUnit, ObservationList, SkyMap, direction, obs_file_name, parse_ordering, read_attitude,
+    AttitudeData, CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_OBSERVATION,
+    DATASET_POINTING, DetectorSpec, FLAG_NONFINITE, FocalPlane, Frame, GainTable, ObsUnit,
+    ObservationList, SkyMap, TimestreamInfo, direction, parse_ordering, read_attitude,
     stage_file, timestream_info,
 };
 use crate::pointing::{durability, plan_list};
 use serde::{Deserialize, Serialize};
-use skypipe_core::aberration::{Beta, to_apparent};
-use skypipe_core::dipole::{T_CMB, dipole, solar_velocity_galactic_km_s};
-use skypipe_core::quat::{self, Quat};
+use skypipe_core::aberration::C_KM_S;
+use skypipe_core::dipole::{DipoleModel, SolarVelocity, T_CMB, quadrupole_factor};
+use skypipe_core::gainfit::{Calibration, GainError, LineFit, ResidualStats};
+use skypipe_core::healpix::{Healpix, Ordering};
+use skypipe_core::quat;
 use skypipe_io::Durability;
 use skypipe_io::hdf5::{H5Dataset, H5Error, H5Reader, H5Writer};
 use skypipe_stage::{
-    FailureKind, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, fingerprint_of,
+    Connections, FailureKind, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure,
+    fingerprint_of,
 };
 use std::path::{Path, PathBuf};
 
@@ -38,7 +52,9 @@ pub enum GainMode {
     Table,
 }
 
-/// The `[calibrate]` table.
+/// The `[calibrate]` table. Keys added after the first release are left out of the
+/// configuration fingerprint while they hold their defaults, so run directories made before
+/// them still resume.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CalibrateConfig {
@@ -46,12 +62,17 @@ pub struct CalibrateConfig {
     pub observations: PathBuf,
     /// Directory of the pointing outputs. Default `RUN_DIR/pointing`.
     pub pointing_dir: Option<PathBuf>,
+    /// Directory of this stage's outputs. Default `RUN_DIR/calibrate` (a second pass, e.g. with
+    /// the first pass's map as sky model, writes elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_dir: Option<PathBuf>,
     /// `fit` (default) or `table`.
     pub gains: GainMode,
     /// Gain table (`skypipe-cmb-gains/1`), required with `gains = "table"`.
     pub gain_table: Option<PathBuf>,
-    /// Optional sky map (`skypipe-cmb-map/1`) added to the template; its nside, ordering and
-    /// frame must match the pointing.
+    /// Optional sky model added to the template: a `skypipe-cmb-map/1` HDF5 file or a HEALPix
+    /// FITS map (as `skypipe-mapmake` or healpy write it; unseen pixels leave their samples out
+    /// of the fit). Its nside and frame must match the pointing's; RING or NESTED either way.
     pub sky_model: Option<PathBuf>,
     /// Include the solar dipole (default true).
     pub solar_dipole: bool,
@@ -59,6 +80,23 @@ pub struct CalibrateConfig {
     pub orbital_dipole: bool,
     /// CMB monopole (K). Default 2.72548.
     pub t_cmb: f64,
+    /// Solar speed with respect to the CMB (km/s). Default `c·3362.08 µK / 2.72548 K`
+    /// ≈ 369.816 km/s (Planck 2018). Exclusive with `solar_amplitude_uk`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solar_speed_km_s: Option<f64>,
+    /// Solar dipole amplitude `T0·β` (µK): speed `c·A/t_cmb`. Exclusive with `solar_speed_km_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solar_amplitude_uk: Option<f64>,
+    /// Galactic longitude of the solar velocity (deg). Default 264.021 (Planck 2018).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solar_l_deg: Option<f64>,
+    /// Galactic latitude of the solar velocity (deg). Default 48.253 (Planck 2018).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solar_b_deg: Option<f64>,
+    /// Add the kinematic quadrupole `T0 (q(ν) − 1)(β·n̂)²` at each detector's centre
+    /// frequency (focal-plane attribute `freq_ghz`, required then). Default false.
+    #[serde(skip_serializing_if = "is_false")]
+    pub quadrupole: bool,
     /// Samples per chunk (bounds memory). Default 65536.
     pub chunk_samples: usize,
     /// Fewer good samples than this in a detector fails the unit. Default 100.
@@ -69,17 +107,27 @@ pub struct CalibrateConfig {
     pub cache_samples: usize,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 impl Default for CalibrateConfig {
     fn default() -> Self {
         Self {
             observations: PathBuf::from("data/cmb/observations.json"),
             pointing_dir: None,
+            output_dir: None,
             gains: GainMode::Fit,
             gain_table: None,
             sky_model: None,
             solar_dipole: true,
             orbital_dipole: true,
             t_cmb: T_CMB,
+            solar_speed_km_s: None,
+            solar_amplitude_uk: None,
+            solar_l_deg: None,
+            solar_b_deg: None,
+            quadrupole: false,
             chunk_samples: 65536,
             min_good_samples: 100,
             cache_samples: 2_000_000,
@@ -87,120 +135,37 @@ impl Default for CalibrateConfig {
     }
 }
 
-/// The dipole seen along stored pointing directions.
-#[derive(Debug, Clone, Copy)]
-pub struct DipoleModel {
-    frame: Quat,
-    solar: [f64; 3],
-    orbital: bool,
-    aberration: bool,
-    t_cmb: f64,
-}
-
-impl DipoleModel {
-    /// Directions in `out_frame` (aberration-corrected by the orbital velocity when
-    /// `aberration`), velocities in `attitude_frame`.
-    pub fn new(
-        attitude_frame: Frame,
-        out_frame: Frame,
-        aberration: bool,
-        solar: bool,
-        orbital: bool,
-        t_cmb: f64,
-    ) -> Self {
-        let solar = if solar {
-            quat::rotate(
-                Frame::Galactic.rotation_to(out_frame),
-                solar_velocity_galactic_km_s(),
-            )
-        } else {
-            [0.0; 3]
-        };
-        Self {
-            frame: attitude_frame.rotation_to(out_frame),
-            solar,
-            orbital,
-            aberration,
-            t_cmb,
+impl CalibrateConfig {
+    /// The solar velocity the keys describe (Planck 2018 unless set).
+    pub fn solar_velocity(&self) -> Result<SolarVelocity, String> {
+        let mut v = SolarVelocity::planck_2018();
+        let l = self.solar_l_deg.unwrap_or(v.l_deg);
+        let b = self.solar_b_deg.unwrap_or(v.b_deg);
+        if !(l.is_finite() && b.is_finite() && (-90.0..=90.0).contains(&b)) {
+            return Err(format!(
+                "calibrate.solar_l_deg / solar_b_deg must be finite with |b| ≤ 90, got ({l}, {b})"
+            ));
         }
-    }
-
-    /// `ΔT` (K) at colatitude `theta`, longitude `phi` (rad, output frame) for the satellite
-    /// velocity `v_km_s` (attitude frame): the photons' apparent direction is recovered from the
-    /// aberration-corrected one, then the relativistic dipole of the total velocity applies.
-    #[inline]
-    pub fn delta_t(&self, theta: f64, phi: f64, v_km_s: [f64; 3]) -> f64 {
-        let n = direction(theta, phi);
-        let v = quat::rotate(self.frame, v_km_s);
-        let n_app = if self.aberration {
-            to_apparent(n, &Beta::from_km_s(v).unwrap_or(Beta::zero()))
-        } else {
-            n
-        };
-        let total = if self.orbital {
-            [0, 1, 2].map(|i| self.solar[i] + v[i])
-        } else {
-            self.solar
-        };
-        dipole(
-            n_app,
-            &Beta::from_km_s(total).unwrap_or(Beta::zero()),
-            self.t_cmb,
-        )
-    }
-}
-
-/// Streaming least squares of `y = g·x + b` (Welford co-moments).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LineFit {
-    n: f64,
-    mx: f64,
-    my: f64,
-    sxx: f64,
-    sxy: f64,
-    syy: f64,
-}
-
-/// Result of a [`LineFit`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LineSolution {
-    /// Slope `g`.
-    pub gain: f64,
-    /// Intercept `b`.
-    pub offset: f64,
-    /// Standard error of `g` from the residual scatter (white-noise assumption).
-    pub gain_error: f64,
-    /// Number of points.
-    pub n: u64,
-}
-
-impl LineFit {
-    /// Adds the point `(x, y)`.
-    #[inline]
-    pub fn add(&mut self, x: f64, y: f64) {
-        self.n += 1.0;
-        let dx = x - self.mx;
-        self.mx += dx / self.n;
-        let dy = y - self.my;
-        self.my += dy / self.n;
-        self.sxx += dx * (x - self.mx);
-        self.sxy += dx * (y - self.my);
-        self.syy += dy * (y - self.my);
-    }
-
-    /// The fitted line, or `None` with fewer than 3 points or a constant `x`.
-    pub fn solve(&self) -> Option<LineSolution> {
-        if self.n < 3.0 || self.sxx <= 0.0 {
-            return None;
+        match (self.solar_speed_km_s, self.solar_amplitude_uk) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "calibrate.solar_speed_km_s and calibrate.solar_amplitude_uk are exclusive"
+                        .into(),
+                );
+            }
+            (Some(speed), None) => v.speed_km_s = speed,
+            (None, Some(a)) => v = SolarVelocity::from_amplitude(a * 1e-6, self.t_cmb, l, b),
+            (None, None) => {}
         }
-        let gain = self.sxy / self.sxx;
-        let resid = (self.syy - self.sxy * gain).max(0.0);
-        Some(LineSolution {
-            gain,
-            offset: self.my - gain * self.mx,
-            gain_error: (resid / (self.n - 2.0) / self.sxx).sqrt(),
-            n: self.n as u64,
-        })
+        if !(v.speed_km_s.is_finite() && v.speed_km_s >= 0.0 && v.speed_km_s < C_KM_S) {
+            return Err(format!(
+                "calibrate: solar speed {} km/s must be in [0, c)",
+                v.speed_km_s
+            ));
+        }
+        v.l_deg = l;
+        v.b_deg = b;
+        Ok(v)
     }
 }
 
@@ -212,10 +177,30 @@ pub struct Calibrate {
     focal_plane: FocalPlane,
     table: Option<GainTable>,
     sky: Option<SkyMap>,
+    solar: SolarVelocity,
+    /// `q(ν) − 1` per detector (focal-plane order), 0 without the quadrupole.
+    quadrupole: Vec<f64>,
+}
+
+/// An observation's validated inputs: the open files, the attitude, the pointing's grid and the
+/// dipole model in the pointing's frame.
+struct OpenObservation {
+    obs: u32,
+    raw: H5Reader,
+    pt: H5Reader,
+    att: AttitudeData,
+    pt_frame: Frame,
+    /// The pointing's pixel grid, when a sky model needs it.
+    grid: Option<Healpix>,
+    model: DipoleModel,
 }
 
 /// One detector's inputs, opened for chunked reads.
 struct DetectorInputs<'a> {
+    spec: &'a DetectorSpec,
+    /// `q(ν) − 1` of this detector.
+    quadrupole: f64,
+    info: TimestreamInfo,
     raw: H5Dataset<'a>,
     flags: H5Dataset<'a>,
     theta: H5Dataset<'a>,
@@ -223,17 +208,35 @@ struct DetectorInputs<'a> {
     sky: Option<(H5Dataset<'a>, H5Dataset<'a>)>,
     pointing_path: &'a Path,
     group: String,
-    /// `(t0, rate_hz)` of the timestream.
-    clock: (f64, f64),
+    table_entry: Option<(f64, Option<f64>)>,
 }
 
-/// One chunk of one detector: raw samples, flags, dipole response `½ΔT` and template.
+/// One chunk of one detector: raw samples, flags, dipole response `½ΔT` and template (NaN
+/// where the sky model has no value).
 #[derive(Default, Clone)]
 struct Chunk {
     raw: Vec<f64>,
     flags: Vec<u8>,
     dipole: Vec<f64>,
     template: Vec<f64>,
+}
+
+impl Chunk {
+    /// Whether sample `k` enters the fit.
+    #[inline]
+    fn good(&self, k: usize) -> bool {
+        self.flags[k] == 0 && self.raw[k].is_finite() && self.template[k].is_finite()
+    }
+}
+
+/// The gain and offset of a detector, with how they were found.
+struct DetectorGain {
+    cal: Calibration,
+    /// The fit, when fitted.
+    fit: Option<skypipe_core::gainfit::LineSolution>,
+    n_good: Option<u64>,
+    /// Samples left out of the fit because the sky model has no value there.
+    n_unseen: u64,
 }
 
 impl Calibrate {
@@ -245,6 +248,7 @@ impl Calibrate {
         if !(config.t_cmb.is_finite() && config.t_cmb > 0.0) {
             return Err(format!("calibrate.t_cmb must be > 0, got {}", config.t_cmb));
         }
+        let solar = config.solar_velocity()?;
         let table = match (config.gains, &config.gain_table) {
             (GainMode::Table, Some(p)) => Some(GainTable::read(p).map_err(|e| e.to_string())?),
             (GainMode::Table, None) => {
@@ -253,17 +257,32 @@ impl Calibrate {
             (GainMode::Fit, _) => None,
         };
         let sky = match &config.sky_model {
-            Some(p) => Some(SkyMap::read(p).map_err(|e| e.to_string())?),
+            Some(p) => Some(SkyMap::load(p).map_err(|e| e.to_string())?),
             None => None,
         };
         let list = ObservationList::load(&config.observations).map_err(|e| e.to_string())?;
         let focal_plane = FocalPlane::read(&list.focal_plane).map_err(|e| e.to_string())?;
+        let quadrupole = focal_plane
+            .detectors
+            .iter()
+            .map(|d| match (config.quadrupole, d.freq_ghz) {
+                (false, _) => Ok(0.0),
+                (true, Some(f)) => Ok(quadrupole_factor(f * 1e9, config.t_cmb)),
+                (true, None) => Err(format!(
+                    "{}: detector {} has no freq_ghz (needed by calibrate.quadrupole = true)",
+                    list.focal_plane.display(),
+                    d.name
+                )),
+            })
+            .collect::<Result<Vec<f64>, String>>()?;
         Ok(Self {
             config,
             list,
             focal_plane,
             table,
             sky,
+            solar,
+            quadrupole,
         })
     }
 
@@ -282,62 +301,15 @@ impl Calibrate {
         )
     }
 
-    fn read_chunk(
-        &self,
-        inputs: &DetectorInputs<'_>,
-        model: &DipoleModel,
-        att: &AttitudeData,
-        start: usize,
-        n: usize,
-        chunk: &mut Chunk,
-    ) -> Result<(), CmbError> {
-        let range = start..start + n;
-        chunk.raw = inputs.raw.read_rows(range.clone())?;
-        chunk.flags = inputs.flags.read_rows(range.clone())?;
-        let theta: Vec<f64> = inputs.theta.read_rows(range.clone())?;
-        let phi: Vec<f64> = inputs.phi.read_rows(range.clone())?;
-        let vel = att.velocities(inputs.clock.0, inputs.clock.1, start as u64, n);
-        chunk.dipole.clear();
-        for k in 0..n {
-            if !(theta[k].is_finite() && phi[k].is_finite()) {
-                return Err(H5Error::invalid(
-                    inputs.pointing_path,
-                    &format!("{}/theta", inputs.group),
-                    format!("sample {} has θ = {}, φ = {}", start + k, theta[k], phi[k]),
-                )
-                .into());
-            }
-            chunk
-                .dipole
-                .push(0.5 * model.delta_t(theta[k], phi[k], vel[k]));
-        }
-        chunk.template.clone_from(&chunk.dipole);
-        if let (Some((pix_ds, w_ds)), Some(sky)) = (&inputs.sky, &self.sky) {
-            let pixels: Vec<u64> = pix_ds.read_rows(range.clone())?;
-            let weights: Vec<[f64; 3]> = w_ds.read_rows_2d(range)?;
-            for k in 0..n {
-                let m = sky.iqu.get(pixels[k] as usize).ok_or_else(|| {
-                    H5Error::invalid(
-                        inputs.pointing_path,
-                        &format!("{}/pixels", inputs.group),
-                        format!("pixel {} beyond the sky model", pixels[k]),
-                    )
-                })?;
-                let w = weights[k];
-                chunk.template[k] += w[0] * m[0] + w[1] * m[1] + w[2] * m[2];
-            }
-        }
-        Ok(())
+    /// The output file of `obs` for a run directory: `output_dir/obs=NNNN.h5`, by default
+    /// `RUN_DIR/calibrate/obs=NNNN.h5`.
+    pub fn output_path(&self, run_dir: &Path, obs: u32) -> PathBuf {
+        stage_file(self.config.output_dir.as_deref(), run_dir, "calibrate", obs)
     }
 
-    /// Calibrates observation `obs` with pointing from `pointing` into `out` (atomically).
-    pub fn process(
-        &self,
-        obs: u32,
-        pointing: &Path,
-        out: &Path,
-        durability: Durability,
-    ) -> Result<(), CmbError> {
+    /// Opens and validates an observation and its pointing (attitude, frames, the sky model's
+    /// grid) and builds the dipole model in the pointing's frame.
+    fn open_observation(&self, obs: u32, pointing: &Path) -> Result<OpenObservation, CmbError> {
         let entry = self.list.entry(obs).ok_or_else(|| CmbError::List {
             path: self.config.observations.clone(),
             message: format!("no observation {obs}"),
@@ -350,41 +322,71 @@ impl Calibrate {
         let pt_frame = Frame::parse(&fr)
             .ok_or_else(|| H5Error::invalid(&pt_path, "@frame", format!("unknown frame '{fr}'")))?;
         let aberration = pt.attr_i64("", "aberration")? != 0;
+        let mut grid = None;
         if let Some(sky) = &self.sky {
             let nside = pt.attr_i64("", "nside")?;
             let ord = parse_ordering(&pt.attr_str("", "ordering")?);
-            if nside != sky.nside as i64 || ord != Some(sky.ordering) || pt_frame != sky.frame {
+            let Some(ordering) = ord.filter(|_| nside == sky.nside as i64 && pt_frame == sky.frame)
+            else {
                 return Err(H5Error::invalid(
                     &pt_path,
                     "@nside",
                     format!(
-                        "pointing grid (nside {nside}, {ord:?}, {}) differs from the sky model's (nside {}, {:?}, {})",
+                        "pointing grid (nside {nside}, {ord:?}, {}) differs from the sky model's (nside {}, {}) in {}",
                         pt_frame.as_str(),
                         sky.nside,
-                        sky.ordering,
-                        sky.frame.as_str()
+                        sky.frame.as_str(),
+                        self.config.sky_model.as_deref().unwrap_or(Path::new("")).display()
                     ),
                 )
                 .into());
-            }
+            };
+            grid = Some(
+                Healpix::new(sky.nside, ordering)
+                    .map_err(|e| H5Error::invalid(&pt_path, "@nside", e.to_string()))?,
+            );
         }
+        let solar = if self.config.solar_dipole {
+            quat::rotate(
+                Frame::Galactic.rotation_to(pt_frame),
+                self.solar.galactic_km_s(),
+            )
+        } else {
+            [0.0; 3]
+        };
         let model = DipoleModel::new(
-            att.frame,
-            pt_frame,
-            aberration,
-            self.config.solar_dipole,
+            att.frame.rotation_to(pt_frame),
+            solar,
             self.config.orbital_dipole,
+            aberration,
             self.config.t_cmb,
         );
-        // Validate every detector's inputs before writing.
+        Ok(OpenObservation {
+            obs,
+            raw,
+            pt,
+            att,
+            pt_frame,
+            grid,
+            model,
+        })
+    }
+
+    /// Opens and validates every detector's datasets (clock and length agree between the raw
+    /// timestream and the pointing, a gain table row exists) before anything is written.
+    fn detector_inputs<'a>(
+        &'a self,
+        open: &'a OpenObservation,
+    ) -> Result<Vec<DetectorInputs<'a>>, CmbError> {
+        let (raw, pt) = (&open.raw, &open.pt);
         let mut all = Vec::new();
-        for det in &self.focal_plane.detectors {
+        for (det, &quadrupole) in self.focal_plane.detectors.iter().zip(&self.quadrupole) {
             let group = format!("detectors/{}", det.name);
-            let info = timestream_info(&raw, &group, "signal", Some(det.rate_hz))?;
-            let pinfo = timestream_info(&pt, &group, "theta", None)?;
+            let info = timestream_info(raw, &group, "signal", Some(det.rate_hz))?;
+            let pinfo = timestream_info(pt, &group, "theta", None)?;
             if pinfo != info {
                 return Err(H5Error::invalid(
-                    &pt_path,
+                    pt.path(),
                     &group,
                     format!(
                         "pointing clock/length (t0 {}, {} Hz, {} samples) differs from the raw timestream's in {} (t0 {}, {} Hz, {} samples)",
@@ -400,7 +402,23 @@ impl Calibrate {
                 .into());
             }
             let len = Some(info.len);
-            let inputs = DetectorInputs {
+            let table_entry = match &self.table {
+                Some(t) => Some(t.lookup(open.obs, &det.name).ok_or_else(|| {
+                    H5Error::invalid(
+                        self.config.gain_table.as_deref().unwrap_or(Path::new("")),
+                        &format!("detectors/{}/gain", det.name),
+                        format!(
+                            "no gain for observation {}, detector {}",
+                            open.obs, det.name
+                        ),
+                    )
+                })?),
+                None => None,
+            };
+            all.push(DetectorInputs {
+                spec: det,
+                quadrupole,
+                info,
                 raw: raw.dataset(&format!("{group}/signal"), &[len])?,
                 flags: raw.dataset(&format!("{group}/flags"), &[len])?,
                 theta: pt.dataset(&format!("{group}/theta"), &[len])?,
@@ -413,26 +431,187 @@ impl Calibrate {
                 } else {
                     None
                 },
-                pointing_path: &pt_path,
+                pointing_path: pt.path(),
                 group,
-                clock: (info.t0, info.rate_hz),
-            };
-            let table_entry = match &self.table {
-                Some(t) => Some(t.lookup(obs, &det.name).ok_or_else(|| {
-                    H5Error::invalid(
-                        self.config.gain_table.as_deref().unwrap_or(Path::new("")),
-                        &format!("detectors/{}/gain", det.name),
-                        format!("no gain for observation {obs}, detector {}", det.name),
-                    )
-                })?),
-                None => None,
-            };
-            all.push((det, info, inputs, table_entry));
+                table_entry,
+            });
         }
+        Ok(all)
+    }
+
+    /// Reads samples `start .. start + n` of a detector and evaluates its dipole response and
+    /// template into `chunk`.
+    fn read_chunk(
+        &self,
+        inputs: &DetectorInputs<'_>,
+        open: &OpenObservation,
+        start: usize,
+        n: usize,
+        chunk: &mut Chunk,
+    ) -> Result<(), CmbError> {
+        let range = start..start + n;
+        chunk.raw = inputs.raw.read_rows(range.clone())?;
+        chunk.flags = inputs.flags.read_rows(range.clone())?;
+        let theta: Vec<f64> = inputs.theta.read_rows(range.clone())?;
+        let phi: Vec<f64> = inputs.phi.read_rows(range.clone())?;
+        let vel = open
+            .att
+            .velocities(inputs.info.t0, inputs.info.rate_hz, start as u64, n);
+        if let Some(k) = (0..n).find(|&k| !(theta[k].is_finite() && phi[k].is_finite())) {
+            return Err(H5Error::invalid(
+                inputs.pointing_path,
+                &format!("{}/theta", inputs.group),
+                format!("sample {} has θ = {}, φ = {}", start + k, theta[k], phi[k]),
+            )
+            .into());
+        }
+        let model = open.model.with_quadrupole(inputs.quadrupole);
+        chunk.dipole.clear();
+        chunk
+            .dipole
+            .extend((0..n).map(|k| 0.5 * model.delta_t(direction(theta[k], phi[k]), vel[k])));
+        chunk.template.clone_from(&chunk.dipole);
+        if let (Some((pix_ds, w_ds)), Some(sky), Some(grid)) = (&inputs.sky, &self.sky, &open.grid)
+        {
+            let pixels: Vec<u64> = pix_ds.read_rows(range.clone())?;
+            let weights: Vec<[f64; 3]> = w_ds.read_rows_2d(range)?;
+            for k in 0..n {
+                let p = pixels[k];
+                let in_sky = if grid.ordering() == sky.ordering {
+                    Ok(p)
+                } else if sky.ordering == Ordering::Nested {
+                    grid.to_nested(p)
+                } else {
+                    grid.to_ring(p)
+                };
+                let m = in_sky
+                    .ok()
+                    .and_then(|q| sky.iqu.get(q as usize))
+                    .ok_or_else(|| {
+                        H5Error::invalid(
+                            inputs.pointing_path,
+                            &format!("{}/pixels", inputs.group),
+                            format!("pixel {p} of sample {} beyond the sky model", start + k),
+                        )
+                    })?;
+                let w = weights[k];
+                chunk.template[k] += w[0] * m[0] + w[1] * m[1] + w[2] * m[2];
+            }
+        }
+        Ok(())
+    }
+
+    /// Pass 1: the detector's gain and offset (from the table, or fitted), keeping the chunks
+    /// in `cache` when the detector is short enough.
+    fn find_gain(
+        &self,
+        inputs: &DetectorInputs<'_>,
+        open: &OpenObservation,
+        cache: &mut Vec<Chunk>,
+    ) -> Result<DetectorGain, CmbError> {
+        if let Some((g, Some(b))) = inputs.table_entry {
+            return Ok(DetectorGain {
+                cal: Calibration { gain: g, offset: b },
+                fit: None,
+                n_good: None,
+                n_unseen: 0,
+            });
+        }
+        let len = inputs.info.len;
+        let step = self.config.chunk_samples;
+        let use_cache = len <= self.config.cache_samples;
+        let mut fit = LineFit::default();
+        let mut resid = (0.0f64, 0u64);
+        let mut n_unseen = 0u64;
+        let mut chunk = Chunk::default();
+        let mut start = 0;
+        while start < len {
+            let n = step.min(len - start);
+            self.read_chunk(inputs, open, start, n, &mut chunk)?;
+            for k in 0..n {
+                if chunk.good(k) {
+                    match inputs.table_entry {
+                        Some((g, _)) => {
+                            resid.0 += chunk.raw[k] - g * chunk.template[k];
+                            resid.1 += 1;
+                        }
+                        None => fit.add(chunk.template[k], chunk.raw[k]),
+                    }
+                } else if !chunk.template[k].is_finite() {
+                    n_unseen += 1;
+                }
+            }
+            if use_cache {
+                cache.push(std::mem::take(&mut chunk));
+            }
+            start += n;
+        }
+        if let Some((g, None)) = inputs.table_entry {
+            if (resid.1 as usize) < self.config.min_good_samples.max(1) {
+                return Err(self.too_few(inputs, resid.1, n_unseen));
+            }
+            return Ok(DetectorGain {
+                cal: Calibration {
+                    gain: g,
+                    offset: resid.0 / resid.1 as f64,
+                },
+                fit: None,
+                n_good: Some(resid.1),
+                n_unseen,
+            });
+        }
+        let sol = fit
+            .solve()
+            .filter(|s| s.n as usize >= self.config.min_good_samples);
+        let Some(sol) = sol else {
+            return Err(self.too_few(inputs, fit.len(), n_unseen));
+        };
+        if !(sol.gain.is_finite() && sol.gain != 0.0) {
+            return Err(H5Error::invalid(
+                inputs.raw.file_path(),
+                &format!("{}/signal", inputs.group),
+                format!("fitted gain {} is unusable", sol.gain),
+            )
+            .into());
+        }
+        Ok(DetectorGain {
+            cal: Calibration {
+                gain: sol.gain,
+                offset: sol.offset,
+            },
+            fit: Some(sol),
+            n_good: Some(sol.n),
+            n_unseen,
+        })
+    }
+
+    /// Calibrates observation `obs` with pointing from `pointing` into `out` (atomically).
+    pub fn process(
+        &self,
+        obs: u32,
+        pointing: &Path,
+        out: &Path,
+        durability: Durability,
+    ) -> Result<(), CmbError> {
+        // Read and validate every input before writing anything.
+        let open = self.open_observation(obs, pointing)?;
+        let inputs = self.detector_inputs(&open)?;
         let w = H5Writer::create(out, durability)?;
+        self.write_header(&w, &open)?;
+        for det in &inputs {
+            let mut cache = Vec::new();
+            let gain = self.find_gain(det, &open, &mut cache)?;
+            self.write_detector(&w, det, &open, &gain, cache)?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The root attributes of an output.
+    fn write_header(&self, w: &H5Writer, open: &OpenObservation) -> Result<(), CmbError> {
         w.attr_str("", "format", CALIBRATED_FORMAT)?;
-        w.attr_i64("", "obs", i64::from(obs))?;
-        w.attr_str("", "frame", pt_frame.as_str())?;
+        w.attr_i64("", "obs", i64::from(open.obs))?;
+        w.attr_str("", "frame", open.pt_frame.as_str())?;
         w.attr_str(
             "",
             "gains",
@@ -444,117 +623,137 @@ impl Calibrate {
         w.attr_i64("", "solar_dipole", i64::from(self.config.solar_dipole))?;
         w.attr_i64("", "orbital_dipole", i64::from(self.config.orbital_dipole))?;
         w.attr_f64("", "t_cmb", self.config.t_cmb)?;
-        let mut chunk = Chunk::default();
-        let step = self.config.chunk_samples;
-        for (_, info, inputs, table_entry) in &all {
-            let len = info.len;
-            let good = |c: &Chunk, k: usize| c.flags[k] == 0 && c.raw[k].is_finite();
-            // Pass 1: gain and offset.
-            let needs_pass = !matches!(table_entry, Some((_, Some(_))));
-            let mut fit = LineFit::default();
-            let mut resid = (0.0f64, 0u64);
-            let use_cache = needs_pass && len <= self.config.cache_samples;
-            let mut cache: Vec<Chunk> = Vec::new();
-            if needs_pass {
-                let mut start = 0;
-                while start < len {
-                    let n = step.min(len - start);
-                    self.read_chunk(inputs, &model, &att, start, n, &mut chunk)?;
-                    if use_cache {
-                        cache.push(chunk.clone());
-                    }
-                    for k in 0..n {
-                        if good(&chunk, k) {
-                            match table_entry {
-                                Some((g, _)) => {
-                                    resid.0 += chunk.raw[k] - g * chunk.template[k];
-                                    resid.1 += 1;
-                                }
-                                None => fit.add(chunk.template[k], chunk.raw[k]),
-                            }
-                        }
-                    }
-                    start += n;
-                }
-            }
-            let (gain, offset, gain_error, n_good) = match table_entry {
-                Some((g, Some(b))) => (*g, *b, f64::NAN, None),
-                Some((g, None)) => {
-                    if (resid.1 as usize) < self.config.min_good_samples.max(1) {
-                        return Err(self.too_few(inputs, resid.1));
-                    }
-                    (*g, resid.0 / resid.1 as f64, f64::NAN, Some(resid.1))
-                }
-                None => {
-                    let sol = fit
-                        .solve()
-                        .filter(|s| s.n as usize >= self.config.min_good_samples);
-                    let Some(sol) = sol else {
-                        return Err(self.too_few(inputs, fit.n as u64));
-                    };
-                    if !(sol.gain.is_finite() && sol.gain != 0.0) {
-                        return Err(H5Error::invalid(
-                            raw.path(),
-                            &format!("{}/signal", inputs.group),
-                            format!("fitted gain {} is unusable", sol.gain),
-                        )
-                        .into());
-                    }
-                    (sol.gain, sol.offset, sol.gain_error, Some(sol.n))
-                }
-            };
-            // Pass 2: calibrated, dipole-subtracted output.
-            let group = &inputs.group;
-            w.group(group)?;
-            w.attr_f64(group, "t0", info.t0)?;
-            w.attr_f64(group, "rate_hz", info.rate_hz)?;
-            w.attr_f64(group, "gain", gain)?;
-            w.attr_f64(group, "offset", offset)?;
-            if gain_error.is_finite() {
-                w.attr_f64(group, "gain_error", gain_error)?;
-            }
-            if let Some(n) = n_good {
-                w.attr_i64(group, "n_good", n as i64)?;
-            }
-            let sig = w.dataset::<f64>(&format!("{group}/signal"), &[len])?;
-            sig.attr_str("units", "K_CMB")?;
-            let flg = w.dataset::<u8>(&format!("{group}/flags"), &[len])?;
-            let mut start = 0;
-            let (mut cal, mut fl) = (Vec::new(), Vec::new());
-            let mut cached = cache.into_iter();
-            while start < len {
-                let n = step.min(len - start);
-                match cached.next() {
-                    Some(c) => chunk = c,
-                    None => self.read_chunk(inputs, &model, &att, start, n, &mut chunk)?,
-                }
-                cal.clear();
-                fl.clear();
-                for k in 0..n {
-                    let v = chunk.raw[k];
-                    if v.is_finite() {
-                        cal.push((v - offset) / gain - chunk.dipole[k]);
-                        fl.push(chunk.flags[k]);
-                    } else {
-                        cal.push(0.0);
-                        fl.push(chunk.flags[k] | FLAG_NONFINITE);
-                    }
-                }
-                sig.write_rows(start, &cal)?;
-                flg.write_rows(start, &fl)?;
-                start += n;
-            }
+        w.attr_f64("", "solar_speed_km_s", self.solar.speed_km_s)?;
+        w.attr_f64("", "solar_l_deg", self.solar.l_deg)?;
+        w.attr_f64("", "solar_b_deg", self.solar.b_deg)?;
+        w.attr_i64("", "quadrupole", i64::from(self.config.quadrupole))?;
+        if let Some(p) = &self.config.sky_model {
+            w.attr_str("", "sky_model", &p.to_string_lossy())?;
         }
-        w.commit()?;
         Ok(())
     }
 
-    fn too_few(&self, inputs: &DetectorInputs<'_>, n: u64) -> CmbError {
+    /// Pass 2: the calibrated, dipole-subtracted samples of one detector, the residual
+    /// statistics of a fit, and the detector's attributes.
+    fn write_detector(
+        &self,
+        w: &H5Writer,
+        inputs: &DetectorInputs<'_>,
+        open: &OpenObservation,
+        gain: &DetectorGain,
+        cache: Vec<Chunk>,
+    ) -> Result<(), CmbError> {
+        let (info, group) = (&inputs.info, &inputs.group);
+        let cal = gain.cal;
+        w.group(group)?;
+        w.attr_f64(group, "t0", info.t0)?;
+        w.attr_f64(group, "rate_hz", info.rate_hz)?;
+        w.attr_f64(group, "gain", cal.gain)?;
+        w.attr_f64(group, "offset", cal.offset)?;
+        if let Some(n) = gain.n_good {
+            w.attr_i64(group, "n_good", n as i64)?;
+        }
+        if self.config.quadrupole {
+            w.attr_f64(group, "freq_ghz", inputs.spec.freq_ghz.unwrap_or(0.0))?;
+            w.attr_f64(group, "quadrupole_factor", inputs.quadrupole)?;
+        }
+        let len = info.len;
+        let step = self.config.chunk_samples;
+        let sig = w.dataset::<f64>(&format!("{group}/signal"), &[len])?;
+        sig.attr_str("units", "K_CMB")?;
+        let flg = w.dataset::<u8>(&format!("{group}/flags"), &[len])?;
+        let mut stats = gain.fit.map(|f| ResidualStats::new(f.block_len()));
+        let mut chunk = Chunk::default();
+        let (mut out, mut out_flags) = (Vec::new(), Vec::new());
+        let mut cached = cache.into_iter();
+        let mut start = 0;
+        while start < len {
+            let n = step.min(len - start);
+            match cached.next() {
+                Some(c) => chunk = c,
+                None => self.read_chunk(inputs, open, start, n, &mut chunk)?,
+            }
+            cal.apply(
+                &chunk.raw,
+                &chunk.flags,
+                &chunk.dipole,
+                FLAG_NONFINITE,
+                &mut out,
+                &mut out_flags,
+            );
+            if let Some(st) = &mut stats {
+                for k in (0..n).filter(|&k| chunk.good(k)) {
+                    st.add(chunk.raw[k] - cal.gain * chunk.template[k] - cal.offset);
+                }
+            }
+            sig.write_rows(start, &out)?;
+            flg.write_rows(start, &out_flags)?;
+            start += n;
+        }
+        if gain.n_unseen > 0 {
+            w.attr_i64(group, "n_sky_unseen", gain.n_unseen as i64)?;
+        }
+        if let (Some(st), Some(fit)) = (stats, gain.fit) {
+            let e = st.gain_error(&fit);
+            self.write_gain_error(w, inputs, open.obs, cal.gain, &e)?;
+        }
+        Ok(())
+    }
+
+    /// The error attributes of a fitted gain, and a warning when the unmodelled residual
+    /// dominates it.
+    fn write_gain_error(
+        &self,
+        w: &H5Writer,
+        inputs: &DetectorInputs<'_>,
+        obs: u32,
+        gain: f64,
+        e: &GainError,
+    ) -> Result<(), CmbError> {
+        let group = &inputs.group;
+        w.attr_f64(group, "gain_error", e.total)?;
+        w.attr_f64(group, "gain_error_white", e.white)?;
+        w.attr_f64(group, "gain_error_sky", e.sky)?;
+        w.attr_f64(group, "noise_rms", e.noise_rms / gain.abs())?;
+        w.attr_f64(group, "excess_rms", e.excess_rms / gain.abs())?;
+        let warn = e.sky > WARN_SKY_RATIO * e.white;
+        w.attr_i64(group, "gain_warning", i64::from(warn))?;
+        if warn {
+            tracing::warn!(
+                "obs={obs:04} {}: the residual holds {:.3} µK RMS of smooth signal the template does not model (noise {:.1} µK per sample); gain error {:.2e} is {:.0}× the white-noise error{}",
+                inputs.spec.name,
+                e.excess_rms / gain.abs() * 1e6,
+                e.noise_rms / gain.abs() * 1e6,
+                e.total / gain.abs(),
+                e.total / e.white,
+                if self.sky.is_some() {
+                    " (the sky model does not match this detector's sky)"
+                } else {
+                    ": set calibrate.sky_model for a correct gain"
+                }
+            );
+        }
+        Ok(())
+    }
+
+    fn too_few(&self, inputs: &DetectorInputs<'_>, n: u64, n_unseen: u64) -> CmbError {
+        let unseen = if n_unseen > 0 {
+            format!(
+                "; {n_unseen} samples fall on pixels that the sky model {} leaves unseen",
+                self.config
+                    .sky_model
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
+            )
+        } else {
+            String::new()
+        };
         H5Error::invalid(
-            inputs.raw_path(),
+            inputs.raw.file_path(),
             &format!("{}/signal", inputs.group),
             format!(
-                "only {n} unflagged finite samples (at least {} needed for calibration)",
+                "only {n} unflagged finite samples (at least {} needed for calibration){unseen}",
                 self.config.min_good_samples
             ),
         )
@@ -562,16 +761,9 @@ impl Calibrate {
     }
 }
 
-impl DetectorInputs<'_> {
-    fn raw_path(&self) -> &Path {
-        self.raw.file_path()
-    }
-}
-
-/// `RUN_DIR/calibrate/obs=NNNN.h5`.
-pub fn output_path(run_dir: &Path, obs: u32) -> PathBuf {
-    run_dir.join("calibrate").join(obs_file_name(obs))
-}
+/// A fitted gain whose error from the unmodelled residual exceeds this multiple of its
+/// white-noise error is reported with a warning.
+pub const WARN_SKY_RATIO: f64 = 3.0;
 
 impl Stage for Calibrate {
     type Unit = ObsUnit;
@@ -599,77 +791,79 @@ impl Stage for Calibrate {
                 ),
             ));
         }
-        let out = output_path(&ctx.run_dir, unit.obs);
+        let out = self.output_path(&ctx.run_dir, unit.obs);
         self.process(unit.obs, &pointing, &out, durability(ctx))
             .map_err(CmbError::into_failure)?;
         Ok(Outcome::Done)
+    }
+
+    fn connections(&self, unit: &ObsUnit, run_dir: &Path) -> Connections {
+        let mut c = Connections::new();
+        if let Some(entry) = self.list.entry(unit.obs) {
+            c = c.prerequisite(DATASET_OBSERVATION, &entry.file);
+        }
+        c.input(DATASET_POINTING, self.pointing_path(run_dir, unit.obs))
+            .output(DATASET_CALIBRATED, self.output_path(run_dir, unit.obs))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skypipe_core::dipole::SOLAR_DIPOLE_L_DEG;
 
     #[test]
-    fn line_fit_recovers_an_exact_line_and_reports_scatter() {
-        let mut f = LineFit::default();
-        for i in 0..1000 {
-            let x = ((i as f64) * 0.37).sin() * 1e-3;
-            f.add(x, 1.25 * x + 0.1);
-        }
-        let s = f.solve().unwrap();
-        assert!(
-            (s.gain - 1.25).abs() < 1e-12 && (s.offset - 0.1).abs() < 1e-14,
-            "{s:?}"
-        );
-        assert!(s.gain_error < 1e-8, "{}", s.gain_error);
-        // Alternating ±σ scatter: the reported error is σ / √Σ(x − x̄)².
-        let mut f = LineFit::default();
-        let xs: Vec<f64> = (0..1000)
-            .map(|i| ((i as f64) * 0.37).sin() * 1e-3)
-            .collect();
-        for (i, &x) in xs.iter().enumerate() {
-            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
-            f.add(x, 1.25 * x + 0.1 + 1e-4 * sign);
-        }
-        let mean = xs.iter().sum::<f64>() / 1000.0;
-        let sxx: f64 = xs.iter().map(|x| (x - mean) * (x - mean)).sum();
-        let s = f.solve().unwrap();
-        let expected = 1e-4 / sxx.sqrt();
-        assert!(
-            (s.gain_error / expected - 1.0).abs() < 0.01,
-            "{} vs {expected}",
-            s.gain_error
-        );
-        assert!((s.gain - 1.25).abs() < 3.0 * expected, "{s:?}");
-        let mut f = LineFit::default();
-        for i in 0..3 {
-            f.add(1.0, i as f64);
-        }
-        assert!(f.solve().is_none(), "constant template");
+    fn solar_velocity_keys() {
+        let c = CalibrateConfig::default();
+        assert_eq!(c.solar_velocity().unwrap(), SolarVelocity::planck_2018());
+        let c = CalibrateConfig {
+            solar_speed_km_s: Some(370.08),
+            solar_l_deg: Some(263.99),
+            solar_b_deg: Some(48.25),
+            ..Default::default()
+        };
+        let v = c.solar_velocity().unwrap();
+        assert_eq!((v.speed_km_s, v.l_deg, v.b_deg), (370.08, 263.99, 48.25));
+        let c = CalibrateConfig {
+            solar_amplitude_uk: Some(3366.6),
+            t_cmb: 2.7255,
+            ..Default::default()
+        };
+        let v = c.solar_velocity().unwrap();
+        assert!((v.speed_km_s - C_KM_S * 3366.6e-6 / 2.7255).abs() < 1e-12);
+        assert_eq!(v.l_deg, SOLAR_DIPOLE_L_DEG);
+        let both = CalibrateConfig {
+            solar_amplitude_uk: Some(3366.6),
+            solar_speed_km_s: Some(370.0),
+            ..Default::default()
+        };
+        assert!(both.solar_velocity().unwrap_err().contains("exclusive"));
+        let bad = CalibrateConfig {
+            solar_b_deg: Some(95.0),
+            ..Default::default()
+        };
+        assert!(bad.solar_velocity().is_err());
     }
 
     #[test]
-    fn dipole_model_without_orbit_is_the_solar_dipole() {
-        let m = DipoleModel::new(Frame::Ecliptic, Frame::Galactic, false, true, false, T_CMB);
-        // Towards the solar apex (l, b) = (264.021°, 48.253°): T0(√((1+β)/(1−β)) − 1).
-        let theta = (90.0f64 - 48.253).to_radians();
-        let phi = 264.021f64.to_radians();
-        let dt = m.delta_t(theta, phi, [10.0, 20.0, 30.0]);
-        let b: f64 = 3362.08e-6 / T_CMB;
-        let exact = T_CMB * (((1.0 + b) / (1.0 - b)).sqrt() - 1.0);
-        assert!((dt - exact).abs() < 1e-12, "{dt} vs {exact}");
-        // Aberration round trip: with aberration, the rest direction is mapped back first.
-        let m2 = DipoleModel::new(Frame::Galactic, Frame::Galactic, true, false, true, T_CMB);
-        let v = [0.0, 0.0, 30.0];
-        let n_rest =
-            skypipe_core::aberration::to_rest([1.0, 0.0, 0.0], &Beta::from_km_s(v).unwrap());
-        let th = n_rest[2].acos();
-        let ph = n_rest[1].atan2(n_rest[0]);
-        // Perpendicular to v only the second-order term T0 (1/γ − 1) remains.
-        let beta = Beta::from_km_s(v).unwrap();
-        let second_order = T_CMB * (1.0 / beta.gamma() - 1.0);
-        let dt = m2.delta_t(th, ph, v);
-        assert!((dt - second_order).abs() < 1e-15, "{dt} vs {second_order}");
+    fn new_keys_at_their_defaults_keep_the_fingerprint() {
+        // The fingerprint of a configuration without the keys added for the dipole model and
+        // output_dir is the one earlier releases computed (resume across the upgrade).
+        let json = serde_json::to_string(&CalibrateConfig::default()).unwrap();
+        for key in [
+            "output_dir",
+            "solar_speed_km_s",
+            "solar_amplitude_uk",
+            "solar_l_deg",
+            "solar_b_deg",
+            "quadrupole",
+        ] {
+            assert!(!json.contains(key), "{key} in {json}");
+        }
+        let set = CalibrateConfig {
+            quadrupole: true,
+            ..Default::default()
+        };
+        assert!(serde_json::to_string(&set).unwrap().contains("quadrupole"));
     }
 }

@@ -30,8 +30,9 @@
 //! Unobserved pixels and pixels under the rcond cut are `UNSEEN` (−1.6375e30).
 
 use crate::model::{
-    CALIBRATED_FORMAT, CmbError, FLAG_NONFINITE, FocalPlane, Frame, ObservationList,
-    POINTING_FORMAT, obs_file_name, ordering_name, parse_ordering, stage_file, timestream_info,
+    CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_MAP, DATASET_POINTING, FLAG_NONFINITE,
+    FocalPlane, Frame, ObservationList, POINTING_FORMAT, obs_file_name, ordering_name,
+    parse_ordering, stage_file, timestream_info,
 };
 use crate::pointing::durability;
 use rayon::prelude::*;
@@ -49,8 +50,8 @@ use skypipe_io::fits::{
 };
 use skypipe_io::hdf5::{H5Error, H5Reader, H5Writer};
 use skypipe_stage::{
-    Collectives, FailureKind, Outcome, OutcomeKind, PlanError, PlannedUnit, Stage, UnitContext,
-    UnitFailure, UnitId, WorkUnit, fingerprint_of,
+    Collectives, Connections, FailureKind, Outcome, OutcomeKind, PlanError, PlannedUnit, Stage,
+    UnitContext, UnitFailure, UnitId, WorkUnit, fingerprint_of,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -1260,6 +1261,23 @@ impl Stage for Mapmake {
                     self.held.lock().expect("no panic while locked").clear();
                 }
                 result
+            }
+        }
+    }
+
+    fn connections(&self, unit: &MapUnit, run_dir: &Path) -> Connections {
+        match *unit {
+            MapUnit::Obs { obs } => Connections::new()
+                .input(DATASET_POINTING, self.pointing_path(run_dir, obs))
+                .input(DATASET_CALIBRATED, self.calibrated_path(run_dir, obs)),
+            MapUnit::Map => {
+                let dir = self.out_dir(run_dir);
+                let c = Connections::new().output(DATASET_MAP, dir.join("map_binned.fits"));
+                if self.config.destripe {
+                    c.output(DATASET_MAP, dir.join("map_destriped.fits"))
+                } else {
+                    c
+                }
             }
         }
     }

@@ -37,6 +37,9 @@ pub enum CmbError {
     /// Reading, validating or writing an HDF5 file.
     #[error(transparent)]
     H5(#[from] H5Error),
+    /// Reading or validating a FITS file (a HEALPix sky model).
+    #[error(transparent)]
+    Fits(#[from] skypipe_io::fits::FitsError),
     /// The observation list is unreadable or inconsistent.
     #[error("{path}: {message}")]
     List {
@@ -78,6 +81,15 @@ impl WorkUnit for ObsUnit {
         UnitId::new().with("obs", format_args!("{:04}", self.obs))
     }
 }
+
+/// Dataset type of a raw observation file (attitude and timestreams; no stage writes it).
+pub const DATASET_OBSERVATION: &str = "observation";
+/// Dataset type of the pointing stage's files (`RUN_DIR/pointing/obs=NNNN.h5`).
+pub const DATASET_POINTING: &str = "pointing";
+/// Dataset type of the calibrate stage's files (`RUN_DIR/calibrate/obs=NNNN.h5`).
+pub const DATASET_CALIBRATED: &str = "calibrated";
+/// Dataset type of map-making's products (maps, quicklooks, summary, baselines).
+pub const DATASET_MAP: &str = "map";
 
 /// The file name of an observation's outputs: `obs=0421.h5`.
 pub fn obs_file_name(obs: u32) -> String {
@@ -242,6 +254,10 @@ pub struct DetectorSpec {
     pub fknee_hz: f64,
     /// Nominal gain (V / K_CMB), if known.
     pub gain: Option<f64>,
+    /// Centre frequency of the band (GHz), if known: the detector's attribute `freq_ghz`, else
+    /// the file's root attribute `freq_ghz` (the whole focal plane). Needed by the kinematic
+    /// quadrupole of `skypipe-calibrate`.
+    pub freq_ghz: Option<f64>,
 }
 
 impl DetectorSpec {
@@ -280,6 +296,21 @@ impl FocalPlane {
         if names.is_empty() {
             return Err(H5Error::invalid(path, "detectors", "no detector groups").into());
         }
+        let frequency = |group: &str, name: &str| -> Result<Option<f64>, H5Error> {
+            if !r.has_attr(group, "freq_ghz") {
+                return Ok(None);
+            }
+            let f = r.attr_f64(group, "freq_ghz")?;
+            if !(f.is_finite() && f >= 0.0) {
+                return Err(H5Error::invalid(
+                    path,
+                    name,
+                    format!("frequency {f} GHz must be finite and ≥ 0"),
+                ));
+            }
+            Ok(Some(f))
+        };
+        let plane_freq = frequency("", "@freq_ghz")?;
         let mut detectors = Vec::new();
         for name in names {
             let g = format!("detectors/{name}");
@@ -319,6 +350,7 @@ impl FocalPlane {
                 net_k_sqrt_s: opt("net_k_sqrt_s")?.unwrap_or(0.0),
                 fknee_hz: opt("fknee_hz")?.unwrap_or(0.0),
                 gain: opt("gain")?,
+                freq_ghz: frequency(&g, &format!("{g}@freq_ghz"))?.or(plane_freq),
                 name,
             });
         }
@@ -340,6 +372,9 @@ impl FocalPlane {
             w.attr_f64(&g, "fknee_hz", d.fknee_hz)?;
             if let Some(gain) = d.gain {
                 w.attr_f64(&g, "gain", gain)?;
+            }
+            if let Some(f) = d.freq_ghz {
+                w.attr_f64(&g, "freq_ghz", f)?;
             }
         }
         w.commit()?;
@@ -491,8 +526,18 @@ pub struct SkyMap {
     pub ordering: healpix::Ordering,
     /// Frame of the pixelisation.
     pub frame: Frame,
-    /// `[I, Q, U]` per pixel (K_CMB, COSMO polarisation convention).
+    /// `[I, Q, U]` per pixel (K_CMB, COSMO polarisation convention). A pixel a FITS map leaves
+    /// unseen (healpy's `UNSEEN`, or NaN) holds NaN.
     pub iqu: Vec<[f64; 3]>,
+}
+
+/// healpy's `UNSEEN` marker of pixels without a value.
+const HEALPY_UNSEEN: f64 = -1.6375e30;
+
+/// Whether a map value read from FITS marks an unseen pixel (`UNSEEN`, also after a round trip
+/// through float32, or not finite).
+fn is_unseen(v: f64) -> bool {
+    !v.is_finite() || (v / HEALPY_UNSEEN - 1.0).abs() < 1e-6
 }
 
 impl SkyMap {
@@ -514,6 +559,123 @@ impl SkyMap {
         if let Some(i) = iqu.iter().position(|p| p.iter().any(|v| !v.is_finite())) {
             return Err(H5Error::invalid(path, "map", format!("pixel {i} is not finite")).into());
         }
+        Ok(Self {
+            nside: grid.nside(),
+            ordering,
+            frame,
+            iqu,
+        })
+    }
+
+    /// Reads a sky model: a HEALPix FITS map (recognised by its `SIMPLE` header) as
+    /// `skypipe-mapmake` or `healpy.write_map` write it ([`SkyMap::read_fits`]), else a
+    /// `skypipe-cmb-map/1` HDF5 file ([`SkyMap::read`]).
+    pub fn load(path: &Path) -> Result<Self, CmbError> {
+        let mut head = [0u8; 9];
+        let is_fits = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok()
+            && &head == b"SIMPLE  =";
+        if is_fits {
+            Self::read_fits(path)
+        } else {
+            Self::read(path)
+        }
+    }
+
+    /// Reads a full-sky HEALPix FITS map in healpy's layout: the first binary table named
+    /// `HEALPIX` (`skypipe-mapmake`) or `xtension` (healpy), keywords `NSIDE`, `ORDERING`
+    /// (RING/NESTED), `COORDSYS` (G/E/C), implicit indexing, one value per pixel in scalar or
+    /// vector (`1024D`) columns. I is the column `I_STOKES` (or `TEMPERATURE`, `I`); Q and U
+    /// (`Q_STOKES`/`Q_POLARISATION`/`Q`, likewise U) are read when present, else 0. Unseen
+    /// pixels become NaN. Units are taken as K_CMB.
+    pub fn read_fits(path: &Path) -> Result<Self, CmbError> {
+        use skypipe_io::fits::{FitsError, FitsReader, Hdu};
+        let mut r = FitsReader::open(path)?;
+        let name = ["HEALPIX", "xtension"]
+            .into_iter()
+            .find(|n| r.has_hdu(n))
+            .ok_or_else(|| FitsError::Hdu {
+                path: path.to_path_buf(),
+                hdu: "HEALPIX".into(),
+                message: "no HEALPix table (extension 'HEALPIX' or 'xtension')".into(),
+            })?;
+        let hdu = Hdu::Name(name);
+        let bad = |key: &str, message: String| FitsError::BadKey {
+            path: path.to_path_buf(),
+            hdu: hdu.to_string(),
+            key: key.into(),
+            message,
+        };
+        let nside = r.key_i64(hdu, "NSIDE")?;
+        let grid = u64::try_from(nside)
+            .ok()
+            .and_then(|n| healpix::Healpix::new(n, healpix::Ordering::Ring).ok())
+            .ok_or_else(|| bad("NSIDE", format!("bad nside {nside}")))?;
+        let ord = r.key_string(hdu, "ORDERING")?;
+        let ordering =
+            parse_ordering(&ord).ok_or_else(|| bad("ORDERING", format!("unknown '{ord}'")))?;
+        let coord = r.key_string(hdu, "COORDSYS")?;
+        let frame = match coord.to_ascii_uppercase().as_str() {
+            "G" => Frame::Galactic,
+            "E" => Frame::Ecliptic,
+            "C" | "Q" => Frame::Equatorial,
+            _ => return Err(bad("COORDSYS", format!("unknown '{coord}' (G, E or C)")).into()),
+        };
+        if let Some(scheme) = r.key_string_opt(hdu, "INDXSCHM")?
+            && !scheme.eq_ignore_ascii_case("IMPLICIT")
+        {
+            return Err(bad(
+                "INDXSCHM",
+                format!("'{scheme}': only full-sky (IMPLICIT) maps are supported"),
+            )
+            .into());
+        }
+        let columns = r.column_names(hdu)?;
+        let find = |names: &[&str]| {
+            columns
+                .iter()
+                .find(|c| names.iter().any(|n| c.eq_ignore_ascii_case(n)))
+                .cloned()
+        };
+        let npix = grid.npix() as usize;
+        let mut read = |column: Option<String>, required: bool| -> Result<Vec<f64>, CmbError> {
+            let Some(c) = column else {
+                if required {
+                    return Err(FitsError::Column {
+                        path: path.to_path_buf(),
+                        hdu: hdu.to_string(),
+                        column: "I_STOKES".into(),
+                        message: format!("no intensity column among {columns:?}"),
+                    }
+                    .into());
+                }
+                return Ok(vec![0.0; npix]);
+            };
+            let v = r.column_f64(hdu, &c)?;
+            if v.len() != npix {
+                return Err(FitsError::Column {
+                    path: path.to_path_buf(),
+                    hdu: hdu.to_string(),
+                    column: c,
+                    message: format!("{} values, expected 12·nside² = {npix}", v.len()),
+                }
+                .into());
+            }
+            Ok(v)
+        };
+        let i = read(find(&["I_STOKES", "TEMPERATURE", "I"]), true)?;
+        let q = read(find(&["Q_STOKES", "Q_POLARISATION", "Q"]), false)?;
+        let u = read(find(&["U_STOKES", "U_POLARISATION", "U"]), false)?;
+        let iqu = (0..npix)
+            .map(|p| {
+                if is_unseen(i[p]) || is_unseen(q[p]) || is_unseen(u[p]) {
+                    [f64::NAN; 3]
+                } else {
+                    [i[p], q[p], u[p]]
+                }
+            })
+            .collect();
         Ok(Self {
             nside: grid.nside(),
             ordering,

@@ -8,8 +8,9 @@
 //! memory does not grow with the length of an observation.
 
 use crate::model::{
-    AttitudeData, CmbError, DetectorSpec, FocalPlane, Frame, ObsUnit, ObservationList,
-    POINTING_FORMAT, obs_file_name, ordering_name, read_attitude, timestream_info,
+    AttitudeData, CmbError, DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec, FocalPlane, Frame,
+    ObsUnit, ObservationList, POINTING_FORMAT, obs_file_name, ordering_name, read_attitude,
+    timestream_info,
 };
 use serde::{Deserialize, Serialize};
 use skypipe_core::aberration::Beta;
@@ -22,7 +23,7 @@ use skypipe_core::quat::Quat;
 use skypipe_io::Durability;
 use skypipe_io::hdf5::{H5Error, H5Reader, H5Writer};
 use skypipe_stage::{
-    Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, fingerprint_of,
+    Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, fingerprint_of,
 };
 use std::path::{Path, PathBuf};
 
@@ -361,6 +362,14 @@ impl Stage for Pointing {
             .map_err(CmbError::into_failure)?;
         Ok(Outcome::Done)
     }
+
+    fn connections(&self, unit: &ObsUnit, run_dir: &Path) -> Connections {
+        let mut c = Connections::new();
+        if let Some(entry) = self.list.entry(unit.obs) {
+            c = c.prerequisite(DATASET_OBSERVATION, &entry.file);
+        }
+        c.output(DATASET_POINTING, output_path(run_dir, unit.obs))
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +398,7 @@ mod tests {
             net_k_sqrt_s: 0.0,
             fknee_hz: 0.0,
             gain: None,
+            freq_ghz: None,
         };
         (data, det)
     }

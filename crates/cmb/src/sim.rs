@@ -17,10 +17,9 @@
 //! Output directory: `observations.json`, `focalplane.h5`, `obs/obs=NNNN.h5`, and the truth
 //! `truth/sky.h5` (the map) and `truth/gains.h5` (gains and offsets, a gain table).
 
-use crate::calibrate::DipoleModel;
 use crate::model::{
     AttitudeData, CmbError, DetectorSpec, FocalPlane, Frame, GainTable, OBS_FORMAT,
-    OBSERVATIONS_FORMAT, ObservationEntry, ObservationList, SkyMap, obs_file_name,
+    OBSERVATIONS_FORMAT, ObservationEntry, ObservationList, SkyMap, direction, obs_file_name,
 };
 use crate::pointing::{ChunkPointing, PointingSetup};
 use rand::{RngExt, SeedableRng};
@@ -29,7 +28,7 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use skypipe_core::attitude::{Attitude, SampleClock};
-use skypipe_core::dipole::T_CMB;
+use skypipe_core::dipole::{DipoleModel, SolarVelocity, T_CMB, quadrupole_factor};
 use skypipe_core::healpix::{Healpix, Ordering};
 use skypipe_core::pointing::quat_to_angles;
 use skypipe_core::quat::{self, Quat};
@@ -127,6 +126,16 @@ pub struct SimConfig {
     pub gain_drift: f64,
     /// RMS of the offsets (V).
     pub offset_v: f64,
+    /// Centre frequency of every detector (GHz), written to the focal plane when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freq_ghz: Option<f64>,
+    /// Add the kinematic quadrupole at `freq_ghz` to the simulated dipole (default false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub quadrupole: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl SimConfig {
@@ -158,6 +167,8 @@ impl SimConfig {
             gain_spread: 0.05,
             gain_drift: 1e-3,
             offset_v: 0.01,
+            freq_ghz: None,
+            quadrupole: false,
         };
         match size {
             Size::Tiny => base,
@@ -208,6 +219,14 @@ impl SimConfig {
             return Err("pol_efficiency must be in [0, 1]".into());
         }
         Healpix::new(self.sky_nside, Ordering::Ring).map_err(|e| format!("sky_nside: {e}"))?;
+        if let Some(f) = self.freq_ghz
+            && !(f.is_finite() && f >= 0.0)
+        {
+            return Err(format!("freq_ghz must be finite and ≥ 0, got {f}"));
+        }
+        if self.quadrupole && self.freq_ghz.is_none() {
+            return Err("quadrupole = true needs freq_ghz".into());
+        }
         if self.obs_duration_s * self.rate_hz < 10.0 {
             return Err("observations must hold at least 10 samples".into());
         }
@@ -253,6 +272,7 @@ pub fn focal_plane(c: &SimConfig, gains: &[f64]) -> FocalPlane {
                 net_k_sqrt_s: c.net_uk_sqrt_s * 1e-6,
                 fknee_hz: c.fknee_hz,
                 gain: Some(gains[2 * k as usize + j]),
+                freq_ghz: c.freq_ghz,
             });
         }
     }
@@ -448,14 +468,25 @@ fn write_observation(
         aberration: true,
         grid,
     };
+    let solar = if c.solar_dipole {
+        quat::rotate(
+            Frame::Galactic.rotation_to(sky.frame),
+            SolarVelocity::planck_2018().galactic_km_s(),
+        )
+    } else {
+        [0.0; 3]
+    };
     let model = DipoleModel::new(
-        att.frame,
-        sky.frame,
-        true,
-        c.solar_dipole,
+        att.frame.rotation_to(sky.frame),
+        solar,
         c.orbital_dipole,
+        true,
         T_CMB,
-    );
+    )
+    .with_quadrupole(match (c.quadrupole, c.freq_ghz) {
+        (true, Some(f)) => quadrupole_factor(f * 1e9, T_CMB),
+        _ => 0.0,
+    });
     let (t0, len) = detector_clock(c, i);
     let clock = SampleClock::new(t0, c.rate_hz).expect("finite clock");
     let w = H5Writer::create(path, Durability::ProcessCrashOnly)?;
@@ -495,7 +526,7 @@ fn write_observation(
                 let m = sky.iqu[buf.pixels[k] as usize];
                 let wgt = buf.weights[k];
                 let mut s = wgt[0] * m[0] + wgt[1] * m[1] + wgt[2] * m[2];
-                s += 0.5 * model.delta_t(theta, phi, *v);
+                s += 0.5 * model.delta_t(direction(theta, phi), *v);
                 if sigma > 0.0 {
                     s += sigma * gauss(&mut r) + pink.next(&mut r);
                 }

@@ -9,9 +9,22 @@
 //!
 //! Along the velocity this is `T0 (√((1+β)/(1−β)) − 1) = T0 (β + β²/2 + β³/2 + …)`; the
 //! Planck amplitude `A = 3362.08 µK` is the first-order coefficient `T0·β`.
+//!
+//! A detector that measures intensity in a band centred on `ν` and is calibrated to K_CMB with
+//! the black-body derivative sees the second-order term scaled by `q(ν) = (x/2)·coth(x/2)`,
+//! `x = hν/(k T0)`: the **kinematic quadrupole** adds `T0 (q(ν) − 1)(β·n̂)²` to the thermodynamic
+//! dipole above (the definition of TOAST's `dipole(..., freq=ν)`, whose second-order expansion
+//! is `T0 (β·n̂ + q (β·n̂)²)`). [`quadrupole_factor`] gives `q − 1`; [`DipoleModel`] evaluates the
+//! whole model (solar + orbital velocity, aberration, quadrupole) along stored directions.
 
-use crate::aberration::{Beta, C_KM_S, dot3};
+use crate::aberration::{Beta, C_KM_S, dot3, to_apparent};
 use crate::frames;
+use crate::quat::{self, Quat};
+
+/// Planck constant (J s), exact in the SI since 2019.
+pub const PLANCK_H: f64 = 6.626_070_15e-34;
+/// Boltzmann constant (J/K), exact in the SI since 2019.
+pub const BOLTZMANN_K: f64 = 1.380_649e-23;
 
 /// CMB monopole temperature (K), Fixsen 2009.
 pub const T_CMB: f64 = 2.72548;
@@ -59,8 +72,143 @@ pub fn dipole_batch(dirs: &[[f64; 3]], beta: &Beta, t0: f64, out: &mut [f64]) {
 /// Solar velocity with respect to the CMB (km/s) in galactic coordinates, from the Planck 2018
 /// dipole: speed `c·A/T0` (≈ 369.816 km/s) towards `(l, b) = (264.021°, 48.253°)`.
 pub fn solar_velocity_galactic_km_s() -> [f64; 3] {
-    let speed = C_KM_S * SOLAR_DIPOLE_AMPLITUDE / T_CMB;
-    frames::lonlat_deg_to_vec(SOLAR_DIPOLE_L_DEG, SOLAR_DIPOLE_B_DEG).map(|c| c * speed)
+    SolarVelocity::planck_2018().galactic_km_s()
+}
+
+/// The solar system's velocity with respect to the CMB: a speed and a galactic direction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SolarVelocity {
+    /// Speed (km/s).
+    pub speed_km_s: f64,
+    /// Galactic longitude of the direction of motion (deg).
+    pub l_deg: f64,
+    /// Galactic latitude of the direction of motion (deg).
+    pub b_deg: f64,
+}
+
+impl SolarVelocity {
+    /// Planck 2018: `c·A/T0` with `A` = [`SOLAR_DIPOLE_AMPLITUDE`], `T0` = [`T_CMB`]
+    /// (≈ 369.816 km/s), towards ([`SOLAR_DIPOLE_L_DEG`], [`SOLAR_DIPOLE_B_DEG`]).
+    pub fn planck_2018() -> Self {
+        Self::from_amplitude(
+            SOLAR_DIPOLE_AMPLITUDE,
+            T_CMB,
+            SOLAR_DIPOLE_L_DEG,
+            SOLAR_DIPOLE_B_DEG,
+        )
+    }
+
+    /// The velocity whose first-order dipole amplitude `T0·β` is `amplitude_k` (K) for the
+    /// monopole `t0` (K): speed `c·amplitude/t0`.
+    pub fn from_amplitude(amplitude_k: f64, t0: f64, l_deg: f64, b_deg: f64) -> Self {
+        Self {
+            speed_km_s: C_KM_S * amplitude_k / t0,
+            l_deg,
+            b_deg,
+        }
+    }
+
+    /// The velocity vector (km/s) in galactic coordinates.
+    pub fn galactic_km_s(&self) -> [f64; 3] {
+        frames::lonlat_deg_to_vec(self.l_deg, self.b_deg).map(|c| c * self.speed_km_s)
+    }
+}
+
+/// `q(ν) − 1` of the kinematic quadrupole, `q = (x/2)·coth(x/2)`, `x = hν/(k T0)`, for the
+/// band centre `freq_hz` (Hz) and the monopole `t0` (K); 0 at zero frequency. About 0.023 at
+/// 30 GHz, 0.52 at 150 GHz, 3.8 at 545 GHz (T0 = 2.72548 K).
+pub fn quadrupole_factor(freq_hz: f64, t0: f64) -> f64 {
+    let x = PLANCK_H * freq_hz / (BOLTZMANN_K * t0);
+    let h = 0.5 * x;
+    if h.abs() < 0.1 {
+        // h coth h − 1 = h²/3 − h⁴/45 + 2h⁶/945 − h⁸/4725 + 2h¹⁰/93555 − …: no cancellation
+        // near 0; the next term is below 1e-15 of the sum for |h| < 0.1.
+        let h2 = h * h;
+        h2 * (1.0 / 3.0
+            + h2 * (-1.0 / 45.0 + h2 * (2.0 / 945.0 + h2 * (-1.0 / 4725.0 + h2 * (2.0 / 93555.0)))))
+    } else {
+        h / h.tanh() - 1.0
+    }
+}
+
+/// The dipole seen along stored directions: the relativistic dipole of the solar plus (when
+/// enabled) the observer's orbital velocity, with an optional kinematic quadrupole.
+///
+/// Directions are given in the *output* frame (that of the stored pointing); orbital velocities
+/// in the *attitude* frame, rotated by `to_output`. When the directions were corrected for
+/// aberration (rest-frame directions), the apparent direction is recovered first with the
+/// orbital velocity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DipoleModel {
+    to_output: Quat,
+    solar: [f64; 3],
+    orbital: bool,
+    aberration: bool,
+    t_cmb: f64,
+    quadrupole: f64,
+}
+
+impl DipoleModel {
+    /// A model with the rotation `to_output` (attitude frame → output frame), the solar velocity
+    /// `solar_km_s` already in the output frame (zeros: no solar dipole), the orbital velocity
+    /// included when `orbital`, stored directions aberration-corrected when `aberration`, the
+    /// monopole `t_cmb` (K) and no quadrupole.
+    pub fn new(
+        to_output: Quat,
+        solar_km_s: [f64; 3],
+        orbital: bool,
+        aberration: bool,
+        t_cmb: f64,
+    ) -> Self {
+        Self {
+            to_output,
+            solar: solar_km_s,
+            orbital,
+            aberration,
+            t_cmb,
+            quadrupole: 0.0,
+        }
+    }
+
+    /// The same model with the kinematic quadrupole `T0 (q − 1)(β·n̂)²`, `q_minus_one` from
+    /// [`quadrupole_factor`] (0: none).
+    pub fn with_quadrupole(self, q_minus_one: f64) -> Self {
+        Self {
+            quadrupole: q_minus_one,
+            ..self
+        }
+    }
+
+    /// The quadrupole coefficient `q − 1` (0 without quadrupole).
+    pub fn quadrupole(&self) -> f64 {
+        self.quadrupole
+    }
+
+    /// `ΔT` (K) along the unit direction `n` (output frame) for the orbital velocity `v_km_s`
+    /// (attitude frame): the apparent direction is recovered from an aberration-corrected one,
+    /// then the relativistic dipole of the total velocity applies, plus the quadrupole term.
+    #[inline]
+    pub fn delta_t(&self, n: [f64; 3], v_km_s: [f64; 3]) -> f64 {
+        let v = quat::rotate(self.to_output, v_km_s);
+        let n_app = if self.aberration {
+            to_apparent(n, &Beta::from_km_s(v).unwrap_or(Beta::zero()))
+        } else {
+            n
+        };
+        let total = if self.orbital {
+            [0, 1, 2].map(|i| self.solar[i] + v[i])
+        } else {
+            self.solar
+        };
+        let beta = Beta::from_km_s(total).unwrap_or(Beta::zero());
+        let dt = dipole(n_app, &beta, self.t_cmb);
+        if self.quadrupole == 0.0 {
+            dt
+        } else {
+            let x = dot3(beta.vector(), n_app);
+            dt + self.t_cmb * self.quadrupole * x * x
+        }
+    }
 }
 
 /// Solar velocity with respect to the CMB (km/s) in J2000 mean ecliptic coordinates.
@@ -173,6 +321,108 @@ mod tests {
     #[should_panic(expected = "length mismatch")]
     fn batch_refuses_mismatched_lengths() {
         dipole_batch(&[[1.0, 0.0, 0.0]], &Beta::zero(), T_CMB, &mut [0.0; 2]);
+    }
+
+    #[test]
+    fn model_without_orbit_is_the_solar_dipole() {
+        // Solar only, ecliptic attitude, galactic directions: the orbital velocity is ignored.
+        let solar = SolarVelocity::planck_2018().galactic_km_s();
+        let to_gal = frames::ecliptic_to_galactic();
+        let m = DipoleModel::new(to_gal, solar, false, false, T_CMB);
+        // Towards the solar apex: T0(√((1+β)/(1−β)) − 1).
+        let apex = frames::lonlat_deg_to_vec(SOLAR_DIPOLE_L_DEG, SOLAR_DIPOLE_B_DEG);
+        let dt = m.delta_t(apex, [10.0, 20.0, 30.0]);
+        let b: f64 = SOLAR_DIPOLE_AMPLITUDE / T_CMB;
+        let exact = T_CMB * (((1.0 + b) / (1.0 - b)).sqrt() - 1.0);
+        assert!((dt - exact).abs() < 1e-15, "{dt} vs {exact}");
+        // A configured velocity (TOAST's default 370.08 km/s towards (263.99°, 48.25°)).
+        let toast = SolarVelocity {
+            speed_km_s: 370.08,
+            l_deg: 263.99,
+            b_deg: 48.25,
+        };
+        let m = DipoleModel::new(quat::IDENTITY, toast.galactic_km_s(), false, false, T_CMB);
+        let n = frames::lonlat_deg_to_vec(263.99, 48.25);
+        let b = 370.08 / C_KM_S;
+        let exact = T_CMB * (((1.0 + b) / (1.0 - b)).sqrt() - 1.0);
+        assert!((m.delta_t(n, [0.0; 3]) - exact).abs() < 1e-15);
+        // Amplitude form: c·A/T0.
+        let v = SolarVelocity::from_amplitude(3366.6e-6, 2.7255, 0.0, 90.0);
+        assert!((v.speed_km_s - C_KM_S * 3366.6e-6 / 2.7255).abs() < 1e-12);
+        let g = v.galactic_km_s();
+        assert!(g[0].abs() < 1e-12 && (g[2] - v.speed_km_s).abs() < 1e-12);
+    }
+
+    #[test]
+    fn model_with_aberration_maps_rest_directions_back() {
+        let m = DipoleModel::new(quat::IDENTITY, [0.0; 3], true, true, T_CMB);
+        let v = [0.0, 0.0, 30.0];
+        let beta = Beta::from_km_s(v).unwrap();
+        let n_rest = crate::aberration::to_rest([1.0, 0.0, 0.0], &beta);
+        // Perpendicular to v (apparent) only the second-order term T0 (1/γ − 1) remains.
+        let second_order = T_CMB * (1.0 / beta.gamma() - 1.0);
+        let dt = m.delta_t(n_rest, v);
+        assert!((dt - second_order).abs() < 1e-15, "{dt} vs {second_order}");
+        // Orbital velocity rotated into the output frame.
+        let q = frames::ecliptic_to_galactic();
+        let m = DipoleModel::new(q, [0.0; 3], true, false, T_CMB);
+        let n = quat::rotate(q, [0.0, 0.0, 1.0]);
+        let exact = dipole([0.0, 0.0, 1.0], &beta, T_CMB);
+        assert!((m.delta_t(n, v) - exact).abs() < 1e-15);
+    }
+
+    #[test]
+    fn quadrupole_factor_is_x_coth_x_over_two() {
+        assert_eq!(quadrupole_factor(0.0, T_CMB), 0.0);
+        // Independent: q = (x/2)(eˣ + 1)/(eˣ − 1), x = hν/kT0 (TOAST's form).
+        for ghz in [30.0, 150.0, 545.0] {
+            let x = PLANCK_H * ghz * 1e9 / (BOLTZMANN_K * T_CMB);
+            let q = 0.5 * x * (x.exp() + 1.0) / (x.exp() - 1.0);
+            let got = quadrupole_factor(ghz * 1e9, T_CMB);
+            assert!(((got + 1.0) - q).abs() < 1e-14 * q, "{ghz}: {got} vs {q}");
+        }
+        assert!((quadrupole_factor(150e9, T_CMB) - 0.5233).abs() < 1e-3);
+        // The series branch joins the closed form: x²/12 for small x.
+        let x = 1e-5;
+        let f = x * BOLTZMANN_K * T_CMB / PLANCK_H;
+        assert!((quadrupole_factor(f, T_CMB) / (x * x / 12.0) - 1.0).abs() < 1e-9);
+        // Both sides of the switch at x/2 = 0.1 agree with the closed form in long double
+        // precision terms: compare with the closed form where it is still accurate to ~1e-13.
+        for x in [0.1999, 0.2001, 0.5] {
+            let f = x * BOLTZMANN_K * T_CMB / PLANCK_H;
+            let h: f64 = x / 2.0;
+            let closed = h / h.tanh() - 1.0;
+            assert!(
+                (quadrupole_factor(f, T_CMB) / closed - 1.0).abs() < 1e-12,
+                "{x}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_quadrupole_adds_t0_q_minus_one_beta_n_squared() {
+        let solar = SolarVelocity::planck_2018().galactic_km_s();
+        let base = DipoleModel::new(quat::IDENTITY, solar, true, false, T_CMB);
+        let qm1 = quadrupole_factor(150e9, T_CMB);
+        let quad = base.with_quadrupole(qm1);
+        assert_eq!(base.quadrupole(), 0.0);
+        let v = [1.0, -29.0, 3.0];
+        let total = [0, 1, 2].map(|i| solar[i] + v[i]);
+        let beta = Beta::from_km_s(total).unwrap();
+        for n in [[1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, -1.0]] {
+            let x = dot3(beta.vector(), n);
+            let extra = quad.delta_t(n, v) - base.delta_t(n, v);
+            let want = T_CMB * qm1 * x * x;
+            assert!(
+                (extra - want).abs() < 1e-18 + 1e-12 * want,
+                "{extra} vs {want}"
+            );
+        }
+        // ≈ 2.9 µK along the velocity at 150 GHz (T0 (q − 1) β²).
+        let b = dot3(beta.vector(), beta.vector()).sqrt();
+        let n = beta.vector().map(|c| c / b);
+        let extra = quad.delta_t(n, v) - base.delta_t(n, v);
+        assert!((extra * 1e6 - T_CMB * qm1 * b * b * 1e6).abs() < 1e-9);
     }
 
     proptest! {

@@ -11,7 +11,10 @@
 //!   per-detector chunk kernel [`pointing::PointingKernel`] (attitude → pixels + weights).
 //! - [`aberration`]: relativistic aberration by the observer velocity ([`aberration::Beta`]).
 //! - [`frames`]: the fixed ecliptic (J2000) → galactic rotation.
-//! - [`dipole`]: the relativistic CMB dipole and the Planck 2018 solar velocity.
+//! - [`dipole`]: the relativistic CMB dipole, the kinematic quadrupole, a configurable solar
+//!   velocity (Planck 2018 by default) and the dipole model along stored pointing.
+//! - [`gainfit`]: gain fits against a template with an error that includes the unmodelled
+//!   residual.
 //! - [`binning`]: noise-weighted I/Q/U accumulation into sparse sub-maps (only touched blocks
 //!   allocated, reducible in bounded chunks) and the per-pixel 3×3 solve with an rcond cut.
 //! - [`destripe`]: baseline offsets by preconditioned conjugate gradient, with the map
@@ -68,6 +71,7 @@ pub mod binning;
 pub mod destripe;
 pub mod dipole;
 pub mod frames;
+pub mod gainfit;
 pub mod healpix;
 pub mod pointing;
 pub mod quat;

@@ -3,25 +3,23 @@
 
 use crate::collectives::MpiCollectives;
 use crate::execute::{RankContext, run_assignment, run_batch};
-use crate::follow::{Follow, parse_list};
-use crate::graph::{Graph, Next};
-use crate::ledger::{Ledger, LedgerRecord, unix_now};
+use crate::follow::Follow;
+use crate::graph::Next;
+use crate::ledger::Ledger;
 use crate::options::RunOptions;
-use crate::plan::{Plan, Selection, plan_stage};
+use crate::plan::{Plan, plan_stages};
 use crate::protocol::{
-    Assignment, RankStats, TAG_TO_DISPATCHER, TAG_TO_WORKER, ToDispatcher, ToWorker, UnitReport,
+    RankStats, TAG_TO_DISPATCHER, TAG_TO_WORKER, ToDispatcher, ToWorker, UnitReport,
 };
-use crate::report::{EXIT_CANNOT_START, RunSummary, UnitResult};
+use crate::report::{EXIT_CANNOT_START, RunSummary};
 use crate::signals;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use crate::stages::StageSet;
+use crate::state::{RunState, StateSetup};
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use serde::Serialize;
 use skypipe_io::{Durability, write_atomic};
-use skypipe_stage::{FailureKind, Input, Outcome, OutcomeKind, Stage};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -132,39 +130,91 @@ fn unit_collectives(units: &SimpleCommunicator, members: &[i32], tag: i32) -> Mp
     MpiCollectives::new(comm)
 }
 
-/// A worker rank (> 0): ask, run, report, until told to stop. Returns the job's exit code.
-pub(crate) fn worker<S: Stage>(stage: &S, comms: &Comms, base: &RankContext) -> u8 {
-    let world = &comms.world;
-    let dispatcher = world.process_at_rank(0);
+/// Where a worker gets its work and sends its reports: MPI messages with rank 0 for ranks
+/// > 0, channels with the dispatcher for rank 0's worker thread.
+trait DispatcherLink {
+    /// The next message (blocks).
+    fn receive(&mut self) -> ToWorker;
+    /// Sends a message to the dispatcher; false when it is gone.
+    fn send(&mut self, message: ToDispatcher) -> bool;
+}
+
+/// A remote rank's link: MPI point-to-point with rank 0, polled with a backoff.
+struct MpiLink<'a> {
+    world: &'a SimpleCommunicator,
+    rank: usize,
+    backoff: Backoff,
+}
+
+impl DispatcherLink for MpiLink<'_> {
+    fn receive(&mut self) -> ToWorker {
+        let (bytes, _) = receive(self.world, Some(0), TAG_TO_WORKER, &mut self.backoff);
+        postcard::from_bytes(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "rank {}: undecodable message from the dispatcher: {e}",
+                self.rank
+            )
+        })
+    }
+
+    fn send(&mut self, message: ToDispatcher) -> bool {
+        self.world
+            .process_at_rank(0)
+            .send_with_tag(&encode(&message)[..], TAG_TO_DISPATCHER);
+        true
+    }
+}
+
+/// Rank 0's worker thread's link: channels with the dispatcher on the main thread.
+struct LocalLink {
+    commands: mpsc::Receiver<ToWorker>,
+    events: mpsc::Sender<ToDispatcher>,
+}
+
+impl DispatcherLink for LocalLink {
+    fn receive(&mut self) -> ToWorker {
+        self.commands
+            .recv()
+            .unwrap_or(ToWorker::Stop { exit_code: 0 })
+    }
+
+    fn send(&mut self, message: ToDispatcher) -> bool {
+        self.events.send(message).is_ok()
+    }
+}
+
+/// The worker loop of every rank (rank 0's in its second thread): say hello, then run what
+/// the dispatcher sends and report, until told to stop. `units` is the communicator that
+/// multi-rank units split. Returns this rank's statistics and the job's exit code.
+fn work(
+    stages: &StageSet<'_>,
+    link: &mut dyn DispatcherLink,
+    units: &SimpleCommunicator,
+    base: &RankContext,
+) -> (RankStats, u8) {
     let mut stats = RankStats {
         rank: base.rank,
         ..RankStats::default()
     };
-    let mut backoff = Backoff::new();
-    let hello = ToDispatcher::Ready {
+    let mut message = ToDispatcher::Ready {
         reports: vec![],
         returned: vec![],
         interrupted: false,
     };
-    dispatcher.send_with_tag(&encode(&hello)[..], TAG_TO_DISPATCHER);
     loop {
-        let (bytes, _) = receive(world, Some(0), TAG_TO_WORKER, &mut backoff);
-        let message: ToWorker<S::Unit> = postcard::from_bytes(&bytes).unwrap_or_else(|e| {
-            panic!(
-                "rank {}: undecodable message from the dispatcher: {e}",
-                base.rank
-            )
-        });
-        let (reports, returned) = match message {
-            ToWorker::Work(batch) => run_batch(stage, batch, base, signals::flag(), &mut stats),
+        if !link.send(message) {
+            return (stats, 0);
+        }
+        let (reports, returned) = match link.receive() {
+            ToWorker::Work(batch) => run_batch(stages, batch, base, signals::flag(), &mut stats),
             ToWorker::Multi {
                 assignment,
                 members,
                 tag,
             } => {
-                let collectives = unit_collectives(&comms.units, &members, tag);
+                let collectives = unit_collectives(units, &members, tag);
                 let report = run_assignment(
-                    stage,
+                    stages,
                     assignment,
                     base,
                     Some(Box::new(collectives)),
@@ -172,28 +222,26 @@ pub(crate) fn worker<S: Stage>(stage: &S, comms: &Comms, base: &RankContext) -> 
                 );
                 (vec![report], vec![])
             }
-            ToWorker::Stop { exit_code } => {
-                dispatcher.send_with_tag(
-                    &encode(&ToDispatcher::Finished(stats))[..],
-                    TAG_TO_DISPATCHER,
-                );
-                return exit_code;
-            }
+            ToWorker::Stop { exit_code } => return (stats, exit_code),
         };
-        let reply = ToDispatcher::Ready {
+        message = ToDispatcher::Ready {
             reports,
             returned,
             interrupted: signals::stop_requested(),
         };
-        dispatcher.send_with_tag(&encode(&reply)[..], TAG_TO_DISPATCHER);
     }
 }
 
-/// Commands to rank 0's own worker thread.
-enum LocalCommand<U> {
-    Work(Vec<Assignment<U>>),
-    Multi(Assignment<U>, Vec<i32>, i32),
-    Stop,
+/// A worker rank (> 0): ask, run, report, until told to stop. Returns the job's exit code.
+pub(crate) fn worker(stages: &StageSet<'_>, comms: &Comms, base: &RankContext) -> u8 {
+    let mut link = MpiLink {
+        world: &comms.world,
+        rank: base.rank,
+        backoff: Backoff::new(),
+    };
+    let (stats, exit_code) = work(stages, &mut link, &comms.units, base);
+    link.send(ToDispatcher::Finished(stats));
+    exit_code
 }
 
 /// Ranks being gathered for a multi-rank unit.
@@ -203,78 +251,34 @@ struct Reservation {
     members: Vec<usize>,
 }
 
-/// Everything the dispatcher tracks while the run is under way.
-struct Dispatcher<'a, S: Stage> {
-    stage: &'a S,
+/// The dispatcher on rank 0's main thread: hands out work and passes reports to the run
+/// state; it owns the transport (who is idle, multi-rank reservations, messages).
+struct Dispatcher<'a> {
+    state: RunState<'a>,
     setup: &'a RunSetup<'a>,
     world: &'a SimpleCommunicator,
     size: usize,
-    plan: Plan<S::Unit>,
-    ledger: Ledger,
-    graph: Graph,
-    /// Value of each ended unit, kept while units that run after it have not ended.
-    values: Vec<Option<Vec<u8>>>,
-    /// Outcome of each ended unit.
-    outcomes: Vec<Option<OutcomeKind>>,
-    /// Units that run after each unit and have not ended yet.
-    consumers_left: Vec<usize>,
     idle: Vec<usize>,
     reservation: Option<Reservation>,
-    multi_reports: HashMap<usize, Vec<UnitReport>>,
-    /// Memory limits of the attempts so far, per unit (isolated units only).
-    memory_limits: HashMap<usize, Vec<u64>>,
-    /// Each unit's latest record from earlier invocations.
-    previous: HashMap<String, LedgerRecord>,
-    /// Ledger counts of the planned units.
-    selection: Selection,
     /// Most ranks one unit may get.
     max_ranks: usize,
     /// Follow mode.
     follow: Option<Follow>,
     next_tag: i32,
     local_joins_multi: bool,
-    results: Vec<UnitResult>,
-    retries: usize,
     stopping_since: Option<Instant>,
-    ledger_error: Option<String>,
-    local_tx: mpsc::Sender<LocalCommand<S::Unit>>,
+    local_tx: mpsc::Sender<ToWorker>,
     first_dispatch: Option<Instant>,
     last_result: Option<Instant>,
 }
 
-impl<S: Stage> Dispatcher<'_, S> {
-    fn assignment(&self, index: usize, attempt: u32) -> Assignment<S::Unit> {
-        let inputs = self.plan.after[index]
-            .iter()
-            .map(|&a| Input {
-                unit: self.plan.ids[a].clone(),
-                outcome: self.outcomes[a].unwrap_or(OutcomeKind::Done),
-                value: self.values[a].clone(),
-            })
-            .collect();
-        Assignment {
-            index: index as u64,
-            attempt,
-            unit: self.plan.units[index].clone(),
-            inputs,
-        }
-    }
-
-    fn send(&mut self, rank: usize, command: LocalCommand<S::Unit>) {
+impl Dispatcher<'_> {
+    fn send(&mut self, rank: usize, message: ToWorker) {
         self.first_dispatch.get_or_insert_with(Instant::now);
         if rank == 0 {
-            let _ = self.local_tx.send(command);
+            let _ = self.local_tx.send(message);
             return;
         }
-        let message = match command {
-            LocalCommand::Work(batch) => ToWorker::Work(batch),
-            LocalCommand::Multi(assignment, members, tag) => ToWorker::Multi {
-                assignment,
-                members,
-                tag,
-            },
-            LocalCommand::Stop => unreachable!("remote ranks are stopped by stop_workers"),
-        };
         self.world
             .process_at_rank(rank as i32)
             .send_with_tag(&encode(&message)[..], TAG_TO_WORKER);
@@ -294,13 +298,13 @@ impl<S: Stage> Dispatcher<'_, S> {
             self.launch_if_complete();
             return;
         }
-        match self.graph.next(rank) {
+        match self.state.next(rank) {
             Next::Batch(batch) if !batch.is_empty() => {
                 let assignments = batch
                     .into_iter()
-                    .map(|(index, attempt)| self.assignment(index, attempt))
+                    .map(|(index, attempt)| self.state.assignment(index, attempt))
                     .collect();
-                self.send(rank, LocalCommand::Work(assignments));
+                self.send(rank, ToWorker::Work(assignments));
             }
             Next::Multi(index, attempt) if may_join && self.reservation.is_none() => {
                 self.reservation = Some(Reservation {
@@ -314,7 +318,7 @@ impl<S: Stage> Dispatcher<'_, S> {
                 self.launch_if_complete();
             }
             Next::Multi(index, _) => {
-                self.graph.give_back(None, index);
+                self.state.graph.give_back(None, index);
                 self.idle.push(rank);
             }
             Next::Batch(_) | Next::Nothing => self.idle.push(rank),
@@ -325,7 +329,7 @@ impl<S: Stage> Dispatcher<'_, S> {
         let Some(reservation) = &self.reservation else {
             return;
         };
-        if reservation.members.len() < self.graph.ranks_of(reservation.index) {
+        if reservation.members.len() < self.state.graph.ranks_of(reservation.index) {
             return;
         }
         let reservation = self.reservation.take().expect("checked");
@@ -333,125 +337,32 @@ impl<S: Stage> Dispatcher<'_, S> {
         members.sort_unstable();
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1) & 0x3fff_ffff;
-        tracing::debug!(unit = %self.plan.ids[reservation.index], ?members, "starting a multi-rank unit");
+        tracing::debug!(unit = %self.state.plan.label(self.state.stages, reservation.index), ?members, "starting a multi-rank unit");
         for &rank in &members {
-            self.graph.start_on(rank as usize);
-            let assignment = self.assignment(reservation.index, reservation.attempt);
+            self.state.graph.start_on(rank as usize);
+            let assignment = self
+                .state
+                .assignment(reservation.index, reservation.attempt);
             self.send(
                 rank as usize,
-                LocalCommand::Multi(assignment, members.clone(), tag),
+                ToWorker::Multi {
+                    assignment,
+                    members: members.clone(),
+                    tag,
+                },
             );
         }
     }
 
     /// Hands newly ready work to parked ranks.
     fn serve_idle(&mut self) {
-        if self.stopping_since.is_some() || (self.graph.ready() == 0 && self.reservation.is_none())
+        if self.stopping_since.is_some()
+            || (self.state.graph.ready() == 0 && self.reservation.is_none())
         {
             return;
         }
         for rank in std::mem::take(&mut self.idle) {
             self.serve(rank);
-        }
-    }
-
-    fn append(&mut self, record: LedgerRecord) {
-        if let Err(e) = self.ledger.append(&record) {
-            self.fail_ledger(e.to_string());
-        }
-        self.results.push(UnitResult::from(&record));
-    }
-
-    fn record(&mut self, rank: usize, report: UnitReport) {
-        let index = report.index as usize;
-        self.last_result = Some(Instant::now());
-        if let Some(limit) = report.memory_limit_mb {
-            self.memory_limits.entry(index).or_default().push(limit);
-        }
-        let (outcome, message) = match report.result {
-            Ok(Outcome::Done) => (OutcomeKind::Done, None),
-            Ok(Outcome::NoWork { reason }) => (OutcomeKind::NoWork, Some(reason)),
-            Err(f)
-                if f.kind == FailureKind::Transient
-                    && report.attempt <= self.setup.opts.max_retries =>
-            {
-                tracing::warn!(unit = %self.plan.ids[index], attempt = report.attempt, "retrying after failure: {f}");
-                self.retries += 1;
-                self.graph.retry(index);
-                return;
-            }
-            Err(f)
-                if f.kind == FailureKind::OutOfMemory
-                    && self
-                        .setup
-                        .isolation
-                        .as_ref()
-                        .is_some_and(|iso| iso.may_grow(report.attempt)) =>
-            {
-                tracing::warn!(unit = %self.plan.ids[index], attempt = report.attempt, "retrying with a larger memory limit: {f}");
-                self.retries += 1;
-                self.graph.retry(index);
-                return;
-            }
-            Err(f) => (OutcomeKind::from(f.kind), Some(f.message)),
-        };
-        let success = outcome.is_success();
-        let value = report.value.filter(|_| success);
-        let memory_limits_mb = self.memory_limits.remove(&index).unwrap_or_default();
-        self.append(LedgerRecord {
-            unit: self.plan.ids[index].to_string(),
-            outcome,
-            attempts: report.attempt,
-            rank,
-            elapsed_s: report.elapsed_s,
-            message,
-            invocation: self.ledger.invocation(),
-            time: unix_now(),
-            value: value.as_ref().map(|v| BASE64.encode(v)),
-            memory_limits_mb,
-        });
-        self.outcomes[index] = Some(outcome);
-        if self.consumers_left[index] > 0 {
-            self.values[index] = value;
-        }
-        let blocked = self.graph.finish(index, success);
-        self.ended(index);
-        self.record_blocked(blocked);
-    }
-
-    /// Records units that cannot run because an input failed.
-    fn record_blocked(&mut self, blocked: Vec<(usize, usize)>) {
-        for (unit, failed_input) in blocked {
-            let message = format!(
-                "not run: input unit {} failed ({})",
-                self.plan.ids[failed_input],
-                self.outcomes[failed_input].map_or("failed earlier", OutcomeKind::as_str)
-            );
-            self.outcomes[unit] = Some(OutcomeKind::DependencyFailed);
-            self.append(LedgerRecord {
-                unit: self.plan.ids[unit].to_string(),
-                outcome: OutcomeKind::DependencyFailed,
-                attempts: 0,
-                rank: 0,
-                elapsed_s: 0.0,
-                message: Some(message),
-                invocation: self.ledger.invocation(),
-                time: unix_now(),
-                value: None,
-                memory_limits_mb: vec![],
-            });
-            self.ended(unit);
-        }
-    }
-
-    /// Releases the values a unit no longer needs once it has ended.
-    fn ended(&mut self, index: usize) {
-        for k in 0..self.plan.after[index].len() {
-            let input = self.plan.after[index][k];
-            self.consumers_left[input] = self.consumers_left[input].saturating_sub(1);
-            if self.consumers_left[input] == 0 {
-                self.values[input] = None;
-            }
         }
     }
 
@@ -461,75 +372,31 @@ impl<S: Stage> Dispatcher<'_, S> {
             return;
         };
         for path in follow.scan() {
-            let planned = match parse_list::<S::Unit>(&path) {
-                Ok(p) => p,
-                Err(reason) => {
-                    follow.reject(&path, reason);
-                    continue;
-                }
-            };
-            let first = self.plan.units.len();
-            let indices = match self
-                .plan
-                .extend(self.stage.name(), planned, self.max_ranks, true)
+            match self
+                .state
+                .add_list(&path, self.setup.run_dir, self.max_ranks)
             {
-                Ok(i) => i,
-                Err(reason) => {
-                    follow.reject(&path, format!("{}: {reason}", path.display()));
-                    continue;
-                }
-            };
-            let (specs, selection) =
-                self.plan
-                    .node_specs(&indices, &self.previous, self.setup.retry_failed);
-            match self.graph.add(specs) {
-                Ok(blocked) => {
-                    self.values.resize(self.plan.units.len(), None);
-                    self.outcomes.resize(self.plan.units.len(), None);
-                    self.consumers_left.resize(self.plan.units.len(), 0);
-                    for &i in &indices {
-                        for k in 0..self.plan.after[i].len() {
-                            let input = self.plan.after[i][k];
-                            self.consumers_left[input] += 1;
-                        }
-                        settle_from_ledger(
-                            &self.previous,
-                            self.plan.ids[i].as_str(),
-                            &mut self.outcomes[i],
-                            &mut self.values[i],
-                        );
-                    }
-                    self.selection.to_run += selection.to_run;
-                    self.selection.skipped_done += selection.skipped_done;
-                    self.selection
-                        .skipped_failed
-                        .extend(selection.skipped_failed);
-                    tracing::info!(
-                        "{}: took {} new units from {}",
-                        self.stage.name(),
-                        selection.to_run,
-                        path.display()
-                    );
-                    self.record_blocked(blocked);
-                }
-                Err(on_cycle) => {
-                    let id = self.plan.ids[on_cycle].clone();
-                    self.plan.truncate(first);
-                    follow.reject(
-                        &path,
-                        format!("{}: unit {id} is on a dependency cycle", path.display()),
-                    );
-                }
+                Ok(to_run) => tracing::info!(
+                    "{}: took {to_run} new units from {}",
+                    self.state.stages.run_name(),
+                    path.display()
+                ),
+                Err(reason) => follow.reject(&path, reason),
             }
         }
         self.follow = Some(follow);
+        self.check_ledger();
         self.serve_idle();
     }
 
-    fn fail_ledger(&mut self, error: String) {
-        tracing::error!("cannot write the ledger, stopping: {error}");
-        self.ledger_error.get_or_insert(error);
-        self.begin_stop();
+    /// Stops the run when a ledger could not be written.
+    fn check_ledger(&mut self) {
+        if let Some(error) = &self.state.ledger_error
+            && self.stopping_since.is_none()
+        {
+            tracing::error!("cannot write the ledger, stopping: {error}");
+            self.begin_stop();
+        }
     }
 
     fn begin_stop(&mut self) {
@@ -539,16 +406,14 @@ impl<S: Stage> Dispatcher<'_, S> {
         tracing::warn!(
             "stop requested: no new units; waiting up to {} s for {} running units",
             self.setup.opts.stop_grace_s,
-            self.graph.in_flight()
+            self.state.graph.in_flight()
         );
         self.stopping_since = Some(Instant::now());
         if let Some(reservation) = self.reservation.take() {
-            self.graph.give_back(None, reservation.index);
+            self.state.graph.give_back(None, reservation.index);
             self.idle.extend(reservation.members);
         }
-        if let Err(e) = self.ledger.commit() {
-            self.ledger_error.get_or_insert(e.to_string());
-        }
+        self.state.commit();
     }
 
     fn handle_ready(
@@ -559,30 +424,13 @@ impl<S: Stage> Dispatcher<'_, S> {
         interrupted: bool,
     ) {
         for report in reports {
-            let index = report.index as usize;
-            self.graph.returned(rank, report.elapsed_s);
-            let needed = self.graph.ranks_of(index);
-            if needed == 1 {
-                self.record(rank, report);
-                continue;
-            }
-            let parts = self.multi_reports.entry(index).or_default();
-            parts.push(report);
-            if parts.len() == needed {
-                let mut parts = self.multi_reports.remove(&index).expect("present");
-                // The first failure if any, else rank 0's report (which carries the value).
-                parts.sort_by_key(|p| (p.result.is_ok(), p.value.is_none()));
-                let mut combined = parts.swap_remove(0);
-                combined.elapsed_s = parts
-                    .iter()
-                    .map(|p| p.elapsed_s)
-                    .fold(combined.elapsed_s, f64::max);
-                self.record(rank, combined);
-            }
+            self.last_result = Some(Instant::now());
+            self.state.report(rank, report);
         }
         for index in returned {
-            self.graph.give_back(Some(rank), index as usize);
+            self.state.graph.give_back(Some(rank), index as usize);
         }
+        self.check_ledger();
         if interrupted {
             self.begin_stop();
         }
@@ -591,56 +439,25 @@ impl<S: Stage> Dispatcher<'_, S> {
     }
 
     fn progress(&self, started: Instant) {
-        let ended = self.results.len();
-        let failed = self
-            .results
-            .iter()
-            .filter(|r| !r.outcome.is_success())
-            .count();
-        let total = ended + self.graph.open();
+        let ended = self.state.results.len();
         let elapsed = started.elapsed().as_secs_f64().max(1e-9);
         let rate = ended as f64 / elapsed;
-        let eta = if rate > 0.0 {
-            self.graph.open() as f64 / rate
-        } else {
-            f64::INFINITY
-        };
+        let open = self.state.graph.open();
+        let eta = (rate > 0.0).then(|| open as f64 / rate);
+        let (ended, failed, total) = self.state.write_progress(rate, eta, self.size);
         tracing::info!(
             "{}: {ended}/{total} units ended ({failed} failed), {} running, {rate:.1} units/s, ETA {}",
-            self.stage.name(),
-            self.graph.in_flight(),
-            if eta.is_finite() {
-                format!("{eta:.0} s")
-            } else {
-                "unknown".into()
-            }
-        );
-        let snapshot = serde_json::json!({
-            "stage": self.stage.name(),
-            "invocation": self.ledger.invocation(),
-            "time": unix_now(),
-            "to_run": total,
-            "ended": ended,
-            "failed": failed,
-            "running": self.graph.in_flight(),
-            "pending": self.graph.open() - self.graph.in_flight().min(self.graph.open()),
-            "rate_per_s": rate,
-            "eta_s": if eta.is_finite() { Some(eta) } else { None },
-            "ranks": self.size,
-            "pid": std::process::id(),
-        });
-        let _ = write_atomic(
-            &self.ledger.paths().progress,
-            snapshot.to_string().as_bytes(),
-            Durability::ProcessCrashOnly,
+            self.state.stages.run_name(),
+            self.state.graph.in_flight(),
+            eta.map_or("unknown".to_string(), |e| format!("{e:.0} s"))
         );
     }
 }
 
 /// Rank 0: plan, dispatch, record, report. Returns the summary, or an error message when the
 /// run could not start.
-pub(crate) fn dispatcher<S: Stage>(
-    stage: &S,
+pub(crate) fn dispatcher(
+    stages: &StageSet<'_>,
     comms: Comms,
     setup: &RunSetup<'_>,
 ) -> Result<RunSummary, String> {
@@ -656,146 +473,90 @@ pub(crate) fn dispatcher<S: Stage>(
     } else {
         size.saturating_sub(1).max(1)
     };
-    let prepared = prepare(stage, setup, max_ranks);
-    let (plan, ledger) = match prepared {
+    let cannot_start = |e: String| {
+        stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
+        Err(e)
+    };
+    if stages.is_chain() && setup.follow.is_some() {
+        return cannot_start("--follow runs one stage, not a chain".into());
+    }
+    let (plan, ledgers) = match prepare(stages, setup, max_ranks) {
         Ok(p) => p,
-        Err(e) => {
-            stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
-            return Err(e);
-        }
+        Err(e) => return cannot_start(e),
     };
     let follow = match setup.follow.clone().map(Follow::new).transpose() {
         Ok(f) => f,
-        Err(e) => {
-            stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
-            return Err(e);
-        }
+        Err(e) => return cannot_start(e),
     };
-    let previous = ledger.previous().clone();
-    let all: Vec<usize> = (0..plan.units.len()).collect();
-    let (specs, selection) = plan.node_specs(&all, &previous, setup.retry_failed);
-    let (to_run, skipped_done, skipped_failed_count) = (
-        selection.to_run,
+    let state_setup = StateSetup {
+        size,
+        schedule: setup.opts.schedule,
+        max_batch: setup.opts.max_batch,
+        retry_failed: setup.retry_failed,
+        max_retries: setup.opts.max_retries,
+        isolation: setup.isolation.clone(),
+    };
+    let state = match RunState::new(stages, plan, ledgers, state_setup) {
+        Ok(s) => s,
+        Err(e) => return cannot_start(e),
+    };
+    if let Err(e) = state.write_manifests() {
+        return cannot_start(e);
+    }
+    let selection = &state.selection;
+    tracing::info!(
+        "{}: {} units planned, {} already done, {} failed earlier{}, {} failed at planning (input missing or failed), {} to run on {size} ranks",
+        stages.run_name(),
+        state.plan.units.len(),
         selection.skipped_done,
         selection.skipped_failed.len(),
-    );
-    let (graph, blocked) = match Graph::new(specs, size, setup.opts.schedule, setup.opts.max_batch)
-    {
-        Ok(g) => g,
-        Err(on_cycle) => {
-            stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
-            return Err(format!(
-                "{}: unit {} is on a dependency cycle",
-                stage.name(),
-                plan.ids[on_cycle]
-            ));
-        }
-    };
-    if let Err(e) =
-        ledger.write_manifest(stage.name(), &stage.config_fingerprint(), plan.units.len())
-    {
-        stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
-        return Err(e.to_string());
-    }
-    tracing::info!(
-        "{}: {} units planned, {skipped_done} already done, {skipped_failed_count} failed earlier{}, {to_run} to run on {size} ranks",
-        stage.name(),
-        plan.units.len(),
         if setup.retry_failed {
             " (retried)"
         } else {
             " (not retried)"
         },
+        state.results.len(),
+        selection.to_run,
     );
-    let n = plan.units.len();
-    let mut values = vec![None; n];
-    let mut outcomes = vec![None; n];
-    let mut consumers_left = vec![0; n];
-    for i in 0..n {
-        for &a in &plan.after[i] {
-            consumers_left[a] += 1;
-        }
-    }
-    for (i, id) in plan.ids.iter().enumerate() {
-        settle_from_ledger(&previous, id.as_str(), &mut outcomes[i], &mut values[i]);
-    }
     let base = RankContext {
         run_dir: setup.run_dir.to_path_buf(),
         rank: 0,
         durable: setup.opts.fsync,
         isolation: setup.isolation.clone(),
     };
-    let (local_tx, local_rx) = mpsc::channel::<LocalCommand<S::Unit>>();
-    let (event_tx, event_rx) = mpsc::channel::<(Vec<UnitReport>, Vec<u64>, bool)>();
+    let (local_tx, local_rx) = mpsc::channel::<ToWorker>();
+    let (event_tx, event_rx) = mpsc::channel::<ToDispatcher>();
     let startup_s = setup.started.elapsed().as_secs_f64();
     let thread_comm = ThreadComm(units);
 
     std::thread::scope(|scope| {
         let local = scope.spawn(move || {
             let thread_comm = thread_comm;
-            let mut stats = RankStats::default();
-            loop {
-                let (reports, returned) = match local_rx.recv() {
-                    Ok(LocalCommand::Work(batch)) => {
-                        run_batch(stage, batch, &base, signals::flag(), &mut stats)
-                    }
-                    Ok(LocalCommand::Multi(assignment, members, tag)) => {
-                        let collectives = unit_collectives(&thread_comm.0, &members, tag);
-                        (
-                            vec![run_assignment(
-                                stage,
-                                assignment,
-                                &base,
-                                Some(Box::new(collectives)),
-                                &mut stats,
-                            )],
-                            vec![],
-                        )
-                    }
-                    Ok(LocalCommand::Stop) | Err(_) => break,
-                };
-                if event_tx
-                    .send((reports, returned, signals::stop_requested()))
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            stats
+            let mut link = LocalLink {
+                commands: local_rx,
+                events: event_tx,
+            };
+            work(stages, &mut link, &thread_comm.0, &base).0
         });
         let mut d = Dispatcher {
-            stage,
+            state,
             setup,
             world,
             size,
-            plan,
-            ledger,
-            graph,
-            values,
-            outcomes,
-            consumers_left,
             idle: Vec::new(),
             reservation: None,
-            multi_reports: HashMap::new(),
-            memory_limits: HashMap::new(),
-            previous,
-            selection,
             max_ranks,
             follow,
             next_tag: 1,
             local_joins_multi: threads_may_call_mpi,
-            results: Vec::new(),
-            retries: 0,
             stopping_since: None,
-            ledger_error: None,
             local_tx,
             first_dispatch: None,
             last_result: None,
         };
-        d.record_blocked(blocked);
+        d.check_ledger();
         let loop_start = Instant::now();
         d.take_lists();
-        d.serve(0);
         let mut next_scan = Instant::now();
         let mut backoff = Backoff::new();
         let progress_every = Duration::from_secs_f64(setup.opts.progress_interval_s);
@@ -809,8 +570,8 @@ pub(crate) fn dispatcher<S: Stage>(
             }
             let following =
                 d.follow.as_ref().is_some_and(|f| !f.stopped) && d.stopping_since.is_none();
-            let drained =
-                d.graph.is_finished() || (d.stopping_since.is_some() && d.graph.in_flight() == 0);
+            let drained = d.state.graph.is_finished()
+                || (d.stopping_since.is_some() && d.state.graph.in_flight() == 0);
             if drained && !following && d.idle.len() == size {
                 break;
             }
@@ -843,13 +604,19 @@ pub(crate) fn dispatcher<S: Stage>(
                 }
                 busy = true;
             }
-            while let Ok((reports, returned, interrupted)) = event_rx.try_recv() {
-                d.handle_ready(0, reports, returned, interrupted);
+            while let Ok(message) = event_rx.try_recv() {
+                if let ToDispatcher::Ready {
+                    reports,
+                    returned,
+                    interrupted,
+                } = message
+                {
+                    d.handle_ready(0, reports, returned, interrupted);
+                }
                 busy = true;
             }
-            if let Err(e) = d.ledger.commit_if_due() {
-                d.fail_ledger(e.to_string());
-            }
+            d.state.commit_if_due();
+            d.check_ledger();
             if Instant::now() >= next_progress {
                 d.progress(loop_start);
                 next_progress = Instant::now() + progress_every;
@@ -860,30 +627,29 @@ pub(crate) fn dispatcher<S: Stage>(
                 backoff.wait();
             }
         }
-        if let Err(e) = d.ledger.commit() {
-            d.ledger_error.get_or_insert(e.to_string());
-        }
+        d.state.commit();
         let interrupted = d.stopping_since.is_some();
         let makespan_s = match (d.first_dispatch, d.last_result) {
             (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
             _ => 0.0,
         };
         let mut summary = RunSummary {
-            stage: stage.name().to_string(),
+            stage: stages.run_name().to_string(),
+            stages: stages.names().map(str::to_string).collect(),
             ranks: size,
             schedule: setup.opts.schedule,
-            invocation: d.ledger.invocation(),
-            planned: d.plan.units.len(),
-            skipped_done: d.selection.skipped_done,
-            skipped_failed: std::mem::take(&mut d.selection.skipped_failed),
+            invocation: d.state.invocation(),
+            planned: d.state.plan.units.len(),
+            skipped_done: d.state.selection.skipped_done,
+            skipped_failed: std::mem::take(&mut d.state.selection.skipped_failed),
             rejected_lists: d
                 .follow
                 .as_mut()
                 .map(|f| std::mem::take(&mut f.rejected))
                 .unwrap_or_default(),
-            units: std::mem::take(&mut d.results),
-            retries: d.retries,
-            not_run: d.graph.open(),
+            units: std::mem::take(&mut d.state.results),
+            retries: d.state.retries,
+            not_run: d.state.graph.open(),
             interrupted,
             startup_s,
             makespan_s,
@@ -898,7 +664,7 @@ pub(crate) fn dispatcher<S: Stage>(
             std::process::exit(i32::from(summary.exit_code()));
         }
         let exit_code = summary.exit_code();
-        let _ = d.local_tx.send(LocalCommand::Stop);
+        let _ = d.local_tx.send(ToWorker::Stop { exit_code });
         let mut idle = std::mem::take(&mut d.idle);
         idle.retain(|&r| r != 0);
         let mut stats = stop_workers(world, size, &mut idle, exit_code, false);
@@ -909,45 +675,37 @@ pub(crate) fn dispatcher<S: Stage>(
         });
         stats.sort_by_key(|s| s.rank);
         summary.rank_stats = stats;
-        if let Some(e) = d.ledger_error {
+        if let Some(e) = d.state.ledger_error {
             return Err(format!("the ledger could not be written: {e}"));
         }
         Ok(summary)
     })
 }
 
-/// Sets a unit's outcome and value from its ledger record of an earlier invocation.
-fn settle_from_ledger(
-    previous: &HashMap<String, LedgerRecord>,
-    id: &str,
-    outcome: &mut Option<OutcomeKind>,
-    value: &mut Option<Vec<u8>>,
-) {
-    if let Some(r) = previous.get(id) {
-        *outcome = Some(r.outcome);
-        if r.outcome.is_success() {
-            *value = r.value.as_deref().and_then(|v| BASE64.decode(v).ok());
-        }
-    }
-}
-
-/// Opens the ledger and plans, on rank 0.
-fn prepare<S: Stage>(
-    stage: &S,
+/// Opens every stage instance's ledger and plans, on rank 0.
+fn prepare(
+    stages: &StageSet<'_>,
     setup: &RunSetup<'_>,
     max_ranks: usize,
-) -> Result<(Plan<S::Unit>, Ledger), String> {
-    let ledger = Ledger::open(
-        setup.run_dir,
-        stage.name(),
-        &stage.config_fingerprint(),
-        setup.allow_config_change,
-        setup.opts.fsync,
-        Duration::from_secs_f64(setup.opts.ledger_sync_interval_s),
-    )
-    .map_err(|e| e.to_string())?;
-    let plan = plan_stage(stage, max_ranks)?;
-    Ok((plan, ledger))
+) -> Result<(Plan, Vec<Ledger>), String> {
+    stages.check()?;
+    let ledgers = stages
+        .instances
+        .iter()
+        .map(|inst| {
+            Ledger::open(
+                setup.run_dir,
+                &inst.name,
+                &inst.stage.fingerprint(),
+                setup.allow_config_change,
+                setup.opts.fsync,
+                Duration::from_secs_f64(setup.opts.ledger_sync_interval_s),
+            )
+            .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = plan_stages(stages, setup.run_dir, max_ranks)?;
+    Ok((plan, ledgers))
 }
 
 /// Stops every worker rank (1..size) and collects their statistics. `parked` lists ranks known
@@ -961,7 +719,7 @@ fn stop_workers(
     expect_hello: bool,
 ) -> Vec<RankStats> {
     let mut backoff = Backoff::new();
-    let stop = encode(&ToWorker::<()>::Stop { exit_code });
+    let stop = encode(&ToWorker::Stop { exit_code });
     if expect_hello {
         parked.clear();
         for _ in 1..size {
@@ -995,15 +753,28 @@ fn stop_workers(
     stats
 }
 
-/// Writes `run-report.json` in the run directory (logging, not failing, on error).
+/// Writes `run-report.json` in the run directory and, in a chain run, each stage's part as
+/// `ledger/<stage>.report.json` (logging, not failing, on error).
 pub(crate) fn write_report(run_dir: &Path, summary: &RunSummary, fsync: bool) {
-    let report = serde_json::to_vec_pretty(&summary.report()).expect("report serialises");
     let durability = if fsync {
         Durability::Synced
     } else {
         Durability::ProcessCrashOnly
     };
-    if let Err(e) = write_atomic(run_dir.join("run-report.json"), &report, durability) {
+    let report = summary.report();
+    if report.stages.len() > 1 {
+        for part in &report.stages {
+            let path = run_dir
+                .join("ledger")
+                .join(format!("{}.report.json", part.stage));
+            let bytes = serde_json::to_vec_pretty(part).expect("report serialises");
+            if let Err(e) = write_atomic(&path, &bytes, durability) {
+                tracing::error!("cannot write {}: {e}", path.display());
+            }
+        }
+    }
+    let bytes = serde_json::to_vec_pretty(&report).expect("report serialises");
+    if let Err(e) = write_atomic(run_dir.join("run-report.json"), &bytes, durability) {
         tracing::error!("cannot write the run report: {e}");
     }
 }

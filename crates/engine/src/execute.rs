@@ -1,8 +1,10 @@
 //! Running units on whichever rank: timing, panics, tracing spans, values.
 
 use crate::isolation::{Isolation, run_isolated};
+use crate::ledger::unix_now;
 use crate::protocol::{Assignment, RankStats, UnitReport};
-use skypipe_stage::{Collectives, FailureKind, Outcome, Stage, UnitContext, UnitFailure, WorkUnit};
+use crate::stages::{ErasedUnit, StageSet};
+use skypipe_stage::{Collectives, FailureKind, Outcome, UnitContext, UnitFailure, UnitId};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,15 +25,19 @@ pub(crate) struct RankContext {
 }
 
 /// Runs one unit, turning a panic into a bad-input failure; returns the result and seconds.
-pub(crate) fn run_unit<S: Stage>(
-    stage: &S,
-    unit: &S::Unit,
+pub(crate) fn run_unit(
+    stages: &StageSet<'_>,
+    unit: &ErasedUnit,
+    id: &UnitId,
     ctx: &UnitContext,
 ) -> (Result<Outcome, UnitFailure>, f64) {
-    let span = tracing::debug_span!("unit", stage = stage.name(), rank = ctx.rank, unit = %unit.id(), attempt = ctx.attempt);
+    let instance = &stages.instances[unit.instance as usize];
+    let span = tracing::debug_span!("unit", stage = %instance.name, rank = ctx.rank, unit = %id, attempt = ctx.attempt);
     let _entered = span.enter();
     let start = Instant::now();
-    let result = match catch_unwind(AssertUnwindSafe(|| stage.run(unit, ctx))) {
+    let result = match catch_unwind(AssertUnwindSafe(|| {
+        instance.stage.run_erased(&unit.bytes, ctx)
+    })) {
         Ok(result) => result,
         Err(payload) => {
             let text = payload
@@ -54,9 +60,9 @@ pub(crate) fn run_unit<S: Stage>(
 }
 
 /// Runs one assignment (with collectives for a multi-rank unit) and reports it.
-pub(crate) fn run_assignment<S: Stage>(
-    stage: &S,
-    assignment: Assignment<S::Unit>,
+pub(crate) fn run_assignment(
+    stages: &StageSet<'_>,
+    assignment: Assignment,
     base: &RankContext,
     collectives: Option<Box<dyn Collectives>>,
     stats: &mut RankStats,
@@ -72,7 +78,8 @@ pub(crate) fn run_assignment<S: Stage>(
     if let Some(c) = collectives {
         ctx = ctx.with_collectives(c);
     }
-    let (result, elapsed_s) = run_unit(stage, &assignment.unit, &ctx);
+    let started = unix_now();
+    let (result, elapsed_s) = run_unit(stages, &assignment.unit, &assignment.id, &ctx);
     stats.busy_s += elapsed_s;
     stats.units += 1;
     let value = ctx.take_value().filter(|_| keep_value && result.is_ok());
@@ -80,6 +87,7 @@ pub(crate) fn run_assignment<S: Stage>(
         index: assignment.index,
         attempt: assignment.attempt,
         result,
+        started,
         elapsed_s,
         value,
         memory_limit_mb: None,
@@ -87,9 +95,9 @@ pub(crate) fn run_assignment<S: Stage>(
 }
 
 /// Runs a batch in order; once `stop` is set, the units not yet started are returned unrun.
-pub(crate) fn run_batch<S: Stage>(
-    stage: &S,
-    batch: Vec<Assignment<S::Unit>>,
+pub(crate) fn run_batch(
+    stages: &StageSet<'_>,
+    batch: Vec<Assignment>,
     base: &RankContext,
     stop: &AtomicBool,
     stats: &mut RankStats,
@@ -109,7 +117,7 @@ pub(crate) fn run_batch<S: Stage>(
                     None => returned.push(index),
                 }
             }
-            None => reports.push(run_assignment(stage, assignment, base, None, stats)),
+            None => reports.push(run_assignment(stages, assignment, base, None, stats)),
         }
     }
     (reports, returned)

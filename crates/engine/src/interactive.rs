@@ -1,12 +1,13 @@
 //! Running without MPI: one unit for debugging (`--unit ID`) and the plan listing (`--dry-run`).
 
 use crate::execute::run_unit;
-use crate::ledger::{LedgerPaths, LedgerRecord, latest_by_unit, read_records};
-use crate::plan::plan_stage;
+use crate::ledger::{LedgerPaths, LedgerRecord, latest_by_unit, read_manifest, read_records};
+use crate::plan::{Plan, plan_stages};
 use crate::report::{EXIT_CANNOT_START, EXIT_OK, EXIT_UNITS_FAILED};
+use crate::stages::StageSet;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use skypipe_stage::{Input, Outcome, Stage, UnitContext, UnitId};
+use skypipe_stage::{Input, Outcome, UnitContext, UnitId};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -17,38 +18,79 @@ fn previous_records(stage: &str, run_dir: &Path) -> Result<HashMap<String, Ledge
         .map_err(|e| e.to_string())
 }
 
+/// The ledgers of every stage instance, read without locking.
+fn all_previous(
+    stages: &StageSet<'_>,
+    run_dir: &Path,
+) -> Result<Vec<HashMap<String, LedgerRecord>>, String> {
+    stages
+        .instances
+        .iter()
+        .map(|inst| previous_records(&inst.name, run_dir))
+        .collect()
+}
+
+/// Finds the unit a `--unit` argument names: `ID` for one stage, `STAGE[ID]` in a chain.
+fn find_unit(stages: &StageSet<'_>, plan: &Plan, wanted: &str) -> Result<usize, String> {
+    let (instance, id) = match wanted.strip_suffix(']').and_then(|w| w.split_once('[')) {
+        Some((name, id)) => {
+            let k = stages
+                .names()
+                .position(|n| n == name)
+                .ok_or_else(|| format!("--unit: no stage '{name}' in this run"))?;
+            (k, id)
+        }
+        None if stages.is_chain() => {
+            return Err(format!(
+                "--unit: in a chain, name the stage too, e.g. {}",
+                plan.ids
+                    .first()
+                    .map_or("calibrate[obs=0007]".to_string(), |_| plan.label(stages, 0))
+            ));
+        }
+        None => (0, wanted),
+    };
+    let id: UnitId = id.parse().map_err(|e| format!("--unit: {e}"))?;
+    plan.index
+        .get(&(instance as u32, id.clone()))
+        .copied()
+        .ok_or_else(|| {
+            let examples: Vec<String> = (0..plan.ids.len().min(3))
+                .map(|i| plan.label(stages, i))
+                .collect();
+            format!(
+                "{}: no unit {id} in the plan of {} units (e.g. {})",
+                stages.instances[instance].name,
+                plan.ids.len(),
+                examples.join(", ")
+            )
+        })
+}
+
 /// Runs the unit `id` in this process, exactly as a rank would, without recording it in the
 /// ledger. A unit that runs after others gets their outcomes and values from the run
 /// directory's ledger; a multi-rank unit runs alone (collectives over one rank).
 /// Prints one line with the outcome and returns the exit code.
-pub fn run_one<S: Stage>(stage: &S, id: &str, run_dir: &Path, durable: bool) -> u8 {
-    let wanted: UnitId = match id.parse() {
-        Ok(id) => id,
-        Err(e) => {
-            eprintln!("error: --unit: {e}");
-            return EXIT_CANNOT_START;
-        }
-    };
-    let plan = match plan_stage(stage, usize::MAX) {
+pub(crate) fn run_one(stages: &StageSet<'_>, id: &str, run_dir: &Path, durable: bool) -> u8 {
+    let plan = match plan_stages(stages, run_dir, usize::MAX) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_CANNOT_START;
         }
     };
-    let Some(&index) = plan.index.get(&wanted) else {
-        let examples: Vec<String> = plan.ids.iter().take(3).map(UnitId::to_string).collect();
-        eprintln!(
-            "error: {}: no unit {wanted} in the plan of {} units (e.g. {})",
-            stage.name(),
-            plan.ids.len(),
-            examples.join(", ")
-        );
-        return EXIT_CANNOT_START;
+    let index = match find_unit(stages, &plan, id) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CANNOT_START;
+        }
     };
+    let label = plan.label(stages, index);
+    let name = &stages.instances[plan.instance(index)].name;
     let mut inputs = Vec::new();
     if !plan.after[index].is_empty() {
-        let previous = match previous_records(stage.name(), run_dir) {
+        let previous = match previous_records(name, run_dir) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -65,8 +107,7 @@ pub fn run_one<S: Stage>(stage: &S, id: &str, run_dir: &Path, durable: bool) -> 
                 }),
                 _ => {
                     eprintln!(
-                        "error: {}: unit {wanted} runs after {input}, which is not recorded done in {}",
-                        stage.name(),
+                        "error: {name}: unit {label} runs after {input}, which is not recorded done in {}",
                         run_dir.display()
                     );
                     return EXIT_CANNOT_START;
@@ -75,63 +116,106 @@ pub fn run_one<S: Stage>(stage: &S, id: &str, run_dir: &Path, durable: bool) -> 
         }
     }
     let ctx = UnitContext::new(1, run_dir, 0, durable).with_inputs(inputs);
-    let (result, elapsed) = run_unit(stage, &plan.units[index], &ctx);
+    let (result, elapsed) = run_unit(stages, &plan.units[index], &plan.ids[index], &ctx);
     let mut out = std::io::stdout().lock();
+    let shown = if stages.is_chain() {
+        label
+    } else {
+        format!("{name}[{label}]")
+    };
     match result {
         Ok(Outcome::Done) => {
-            let _ = writeln!(out, "{}[{wanted}] done in {elapsed:.3} s", stage.name());
+            let _ = writeln!(out, "{shown} done in {elapsed:.3} s");
             EXIT_OK
         }
         Ok(Outcome::NoWork { reason }) => {
-            let _ = writeln!(
-                out,
-                "{}[{wanted}] no-work in {elapsed:.3} s: {reason}",
-                stage.name()
-            );
+            let _ = writeln!(out, "{shown} no-work in {elapsed:.3} s: {reason}");
             EXIT_OK
         }
         Err(f) => {
-            let _ = writeln!(out, "{}[{wanted}] {f}", stage.name());
+            let _ = writeln!(out, "{shown} {f}");
             EXIT_UNITS_FAILED
         }
     }
 }
 
+/// Refuses, as a real run would, a run directory whose ledger was written with another
+/// configuration.
+fn check_fingerprints(stages: &StageSet<'_>, run_dir: &Path) -> Result<(), String> {
+    for inst in &stages.instances {
+        let path = LedgerPaths::new(run_dir, &inst.name).manifest;
+        let manifest = read_manifest(&path).map_err(|e| e.to_string())?;
+        if let Some(m) = manifest
+            && m.config_fingerprint != inst.stage.fingerprint()
+        {
+            return Err(format!(
+                "{}: this run directory was written by {} with configuration fingerprint {}, but the configuration now gives {}; the run would be refused (use a new run directory, or --allow-config-change)",
+                path.display(),
+                inst.name,
+                m.config_fingerprint,
+                inst.stage.fingerprint()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Lists the planned units with their ledger state and what a run would do. Reads the ledger
-/// (if any) without locking it, so it is safe while a job runs.
-pub fn dry_run<S: Stage>(stage: &S, run_dir: Option<&Path>, retry_failed: bool) -> u8 {
-    let plan = match plan_stage(stage, usize::MAX) {
+/// (if any) without locking it, so it is safe while a job runs. Without a run directory, file
+/// connections are resolved against the current directory.
+pub(crate) fn dry_run(
+    stages: &StageSet<'_>,
+    run_dir: Option<&Path>,
+    retry_failed: bool,
+    allow_config_change: bool,
+) -> u8 {
+    let dir = run_dir.unwrap_or(Path::new("."));
+    let checked = stages
+        .check()
+        .and_then(|()| match (run_dir, allow_config_change) {
+            (Some(d), false) => check_fingerprints(stages, d),
+            _ => Ok(()),
+        })
+        .and_then(|()| plan_stages(stages, dir, usize::MAX));
+    let plan = match checked {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_CANNOT_START;
         }
     };
-    let previous = match run_dir.map(|d| previous_records(stage.name(), d)) {
+    let previous = match run_dir.map(|d| all_previous(stages, d)) {
         Some(Ok(p)) => p,
         Some(Err(e)) => {
             eprintln!("error: {e}");
             return EXIT_CANNOT_START;
         }
-        None => HashMap::new(),
+        None => vec![HashMap::new(); stages.len()],
     };
     let all: Vec<usize> = (0..plan.units.len()).collect();
-    let (_, selection) = plan.node_specs(&all, &previous, retry_failed);
+    let (_, selection) = plan.node_specs(stages, &all, &previous, retry_failed);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "# unit\tstate\tcost_hint\tranks\tafter");
-    for (i, id) in plan.ids.iter().enumerate() {
-        let state = previous
-            .get(id.as_str())
-            .map_or("pending", |r| r.outcome.as_str());
+    for i in 0..plan.units.len() {
+        let state = previous[plan.instance(i)].get(plan.ids[i].as_str()).map_or(
+            if plan.missing_inputs.contains_key(&i) {
+                "missing-input"
+            } else {
+                "pending"
+            },
+            |r| r.outcome.as_str(),
+        );
         let hint = plan.hints[i].map_or("-".to_string(), |h| format!("{h}"));
         let after = plan.after[i]
             .iter()
-            .map(|&a| plan.ids[a].to_string())
+            .chain(&plan.needs[i])
+            .map(|&a| plan.label(stages, a))
             .collect::<Vec<_>>()
             .join(" ");
         let _ = writeln!(
             out,
-            "{id}\t{state}\t{hint}\t{}\t{}",
+            "{}\t{state}\t{hint}\t{}\t{}",
+            plan.label(stages, i),
             if plan.ranks[i] == usize::MAX {
                 "all".to_string()
             } else {
@@ -140,22 +224,27 @@ pub fn dry_run<S: Stage>(stage: &S, run_dir: Option<&Path>, retry_failed: bool) 
             if after.is_empty() { "-" } else { &after }
         );
     }
-    let failed_earlier = plan
-        .ids
-        .iter()
-        .filter(|id| {
-            previous
-                .get(id.as_str())
+    for (i, _, reason) in &selection.missing {
+        let _ = writeln!(out, "# {}: {reason}", plan.label(stages, *i));
+    }
+    let failed_earlier = (0..plan.units.len())
+        .filter(|&i| {
+            previous[plan.instance(i)]
+                .get(plan.ids[i].as_str())
                 .is_some_and(|r| !r.outcome.is_success())
         })
         .count();
     let _ = writeln!(
         out,
-        "# {}: {} units planned, {} already done, {failed_earlier} failed earlier, {} would run",
-        stage.name(),
+        "# {}: {} units planned, {} already done, {failed_earlier} failed earlier, {} would run{}",
+        stages.run_name(),
         plan.ids.len(),
         selection.skipped_done,
-        selection.to_run
+        selection.to_run,
+        match selection.missing.len() {
+            0 => String::new(),
+            n => format!(", {n} fail at once (input missing)"),
+        }
     );
     EXIT_OK
 }

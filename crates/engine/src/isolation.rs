@@ -9,8 +9,9 @@
 
 use crate::execute::{RankContext, run_assignment};
 use crate::protocol::{Assignment, RankStats, UnitReport};
+use crate::stages::StageSet;
 use serde::{Deserialize, Serialize};
-use skypipe_stage::{FailureKind, Stage, UnitFailure};
+use skypipe_stage::{FailureKind, UnitFailure};
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -55,8 +56,8 @@ impl Isolation {
 
 /// What the parent hands the child.
 #[derive(Serialize, Deserialize)]
-struct Request<U> {
-    assignment: Assignment<U>,
+struct Request {
+    assignment: Assignment,
     run_dir: PathBuf,
     rank: usize,
     durable: bool,
@@ -67,9 +68,9 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Runs one assignment in a child process under the attempt's memory limit. Returns `None`
 /// when the child was stopped by SIGTERM/SIGINT during a clean stop of the job (the unit is
 /// then handed back unrun, not recorded as failed).
-pub(crate) fn run_isolated<U: Serialize>(
+pub(crate) fn run_isolated(
     iso: &Isolation,
-    assignment: Assignment<U>,
+    assignment: Assignment,
     base: &RankContext,
     stats: &mut RankStats,
 ) -> Option<UnitReport> {
@@ -84,6 +85,7 @@ pub(crate) fn run_isolated<U: Serialize>(
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let start = Instant::now();
+    let started = crate::ledger::unix_now();
     let outcome = spawn_child(
         iso,
         &stem,
@@ -107,12 +109,14 @@ pub(crate) fn run_isolated<U: Serialize>(
         index,
         attempt,
         result: Err(UnitFailure { kind, message }),
+        started,
         elapsed_s,
         value: None,
         memory_limit_mb: limit,
     };
     Some(match outcome {
         Ok(mut report) => {
+            report.started = started;
             report.elapsed_s = elapsed_s;
             report.memory_limit_mb = limit;
             report
@@ -140,11 +144,11 @@ enum ChildFailure {
     Launch(String),
 }
 
-fn spawn_child<U: Serialize>(
+fn spawn_child(
     iso: &Isolation,
     stem: &Path,
     limit_mb: Option<u64>,
-    request: Request<U>,
+    request: Request,
 ) -> Result<UnitReport, ChildFailure> {
     let request_path = stem.with_extension("request");
     let report_path = stem.with_extension("report");
@@ -222,7 +226,7 @@ fn spawn_child<U: Serialize>(
 
 /// The child side: runs the unit described by `STEM.request` and writes `STEM.report`.
 /// Returns the process exit code.
-pub(crate) fn child_main<S: Stage>(stage: &S, stem: &Path) -> u8 {
+pub(crate) fn child_main(stages: &StageSet<'_>, stem: &Path) -> u8 {
     let request_path = stem.with_extension("request");
     let bytes = match std::fs::read(&request_path) {
         Ok(b) => b,
@@ -231,7 +235,7 @@ pub(crate) fn child_main<S: Stage>(stage: &S, stem: &Path) -> u8 {
             return 1;
         }
     };
-    let request: Request<S::Unit> = match postcard::from_bytes(&bytes) {
+    let request: Request = match postcard::from_bytes(&bytes) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}: {e}", request_path.display());
@@ -245,7 +249,7 @@ pub(crate) fn child_main<S: Stage>(stage: &S, stem: &Path) -> u8 {
         isolation: None,
     };
     let mut stats = RankStats::default();
-    let report = run_assignment(stage, request.assignment, &base, None, &mut stats);
+    let report = run_assignment(stages, request.assignment, &base, None, &mut stats);
     let bytes = postcard::to_stdvec(&report).expect("reports always encode");
     match std::fs::write(stem.with_extension("report"), bytes) {
         Ok(()) => 0,

@@ -8,6 +8,7 @@ use crate::isolation::{Isolation, child_main};
 use crate::options::{RunOptions, Schedule};
 use crate::report::{EXIT_CANNOT_START, RunSummary};
 use crate::signals;
+use crate::stages::StageSet;
 use mpi::Threading;
 use mpi::traits::*;
 use serde::de::DeserializeOwned;
@@ -191,6 +192,13 @@ fn isolation(opts: &RunOptions) -> Option<std::sync::Arc<Isolation>> {
 /// Runs `stage` as the flags say: one unit in-process (`--unit`), a plan listing
 /// (`--dry-run`), or the whole plan over MPI (under `mpirun`/`srun`, or alone as one rank).
 pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launched {
+    launch_stages(&StageSet::single(stage), run, args)
+}
+
+/// Runs several stage instances as one graph (a chain) as the flags say, like [`launch`]:
+/// units of later stages start as soon as the units that write their input files are done.
+/// With `--unit`, name the stage too: `calibrate[obs=0007]`.
+pub fn launch_stages(stages: &StageSet<'_>, run: &RunOptions, args: &EngineArgs) -> Launched {
     let started = Instant::now();
     init_logging();
     let mut opts = run.clone();
@@ -205,18 +213,23 @@ pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launc
         return Launched::code(EXIT_CANNOT_START);
     }
     if let Some(stem) = &args.isolated_unit {
-        return Launched::code(child_main(stage, stem));
+        return Launched::code(child_main(stages, stem));
     }
     let run_dir = args.run_dir.clone().or_else(|| opts.dir.clone());
     if args.dry_run {
-        return Launched::code(dry_run(stage, run_dir.as_deref(), args.retry_failed));
+        return Launched::code(dry_run(
+            stages,
+            run_dir.as_deref(),
+            args.retry_failed,
+            args.allow_config_change,
+        ));
     }
     let Some(run_dir) = run_dir else {
         eprintln!("error: no run directory: pass --run-dir DIR or set `dir` in the [run] table");
         return Launched::code(EXIT_CANNOT_START);
     };
     if let Some(id) = &args.unit {
-        return Launched::code(run_one(stage, id, &run_dir, opts.fsync));
+        return Launched::code(run_one(stages, id, &run_dir, opts.fsync));
     }
     signals::install();
     let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Multiple) else {
@@ -241,7 +254,7 @@ pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launc
             durable: opts.fsync,
             isolation,
         };
-        let exit_code = worker(stage, &comms, &base);
+        let exit_code = worker(stages, &comms, &base);
         return Launched::code(exit_code);
     }
     let setup = RunSetup {
@@ -254,7 +267,7 @@ pub fn launch<S: Stage>(stage: &S, run: &RunOptions, args: &EngineArgs) -> Launc
         isolation,
         follow: args.follow.clone(),
     };
-    match dispatcher(stage, comms, &setup) {
+    match dispatcher(stages, comms, &setup) {
         Ok(summary) => {
             write_report(&run_dir, &summary, opts.fsync);
             eprint!("{}", summary.text());

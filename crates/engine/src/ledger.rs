@@ -45,6 +45,38 @@ pub struct LedgerRecord {
     /// Memory limit of each attempt, MiB, when the unit ran isolated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memory_limits_mb: Vec<u64>,
+    /// Run-wide sequence number: the order in which the job recorded units, across every
+    /// stage of a chain (continuing from the largest number in the ledgers it opened).
+    #[serde(default)]
+    pub seq: u64,
+    /// Unix time the last attempt started, seconds (clock of the rank that ran it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<f64>,
+    /// Every rank of a multi-rank unit's last attempt (empty for a one-rank unit: `rank`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<usize>,
+    /// The earlier attempts of this invocation, which failed and were retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retried: Vec<AttemptRecord>,
+}
+
+/// One attempt of a unit that failed and was retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Rank that ran it.
+    pub rank: usize,
+    /// Every rank of a multi-rank unit (empty for one rank).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<usize>,
+    /// Unix time it started, seconds.
+    pub started: f64,
+    /// Seconds it took.
+    pub elapsed_s: f64,
+    /// How it failed (`transient`, `out-of-memory`).
+    pub outcome: OutcomeKind,
+    /// The failure message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The manifest that ties a run directory's ledger to one configuration.
@@ -221,6 +253,7 @@ pub struct Ledger {
     last_sync: Instant,
     invocation: u32,
     previous: HashMap<String, LedgerRecord>,
+    last_seq: u64,
     dirty: bool,
 }
 
@@ -269,7 +302,9 @@ impl Ledger {
             Some(m) => m.invocations,
             None => 0,
         };
-        let previous = latest_by_unit(read_records(&paths.records)?);
+        let records = read_records(&paths.records)?;
+        let last_seq = records.iter().map(|r| r.seq).max().unwrap_or(0);
+        let previous = latest_by_unit(records);
         let file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -286,6 +321,7 @@ impl Ledger {
             last_sync: Instant::now(),
             invocation: invocations + 1,
             previous,
+            last_seq,
             dirty: false,
         };
         Ok(ledger)
@@ -333,6 +369,11 @@ impl Ledger {
     /// Each unit's latest record from earlier invocations.
     pub fn previous(&self) -> &HashMap<String, LedgerRecord> {
         &self.previous
+    }
+
+    /// The largest sequence number recorded in this ledger before it was opened.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
     }
 
     /// Appends a record; commits durably when the sync interval has passed.
@@ -414,6 +455,10 @@ mod tests {
             time: 0.0,
             value: None,
             memory_limits_mb: vec![],
+            seq: 0,
+            started: None,
+            ranks: vec![],
+            retried: vec![],
         }
     }
 

@@ -29,6 +29,7 @@
 //! std::process::exit(i32::from(launched.exit_code));
 //! ```
 
+mod chain;
 mod collectives;
 mod driver;
 mod execute;
@@ -43,16 +44,19 @@ mod plan;
 mod protocol;
 mod report;
 mod signals;
+mod stages;
+mod state;
 
+pub use chain::{ChainFile, ChainMember};
 pub use follow::{STOP_FILE, UNIT_LIST_FORMAT};
-pub use interactive::{dry_run, run_one};
 pub use launch::{
-    ConfigError, EngineArgs, Launched, init_logging, launch, load_config, run_binary,
+    ConfigError, EngineArgs, Launched, init_logging, launch, launch_stages, load_config, run_binary,
 };
 pub use options::{RunOptions, Schedule};
 pub use protocol::RankStats;
 pub use report::{
     EXIT_CANNOT_START, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNITS_FAILED, RankUsage, RunReport,
-    RunSummary, UnitResult,
+    RunSummary, StageReport, UnitResult,
 };
 pub use signals::stop_requested;
+pub use stages::{StageInstance, StageSet};

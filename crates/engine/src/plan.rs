@@ -1,58 +1,79 @@
-//! Turning a stage's plan and the ledger into the graph of units to run.
+//! Turning the stages' plans and the ledgers into the graph of units to run.
+//!
+//! Each stage instance plans its own units; units of one instance may run after each other
+//! (`PlannedUnit::after`, values passed). Across instances, units are joined by their declared
+//! files ([`skypipe_stage::Connections`]): a unit that reads a file runs after the unit that
+//! writes it. Before anything runs, every input must be written by a planned unit or be on
+//! disk: a missing file of a type that some stage of the run produces is a planning error
+//! (the chain is mis-wired); a missing raw input fails only the unit that reads it.
 
 use crate::graph::NodeSpec;
 use crate::ledger::LedgerRecord;
 use crate::report::UnitResult;
-use skypipe_stage::{ALL_RANKS, PlannedUnit, Stage, UnitId, WorkUnit};
-use std::collections::HashMap;
+use crate::stages::{ErasedPlanned, ErasedUnit, StageSet};
+use skypipe_stage::{ALL_RANKS, Connections, OutcomeKind, UnitId};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 
-/// A stage's plan, checked: unique IDs, known dependencies, sane hints and rank counts.
-pub(crate) struct Plan<U> {
+/// The run's plan, checked: unique IDs per stage instance, known dependencies, sane hints and
+/// rank counts, inputs matched to the units that write them.
+#[derive(Default)]
+pub(crate) struct Plan {
     /// Units in submission order.
-    pub units: Vec<U>,
-    /// Their IDs.
+    pub units: Vec<ErasedUnit>,
+    /// Their IDs (within their stage instance).
     pub ids: Vec<UnitId>,
     /// Cost hints.
     pub hints: Vec<Option<f64>>,
-    /// Indices of the units each one runs after.
+    /// Indices of the units each one runs after by its stage's plan (their values reach it).
     pub after: Vec<Vec<usize>>,
+    /// Indices of the units that write files each one reads (order only, no values).
+    pub needs: Vec<Vec<usize>>,
     /// Ranks each one needs.
     pub ranks: Vec<usize>,
     /// Whether each one runs after failed inputs too.
     pub tolerant: Vec<bool>,
-    /// Index of each ID.
-    pub index: HashMap<UnitId, usize>,
+    /// Declared files of each unit.
+    pub connections: Vec<Connections>,
+    /// Index of each (instance, ID).
+    pub index: HashMap<(u32, UnitId), usize>,
+    /// The unit writing each declared output file.
+    producers: HashMap<PathBuf, usize>,
+    /// Dataset types some planned unit writes.
+    kinds_produced: HashSet<String>,
+    /// Units that cannot run because an input file is missing: bad-input for a missing
+    /// prerequisite, dependency-failed for another stage's missing product; with the reason.
+    pub missing_inputs: HashMap<usize, (OutcomeKind, String)>,
 }
 
-impl<U: WorkUnit> Plan<U> {
-    /// An empty plan.
-    pub fn empty() -> Self {
-        Self {
-            units: Vec::new(),
-            ids: Vec::new(),
-            hints: Vec::new(),
-            after: Vec::new(),
-            ranks: Vec::new(),
-            tolerant: Vec::new(),
-            index: HashMap::new(),
-        }
+impl Plan {
+    /// The instance of unit `i`.
+    pub fn instance(&self, i: usize) -> usize {
+        self.units[i].instance as usize
     }
 
-    /// Appends planned units. `max_ranks` is the most ranks a multi-rank unit can get.
-    /// Returns the indices added, or an error naming the offending unit. With
-    /// `skip_known`, units whose ID is already planned are ignored (a unit list added twice).
+    /// Appends planned units of stage instance `instance` (named `stage`). `max_ranks` is the
+    /// most ranks a multi-rank unit can get. Returns the indices added, or an error naming the
+    /// offending unit. With `skip_known`, units whose ID is already planned are ignored (a
+    /// unit list added twice).
     pub fn extend(
         &mut self,
+        instance: usize,
         stage: &str,
-        planned: Vec<PlannedUnit<U>>,
+        planned: Vec<ErasedPlanned>,
         max_ranks: usize,
         skip_known: bool,
     ) -> Result<Vec<usize>, String> {
         let first = self.units.len();
+        let inst = instance as u32;
         let mut fresh = Vec::with_capacity(planned.len());
-        for p in planned {
-            let id = p.unit.id();
-            if self.index.contains_key(&id) {
+        for ErasedPlanned {
+            id,
+            planned: p,
+            connections,
+        } in planned
+        {
+            if self.index.contains_key(&(inst, id.clone())) {
                 if skip_known {
                     continue;
                 }
@@ -77,20 +98,25 @@ impl<U: WorkUnit> Plan<U> {
                     p.ranks
                 ));
             }
-            self.index.insert(id.clone(), self.units.len());
+            self.index.insert((inst, id.clone()), self.units.len());
             self.ids.push(id);
             self.hints.push(p.cost_hint);
             self.ranks.push(ranks);
             self.tolerant.push(p.tolerate_failed_inputs);
             self.after.push(Vec::new());
-            self.units.push(p.unit);
+            self.needs.push(Vec::new());
+            self.connections.push(connections);
+            self.units.push(ErasedUnit {
+                instance: inst,
+                bytes: p.unit,
+            });
             fresh.push(p.after);
         }
         for (k, after) in fresh.into_iter().enumerate() {
             let i = first + k;
             let mut deps = Vec::with_capacity(after.len());
             for a in after {
-                match self.index.get(&a) {
+                match self.index.get(&(inst, a.clone())) {
                     Some(&d) if d != i => deps.push(d),
                     Some(_) => {
                         let id = self.ids[i].clone();
@@ -113,50 +139,153 @@ impl<U: WorkUnit> Plan<U> {
         Ok((first..self.units.len()).collect())
     }
 
+    /// Joins the units `from..` to the units that write the files they read (paths made
+    /// absolute, without resolving links, before they are compared), and checks
+    /// that every input exists or will exist. A missing input whose type a planned unit
+    /// produces is an error naming the unit and file (nothing is added); any other missing
+    /// input marks the reading unit in [`Plan::missing_inputs`].
+    pub fn connect(&mut self, set: &StageSet<'_>, from: usize) -> Result<(), String> {
+        for c in &mut self.connections[from..] {
+            for d in c.inputs.iter_mut().chain(c.outputs.iter_mut()) {
+                if let Ok(abs) = std::path::absolute(&d.path) {
+                    d.path = abs;
+                }
+            }
+        }
+        let mut producers = self.producers.clone();
+        let mut kinds = self.kinds_produced.clone();
+        for i in from..self.units.len() {
+            for out in &self.connections[i].outputs {
+                if let Some(&other) = producers.get(&out.path) {
+                    return Err(format!(
+                        "{} and {} both write {}",
+                        self.label(set, other),
+                        self.label(set, i),
+                        out.path.display()
+                    ));
+                }
+                producers.insert(out.path.clone(), i);
+                kinds.insert(out.kind.clone());
+            }
+        }
+        let mut needs: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut missing = Vec::new();
+        for i in from..self.units.len() {
+            let mut deps = Vec::new();
+            for input in &self.connections[i].inputs {
+                match producers.get(&input.path) {
+                    Some(&p) if p != i => deps.push(p),
+                    Some(_) => {}
+                    None if input.path.exists() => {}
+                    None if kinds.contains(&input.kind) => {
+                        return Err(format!(
+                            "{} reads {} ({}), which no planned unit writes and which does not exist",
+                            self.label(set, i),
+                            input.path.display(),
+                            input.kind
+                        ));
+                    }
+                    None if input.prerequisite => missing.push((
+                        i,
+                        OutcomeKind::BadInput,
+                        format!(
+                            "input file missing: {} ({})",
+                            input.path.display(),
+                            input.kind
+                        ),
+                    )),
+                    None => missing.push((
+                        i,
+                        OutcomeKind::DependencyFailed,
+                        format!(
+                            "{}: {} missing (its stage is not in this run: run it first; did its unit fail?)",
+                            input.path.display(),
+                            input.kind
+                        ),
+                    )),
+                }
+            }
+            deps.sort_unstable();
+            deps.dedup();
+            deps.retain(|d| !self.after[i].contains(d));
+            needs.push((i, deps));
+        }
+        for (i, deps) in needs {
+            self.needs[i] = deps;
+        }
+        for (i, kind, reason) in missing {
+            self.missing_inputs.entry(i).or_insert((kind, reason));
+        }
+        self.producers = producers;
+        self.kinds_produced = kinds;
+        Ok(())
+    }
+
+    /// `NAME[ID]` in a chain, `ID` alone otherwise.
+    pub fn label(&self, set: &StageSet<'_>, i: usize) -> String {
+        set.label(self.instance(i), &self.ids[i])
+    }
+
     /// Forgets units from `len` on (a list that could not be added).
     pub fn truncate(&mut self, len: usize) {
         self.rollback(len);
     }
 
     fn rollback(&mut self, len: usize) {
-        for id in self.ids.drain(len..) {
-            self.index.remove(&id);
+        for (k, id) in self.ids.drain(len..).enumerate() {
+            self.index.remove(&(self.units[len + k].instance, id));
         }
         self.units.truncate(len);
         self.hints.truncate(len);
         self.after.truncate(len);
+        self.needs.truncate(len);
         self.ranks.truncate(len);
         self.tolerant.truncate(len);
+        self.connections.truncate(len);
+        self.missing_inputs.retain(|&i, _| i < len);
     }
 
-    /// Graph nodes for `indices`, settled from the ledger: units recorded done or no-work are
-    /// not rerun, failed ones only with `retry_failed`.
+    /// Graph nodes for `indices`, settled from the ledgers (`previous[instance]`): units
+    /// recorded done or no-work are not rerun, failed ones only with `retry_failed`; units
+    /// with a missing input fail now (listed in the selection) unless settled.
     pub fn node_specs(
         &self,
+        set: &StageSet<'_>,
         indices: &[usize],
-        previous: &HashMap<String, LedgerRecord>,
+        previous: &[HashMap<String, LedgerRecord>],
         retry_failed: bool,
     ) -> (Vec<NodeSpec>, Selection) {
         let mut selection = Selection::default();
         let specs = indices
             .iter()
             .map(|&i| {
-                let prior = match previous.get(self.ids[i].as_str()) {
+                let inst = self.instance(i);
+                let prior = match previous[inst].get(self.ids[i].as_str()) {
                     Some(r) if r.outcome.is_success() => {
                         selection.skipped_done += 1;
                         Some(true)
                     }
                     Some(r) if !retry_failed => {
-                        selection.skipped_failed.push(UnitResult::from(r));
+                        let mut result = UnitResult::from(r);
+                        result.unit = self.label(set, i);
+                        selection.skipped_failed.push(result);
                         Some(false)
                     }
-                    _ => {
-                        selection.to_run += 1;
-                        None
-                    }
+                    _ => match self.missing_inputs.get(&i) {
+                        Some((kind, reason)) => {
+                            selection.missing.push((i, *kind, reason.clone()));
+                            Some(false)
+                        }
+                        None => {
+                            selection.to_run += 1;
+                            None
+                        }
+                    },
                 };
+                let mut after = self.after[i].clone();
+                after.extend_from_slice(&self.needs[i]);
                 NodeSpec {
-                    after: self.after[i].clone(),
+                    after,
                     ranks: self.ranks[i],
                     hint: self.hints[i],
                     tolerant: self.tolerant[i],
@@ -177,15 +306,25 @@ pub(crate) struct Selection {
     pub skipped_done: usize,
     /// Units recorded failed earlier and not retried now.
     pub skipped_failed: Vec<UnitResult>,
+    /// Units failed now, before running, because an input file is missing: how and why.
+    pub missing: Vec<(usize, OutcomeKind, String)>,
 }
 
-/// Asks the stage for its units and checks them.
-pub(crate) fn plan_stage<S: Stage>(stage: &S, max_ranks: usize) -> Result<Plan<S::Unit>, String> {
-    let planned = stage
-        .plan()
-        .map_err(|e| format!("{}: planning failed: {e}", stage.name()))?;
-    let mut plan = Plan::empty();
-    plan.extend(stage.name(), planned, max_ranks, false)?;
+/// Asks every stage instance for its units, joins them by their files and checks them.
+pub(crate) fn plan_stages(
+    set: &StageSet<'_>,
+    run_dir: &std::path::Path,
+    max_ranks: usize,
+) -> Result<Plan, String> {
+    let mut plan = Plan::default();
+    for (k, inst) in set.instances.iter().enumerate() {
+        let planned = inst
+            .stage
+            .plan_erased(run_dir)
+            .map_err(|e| format!("{}: planning failed: {e}", inst.name))?;
+        plan.extend(k, &inst.name, planned, max_ranks, false)?;
+    }
+    plan.connect(set, 0)?;
     Ok(plan)
 }
 
@@ -193,7 +332,9 @@ pub(crate) fn plan_stage<S: Stage>(stage: &S, max_ranks: usize) -> Result<Plan<S
 mod tests {
     use super::*;
     use serde::{Deserialize, Serialize};
-    use skypipe_stage::OutcomeKind;
+    use skypipe_stage::{
+        Outcome, OutcomeKind, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, WorkUnit,
+    };
 
     #[derive(Clone, Serialize, Deserialize)]
     struct U(u32);
@@ -205,6 +346,51 @@ mod tests {
 
     fn id(i: u32) -> UnitId {
         U(i).id()
+    }
+
+    fn erased(units: Vec<PlannedUnit<U>>) -> Vec<ErasedPlanned> {
+        units
+            .into_iter()
+            .map(|p| ErasedPlanned {
+                id: p.unit.id(),
+                connections: Connections::new(),
+                planned: PlannedUnit {
+                    unit: postcard::to_stdvec(&p.unit).unwrap(),
+                    cost_hint: p.cost_hint,
+                    after: p.after,
+                    ranks: p.ranks,
+                    tolerate_failed_inputs: p.tolerate_failed_inputs,
+                },
+            })
+            .collect()
+    }
+
+    /// A stage whose unit `u=i` reads `in/i` and writes `out/i`, under a directory.
+    struct Files {
+        name: &'static str,
+        reads: &'static str,
+        writes: &'static str,
+        units: u32,
+    }
+    impl Stage for Files {
+        type Unit = U;
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn config_fingerprint(&self) -> String {
+            String::new()
+        }
+        fn plan(&self) -> Result<Vec<PlannedUnit<U>>, PlanError> {
+            Ok((0..self.units).map(|i| PlannedUnit::new(U(i))).collect())
+        }
+        fn run(&self, _: &U, _: &UnitContext) -> Result<Outcome, UnitFailure> {
+            Ok(Outcome::Done)
+        }
+        fn connections(&self, u: &U, run_dir: &std::path::Path) -> Connections {
+            Connections::new()
+                .input(self.reads, run_dir.join(self.reads).join(u.0.to_string()))
+                .output(self.writes, run_dir.join(self.writes).join(u.0.to_string()))
+        }
     }
 
     fn rec(unit: &str, outcome: OutcomeKind) -> LedgerRecord {
@@ -219,23 +405,36 @@ mod tests {
             time: 0.0,
             value: None,
             memory_limits_mb: vec![],
+            seq: 0,
+            started: None,
+            ranks: vec![],
+            retried: vec![],
         }
     }
 
     #[test]
     fn dependencies_resolve_and_bad_plans_are_refused_whole() {
-        let mut plan = Plan::empty();
+        let mut plan = Plan::default();
         let units = vec![
             PlannedUnit::new(U(0)),
             PlannedUnit::new(U(1)).after([id(0), id(0)]),
             PlannedUnit::new(U(2)).on_ranks(2),
             PlannedUnit::new(U(6)).on_all_ranks(),
         ];
-        assert_eq!(plan.extend("s", units, 2, false).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(
+            plan.extend(0, "s", erased(units), 2, false).unwrap(),
+            vec![0, 1, 2, 3]
+        );
         assert_eq!(plan.after[1], vec![0]);
         assert_eq!(plan.ranks[3], 2, "all ranks resolves to the job's");
         let err = plan
-            .extend("s", vec![PlannedUnit::new(U(3)).after([id(9)])], 2, false)
+            .extend(
+                0,
+                "s",
+                erased(vec![PlannedUnit::new(U(3)).after([id(9)])]),
+                2,
+                false,
+            )
             .unwrap_err();
         assert!(
             err.contains("u=3 runs after unit u=9, which is not in the plan"),
@@ -243,18 +442,25 @@ mod tests {
         );
         assert_eq!(plan.units.len(), 4, "a refused list adds nothing");
         let err = plan
-            .extend("s", vec![PlannedUnit::new(U(4)).on_ranks(3)], 2, false)
+            .extend(
+                0,
+                "s",
+                erased(vec![PlannedUnit::new(U(4)).on_ranks(3)]),
+                2,
+                false,
+            )
             .unwrap_err();
         assert!(err.contains("needs 3 ranks"), "{err}");
         assert!(
-            plan.extend("s", vec![PlannedUnit::new(U(0))], 2, false)
+            plan.extend(0, "s", erased(vec![PlannedUnit::new(U(0))]), 2, false)
                 .unwrap_err()
                 .contains("twice")
         );
         assert_eq!(
             plan.extend(
+                0,
                 "s",
-                vec![PlannedUnit::new(U(0)), PlannedUnit::new(U(5))],
+                erased(vec![PlannedUnit::new(U(0)), PlannedUnit::new(U(5))]),
                 2,
                 true
             )
@@ -265,14 +471,22 @@ mod tests {
 
     #[test]
     fn ledger_settles_done_units_and_failed_ones_unless_retried() {
-        let mut plan = Plan::empty();
+        let mut plan = Plan::default();
         plan.extend(
+            0,
             "s",
-            (0..4).map(|i| PlannedUnit::new(U(i))).collect(),
+            erased((0..4).map(|i| PlannedUnit::new(U(i))).collect()),
             1,
             false,
         )
         .unwrap();
+        let one = Files {
+            name: "s",
+            reads: "a",
+            writes: "b",
+            units: 0,
+        };
+        let set = StageSet::single(&one);
         let prev: HashMap<String, LedgerRecord> = [
             ("u=0".to_string(), rec("u=0", OutcomeKind::Done)),
             ("u=1".to_string(), rec("u=1", OutcomeKind::NoWork)),
@@ -280,7 +494,8 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let (specs, s) = plan.node_specs(&[0, 1, 2, 3], &prev, false);
+        let prev = [prev];
+        let (specs, s) = plan.node_specs(&set, &[0, 1, 2, 3], &prev, false);
         assert_eq!(
             specs.iter().map(|s| s.prior).collect::<Vec<_>>(),
             vec![Some(true), Some(true), Some(false), None]
@@ -289,8 +504,76 @@ mod tests {
             (s.skipped_done, s.skipped_failed.len(), s.to_run),
             (2, 1, 1)
         );
-        let (specs, s) = plan.node_specs(&[0, 1, 2, 3], &prev, true);
+        let (specs, s) = plan.node_specs(&set, &[0, 1, 2, 3], &prev, true);
         assert_eq!(specs[2].prior, None);
         assert_eq!(s.to_run, 2);
+    }
+
+    #[test]
+    fn units_are_joined_by_files_across_stages_and_missing_inputs_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        // raw/0 exists, raw/1 and raw/2 do not.
+        std::fs::create_dir_all(run.join("raw")).unwrap();
+        std::fs::write(run.join("raw/0"), b"").unwrap();
+        let first = Files {
+            name: "first",
+            reads: "raw",
+            writes: "mid",
+            units: 3,
+        };
+        let second = Files {
+            name: "second",
+            reads: "mid",
+            writes: "end",
+            units: 3,
+        };
+        let set = StageSet::new()
+            .with("first", &first)
+            .with("second", &second);
+        let plan = plan_stages(&set, run, 1).unwrap();
+        assert_eq!(plan.units.len(), 6);
+        assert_eq!(plan.needs[3], vec![0], "second[u=0] runs after first[u=0]");
+        assert_eq!(plan.needs[5], vec![2]);
+        assert!(plan.needs[0].is_empty());
+        let mut missing: Vec<usize> = plan.missing_inputs.keys().copied().collect();
+        missing.sort_unstable();
+        assert_eq!(
+            missing,
+            vec![1, 2],
+            "raw inputs missing fail only their readers"
+        );
+        assert_eq!(plan.missing_inputs[&1].0, OutcomeKind::DependencyFailed);
+        assert!(plan.missing_inputs[&1].1.contains("raw/1"));
+        let (specs, selection) = plan.node_specs(
+            &set,
+            &(0..6).collect::<Vec<_>>(),
+            &[HashMap::new(), HashMap::new()],
+            false,
+        );
+        assert_eq!(specs[4].after, vec![1]);
+        assert_eq!(selection.missing.len(), 2);
+        assert_eq!(selection.to_run, 4);
+
+        // A chain whose second stage reads files of a type the chain produces, but of units
+        // that are not planned: refused before anything runs, naming the unit and the file.
+        let third = Files {
+            name: "third",
+            reads: "mid",
+            writes: "other",
+            units: 4,
+        };
+        let set = StageSet::new().with("first", &first).with("third", &third);
+        let err = plan_stages(&set, run, 1).err().unwrap();
+        assert!(err.contains("third[u=3] reads"), "{err}");
+        assert!(err.contains("mid/3"), "{err}");
+
+        // Two units writing one file.
+        let set = StageSet::new().with("first", &first).with("again", &first);
+        let err = plan_stages(&set, run, 1).err().unwrap();
+        assert!(
+            err.contains("first[u=0] and again[u=0] both write"),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Messages between the dispatcher (rank 0) and the workers, encoded with postcard.
 
+use crate::stages::ErasedUnit;
 use serde::{Deserialize, Serialize};
-use skypipe_stage::{Input, Outcome, UnitFailure};
+use skypipe_stage::{Input, Outcome, UnitFailure, UnitId};
 
 /// Tag of dispatcher → worker messages.
 pub(crate) const TAG_TO_WORKER: i32 = 11;
@@ -10,27 +11,29 @@ pub(crate) const TAG_TO_DISPATCHER: i32 = 12;
 
 /// One unit handed to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Assignment<U> {
+pub(crate) struct Assignment {
     /// Index of the unit in the plan.
     pub index: u64,
     /// Attempt number, from 1.
     pub attempt: u32,
+    /// The unit's ID (for log lines).
+    pub id: UnitId,
     /// The unit.
-    pub unit: U,
+    pub unit: ErasedUnit,
     /// Outcomes and values of the units it runs after.
     pub inputs: Vec<Input>,
 }
 
 /// Dispatcher → worker.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum ToWorker<U> {
+pub(crate) enum ToWorker {
     /// Run these units, then report.
-    Work(Vec<Assignment<U>>),
+    Work(Vec<Assignment>),
     /// Run this unit together with `members` (ranks of the unit communicator), on a
     /// sub-communicator created with `tag`, then report.
     Multi {
         /// The unit.
-        assignment: Assignment<U>,
+        assignment: Assignment,
         /// The ranks taking part, ascending.
         members: Vec<i32>,
         /// Tag for MPI_Comm_create_group.
@@ -52,6 +55,8 @@ pub(crate) struct UnitReport {
     pub attempt: u32,
     /// Outcome or failure.
     pub result: Result<Outcome, UnitFailure>,
+    /// Unix time the attempt started, seconds.
+    pub started: f64,
     /// Wall seconds the attempt took.
     pub elapsed_s: f64,
     /// The value the unit set, if any (multi-rank units: only from their rank 0).

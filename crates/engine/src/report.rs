@@ -38,6 +38,12 @@ pub struct UnitResult {
     /// Memory limit of each attempt, MiB, when the unit ran isolated.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub memory_limits_mb: Vec<u64>,
+    /// Unix time the last attempt started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<f64>,
+    /// Index of the unit's stage instance in the run.
+    #[serde(skip)]
+    pub instance: usize,
 }
 
 impl From<&LedgerRecord> for UnitResult {
@@ -50,6 +56,8 @@ impl From<&LedgerRecord> for UnitResult {
             elapsed_s: r.elapsed_s,
             message: r.message.clone(),
             memory_limits_mb: r.memory_limits_mb.clone(),
+            started: r.started,
+            instance: 0,
         }
     }
 }
@@ -57,8 +65,10 @@ impl From<&LedgerRecord> for UnitResult {
 /// Everything rank 0 knows at the end of a run.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
-    /// Stage name.
+    /// Stage name (`chain` for a chain run).
     pub stage: String,
+    /// The stage instances the run ran, in order (one for a stage binary).
+    pub stages: Vec<String>,
     /// Ranks that ran units (the world size).
     pub ranks: usize,
     /// Schedule used.
@@ -159,7 +169,37 @@ impl RunSummary {
             slowest,
             failures: self.failures().collect(),
             retry_command: &self.retry_command,
+            stages: self.stage_reports(),
         }
+    }
+
+    /// Each stage instance's part of this invocation.
+    pub fn stage_reports(&self) -> Vec<StageReport> {
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let mut part = StageReport {
+                    stage: name.clone(),
+                    ran: 0,
+                    outcomes: BTreeMap::new(),
+                    busy_s: 0.0,
+                    first_start: None,
+                    last_end: None,
+                };
+                for u in self.units.iter().filter(|u| u.instance == k) {
+                    part.ran += 1;
+                    *part.outcomes.entry(u.outcome.as_str()).or_insert(0) += 1;
+                    part.busy_s += u.elapsed_s;
+                    if let Some(start) = u.started {
+                        let end = start + u.elapsed_s;
+                        part.first_start = Some(part.first_start.map_or(start, |f| f.min(start)));
+                        part.last_end = Some(part.last_end.map_or(end, |l| l.max(end)));
+                    }
+                }
+                part
+            })
+            .collect()
     }
 
     /// The human summary printed at the end of a run.
@@ -279,6 +319,26 @@ pub struct RunReport<'a> {
     pub failures: Vec<&'a UnitResult>,
     /// Command that resumes the run and retries failures.
     pub retry_command: &'a str,
+    /// Per stage instance: what its units did in this invocation.
+    pub stages: Vec<StageReport>,
+}
+
+/// One stage instance's part of a run (`run-report.json`'s `stages`, and
+/// `ledger/<stage>.report.json` in a chain run).
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    /// Instance name.
+    pub stage: String,
+    /// Units that ended in this invocation.
+    pub ran: usize,
+    /// Counts by outcome.
+    pub outcomes: BTreeMap<&'static str, usize>,
+    /// Seconds spent in its units (a multi-rank unit counts its wall time once).
+    pub busy_s: f64,
+    /// Unix time its first unit started, if any ran.
+    pub first_start: Option<f64>,
+    /// Unix time its last unit ended, if any ran.
+    pub last_end: Option<f64>,
 }
 
 #[cfg(test)]
@@ -294,12 +354,15 @@ mod tests {
             elapsed_s,
             message: (!outcome.is_success()).then(|| "broken".to_string()),
             memory_limits_mb: vec![],
+            started: None,
+            instance: 0,
         }
     }
 
     fn summary(units: Vec<UnitResult>, interrupted: bool) -> RunSummary {
         RunSummary {
             stage: "demo".into(),
+            stages: vec!["demo".into()],
             ranks: 2,
             schedule: Schedule::Dynamic,
             invocation: 1,

@@ -11,7 +11,7 @@
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use skypipe_io::fits::{Card, Column, FitsWriter};
-use skypipe_optical::background::{self, Background};
+use skypipe_optical::background::Background;
 use skypipe_optical::detect::{self, DetectParams};
 use skypipe_optical::image::Image;
 use skypipe_optical::measure::{self, FWHM_TO_SIGMA, MeasureParams};
@@ -98,7 +98,7 @@ fn main() {
         let mut img = cal.clone();
         let mut mm = m.clone();
         let bg = Background::estimate(&img, &mm, p.background_cell);
-        background::subtract(&mut img, &bg.render());
+        bg.subtract_from(&mut img);
         let sig = detect::significance(&img, &var, &mm, fwhm * FWHM_TO_SIGMA);
         let det = detect::detect(&sig, &mut mm, &DetectParams::default());
         let mp = MeasureParams {
@@ -115,7 +115,7 @@ fn main() {
         let mut mm = m.clone();
         let t = Instant::now();
         let bg = Background::estimate(&img, &mm, p.background_cell);
-        background::subtract(&mut img, &bg.render());
+        bg.subtract_from(&mut img);
         let t_bg = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let sig = detect::significance(&img, &var, &mm, fwhm * FWHM_TO_SIGMA);
@@ -195,7 +195,7 @@ fn main() {
         variance: None,
     };
     let run_dir = dir.join("run");
-    let (t_unit, summary) = best_of(5, || process_ccd(&input, &p, &run_dir, false).unwrap());
+    let (t_unit, summary) = best_of(5, || process_ccd(&input, &p, 1, &run_dir, false).unwrap());
 
     println!(
         "CCD {w}x{h} ({mpix:.2} Mpix), {} objects drawn, one thread",
@@ -223,7 +223,7 @@ fn main() {
     let steps: Vec<String> = out
         .timings
         .iter()
-        .map(|(n, t)| format!("{n} {t:.3}"))
+        .map(|t| format!("{} {:.3}", t.step, t.wall_s))
         .collect();
     println!("chain steps (s): {}", steps.join(", "));
     println!("files for SExtractor: {}", dir.display());

@@ -10,32 +10,30 @@ const IGNORED: u32 = mask::SAT | mask::BAD | mask::CR | mask::DETECTED;
 /// The background of one mesh cell: sigma-clipped (3σ, until stable or 10 rounds); when the
 /// clipped distribution is nearly symmetric, the mode estimate `2.5 median − 1.5 mean`
 /// (as SExtractor), else the median. Returns `(level, rms)`, or `None` with fewer than 10 values.
+///
+/// The values are sorted once (left sorted on return); each round's median is then read off
+/// and its clipped set is a contiguous run found by binary search.
 pub fn clipped_level(values: &mut [f32]) -> Option<(f64, f64)> {
     if values.len() < 10 {
         return None;
     }
-    let mut n = values.len();
+    sort_total(values);
+    let (mut a, mut b) = (0, values.len());
     let (mut med, mut mean, mut sd) = (0.0, 0.0, 0.0);
     for _ in 0..10 {
-        let v = &mut values[..n];
-        med = median(v);
-        let s: f64 = v.iter().map(|&x| f64::from(x)).sum();
-        mean = s / n as f64;
-        let ss: f64 = v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum();
-        sd = (ss / n as f64).sqrt();
+        let v = &values[a..b];
+        let n = v.len();
+        med = sorted_median(v);
+        mean = sum_f64(v) / n as f64;
+        sd = (sum_sq_dev(v, mean) / n as f64).sqrt();
         let (lo, hi) = (med - 3.0 * sd, med + 3.0 * sd);
-        let mut k = 0;
-        for i in 0..n {
-            let x = f64::from(v[i]);
-            if x >= lo && x <= hi {
-                v[k] = v[i];
-                k += 1;
-            }
-        }
+        let first = v.partition_point(|&x| f64::from(x) < lo);
+        let end = v.partition_point(|&x| f64::from(x) <= hi);
+        let k = end.saturating_sub(first);
         if k == n || k < 10 {
             break;
         }
-        n = k;
+        (a, b) = (a + first, a + end);
     }
     let level = if sd > 0.0 && (mean - med).abs() < 0.3 * sd {
         2.5 * med - 1.5 * mean
@@ -43,6 +41,92 @@ pub fn clipped_level(values: &mut [f32]) -> Option<(f64, f64)> {
         med
     };
     Some((level, sd))
+}
+
+/// The median of sorted values (the mean of the two middle ones for an even count).
+fn sorted_median(v: &[f32]) -> f64 {
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        f64::from(v[mid])
+    } else {
+        0.5 * (f64::from(v[mid]) + f64::from(v[mid - 1]))
+    }
+}
+
+/// Sorts in [`f32::total_cmp`] order by an LSD radix sort of the order-preserving bit keys.
+fn sort_total(values: &mut [f32]) {
+    const BITS: u32 = 11;
+    const BUCKETS: usize = 1 << BITS;
+    let key = |x: f32| {
+        let b = x.to_bits();
+        if b & 0x8000_0000 != 0 {
+            !b
+        } else {
+            b | 0x8000_0000
+        }
+    };
+    let n = values.len();
+    let mut keys: Vec<u32> = values.iter().map(|&x| key(x)).collect();
+    let mut other = vec![0u32; n];
+    for shift in [0, BITS, 2 * BITS] {
+        let mut count = [0usize; BUCKETS];
+        for &k in &keys {
+            count[((k >> shift) as usize) & (BUCKETS - 1)] += 1;
+        }
+        if count.contains(&n) {
+            continue; // every key has the same digit here
+        }
+        let mut start = 0;
+        for c in count.iter_mut() {
+            let here = *c;
+            *c = start;
+            start += here;
+        }
+        for &k in &keys {
+            let d = ((k >> shift) as usize) & (BUCKETS - 1);
+            other[count[d]] = k;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut keys, &mut other);
+    }
+    for (v, &k) in values.iter_mut().zip(&keys) {
+        *v = f32::from_bits(if k & 0x8000_0000 != 0 {
+            k & 0x7FFF_FFFF
+        } else {
+            !k
+        });
+    }
+}
+
+/// `Σ x` in f64 over eight interleaved partial sums (no loop-carried dependency on one add).
+fn sum_f64(v: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f64::from(x);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// `Σ (x − mean)²` in f64, eight partial sums as [`sum_f64`].
+fn sum_sq_dev(v: &[f32], mean: f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&x| (f64::from(x) - mean).powi(2))
+        .sum();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            let d = f64::from(x) - mean;
+            *a += d * d;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 fn median(v: &mut [f32]) -> f64 {
@@ -77,29 +161,50 @@ impl Background {
     /// Estimates the background of `img` on cells of `cell` pixels, ignoring masked pixels.
     /// Cells without enough good pixels take the median of the others.
     pub fn estimate(img: &Image<f32>, m: &Image<u32>, cell: usize) -> Self {
+        Self::estimate_threads(img, m, cell, 1)
+    }
+
+    /// [`Background::estimate`] with the cells shared among `threads` threads of the current
+    /// rayon pool (1: on the calling thread). The result does not depend on `threads`.
+    pub fn estimate_threads(img: &Image<f32>, m: &Image<u32>, cell: usize, threads: usize) -> Self {
         let cell = cell.max(8);
         // Cells of nearly equal size (the remainder is spread), so cell centres are evenly
         // spaced and the median filter below keeps a linear gradient.
         let nx = ((img.width + cell / 2) / cell).max(1);
         let ny = ((img.height + cell / 2) / cell).max(1);
-        let mut levels = vec![f64::NAN; nx * ny];
-        let mut rms = vec![f64::NAN; nx * ny];
-        let mut buf = Vec::with_capacity(cell * cell);
-        for cy in 0..ny {
-            for cx in 0..nx {
-                buf.clear();
-                for y in bound(cy, ny, img.height)..bound(cy + 1, ny, img.height) {
-                    let row = y * img.width;
-                    for x in bound(cx, nx, img.width)..bound(cx + 1, nx, img.width) {
-                        if m.data[row + x] & IGNORED == 0 {
-                            buf.push(img.data[row + x]);
-                        }
+        let one_cell = |buf: &mut Vec<f32>, c: usize| {
+            let (cx, cy) = (c % nx, c / nx);
+            buf.clear();
+            let (x0, x1) = (bound(cx, nx, img.width), bound(cx + 1, nx, img.width));
+            for y in bound(cy, ny, img.height)..bound(cy + 1, ny, img.height) {
+                let row = y * img.width;
+                for (&v, &mm) in img.data[row + x0..row + x1]
+                    .iter()
+                    .zip(&m.data[row + x0..row + x1])
+                {
+                    if mm & IGNORED == 0 {
+                        buf.push(v);
                     }
                 }
-                if let Some((l, r)) = clipped_level(&mut buf) {
-                    levels[cy * nx + cx] = l;
-                    rms[cy * nx + cx] = r;
-                }
+            }
+            clipped_level(buf)
+        };
+        let cells: Vec<Option<(f64, f64)>> = if threads > 1 {
+            use rayon::prelude::*;
+            (0..nx * ny)
+                .into_par_iter()
+                .map_init(|| Vec::with_capacity(cell * cell), one_cell)
+                .collect()
+        } else {
+            let mut buf = Vec::with_capacity(cell * cell);
+            (0..nx * ny).map(|c| one_cell(&mut buf, c)).collect()
+        };
+        let mut levels = vec![f64::NAN; nx * ny];
+        let mut rms = vec![f64::NAN; nx * ny];
+        for (c, lr) in cells.into_iter().enumerate() {
+            if let Some((l, r)) = lr {
+                levels[c] = l;
+                rms[c] = r;
             }
         }
         fill_missing(&mut levels);
@@ -148,19 +253,40 @@ impl Background {
     /// The background image.
     pub fn render(&self) -> Image<f32> {
         let mut out = Image::filled(self.width, self.height, 0.0f32);
+        self.for_each_row(&mut out.data, |o, b| *o = b);
+        out
+    }
+
+    /// Subtracts the model from `img` (same shape as the estimate) in place, row by row,
+    /// without making the background image: the same values as `img − render()`.
+    pub fn subtract_from(&self, img: &mut Image<f32>) {
+        debug_assert_eq!((img.width, img.height), (self.width, self.height));
+        self.for_each_row(&mut img.data, |o, b| *o -= b);
+    }
+
+    /// Calls `f(pixel, model value)` for every pixel of a row-major image of the model's shape.
+    /// The interpolations along x depend only on the pair of cell rows, so they are made once
+    /// per pair and each pixel costs one interpolation along y.
+    fn for_each_row(&self, data: &mut [f32], mut f: impl FnMut(&mut f32, f32)) {
         let xs: Vec<(usize, usize, f64)> = (0..self.width)
             .map(|x| self.axis(x as f64, self.nx, self.width))
             .collect();
-        for y in 0..self.height {
+        let l = |cx: usize, cy: usize| self.levels[cy * self.nx + cx];
+        let (mut top, mut bottom) = (vec![0.0f64; self.width], vec![0.0f64; self.width]);
+        let mut rows = None;
+        for (y, row) in data.chunks_exact_mut(self.width).enumerate() {
             let (y0, y1, fy) = self.axis(y as f64, self.ny, self.height);
-            for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
-                let l = |cx: usize, cy: usize| self.levels[cy * self.nx + cx];
-                let top = l(x0, y0) * (1.0 - fx) + l(x1, y0) * fx;
-                let bottom = l(x0, y1) * (1.0 - fx) + l(x1, y1) * fx;
-                out.data[y * self.width + x] = (top * (1.0 - fy) + bottom * fy) as f32;
+            if rows != Some((y0, y1)) {
+                for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
+                    top[x] = l(x0, y0) * (1.0 - fx) + l(x1, y0) * fx;
+                    bottom[x] = l(x0, y1) * (1.0 - fx) + l(x1, y1) * fx;
+                }
+                rows = Some((y0, y1));
+            }
+            for ((o, &t), &b) in row.iter_mut().zip(&top).zip(&bottom) {
+                f(o, (t * (1.0 - fy) + b * fy) as f32);
             }
         }
-        out
     }
 
     /// Median over cells of the clipped RMS (a typical sky noise per pixel).
@@ -220,13 +346,6 @@ fn median3x3(v: &[f64], nx: usize, ny: usize) -> Vec<f64> {
     out
 }
 
-/// Subtracts the background model from `img` in place.
-pub fn subtract(img: &mut Image<f32>, bg: &Image<f32>) {
-    for (v, b) in img.data.iter_mut().zip(&bg.data) {
-        *v -= b;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +364,21 @@ mod tests {
         assert!((level - 100.0).abs() < 0.5, "{level}");
         assert!((rms - 5.0).abs() < 0.3, "{rms}");
         assert!(clipped_level(&mut [1.0; 5]).is_none());
+    }
+
+    #[test]
+    fn radix_sort_is_total_order() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let n = Normal::new(0.0f32, 1e3).unwrap();
+        let mut v: Vec<f32> = (0..5000).map(|_| n.sample(&mut rng)).collect();
+        v.extend([0.0, -0.0, f32::MAX, f32::MIN, 1e-40, -1e-40, 350.25, 350.25]);
+        let mut want = v.clone();
+        want.sort_by(f32::total_cmp);
+        sort_total(&mut v);
+        assert_eq!(
+            v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -62,24 +62,119 @@ pub fn convolve_separable(img: &Image<f32>, k: &[f32]) -> Image<f32> {
 
 /// The significance image `(K * I) / sqrt(K² * V)` for a Gaussian filter of `sigma` pixels.
 /// Pixels marked [`mask::BAD`] contribute nothing to either sum.
+///
+/// One streaming pass: each input row is filtered along x once (image and variance together)
+/// into a ring of `2r + 1` rows, and each output row is the sum of the ring's rows along y, so
+/// no full-size intermediate image is made. The sums run in the same order as
+/// [`convolve_separable`]'s, so the result is the same to the bit.
 pub fn significance(img: &Image<f32>, var: &Image<f32>, m: &Image<u32>, sigma: f64) -> Image<f32> {
+    let mut out = Image::filled(img.width, img.height, 0.0f32);
+    significance_into(img, var, m, sigma, 1, &mut out);
+    out
+}
+
+/// [`significance`] into an existing image of the same shape, on `threads` threads (bands of
+/// rows; 1 runs on the calling thread). The result does not depend on `threads`.
+pub fn significance_into(
+    img: &Image<f32>,
+    var: &Image<f32>,
+    m: &Image<u32>,
+    sigma: f64,
+    threads: usize,
+    out: &mut Image<f32>,
+) {
+    debug_assert_eq!((img.width, img.height), (out.width, out.height));
     let k = gaussian_kernel(sigma);
     let k2: Vec<f32> = k.iter().map(|v| v * v).collect();
-    let mut i2 = img.clone();
-    let mut v2 = var.clone();
-    for i in 0..m.data.len() {
-        if m.data[i] & mask::BAD != 0 {
-            i2.data[i] = 0.0;
-            v2.data[i] = 0.0;
+    let (w, h) = (img.width, img.height);
+    if w == 0 || h == 0 {
+        return;
+    }
+    let bands = threads.max(1).min(h);
+    if bands == 1 {
+        significance_rows(img, var, m, &k, &k2, 0, &mut out.data);
+        return;
+    }
+    let rows_per_band = h.div_ceil(bands);
+    use rayon::prelude::*;
+    out.data
+        .par_chunks_mut(rows_per_band * w)
+        .enumerate()
+        .for_each(|(b, chunk)| {
+            significance_rows(img, var, m, &k, &k2, b * rows_per_band, chunk);
+        });
+}
+
+/// Output rows `y0 .. y0 + out.len() / width` of the significance image.
+fn significance_rows(
+    img: &Image<f32>,
+    var: &Image<f32>,
+    m: &Image<u32>,
+    k: &[f32],
+    k2: &[f32],
+    y0: usize,
+    out: &mut [f32],
+) {
+    let (w, h) = (img.width, img.height);
+    let r = k.len() / 2;
+    let n = k.len();
+    let y1 = y0 + out.len() / w;
+    // Rows padded with r zeros on each side (BAD pixels zeroed), and the ring of x-filtered rows.
+    let mut pad_i = vec![0.0f32; w + 2 * r];
+    let mut pad_v = vec![0.0f32; w + 2 * r];
+    let mut ring_i = vec![0.0f32; n * w];
+    let mut ring_v = vec![0.0f32; n * w];
+    let mut acc_v = vec![0.0f32; w];
+    let first = y0.saturating_sub(r);
+    let mut next = first; // next input row to filter along x
+    for y in y0..y1 {
+        let lo = y.saturating_sub(r);
+        let hi = (y + r + 1).min(h);
+        while next < hi {
+            let row = next * w..(next + 1) * w;
+            for (((pi, pv), (&v, &s)), &mm) in pad_i[r..r + w]
+                .iter_mut()
+                .zip(&mut pad_v[r..r + w])
+                .zip(img.data[row.clone()].iter().zip(&var.data[row.clone()]))
+                .zip(&m.data[row])
+            {
+                let bad = mm & mask::BAD != 0;
+                *pi = if bad { 0.0 } else { v };
+                *pv = if bad { 0.0 } else { s };
+            }
+            let slot = (next % n) * w;
+            filter_row(&pad_i, k, &mut ring_i[slot..slot + w]);
+            filter_row(&pad_v, k2, &mut ring_v[slot..slot + w]);
+            next += 1;
+        }
+        let dst = &mut out[(y - y0) * w..(y - y0 + 1) * w];
+        dst.fill(0.0);
+        acc_v.fill(0.0);
+        for yy in lo..hi {
+            let (kv, kv2) = (k[yy + r - y], k2[yy + r - y]);
+            let slot = (yy % n) * w;
+            for (d, &s) in dst.iter_mut().zip(&ring_i[slot..slot + w]) {
+                *d += kv * s;
+            }
+            for (d, &s) in acc_v.iter_mut().zip(&ring_v[slot..slot + w]) {
+                *d += kv2 * s;
+            }
+        }
+        for (o, &v) in dst.iter_mut().zip(&acc_v) {
+            *o = if v > 0.0 { *o / v.sqrt() } else { 0.0 };
         }
     }
-    let f = convolve_separable(&i2, &k);
-    let fv = convolve_separable(&v2, &k2);
-    let mut out = f;
-    for (o, v) in out.data.iter_mut().zip(&fv.data) {
-        *o = if *v > 0.0 { *o / v.sqrt() } else { 0.0 };
+}
+
+/// `out[x] = Σ_t pad[x + t] k[t]`, summed in tap order (zeros beyond the row change nothing).
+fn filter_row(pad: &[f32], k: &[f32], out: &mut [f32]) {
+    let w = out.len();
+    out.fill(0.0);
+    for (t, &kt) in k.iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(&pad[t..t + w]) {
+            *o += v * kt;
+        }
     }
-    out
 }
 
 /// One detected (possibly deblended) source: its peak in the significance image.
@@ -170,7 +265,9 @@ pub fn detect(sig: &Image<f32>, m: &mut Image<u32>, p: &DetectParams) -> Detecti
     let mut segments = Image::filled(w, h, 0u32);
     let mut peaks = Vec::new();
     let mut children = Vec::new();
-    let mut basin = vec![u32::MAX; w * h];
+    // The component labels are no longer needed: their storage becomes the basin labels.
+    let mut basin = comp;
+    basin.fill(u32::MAX);
     for mut pix in footprints {
         if pix.len() < p.min_pixels {
             continue;
@@ -307,6 +404,48 @@ mod tests {
             let b = convolve_slow(&img, &k);
             for (x, y) in a.data.iter().zip(&b.data) {
                 assert!((x - y).abs() < 1e-5, "{w}x{h}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_significance_is_the_two_full_convolutions_to_the_bit() {
+        // Reference: convolve the masked image and variance as whole images, then divide.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let n = Normal::new(0.0f32, 3.0).unwrap();
+        for (w, h, sigma) in [(37, 23, 1.4), (5, 40, 2.2), (64, 3, 0.9), (1, 1, 1.0)] {
+            let img = Image::from_vec(w, h, (0..w * h).map(|_| n.sample(&mut rng)).collect());
+            let var = Image::from_vec(
+                w,
+                h,
+                (0..w * h).map(|_| 9.0 + n.sample(&mut rng).abs()).collect(),
+            );
+            let mut m = Image::filled(w, h, 0u32);
+            for i in (0..w * h).step_by(7) {
+                m.data[i] = mask::BAD;
+            }
+            let (mut i2, mut v2) = (img.clone(), var.clone());
+            for i in 0..w * h {
+                if m.data[i] & mask::BAD != 0 {
+                    i2.data[i] = 0.0;
+                    v2.data[i] = 0.0;
+                }
+            }
+            let k = gaussian_kernel(sigma);
+            let k2: Vec<f32> = k.iter().map(|v| v * v).collect();
+            let f = convolve_separable(&i2, &k);
+            let fv = convolve_separable(&v2, &k2);
+            let want: Vec<f32> = f
+                .data
+                .iter()
+                .zip(&fv.data)
+                .map(|(&a, &b)| if b > 0.0 { a / b.sqrt() } else { 0.0 })
+                .collect();
+            assert_eq!(significance(&img, &var, &m, sigma).data, want, "{w}x{h}");
+            for threads in [2, 3, 8] {
+                let mut out = Image::filled(w, h, f32::NAN);
+                significance_into(&img, &var, &m, sigma, threads, &mut out);
+                assert_eq!(out.data, want, "{w}x{h}, {threads} threads");
             }
         }
     }

@@ -86,6 +86,9 @@ pub fn variance_plane(
         let f = if f.is_finite() && f > 0.0 { f } else { 1.0 };
         var.data[i] = img.data[i].max(0.0) / f + rn2 / (f * f);
     }
+    if m.data.iter().all(|mm| mm & mask::BAD == 0) {
+        return var;
+    }
     let mut good: Vec<f32> = var
         .data
         .iter()

@@ -6,6 +6,7 @@
 //! [`detect`] (PSF-matched filter, footprints, watershed deblending) and [`measure`]
 //! (centroids, aperture and PSF fluxes, moments, flags, PSF size). [`pipeline`] chains them
 //! for one CCD, in memory. [`wcs`] is the TAN projection used for sky coordinates.
+//! [`timing`] records the CPU time of each step for logs and benchmarks.
 //! [`sim`] writes the simulated camera (`skypipe-sim image`), and [`singleframe`] is the
 //! engine stage (`skypipe-singleframe`) that reads raw CCDs, runs the chain, writes the
 //! calibrated exposure and source catalogue, and records each CCD in the registry.
@@ -32,6 +33,7 @@ pub mod measure;
 pub mod pipeline;
 pub mod sim;
 pub mod singleframe;
+pub mod timing;
 pub mod wcs;
 
 /// The CCD registry this stage writes (re-exported for callers and tests of the stage).

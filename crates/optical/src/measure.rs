@@ -101,11 +101,15 @@ fn window(img: &Image<f32>, cx: f64, cy: f64, r: f64) -> Option<(usize, usize, u
 /// Fraction of pixel (x, y) (a unit square centred there) inside the circle of radius `r`
 /// around (cx, cy): exact 0 or 1 away from the rim, 8×8 sub-sampling near it.
 pub fn pixel_fraction(x: f64, y: f64, cx: f64, cy: f64, r: f64) -> f64 {
-    let d = (x - cx).hypot(y - cy);
-    if d <= r - std::f64::consts::FRAC_1_SQRT_2 {
+    // Whole pixels in or out, tested on squared distances: within 0.088 px of these limits
+    // every sub-sample still lies on the same side, so rounding cannot change the result.
+    let d2 = (x - cx).powi(2) + (y - cy).powi(2);
+    let inner = r - std::f64::consts::FRAC_1_SQRT_2;
+    if inner >= 0.0 && d2 <= inner * inner {
         return 1.0;
     }
-    if d >= r + std::f64::consts::FRAC_1_SQRT_2 {
+    let outer = r + std::f64::consts::FRAC_1_SQRT_2;
+    if d2 >= outer * outer {
         return 0.0;
     }
     let mut inside = 0;
@@ -185,12 +189,15 @@ pub fn psf_flux(img: &Image<f32>, var: &Image<f32>, cx: f64, cy: f64, sigma: f64
 
 /// Second moments `(Ixx, Iyy, Ixy)` in pixels², adaptive (Bernstein & Jarvis): the elliptical
 /// Gaussian weight is iterated to twice the weighted moments it measures, which converges to
-/// the source's own covariance for a Gaussian source. `None` if it does not converge.
+/// the source's own covariance for a Gaussian source. `None` if it does not converge, or if
+/// the weight's 3σ radius grows beyond `max_radius` pixels (in a crowded field the weight can
+/// otherwise swallow the neighbours and grow to the size of the image).
 pub fn adaptive_moments(
     img: &Image<f32>,
     cx: f64,
     cy: f64,
     sigma0: f64,
+    max_radius: f64,
 ) -> Option<(f64, f64, f64)> {
     let (mut wxx, mut wyy, mut wxy) = (sigma0 * sigma0, sigma0 * sigma0, 0.0);
     for _ in 0..100 {
@@ -201,7 +208,7 @@ pub fn adaptive_moments(
         let (ixx, iyy, ixy) = (wyy / det, wxx / det, -wxy / det);
         // Within 3σ of the weight: the weighted integrand (weight × source) is narrower still.
         let r = 3.0 * wxx.max(wyy).sqrt();
-        if r > 0.5 * img.width.min(img.height) as f64 + 10.0 {
+        if r > max_radius || r > 0.5 * img.width.min(img.height) as f64 + 10.0 {
             return None;
         }
         let (xlo, xhi, ylo, yhi) = window(img, cx, cy, r)?;
@@ -287,61 +294,80 @@ pub fn measure(
     det: &crate::detect::Detections,
     p: &MeasureParams,
 ) -> Vec<Source> {
+    measure_threads(img, var, m, det, p, 1)
+}
+
+/// [`measure`] with the peaks shared among `threads` threads of the current rayon pool
+/// (1: on the calling thread). The sources come out in the same order whatever `threads`.
+pub fn measure_threads(
+    img: &Image<f32>,
+    var: &Image<f32>,
+    m: &Image<u32>,
+    det: &crate::detect::Detections,
+    p: &MeasureParams,
+    threads: usize,
+) -> Vec<Source> {
     let sigma = p.fwhm * FWHM_TO_SIGMA;
     let core = p.fwhm.max(1.5);
-    det.peaks
-        .iter()
-        .filter(|pk| f64::from(pk.significance) >= p.min_significance)
-        .map(|pk| {
-            let mut fl = 0;
-            let (x, y) = match windowed_centroid(img, pk.x as f64, pk.y as f64, sigma) {
-                Some(c) => c,
-                None => {
-                    fl |= flags::CENTROID_FAILED;
-                    (pk.x as f64, pk.y as f64)
-                }
-            };
-            let (fa, fae, bits, outside) = aperture_flux(img, var, m, x, y, p.aperture_radius);
-            let core_bits = mask_bits_within(m, x, y, core);
-            let (fp, fpe) = psf_flux(img, var, x, y, sigma);
-            let (ixx, iyy, ixy) = match adaptive_moments(img, x, y, sigma) {
-                Some(mo) => mo,
-                None => {
-                    fl |= flags::MOMENTS_FAILED;
-                    (sigma * sigma, sigma * sigma, 0.0)
-                }
-            };
-            if outside || bits & mask::EDGE != 0 {
-                fl |= flags::EDGE;
+    let keep = |pk: &&crate::detect::Peak| f64::from(pk.significance) >= p.min_significance;
+    let one = |pk: &crate::detect::Peak| -> Source {
+        let mut fl = 0;
+        let (x, y) = match windowed_centroid(img, pk.x as f64, pk.y as f64, sigma) {
+            Some(c) => c,
+            None => {
+                fl |= flags::CENTROID_FAILED;
+                (pk.x as f64, pk.y as f64)
             }
-            if core_bits & mask::SAT != 0 || segment_has(det, m, pk, mask::SAT) {
-                fl |= flags::SATURATED;
+        };
+        let (fa, fae, bits, outside) = aperture_flux(img, var, m, x, y, p.aperture_radius);
+        let core_bits = mask_bits_within(m, x, y, core);
+        let (fp, fpe) = psf_flux(img, var, x, y, sigma);
+        // The weight may reach well past the source's own segment, never far past it.
+        let seg_radius = (pk.area as f64 / std::f64::consts::PI).sqrt();
+        let max_radius = 2.0 * seg_radius + 6.0 * sigma;
+        let (ixx, iyy, ixy) = match adaptive_moments(img, x, y, sigma, max_radius) {
+            Some(mo) => mo,
+            None => {
+                fl |= flags::MOMENTS_FAILED;
+                (sigma * sigma, sigma * sigma, 0.0)
             }
-            if core_bits & mask::CR != 0 {
-                fl |= flags::COSMIC_RAY;
-            }
-            if bits & mask::BAD != 0 {
-                fl |= flags::BAD_PIXELS;
-            }
-            if det.children[pk.footprint] > 1 {
-                fl |= flags::BLENDED;
-            }
-            Source {
-                x,
-                y,
-                significance: f64::from(pk.significance),
-                flux_aper: fa,
-                flux_aper_err: fae,
-                flux_psf: fp,
-                flux_psf_err: fpe,
-                ixx,
-                iyy,
-                ixy,
-                footprint: pk.footprint,
-                flags: fl,
-            }
-        })
-        .collect()
+        };
+        if outside || bits & mask::EDGE != 0 {
+            fl |= flags::EDGE;
+        }
+        if core_bits & mask::SAT != 0 || segment_has(det, m, pk, mask::SAT) {
+            fl |= flags::SATURATED;
+        }
+        if core_bits & mask::CR != 0 {
+            fl |= flags::COSMIC_RAY;
+        }
+        if bits & mask::BAD != 0 {
+            fl |= flags::BAD_PIXELS;
+        }
+        if det.children[pk.footprint] > 1 {
+            fl |= flags::BLENDED;
+        }
+        Source {
+            x,
+            y,
+            significance: f64::from(pk.significance),
+            flux_aper: fa,
+            flux_aper_err: fae,
+            flux_psf: fp,
+            flux_psf_err: fpe,
+            ixx,
+            iyy,
+            ixy,
+            footprint: pk.footprint,
+            flags: fl,
+        }
+    };
+    if threads > 1 {
+        use rayon::prelude::*;
+        det.peaks.par_iter().filter(keep).map(one).collect()
+    } else {
+        det.peaks.iter().filter(keep).map(one).collect()
+    }
 }
 
 /// OR of the mask bits of the pixels whose centres lie within `r` of (cx, cy).
@@ -396,13 +422,24 @@ pub fn psf_fwhm_from_stars(sources: &mut [Source], min_snr: f64, isolation: f64)
         | flags::CENTROID_FAILED
         | flags::MOMENTS_FAILED;
     let mut cand: Vec<(usize, f64)> = Vec::new();
+    // Sources sorted by x: the neighbours within `isolation` are a contiguous run.
+    let mut by_x: Vec<(f64, usize)> = sources.iter().enumerate().map(|(j, o)| (o.x, j)).collect();
+    by_x.sort_by(|a, b| a.0.total_cmp(&b.0));
     for (i, s) in sources.iter().enumerate() {
         if s.flags & bad != 0 || s.flux_aper_err <= 0.0 || s.flux_aper / s.flux_aper_err < min_snr {
             continue;
         }
-        let crowded = sources.iter().enumerate().any(|(j, o)| {
-            j != i && (o.x - s.x).hypot(o.y - s.y) < isolation && o.flux_aper > 0.01 * s.flux_aper
-        });
+        // One pixel of slack each side keeps every source the exact test below could accept.
+        let start = by_x.partition_point(|&(x, _)| x < s.x - isolation - 1.0);
+        let crowded = by_x[start..]
+            .iter()
+            .take_while(|&&(x, _)| x <= s.x + isolation + 1.0)
+            .any(|&(_, j)| {
+                let o = &sources[j];
+                j != i
+                    && (o.x - s.x).hypot(o.y - s.y) < isolation
+                    && o.flux_aper > 0.01 * s.flux_aper
+            });
         if !crowded {
             cand.push((i, ((s.ixx + s.iyy) / 2.0).sqrt()));
         }
@@ -551,7 +588,9 @@ mod tests {
     #[test]
     fn adaptive_moments_recover_an_elliptical_gaussian() {
         let img = gaussian(61, 61, 30.0, 30.0, 1e4, 4.0, 2.0, 0.8);
-        let (xx, yy, xy) = adaptive_moments(&img, 30.0, 30.0, 1.5).unwrap();
+        let (xx, yy, xy) = adaptive_moments(&img, 30.0, 30.0, 1.5, 100.0).unwrap();
+        // A weight that must grow past the limit fails instead.
+        assert!(adaptive_moments(&img, 30.0, 30.0, 1.5, 4.0).is_none());
         // Pixelisation adds 1/12 px² to each diagonal moment.
         assert!((xx - 4.0 - 1.0 / 12.0).abs() < 0.02, "{xx}");
         assert!((yy - 2.0 - 1.0 / 12.0).abs() < 0.02, "{yy}");

@@ -2,12 +2,13 @@
 //! cosmic rays → PSF size → PSF-matched detection → deblending → measurement.
 //! No I/O here; the stage reads the inputs and writes the outputs around it.
 
-use crate::background::{self, Background};
+use crate::background::Background;
 use crate::cosmic::{self, CosmicRayParams};
 use crate::detect::{self, DetectParams};
 use crate::image::{Image, mask};
 use crate::isr;
 use crate::measure::{self, FWHM_TO_SIGMA, MeasureParams, Source};
+use crate::timing::{Laps, StepTime};
 use serde::{Deserialize, Serialize};
 
 /// Settings of the chain (the `[singleframe]` table's science part).
@@ -122,8 +123,8 @@ pub struct ChainOutput {
     pub cosmic_ray_pixels: usize,
     /// Saturated pixels found.
     pub saturated_pixels: usize,
-    /// Wall time of each step, seconds, in order (for benchmarks and logs).
-    pub timings: Vec<(&'static str, f64)>,
+    /// Wall and CPU time of each step, in order (for benchmarks and logs).
+    pub timings: Vec<StepTime>,
 }
 
 /// Runs the chain on a raw image (ADU) with optional master bias and flat (same shape).
@@ -134,11 +135,18 @@ pub fn process(
     inst: &Instrument,
     p: &ChainParams,
 ) -> ChainOutput {
-    process_with_variance(raw, bias, flat, None, inst, p)
+    process_with_variance(raw, bias, flat, None, inst, p, 1)
 }
 
 /// [`process`] with an optional input variance (in the raw image's units squared), used
-/// instead of the Poisson + read-noise model (converted to e-² with the gain and flat).
+/// instead of the Poisson + read-noise model (converted to e-² with the gain and flat), on
+/// `threads` threads (1: all on the calling thread, no thread pool; the results do not depend
+/// on it).
+///
+/// Steps, each timed in [`ChainOutput::timings`]: `isr`, `background`, `cosmic_rays`, `psf`
+/// (first detection at the initial FWHM, measurement of the bright peaks, PSF size),
+/// `background2` (with that pass's footprints masked), `detection`, `measurement`. A later
+/// step that needs the final catalogue (e.g. an astrometric fit) comes after `measurement`.
 pub fn process_with_variance(
     raw: Image<f32>,
     bias: Option<&Image<f32>>,
@@ -146,14 +154,27 @@ pub fn process_with_variance(
     variance_in: Option<&Image<f32>>,
     inst: &Instrument,
     p: &ChainParams,
+    threads: usize,
+) -> ChainOutput {
+    if threads > 1
+        && let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads).build()
+    {
+        return pool.install(|| chain(raw, bias, flat, variance_in, inst, p, threads));
+    }
+    chain(raw, bias, flat, variance_in, inst, p, 1)
+}
+
+fn chain(
+    raw: Image<f32>,
+    bias: Option<&Image<f32>>,
+    flat: Option<&Image<f32>>,
+    variance_in: Option<&Image<f32>>,
+    inst: &Instrument,
+    p: &ChainParams,
+    threads: usize,
 ) -> ChainOutput {
     let (w, h) = (raw.width, raw.height);
-    let mut timings = Vec::new();
-    let mut clock = std::time::Instant::now();
-    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64)>| {
-        timings.push((name, clock.elapsed().as_secs_f64()));
-        clock = std::time::Instant::now();
-    };
+    let mut laps = Laps::start();
     let mut m = Image::filled(w, h, 0u32);
     let saturated_pixels = isr::mask_saturated_and_bad(&raw, inst.saturate, &mut m);
     isr::mask_edges(&mut m, p.edge);
@@ -179,19 +200,19 @@ pub fn process_with_variance(
             var
         }
     };
+    laps.lap("isr");
 
-    lap("isr", &mut timings);
     // Background, then cosmic rays on the subtracted image.
-    let bg = Background::estimate(&img, &m, p.background_cell);
-    background::subtract(&mut img, &bg.render());
-    lap("background", &mut timings);
+    let bg = Background::estimate_threads(&img, &m, p.background_cell, threads);
+    bg.subtract_from(&mut img);
+    laps.lap("background");
     let crp = CosmicRayParams {
         min_fwhm: p.cr_min_fwhm,
         nsigma: p.cr_nsigma,
         ..CosmicRayParams::default()
     };
     let cosmic_ray_pixels = cosmic::reject_cosmic_rays(&mut img, &variance, &mut m, &crp);
-    lap("cosmic_rays", &mut timings);
+    laps.lap("cosmic_rays");
 
     let dp = DetectParams {
         threshold: p.threshold,
@@ -202,43 +223,56 @@ pub fn process_with_variance(
     // A first pass at the initial FWHM finds the bright stars and measures the PSF (the
     // adaptive moments of a bright star do not depend on the filter that found it). Only
     // peaks bright enough to be PSF stars are measured here; this pass's footprints mask the
-    // sources for the second background estimate.
-    let mut m_det = m.clone();
-    let sig = detect::significance(&img, &variance, &m_det, p.initial_fwhm * FWHM_TO_SIGMA);
-    let det = detect::detect(&sig, &mut m_det, &dp);
+    // sources for the second background estimate. Nothing before it sets DETECTED, so
+    // clearing that bit afterwards gives the final detection the mask it would have had.
+    let mut sig = Image::filled(w, h, 0.0f32);
+    detect::significance_into(
+        &img,
+        &variance,
+        &m,
+        p.initial_fwhm * FWHM_TO_SIGMA,
+        threads,
+        &mut sig,
+    );
+    let det = detect::detect(&sig, &mut m, &dp);
     let mp = MeasureParams {
         fwhm: p.initial_fwhm,
         aperture_radius: p.aperture_fwhm * p.initial_fwhm,
         min_significance: p.psf_min_snr,
     };
-    let mut bright = measure::measure(&img, &variance, &m_det, &det, &mp);
+    let mut bright = measure::measure_threads(&img, &variance, &m, &det, &mp, threads);
+    drop(det);
     let measured = measure::psf_fwhm_from_stars(&mut bright, p.psf_min_snr, 5.0 * p.initial_fwhm);
     let psf_measured = measured.is_some();
     let fwhm = measured.unwrap_or(p.initial_fwhm);
-    lap("psf", &mut timings);
+    laps.lap("psf");
     // Background again with the detected footprints masked, then final detection.
-    let residual = Background::estimate(&img, &m_det, p.background_cell);
-    background::subtract(&mut img, &residual.render());
+    let residual = Background::estimate_threads(&img, &m, p.background_cell, threads);
+    residual.subtract_from(&mut img);
     let mut bg = bg;
     for (l, r) in bg.levels.iter_mut().zip(&residual.levels) {
         *l += r;
     }
-    lap("background2", &mut timings);
+    for v in m.data.iter_mut() {
+        *v &= !mask::DETECTED;
+    }
+    laps.lap("background2");
 
-    let sig = detect::significance(&img, &variance, &m, fwhm * FWHM_TO_SIGMA);
+    detect::significance_into(&img, &variance, &m, fwhm * FWHM_TO_SIGMA, threads, &mut sig);
     let det = detect::detect(&sig, &mut m, &dp);
-    lap("detection", &mut timings);
+    drop(sig);
+    laps.lap("detection");
     let mp = MeasureParams {
         fwhm,
         aperture_radius: p.aperture_fwhm * fwhm,
         min_significance: 0.0,
     };
-    let mut sources = measure::measure(&img, &variance, &m, &det, &mp);
+    let mut sources = measure::measure_threads(&img, &variance, &m, &det, &mp, threads);
     if psf_measured {
         measure::psf_fwhm_from_stars(&mut sources, p.psf_min_snr, 5.0 * fwhm);
     }
     let aperture_correction = measure::apply_aperture_correction(&mut sources);
-    lap("measurement", &mut timings);
+    laps.lap("measurement");
     ChainOutput {
         image: img,
         mask: m,
@@ -251,6 +285,6 @@ pub fn process_with_variance(
         sources,
         cosmic_ray_pixels,
         saturated_pixels,
-        timings,
+        timings: laps.steps,
     }
 }

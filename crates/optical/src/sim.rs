@@ -30,6 +30,9 @@ pub enum Size {
     Tiny,
     /// 8 CCDs of 1024×2048, bands g, r, i, 2 visits per band (48 CCD units; for the demo).
     Demo,
+    /// A crowded field: 2 CCDs of 1024×2048 with about 20,000 objects each (13 times the demo's
+    /// density, many blended), bands g and r, 1 visit per band (4 CCD units; for benchmarks).
+    Crowded,
 }
 
 /// Command-line options of this simulator.
@@ -372,6 +375,15 @@ fn survey(size: Size) -> Survey {
             bands: vec!["g", "r", "i"],
             visits_per_band: 2,
             objects_per_ccd: 1500,
+        },
+        Size::Crowded => Survey {
+            ccd_cols: 2,
+            ccd_rows: 1,
+            width: 1024,
+            height: 2048,
+            bands: vec!["g", "r"],
+            visits_per_band: 1,
+            objects_per_ccd: 20_000,
         },
     }
 }

@@ -14,6 +14,7 @@
 use crate::image::{Image, mask};
 use crate::measure::flags;
 use crate::pipeline::{self, ChainOutput, ChainParams, Instrument};
+use crate::timing::Laps;
 use crate::wcs::TanWcs;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
@@ -74,15 +75,30 @@ pub struct SingleframeFile<R> {
 }
 
 /// The `[singleframe]` table.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SingleframeConfig {
     /// CCD list file (`skypipe-ccd-list/1`, e.g. `units.json` from `skypipe-sim image`).
     pub input: Option<PathBuf>,
     /// Registry database. Default `RUN_DIR/registry.sqlite3`.
     pub registry: Option<PathBuf>,
+    /// Threads per CCD unit (a rayon pool inside the unit). Default 1: MPI ranks already fill
+    /// the cores; more helps when there are fewer ranks than cores (e.g. `--unit`). Results do
+    /// not depend on it, so it is not part of the configuration fingerprint.
+    pub threads: usize,
     /// Science settings of the chain.
     pub chain: ChainParams,
+}
+
+impl Default for SingleframeConfig {
+    fn default() -> Self {
+        Self {
+            input: None,
+            registry: None,
+            threads: 1,
+            chain: ChainParams::default(),
+        }
+    }
 }
 
 /// A unit of the stage.
@@ -166,6 +182,9 @@ impl Singleframe {
             .clone()
             .ok_or("singleframe.input is not set (the CCD list, e.g. units.json; or --input)")?;
         config.chain.validate()?;
+        if config.threads == 0 {
+            return Err("singleframe.threads must be at least 1".into());
+        }
         Ok(Self { config, input })
     }
 
@@ -224,14 +243,17 @@ impl Singleframe {
     }
 
     fn run_ccd(&self, c: &CcdInput, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
-        let summary = process_ccd(c, &self.config.chain, &ctx.run_dir, ctx.durable).map_err(
-            |e| match &e {
-                CcdError::Fits(FitsError::Write { .. } | FitsError::Io(_)) => {
-                    UnitFailure::transient(e)
-                }
-                _ => UnitFailure::bad_input(e),
-            },
-        )?;
+        let summary = process_ccd(
+            c,
+            &self.config.chain,
+            self.config.threads,
+            &ctx.run_dir,
+            ctx.durable,
+        )
+        .map_err(|e| match &e {
+            CcdError::Fits(FitsError::Write { .. } | FitsError::Io(_)) => UnitFailure::transient(e),
+            _ => UnitFailure::bad_input(e),
+        })?;
         ctx.set_value(&summary);
         Ok(Outcome::Done)
     }
@@ -394,19 +416,24 @@ fn to_image(a: Array2<f32>) -> Image<f32> {
     Image::from_vec(w, h, data)
 }
 
-fn to_array<T: Copy>(img: &Image<T>) -> Array2<T> {
-    Array2::from_shape_vec((img.height, img.width), img.data.clone())
+/// Moves an image's pixels into an array (no copy), leaving the image without data.
+fn take_array<T>(img: &mut Image<T>) -> Array2<T> {
+    Array2::from_shape_vec((img.height, img.width), std::mem::take(&mut img.data))
         .expect("image shape matches its data")
 }
 
-/// Reads one CCD's inputs (validated), runs the chain, writes the calibrated exposure and the
-/// catalogue under `run_dir`, and returns the registry summary.
+/// Reads one CCD's inputs (validated), runs the chain on `threads` threads, writes the
+/// calibrated exposure and the catalogue under `run_dir`, and returns the registry summary.
+/// The CPU time of every step (`read`, the chain's steps, `write`) is logged at debug level
+/// (`RUST_LOG=skypipe_optical=debug`) as `steps (cpu s): read=… isr=… … write=…`.
 pub fn process_ccd(
     c: &CcdInput,
     chain: &ChainParams,
+    threads: usize,
     run_dir: &Path,
     durable: bool,
 ) -> Result<CcdSummary, CcdError> {
+    let mut laps = Laps::start();
     let mut r = FitsReader::open(&c.raw)?;
     let header = read_raw_header(&mut r)?;
     let raw = to_image(r.image_f32_checked(Hdu::Primary, None)?);
@@ -430,17 +457,31 @@ pub fn process_ccd(
     if let Some(v) = read_aux(&c.variance)? {
         variance_in = Some(v);
     }
-    let out = pipeline::process_with_variance(
+    laps.lap("read");
+    let mut out = pipeline::process_with_variance(
         raw,
         bias.as_ref(),
         flat.as_ref(),
         variance_in.as_ref(),
         &header.instrument,
         chain,
+        threads,
     );
+    drop((bias, flat, variance_in));
+    let mut steps = laps.steps;
+    steps.extend(out.timings.iter().copied());
+    let mut laps = Laps::start();
     let (calexp_rel, catalog_rel) = output_paths(c.visit, c.ccd);
-    write_calexp(&run_dir.join(&calexp_rel), c, &header, &out, durable)?;
+    write_calexp(&run_dir.join(&calexp_rel), c, &header, &mut out, durable)?;
     write_catalog(&run_dir.join(&catalog_rel), c, &header, &out, durable)?;
+    laps.lap("write");
+    steps.extend(laps.steps);
+    tracing::debug!(
+        visit = c.visit,
+        ccd = c.ccd,
+        "steps (cpu s): {}",
+        crate::timing::summary(&steps)
+    );
     let (w, h) = (out.image.width as f64, out.image.height as f64);
     let corners = [
         (0.5, 0.5),
@@ -500,11 +541,13 @@ fn common_cards(c: &CcdInput, h: &RawHeader, out: &ChainOutput) -> Vec<Card> {
     ]
 }
 
+/// Writes the calibrated exposure, moving the image, mask and variance planes out of `out`
+/// (they are not needed afterwards; this saves a copy of each).
 fn write_calexp(
     path: &Path,
     c: &CcdInput,
     h: &RawHeader,
-    out: &ChainOutput,
+    out: &mut ChainOutput,
     durable: bool,
 ) -> Result<(), CcdError> {
     let mut w = FitsWriter::create(path, durable, None)?;
@@ -516,11 +559,15 @@ fn write_calexp(
         1.0,
         "[e-/electron] the image is in electrons",
     ));
-    w.image_f32("IMAGE", &to_array(&out.image), &img_cards)?;
-    let mask_i32 = Image::from_vec(
+    w.image_f32("IMAGE", &take_array(&mut out.image), &img_cards)?;
+    // The same bits as i32 (FITS has no unsigned 32-bit images), converted in place.
+    let mut mask_i32 = Image::from_vec(
         out.mask.width,
         out.mask.height,
-        out.mask.data.iter().map(|&v| v as i32).collect(),
+        std::mem::take(&mut out.mask.data)
+            .into_iter()
+            .map(|v| v as i32)
+            .collect(),
     );
     let mut mcards = crate::sim::wcs_header(&h.wcs);
     for (name, bit) in mask::NAMES {
@@ -530,10 +577,10 @@ fn write_calexp(
             "mask bit value",
         ));
     }
-    w.image_i32("MASK", &to_array(&mask_i32), &mcards)?;
+    w.image_i32("MASK", &take_array(&mut mask_i32), &mcards)?;
     let mut vcards = crate::sim::wcs_header(&h.wcs);
     vcards.push(Card::text("BUNIT", "electron2", "variance"));
-    w.image_f32("VARIANCE", &to_array(&out.variance), &vcards)?;
+    w.image_f32("VARIANCE", &take_array(&mut out.variance), &vcards)?;
     w.commit()?;
     Ok(())
 }

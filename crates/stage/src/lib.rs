@@ -61,16 +61,19 @@
 //! assert_eq!(Visits.plan().unwrap().len(), 10);
 //! ```
 
+mod connections;
 mod context;
 mod failure;
 mod unit_id;
 
+pub use connections::{Connections, Dataset};
 pub use context::{Collectives, Input, SoloCollectives, UnitContext};
 pub use failure::{FailureKind, Outcome, OutcomeKind, UnitFailure};
 pub use unit_id::{ParseUnitIdError, UnitId};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::path::Path;
 
 /// One unit of work: serialisable (it travels between ranks) and named by a stable [`UnitId`].
 pub trait WorkUnit: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -180,6 +183,14 @@ pub trait Stage: Send + Sync {
 
     /// Process one unit, writing its outputs atomically.
     fn run(&self, unit: &Self::Unit, ctx: &UnitContext) -> Result<Outcome, UnitFailure>;
+
+    /// The files `unit` reads and writes when run in `run_dir` (default: none declared).
+    /// Paths must be the ones [`Stage::run`] uses (one data-model function for both), since
+    /// the engine orders units of different stages by them and checks before any unit runs
+    /// that every input will exist.
+    fn connections(&self, _unit: &Self::Unit, _run_dir: &Path) -> Connections {
+        Connections::new()
+    }
 }
 
 /// A stable fingerprint of a serialisable configuration (FNV-1a 64 of its JSON form).

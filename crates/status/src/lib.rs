@@ -1,19 +1,16 @@
-//! Looking at skypipe runs from outside, and putting them under Slurm. No MPI.
+//! Looking at skypipe runs from outside: read-only views of a run directory. No MPI.
 //!
 //! - [`status`]: what `skypipe-status RUN_DIR` prints. [`run_status`] reads the run
 //!   directory's ledger files (`ledger/<stage>.jsonl`, `.manifest.json`, `.progress.json`),
 //!   probes each stage's ledger lock without blocking to tell whether a job is running, and
 //!   reads `run-report.json` for the commands that resume or retry the run. It writes
 //!   nothing and holds no lock, so it is safe on a login node while a job runs.
-//! - [`slurm`]: what `skypipe-slurm` does. [`slurm::plan_jobs`] turns stage commands and
-//!   `[slurm]` settings into [`slurm::JobPlan`]s (absolute paths, time limit given or
-//!   estimated from the units to run), [`slurm::render_script`] writes the batch script,
-//!   whose body resubmits the job when a time limit interrupts it, and [`slurm::submit`]
-//!   chains the jobs with `sbatch --dependency=afterok`.
 //! - [`timeline`]: the per-rank timeline picture of a run (`skypipe-status RUN_DIR
 //!   --timeline FILE`, and `RUN_DIR/timeline.svg` written by [`timeline::write_run_timeline`]
 //!   at the end of every run), drawn by the `skypipe-timeline` crate.
-//! - [`rundir`]: the tolerant readers of run-directory files both of them use.
+//! - [`rundir`]: the tolerant readers of run-directory files, also used by the Slurm
+//!   batch-script crate (`skypipe-slurm-scripts`, behind `skypipe-slurm`) to count the units
+//!   left and read earlier unit durations.
 //!
 //! ```no_run
 //! let status = skypipe_status::run_status(std::path::Path::new("runs/night1"))?;
@@ -25,7 +22,6 @@
 //! ```
 
 pub mod rundir;
-pub mod slurm;
 pub mod status;
 pub mod timeline;
 

@@ -6,6 +6,16 @@
 //! When a time limit interrupts a stage (its ranks exit 3), the script submits itself again,
 //! after the current job, to finish the rest, up to `max_attempts` jobs in all; later
 //! stages of the chain are moved to wait for the continuation. `docs/slurm.md` explains it.
+//!
+//! - [`plan_jobs`] turns stage commands and `[slurm]` settings into [`JobPlan`]s (absolute
+//!   paths, time limit given or estimated from the units to run);
+//! - [`render_script`] writes the batch script, whose body resubmits the job when a time
+//!   limit interrupts it;
+//! - [`submit`] chains the jobs with `sbatch --dependency=afterok`.
+//!
+//! It reads a run directory only through `skypipe_status::rundir` (the ledger to count the
+//! units left, an earlier run report for their durations) and writes only under
+//! `RUN_DIR/slurm/` and `RUN_DIR/logs/`. No MPI.
 
 mod script;
 mod time;
@@ -13,8 +23,8 @@ mod time;
 pub use script::render_script;
 pub use time::{Estimate, format_time, parse_time};
 
-use crate::rundir::{self, StageFiles};
 use serde::{Deserialize, Serialize};
+use skypipe_status::rundir::{self, StageFiles};
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -486,7 +496,7 @@ impl StageCommand {
     fn display(&self) -> String {
         std::iter::once(self.bin.to_string_lossy().into_owned())
             .chain(self.args.iter().cloned())
-            .map(|a| crate::shell_quote(&a))
+            .map(|a| skypipe_status::shell_quote(&a))
             .collect::<Vec<_>>()
             .join(" ")
     }

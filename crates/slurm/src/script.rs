@@ -1,7 +1,7 @@
 //! The text of a stage's batch script.
 
-use super::{JobPlan, format_time};
-use crate::shell_quote;
+use crate::{JobPlan, format_time};
+use skypipe_status::shell_quote;
 use std::fmt::Write as _;
 
 /// The batch script of one job: `#SBATCH` directives, then a bash body that runs the stage
@@ -198,8 +198,8 @@ exit 3
 
 #[cfg(test)]
 mod tests {
-    use super::super::{JobPlan, SlurmSettings};
     use super::*;
+    use crate::{JobPlan, SlurmSettings};
 
     fn job(settings: SlurmSettings) -> JobPlan {
         JobPlan {

@@ -1,0 +1,88 @@
+//! `skypipe-run`: several stages in one MPI job, planned as one graph (a chain).
+//!
+//! `skypipe-run --config chain.toml` runs the stages listed in `[chain] stages`, each
+//! configured by its own table exactly as in its stage's file; a unit of a later stage starts
+//! the moment the units that write its input files are done, with no barrier between stages.
+//! Ledgers stay per stage (`ledger/<instance>.jsonl`), so each stage can also be resumed or
+//! inspected alone.
+
+use clap::Parser;
+use skypipe_cmb::calibrate::Calibrate;
+use skypipe_cmb::mapmake::Mapmake;
+use skypipe_cmb::pointing::Pointing;
+use skypipe_engine::{ChainFile, ChainMember, EngineArgs, StageSet, launch_stages};
+use skypipe_loadtest::Loadtest;
+use skypipe_optical::singleframe::Singleframe;
+use std::process::ExitCode;
+
+/// The stage kinds a chain may contain.
+const KINDS: &[&str] = &[
+    "pointing",
+    "calibrate",
+    "mapmake",
+    "singleframe",
+    "loadtest",
+];
+
+/// Runs a chain of stages (`[chain] stages` in the configuration) as one job.
+#[derive(Debug, Parser)]
+#[command(name = "skypipe-run", version)]
+struct Cli {
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// One built stage of any kind.
+enum AnyStage {
+    Pointing(Pointing),
+    Calibrate(Calibrate),
+    Mapmake(Mapmake),
+    Singleframe(Singleframe),
+    Loadtest(Loadtest),
+}
+
+fn build(member: &ChainMember) -> Result<AnyStage, String> {
+    let named = |e: String| format!("[{}]: {e}", member.name);
+    Ok(match member.kind.as_str() {
+        "pointing" => AnyStage::Pointing(Pointing::new(member.config()?).map_err(named)?),
+        "calibrate" => AnyStage::Calibrate(Calibrate::new(member.config()?).map_err(named)?),
+        "mapmake" => AnyStage::Mapmake(Mapmake::new(member.config()?).map_err(named)?),
+        "singleframe" => AnyStage::Singleframe(Singleframe::new(member.config()?).map_err(named)?),
+        "loadtest" => AnyStage::Loadtest(Loadtest::new(member.config()?).map_err(named)?),
+        other => return Err(format!("[{}]: unknown stage kind '{other}'", member.name)),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(path) = cli.engine.config.as_deref() else {
+        eprintln!("error: skypipe-run needs --config CHAIN.toml (see configs/chain-cmb.toml)");
+        return ExitCode::from(skypipe_engine::EXIT_CANNOT_START);
+    };
+    let file = match ChainFile::load(path, KINDS) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(skypipe_engine::EXIT_CANNOT_START);
+        }
+    };
+    let built: Result<Vec<AnyStage>, String> = file.members.iter().map(build).collect();
+    let built = match built {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {}: {e}", path.display());
+            return ExitCode::from(skypipe_engine::EXIT_CANNOT_START);
+        }
+    };
+    let mut set = StageSet::new();
+    for (member, stage) in file.members.iter().zip(&built) {
+        set = match stage {
+            AnyStage::Pointing(s) => set.with(&member.name, s),
+            AnyStage::Calibrate(s) => set.with(&member.name, s),
+            AnyStage::Mapmake(s) => set.with(&member.name, s),
+            AnyStage::Singleframe(s) => set.with(&member.name, s),
+            AnyStage::Loadtest(s) => set.with(&member.name, s),
+        };
+    }
+    launch_stages(&set, &file.run, &cli.engine).exit_code()
+}

@@ -1,0 +1,284 @@
+//! Chain runs (`skypipe-run`): the CMB stages pointing → calibrate → mapmake in one MPI job,
+//! planned as one graph. Stage overlap is proved by the ledgers' run-wide sequence numbers,
+//! never by timing.
+
+mod common;
+
+use common::cmb::*;
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Six short noiseless observations of four detector pairs.
+const SIM: &str = "net_uk_sqrt_s = 0.0\nfknee_hz = 0.0\nobservations = 6\n\
+                   obs_duration_s = 60.0\nprecession_deg = 7.5\n\
+                   precession_period_days = 0.01\ndetector_pairs = 2\n";
+
+/// The three stage tables of the tests; `mapmake_extra` is added to `[mapmake]`.
+fn tables(list: &Path, mapmake_extra: &str) -> [(&'static str, String); 3] {
+    let obs = format!("observations = \"{}\"", list.display());
+    [
+        ("pointing", format!("{obs}\n{POINTING}")),
+        ("calibrate", obs.clone()),
+        (
+            "mapmake",
+            format!("{obs}\nquicklook_width = 200\ndestripe = false\n{mapmake_extra}"),
+        ),
+    ]
+}
+
+/// A chain file of the three stages.
+fn chain_config(dir: &Path, name: &str, tables: &[(&str, String)]) -> String {
+    // Records reach the ledger file at once, so the kill test sees them while the job runs.
+    let mut text = String::from(
+        "[run]\nfsync = false\nprogress_interval_s = 60.0\nledger_sync_interval_s = 0.001\n[chain]\n",
+    );
+    let names: Vec<String> = tables.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    text += &format!("stages = [{}]\n", names.join(", "));
+    for (table, body) in tables {
+        text += &format!("[{table}]\n{body}\n");
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    s(&path)
+}
+
+/// Runs the chain on `ranks` ranks into `run_dir`.
+fn run_chain(config: &str, run_dir: &Path, ranks: usize, extra: &[&str]) -> std::process::Output {
+    let run_s = s(run_dir);
+    let mut args = vec!["--config", config, "--run-dir", &run_s];
+    args.extend_from_slice(extra);
+    run(mpirun(ranks, &bin("run"), &args))
+}
+
+/// Every complete record of every stage: (seq, stage, unit, outcome). Safe while a job
+/// appends (a partly written last line is skipped).
+fn records(run_dir: &Path) -> Vec<(u64, String, String, String)> {
+    let mut all = Vec::new();
+    for stage in ["pointing", "calibrate", "mapmake"] {
+        let path = run_dir.join("ledger").join(format!("{stage}.jsonl"));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let complete = text.rsplit_once('\n').map_or("", |(head, _)| head);
+        for line in complete.lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            all.push((
+                r["seq"].as_u64().unwrap(),
+                stage.to_string(),
+                r["unit"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// Waits (up to 20 s) until no process holds a stage's ledger lock: killed ranks may outlive
+/// mpirun for a moment.
+fn wait_for_locks(run_dir: &Path) {
+    let start = std::time::Instant::now();
+    for stage in ["pointing", "calibrate", "mapmake"] {
+        let path = run_dir.join("ledger").join(format!("{stage}.lock"));
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        while file.try_lock().is_err() {
+            assert!(
+                start.elapsed().as_secs() < 20,
+                "{} still locked",
+                path.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// Compares two runs' binned maps with healpy, to 1e-12 of the I map's RMS (the tolerance
+/// documented for different reduction orders).
+const COMPARE_MAPS: &str = r#"
+import sys, numpy as np, healpy as hp
+a, b = sys.argv[1], sys.argv[2]
+for kind, tol in (('binned', 1e-12),):
+    ma = hp.read_map(a + f'/mapmake/map_{kind}.fits', field=(0, 1, 2, 3))
+    mb = hp.read_map(b + f'/mapmake/map_{kind}.fits', field=(0, 1, 2, 3))
+    assert (ma[3] == mb[3]).all()
+    seen = (ma[3] > 0) & (ma[0] != hp.UNSEEN)
+    assert seen.sum() > 100, seen.sum()
+    rms = np.sqrt(np.mean(ma[0][seen] ** 2))
+    err = max(np.abs(ma[c][seen] - mb[c][seen]).max() for c in range(3)) / rms
+    assert err <= tol, (kind, err)
+print('ok')
+"#;
+
+#[test]
+fn cmb_chain_overlaps_stages_matches_separate_jobs_and_resumes_after_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), SIM);
+    let tables = tables(&list, "");
+
+    // Three separate jobs, one stage after another.
+    let separate = tmp.path().join("separate");
+    for (stage, body) in &tables {
+        let cfg = stage_config(tmp.path(), &format!("{stage}.toml"), stage, body);
+        let out = run_stage(stage, &cfg, &list, &separate, 2, &[]);
+        assert_eq!(code(&out.status), 0, "{stage}: {}", text(&out));
+    }
+
+    // The same stages as one chain job.
+    let chain = tmp.path().join("chain");
+    let cfg = chain_config(tmp.path(), "chain.toml", &tables);
+    let out = run_chain(&cfg, &chain, 2, &[]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let recs = records(&chain);
+    assert_eq!(recs.len(), 6 + 6 + 7, "{recs:?}");
+    assert!(recs.iter().all(|r| r.3 == "done"), "{recs:?}");
+    let seqs: Vec<u64> = recs.iter().map(|r| r.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=19).collect::<Vec<u64>>(),
+        "one run-wide sequence"
+    );
+    let last = |stage: &str| {
+        recs.iter()
+            .filter(|r| r.1 == stage)
+            .map(|r| r.0)
+            .max()
+            .unwrap()
+    };
+    let first = |stage: &str| {
+        recs.iter()
+            .filter(|r| r.1 == stage)
+            .map(|r| r.0)
+            .min()
+            .unwrap()
+    };
+    assert!(
+        first("calibrate") < last("pointing"),
+        "calibrate started before pointing ended: {recs:?}"
+    );
+    assert!(first("mapmake") < last("calibrate"), "{recs:?}");
+    // Per stage: calibrate[obs] is recorded after pointing[obs], mapmake[obs] after both.
+    let seq_of = |stage: &str, unit: &str| {
+        recs.iter()
+            .find(|r| r.1 == stage && r.2 == unit)
+            .map(|r| r.0)
+            .unwrap()
+    };
+    for o in 0..6 {
+        let unit = format!("obs={o:04}");
+        assert!(seq_of("pointing", &unit) < seq_of("calibrate", &unit));
+        assert!(seq_of("calibrate", &unit) < seq_of("mapmake", &unit));
+    }
+    // Byte-identical timestreams and pointing; maps within the reduction-order tolerance.
+    for dir in ["pointing", "calibrate"] {
+        let (a, b) = (files(&separate.join(dir)), files(&chain.join(dir)));
+        assert_eq!(a.len(), 6);
+        assert!(
+            a == b,
+            "{dir} files differ between the chain and separate jobs"
+        );
+    }
+    python(COMPARE_MAPS, &[s(&separate), s(&chain)]);
+    let report = report(&chain);
+    assert_eq!(report["stage"], "chain");
+    assert_eq!(report["stages"].as_array().unwrap().len(), 3);
+    assert!(chain.join("ledger/calibrate.report.json").is_file());
+
+    // Killed mid-run and rerun with the same command: every unit done exactly once.
+    let killed = tmp.path().join("killed");
+    let run_s = s(&killed);
+    let job = Job::spawn(mpirun(
+        2,
+        &bin("run"),
+        &["--config", &cfg, "--run-dir", &run_s],
+    ));
+    let start = std::time::Instant::now();
+    while records(&killed).len() < 3 && start.elapsed().as_secs() < 100 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    kill_group(job.pgid(), "KILL");
+    let _ = job.wait();
+    wait_for_locks(&killed);
+    let before = records(&killed).len();
+    assert!((3..19).contains(&before), "killed after {before} records");
+    let out = run_chain(&cfg, &killed, 2, &[]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let mut done: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in records(&killed) {
+        assert_eq!(r.3, "done", "{r:?}");
+        *done.entry((r.1, r.2)).or_insert(0) += 1;
+    }
+    assert_eq!(done.len(), 19);
+    assert!(done.values().all(|&n| n == 1), "{done:?}");
+    for dir in ["pointing", "calibrate"] {
+        assert!(files(&separate.join(dir)) == files(&killed.join(dir)));
+    }
+}
+
+#[test]
+fn a_failed_upstream_unit_fails_only_its_readers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), SIM);
+    // Observation 2's raw file is truncated: pointing[obs=0002] has bad input.
+    let raw = list.parent().unwrap().join("obs/obs=0002.h5");
+    let bytes = std::fs::read(&raw).unwrap();
+    std::fs::write(&raw, &bytes[..bytes.len() / 3]).unwrap();
+    let tables = tables(&list, "allow_failed_observations = true");
+    let cfg = chain_config(tmp.path(), "chain.toml", &tables);
+    let run_dir = tmp.path().join("run");
+    let out = run_chain(&cfg, &run_dir, 3, &[]);
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    assert!(text(&out).contains("obs=0002.h5"), "{}", text(&out));
+    let outcome = |stage: &str, unit: &str| {
+        outcomes(&run_dir, stage)
+            .into_iter()
+            .find(|(u, _)| u == unit)
+            .map(|(_, o)| o)
+            .unwrap()
+    };
+    assert_eq!(outcome("pointing", "obs=0002"), "bad-input");
+    assert_eq!(outcome("calibrate", "obs=0002"), "dependency-failed");
+    assert_eq!(outcome("mapmake", "obs=0002"), "dependency-failed");
+    assert_eq!(
+        outcome("mapmake", "map=full"),
+        "done",
+        "the map is made without it"
+    );
+    for stage in ["pointing", "calibrate", "mapmake"] {
+        let done = outcomes(&run_dir, stage)
+            .iter()
+            .filter(|(_, o)| o == "done")
+            .count();
+        assert_eq!(done, if stage == "mapmake" { 6 } else { 5 }, "{stage}");
+    }
+}
+
+#[test]
+fn an_input_that_nothing_produces_is_refused_before_any_unit_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), SIM);
+    // Pointing plans observations 0..4 only, calibrate all six.
+    let text_list = std::fs::read_to_string(&list).unwrap();
+    let mut short: serde_json::Value = serde_json::from_str(&text_list).unwrap();
+    short["observations"].as_array_mut().unwrap().pop();
+    let short_list: PathBuf = list.with_file_name("five.json");
+    std::fs::write(&short_list, short.to_string()).unwrap();
+    let mut tables = tables(&list, "");
+    tables[0].1 = format!("observations = \"{}\"\n{POINTING}", short_list.display());
+    let cfg = chain_config(tmp.path(), "chain.toml", &tables[..2]);
+    let run_dir = tmp.path().join("run");
+    let out = run_chain(&cfg, &run_dir, 2, &[]);
+    assert_eq!(code(&out.status), 1, "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("calibrate[obs=0005] reads"), "{all}");
+    assert!(all.contains("pointing/obs=0005.h5"), "{all}");
+    assert!(records(&run_dir).is_empty(), "no unit ran");
+    // The dry run says the same without MPI.
+    let run_s = s(&run_dir);
+    let out = run(direct(
+        &bin("run"),
+        &["--config", &cfg, "--run-dir", &run_s, "--dry-run"],
+    ));
+    assert_eq!(code(&out.status), 1, "{}", text(&out));
+    assert!(text(&out).contains("calibrate[obs=0005] reads"));
+}
