@@ -1,9 +1,11 @@
 //! `skypipe-status RUN_DIR [--json]`: units done / failed / pending per stage, rate, ETA,
 //! whether a job is running, the failures with their reasons, and the command that resumes
-//! or retries the run. No MPI; reads the run directory without locking it, so it is safe on
-//! a login node while the job runs.
+//! or retries the run. `skypipe-status RUN_DIR --timeline [FILE.svg|FILE.png]` draws the
+//! per-rank timeline of the run instead. No MPI; reads the run directory without locking it,
+//! so it is safe on a login node while the job runs.
 
 use clap::Parser;
+use skypipe_status::timeline::{ColourBy, RenderOptions, write_timeline};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,10 +26,42 @@ struct Cli {
     /// How many failures to list per stage in the text output (JSON lists all).
     #[arg(long, value_name = "N", default_value_t = 20)]
     max_failures: usize,
+    /// Draw the per-rank timeline (one bar per unit attempt) into FILE, .svg or .png
+    /// (default: timeline.svg in the current directory), instead of printing the status.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "timeline.svg")]
+    timeline: Option<PathBuf>,
+    /// What the timeline's colours show: outcome, stage, or auto (outcome for one stage,
+    /// stage for several).
+    #[arg(long, value_name = "BY", default_value = "auto", value_parser = ["auto", "outcome", "stage"])]
+    colour_by: String,
+    /// Width of the timeline picture, pixels.
+    #[arg(long, value_name = "PX", default_value_t = 1200)]
+    width: u32,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(out) = &cli.timeline {
+        let colour_by = match cli.colour_by.as_str() {
+            "outcome" => ColourBy::Outcome,
+            "stage" => ColourBy::Stage,
+            _ => ColourBy::Auto,
+        };
+        let options = RenderOptions {
+            width_px: cli.width,
+            row_px: None,
+        };
+        return match write_timeline(&cli.run_dir, out, colour_by, &options, false) {
+            Ok(path) => {
+                println!("timeline written to {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match skypipe_status::run_status(&cli.run_dir) {
         Ok(status) => {
             if cli.json {

@@ -5,6 +5,9 @@
 //!   probes each stage's ledger lock without blocking to tell whether a job is running, and
 //!   reads `run-report.json` for the commands that resume or retry the run. It writes
 //!   nothing and holds no lock, so it is safe on a login node while a job runs.
+//! - [`timeline`]: the per-rank timeline picture of a run (`skypipe-status RUN_DIR
+//!   --timeline FILE`, and `RUN_DIR/timeline.svg` written by [`timeline::write_run_timeline`]
+//!   at the end of every run), drawn by the `skypipe-timeline` crate.
 //! - [`rundir`]: the tolerant readers of run-directory files, also used by the Slurm
 //!   batch-script crate (`skypipe-slurm-scripts`, behind `skypipe-slurm`) to count the units
 //!   left and read earlier unit durations.
@@ -20,6 +23,7 @@
 
 pub mod rundir;
 pub mod status;
+pub mod timeline;
 
 pub use status::{RunStatus, StageStatus, State, run_status};
 

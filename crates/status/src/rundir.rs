@@ -70,6 +70,44 @@ pub struct Record {
     /// Unix time of recording, seconds.
     #[serde(default)]
     pub time: f64,
+    /// Rank that ran the last attempt.
+    #[serde(default)]
+    pub rank: usize,
+    /// Run-wide sequence number of the record across all stages.
+    #[serde(default)]
+    pub seq: u64,
+    /// Unix seconds when the last attempt started (`None` in older ledgers).
+    #[serde(default)]
+    pub started: Option<f64>,
+    /// All ranks of a multi-rank unit; empty for a one-rank unit (whose rank is `rank`).
+    #[serde(default)]
+    pub ranks: Vec<usize>,
+    /// Earlier attempts of this invocation that failed and were retried.
+    #[serde(default)]
+    pub retried: Vec<AttemptRecord>,
+}
+
+/// An earlier attempt of a unit that failed and was retried (unknown fields ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AttemptRecord {
+    /// Rank that ran it.
+    #[serde(default)]
+    pub rank: usize,
+    /// All ranks of a multi-rank unit; empty for a one-rank unit.
+    #[serde(default)]
+    pub ranks: Vec<usize>,
+    /// Unix seconds when it started.
+    #[serde(default)]
+    pub started: f64,
+    /// Seconds it took.
+    #[serde(default)]
+    pub elapsed_s: f64,
+    /// Failure kind, e.g. `transient`.
+    #[serde(default)]
+    pub outcome: String,
+    /// Failure message.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 impl Record {
