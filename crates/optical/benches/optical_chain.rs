@@ -6,7 +6,8 @@
 //! `cargo bench -p skypipe-optical --bench optical_chain` (best of 5 runs each). With
 //! `OPTICAL_BENCH_DIR=DIR` it also leaves the simulated raw CCD, bias and flat and a truth table
 //! in DIR, with `calibrated.fits` (bias-, flat- and gain-corrected, e-, sky kept) for running
-//! SExtractor on the same pixels (`benches/optical_sextractor.sh DIR`).
+//! other tools on the same pixels. The comparison with SExtractor in CPU time per CCD, whole
+//! `skypipe-singleframe --unit` processes on many CCDs, is `benches/optical_sextractor.sh`.
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;

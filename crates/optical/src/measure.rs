@@ -220,7 +220,7 @@ pub fn adaptive_moments(
             // test below still decides, so the sums are those over the whole window.
             let half_b = ixy * dy;
             let disc = half_b * half_b - ixx * (iyy * dy * dy - 9.0 - 1e-6);
-            if !(disc >= 0.0) {
+            if disc.is_nan() || disc < 0.0 {
                 continue;
             }
             let root = disc.sqrt();
@@ -236,14 +236,17 @@ pub fn adaptive_moments(
             } else {
                 xhi
             };
-            let row = &img.data[y * img.width..(y + 1) * img.width];
-            for x in xa..=xb {
+            if xa > xb {
+                continue;
+            }
+            let row = &img.data[y * img.width + xa..=y * img.width + xb];
+            for (x, &pixel) in (xa..=xb).zip(row) {
                 let dx = x as f64 - cx;
                 let q = ixx * dx * dx + iyy * dy * dy + 2.0 * ixy * dx * dy;
                 if q > 9.0 {
                     continue;
                 }
-                let wi = (-0.5 * q).exp() * f64::from(row[x]);
+                let wi = (-0.5 * q).exp() * f64::from(pixel);
                 s += wi;
                 sxx += wi * dx * dx;
                 syy += wi * dy * dy;
