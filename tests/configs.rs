@@ -14,10 +14,13 @@ mod common;
 use common::cmb::{bin, s};
 use common::{code, direct, run, text};
 use skypipe_cmb::calibrate::Calibrate;
+use skypipe_cmb::calibrate::CalibrateConfig;
 use skypipe_cmb::mapmake::Mapmake;
+use skypipe_cmb::mapmake::MapmakeConfig;
 use skypipe_cmb::pointing::Pointing;
+use skypipe_cmb::pointing::PointingConfig;
 use skypipe_cmb::{CalibrateFile, MapmakeFile, PointingFile};
-use skypipe_engine::{RunOptions, load_config};
+use skypipe_engine::{ChainFile, RunOptions, load_config};
 use skypipe_loadtest::{Loadtest, LoadtestFile, Workload};
 use skypipe_optical::singleframe::{Singleframe, SingleframeFile};
 use skypipe_slurm_scripts::SlurmFile;
@@ -33,17 +36,28 @@ enum Reader {
     Calibrate,
     Mapmake,
     Singleframe,
+    Chain,
 }
 
 /// File-name stems (exact, or followed by `-`) and the binary that reads them. Every binary
 /// with a configuration file ships at least one example.
-const READERS: [(&str, Reader); 6] = [
+const READERS: [(&str, Reader); 7] = [
     ("sim-cmb", Reader::SimCmb),
     ("loadtest", Reader::Loadtest),
     ("pointing", Reader::Pointing),
     ("calibrate", Reader::Calibrate),
     ("mapmake", Reader::Mapmake),
     ("singleframe", Reader::Singleframe),
+    ("chain", Reader::Chain),
+];
+
+/// The stage kinds `skypipe-run` builds.
+const CHAIN_KINDS: &[&str] = &[
+    "pointing",
+    "calibrate",
+    "mapmake",
+    "singleframe",
+    "loadtest",
 ];
 
 fn reader_of(path: &Path) -> Option<Reader> {
@@ -123,6 +137,30 @@ fn check(path: &Path, reader: Reader, observations: &Path) -> Result<(), String>
         Reader::Singleframe => {
             let file = parse(path, |f: &SingleframeFile<RunOptions>| &f.run)?;
             Singleframe::new(file.singleframe)?;
+        }
+        Reader::Chain => {
+            let file = ChainFile::load(path, CHAIN_KINDS).map_err(|e| e.to_string())?;
+            file.run.validate()?;
+            for member in &file.members {
+                match member.kind.as_str() {
+                    "pointing" => {
+                        let mut c: PointingConfig = member.config()?;
+                        c.observations = observations.to_path_buf();
+                        Pointing::new(c)?;
+                    }
+                    "calibrate" => {
+                        let mut c: CalibrateConfig = member.config()?;
+                        c.observations = observations.to_path_buf();
+                        Calibrate::new(c)?;
+                    }
+                    "mapmake" => {
+                        let mut c: MapmakeConfig = member.config()?;
+                        c.observations = observations.to_path_buf();
+                        Mapmake::new(c)?;
+                    }
+                    other => return Err(format!("{}: no check for kind {other}", path.display())),
+                }
+            }
         }
     }
     Ok(())
