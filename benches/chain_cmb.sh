@@ -5,8 +5,8 @@
 #
 #   benches/chain_cmb.sh [RANKS=2] [WORK_DIR=/tmp]
 #
-# Observation lengths: 24 observations in four length classes (1 x 480 s, 3 x 240 s,
-# 8 x 60 s, 12 x 30 s), simulated as four data sets with one seed and merged into one list in
+# Observation lengths: 24 observations in four length classes (1 x 1920 s, 3 x 960 s,
+# 8 x 240 s, 12 x 120 s), simulated as four data sets with one seed and merged into one list in
 # a shuffled order (the list's observation numbers are the units). Map-making bins only
 # (destripe = false): the destriper's all-rank iterations are balanced by construction and
 # would hide the stage tails this compares.
@@ -19,11 +19,11 @@ RANKS=${1:-2}
 WORK=$(mktemp -d "${2:-/tmp}/chain-bench.XXXXXX")
 BIN=$PWD/${CARGO_TARGET_DIR:-target}/release
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-trap 'rm -rf "$WORK"' EXIT
+[ -n "${KEEP:-}" ] || trap 'rm -rf "$WORK"' EXIT
 
 echo "== simulating 24 observations of skewed lengths in $WORK"
 k=0
-for class in "1 480" "3 240" "8 60" "12 30"; do
+for class in "1 1920" "3 960" "8 240" "12 120"; do
     set -- $class
     printf 'seed = 7\nobservations = %d\nobs_duration_s = %s\ndetector_pairs = 4\n' "$1" "$2" >"$WORK/sim$k.toml"
     "$BIN/skypipe-sim" cmb --size tiny --config "$WORK/sim$k.toml" --out "$WORK/set$k" >/dev/null

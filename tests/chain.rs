@@ -179,10 +179,40 @@ fn cmb_chain_overlaps_stages_matches_separate_jobs_and_resumes_after_a_kill() {
         );
     }
     python(COMPARE_MAPS, &[s(&separate), s(&chain)]);
-    let report = report(&chain);
-    assert_eq!(report["stage"], "chain");
-    assert_eq!(report["stages"].as_array().unwrap().len(), 3);
-    assert!(chain.join("ledger/calibrate.report.json").is_file());
+    let chain_report = report(&chain);
+    assert_eq!(chain_report["stage"], "chain");
+    assert_eq!(chain_report["stages"].as_array().unwrap().len(), 3);
+    let part: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(chain.join("ledger/calibrate.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(part["ran"], 6);
+
+    // A stage alone on the chain's run directory: same fingerprint, nothing left to do; one
+    // unit of the chain runs in-process by its stage-qualified ID.
+    let records_before = records(&chain).len();
+    let (stage, body) = &tables[1];
+    let alone = stage_config(tmp.path(), "alone.toml", stage, body);
+    let out = run_stage(stage, &alone, &list, &chain, 2, &[]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    assert_eq!(records(&chain).len(), records_before, "nothing redone");
+    let chain_s = s(&chain);
+    let out = run(direct(
+        &bin("run"),
+        &[
+            "--config",
+            &cfg,
+            "--run-dir",
+            &chain_s,
+            "--unit",
+            "calibrate[obs=0003]",
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("calibrate[obs=0003] done"),
+        "{}",
+        text(&out)
+    );
 
     // Killed mid-run and rerun with the same command: every unit done exactly once.
     let killed = tmp.path().join("killed");

@@ -41,11 +41,13 @@ fn find_unit(stages: &StageSet<'_>, plan: &Plan, wanted: &str) -> Result<usize, 
             (k, id)
         }
         None if stages.is_chain() => {
+            let example = if plan.ids.is_empty() {
+                "STAGE[ID]".to_string()
+            } else {
+                plan.label(stages, 0)
+            };
             return Err(format!(
-                "--unit: in a chain, name the stage too, e.g. {}",
-                plan.ids
-                    .first()
-                    .map_or("calibrate[obs=0007]".to_string(), |_| plan.label(stages, 0))
+                "--unit: in a chain, name the stage too, e.g. {example}"
             ));
         }
         None => (0, wanted),
