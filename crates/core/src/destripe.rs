@@ -24,8 +24,23 @@
 //! patches never linked by any detector's scan add further null directions; CG on the
 //! consistent system still converges there, but each patch's mean is then arbitrary.)
 //!
-//! **Preconditioner.** The inverse of `Fᵀ N⁻¹ F`: `σ² / n_k` for a baseline of `n_k` good
-//! samples (the standard MADAM / TOAST choice).
+//! **Preconditioner.** Two levels, each optional:
+//! - *Blocks* ([`DestripeConfig::block_baselines`]): the baselines of the timestreams of one
+//!   [`Timestream::group`] (e.g. one observation), in time windows of at most that many
+//!   baselines, form a dense block of `A' = Fᵀ Z F + c u uᵀ` assembled exactly from the
+//!   samples (`W_k δ_kk' + c − Σ_p v_kpᵀ C_p⁻¹ v_k'p`) and inverted by Cholesky. Elsewhere, and
+//!   with 0, the inverse of `Fᵀ N⁻¹ F`: `σ² / n_k` for a baseline of `n_k` good samples (the
+//!   standard MADAM / TOAST choice). A block lives on the process holding its timestreams,
+//!   so no communication.
+//! - *Coarse space* ([`DestripeConfig::coarse_groups`] × [`DestripeConfig::coarse_segments`]
+//!   templates): `Z` has one column per group and time segment, 1 on its baselines. `A' Z` is
+//!   assembled once (each template binned into a map column, summed over processes with
+//!   [`Reduce::reduce_map_where_held`], solved per pixel and scanned back), `E = Zᵀ A' Z` is
+//!   summed with [`Reduce::sum`] and factorised identically on every process. CG is then
+//!   deflated (Saad et al. 2000; the two-level preconditioner of Szydlarski et al. 2014):
+//!   `x₀ = Z E⁻¹ Zᵀ b`, and each search direction is made `A'`-orthogonal to `range(Z)`, at
+//!   the cost of `k` more values in each iteration's scalar reduction — still one operator
+//!   application per iteration. The global offset (the null space above) lies in `range(Z)`.
 //!
 //! # Example
 //! ```
