@@ -41,7 +41,7 @@ use skypipe_core::binning::{
     BinAccumulator, BinnedMap, Components, SparseMap, SubmapLayout, UNSEEN, reduce_in_chunks,
     submaps_in_mask, touched_mask,
 };
-use skypipe_core::destripe::{DestripeConfig, Reduce, Timestream, destripe};
+use skypipe_core::destripe::{DestripeConfig, MAX_COARSE_GROUPS, Reduce, Timestream, destripe};
 use skypipe_core::healpix::{Healpix, Ordering};
 use skypipe_core::quicklook::{self, QuicklookError, Scale};
 use skypipe_io::Durability;
@@ -103,6 +103,17 @@ pub enum Precision {
     Single,
 }
 
+/// The destriper's coarse space (`coarse_space`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CoarseSpace {
+    /// One constant-offset template per observation (all its detectors), times
+    /// `coarse_segments`.
+    Observation,
+    /// No coarse level.
+    None,
+}
+
 /// The `[mapmake]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -136,6 +147,18 @@ pub struct MapmakeConfig {
     pub tolerance: f64,
     /// Conjugate-gradient iteration cap. Default 200.
     pub max_iterations: usize,
+    /// Coarse space of the destriper's two-level preconditioner: `observation` (default) one
+    /// constant-offset template per observation, `none` no coarse level. More than
+    /// [`MAX_COARSE_GROUPS`] templates: no coarse level (with a warning).
+    pub coarse_space: CoarseSpace,
+    /// Each coarse template split in time into this many segments of equal length, each its
+    /// own template. Default 1.
+    pub coarse_segments: usize,
+    /// Block-Jacobi preconditioner: the baselines of one observation (all detectors), in
+    /// time windows of at most this many baselines, form one block inverted exactly; memory
+    /// `8 · block_baselines` bytes per baseline, set-up `block_baselines²` operations per
+    /// baseline. 0: the diagonal `σ²/n` alone. Default 1024.
+    pub block_baselines: usize,
     /// Weight detectors by `1/σ²` from the focal plane's NET (default true); otherwise, or
     /// when a detector has no NET, every detector weighs 1.
     pub noise_weights: bool,
@@ -167,6 +190,9 @@ impl Default for MapmakeConfig {
             baseline_s: 1.0,
             tolerance: 1e-10,
             max_iterations: 200,
+            coarse_space: CoarseSpace::Observation,
+            coarse_segments: 1,
+            block_baselines: 1024,
             noise_weights: true,
             allow_failed_observations: false,
             output_ordering: OutputOrdering::Ring,
@@ -253,6 +279,11 @@ pub struct MapSummary {
     pub iterations: usize,
     /// Final relative CG residual.
     pub residual: f64,
+    /// Relative CG residual `‖r‖/‖b‖` before the first iteration (after the coarse start)
+    /// and after each one (empty without destriping).
+    pub residual_history: Vec<f64>,
+    /// Templates in the destriper's coarse space (0: the diagonal preconditioner alone).
+    pub coarse_templates: usize,
     /// Whether the CG reached its tolerance.
     pub converged: bool,
     /// Files written, relative to the output directory.
@@ -281,13 +312,15 @@ struct ObsData {
 }
 
 impl ObsData {
-    fn timestreams(&self) -> impl Iterator<Item = Timestream<'_>> {
-        self.detectors.iter().map(|d| Timestream {
+    /// Its detectors' timestreams, in the destriper's group `group`.
+    fn timestreams(&self, group: usize) -> impl Iterator<Item = Timestream<'_>> {
+        self.detectors.iter().map(move |d| Timestream {
             pixels: &d.pixels,
             weights: &d.weights,
             signal: &d.signal,
             flags: Some(&d.flags),
             inv_var: d.inv_var,
+            group,
         })
     }
 }
@@ -327,6 +360,12 @@ impl Mapmake {
                     "mapmake.submap_nside {sub} exceeds mapmake.nside {n}"
                 ));
             }
+        }
+        if !(1..=MAX_COARSE_GROUPS).contains(&config.coarse_segments) {
+            return Err(format!(
+                "mapmake.coarse_segments must be in 1..={MAX_COARSE_GROUPS}, got {}",
+                config.coarse_segments
+            ));
         }
         let widths = quicklook::MIN_WIDTH..=quicklook::MAX_WIDTH;
         if config.quicklook_width != 0 && !widths.contains(&config.quicklook_width) {
@@ -683,7 +722,32 @@ impl Mapmake {
 
         let held = self.held.lock().expect("no panic while locked");
         let local: Vec<&ObsData> = me.keep.iter().chain(&me.read).map(|o| &held[o]).collect();
-        let timestreams: Vec<Timestream<'_>> = local.iter().flat_map(|d| d.timestreams()).collect();
+        // Groups (preconditioner blocks and coarse templates): one per observation, numbered
+        // by its position in the sorted list, alike on every rank.
+        let position: BTreeMap<u32, usize> =
+            wanted.keys().enumerate().map(|(i, &o)| (o, i)).collect();
+        let segments = self.config.coarse_segments;
+        let coarse_groups = match self.config.coarse_space {
+            CoarseSpace::Observation if wanted.len() * segments <= MAX_COARSE_GROUPS => {
+                wanted.len()
+            }
+            CoarseSpace::Observation => {
+                tracing::warn!(
+                    templates = wanted.len() * segments,
+                    max = MAX_COARSE_GROUPS,
+                    "destriper: coarse space too large, using the block preconditioner alone"
+                );
+                0
+            }
+            CoarseSpace::None => 0,
+        };
+        let timestreams: Vec<Timestream<'_>> = local
+            .iter()
+            .flat_map(|d| {
+                let at = position[&d.summary.obs];
+                d.timestreams(at)
+            })
+            .collect();
         let layout = SubmapLayout::new(
             grid.npix(),
             (grid.nside() / self.submap_nside(grid.nside())).pow(2),
@@ -713,10 +777,25 @@ impl Mapmake {
                 tolerance: self.config.tolerance,
                 max_iterations: self.config.max_iterations,
                 rcond_min: self.config.rcond_min,
+                coarse_groups,
+                coarse_segments: segments,
+                block_baselines: self.config.block_baselines,
             };
             let out = destripe(&timestreams, layout, comps, &cfg, &mut reduce)
                 .map_err(|e| UnitFailure::bad_input(format!("destriping: {e}")))?;
-            let report = (out.iterations, out.residual, out.converged);
+            tracing::info!(
+                iterations = out.iterations,
+                coarse_templates = out.coarse_dimension,
+                residuals = ?out.residual_history,
+                "destriper: relative residual per iteration"
+            );
+            let report = (
+                out.iterations,
+                out.residual,
+                out.converged,
+                out.residual_history,
+                out.coarse_dimension,
+            );
             baselines = out.baselines;
             (out.binned, Some(out.destriped), report)
         } else {
@@ -726,7 +805,11 @@ impl Mapmake {
                     .map_err(|e| UnitFailure::bad_input(format!("binning: {e}")))?;
             }
             reduce.reduce_map(acc.map_mut());
-            (acc.solve(self.config.rcond_min), None, (0, 0.0, true))
+            (
+                acc.solve(self.config.rcond_min),
+                None,
+                (0, 0.0, true, Vec::new(), 0),
+            )
         };
         // Every rank writes the baselines of the observations it binned, in parallel.
         let mut amplitudes = baselines.into_iter();
@@ -777,6 +860,8 @@ impl Mapmake {
             iterations: solver.0,
             residual: solver.1,
             converged: solver.2,
+            residual_history: solver.3,
+            coarse_templates: solver.4,
             files: Vec::new(),
             seconds: [0.0; 3],
         };

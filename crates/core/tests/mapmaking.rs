@@ -636,6 +636,7 @@ fn timestreams<'a>(scan: &'a Scan, signal: &'a [Vec<f64>], inv_var: f64) -> Vec<
             signal: &signal[d],
             flags: None,
             inv_var,
+            group: d,
         })
         .collect()
 }
@@ -665,6 +666,7 @@ fn noiseless_offsets_are_removed_exactly() {
         tolerance: 1e-13,
         max_iterations: 500,
         rcond_min: 1e-3,
+        ..DestripeConfig::default()
     };
     let layout = SubmapLayout::new(NPIX, 64).unwrap();
     let out = destripe(&ts, layout, Components::Iqu, &cfg, &mut SingleProcess).unwrap();
@@ -740,6 +742,7 @@ fn offsets_with_white_noise_are_recovered_within_their_error() {
         tolerance: 1e-10,
         max_iterations: 300,
         rcond_min: 1e-3,
+        ..DestripeConfig::default()
     };
     let out = destripe(
         &ts,
@@ -834,6 +837,7 @@ fn destriping_beats_binning_on_one_over_f_noise() {
         tolerance: 1e-8,
         max_iterations: 300,
         rcond_min: 1e-3,
+        ..DestripeConfig::default()
     };
     let out = destripe(
         &ts,
@@ -878,6 +882,28 @@ fn destriping_beats_binning_on_one_over_f_noise() {
         out.iterations,
         out.residual
     );
+    // The two-level preconditioner (an exact block and a coarse template per detector) reaches
+    // the same tolerance in no more iterations, with a residual map at least as good.
+    let two_level = DestripeConfig {
+        coarse_groups: ts.len(),
+        block_baselines: 1024,
+        ..cfg
+    };
+    let out2 = destripe(
+        &ts,
+        SubmapLayout::new(NPIX, 64).unwrap(),
+        Components::Iqu,
+        &two_level,
+        &mut SingleProcess,
+    )
+    .unwrap();
+    let destriped2 = rms(&out2.destriped);
+    eprintln!(
+        "1/f, two-level: destriped {destriped2:.6} (one-level {destriped:.6}), {} iterations",
+        out2.iterations
+    );
+    assert!(out2.converged && out2.iterations <= out.iterations);
+    assert!(destriped2 <= destriped * (1.0 + 1e-6));
 }
 
 #[test]
@@ -944,6 +970,169 @@ fn destriper_handles_flags_cut_pixels_and_rejects_bad_config() {
     // No data at all: nothing to solve.
     let out = destripe(&[], layout, Components::Iqu, &cfg, &mut SingleProcess).unwrap();
     assert!(out.converged && out.iterations == 0 && out.baselines.is_empty());
+}
+
+/// With one coarse template per baseline the coarse level is the exact inverse: the coarse
+/// start alone solves the system, and no iteration is needed. (A check of the deflation
+/// algebra: `E = Zᵀ A' Z` assembled from binned templates equals the operator.)
+#[test]
+fn a_complete_coarse_space_solves_at_the_start() {
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    let (g, reps, l) = (8, 3, 8);
+    let scan = grid_scan(&mut rng, g, reps, 4);
+    let sky = random_sky(&mut rng, NPIX);
+    let mut signal = signal_of(&scan, &sky);
+    for s in signal.iter_mut() {
+        for (i, x) in s.iter_mut().enumerate() {
+            *x += (i / l) as f64 * 0.3 + 0.1 * gauss(&mut rng);
+        }
+    }
+    let ts = timestreams(&scan, &signal, 1.0);
+    let nb = signal[0].len().div_ceil(l);
+    let layout = SubmapLayout::new(NPIX, 64).unwrap();
+    let cfg = DestripeConfig {
+        baseline_length: l,
+        tolerance: 1e-9,
+        max_iterations: 500,
+        ..DestripeConfig::default()
+    };
+    let plain = destripe(&ts, layout, Components::Iqu, &cfg, &mut SingleProcess).unwrap();
+    let full = DestripeConfig {
+        coarse_groups: ts.len(),
+        coarse_segments: nb,
+        ..cfg
+    };
+    let out = destripe(&ts, layout, Components::Iqu, &full, &mut SingleProcess).unwrap();
+    assert_eq!(out.coarse_dimension, ts.len() * nb);
+    eprintln!(
+        "plain: {} iterations; complete coarse space: {} iterations, start residual {:.2e}",
+        plain.iterations, out.iterations, out.residual_history[0]
+    );
+    assert!(out.residual_history[0] < 1e-9, "{:?}", out.residual_history);
+    assert_eq!(out.iterations, 0);
+    for (a, b) in out
+        .baselines
+        .iter()
+        .flatten()
+        .zip(plain.baselines.iter().flatten())
+    {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    // One block holding every baseline: the preconditioner is the exact inverse (up to its
+    // ridge), and CG converges at once.
+    let mut one_group = ts.clone();
+    for t in one_group.iter_mut() {
+        t.group = 0;
+    }
+    let block = DestripeConfig {
+        block_baselines: ts.len() * nb,
+        ..cfg
+    };
+    let out = destripe(
+        &one_group,
+        layout,
+        Components::Iqu,
+        &block,
+        &mut SingleProcess,
+    )
+    .unwrap();
+    eprintln!("one exact block: {} iterations", out.iterations);
+    assert!(
+        out.converged && out.iterations <= 2,
+        "{:?}",
+        out.residual_history
+    );
+    for (a, b) in out
+        .baselines
+        .iter()
+        .flatten()
+        .zip(plain.baselines.iter().flatten())
+    {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+}
+
+/// Poor cross-linking: three "observations" each scan their own set of rows many times, and
+/// a single column-scanning detector crosses them once. The two-level preconditioner (blocks
+/// per observation, one coarse template each) needs fewer iterations than the diagonal and
+/// gives the same baselines.
+#[test]
+fn poorly_cross_linked_scan_converges_with_the_two_level_preconditioner() {
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let (g, l) = (12, 6);
+    let (mut pixels, mut weights, mut groups) = (vec![], vec![], vec![]);
+    // Observation o scans rows 4o..4o+4, 8 times each, with two detectors.
+    for o in 0..3 {
+        for _det in 0..2 {
+            let (mut pix, mut wts) = (vec![], vec![]);
+            for row in 4 * o..4 * o + 4 {
+                for _ in 0..8 {
+                    for c in 0..g {
+                        pix.push((100 + row * g + c) as u64);
+                        let psi = rng.random_range(0.0..std::f64::consts::PI);
+                        wts.push(stokes_weights_from_psi(psi, 0.95));
+                    }
+                }
+            }
+            pixels.push(pix);
+            weights.push(wts);
+            groups.push(o);
+        }
+    }
+    // One detector crossing every row once (columns, one pass).
+    let (mut pix, mut wts) = (vec![], vec![]);
+    for c in 0..g {
+        for row in 0..g {
+            pix.push((100 + row * g + c) as u64);
+            let psi = rng.random_range(0.0..std::f64::consts::PI);
+            wts.push(stokes_weights_from_psi(psi, 0.95));
+        }
+    }
+    pixels.push(pix);
+    weights.push(wts);
+    groups.push(3);
+    let scan = Scan { pixels, weights };
+    let sky = random_sky(&mut rng, NPIX);
+    let mut signal = signal_of(&scan, &sky);
+    for s in signal.iter_mut() {
+        let mut x = 0.0;
+        for v in s.iter_mut() {
+            x += 0.05 * gauss(&mut rng);
+            *v += x + 0.1 * gauss(&mut rng);
+        }
+    }
+    let mut ts = timestreams(&scan, &signal, 100.0);
+    for (t, &g) in ts.iter_mut().zip(&groups) {
+        t.group = g;
+    }
+    let layout = SubmapLayout::new(NPIX, 64).unwrap();
+    let diag = DestripeConfig {
+        baseline_length: l,
+        tolerance: 1e-10,
+        max_iterations: 1000,
+        ..DestripeConfig::default()
+    };
+    let two_level = DestripeConfig {
+        coarse_groups: 4,
+        block_baselines: 256,
+        ..diag
+    };
+    let a = destripe(&ts, layout, Components::Iqu, &diag, &mut SingleProcess).unwrap();
+    let b = destripe(&ts, layout, Components::Iqu, &two_level, &mut SingleProcess).unwrap();
+    eprintln!(
+        "poorly cross-linked: diagonal {} iterations, two-level {} iterations",
+        a.iterations, b.iterations
+    );
+    assert!(a.converged && b.converged);
+    assert_eq!(b.coarse_dimension, 4);
+    assert!(b.iterations < a.iterations && b.iterations <= 100);
+    // The same Q and U maps. (I is free up to offsets along rows: the crossing detector's
+    // own baselines leave them unconstrained, null directions of the system that the two
+    // solvers may fill differently.)
+    for p in a.destriped.observed_pixels() {
+        let (x, y) = (a.destriped.value(p).unwrap(), b.destriped.value(p).unwrap());
+        assert!((x[1] - y[1]).abs() < 1e-6 && (x[2] - y[2]).abs() < 1e-6);
+    }
 }
 
 // ------------------------------------------------- the Reduce trait across "processes"
@@ -1050,6 +1239,7 @@ fn destriper_results_do_not_depend_on_the_number_of_ranks() {
         tolerance: 1e-12,
         max_iterations: 300,
         rcond_min: 1e-3,
+        ..DestripeConfig::default()
     };
     // Small sub-maps, so ranks hold different sets of them.
     let layout = SubmapLayout::new(NPIX, 8).unwrap();
