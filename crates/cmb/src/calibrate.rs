@@ -24,8 +24,8 @@
 use crate::model::{
     AttitudeData, CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_OBSERVATION,
     DATASET_POINTING, DetectorSpec, FLAG_NONFINITE, FocalPlane, Frame, GainTable, ObsUnit,
-    ObservationList, SkyMap, TimestreamInfo, direction, parse_ordering, read_attitude,
-    stage_file, timestream_info,
+    ObservationList, SkyMap, TimestreamInfo, direction, parse_ordering, read_attitude, stage_file,
+    timestream_info,
 };
 use crate::pointing::{durability, plan_list};
 use serde::{Deserialize, Serialize};

@@ -107,9 +107,13 @@ fn unit_ranks(rank: usize, ranks: &[usize]) -> Vec<usize> {
     }
 }
 
-/// The attempts a ledger record stands for: its retried attempts, then its last one.
+/// The attempts a ledger record stands for: its retried attempts, then its last one (none
+/// for a unit that never ran, such as a dependency-failed one recorded with 0 attempts).
 pub fn record_attempts(stage: &str, record: &Record) -> Vec<Attempt> {
     let mut out = Vec::with_capacity(record.retried.len() + 1);
+    if record.attempts == 0 && record.retried.is_empty() {
+        return out;
+    }
     for (k, a) in record.retried.iter().enumerate() {
         out.push(Attempt {
             stage: stage.to_string(),
@@ -569,6 +573,12 @@ mod tests {
         assert_eq!(a.len(), 1);
         assert_eq!((a[0].start, a[0].end()), (49.75, 50.0));
         assert!(a[0].start_estimated);
+
+        let not_run = record(serde_json::json!({
+            "unit": "group=0", "outcome": "dependency-failed", "attempts": 0, "rank": 0,
+            "elapsed_s": 0.0, "invocation": 1, "time": 50.0
+        }));
+        assert!(record_attempts("s", &not_run).is_empty());
     }
 
     fn attempt(stage: &str, rank: usize, start: f64, elapsed: f64, outcome: &str) -> Attempt {

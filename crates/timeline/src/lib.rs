@@ -491,9 +491,12 @@ pub fn render_svg(timeline: &Timeline, options: &RenderOptions) -> String {
         for (name, value) in &bar.data {
             group = group.set(format!("data-{name}"), safe_attr(value));
         }
-        if bar.outline {
-            group = group.set("stroke", OUTLINE_COLOUR).set("stroke-width", 1.5);
-        }
+        group = if bar.outline {
+            group.set("stroke", OUTLINE_COLOUR).set("stroke-width", 1.5)
+        } else {
+            // A hairline that keeps back-to-back attempts of one colour apart.
+            group.set("stroke", "#ffffff").set("stroke-width", 0.5)
+        };
         for (first, last) in rank_runs(&bar.ranks) {
             if last < ranks {
                 group = group.add(bar_rect(&layout, bar.start_s, bar.end_s, first, last));
