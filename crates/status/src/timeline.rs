@@ -317,7 +317,11 @@ fn build_timeline(
     } else {
         for (name, colour) in OUTCOME_COLOURS {
             index.insert(name.to_string(), categories.len());
-            categories.push(Category::new(name, colour));
+            categories.push(if rundir::is_success(name) {
+                Category::new(name, colour)
+            } else {
+                Category::emphasised(name, colour)
+            });
         }
         let mut others: Vec<String> = read
             .attempts
@@ -329,7 +333,7 @@ fn build_timeline(
         others.dedup();
         for name in others {
             index.insert(name.clone(), categories.len());
-            categories.push(Category::new(name, OTHER_FAILURE_COLOUR));
+            categories.push(Category::emphasised(name, OTHER_FAILURE_COLOUR));
         }
     }
 
@@ -420,7 +424,16 @@ fn build_timeline(
         None => 0.0,
     };
 
-    let stages_text = match read.stages.as_slice() {
+    let mut stages_in_order = read.stages.clone();
+    let first_start = |stage: &str| {
+        read.attempts
+            .iter()
+            .filter(|a| a.stage == stage)
+            .map(|a| a.start)
+            .fold(f64::INFINITY, f64::min)
+    };
+    stages_in_order.sort_by(|a, b| first_start(&a.0).total_cmp(&first_start(&b.0)));
+    let stages_text = match stages_in_order.as_slice() {
         [] => "no unit recorded yet".to_string(),
         [(s, i)] => format!("stage {s}, invocation {i}"),
         many => format!(
@@ -661,7 +674,11 @@ mod tests {
         assert!(!t.bars[0].outline && t.bars[1].outline);
         assert_eq!(t.now_s, Some(15.0));
         assert!(t.notes[0].contains("a job is running (alpha)"));
-        assert!(t.title.contains("stages alpha #1, zeta #3"));
+        assert!(
+            t.title.contains("stages zeta #3, alpha #1"),
+            "run order: {}",
+            t.title
+        );
     }
 
     #[test]
