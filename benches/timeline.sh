@@ -42,16 +42,15 @@ mpirun --oversubscribe --bind-to none -n "$RANKS" "$BIN/skypipe-loadtest" \
 echo "ledger: $(wc -l <"$WORK/run/ledger/loadtest.jsonl") records, $(du -h "$WORK/run/ledger/loadtest.jsonl" | cut -f1)"
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+TIMEFORMAT='%R %U %S'
 for ext in svg png; do
-    times=()
+    walls=() cpus=()
     for _ in $(seq "$REPEATS"); do
-        start=$(date +%s.%N)
-        "$BIN/skypipe-status" "$WORK/run" --timeline "$WORK/t.$ext" >/dev/null
-        end=$(date +%s.%N)
-        times+=("$(echo "$end - $start" | bc)")
+        read -r wall user sys < <({ time "$BIN/skypipe-status" "$WORK/run" --timeline "$WORK/t.$ext" >/dev/null; } 2>&1)
+        walls+=("$wall")
+        cpus+=("$(echo "$user + $sys" | bc)")
     done
-    med=$(printf '%s\n' "${times[@]}" | median)
-    echo "timeline.$ext: median $med s over $REPEATS draws (all: ${times[*]}), $(du -h "$WORK/t.$ext" | cut -f1)"
+    echo "timeline.$ext: median wall $(printf '%s\n' "${walls[@]}" | median) s, CPU $(printf '%s\n' "${cpus[@]}" | median) s over $REPEATS draws (wall: ${walls[*]}), $(du -h "$WORK/t.$ext" | cut -f1); load average $(cut -d' ' -f1 /proc/loadavg)"
 done
 echo "marks in the SVG: $(grep -c 'class="attempt"' "$WORK/t.svg") single attempts, $(grep -c 'class="merged"' "$WORK/t.svg") merged marks"
 grep -o 'narrower than a pixel merged into [0-9,]* marks' "$WORK/t.svg" | head -1 || true

@@ -498,6 +498,8 @@ pub fn render_svg(timeline: &Timeline, options: &RenderOptions) -> String {
 
     // Bars, one group per attempt.
     let mut bars = Group::new().set("class", "bars");
+    // Emphasised and outlined bars go on top of everything else, merged marks included.
+    let mut on_top = Vec::new();
     for &i in &marks.single {
         let bar = &timeline.bars[i];
         let colour = timeline
@@ -538,7 +540,11 @@ pub fn render_svg(timeline: &Timeline, options: &RenderOptions) -> String {
                 group = group.add(bar_rect(&layout, (bar.start_s, bar.end_s), run, min_px));
             }
         }
-        bars = bars.add(group);
+        if emphasised(timeline, bar) {
+            on_top.push(group);
+        } else {
+            bars = bars.add(group);
+        }
     }
     for (rank, members) in &marks.merged {
         let start = members
@@ -585,6 +591,9 @@ pub fn render_svg(timeline: &Timeline, options: &RenderOptions) -> String {
                 counts.join(", ")
             )));
         bars = bars.add(group.add(bar_rect(&layout, (start, end), (*rank, *rank), 0.25)));
+    }
+    for group in on_top {
+        bars = bars.add(group);
     }
     doc = doc.add(bars);
 
