@@ -299,3 +299,66 @@ fn the_svg_renders_in_headless_chromium_at_its_size() {
     assert!(red > 100, "failed units drawn: {red} pixels");
     assert!(dark > 500, "text and axis drawn: {dark} pixels");
 }
+
+#[test]
+fn a_running_job_draws_what_has_ended_with_a_now_line_and_its_ledger_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let workload = tmp.path().join("w.json");
+    write_workload(&workload, &[0.005; 30], 30);
+    let hold = tmp.path().join("hold");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nfsync = false\nledger_sync_interval_s = 0.05\n[loadtest]\nworkload = \"{}\"\n[loadtest.inject]\nhold = [\"task=0\"]\nhold_dir = \"{}\"\n",
+            workload.display(),
+            hold.display()
+        ),
+    )
+    .unwrap();
+    let run_dir = tmp.path().join("run");
+    let job = Job::spawn(mpirun(
+        2,
+        &loadtest_bin(),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    ));
+    // task=0 is held while the other rank finishes the 29 other units.
+    let start = std::time::Instant::now();
+    while ledger(&run_dir, "loadtest").len() < 29 || !hold.join("task=0.started").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the job did not progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ledger_path = run_dir.join("ledger/loadtest.jsonl");
+    let before = std::fs::read(&ledger_path).unwrap();
+    let svg_path = draw(&run_dir, "running.svg");
+    assert_eq!(
+        std::fs::read(&ledger_path).unwrap(),
+        before,
+        "ledger untouched"
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    assert!(svg.contains("a job is running (loadtest)"), "{svg}");
+    assert_eq!(groups(&doc, "now").len(), 1, "a now line");
+    assert_eq!(
+        groups(&doc, "attempt").len(),
+        29,
+        "the held unit is not drawn yet"
+    );
+
+    std::fs::write(hold.join("task=0.release"), "").unwrap();
+    let out = job.wait();
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let svg = std::fs::read_to_string(draw(&run_dir, "finished.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    assert!(groups(&doc, "now").is_empty());
+    assert_eq!(groups(&doc, "attempt").len(), 30);
+}
