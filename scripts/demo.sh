@@ -6,6 +6,7 @@
 #      skypipe-status on the run directory;
 #   3. imaging: skypipe-sim image -> skypipe-singleframe (one unit per CCD, one registry unit per
 #      visit), then skypipe-status.
+# Each part ends with its per-rank timeline, demo-run/{loadtest,cmb,image}-timeline.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/skypipe-loadtest
@@ -37,6 +38,7 @@ echo "== 4. the run report ($run_dir/run-report.json)"
 cat "$run_dir/run-report.json"
 echo
 echo "== ledger: $(wc -l < "$run_dir/ledger/loadtest.jsonl") records for 2000 units; outputs: $(ls "$run_dir/loadtest" | wc -l) files"
+target/release/skypipe-status "$run_dir" --timeline demo-run/loadtest-timeline.svg
 
 echo
 echo "== 5. CMB: simulate 12 short Planck-like observations, then pointing, calibration and map-making on 4 ranks"
@@ -62,6 +64,7 @@ cat "$cmb_run/mapmake/summary.json"
 echo
 echo "== 6. skypipe-status $cmb_run"
 target/release/skypipe-status "$cmb_run"
+target/release/skypipe-status "$cmb_run" --timeline demo-run/cmb-timeline.svg
 
 echo
 echo "== 7. Imaging: simulate 16 small CCD exposures (2 bands x 2 visits x 4 CCDs), then singleframe on 4 ranks"
@@ -74,4 +77,5 @@ target/release/skypipe-sim image --size tiny --out "$img_data"
 echo
 echo "== 8. skypipe-status $img_run"
 target/release/skypipe-status "$img_run"
+target/release/skypipe-status "$img_run" --timeline demo-run/image-timeline.svg
 echo "calibrated exposures and catalogues: $(find "$img_run/singleframe" -type f | wc -l) files; registry: $img_run/registry.sqlite3"

@@ -107,9 +107,13 @@ fn unit_ranks(rank: usize, ranks: &[usize]) -> Vec<usize> {
     }
 }
 
-/// The attempts a ledger record stands for: its retried attempts, then its last one.
+/// The attempts a ledger record stands for: its retried attempts, then its last one (none
+/// for a unit that never ran, such as a dependency-failed one recorded with 0 attempts).
 pub fn record_attempts(stage: &str, record: &Record) -> Vec<Attempt> {
     let mut out = Vec::with_capacity(record.retried.len() + 1);
+    if record.attempts == 0 && record.retried.is_empty() {
+        return out;
+    }
     for (k, a) in record.retried.iter().enumerate() {
         out.push(Attempt {
             stage: stage.to_string(),
@@ -313,7 +317,11 @@ fn build_timeline(
     } else {
         for (name, colour) in OUTCOME_COLOURS {
             index.insert(name.to_string(), categories.len());
-            categories.push(Category::new(name, colour));
+            categories.push(if rundir::is_success(name) {
+                Category::new(name, colour)
+            } else {
+                Category::emphasised(name, colour)
+            });
         }
         let mut others: Vec<String> = read
             .attempts
@@ -325,7 +333,7 @@ fn build_timeline(
         others.dedup();
         for name in others {
             index.insert(name.clone(), categories.len());
-            categories.push(Category::new(name, OTHER_FAILURE_COLOUR));
+            categories.push(Category::emphasised(name, OTHER_FAILURE_COLOUR));
         }
     }
 
@@ -416,7 +424,16 @@ fn build_timeline(
         None => 0.0,
     };
 
-    let stages_text = match read.stages.as_slice() {
+    let mut stages_in_order = read.stages.clone();
+    let first_start = |stage: &str| {
+        read.attempts
+            .iter()
+            .filter(|a| a.stage == stage)
+            .map(|a| a.start)
+            .fold(f64::INFINITY, f64::min)
+    };
+    stages_in_order.sort_by(|a, b| first_start(&a.0).total_cmp(&first_start(&b.0)));
+    let stages_text = match stages_in_order.as_slice() {
         [] => "no unit recorded yet".to_string(),
         [(s, i)] => format!("stage {s}, invocation {i}"),
         many => format!(
@@ -569,6 +586,12 @@ mod tests {
         assert_eq!(a.len(), 1);
         assert_eq!((a[0].start, a[0].end()), (49.75, 50.0));
         assert!(a[0].start_estimated);
+
+        let not_run = record(serde_json::json!({
+            "unit": "group=0", "outcome": "dependency-failed", "attempts": 0, "rank": 0,
+            "elapsed_s": 0.0, "invocation": 1, "time": 50.0
+        }));
+        assert!(record_attempts("s", &not_run).is_empty());
     }
 
     fn attempt(stage: &str, rank: usize, start: f64, elapsed: f64, outcome: &str) -> Attempt {
@@ -651,7 +674,11 @@ mod tests {
         assert!(!t.bars[0].outline && t.bars[1].outline);
         assert_eq!(t.now_s, Some(15.0));
         assert!(t.notes[0].contains("a job is running (alpha)"));
-        assert!(t.title.contains("stages alpha #1, zeta #3"));
+        assert!(
+            t.title.contains("stages zeta #3, alpha #1"),
+            "run order: {}",
+            t.title
+        );
     }
 
     #[test]

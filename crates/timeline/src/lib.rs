@@ -40,6 +40,9 @@ pub struct Category {
     pub name: String,
     /// Fill colour, any SVG colour (e.g. `#4c9a2a`).
     pub colour: String,
+    /// Bars of this category (e.g. failures) are never merged and are drawn at least
+    /// [`EMPHASIS_MIN_PX`] wide, so that a short failure stays visible among many units.
+    pub emphasis: bool,
 }
 
 impl Category {
@@ -48,9 +51,21 @@ impl Category {
         Self {
             name: name.into(),
             colour: colour.into(),
+            emphasis: false,
+        }
+    }
+
+    /// A category whose bars are emphasised (see [`Category::emphasis`]).
+    pub fn emphasised(name: impl Into<String>, colour: impl Into<String>) -> Self {
+        Self {
+            emphasis: true,
+            ..Self::new(name, colour)
         }
     }
 }
+
+/// Smallest width, pixels, of an emphasised or outlined bar.
+pub const EMPHASIS_MIN_PX: f64 = 2.0;
 
 /// One unit attempt: a bar from `start_s` to `end_s` on each of its ranks.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +80,8 @@ pub struct Bar {
     pub category: usize,
     /// Hover text (the bar's SVG `<title>`): unit ID, rank, elapsed time, outcome.
     pub hover: String,
-    /// Drawn with a dark red outline (e.g. a failed attempt when colours show stages).
+    /// Drawn with a dark red outline (e.g. a failed attempt when colours show stages); like
+    /// an emphasised category, never merged and at least [`EMPHASIS_MIN_PX`] wide.
     pub outline: bool,
     /// Extra `data-*` attributes (name without the `data-` prefix, value) for scripts.
     pub data: Vec<(String, String)>,
@@ -224,7 +240,9 @@ fn plan_marks(timeline: &Timeline, layout: &Layout) -> Marks {
     let mut per_rank: Vec<Vec<usize>> = vec![Vec::new(); layout.ranks];
     for (i, bar) in timeline.bars.iter().enumerate() {
         match bar.ranks.as_slice() {
-            [r] if *r < layout.ranks && bar.width_s() < px => per_rank[*r].push(i),
+            [r] if *r < layout.ranks && bar.width_s() < px && !emphasised(timeline, bar) => {
+                per_rank[*r].push(i)
+            }
             _ => marks.single.push(i),
         }
     }
@@ -327,16 +345,29 @@ fn rank_runs(ranks: &[usize]) -> Vec<(usize, usize)> {
     runs
 }
 
-fn bar_rect(layout: &Layout, start: f64, end: f64, first: usize, last: usize) -> Rectangle {
+fn emphasised(timeline: &Timeline, bar: &Bar) -> bool {
+    bar.outline
+        || timeline
+            .categories
+            .get(bar.category)
+            .is_some_and(|c| c.emphasis)
+}
+
+fn bar_rect(
+    layout: &Layout,
+    (start, end): (f64, f64),
+    (first, last): (usize, usize),
+    min_px: f64,
+) -> Rectangle {
     let x0 = layout.x(start);
-    let x1 = layout.x(end).max(x0 + 0.25);
+    let x1 = layout.x(end).max(x0 + min_px);
     let inset = layout.inset();
     let y = layout.rows_top + first as f64 * layout.row_h + inset;
     let h = (last + 1 - first) as f64 * layout.row_h - 2.0 * inset;
     Rectangle::new()
         .set("x", round2(x0))
         .set("y", round2(y))
-        .set("width", round2(x1 - x0).max(0.25))
+        .set("width", round2(x1 - x0).max(min_px))
         .set("height", round2(h.max(0.5)))
 }
 
@@ -467,6 +498,8 @@ pub fn render_svg(timeline: &Timeline, options: &RenderOptions) -> String {
 
     // Bars, one group per attempt.
     let mut bars = Group::new().set("class", "bars");
+    // Emphasised and outlined bars go on top of everything else, merged marks included.
+    let mut on_top = Vec::new();
     for &i in &marks.single {
         let bar = &timeline.bars[i];
         let colour = timeline
@@ -493,13 +526,25 @@ pub fn render_svg(timeline: &Timeline, options: &RenderOptions) -> String {
         }
         if bar.outline {
             group = group.set("stroke", OUTLINE_COLOUR).set("stroke-width", 1.5);
+        } else if bar.width_s() >= 3.0 * layout.seconds_per_px() {
+            // A hairline that keeps back-to-back attempts of one colour apart.
+            group = group.set("stroke", "#ffffff").set("stroke-width", 0.5);
         }
-        for (first, last) in rank_runs(&bar.ranks) {
-            if last < ranks {
-                group = group.add(bar_rect(&layout, bar.start_s, bar.end_s, first, last));
+        let min_px = if emphasised(timeline, bar) {
+            EMPHASIS_MIN_PX
+        } else {
+            0.25
+        };
+        for run in rank_runs(&bar.ranks) {
+            if run.1 < ranks {
+                group = group.add(bar_rect(&layout, (bar.start_s, bar.end_s), run, min_px));
             }
         }
-        bars = bars.add(group);
+        if emphasised(timeline, bar) {
+            on_top.push(group);
+        } else {
+            bars = bars.add(group);
+        }
     }
     for (rank, members) in &marks.merged {
         let start = members
@@ -533,7 +578,7 @@ pub fn render_svg(timeline: &Timeline, options: &RenderOptions) -> String {
                 format!("{n} {name}")
             })
             .collect();
-        let mut group = Group::new()
+        let group = Group::new()
             .set("class", "merged")
             .set("data-ranks", *rank)
             .set("data-count", members.len())
@@ -545,10 +590,10 @@ pub fn render_svg(timeline: &Timeline, options: &RenderOptions) -> String {
                 end,
                 counts.join(", ")
             )));
-        if members.iter().any(|&i| timeline.bars[i].outline) {
-            group = group.set("stroke", OUTLINE_COLOUR).set("stroke-width", 1.0);
-        }
-        bars = bars.add(group.add(bar_rect(&layout, start, end, *rank, *rank)));
+        bars = bars.add(group.add(bar_rect(&layout, (start, end), (*rank, *rank), 0.25)));
+    }
+    for group in on_top {
+        bars = bars.add(group);
     }
     doc = doc.add(bars);
 
