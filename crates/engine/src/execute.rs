@@ -30,6 +30,8 @@ pub(crate) fn run_unit<S: Stage>(
 ) -> (Result<Outcome, UnitFailure>, f64) {
     let span = tracing::debug_span!("unit", stage = stage.name(), rank = ctx.rank, unit = %unit.id(), attempt = ctx.attempt);
     let _entered = span.enter();
+    let estimate = stage.memory_estimate_mb(unit);
+    let _limit = skypipe_io::limits::MemoryLimitScope::enter(estimate.map(|mb| mb << 20));
     let start = Instant::now();
     let result = match catch_unwind(AssertUnwindSafe(|| stage.run(unit, ctx))) {
         Ok(result) => result,

@@ -15,6 +15,7 @@
 mod atomic;
 pub mod fits;
 pub mod hdf5;
+pub mod limits;
 pub mod png;
 
 pub use atomic::{

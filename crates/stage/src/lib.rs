@@ -180,6 +180,14 @@ pub trait Stage: Send + Sync {
 
     /// Process one unit, writing its outputs atomically.
     fn run(&self, unit: &Self::Unit, ctx: &UnitContext) -> Result<Outcome, UnitFailure>;
+
+    /// The most memory one run of `unit` may need, MiB, when the stage can say. File readers
+    /// refuse (as bad input naming the file) any read larger than the unit's limit before
+    /// allocating it: this estimate when given, else the isolated unit's `[run]
+    /// memory_limit_mb`, else the machine's memory.
+    fn memory_estimate_mb(&self, _unit: &Self::Unit) -> Option<u64> {
+        None
+    }
 }
 
 /// A stable fingerprint of a serialisable configuration (FNV-1a 64 of its JSON form).
