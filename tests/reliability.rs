@@ -289,3 +289,81 @@ fn isolated_children_die_with_their_rank() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn follow_inbox_rejects_fifos_bad_costs_and_late_lists_without_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let workload = tmp.path().join("w.json");
+    write_workload(&workload, &[0.001; 6], 6);
+    let hold = tmp.path().join("hold");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nfsync = false\n[loadtest]\nworkload = \"{}\"\n[loadtest.inject]\nhold = [\"task=0\"]\nhold_dir = \"{}\"\n",
+            workload.display(),
+            hold.display()
+        ),
+    )
+    .unwrap();
+    let inbox = tmp.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let fifo = inbox.join("pipe.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let list = |index: u32, extra: &str| {
+        format!(
+            "{{\"format\": \"skypipe-unit-list/1\", \"units\": [{{\"unit\": {{\"Task\": {{\"index\": {index}, \"group\": 9, \"duration_s\": 0.001}}}}{extra}}}]}}"
+        )
+    };
+    std::fs::write(inbox.join("negative.json"), list(50, ", \"cost\": -1e308")).unwrap();
+    let run_dir = tmp.path().join("run");
+    let job = Job::spawn(mpirun(
+        2,
+        &loadtest_bin(),
+        &[
+            "--config",
+            &s(&cfg),
+            "--run-dir",
+            &s(&run_dir),
+            "--follow",
+            &s(&inbox),
+        ],
+    ));
+    wait_for("task=0 started", || hold.join("task=0.started").exists());
+    std::fs::write(inbox.join("STOP"), "").unwrap();
+    // The dispatcher sees STOP on its next scan; a list dropped afterwards is never run.
+    std::thread::sleep(Duration::from_millis(600));
+    std::fs::write(inbox.join("late.json"), list(60, "")).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    std::fs::write(hold.join("task=0.release"), "").unwrap();
+    let out = job.wait();
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let reason = |name: &str| {
+        std::fs::read_to_string(inbox.join(format!("{name}.rejected")))
+            .unwrap_or_else(|e| panic!("{name}.rejected: {e}\n{}", text(&out)))
+    };
+    assert!(reason("pipe.json").contains("a FIFO"));
+    let negative = reason("negative.json");
+    assert!(
+        negative.contains("cost -1e308") && negative.len() < 300,
+        "{negative}"
+    );
+    assert!(reason("late.json").contains("after STOP"));
+    assert_eq!(ledger(&run_dir, "loadtest").len(), 6);
+    assert_eq!(
+        report(&run_dir)["rejected_lists"].as_array().unwrap().len(),
+        3
+    );
+}

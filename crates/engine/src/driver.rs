@@ -876,11 +876,7 @@ pub(crate) fn dispatcher<S: Stage>(
             planned: d.plan.units.len(),
             skipped_done: d.selection.skipped_done,
             skipped_failed: std::mem::take(&mut d.selection.skipped_failed),
-            rejected_lists: d
-                .follow
-                .as_mut()
-                .map(|f| std::mem::take(&mut f.rejected))
-                .unwrap_or_default(),
+            rejected_lists: d.follow.as_mut().map(Follow::finish).unwrap_or_default(),
             units: std::mem::take(&mut d.results),
             retries: d.retries,
             not_run: d.graph.open(),
