@@ -367,3 +367,88 @@ fn follow_inbox_rejects_fifos_bad_costs_and_late_lists_without_hanging() {
         3
     );
 }
+
+/// A tiny, full tmpfs mounted at a directory for one test, unmounted when dropped.
+struct TinyFilesystem(PathBuf);
+
+impl TinyFilesystem {
+    fn mount_full(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount (the full-disk test runs as root)");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {}",
+            dir.display()
+        );
+        // Fill it: an output cannot even be created (HDF5 and CFITSIO fail writing headers).
+        let filler = vec![0_u8; 4096];
+        let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+        while std::io::Write::write_all(&mut f, &filler).is_ok() {}
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for TinyFilesystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_outputs_as_transient_in_every_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), "observations = 2\n");
+    let run_dir = tmp.path().join("run");
+    let cfg = tmp.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!("[run]\nfsync = false\nmax_retries = 1\n[pointing]\n{POINTING}\n"),
+    )
+    .unwrap();
+    let full = TinyFilesystem::mount_full(&run_dir.join("pointing"), "24k");
+    let out = run_stage("pointing", &s(&cfg), &list, &run_dir, 2, &[]);
+    drop(full);
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    for (unit, outcome) in outcomes(&run_dir, "pointing") {
+        assert_eq!(outcome, "transient", "{unit}: {}", text(&out));
+        let m = failure_message(&run_dir, &unit);
+        assert!(
+            m.contains("No space left") || m.contains("errno = 28"),
+            "{m}"
+        );
+    }
+
+    let data = tmp.path().join("image");
+    let sim = run(direct(
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-sim")),
+        &["image", "--out", &s(&data), "--size", "tiny", "--seed", "7"],
+    ));
+    assert_eq!(code(&sim.status), 0, "{}", text(&sim));
+    let cfg = tmp.path().join("sf.toml");
+    std::fs::write(&cfg, "[run]\nfsync = false\nmax_retries = 0\n").unwrap();
+    let run_dir = tmp.path().join("sf");
+    let full = TinyFilesystem::mount_full(&run_dir.join("singleframe"), "24k");
+    let out = run(mpirun(
+        2,
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-singleframe")),
+        &[
+            "--config",
+            &s(&cfg),
+            "--input",
+            &s(&data.join("units.json")),
+            "--run-dir",
+            &s(&run_dir),
+        ],
+    ));
+    drop(full);
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    for r in ledger(&run_dir, "singleframe") {
+        if r["unit"].as_str().unwrap().contains("ccd=") {
+            assert_eq!(r["outcome"], "transient", "{r}");
+        }
+    }
+}

@@ -66,7 +66,7 @@ mod failure;
 mod unit_id;
 
 pub use context::{Collectives, Input, SoloCollectives, UnitContext};
-pub use failure::{FailureKind, Outcome, OutcomeKind, UnitFailure};
+pub use failure::{FailureKind, Outcome, OutcomeKind, UnitFailure, storage_failure};
 pub use unit_id::{ParseUnitIdError, UnitId};
 
 use serde::Serialize;
