@@ -452,3 +452,45 @@ fn a_full_disk_fails_outputs_as_transient_in_every_stage() {
         }
     }
 }
+
+#[test]
+fn a_rerun_removes_the_temporaries_of_killed_writers_and_keeps_live_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let workload = tmp.path().join("w.json");
+    write_workload(&workload, &[0.001; 4], 4);
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nfsync = false\n[loadtest]\nworkload = \"{}\"\nwrite_outputs = true\n",
+            workload.display()
+        ),
+    )
+    .unwrap();
+    let run_dir = tmp.path().join("run");
+    let host = skypipe_io::host_name();
+    let dead_pid = 0x7fff_fff0_u32; // above Linux's pid_max: never alive
+    let dead = run_dir.join(format!(
+        "loadtest/.task=1.out.skypipe-tmp.{host}.{dead_pid}.0"
+    ));
+    let live = run_dir.join(format!(
+        "other/.x.h5.skypipe-tmp.{host}.{}.0",
+        std::process::id()
+    ));
+    let scratch_host = host.replace(['.', '/'], "_");
+    let request = run_dir.join(format!(
+        "isolation/{scratch_host}-rank1-{dead_pid}-7.request"
+    ));
+    for p in [&dead, &live, &request] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"left behind").unwrap();
+    }
+    let out = run(mpirun(
+        2,
+        &loadtest_bin(),
+        &["--config", &s(&cfg), "--run-dir", &s(&run_dir)],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    assert!(!dead.exists() && !request.exists(), "{}", text(&out));
+    assert!(live.exists(), "a live writer's temporary was removed");
+}

@@ -942,6 +942,7 @@ fn prepare<S: Stage>(
         Duration::from_secs_f64(setup.opts.ledger_sync_interval_s),
     )
     .map_err(|e| e.to_string())?;
+    remove_dead_files(setup.run_dir);
     let plan = plan_stage(stage, max_ranks)?;
     Ok((plan, ledger))
 }
@@ -1001,5 +1002,20 @@ pub(crate) fn write_report(run_dir: &Path, summary: &RunSummary, fsync: bool) {
     };
     if let Err(e) = write_atomic(run_dir.join("run-report.json"), &report, durability) {
         tracing::error!("cannot write the run report: {e}");
+    }
+}
+
+/// Removes the temporaries and isolation requests of writers on this machine that no longer
+/// exist (a job killed earlier), now that this job holds the stage's ledger lock.
+fn remove_dead_files(run_dir: &std::path::Path) {
+    let removed = skypipe_io::remove_dead_temporaries(run_dir).unwrap_or_else(|e| {
+        tracing::warn!(
+            "cannot remove stale temporaries under {}: {e}",
+            run_dir.display()
+        );
+        0
+    }) + crate::isolation::remove_dead_scratch(run_dir);
+    if removed > 0 {
+        tracing::info!("removed {removed} temporary files left by killed jobs");
     }
 }

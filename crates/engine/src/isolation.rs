@@ -78,7 +78,8 @@ pub(crate) fn run_isolated<U: Serialize>(
     let limit = iso.limit_for(attempt);
     let scratch = base.run_dir.join("isolation");
     let stem = scratch.join(format!(
-        "rank{}-{}-{}",
+        "{}-rank{}-{}-{}",
+        scratch_host(),
         base.rank,
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -131,6 +132,37 @@ pub(crate) fn run_isolated<U: Serialize>(
             format!("cannot run the isolated unit: {detail}"),
         ),
     })
+}
+
+/// This machine's name as isolation files record it (dots would read as an extension).
+fn scratch_host() -> String {
+    skypipe_io::host_name().replace(['.', '/'], "_")
+}
+
+/// Removes the `isolation/HOST-rankR-PID-N.{request,report}` files of `run_dir` left by ranks
+/// of this machine that no longer exist (a rank killed while its unit ran); returns how many.
+pub(crate) fn remove_dead_scratch(run_dir: &Path) -> usize {
+    let host = scratch_host();
+    let Ok(entries) = std::fs::read_dir(run_dir.join("isolation")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let mut parts = stem.rsplitn(4, '-');
+        let (_, pid, _, writer_host) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let pid = pid.and_then(|p| p.parse::<u32>().ok());
+        if writer_host == Some(host.as_str())
+            && pid.is_some_and(|p| !skypipe_io::process_alive(p))
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 enum ChildFailure {
