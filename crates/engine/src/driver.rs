@@ -642,11 +642,7 @@ pub(crate) fn dispatcher(
             planned: d.state.plan.units.len(),
             skipped_done: d.state.selection.skipped_done,
             skipped_failed: std::mem::take(&mut d.state.selection.skipped_failed),
-            rejected_lists: d
-                .follow
-                .as_mut()
-                .map(|f| std::mem::take(&mut f.rejected))
-                .unwrap_or_default(),
+            rejected_lists: d.follow.as_mut().map(Follow::finish).unwrap_or_default(),
             units: std::mem::take(&mut d.state.results),
             retries: d.state.retries,
             not_run: d.state.graph.open(),
@@ -704,6 +700,7 @@ fn prepare(
             .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
+    remove_dead_files(setup.run_dir);
     let plan = plan_stages(stages, setup.run_dir, max_ranks)?;
     Ok((plan, ledgers))
 }
@@ -776,5 +773,20 @@ pub(crate) fn write_report(run_dir: &Path, summary: &RunSummary, fsync: bool) {
     let bytes = serde_json::to_vec_pretty(&report).expect("report serialises");
     if let Err(e) = write_atomic(run_dir.join("run-report.json"), &bytes, durability) {
         tracing::error!("cannot write the run report: {e}");
+    }
+}
+
+/// Removes the temporaries and isolation requests of writers on this machine that no longer
+/// exist (a job killed earlier), now that this job holds its stages' ledger locks.
+fn remove_dead_files(run_dir: &std::path::Path) {
+    let removed = skypipe_io::remove_dead_temporaries(run_dir).unwrap_or_else(|e| {
+        tracing::warn!(
+            "cannot remove stale temporaries under {}: {e}",
+            run_dir.display()
+        );
+        0
+    }) + crate::isolation::remove_dead_scratch(run_dir);
+    if removed > 0 {
+        tracing::info!("removed {removed} temporary files left by killed jobs");
     }
 }

@@ -8,6 +8,9 @@
 //! where `U` is the stage's unit in its serde JSON form and the other keys are optional.
 //! Units already planned (same ID) are skipped, so adding a list twice does nothing. A list
 //! that cannot be used is rejected whole: `NAME.rejected` is written beside it with the reason.
+//! Only regular files are read, opened without blocking (a FIFO or directory named `*.json`
+//! is rejected, never waited on); costs must be finite and non-negative; a list dropped after
+//! `STOP` is rejected too (it would never run), as is one still there when the job ends.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -45,9 +48,60 @@ fn one() -> usize {
     1
 }
 
+/// A number as a person would want to read it in a message: `1.5`, `-1e308`, not 309 digits.
+pub(crate) fn readable_number(x: f64) -> String {
+    if x == 0.0 || (1e-4..1e9).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
+/// Reads a regular file without ever blocking on it (a FIFO or device named `*.json`).
+fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{}: not a regular file ({}); unit lists must be regular files",
+            path.display(),
+            kind_of(&meta.file_type())
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(bytes)
+}
+
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a file"
+    }
+}
+
 /// Parses a unit list file.
 pub(crate) fn parse_list<U: DeserializeOwned>(path: &Path) -> Result<Vec<PlannedUnit<U>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = read_regular_file(path)?;
     let list: UnitList<U> = serde_json::from_slice(&bytes)
         .map_err(|e| format!("{}: not a unit list: {e}", path.display()))?;
     if list.format != UNIT_LIST_FORMAT {
@@ -56,6 +110,18 @@ pub(crate) fn parse_list<U: DeserializeOwned>(path: &Path) -> Result<Vec<Planned
             path.display(),
             list.format
         ));
+    }
+    for (i, e) in list.units.iter().enumerate() {
+        if let Some(cost) = e.cost
+            && !(cost.is_finite() && cost >= 0.0)
+        {
+            return Err(format!(
+                "{}: unit {} has cost {}; a cost must be a finite number ≥ 0",
+                path.display(),
+                i + 1,
+                readable_number(cost)
+            ));
+        }
     }
     Ok(list
         .units
@@ -93,14 +159,47 @@ impl Follow {
     }
 
     /// New list files, in name order; notes the stop file (checked before the listing, so a
-    /// list dropped before `STOP` is always taken).
+    /// list dropped before `STOP` is always taken). Lists that arrive after `STOP` are
+    /// rejected here, with the reason, since nothing will run them.
     pub fn scan(&mut self) -> Vec<PathBuf> {
-        if self.stopped {
-            return Vec::new();
-        }
-        if self.dir.join(STOP_FILE).exists() {
+        let stopped_before = self.stopped;
+        if !self.stopped && self.dir.join(STOP_FILE).exists() {
             self.stopped = true;
         }
+        let fresh = self.list_new();
+        if !stopped_before {
+            return fresh;
+        }
+        for path in fresh {
+            self.reject_late(&path);
+        }
+        Vec::new()
+    }
+
+    /// Rejects lists still unread when the job ends; returns every rejection reason.
+    pub fn finish(&mut self) -> Vec<String> {
+        for path in self.list_new() {
+            self.reject_late(&path);
+        }
+        std::mem::take(&mut self.rejected)
+    }
+
+    fn reject_late(&mut self, path: &Path) {
+        let reason = match self.stopped {
+            true => format!(
+                "{}: dropped after {STOP_FILE}; not taken (drop it into the inbox of a new job)",
+                path.display()
+            ),
+            false => format!(
+                "{}: arrived as the job ended; not taken (drop it into the inbox of a new job)",
+                path.display()
+            ),
+        };
+        self.reject(path, reason);
+    }
+
+    /// `*.json` files not seen before, in name order, marked seen.
+    fn list_new(&mut self) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -167,6 +266,45 @@ mod tests {
         assert!(err.contains("b.json") && err.contains("obs"), "{err}");
         std::fs::write(&bad, r#"{"format":"other","units":[]}"#).unwrap();
         assert!(parse_list::<Obs>(&bad).unwrap_err().contains("'format'"));
+    }
+
+    #[test]
+    fn fifos_and_negative_costs_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = parse_list::<Obs>(&fifo).unwrap_err();
+        assert!(err.contains("pipe.json") && err.contains("a FIFO"), "{err}");
+        let costly = dir.path().join("cost.json");
+        std::fs::write(
+            &costly,
+            r#"{"format":"skypipe-unit-list/1","units":[{"unit":{"obs":1},"cost":-1e308}]}"#,
+        )
+        .unwrap();
+        let err = parse_list::<Obs>(&costly).unwrap_err();
+        assert!(err.contains("cost -1e308"), "{err}");
+        assert!(err.len() < 200, "{err}");
+        assert_eq!(readable_number(2.5), "2.5");
+    }
+
+    #[test]
+    fn lists_dropped_after_stop_are_rejected_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut follow = Follow::new(dir.path().join("inbox")).unwrap();
+        let inbox = follow.dir.clone();
+        std::fs::write(inbox.join(STOP_FILE), "").unwrap();
+        assert!(follow.scan().is_empty());
+        std::fs::write(inbox.join("late.json"), "{}").unwrap();
+        assert!(follow.scan().is_empty());
+        std::fs::write(inbox.join("later.json"), "{}").unwrap();
+        let reasons = follow.finish();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        for name in ["late.json", "later.json"] {
+            let text = std::fs::read_to_string(inbox.join(format!("{name}.rejected"))).unwrap();
+            assert!(text.contains(name) && text.contains("after STOP"), "{text}");
+        }
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub(crate) fn run_isolated(
     let limit = iso.limit_for(attempt);
     let scratch = base.run_dir.join("isolation");
     let stem = scratch.join(format!(
-        "rank{}-{}-{}",
+        "{}-rank{}-{}-{}",
+        scratch_host(),
         base.rank,
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -137,6 +138,37 @@ pub(crate) fn run_isolated(
     })
 }
 
+/// This machine's name as isolation files record it (dots would read as an extension).
+fn scratch_host() -> String {
+    skypipe_io::host_name().replace(['.', '/'], "_")
+}
+
+/// Removes the `isolation/HOST-rankR-PID-N.{request,report}` files of `run_dir` left by ranks
+/// of this machine that no longer exist (a rank killed while its unit ran); returns how many.
+pub(crate) fn remove_dead_scratch(run_dir: &Path) -> usize {
+    let host = scratch_host();
+    let Ok(entries) = std::fs::read_dir(run_dir.join("isolation")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let mut parts = stem.rsplitn(4, '-');
+        let (_, pid, _, writer_host) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let pid = pid.and_then(|p| p.parse::<u32>().ok());
+        if writer_host == Some(host.as_str())
+            && pid.is_some_and(|p| !skypipe_io::process_alive(p))
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 enum ChildFailure {
     Stopped,
     OutOfMemory(String),
@@ -166,11 +198,23 @@ fn spawn_child(
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped());
-    if let Some(limit) = limit_mb {
-        let bytes = limit.saturating_mul(1 << 20);
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
+    let parent = std::process::id() as libc::pid_t;
+    let address_space = limit_mb.map(|limit| limit.saturating_mul(1 << 20));
+    // SAFETY: prctl, getppid and setrlimit are async-signal-safe; nothing else runs between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The child dies with the thread that started it (a rank killed by SIGKILL, or
+            // exiting after its stop grace), so it never writes after the ledger is closed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "the rank died while starting the unit",
+                ));
+            }
+            if let Some(bytes) = address_space {
                 let rlim = libc::rlimit {
                     rlim_cur: bytes as libc::rlim_t,
                     rlim_max: bytes as libc::rlim_t,
@@ -178,23 +222,30 @@ fn spawn_child(
                 if libc::setrlimit(libc::RLIMIT_AS, &rlim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
-            });
-        }
+            }
+            Ok(())
+        });
     }
     let mut child = cmd
         .spawn()
         .map_err(|e| ChildFailure::Launch(format!("{}: {e}", iso.exe.display())))?;
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    let status = child
-        .wait()
-        .map_err(|e| ChildFailure::Launch(e.to_string()))?;
+    let reader = child.stderr.take().map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    });
+    let status = wait_stopping_on_signal(&mut child)?;
+    let stderr = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+    let (stderr, reading) = split_read_trace(&stderr);
     let tail: String = {
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines[lines.len().saturating_sub(3)..].join(" | ")
+        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+        match reading {
+            Some(file) => format!("while reading {file}: {tail}"),
+            None => tail,
+        }
     };
     let alloc_failed = stderr.contains("memory allocation of") || stderr.contains("out of memory");
     if status.success() {
@@ -224,9 +275,52 @@ fn spawn_child(
     }
 }
 
+/// Waits for the child; when the job is asked to stop, passes SIGTERM on to it (the unit is
+/// then handed back unrun), so that no isolated unit outlives its rank's clean stop.
+fn wait_stopping_on_signal(
+    child: &mut std::process::Child,
+) -> Result<std::process::ExitStatus, ChildFailure> {
+    let mut signalled = false;
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) => {}
+            Err(e) => return Err(ChildFailure::Launch(e.to_string())),
+        }
+        if !signalled && crate::signals::stop_requested() {
+            // SAFETY: kill only sends a signal to our own, not yet reaped, child.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            signalled = true;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Separates the child's read trace (see [`skypipe_io::limits`]) from the rest of its standard
+/// error; returns the rest and the last file it started reading.
+fn split_read_trace(stderr: &str) -> (String, Option<String>) {
+    let mut rest = String::with_capacity(stderr.len());
+    let mut reading = None;
+    for line in stderr.lines() {
+        match line.strip_prefix(skypipe_io::limits::READ_TRACE_PREFIX) {
+            Some(file) => reading = Some(file.to_string()),
+            None => {
+                rest.push_str(line);
+                rest.push('\n');
+            }
+        }
+    }
+    (rest, reading)
+}
+
 /// The child side: runs the unit described by `STEM.request` and writes `STEM.report`.
 /// Returns the process exit code.
 pub(crate) fn child_main(stages: &StageSet<'_>, stem: &Path) -> u8 {
+    skypipe_io::limits::enable_read_trace();
     let request_path = stem.with_extension("request");
     let bytes = match std::fs::read(&request_path) {
         Ok(b) => b,

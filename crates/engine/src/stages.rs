@@ -35,7 +35,7 @@ pub(crate) trait ErasedStage: Send + Sync {
     fn plan_erased(&self, run_dir: &Path) -> Result<Vec<ErasedPlanned>, PlanError>;
     /// Units from a `--follow` unit list.
     fn parse_list_erased(&self, path: &Path, run_dir: &Path) -> Result<Vec<ErasedPlanned>, String>;
-    /// Decodes and runs one unit.
+    /// Decodes and runs one unit within its memory estimate.
     fn run_erased(&self, unit: &[u8], ctx: &UnitContext) -> Result<Outcome, UnitFailure>;
 }
 
@@ -81,6 +81,9 @@ impl<S: Stage> ErasedStage for S {
             kind: skypipe_stage::FailureKind::BadInput,
             message: format!("{}: undecodable unit: {e}", self.name()),
         })?;
+        // File readers refuse, before allocating, reads larger than the unit's estimate.
+        let estimate = self.memory_estimate_mb(&unit);
+        let _limit = skypipe_io::limits::MemoryLimitScope::enter(estimate.map(|mb| mb << 20));
         self.run(&unit, ctx)
     }
 }

@@ -68,7 +68,8 @@ impl AtomicFile {
             .unwrap_or_default();
         let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp_path = dir.join(format!(
-            ".{name}{TEMP_MARKER}{}.{unique}",
+            ".{name}{TEMP_MARKER}{}.{}.{unique}",
+            host_name(),
             std::process::id()
         ));
         let file = OpenOptions::new()
@@ -172,6 +173,68 @@ pub fn remove_stale_temporaries(dir: impl AsRef<Path>) -> io::Result<usize> {
     Ok(removed)
 }
 
+/// This machine's host name (`localhost` if it cannot be read), as temporary names record it.
+pub fn host_name() -> String {
+    let mut buf = [0_u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into our buffer.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match ok && len > 0 {
+        true => String::from_utf8_lossy(&buf[..len]).into_owned(),
+        false => "localhost".to_string(),
+    }
+}
+
+/// Whether process `pid` of this machine is alive (or exists under another user).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+/// Removes, under `dir` (recursively, not following links), the temporary files whose writer
+/// is provably dead: written on this machine by a process that no longer exists. Temporaries
+/// of other machines and of live processes are kept, so it is safe while other jobs run.
+/// Returns how many were removed.
+pub fn remove_dead_temporaries(dir: impl AsRef<Path>) -> io::Result<usize> {
+    let host = host_name();
+    let mut removed = 0;
+    let mut stack = vec![dir.as_ref().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((_, writer)) = name.split_once(TEMP_MARKER) else {
+                continue;
+            };
+            // writer = HOST.PID.N (HOST may contain dots)
+            let mut parts = writer.rsplitn(3, '.');
+            let (_, pid, writer_host) = (parts.next(), parts.next(), parts.next());
+            let pid = pid.and_then(|p| p.parse::<u32>().ok());
+            if writer_host == Some(host.as_str()) && pid.is_some_and(|p| !process_alive(p)) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -233,6 +296,26 @@ mod tests {
             remove_stale_temporaries(dir.path().join("missing")).unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn temporaries_of_dead_writers_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        fs::create_dir_all(&sub).unwrap();
+        let live = AtomicFile::create(sub.join("live.h5"), Durability::Synced).unwrap();
+        let host = host_name();
+        // PID 0x7fff_fff0 cannot exist (above Linux's pid_max).
+        let dead = sub.join(format!(".x.h5{TEMP_MARKER}{host}.{}.3", 0x7fff_fff0_u32));
+        let elsewhere = sub.join(format!(
+            ".y.h5{TEMP_MARKER}other-node.{}.3",
+            0x7fff_fff0_u32
+        ));
+        fs::write(&dead, b"partial").unwrap();
+        fs::write(&elsewhere, b"partial").unwrap();
+        assert_eq!(remove_dead_temporaries(dir.path()).unwrap(), 1);
+        assert!(!dead.exists() && elsewhere.exists() && live.temp_path().exists());
+        assert!(process_alive(std::process::id()));
     }
 
     #[test]

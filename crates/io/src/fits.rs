@@ -139,6 +139,11 @@ pub enum FitsError {
     Io(#[from] IoError),
 }
 
+fn shape_text(shape: &[usize]) -> String {
+    let parts: Vec<String> = shape.iter().rev().map(usize::to_string).collect();
+    parts.join(" × ")
+}
+
 fn describe(e: &fitsio::errors::Error) -> String {
     match e {
         fitsio::errors::Error::Fits(f) => format!("CFITSIO status {}: {}", f.status, f.message),
@@ -170,6 +175,7 @@ impl FitsReader {
                 message: "no such file".into(),
             });
         }
+        crate::limits::trace_read(&path);
         let file = FitsFile::open(&path).map_err(|e| FitsError::Open {
             path: path.clone(),
             message: describe(&e),
@@ -223,6 +229,7 @@ impl FitsReader {
                 expected: "a non-empty 2-D image".into(),
             });
         }
+        self.check_image_size(hdu, &shape)?;
         let data: Vec<f32> = h.read_image(&mut self.file).map_err(|e| FitsError::Hdu {
             path: self.path.clone(),
             hdu: hdu.to_string(),
@@ -234,6 +241,37 @@ impl FitsReader {
             found: shape,
             expected: "as many pixels as NAXIS1 × NAXIS2".into(),
         })
+    }
+
+    /// Refuses the current HDU's image before it is read when its declared size cannot be
+    /// right: an uncompressed image must be stored whole in the file, and its float32 pixels
+    /// must fit in the unit's memory limit (see [`crate::limits`]).
+    fn check_image_size(&mut self, hdu: Hdu<'_>, shape: &[usize]) -> Result<(), FitsError> {
+        let refuse = |message: String| FitsError::Hdu {
+            path: self.path.clone(),
+            hdu: hdu.to_string(),
+            message: format!("image of {} pixels: {message}", shape_text(shape)),
+        };
+        let pixels = shape
+            .iter()
+            .fold(1_u128, |acc, &d| acc.saturating_mul(d as u128));
+        let mut status = 0;
+        let (mut head, mut data_start, mut data_end) = (0, 0, 0);
+        // SAFETY: the pointer is CFITSIO's handle of this open file, positioned on the HDU by
+        // `self.hdu`; both calls only read header information into the locals.
+        let compressed = unsafe {
+            let raw = self.file.as_raw();
+            let compressed = fitsio::sys::fits_is_compressed_image(raw, &mut status) != 0;
+            fitsio::sys::ffghadll(raw, &mut head, &mut data_start, &mut data_end, &mut status);
+            compressed
+        };
+        if status == 0 && !compressed {
+            let declared = u128::try_from(data_end.saturating_sub(data_start)).unwrap_or(0);
+            let start = u64::try_from(data_start).unwrap_or(0);
+            crate::limits::check_stored(declared, start, crate::limits::file_len(&self.path))
+                .map_err(refuse)?;
+        }
+        crate::limits::check_allocation(pixels.saturating_mul(4)).map_err(refuse)
     }
 
     /// [`FitsReader::image_f32`], refusing an image whose shape is not `expected` (rows, cols)

@@ -145,6 +145,7 @@ impl H5Reader {
     /// Opens `path` read-only.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, H5Error> {
         let path = path.as_ref().to_path_buf();
+        crate::limits::trace_read(&path);
         match h5::File::open(&path) {
             Ok(file) => Ok(Self { path, file }),
             Err(source) => Err(H5Error::Open { path, source }),
@@ -244,12 +245,33 @@ impl H5Reader {
                 expected: shape_text(expected),
             });
         }
+        self.check_storage(name, &ds, &shape)?;
         Ok(H5Dataset {
             path: &self.path,
             name: name.to_string(),
             ds,
             shape,
         })
+    }
+
+    /// Refuses a contiguous, unfiltered dataset whose declared size does not fit in the file
+    /// (chunked or compressed data may legitimately declare more than is stored).
+    fn check_storage(&self, name: &str, ds: &h5::Dataset, shape: &[usize]) -> Result<(), H5Error> {
+        if ds.layout() != h5::dataset::Layout::Contiguous || !ds.filters().is_empty() {
+            return Ok(());
+        }
+        let Some(offset) = ds.offset() else {
+            return Ok(()); // never written: reads give the fill value, bounded by the memory check
+        };
+        let element = ds
+            .dtype()
+            .map_err(|source| self.read_err(name, source))?
+            .size();
+        let declared = shape
+            .iter()
+            .fold(element as u128, |acc, &d| acc.saturating_mul(d as u128));
+        crate::limits::check_stored(declared, offset, crate::limits::file_len(&self.path))
+            .map_err(|message| H5Error::invalid(&self.path, name, message))
     }
 
     /// Reads a whole 1-D dataset, checking its length when `len` is given.
@@ -436,9 +458,23 @@ impl H5Dataset<'_> {
         Ok(())
     }
 
+    /// Refuses a read of `rows` rows of `row_bytes` bytes each that exceeds the unit's memory
+    /// limit (see [`crate::limits`]).
+    fn check_memory(&self, rows: &Range<usize>, row_bytes: usize) -> Result<(), H5Error> {
+        let bytes = (rows.len() as u128).saturating_mul(row_bytes as u128);
+        crate::limits::check_allocation(bytes).map_err(|message| {
+            H5Error::invalid(
+                self.path,
+                &self.name,
+                format!("{} rows declared: {message}", self.rows()),
+            )
+        })
+    }
+
     /// Reads rows `rows` of a 1-D dataset.
     pub fn read_rows<T: H5Type>(&self, rows: Range<usize>) -> Result<Vec<T>, H5Error> {
         self.check_range(&rows)?;
+        self.check_memory(&rows, std::mem::size_of::<T>())?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -455,6 +491,7 @@ impl H5Dataset<'_> {
         rows: Range<usize>,
     ) -> Result<Vec<[T; N]>, H5Error> {
         self.check_range(&rows)?;
+        self.check_memory(&rows, std::mem::size_of::<[T; N]>())?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }

@@ -15,8 +15,10 @@
 mod atomic;
 pub mod fits;
 pub mod hdf5;
+pub mod limits;
 pub mod png;
 
 pub use atomic::{
-    AtomicFile, Durability, IoError, TEMP_MARKER, remove_stale_temporaries, write_atomic,
+    AtomicFile, Durability, IoError, TEMP_MARKER, host_name, process_alive,
+    remove_dead_temporaries, remove_stale_temporaries, write_atomic,
 };

@@ -253,6 +253,13 @@ impl Loadtest {
     }
 
     fn run_task(&self, task: &Task, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        if !(task.duration_s.is_finite() && task.duration_s >= 0.0) {
+            return Err(UnitFailure::bad_input(format!(
+                "{}: duration_s is {:e}; a duration must be a finite number ≥ 0",
+                task.id(),
+                task.duration_s
+            )));
+        }
         let seconds = task.duration_s * self.config.time_scale;
         if seconds > 0.0 {
             std::thread::sleep(Duration::from_secs_f64(seconds));

@@ -112,15 +112,23 @@ pub struct UnitFailure {
 
 impl UnitFailure {
     /// A failure of the given kind from any error, keeping its whole `source()` chain.
+    ///
+    /// A bad-input failure whose chain shows the storage failing (no space left, quota
+    /// exceeded, I/O error: see [`storage_failure`]) becomes transient: a full disk says
+    /// nothing about the data, and the unit may succeed once space is freed.
     pub fn new(
         kind: FailureKind,
         err: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
         let err = err.into();
-        Self {
-            kind,
-            message: error_chain(err.as_ref()),
-        }
+        let message = error_chain(err.as_ref());
+        let kind = match kind {
+            FailureKind::BadInput if storage_failure(err.as_ref(), &message) => {
+                FailureKind::Transient
+            }
+            other => other,
+        };
+        Self { kind, message }
     }
 
     /// The unit's input is wrong.
@@ -132,6 +140,37 @@ impl UnitFailure {
     pub fn transient(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::new(FailureKind::Transient, err)
     }
+}
+
+/// The OS errors that mean the storage failed, not the data: ENOSPC, EDQUOT, EIO.
+const STORAGE_ERRNOS: [i32; 3] = [28, 122, 5];
+
+/// The texts C libraries (HDF5, CFITSIO, SQLite) give for the same errors, when they pass on
+/// only a message.
+const STORAGE_TEXTS: [&str; 6] = [
+    "No space left on device",
+    "Disk quota exceeded",
+    "Input/output error",
+    "errno = 28,",
+    "errno = 122,",
+    "database or disk is full",
+];
+
+/// Whether an error (its `source()` chain, or its text for errors from C libraries) shows
+/// the storage failing: no space left, quota exceeded, or an I/O error.
+pub fn storage_failure(err: &(dyn std::error::Error + 'static), message: &str) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io
+                .raw_os_error()
+                .is_some_and(|code| STORAGE_ERRNOS.contains(&code))
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    STORAGE_TEXTS.iter().any(|t| message.contains(t))
 }
 
 /// Formats an error and its sources as `outer: inner: innermost`, skipping repeats.
@@ -174,6 +213,21 @@ mod tests {
             failure.to_string(),
             "bad-input: /data/att_0421.h5: cannot read dataset 'quat': file truncated"
         );
+    }
+
+    #[test]
+    fn a_full_disk_is_transient_not_bad_input() {
+        let full = Outer {
+            inner: std::io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(UnitFailure::bad_input(full).kind, FailureKind::Transient);
+        let hdf5 = "/run/pointing/obs=0001.h5: cannot write 'signal': H5Dwrite(): file write \
+                    failed: errno = 28, error message = 'No space left on device'";
+        assert_eq!(UnitFailure::bad_input(hdf5).kind, FailureKind::Transient);
+        let corrupt = Outer {
+            inner: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file truncated"),
+        };
+        assert_eq!(UnitFailure::bad_input(corrupt).kind, FailureKind::BadInput);
     }
 
     #[test]

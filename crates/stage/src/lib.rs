@@ -68,7 +68,7 @@ mod unit_id;
 
 pub use connections::{Connections, Dataset};
 pub use context::{Collectives, Input, SoloCollectives, UnitContext};
-pub use failure::{FailureKind, Outcome, OutcomeKind, UnitFailure};
+pub use failure::{FailureKind, Outcome, OutcomeKind, UnitFailure, storage_failure};
 pub use unit_id::{ParseUnitIdError, UnitId};
 
 use serde::Serialize;
@@ -190,6 +190,14 @@ pub trait Stage: Send + Sync {
     /// that every input will exist.
     fn connections(&self, _unit: &Self::Unit, _run_dir: &Path) -> Connections {
         Connections::new()
+    }
+
+    /// The most memory one run of `unit` may need, MiB, when the stage can say. File readers
+    /// refuse (as bad input naming the file) any read larger than the unit's limit before
+    /// allocating it: this estimate when given, else the isolated unit's `[run]
+    /// memory_limit_mb`, else the machine's memory.
+    fn memory_estimate_mb(&self, _unit: &Self::Unit) -> Option<u64> {
+        None
     }
 }
 
