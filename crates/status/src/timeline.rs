@@ -518,8 +518,10 @@ pub fn write_timeline(
         path: out.to_path_buf(),
         source,
     };
-    let mut tmp_name = out.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
+    // Named like skypipe-io's temporaries, so a stale one is recognised and cleaned up.
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(out.file_name().unwrap_or_default());
+    tmp_name.push(format!(".skypipe-tmp.{}.0", std::process::id()));
     let tmp = out.with_file_name(tmp_name);
     let mut file = fs::File::create(&tmp).map_err(io_err)?;
     file.write_all(&bytes)
