@@ -750,8 +750,9 @@ fn stop_workers(
     stats
 }
 
-/// Writes `run-report.json` in the run directory and, in a chain run, each stage's part as
-/// `ledger/<stage>.report.json` (logging, not failing, on error).
+/// Writes `run-report.json` in the run directory, in a chain run each stage's part as
+/// `ledger/<stage>.report.json`, and the run's timeline `timeline.svg` (logging, not failing,
+/// on error).
 pub(crate) fn write_report(run_dir: &Path, summary: &RunSummary, fsync: bool) {
     let durability = if fsync {
         Durability::Synced
@@ -773,6 +774,10 @@ pub(crate) fn write_report(run_dir: &Path, summary: &RunSummary, fsync: bool) {
     let bytes = serde_json::to_vec_pretty(&report).expect("report serialises");
     if let Err(e) = write_atomic(run_dir.join("run-report.json"), &bytes, durability) {
         tracing::error!("cannot write the run report: {e}");
+    }
+    // The picture of where every rank worked and idled (`RUN_DIR/timeline.svg`).
+    if let Err(e) = skypipe_status::timeline::write_run_timeline(run_dir) {
+        tracing::warn!("cannot draw the run's timeline: {e}");
     }
 }
 
