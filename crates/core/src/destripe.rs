@@ -53,7 +53,7 @@
 //! let pixels: Vec<u64> = (0..n).map(|i| (i % 8) as u64).collect();
 //! let weights: Vec<[f64; 3]> = (0..n).map(|i| stokes_weights_from_psi(0.4 * (i % 7) as f64, 1.0)).collect();
 //! let signal: Vec<f64> = (0..n).map(|i| 0.5 + 0.1 * (i / 8) as f64).collect(); // flat sky + offsets
-//! let ts = Timestream { pixels: &pixels, weights: &weights, signal: &signal, flags: None, inv_var: 1.0 };
+//! let ts = Timestream { pixels: &pixels, weights: &weights, signal: &signal, flags: None, inv_var: 1.0, group: 0 };
 //! let cfg = DestripeConfig { baseline_length: 8, ..DestripeConfig::default() };
 //! let out = destripe(&[ts], SubmapLayout::new(12, 4)?, Components::Iqu, &cfg, &mut SingleProcess)?;
 //! assert!(out.converged);
