@@ -2,8 +2,8 @@
 # The quick-start demo, on built-in simulated data, under mpirun with 4 ranks:
 #   1. the engine load test on the skewed workload: interrupted part-way by SIGTERM (as Slurm
 #      does at a time limit), resumed, with injected failures, then the run report;
-#   2. the CMB chain: skypipe-sim cmb -> skypipe-pointing -> skypipe-calibrate -> skypipe-mapmake, then
-#      skypipe-status on the run directory;
+#   2. the CMB chain: skypipe-sim cmb, then pointing -> calibrate -> mapmake as one chain job
+#      (skypipe-run), then skypipe-status on the run directory;
 #   3. imaging: skypipe-sim image -> skypipe-singleframe (one unit per CCD, one registry unit per
 #      visit), then skypipe-status.
 # Each part ends with its per-rank timeline, demo-run/{loadtest,cmb,image}-timeline.svg.
@@ -51,14 +51,12 @@ mkdir -p "$cmb_data"
 printf 'observations = 12\nobs_duration_s = 120.0\ndetector_pairs = 4\nprecession_deg = 7.5\nprecession_period_days = 0.01\n' \
   > "$cmb_data/../cmb-sim.toml"
 target/release/skypipe-sim cmb --size tiny --config "$cmb_data/../cmb-sim.toml" --out "$cmb_data"
-# The shipped pointing config is nside 2048; the demo's maps use nside 64 (49 152 pixels).
-sed 's/^nside = 2048/nside = 64/' configs/pointing.toml > "$cmb_data/pointing.toml"
-"${mpirun[@]}" target/release/skypipe-pointing --config "$cmb_data/pointing.toml" \
-  --observations "$cmb_data/observations.json" --run-dir "$cmb_run"
-"${mpirun[@]}" target/release/skypipe-calibrate --config configs/calibrate.toml \
-  --observations "$cmb_data/observations.json" --run-dir "$cmb_run"
-"${mpirun[@]}" target/release/skypipe-mapmake --config configs/mapmake.toml \
-  --observations "$cmb_data/observations.json" --run-dir "$cmb_run"
+# The three stages as one chain job (configs/chain-cmb.toml): calibrate[obs=N] starts as soon
+# as pointing[obs=N] is written. The shipped config is nside 2048; the demo's maps use nside 64
+# (49 152 pixels).
+sed -e "s|data/cmb/observations.json|$cmb_data/observations.json|" -e 's/^nside = 2048/nside = 64/' \
+  configs/chain-cmb.toml > "$cmb_data/chain.toml"
+"${mpirun[@]}" target/release/skypipe-run --config "$cmb_data/chain.toml" --run-dir "$cmb_run"
 echo "maps: $(ls "$cmb_run/mapmake" | tr '\n' ' ')"
 cat "$cmb_run/mapmake/summary.json"
 echo
