@@ -494,3 +494,69 @@ fn a_rerun_removes_the_temporaries_of_killed_writers_and_keeps_live_ones() {
     assert!(!dead.exists() && !request.exists(), "{}", text(&out));
     assert!(live.exists(), "a live writer's temporary was removed");
 }
+
+#[test]
+fn a_failed_map_unit_leaves_no_partial_map_product() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), "observations = 3\n");
+    let run_dir = tmp.path().join("run");
+    let pcfg = stage_config(tmp.path(), "p.toml", "pointing", POINTING);
+    let ccfg = stage_config(tmp.path(), "c.toml", "calibrate", "");
+    for (stage, cfg) in [("pointing", &pcfg), ("calibrate", &ccfg)] {
+        let out = run_stage(stage, cfg, &list, &run_dir, 2, &[]);
+        assert_eq!(code(&out.status), 0, "{stage}: {}", text(&out));
+    }
+    let mcfg = tmp.path().join("m.toml");
+    std::fs::write(
+        &mcfg,
+        format!(
+            "[run]\nfsync = false\nmax_retries = 0\n[mapmake]\npointing_dir = \"{}\"\ncalibrated_dir = \"{}\"\nquicklook_width = 200\n",
+            run_dir.join("pointing").display(),
+            run_dir.join("calibrate").display()
+        ),
+    )
+    .unwrap();
+    // The destriped map cannot be put in place: a directory holds its name.
+    let maps = run_dir.join("mapmake");
+    std::fs::create_dir_all(maps.join("map_destriped.fits/blocker")).unwrap();
+    let out = run_stage("mapmake", &s(&mcfg), &list, &run_dir, 3, &[]);
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    let failed: Vec<(String, String)> = outcomes(&run_dir, "mapmake")
+        .into_iter()
+        .filter(|(_, o)| o != "done")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].0.contains("map"), "{failed:?}");
+    for name in [
+        "map_binned.fits",
+        "map_binned.png",
+        "map_destriped.png",
+        "summary.json",
+    ] {
+        assert!(
+            !maps.join(name).exists(),
+            "{name} left by a failed map unit"
+        );
+    }
+    assert!(!text(&out).contains("maps written"), "{}", text(&out));
+    // Once the obstacle is gone, a rerun writes the whole product, listed in the summary.
+    std::fs::remove_dir_all(maps.join("map_destriped.fits")).unwrap();
+    let out = run_stage(
+        "mapmake",
+        &s(&mcfg),
+        &list,
+        &run_dir,
+        3,
+        &["--retry-failed"],
+    );
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(maps.join("summary.json")).unwrap()).unwrap();
+    for f in summary["files"].as_array().unwrap() {
+        assert!(
+            maps.join(f.as_str().unwrap()).exists(),
+            "{f} listed but missing"
+        );
+    }
+    assert!(maps.join("map_destriped.fits").is_file());
+}
