@@ -494,3 +494,180 @@ fn a_rerun_removes_the_temporaries_of_killed_writers_and_keeps_live_ones() {
     assert!(!dead.exists() && !request.exists(), "{}", text(&out));
     assert!(live.exists(), "a live writer's temporary was removed");
 }
+
+#[test]
+fn a_failed_map_unit_leaves_no_partial_map_product() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), "observations = 3\n");
+    let run_dir = tmp.path().join("run");
+    let pcfg = stage_config(tmp.path(), "p.toml", "pointing", POINTING);
+    let ccfg = stage_config(tmp.path(), "c.toml", "calibrate", "");
+    for (stage, cfg) in [("pointing", &pcfg), ("calibrate", &ccfg)] {
+        let out = run_stage(stage, cfg, &list, &run_dir, 2, &[]);
+        assert_eq!(code(&out.status), 0, "{stage}: {}", text(&out));
+    }
+    let mcfg = tmp.path().join("m.toml");
+    std::fs::write(
+        &mcfg,
+        format!(
+            "[run]\nfsync = false\nmax_retries = 0\n[mapmake]\npointing_dir = \"{}\"\ncalibrated_dir = \"{}\"\nquicklook_width = 200\n",
+            run_dir.join("pointing").display(),
+            run_dir.join("calibrate").display()
+        ),
+    )
+    .unwrap();
+    // The destriped map cannot be put in place: a directory holds its name.
+    let maps = run_dir.join("mapmake");
+    std::fs::create_dir_all(maps.join("map_destriped.fits/blocker")).unwrap();
+    let out = run_stage("mapmake", &s(&mcfg), &list, &run_dir, 3, &[]);
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    let failed: Vec<(String, String)> = outcomes(&run_dir, "mapmake")
+        .into_iter()
+        .filter(|(_, o)| o != "done")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].0.contains("map"), "{failed:?}");
+    for name in [
+        "map_binned.fits",
+        "map_binned.png",
+        "map_destriped.png",
+        "summary.json",
+    ] {
+        assert!(
+            !maps.join(name).exists(),
+            "{name} left by a failed map unit"
+        );
+    }
+    assert!(!text(&out).contains("maps written"), "{}", text(&out));
+    // Once the obstacle is gone, a rerun writes the whole product, listed in the summary.
+    std::fs::remove_dir_all(maps.join("map_destriped.fits")).unwrap();
+    let out = run_stage(
+        "mapmake",
+        &s(&mcfg),
+        &list,
+        &run_dir,
+        3,
+        &["--retry-failed"],
+    );
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(maps.join("summary.json")).unwrap()).unwrap();
+    for f in summary["files"].as_array().unwrap() {
+        assert!(
+            maps.join(f.as_str().unwrap()).exists(),
+            "{f} listed but missing"
+        );
+    }
+    assert!(maps.join("map_destriped.fits").is_file());
+}
+
+/// Corrupts copies of `obs=0000..0004.h5` in `dir`, one kind each (the dataset edited is
+/// `detectors/d00a/NAME`); `obs=0005.h5` stays whole. Returns the kinds, by observation.
+fn corrupt_hdf5_corpus(dir: &Path, name: &str) -> [&'static str; 5] {
+    let script = r#"
+import sys, os, h5py, numpy as np
+d, name = sys.argv[1], sys.argv[2]
+f = lambda i: f'{d}/obs={i:04d}.h5'
+data = open(f(0), 'rb').read()
+open(f(0), 'wb').write(data[:len(data) // 2])           # truncated
+open(f(1), 'wb').close()                                 # zero length
+with h5py.File(f(2), 'r+') as h:                         # missing dataset
+    del h['detectors/d00a/' + name]
+with h5py.File(f(3), 'r+') as h:                         # wrong dtype
+    n = h['detectors/d00a/' + name].shape[0]
+    del h['detectors/d00a/' + name]
+    h.create_dataset('detectors/d00a/' + name, data=np.array([b'x'] * n))
+with h5py.File(f(4), 'r+') as h:                         # huge declared size
+    del h['detectors/d00a/' + name]
+    h.create_dataset('detectors/d00a/' + name, (2**33,), 'f8', chunks=(4096,))
+"#;
+    python(script, &[s(dir), name.to_string()]);
+    [
+        "truncated",
+        "zero length",
+        "missing dataset",
+        "wrong dtype",
+        "huge declared size",
+    ]
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Every observation unit of `stage` but obs 5 failed, naming its file; obs 5 done.
+fn assert_corpus_outcome(
+    out: &std::process::Output,
+    run_dir: &Path,
+    stage: &str,
+    dir: &Path,
+    kinds: [&str; 5],
+) {
+    assert_eq!(code(&out.status), 2, "{stage}: {}", text(out));
+    let states = outcomes(run_dir, stage);
+    let report = report(run_dir);
+    let failures = report["failures"].as_array().unwrap();
+    for (i, kind) in kinds.iter().enumerate() {
+        let unit = format!("obs={i:04}");
+        let file = s(&dir.join(format!("{unit}.h5")));
+        let f = failures
+            .iter()
+            .find(|f| f["unit"] == unit.as_str())
+            .unwrap_or_else(|| panic!("{stage} {unit} ({kind}) did not fail: {states:?}"));
+        let m = f["message"].as_str().unwrap();
+        assert!(m.contains(&file), "{stage} {unit} ({kind}): {m}");
+        assert_eq!(f["outcome"], "bad-input", "{stage} {unit} ({kind}): {m}");
+    }
+    assert!(
+        states.contains(&("obs=0005".to_string(), "done".to_string())),
+        "{stage}: {states:?}"
+    );
+}
+
+#[test]
+fn corrupt_hdf5_inputs_fail_only_their_unit_in_calibrate_and_mapmake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), "observations = 6\n");
+    let clean = tmp.path().join("clean");
+    let pcfg = stage_config(tmp.path(), "p.toml", "pointing", POINTING);
+    let ccfg = stage_config(tmp.path(), "c.toml", "calibrate", "");
+    for (stage, cfg) in [("pointing", &pcfg), ("calibrate", &ccfg)] {
+        let out = run_stage(stage, cfg, &list, &clean, 2, &[]);
+        assert_eq!(code(&out.status), 0, "{stage}: {}", text(&out));
+    }
+    // calibrate, reading corrupt pointing files.
+    let bad_pointing = tmp.path().join("bad-pointing");
+    copy_dir(&clean.join("pointing"), &bad_pointing);
+    let kinds = corrupt_hdf5_corpus(&bad_pointing, "theta");
+    let cfg = stage_config(
+        tmp.path(),
+        "c2.toml",
+        "calibrate",
+        &format!("pointing_dir = \"{}\"", bad_pointing.display()),
+    );
+    let run_dir = tmp.path().join("calibrate-corpus");
+    let out = run_stage("calibrate", &cfg, &list, &run_dir, 2, &[]);
+    assert_corpus_outcome(&out, &run_dir, "calibrate", &bad_pointing, kinds);
+    // mapmake, reading corrupt calibrated files.
+    let bad_calibrated = tmp.path().join("bad-calibrated");
+    copy_dir(&clean.join("calibrate"), &bad_calibrated);
+    let kinds = corrupt_hdf5_corpus(&bad_calibrated, "signal");
+    let cfg = stage_config(
+        tmp.path(),
+        "m.toml",
+        "mapmake",
+        &format!(
+            "pointing_dir = \"{}\"\ncalibrated_dir = \"{}\"\nquicklook_width = 0",
+            clean.join("pointing").display(),
+            bad_calibrated.display()
+        ),
+    );
+    let run_dir = tmp.path().join("mapmake-corpus");
+    let out = run_stage("mapmake", &cfg, &list, &run_dir, 2, &[]);
+    assert_corpus_outcome(&out, &run_dir, "mapmake", &bad_calibrated, kinds);
+}

@@ -829,10 +829,12 @@ impl Mapmake {
             "map unit: inputs read and shared, maps solved"
         );
         // Rank 0 writes the binned map and the summary, the last rank the destriped map (both
-        // hold the whole sky, see `UnitReduce`): the two writes overlap.
+        // hold the whole sky, see `UnitReduce`): the two writes overlap. Every rank joins the
+        // agreements on the writes, so the product appears whole or not at all.
         let (rank, last) = (coll.rank(), coll.size() - 1);
         if rank != 0 && rank != last {
-            return Ok(Outcome::Done);
+            agree_on_writes(coll, None)?;
+            return agree_on_writes(coll, None).map(|()| Outcome::Done);
         }
         let frame = summaries
             .first()
@@ -873,6 +875,7 @@ impl Mapmake {
             );
         }
         let out_dir = self.out_dir(&ctx.run_dir);
+        let staging = out_dir.join(STAGING_DIR);
         let dur = durability(ctx);
         let mut outputs = Vec::new();
         if rank == 0 {
@@ -881,39 +884,61 @@ impl Mapmake {
         if let Some(d) = destriped.as_ref().filter(|_| rank == last) {
             outputs.push(("destriped", d));
         }
-        for (name, map) in outputs {
-            let fits = out_dir.join(format!("map_{name}.fits"));
-            self.write_map(&fits, map, &summary, name, dur)?;
-            if self.config.quicklook_width > 0 {
-                let png = out_dir.join(format!("map_{name}.png"));
-                write_quicklook(&png, map, self.config.quicklook_width, name, dur)?;
+        // 1. Each writer writes its maps into the staging directory.
+        let staged = (|| {
+            for (name, map) in outputs {
+                let fits = staging.join(format!("map_{name}.fits"));
+                self.write_map(&fits, map, &summary, name, dur)?;
+                if self.config.quicklook_width > 0 {
+                    let png = staging.join(format!("map_{name}.png"));
+                    write_quicklook(&png, map, self.config.quicklook_width, name, dur)?;
+                }
             }
+            Ok::<(), UnitFailure>(())
+        })();
+        if let Err(e) = agree_on_writes(coll, staged.err()) {
+            if rank == 0 {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            return Err(e);
         }
         if rank != 0 {
-            return Ok(Outcome::Done);
+            return agree_on_writes(coll, None).map(|()| Outcome::Done);
         }
+        // 2. Rank 0 moves the staged maps into place, then writes the summary (the manifest,
+        //    written last, listing only what exists); on any failure it removes what it moved.
         let kinds: &[&str] = if self.config.destripe {
             &["binned", "destriped"]
         } else {
             &["binned"]
         };
+        let mut names = Vec::new();
         for name in kinds {
-            summary.files.push(format!("map_{name}.fits"));
+            names.push(format!("map_{name}.fits"));
             if self.config.quicklook_width > 0 {
-                summary.files.push(format!("map_{name}.png"));
+                names.push(format!("map_{name}.png"));
             }
-        }
-        if self.config.destripe {
-            summary.files.push("baselines/".to_string());
         }
         summary.seconds = [
             read_s,
             solve_s,
             started.elapsed().as_secs_f64() - read_s - solve_s,
         ];
-        let json = serde_json::to_vec_pretty(&summary).expect("a summary encodes");
-        skypipe_io::write_atomic(out_dir.join("summary.json"), &json, dur)
-            .map_err(|e| UnitFailure::transient(format!("{}: {e}", out_dir.display())))?;
+        let published = publish_maps(
+            &staging,
+            &out_dir,
+            &names,
+            &mut summary,
+            self.config.destripe,
+            dur,
+        );
+        if published.is_err() {
+            for name in &names {
+                let _ = std::fs::remove_file(out_dir.join(name));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        agree_on_writes(coll, published.err())?;
         tracing::info!(
             observations = summary.observations,
             samples = summary.samples,
@@ -1234,6 +1259,68 @@ fn agree(coll: &dyn Collectives, errors: Vec<String>) -> Result<(), UnitFailure>
         Ok(())
     } else {
         Err(UnitFailure::bad_input(all.join("; ")))
+    }
+}
+
+/// Directory inside the output directory where the maps are written before they are moved
+/// into place together.
+const STAGING_DIR: &str = ".maps.staging";
+
+/// Moves the staged map files `names` into `out_dir` (removing an old `summary.json` first, so
+/// no summary ever lists maps of two runs), then writes the summary listing the files that
+/// exist.
+fn publish_maps(
+    staging: &Path,
+    out_dir: &Path,
+    names: &[String],
+    summary: &mut MapSummary,
+    destripe: bool,
+    dur: Durability,
+) -> Result<(), UnitFailure> {
+    let fail = |path: &Path, e: std::io::Error| {
+        UnitFailure::transient(format!(
+            "{}: moving the map into place: {e}",
+            path.display()
+        ))
+    };
+    let manifest = out_dir.join("summary.json");
+    match std::fs::remove_file(&manifest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(&manifest, e)),
+    }
+    for name in names {
+        let target = out_dir.join(name);
+        std::fs::rename(staging.join(name), &target).map_err(|e| fail(&target, e))?;
+    }
+    summary.files = names
+        .iter()
+        .filter(|n| out_dir.join(n).is_file())
+        .cloned()
+        .collect();
+    if destripe && out_dir.join("baselines").is_dir() {
+        summary.files.push("baselines/".to_string());
+    }
+    let json = serde_json::to_vec_pretty(summary).expect("a summary encodes");
+    skypipe_io::write_atomic(&manifest, &json, dur)
+        .map_err(|e| UnitFailure::transient(format!("{}: {e}", out_dir.display())))?;
+    Ok(())
+}
+
+/// Every rank of the map unit learns whether any rank failed to write its part; the first
+/// failure (transient: writes can succeed on retry) is returned on every rank.
+fn agree_on_writes(coll: &dyn Collectives, mine: Option<UnitFailure>) -> Result<(), UnitFailure> {
+    // Never an empty buffer: MPI_Allgatherv refuses all-empty contributions.
+    let mine = serde_json::to_vec(&mine.map(|f| f.message)).expect("strings encode");
+    let failures: Vec<String> = coll
+        .all_gather_bytes(&mine)
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<Option<String>>(b).ok().flatten())
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(UnitFailure::transient(failures.join("; ")))
     }
 }
 

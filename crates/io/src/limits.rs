@@ -71,7 +71,7 @@ pub fn process_memory_limit_bytes() -> u64 {
     let address_space = if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut rlim) } == 0
         && rlim.rlim_cur != libc::RLIM_INFINITY
     {
-        rlim.rlim_cur as u64
+        rlim.rlim_cur
     } else {
         u64::MAX
     };
