@@ -298,8 +298,8 @@ impl Wcs {
         &self.header
     }
 
-    /// `CTYPEi` of the axes, as WCSLIB holds them (after translation, e.g. SIP's `-SIP`
-    /// suffix is kept).
+    /// `CTYPEi` of the axes, as WCSLIB holds them after translation: a SIP header keeps its
+    /// `-SIP` suffix, a TPV header reads `'RA---TAN'` (TPV is held as TAN with a distortion).
     pub fn ctypes(&self) -> Vec<String> {
         if self.wcs.is_null() {
             return Vec::new();
