@@ -227,6 +227,29 @@ impl Wcs {
                 }
             }
         }
+        // WCSLIB gives missing keywords defaults (CRVAL 0, CRPIX 0, CDELT 1): for the keywords
+        // that fix where the image is and its scale, a default is a broken header, not a WCS.
+        let has = |key: &str| records.iter().any(|r| record_key(r) == key);
+        if has("CTYPE1") || has("CTYPE2") {
+            for axis in 1..=2 {
+                for key in [format!("CRPIX{axis}"), format!("CRVAL{axis}")] {
+                    if !has(&key) {
+                        return Err(keyword_err(&key, "missing".into()));
+                    }
+                }
+                let scale = [
+                    format!("CDELT{axis}"),
+                    format!("CD{axis}_1"),
+                    format!("CD{axis}_2"),
+                ];
+                if !scale.iter().any(|k| has(k)) {
+                    return Err(keyword_err(
+                        &format!("CDELT{axis}"),
+                        format!("missing (and no CD{axis}_j): the pixel scale is not given"),
+                    ));
+                }
+            }
+        }
         let (all, nwcs, nreject) = parse(&records)?;
         let mut owned = Self {
             header: name.clone(),
@@ -548,6 +571,26 @@ mod tests {
     }
 
     #[test]
+    fn missing_reference_or_scale_is_refused_not_defaulted() {
+        let h: String = tan(&[])
+            .as_bytes()
+            .chunks(RECORD_LEN)
+            .map(|r| std::str::from_utf8(r).unwrap())
+            .filter(|r| record_key(r) != "CRVAL1")
+            .collect();
+        let e = Wcs::from_header("f", &h).unwrap_err().to_string();
+        assert!(e.contains("CRVAL1") && e.contains("missing"), "{e}");
+        let h: String = tan(&[])
+            .as_bytes()
+            .chunks(RECORD_LEN)
+            .map(|r| std::str::from_utf8(r).unwrap())
+            .filter(|r| record_key(r) != "CD2_2")
+            .collect();
+        let e = Wcs::from_header("f", &h).unwrap_err().to_string();
+        assert!(e.contains("CDELT2"), "{e}");
+    }
+
+    #[test]
     fn sip_without_suffix_is_ambiguous_and_refused() {
         let h = tan(&[card("A_ORDER", "2"), card("A_2_0", "1.0E-6")]);
         let e = Wcs::from_header("f", &h).unwrap_err().to_string();
@@ -558,7 +601,7 @@ mod tests {
     fn missing_wcs_and_linear_axes_are_refused() {
         let e = Wcs::from_header("f", &card("EXPTIME", "30.0")).unwrap_err();
         assert!(e.to_string().contains("CTYPE1"), "{e}");
-        let h = [card("CTYPE1", "'X'"), card("CTYPE2", "'Y'")].concat();
+        let h: String = tan(&[card("CTYPE1", "'X'"), card("CTYPE2", "'Y'")]);
         let e = Wcs::from_header("f", &h).unwrap_err();
         assert!(e.to_string().contains("celestial"), "{e}");
     }
