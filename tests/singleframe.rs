@@ -366,7 +366,7 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
         .iter()
         .map(|r| (r.visit, r.ccd))
         .collect();
-    let failed: Vec<(u64, u32)> = vec![(1, 0), (1, 1), (2, 0), (2, 1)];
+    let failed: Vec<(u64, u32)> = vec![(1, 0), (1, 1), (2, 0), (2, 1), (3, 0)];
     let expected: Vec<(u64, u32)> = (1..=4)
         .flat_map(|v| (0..4).map(move |c| (v, c)))
         .filter(|vc| !failed.contains(vc))
