@@ -220,10 +220,10 @@ mod tests {
         let (a, b) = (dir.path().join("sip.fits"), dir.path().join("out.fits"));
         let mut cards = crate::sim::wcs_header(&tan());
         for c in cards.iter_mut() {
-            if let CardValue::Text(t) = &mut c.value {
-                if t.ends_with("--TAN") {
-                    t.push_str("-SIP");
-                }
+            if let CardValue::Text(t) = &mut c.value
+                && t.ends_with("--TAN")
+            {
+                t.push_str("-SIP");
             }
         }
         cards.extend([

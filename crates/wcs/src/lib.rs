@@ -187,7 +187,7 @@ impl Wcs {
                 "characters outside printable ASCII (0x20–0x7e)".into(),
             ));
         }
-        if text.len() % RECORD_LEN != 0 {
+        if !text.len().is_multiple_of(RECORD_LEN) {
             return Err(text_err(format!(
                 "length {} is not a multiple of {RECORD_LEN}",
                 text.len()
