@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages skypipe needs, only those missing (no time spent when all are
 # present). Usage: scripts/install-deps.sh [build|test|all]
-#   build: compilers and libraries for `cargo build` (MPI, HDF5, CFITSIO, libclang for bindgen)
+#   build: compilers and libraries for `cargo build` (MPI, HDF5, CFITSIO, WCSLIB, libclang for bindgen)
 #   test:  build + what the test suite uses (healpy/astropy/h5py for reference checks, sqlite3,
 #          a local Slurm for the batch-system tests, headless Chromium and the DejaVu fonts
 #          for the timeline picture tests)
 set -euo pipefail
 
-build_pkgs=(libopenmpi-dev openmpi-bin libhdf5-dev libcfitsio-dev libclang-dev clang pkg-config)
+build_pkgs=(libopenmpi-dev openmpi-bin libhdf5-dev libcfitsio-dev wcslib-dev libclang-dev clang pkg-config)
 test_pkgs=(python3-healpy python3-astropy python3-h5py python3-numpy python3-mpmath sqlite3 slurm-wlm munge procps chromium fonts-dejavu-core)
 
 case "${1:-build}" in

@@ -238,6 +238,19 @@ fn set_card(bytes: &mut [u8], key: &str, value: i64) {
     panic!("no card {key}");
 }
 
+/// Sets header card `key` of the first header to the string `value`.
+fn set_text_card(bytes: &mut [u8], key: &str, value: &str) {
+    let prefix = format!("{key:<8}=");
+    for card in bytes.chunks_mut(80) {
+        if card.starts_with(prefix.as_bytes()) {
+            let new = format!("{:<80}", format!("{key:<8}= '{value}'"));
+            card.copy_from_slice(new.as_bytes());
+            return;
+        }
+    }
+    panic!("no card {key}");
+}
+
 /// Offset of the data after the first header (the 2880-byte block after the END card).
 fn data_start(bytes: &[u8]) -> usize {
     let end = bytes
@@ -295,6 +308,13 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
     let nan = bad_dir.join("all-nan.fits");
     std::fs::write(&nan, &bytes).unwrap();
     units["units"][i]["raw"] = nan.to_str().unwrap().into();
+    // visit 3, ccd 0: a CD matrix element WCSLIB refuses (a string).
+    let i = find(&units, 3, 0);
+    let mut bytes = std::fs::read(raw_of(&units["units"][i])).unwrap();
+    set_text_card(&mut bytes, "CD1_2", "abc");
+    let bad_cd = bad_dir.join("cd-string.fits");
+    std::fs::write(&bad_cd, &bytes).unwrap();
+    units["units"][i]["raw"] = bad_cd.to_str().unwrap().into();
     let bad_list = data.join("bad-units.json");
     std::fs::write(&bad_list, serde_json::to_vec(&units).unwrap()).unwrap();
 
@@ -314,6 +334,7 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
         ("visit=1,ccd=1", "no-crval1.fits", "CRVAL1"),
         ("visit=2,ccd=0", "variance-128.fits", "[512, 128]"),
         ("visit=2,ccd=1", "all-nan.fits", "NaN"),
+        ("visit=3,ccd=0", "cd-string.fits", "CD1_2"),
     ];
     let stderr = String::from_utf8_lossy(&out.stderr);
     for (unit, file, what) in expect {
@@ -334,7 +355,7 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
         .iter()
         .filter(|(u, o, _)| u.contains("ccd=") && o == "done")
         .count();
-    assert_eq!(ccd_done, 12, "{all:?}");
+    assert_eq!(ccd_done, 11, "{all:?}");
     for visit in 1..=4 {
         assert_eq!(by_unit(&format!("visit={visit},step=registry")).1, "done");
     }
@@ -345,7 +366,7 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
         .iter()
         .map(|r| (r.visit, r.ccd))
         .collect();
-    let failed: Vec<(u64, u32)> = vec![(1, 0), (1, 1), (2, 0), (2, 1)];
+    let failed: Vec<(u64, u32)> = vec![(1, 0), (1, 1), (2, 0), (2, 1), (3, 0)];
     let expected: Vec<(u64, u32)> = (1..=4)
         .flat_map(|v| (0..4).map(move |c| (v, c)))
         .filter(|vc| !failed.contains(vc))

@@ -15,7 +15,7 @@ use crate::image::{Image, mask};
 use crate::measure::flags;
 use crate::pipeline::{self, ChainOutput, ChainParams, Instrument};
 use crate::timing::Laps;
-use crate::wcs::TanWcs;
+use crate::wcs::{Wcs, WcsError};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
@@ -157,6 +157,9 @@ pub enum CcdError {
     /// Reading or writing a FITS file failed.
     #[error(transparent)]
     Fits(#[from] FitsError),
+    /// The header WCS is missing or refused (names the file, HDU and keyword).
+    #[error(transparent)]
+    Wcs(#[from] WcsError),
     /// The header has an unusable value.
     #[error("{path}: primary HDU: {message}")]
     Header {
@@ -340,7 +343,7 @@ pub fn output_paths(visit: u64, ccd: u32) -> (PathBuf, PathBuf) {
 }
 
 /// What the raw file's header says.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RawHeader {
     /// Band (`BAND`, else `FILTER`).
     pub band: String,
@@ -348,8 +351,8 @@ pub struct RawHeader {
     pub exptime: f64,
     /// `GAIN`, `RDNOISE`, `SATURATE`.
     pub instrument: Instrument,
-    /// The header TAN WCS.
-    pub wcs: TanWcs,
+    /// The header WCS (any celestial form WCSLIB reads: CD, PC+CDELT, CROTA2, TAN-SIP, TPV, …).
+    pub wcs: Wcs,
 }
 
 /// Reads and checks the keywords of a raw exposure's primary HDU.
@@ -376,24 +379,7 @@ pub fn read_raw_header(r: &mut FitsReader) -> Result<RawHeader, CcdError> {
             "GAIN must be > 0 and RDNOISE, EXPTIME ≥ 0 (got {gain}, {read_noise}, {exptime})"
         )));
     }
-    for (key, want) in [("CTYPE1", "RA---TAN"), ("CTYPE2", "DEC--TAN")] {
-        let v = r.key_string(p, key)?;
-        if v != want {
-            return Err(bad(format!("{key} is '{v}'; only '{want}' is supported")));
-        }
-    }
-    let wcs = TanWcs {
-        crpix: [r.key_f64(p, "CRPIX1")?, r.key_f64(p, "CRPIX2")?],
-        crval: [r.key_f64(p, "CRVAL1")?, r.key_f64(p, "CRVAL2")?],
-        cd: [
-            [r.key_f64(p, "CD1_1")?, r.key_f64(p, "CD1_2")?],
-            [r.key_f64(p, "CD2_1")?, r.key_f64(p, "CD2_2")?],
-        ],
-    };
-    let det = wcs.cd[0][0] * wcs.cd[1][1] - wcs.cd[0][1] * wcs.cd[1][0];
-    if det == 0.0 {
-        return Err(bad("the CD matrix is singular".into()));
-    }
+    let wcs = crate::wcs::read_primary_wcs(&path)?;
     Ok(RawHeader {
         band,
         exptime,
@@ -482,14 +468,7 @@ pub fn process_ccd(
         "steps (cpu s): {}",
         crate::timing::summary(&steps)
     );
-    let (w, h) = (out.image.width as f64, out.image.height as f64);
-    let corners = [
-        (0.5, 0.5),
-        (w + 0.5, 0.5),
-        (w + 0.5, h + 0.5),
-        (0.5, h + 0.5),
-    ]
-    .map(|(x, y)| header.wcs.pixel_to_sky(x, y));
+    let corners = corners_on_sky(&header, out.image.width, out.image.height, &c.raw)?;
     Ok(CcdSummary {
         visit: c.visit,
         ccd: c.ccd,
@@ -501,6 +480,48 @@ pub fn process_ccd(
         catalog: catalog_rel,
         sources: out.sources.len(),
     })
+}
+
+/// Sky positions (ra, dec) of 1-based pixels through the header WCS; a pixel without one
+/// (outside the projection's domain) is a header error naming the file.
+fn sky_of(
+    header: &RawHeader,
+    pixels: &[[f64; 2]],
+    raw: &Path,
+) -> Result<Vec<(f64, f64)>, CcdError> {
+    let sky = header.wcs.pixel_to_sky(pixels)?;
+    pixels
+        .iter()
+        .zip(sky)
+        .map(|(p, s)| {
+            s.map(|s| (s[0], s[1])).ok_or_else(|| CcdError::Header {
+                path: raw.to_path_buf(),
+                message: format!(
+                    "the WCS gives no sky position for pixel ({}, {})",
+                    p[0], p[1]
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The sky positions of the outer corners of a `width` × `height` image, in the order of
+/// [`CcdSummary::corners`].
+fn corners_on_sky(
+    header: &RawHeader,
+    width: usize,
+    height: usize,
+    raw: &Path,
+) -> Result<[(f64, f64); 4], CcdError> {
+    let (w, h) = (width as f64, height as f64);
+    let pixels = [
+        [0.5, 0.5],
+        [w + 0.5, 0.5],
+        [w + 0.5, h + 0.5],
+        [0.5, h + 0.5],
+    ];
+    let sky = sky_of(header, &pixels, raw)?;
+    Ok([sky[0], sky[1], sky[2], sky[3]])
 }
 
 fn common_cards(c: &CcdInput, h: &RawHeader, out: &ChainOutput) -> Vec<Card> {
@@ -550,9 +571,10 @@ fn write_calexp(
     out: &mut ChainOutput,
     durable: bool,
 ) -> Result<(), CcdError> {
+    let wcs_cards = crate::wcs::header_cards(&h.wcs)?;
     let mut w = FitsWriter::create(path, durable, None)?;
     w.primary_keys(&common_cards(c, h, out))?;
-    let mut img_cards = crate::sim::wcs_header(&h.wcs);
+    let mut img_cards = wcs_cards.clone();
     img_cards.push(Card::text("BUNIT", "electron", "background subtracted"));
     img_cards.push(Card::real(
         "GAIN",
@@ -569,7 +591,7 @@ fn write_calexp(
             .map(|v| v as i32)
             .collect(),
     );
-    let mut mcards = crate::sim::wcs_header(&h.wcs);
+    let mut mcards = wcs_cards.clone();
     for (name, bit) in mask::NAMES {
         mcards.push(Card::int(
             &format!("MP_{name}"),
@@ -578,7 +600,7 @@ fn write_calexp(
         ));
     }
     w.image_i32("MASK", &take_array(&mut mask_i32), &mcards)?;
-    let mut vcards = crate::sim::wcs_header(&h.wcs);
+    let mut vcards = wcs_cards;
     vcards.push(Card::text("BUNIT", "electron2", "variance"));
     w.image_f32("VARIANCE", &take_array(&mut out.variance), &vcards)?;
     w.commit()?;
@@ -593,10 +615,8 @@ fn write_catalog(
     durable: bool,
 ) -> Result<(), CcdError> {
     let s = &out.sources;
-    let sky: Vec<(f64, f64)> = s
-        .iter()
-        .map(|s| h.wcs.pixel_to_sky(s.x + 1.0, s.y + 1.0))
-        .collect();
+    let pixels: Vec<[f64; 2]> = s.iter().map(|s| [s.x + 1.0, s.y + 1.0]).collect();
+    let sky = sky_of(h, &pixels, &c.raw)?;
     let col = |f: &dyn Fn(&crate::measure::Source) -> f64| s.iter().map(f).collect::<Vec<f64>>();
     let columns = vec![
         Column::i64("ID", "", (1..=s.len() as i64).collect()),
