@@ -84,7 +84,10 @@ impl Plan {
                 && !(h.is_finite() && h >= 0.0)
             {
                 self.rollback(first);
-                return Err(format!("{stage}: unit {id} has an invalid cost hint {h}"));
+                return Err(format!(
+                    "{stage}: unit {id} has an invalid cost hint {}",
+                    crate::follow::readable_number(h)
+                ));
             }
             let ranks = if p.ranks == ALL_RANKS {
                 max_ranks
