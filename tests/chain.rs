@@ -181,6 +181,9 @@ fn cmb_chain_overlaps_stages_matches_separate_jobs_and_resumes_after_a_kill() {
     python(COMPARE_MAPS, &[s(&separate), s(&chain)]);
     let chain_report = report(&chain);
     assert_eq!(chain_report["stage"], "chain");
+    // The run's timeline is drawn at its end, one row per rank, coloured by stage.
+    let svg = std::fs::read_to_string(chain.join("timeline.svg")).expect("timeline.svg");
+    assert!(svg.contains("<svg") && svg.contains("calibrate"), "{svg}");
     assert_eq!(chain_report["stages"].as_array().unwrap().len(), 3);
     let part: serde_json::Value =
         serde_json::from_slice(&std::fs::read(chain.join("ledger/calibrate.report.json")).unwrap())
