@@ -412,6 +412,38 @@ impl H5Dataset<'_> {
         self.shape.first().copied().unwrap_or(1)
     }
 
+    /// Checks that the stored elements are floating point (`integer = false`, float32 or
+    /// float64) or integers (`integer = true`, any width and sign): reads convert either width
+    /// to the requested type, so a reader accepts both layouts after this check.
+    pub fn require_numeric(&self, integer: bool) -> Result<(), H5Error> {
+        let desc = self
+            .ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(|e| self.read_err(e))?;
+        let ok = match desc {
+            TypeDescriptor::Float(_) => !integer,
+            TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) => integer,
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(H5Error::invalid(
+                self.path,
+                &self.name,
+                format!(
+                    "stored as {desc:?}, expected {}",
+                    if integer {
+                        "integers"
+                    } else {
+                        "float32 or float64"
+                    }
+                ),
+            ))
+        }
+    }
+
     fn read_err(&self, source: h5::Error) -> H5Error {
         H5Error::Read {
             path: self.path.to_path_buf(),
