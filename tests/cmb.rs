@@ -514,7 +514,12 @@ print('ok')
 #[test]
 fn single_precision_pointing_halves_the_files_and_gives_the_same_maps() {
     let tmp = tempfile::tempdir().unwrap();
-    let list = simulate(tmp.path(), "");
+    // Cross-linked enough for a binned map at nside 64 (the chain tests' scan).
+    let list = simulate(
+        tmp.path(),
+        "observations = 4\nobs_duration_s = 60.0\nprecession_deg = 7.5\n\
+         precession_period_days = 0.01\ndetector_pairs = 2\n",
+    );
     let obs = format!("observations = \"{}\"", list.display());
     let mcfg = stage_config(
         tmp.path(),
@@ -543,7 +548,8 @@ fn single_precision_pointing_halves_the_files_and_gives_the_same_maps() {
     // Pixels identical (int32 against int64), weights and angles to float32 rounding, files
     // about half the size; calibrated timestreams within 1e-9 K (float32 θ, φ move the dipole
     // template by < 1e-9 K against ≈ 600 µK of noise per sample); binned maps with identical
-    // hits and I, Q, U within 1e-6 of the I map's RMS.
+    // hits and I, Q, U within 5e-5 of the I map's RMS (float32 weights, 6e-8 relative, amplified
+    // by the 3×3 pixel solves of this weakly cross-linked scan; 1.5e-5 measured).
     let check = r#"
 import sys, os, h5py, numpy as np, healpy as hp
 d, s = sys.argv[1], sys.argv[2]
@@ -569,11 +575,11 @@ ma = hp.read_map(d + '/mapmake/map_binned.fits', field=(0, 1, 2, 3))
 mb = hp.read_map(s + '/mapmake/map_binned.fits', field=(0, 1, 2, 3))
 assert (ma[3] == mb[3]).all()
 seen = (ma[3] > 0) & (ma[0] != hp.UNSEEN)
-assert seen.sum() > 100, seen.sum()
+assert seen.sum() > 100, (seen.sum(), (ma[3] > 0).sum())
 assert ((ma[0] == hp.UNSEEN) == (mb[0] == hp.UNSEEN)).all()
 rms = np.sqrt(np.mean(ma[0][seen] ** 2))
 err = max(np.abs(ma[c][seen] - mb[c][seen]).max() for c in range(3)) / rms
-assert err < 1e-6, err
+assert err < 5e-5, err
 print('ok', ratio, err)
 "#;
     let out = python(

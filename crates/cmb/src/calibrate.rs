@@ -534,10 +534,13 @@ impl Calibrate {
         let mut resid = (0.0f64, 0u64);
         let mut n_unseen = 0u64;
         let mut chunk = Chunk::default();
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
         let mut start = 0;
         while start < len {
             let n = step.min(len - start);
             self.read_chunk(inputs, open, start, n, &mut chunk)?;
+            xs.clear();
+            ys.clear();
             for k in 0..n {
                 if chunk.good(k) {
                     match inputs.table_entry {
@@ -545,12 +548,16 @@ impl Calibrate {
                             resid.0 += chunk.raw[k] - g * chunk.template[k];
                             resid.1 += 1;
                         }
-                        None => fit.add(chunk.template[k], chunk.raw[k]),
+                        None => {
+                            xs.push(chunk.template[k]);
+                            ys.push(chunk.raw[k]);
+                        }
                     }
                 } else if !chunk.template[k].is_finite() {
                     n_unseen += 1;
                 }
             }
+            fit.add_batch(&xs, &ys);
             if use_cache {
                 cache.push(std::mem::take(&mut chunk));
             }
