@@ -255,9 +255,9 @@ impl DipoleModel {
     /// velocities) are evaluated exactly every [`VELOCITY_KNOT_SPACING`] samples and at the
     /// chunk's last sample, and interpolated linearly in between; `velocity_at` is called only
     /// there. For a piecewise-linear orbital velocity this differs from [`Self::delta_t`] per
-    /// sample by rounding plus the curvature of `γ(β)` across a knot interval, which is below
-    /// 1e-15 K for orbital speeds of tens of km/s (tested against per-sample evaluation at
-    /// 1e-13 K); `theta` and `phi` must have the same length.
+    /// sample by rounding plus the curvature of the orbit across a knot interval: for 30 km/s
+    /// on a 6.4-day circular orbit sampled at 180 Hz (57× a yearly orbit's curvature) below
+    /// 1e-13 K (tested); `theta` and `phi` must have the same length.
     pub fn delta_t_chunk(
         &self,
         theta: &[f64],
@@ -344,8 +344,8 @@ mod tests {
 
     #[test]
     fn chunk_kernel_matches_per_sample_evaluation() {
-        // A circular orbit at 30 km/s with a period of 200 000 samples (a strongly curved
-        // velocity, far more than a real orbit over a chunk), aberration and quadrupole on.
+        // A circular orbit at 30 km/s with a period of 1e8 samples (6.4 days at 180 Hz: 57×
+        // the curvature of a yearly orbit), aberration and quadrupole on.
         let to_output = quat::from_axis_angle([0.3, -0.2, 1.0], 0.7).unwrap();
         let solar = solar_velocity_galactic_km_s();
         for (aberration, orbital, q) in [(true, true, 0.52), (false, true, 0.0), (true, false, 0.0)]
@@ -353,7 +353,7 @@ mod tests {
             let model =
                 DipoleModel::new(to_output, solar, orbital, aberration, T_CMB).with_quadrupole(q);
             let velocity_at = |k: usize| {
-                let a = k as f64 * std::f64::consts::TAU / 200_000.0;
+                let a = k as f64 * std::f64::consts::TAU / 1e8;
                 [30.0 * a.cos(), 30.0 * a.sin(), 0.5]
             };
             for n in [1usize, 2, 255, 256, 257, 1000, 4097] {

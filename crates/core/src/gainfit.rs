@@ -73,7 +73,7 @@ impl LineFit {
 
     /// Adds the points `(xs[i], ys[i])` in order (lengths must match; checked by assert):
     /// the batch's co-moments about its own means, merged with Chan's update. Equal to
-    /// [`Self::add`] point by point up to rounding (1e-12 relative in the tests), with one
+    /// [`Self::add`] point by point up to rounding (< 1e-10 relative in the tests), with one
     /// division per batch instead of two per point.
     pub fn add_batch(&mut self, xs: &[f64], ys: &[f64]) {
         assert_eq!(xs.len(), ys.len(), "LineFit::add_batch: length mismatch");
@@ -315,7 +315,9 @@ mod tests {
         }
         let (p, q) = (one.solve().unwrap(), batched.solve().unwrap());
         assert_eq!(p.n, q.n);
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+        // A template with a mean 2000× its spread: rounding differs by ≈ 2e-12 relative (the
+        // gain's statistical error here is ≈ 1e-3 relative).
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-10 * a.abs().max(b.abs());
         assert!(close(p.gain, q.gain), "{} {}", p.gain, q.gain);
         assert!(close(p.offset, q.offset), "{} {}", p.offset, q.offset);
         assert!(close(p.sxx, q.sxx) && close(p.gain_error, q.gain_error));
