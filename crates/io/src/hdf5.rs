@@ -816,6 +816,28 @@ mod tests {
     }
 
     #[test]
+    fn numeric_kind_checks_accept_either_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.h5");
+        sample(&path);
+        let r = H5Reader::open(&path).unwrap();
+        let big = r.dataset("big", &[Some(10)]).unwrap();
+        big.require_numeric(false).unwrap();
+        assert_eq!(big.read_rows::<f64>(3..5).unwrap(), [1.0, 2.0]);
+        let e = big.require_numeric(true).unwrap_err().to_string();
+        assert!(
+            e.contains("f.h5") && e.contains("big") && e.contains("integers"),
+            "{e}"
+        );
+        let x = r.dataset("a/b/x", &[Some(3)]).unwrap();
+        x.require_numeric(false).unwrap();
+        let q = r.dataset("a/q", &[Some(2), Some(2)]).unwrap();
+        q.require_numeric(true).unwrap();
+        let e = q.require_numeric(false).unwrap_err().to_string();
+        assert!(e.contains("float32 or float64"), "{e}");
+    }
+
+    #[test]
     fn identical_writes_give_identical_bytes_and_no_partial_files() {
         let dir = tempfile::tempdir().unwrap();
         let (p1, p2) = (dir.path().join("1.h5"), dir.path().join("2.h5"));
