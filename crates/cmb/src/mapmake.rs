@@ -573,6 +573,11 @@ impl Mapmake {
                 Some(_) => {}
             }
             let len = Some(pinfo.len);
+            // Pointing files hold int64 or int32 pixels and float64 or float32 weights.
+            pt.dataset(&format!("{group}/pixels"), &[len])?
+                .require_numeric(true)?;
+            pt.dataset(&format!("{group}/weights"), &[len, Some(3)])?
+                .require_numeric(false)?;
             let mut pixels: Vec<u64> = pt.read_1d(&format!("{group}/pixels"), len)?;
             let weights: Vec<[f64; 3]> = pt.read_2d(&format!("{group}/weights"), len)?;
             let signal: Vec<f64> = cal.read_1d(&format!("{group}/signal"), len)?;

@@ -446,6 +446,25 @@ pub fn read_attitude(r: &H5Reader) -> Result<AttitudeData, CmbError> {
 }
 
 impl AttitudeData {
+    /// The velocity (km/s) at sample `sample` of a clock `t_i = t0 + i / rate`, interpolated
+    /// exactly as [`Self::velocities`] does (binary search for the attitude interval).
+    pub fn velocity_at(&self, t0: f64, rate: f64, sample: u64) -> [f64; 3] {
+        let n = self.times.len();
+        if n == 1 {
+            return self.velocity[0];
+        }
+        let s = sample as f64 / rate;
+        let j = self
+            .times
+            .partition_point(|&t| t - t0 <= s)
+            .saturating_sub(1)
+            .min(n - 2);
+        let (r0, r1) = (self.times[j] - t0, self.times[j + 1] - t0);
+        let u = ((s - r0) / (r1 - r0)).clamp(0.0, 1.0);
+        let (a, b) = (self.velocity[j], self.velocity[j + 1]);
+        [0, 1, 2].map(|c| a[c] + u * (b[c] - a[c]))
+    }
+
     /// Velocities (km/s) linearly interpolated at samples `first .. first + len` of a clock
     /// `t_i = t0 + i / rate` (samples must lie within the attitude span; the ends are clamped).
     pub fn velocities(&self, t0: f64, rate: f64, first: u64, len: usize) -> Vec<[f64; 3]> {
@@ -815,6 +834,9 @@ mod tests {
         assert_eq!(v[6], [2.0, 2.0, 2.0]);
         assert_eq!(v[8], [3.0, 2.0, 1.0]);
         assert_eq!(att.velocities(10.0, 4.0, 5, 2), v[5..7].to_vec());
+        for (k, vk) in v.iter().enumerate() {
+            assert_eq!(att.velocity_at(10.0, 4.0, k as u64), *vk);
+        }
     }
 
     #[test]

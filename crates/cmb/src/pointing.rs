@@ -21,7 +21,7 @@ use skypipe_core::pointing::{
 };
 use skypipe_core::quat::Quat;
 use skypipe_io::Durability;
-use skypipe_io::hdf5::{H5Error, H5Reader, H5Writer};
+use skypipe_io::hdf5::{H5Error, H5OutDataset, H5Reader, H5Writer};
 use skypipe_stage::{
     Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, fingerprint_of,
 };
@@ -92,6 +92,91 @@ pub struct PointingConfig {
     pub angles: bool,
     /// Also write the detector quaternion per sample (default false).
     pub quats: bool,
+    /// `double` (default: pixels int64, weights and angles float64) or `single` (pixels int32
+    /// when `12·nside² < 2³¹`, i.e. nside ≤ 8192, else int64; weights and θ, φ, ψ float32;
+    /// quaternions stay float64): about half the bytes. Readers accept either layout.
+    #[serde(skip_serializing_if = "OutputPrecision::is_double")]
+    pub output_precision: OutputPrecision,
+}
+
+/// The numeric precision of the pointing outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputPrecision {
+    /// Pixels int64, weights and angles float64.
+    #[default]
+    Double,
+    /// Pixels int32 where nside allows, weights and angles float32.
+    Single,
+}
+
+impl OutputPrecision {
+    fn is_double(&self) -> bool {
+        *self == Self::Double
+    }
+}
+
+/// Whether every pixel index of an nside fits an int32 (`12·nside² < 2³¹`).
+pub fn pixels_fit_i32(nside: u64) -> bool {
+    12u128 * u128::from(nside) * u128::from(nside) < 1u128 << 31
+}
+
+/// One pointing output dataset, written in the configured precision.
+enum OutDataset {
+    Double(H5OutDataset),
+    Single(H5OutDataset),
+}
+
+impl OutDataset {
+    fn create_float(
+        w: &H5Writer,
+        name: &str,
+        shape: &[usize],
+        single: bool,
+    ) -> Result<Self, H5Error> {
+        Ok(if single {
+            Self::Single(w.dataset::<f32>(name, shape)?)
+        } else {
+            Self::Double(w.dataset::<f64>(name, shape)?)
+        })
+    }
+
+    fn dataset(&self) -> &H5OutDataset {
+        match self {
+            Self::Double(d) | Self::Single(d) => d,
+        }
+    }
+
+    fn write_f64(&self, start: usize, data: &[f64]) -> Result<(), H5Error> {
+        match self {
+            Self::Double(d) => d.write_rows(start, data),
+            Self::Single(d) => {
+                let narrow: Vec<f32> = data.iter().map(|&v| v as f32).collect();
+                d.write_rows(start, &narrow)
+            }
+        }
+    }
+
+    fn write_f64_3(&self, start: usize, data: &[[f64; 3]]) -> Result<(), H5Error> {
+        match self {
+            Self::Double(d) => d.write_rows_2d(start, data),
+            Self::Single(d) => {
+                let narrow: Vec<[f32; 3]> = data.iter().map(|r| r.map(|v| v as f32)).collect();
+                d.write_rows_2d(start, &narrow)
+            }
+        }
+    }
+
+    fn write_pixels(&self, start: usize, data: &[u64]) -> Result<(), H5Error> {
+        match self {
+            Self::Double(d) => d.write_rows(start, data),
+            Self::Single(d) => {
+                // The grid's pixels are below 12·nside² < 2³¹ (checked before choosing int32).
+                let narrow: Vec<i32> = data.iter().map(|&p| p as i32).collect();
+                d.write_rows(start, &narrow)
+            }
+        }
+    }
 }
 
 impl Default for PointingConfig {
@@ -105,6 +190,7 @@ impl Default for PointingConfig {
             chunk_samples: 65536,
             angles: true,
             quats: false,
+            output_precision: OutputPrecision::Double,
         }
     }
 }
@@ -259,13 +345,20 @@ impl Pointing {
             w.attr_f64(&group, "t0", clock.t0())?;
             w.attr_f64(&group, "rate_hz", clock.rate())?;
             w.attr_f64(&group, "pol_efficiency", det.pol_efficiency)?;
-            let pixels = w.dataset::<u64>(&format!("{group}/pixels"), &[len])?;
-            let weights = w.dataset::<f64>(&format!("{group}/weights"), &[len, 3])?;
-            weights.attr_str("columns", "I,Q,U")?;
+            let single = self.config.output_precision == OutputPrecision::Single;
+            let pixels_name = format!("{group}/pixels");
+            let pixels = if single && pixels_fit_i32(self.grid.nside()) {
+                OutDataset::Single(w.dataset::<i32>(&pixels_name, &[len])?)
+            } else {
+                OutDataset::Double(w.dataset::<u64>(&pixels_name, &[len])?)
+            };
+            let weights =
+                OutDataset::create_float(&w, &format!("{group}/weights"), &[len, 3], single)?;
+            weights.dataset().attr_str("columns", "I,Q,U")?;
             let angles = if self.config.angles {
                 let mk = |n: &str| -> Result<_, H5Error> {
-                    let d = w.dataset::<f64>(&format!("{group}/{n}"), &[len])?;
-                    d.attr_str("units", "rad")?;
+                    let d = OutDataset::create_float(&w, &format!("{group}/{n}"), &[len], single)?;
+                    d.dataset().attr_str("units", "rad")?;
                     Ok(d)
                 };
                 Some((mk("theta")?, mk("phi")?, mk("psi")?))
@@ -286,8 +379,8 @@ impl Pointing {
                     .map_err(|e| {
                         H5Error::invalid(&path, &format!("{group}/signal"), e.to_string())
                     })?;
-                pixels.write_rows(start, &buf.pixels)?;
-                weights.write_rows_2d(start, &buf.weights)?;
+                pixels.write_pixels(start, &buf.pixels)?;
+                weights.write_f64_3(start, &buf.weights)?;
                 if let Some((t, p, s)) = &angles {
                     th.clear();
                     ph.clear();
@@ -298,9 +391,9 @@ impl Pointing {
                         ph.push(b);
                         ps.push(c);
                     }
-                    t.write_rows(start, &th)?;
-                    p.write_rows(start, &ph)?;
-                    s.write_rows(start, &ps)?;
+                    t.write_f64(start, &th)?;
+                    p.write_f64(start, &ph)?;
+                    s.write_f64(start, &ps)?;
                 }
                 if let Some(q) = &quats {
                     q.write_rows_2d(start, &buf.quats)?;

@@ -71,6 +71,50 @@ impl LineFit {
         self.prev_x = Some(x);
     }
 
+    /// Adds the points `(xs[i], ys[i])` in order (lengths must match; checked by assert):
+    /// the batch's co-moments about its own means, merged with Chan's update. Equal to
+    /// [`Self::add`] point by point up to rounding (< 1e-10 relative in the tests), with one
+    /// division per batch instead of two per point.
+    pub fn add_batch(&mut self, xs: &[f64], ys: &[f64]) {
+        assert_eq!(xs.len(), ys.len(), "LineFit::add_batch: length mismatch");
+        let Some(&last) = xs.last() else {
+            return;
+        };
+        let m = xs.len() as f64;
+        let (mut sx, mut sy) = (0.0, 0.0);
+        for (&x, &y) in xs.iter().zip(ys) {
+            sx += x;
+            sy += y;
+        }
+        let (bx, by) = (sx / m, sy / m);
+        let (mut bxx, mut bxy, mut byy, mut dxx) = (0.0, 0.0, 0.0, 0.0);
+        for (&x, &y) in xs.iter().zip(ys) {
+            let (dx, dy) = (x - bx, y - by);
+            bxx += dx * dx;
+            bxy += dx * dy;
+            byy += dy * dy;
+        }
+        for w in xs.windows(2) {
+            dxx += (w[1] - w[0]) * (w[1] - w[0]);
+        }
+        if let Some(p) = self.prev_x {
+            dxx += (xs[0] - p) * (xs[0] - p);
+            self.ndx += 1.0;
+        }
+        self.dxx += dxx;
+        self.ndx += m - 1.0;
+        self.prev_x = Some(last);
+        let n = self.n + m;
+        let (ddx, ddy) = (bx - self.mx, by - self.my);
+        let f = self.n * m / n;
+        self.sxx += bxx + ddx * ddx * f;
+        self.sxy += bxy + ddx * ddy * f;
+        self.syy += byy + ddy * ddy * f;
+        self.mx += ddx * m / n;
+        self.my += ddy * m / n;
+        self.n = n;
+    }
+
     /// Number of points added.
     pub fn len(&self) -> u64 {
         self.n as u64
@@ -250,6 +294,35 @@ mod tests {
     use super::*;
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn batches_equal_points_added_one_by_one() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let xs: Vec<f64> = (0..5000)
+            .map(|k| 1e-3 * (k as f64 * 0.01).sin() + 2.0)
+            .collect();
+        let ys: Vec<f64> = xs
+            .iter()
+            .map(|&x| 3.0 * x - 0.5 + 1e-4 * gauss(&mut rng))
+            .collect();
+        let mut one = LineFit::default();
+        for (&x, &y) in xs.iter().zip(&ys) {
+            one.add(x, y);
+        }
+        let mut batched = LineFit::default();
+        for (a, b) in [(0, 1), (1, 1), (1, 700), (700, 4096), (4096, 5000)] {
+            batched.add_batch(&xs[a..b], &ys[a..b]);
+        }
+        let (p, q) = (one.solve().unwrap(), batched.solve().unwrap());
+        assert_eq!(p.n, q.n);
+        // A template with a mean 2000× its spread: rounding differs by ≈ 2e-12 relative (the
+        // gain's statistical error here is ≈ 1e-3 relative).
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-10 * a.abs().max(b.abs());
+        assert!(close(p.gain, q.gain), "{} {}", p.gain, q.gain);
+        assert!(close(p.offset, q.offset), "{} {}", p.offset, q.offset);
+        assert!(close(p.sxx, q.sxx) && close(p.gain_error, q.gain_error));
+        assert!(close(p.template_period, q.template_period));
+    }
 
     /// A standard normal by Box–Muller.
     fn gauss(r: &mut ChaCha8Rng) -> f64 {

@@ -434,6 +434,38 @@ impl H5Dataset<'_> {
         self.shape.first().copied().unwrap_or(1)
     }
 
+    /// Checks that the stored elements are floating point (`integer = false`, float32 or
+    /// float64) or integers (`integer = true`, any width and sign): reads convert either width
+    /// to the requested type, so a reader accepts both layouts after this check.
+    pub fn require_numeric(&self, integer: bool) -> Result<(), H5Error> {
+        let desc = self
+            .ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(|e| self.read_err(e))?;
+        let ok = match desc {
+            TypeDescriptor::Float(_) => !integer,
+            TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) => integer,
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(H5Error::invalid(
+                self.path,
+                &self.name,
+                format!(
+                    "stored as {desc:?}, expected {}",
+                    if integer {
+                        "integers"
+                    } else {
+                        "float32 or float64"
+                    }
+                ),
+            ))
+        }
+    }
+
     fn read_err(&self, source: h5::Error) -> H5Error {
         H5Error::Read {
             path: self.path.to_path_buf(),
@@ -818,6 +850,28 @@ mod tests {
         let e = r.attr_f64("a/b", "v").unwrap_err().to_string();
         assert!(e.contains("'a/b@v' has shape [3]"), "{e}");
         assert!(r.attr_str("a", "rate_hz").is_err());
+    }
+
+    #[test]
+    fn numeric_kind_checks_accept_either_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.h5");
+        sample(&path);
+        let r = H5Reader::open(&path).unwrap();
+        let big = r.dataset("big", &[Some(10)]).unwrap();
+        big.require_numeric(false).unwrap();
+        assert_eq!(big.read_rows::<f64>(3..5).unwrap(), [1.0, 2.0]);
+        let e = big.require_numeric(true).unwrap_err().to_string();
+        assert!(
+            e.contains("f.h5") && e.contains("big") && e.contains("integers"),
+            "{e}"
+        );
+        let x = r.dataset("a/b/x", &[Some(3)]).unwrap();
+        x.require_numeric(false).unwrap();
+        let q = r.dataset("a/q", &[Some(2), Some(2)]).unwrap();
+        q.require_numeric(true).unwrap();
+        let e = q.require_numeric(false).unwrap_err().to_string();
+        assert!(e.contains("float32 or float64"), "{e}");
     }
 
     #[test]
