@@ -342,3 +342,63 @@ fn an_input_that_nothing_produces_is_refused_before_any_unit_runs() {
     assert_eq!(code(&out.status), 1, "{}", text(&out));
     assert!(text(&out).contains("calibrate[obs=0005] reads"));
 }
+
+#[test]
+fn a_second_calibration_pass_uses_the_first_map_in_the_same_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), SIM);
+    let run_dir = tmp.path().join("run");
+    let obs = format!("observations = \"{}\"", list.display());
+    let map = run_dir.join("mapmake/map_binned.fits");
+    let tables = [
+        ("pointing", format!("{obs}\n{POINTING}")),
+        ("calibrate", obs.clone()),
+        (
+            "mapmake",
+            format!("{obs}\ncomponents = \"i\"\ndestripe = false\nquicklook_width = 200"),
+        ),
+        (
+            "calibrate2",
+            format!(
+                "{obs}\nsky_model = \"{}\"\noutput_dir = \"{}\"",
+                map.display(),
+                run_dir.join("calibrate2").display()
+            ),
+        ),
+        (
+            "mapmake2",
+            format!(
+                "{obs}\ncalibrated_dir = \"{}\"\nout_dir = \"{}\"\ndestripe = false\nquicklook_width = 200",
+                run_dir.join("calibrate2").display(),
+                run_dir.join("mapmake2").display()
+            ),
+        ),
+    ];
+    let mut cfg = std::fs::read_to_string(chain_config(tmp.path(), "chain.toml", &tables)).unwrap();
+    cfg = cfg.replace(
+        "[chain]\n",
+        "[chain]\nkinds = { calibrate2 = \"calibrate\", mapmake2 = \"mapmake\" }\n",
+    );
+    let cfg_path = tmp.path().join("iterate.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let out = run_chain(&s(&cfg_path), &run_dir, 2, &[]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let seq_of = |stage: &str, unit: &str| {
+        ledger(&run_dir, stage)
+            .into_iter()
+            .find(|r| r["unit"] == unit && r["outcome"] == "done")
+            .and_then(|r| r["seq"].as_u64())
+            .unwrap_or_else(|| panic!("{stage}[{unit}] not done"))
+    };
+    let first_map = seq_of("mapmake", "map=full");
+    for o in 0..6 {
+        let unit = format!("obs={o:04}");
+        assert!(
+            seq_of("calibrate2", &unit) > first_map,
+            "{unit} waited for the map"
+        );
+        assert!(seq_of("mapmake2", &unit) > seq_of("calibrate2", &unit));
+    }
+    assert!(run_dir.join("mapmake2/map_binned.fits").is_file());
+    assert_eq!(files(&run_dir.join("calibrate2")).len(), 6);
+}

@@ -25,10 +25,10 @@
 //! (`[pointing] output_precision`) are read; the stored types are checked when opening.
 
 use crate::model::{
-    AttitudeData, CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_OBSERVATION,
-    DATASET_POINTING, DetectorSpec, FLAG_NONFINITE, FocalPlane, Frame, GainTable, ObsUnit,
-    ObservationList, SkyMap, TimestreamInfo, parse_ordering, read_attitude, stage_file,
-    timestream_info,
+    AttitudeData, CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_MAP,
+    DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec, FLAG_NONFINITE, FocalPlane, Frame,
+    GainTable, ObsUnit, ObservationList, SkyMap, TimestreamInfo, parse_ordering, read_attitude,
+    stage_file, timestream_info,
 };
 use crate::pointing::{durability, plan_list};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,7 @@ use skypipe_stage::{
     fingerprint_of,
 };
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Where gains come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,7 +180,9 @@ pub struct Calibrate {
     list: ObservationList,
     focal_plane: FocalPlane,
     table: Option<GainTable>,
-    sky: Option<SkyMap>,
+    /// The sky model, read by the first unit that needs it: in a chain it is the map an
+    /// earlier stage writes (declared as an input, so those units run after it).
+    sky: OnceLock<Result<SkyMap, String>>,
     solar: SolarVelocity,
     /// `q(ν) − 1` per detector (focal-plane order), 0 without the quadrupole.
     quadrupole: Vec<f64>,
@@ -243,7 +246,8 @@ struct DetectorGain {
 }
 
 impl Calibrate {
-    /// Checks the configuration and reads the list, focal plane, gain table and sky model.
+    /// Checks the configuration and reads the list, focal plane and gain table (the sky model
+    /// is read by the first unit that needs it).
     pub fn new(config: CalibrateConfig) -> Result<Self, String> {
         if config.chunk_samples == 0 {
             return Err("calibrate.chunk_samples must be at least 1".into());
@@ -258,10 +262,6 @@ impl Calibrate {
                 return Err("calibrate.gains = \"table\" needs calibrate.gain_table".into());
             }
             (GainMode::Fit, _) => None,
-        };
-        let sky = match &config.sky_model {
-            Some(p) => Some(SkyMap::load(p).map_err(|e| e.to_string())?),
-            None => None,
         };
         let list = ObservationList::load(&config.observations).map_err(|e| e.to_string())?;
         let focal_plane = FocalPlane::read(&list.focal_plane).map_err(|e| e.to_string())?;
@@ -283,7 +283,7 @@ impl Calibrate {
             list,
             focal_plane,
             table,
-            sky,
+            sky: OnceLock::new(),
             solar,
             quadrupole,
         })
@@ -310,6 +310,23 @@ impl Calibrate {
         stage_file(self.config.output_dir.as_deref(), run_dir, "calibrate", obs)
     }
 
+    /// The sky model, if configured, read once by the first unit that needs it.
+    fn sky_model(&self) -> Result<Option<&SkyMap>, CmbError> {
+        let Some(path) = &self.config.sky_model else {
+            return Ok(None);
+        };
+        match self
+            .sky
+            .get_or_init(|| SkyMap::load(path).map_err(|e| e.to_string()))
+        {
+            Ok(map) => Ok(Some(map)),
+            Err(message) => Err(CmbError::SkyModel {
+                path: path.clone(),
+                message: message.clone(),
+            }),
+        }
+    }
+
     /// Opens and validates an observation and its pointing (attitude, frames, the sky model's
     /// grid) and builds the dipole model in the pointing's frame.
     fn open_observation(&self, obs: u32, pointing: &Path) -> Result<OpenObservation, CmbError> {
@@ -326,7 +343,7 @@ impl Calibrate {
             .ok_or_else(|| H5Error::invalid(&pt_path, "@frame", format!("unknown frame '{fr}'")))?;
         let aberration = pt.attr_i64("", "aberration")? != 0;
         let mut grid = None;
-        if let Some(sky) = &self.sky {
+        if let Some(sky) = self.sky_model()? {
             let nside = pt.attr_i64("", "nside")?;
             let ord = parse_ordering(&pt.attr_str("", "ordering")?);
             let Some(ordering) = ord.filter(|_| nside == sky.nside as i64 && pt_frame == sky.frame)
@@ -422,7 +439,7 @@ impl Calibrate {
             let phi = pt.dataset(&format!("{group}/phi"), &[len])?;
             theta.require_numeric(false)?;
             phi.require_numeric(false)?;
-            let sky = if self.sky.is_some() {
+            let sky = if self.config.sky_model.is_some() {
                 let pixels = pt.dataset(&format!("{group}/pixels"), &[len])?;
                 let weights = pt.dataset(&format!("{group}/weights"), &[len, Some(3)])?;
                 pixels.require_numeric(true)?;
@@ -481,7 +498,8 @@ impl Calibrate {
             &mut chunk.dipole,
         );
         chunk.template.clone_from(&chunk.dipole);
-        if let (Some((pix_ds, w_ds)), Some(sky), Some(grid)) = (&inputs.sky, &self.sky, &open.grid)
+        if let (Some((pix_ds, w_ds)), Some(sky), Some(grid)) =
+            (&inputs.sky, self.sky_model()?, &open.grid)
         {
             let pixels: Vec<u64> = pix_ds.read_rows(range.clone())?;
             let weights: Vec<[f64; 3]> = w_ds.read_rows_2d(range)?;
@@ -743,7 +761,7 @@ impl Calibrate {
                 e.noise_rms / gain.abs() * 1e6,
                 e.total / gain.abs(),
                 e.total / e.white,
-                if self.sky.is_some() {
+                if self.config.sky_model.is_some() {
                     " (the sky model does not match this detector's sky)"
                 } else {
                     ": set calibrate.sky_model for a correct gain"
@@ -818,6 +836,9 @@ impl Stage for Calibrate {
         let mut c = Connections::new();
         if let Some(entry) = self.list.entry(unit.obs) {
             c = c.prerequisite(DATASET_OBSERVATION, &entry.file);
+        }
+        if let Some(sky) = &self.config.sky_model {
+            c = c.input(DATASET_MAP, sky);
         }
         c.input(DATASET_POINTING, self.pointing_path(run_dir, unit.obs))
             .output(DATASET_CALIBRATED, self.output_path(run_dir, unit.obs))

@@ -48,6 +48,14 @@ pub enum CmbError {
         /// What is wrong.
         message: String,
     },
+    /// The sky model could not be read (it is read once, by the first unit that needs it).
+    #[error("{path}: sky model: {message}")]
+    SkyModel {
+        /// The sky model file.
+        path: PathBuf,
+        /// Why it could not be read.
+        message: String,
+    },
 }
 
 impl CmbError {
