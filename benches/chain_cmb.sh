@@ -70,21 +70,26 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 print(sum(x["busy_s"] for x in r["per_rank"]), r["makespan_s"])' "$1"; }
 
+now() { date +%s.%N; }
 echo "== three jobs"
 busy=0; span=0
+t0=$(now)
 for stage in pointing calibrate mapmake; do
     mpi "$BIN/skypipe-$stage" --config "$WORK/${stage:0:1}.toml" --run-dir "$WORK/separate" >/dev/null 2>"$WORK/$stage.log"
     read -r b m < <(figures "$WORK/separate/run-report.json")
     echo "$stage: makespan ${m} s, busy ${b} s"
     busy=$(echo "$busy + $b" | bc -l); span=$(echo "$span + $m" | bc -l)
 done
+sep_wall=$(echo "$(now) - $t0" | bc -l)
 sep_util=$(echo "$busy / ($RANKS * $span)" | bc -l)
 
 echo "== one chain job"
+t0=$(now)
 mpi "$BIN/skypipe-run" --config "$WORK/chain.toml" --run-dir "$WORK/chain" >/dev/null 2>"$WORK/chain.log"
+chain_wall=$(echo "$(now) - $t0" | bc -l)
 read -r cb cm < <(figures "$WORK/chain/run-report.json")
 chain_util=$(echo "$cb / ($RANKS * $cm)" | bc -l)
 
-printf '\n| run | ranks | makespan (s) | busy (s) | utilisation |\n|---|---|---|---|---|\n'
-printf '| three jobs | %d | %.2f | %.2f | %.3f |\n' "$RANKS" "$span" "$busy" "$sep_util"
-printf '| one chain job | %d | %.2f | %.2f | %.3f |\n' "$RANKS" "$cm" "$cb" "$chain_util"
+printf '\n| run | ranks | makespan (s) | busy (s) | utilisation | wall incl. start-up (s) |\n|---|---|---|---|---|---|\n'
+printf '| three jobs | %d | %.2f | %.2f | %.3f | %.2f |\n' "$RANKS" "$span" "$busy" "$sep_util" "$sep_wall"
+printf '| one chain job | %d | %.2f | %.2f | %.3f | %.2f |\n' "$RANKS" "$cm" "$cb" "$chain_util" "$chain_wall"
