@@ -589,3 +589,29 @@ print('ok', ratio, err)
     assert!(out.starts_with("ok"), "{out}");
     eprintln!("single vs double precision: {out}");
 }
+
+#[test]
+fn an_observation_list_renumbering_a_file_is_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(
+        tmp.path(),
+        "observations = 2\nobs_duration_s = 20.0\ndetector_pairs = 1\n",
+    );
+    // The list swaps the two files' numbers: each unit still runs under the list's number,
+    // and the file is named with the number it carries.
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&list).unwrap()).unwrap();
+    json["observations"][0]["obs"] = 1.into();
+    json["observations"][1]["obs"] = 0.into();
+    let swapped = list.with_file_name("swapped.json");
+    std::fs::write(&swapped, json.to_string()).unwrap();
+    let cfg = stage_config(tmp.path(), "p.toml", "pointing", POINTING);
+    let out = run_stage("pointing", &cfg, &swapped, &tmp.path().join("run"), 0, &[]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("obs=0000.h5: @obs is 0 but the observation list names it obs=0001"),
+        "{all}"
+    );
+    assert!(tmp.path().join("run/pointing/obs=0001.h5").is_file());
+}

@@ -395,4 +395,10 @@ fn follow_mode_takes_unit_lists_until_stopped_and_rejects_a_malformed_one() {
     let rep = report(&run_dir);
     assert_eq!(rep["rejected_lists"].as_array().unwrap().len(), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("rejected unit list"));
+    // The manifest counts the units of the lists too (skypipe-status: 60 planned, 0 pending).
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run_dir.join("ledger/loadtest.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["planned_units"], 60);
 }

@@ -28,7 +28,7 @@ use crate::model::{
     AttitudeData, CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_MAP,
     DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec, FLAG_NONFINITE, FocalPlane, Frame,
     GainTable, ObsUnit, ObservationList, SkyMap, TimestreamInfo, parse_ordering, read_attitude,
-    stage_file, timestream_info,
+    stage_file, timestream_info, warn_if_obs_differs,
 };
 use crate::pointing::{durability, plan_list};
 use serde::{Deserialize, Serialize};
@@ -335,6 +335,7 @@ impl Calibrate {
             message: format!("no observation {obs}"),
         })?;
         let raw = H5Reader::open(&entry.file)?;
+        warn_if_obs_differs(&raw, obs);
         let att = read_attitude(&raw)?;
         let pt = H5Reader::open(pointing)?;
         let pt_path = pt.path().to_path_buf();

@@ -111,6 +111,20 @@ pub fn stage_file(dir: Option<&Path>, run_dir: &Path, stage: &str, obs: u32) -> 
         .join(obs_file_name(obs))
 }
 
+/// Warns when an observation file's own `@obs` differs from the number the list gives it. The
+/// list's number names the unit and its outputs (a merged or renumbered list is legal), but a
+/// mismatch is more often a copy error, so it is said.
+pub fn warn_if_obs_differs(raw: &H5Reader, obs: u32) {
+    if let Ok(found) = raw.attr_i64("", "obs")
+        && found != i64::from(obs)
+    {
+        tracing::warn!(
+            "{}: @obs is {found} but the observation list names it obs={obs:04}; the list's number is used",
+            raw.path().display()
+        );
+    }
+}
+
 /// One entry of the observation list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObservationEntry {

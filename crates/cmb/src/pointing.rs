@@ -10,7 +10,7 @@
 use crate::model::{
     AttitudeData, CmbError, DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec, FocalPlane, Frame,
     ObsUnit, ObservationList, POINTING_FORMAT, obs_file_name, ordering_name, read_attitude,
-    timestream_info,
+    timestream_info, warn_if_obs_differs,
 };
 use serde::{Deserialize, Serialize};
 use skypipe_core::aberration::Beta;
@@ -305,6 +305,7 @@ impl Pointing {
             message: format!("no observation {obs}"),
         })?;
         let r = H5Reader::open(&entry.file)?;
+        warn_if_obs_differs(&r, obs);
         let path = r.path().to_path_buf();
         let data = read_attitude(&r)?;
         let attitude = Attitude::new(&data.times, &data.quats)

@@ -371,18 +371,27 @@ impl Dispatcher<'_> {
         let Some(mut follow) = self.follow.take() else {
             return;
         };
+        let mut added = false;
         for path in follow.scan() {
             match self
                 .state
                 .add_list(&path, self.setup.run_dir, self.max_ranks)
             {
-                Ok(to_run) => tracing::info!(
-                    "{}: took {to_run} new units from {}",
-                    self.state.stages.run_name(),
-                    path.display()
-                ),
+                Ok(to_run) => {
+                    added = true;
+                    tracing::info!(
+                        "{}: took {to_run} new units from {}",
+                        self.state.stages.run_name(),
+                        path.display()
+                    );
+                }
                 Err(reason) => follow.reject(&path, reason),
             }
+        }
+        // The manifest counts every planned unit, those of unit lists included, so that
+        // `skypipe-status` sees how many are pending.
+        if added && let Err(e) = self.state.write_manifests() {
+            tracing::warn!("cannot update the manifest: {e}");
         }
         self.follow = Some(follow);
         self.check_ledger();
