@@ -38,6 +38,8 @@ pub(crate) struct RunSetup<'a> {
     pub started: Instant,
     /// The command that retries failures.
     pub retry_command: String,
+    /// The command as given (it resumes an interrupted run).
+    pub resume_command: String,
     /// Memory isolation of units, when configured.
     pub isolation: Option<std::sync::Arc<crate::isolation::Isolation>>,
     /// `--follow DIR`.
@@ -518,7 +520,7 @@ pub(crate) fn dispatcher(
         stages.run_name(),
         state.plan.units.len(),
         selection.skipped_done,
-        selection.skipped_failed.len(),
+        selection.failed_earlier,
         if setup.retry_failed {
             " (retried)"
         } else {
@@ -660,6 +662,7 @@ pub(crate) fn dispatcher(
             makespan_s,
             rank_stats: Vec::new(),
             retry_command: setup.retry_command.clone(),
+            resume_command: setup.resume_command.clone(),
         };
         if abandoned {
             // Units still running past the grace period: record what we have and leave

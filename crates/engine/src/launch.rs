@@ -115,13 +115,19 @@ pub fn init_logging() {
 
 /// The command line that reruns this run and retries its failed units.
 fn retry_command() -> String {
+    command_line(true)
+}
+
+/// This process's command line, quoted for a shell, the binary by its name; with `retry`,
+/// `--retry-failed` added if missing.
+fn command_line(retry: bool) -> String {
     let mut args: Vec<String> = std::env::args().collect();
     if let Some(first) = args.first_mut()
         && let Some(name) = Path::new(first.as_str()).file_name()
     {
         *first = name.to_string_lossy().into_owned();
     }
-    if !args.iter().any(|a| a == "--retry-failed") {
+    if retry && !args.iter().any(|a| a == "--retry-failed") {
         args.push("--retry-failed".into());
     }
     args.iter()
@@ -264,6 +270,7 @@ pub fn launch_stages(stages: &StageSet<'_>, run: &RunOptions, args: &EngineArgs)
         allow_config_change: args.allow_config_change,
         started,
         retry_command: retry_command(),
+        resume_command: command_line(false),
         isolation,
         follow: args.follow.clone(),
     };

@@ -269,21 +269,26 @@ impl Plan {
                         Some(true)
                     }
                     Some(r) if !retry_failed => {
+                        selection.failed_earlier += 1;
                         let mut result = UnitResult::from(r);
                         result.unit = self.label(set, i);
                         selection.skipped_failed.push(result);
                         Some(false)
                     }
-                    _ => match self.missing_inputs.get(&i) {
-                        Some((kind, reason)) => {
-                            selection.missing.push((i, *kind, reason.clone()));
-                            Some(false)
+                    earlier => {
+                        // A failure recorded earlier, retried now (or no record at all).
+                        selection.failed_earlier += usize::from(earlier.is_some());
+                        match self.missing_inputs.get(&i) {
+                            Some((kind, reason)) => {
+                                selection.missing.push((i, *kind, reason.clone()));
+                                Some(false)
+                            }
+                            None => {
+                                selection.to_run += 1;
+                                None
+                            }
                         }
-                        None => {
-                            selection.to_run += 1;
-                            None
-                        }
-                    },
+                    }
                 };
                 let mut after = self.after[i].clone();
                 after.extend_from_slice(&self.needs[i]);
@@ -309,6 +314,8 @@ pub(crate) struct Selection {
     pub skipped_done: usize,
     /// Units recorded failed earlier and not retried now.
     pub skipped_failed: Vec<UnitResult>,
+    /// Units recorded failed earlier, retried now or not.
+    pub failed_earlier: usize,
     /// Units failed now, before running, because an input file is missing: how and why.
     pub missing: Vec<(usize, OutcomeKind, String)>,
 }
@@ -507,9 +514,14 @@ mod tests {
             (s.skipped_done, s.skipped_failed.len(), s.to_run),
             (2, 1, 1)
         );
+        assert_eq!(s.failed_earlier, 1);
         let (specs, s) = plan.node_specs(&set, &[0, 1, 2, 3], &prev, true);
         assert_eq!(specs[2].prior, None);
         assert_eq!(s.to_run, 2);
+        assert_eq!(
+            s.failed_earlier, 1,
+            "retried, still counted as failed earlier"
+        );
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct RunSummary {
     pub rank_stats: Vec<RankStats>,
     /// The command that resumes this run and retries its failures.
     pub retry_command: String,
+    /// The command as given, which resumes an interrupted run.
+    pub resume_command: String,
 }
 
 impl RunSummary {
@@ -168,7 +170,11 @@ impl RunSummary {
             per_rank: ranks,
             slowest,
             failures: self.failures().collect(),
-            retry_command: &self.retry_command,
+            retry_command: if self.interrupted {
+                &self.resume_command
+            } else {
+                &self.retry_command
+            },
             stages: self.stage_reports(),
         }
     }
@@ -249,7 +255,7 @@ impl RunSummary {
         if self.interrupted {
             out.push_str(&format!(
                 "interrupted: rerun the same command to resume: {}\n",
-                self.retry_command.replace(" --retry-failed", "")
+                self.resume_command
             ));
         } else if !failures.is_empty() {
             out.push_str(&format!(
@@ -317,7 +323,8 @@ pub struct RunReport<'a> {
     pub slowest: Vec<&'a UnitResult>,
     /// Every failed unit with its reason.
     pub failures: Vec<&'a UnitResult>,
-    /// Command that resumes the run and retries failures.
+    /// Command that resumes the run and retries failures (for an interrupted run, the command
+    /// as given: it resumes).
     pub retry_command: &'a str,
     /// Per stage instance: what its units did in this invocation.
     pub stages: Vec<StageReport>,
@@ -389,6 +396,7 @@ mod tests {
                 },
             ],
             retry_command: "skypipe-demo --retry-failed".into(),
+            resume_command: "skypipe-demo".into(),
         }
     }
 
@@ -430,5 +438,14 @@ mod tests {
         let text = s.text();
         assert!(text.contains("a=2 [bad-input] broken"), "{text}");
         assert!(text.contains("--retry-failed"), "{text}");
+        assert_eq!(r.retry_command, "skypipe-demo --retry-failed");
+        // An interrupted run is resumed by the same command, in the report as on the console.
+        let stopped = summary(vec![unit("a=2", OutcomeKind::BadInput, 1.5)], true);
+        assert_eq!(stopped.report().retry_command, "skypipe-demo");
+        assert!(
+            stopped.text().contains("resume: skypipe-demo\n"),
+            "{}",
+            stopped.text()
+        );
     }
 }

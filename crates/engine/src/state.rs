@@ -406,6 +406,7 @@ impl<'a> RunState<'a> {
                 self.settle(first);
                 self.selection.to_run += selection.to_run;
                 self.selection.skipped_done += selection.skipped_done;
+                self.selection.failed_earlier += selection.failed_earlier;
                 self.selection
                     .skipped_failed
                     .append(&mut selection.skipped_failed);

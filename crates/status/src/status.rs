@@ -260,10 +260,17 @@ fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) 
     let last_exit_code = own_report
         .filter(|r| Some(r.invocation) == invocation)
         .and_then(|r| r.exit_code);
-    let retry_command = own_report.and_then(|r| r.retry_command.clone());
-    let resume_command = retry_command
-        .as_ref()
-        .map(|c| c.replace(" --retry-failed", ""));
+    // An interrupted run's report carries the command that resumes it; a finished one's the
+    // command that retries its failures.
+    let reported = own_report.and_then(|r| r.retry_command.clone());
+    let resume_command = reported.as_ref().map(|c| c.replace(" --retry-failed", ""));
+    let retry_command = reported.map(|c| {
+        if c.contains("--retry-failed") {
+            c
+        } else {
+            format!("{c} --retry-failed")
+        }
+    });
 
     StageStatus {
         stage: stage.to_string(),
