@@ -46,6 +46,8 @@ mod report;
 mod signals;
 mod stages;
 mod state;
+#[cfg(test)]
+mod testutil;
 
 pub use chain::{ChainFile, ChainMember};
 pub use follow::{STOP_FILE, UNIT_LIST_FORMAT};

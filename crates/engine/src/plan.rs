@@ -341,18 +341,8 @@ pub(crate) fn plan_stages(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::{Deserialize, Serialize};
-    use skypipe_stage::{
-        Outcome, OutcomeKind, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, WorkUnit,
-    };
-
-    #[derive(Clone, Serialize, Deserialize)]
-    struct U(u32);
-    impl WorkUnit for U {
-        fn id(&self) -> UnitId {
-            UnitId::new().with("u", self.0)
-        }
-    }
+    use crate::testutil::{Files, U};
+    use skypipe_stage::{OutcomeKind, PlannedUnit, WorkUnit};
 
     fn id(i: u32) -> UnitId {
         U(i).id()
@@ -373,34 +363,6 @@ mod tests {
                 },
             })
             .collect()
-    }
-
-    /// A stage whose unit `u=i` reads `in/i` and writes `out/i`, under a directory.
-    struct Files {
-        name: &'static str,
-        reads: &'static str,
-        writes: &'static str,
-        units: u32,
-    }
-    impl Stage for Files {
-        type Unit = U;
-        fn name(&self) -> &'static str {
-            self.name
-        }
-        fn config_fingerprint(&self) -> String {
-            String::new()
-        }
-        fn plan(&self) -> Result<Vec<PlannedUnit<U>>, PlanError> {
-            Ok((0..self.units).map(|i| PlannedUnit::new(U(i))).collect())
-        }
-        fn run(&self, _: &U, _: &UnitContext) -> Result<Outcome, UnitFailure> {
-            Ok(Outcome::Done)
-        }
-        fn connections(&self, u: &U, run_dir: &std::path::Path) -> Connections {
-            Connections::new()
-                .input(self.reads, run_dir.join(self.reads).join(u.0.to_string()))
-                .output(self.writes, run_dir.join(self.writes).join(u.0.to_string()))
-        }
     }
 
     fn rec(unit: &str, outcome: OutcomeKind) -> LedgerRecord {
@@ -490,12 +452,7 @@ mod tests {
             false,
         )
         .unwrap();
-        let one = Files {
-            name: "s",
-            reads: "a",
-            writes: "b",
-            units: 0,
-        };
+        let one = Files::new("s", Some("a"), "b", 0);
         let set = StageSet::single(&one);
         let prev: HashMap<String, LedgerRecord> = [
             ("u=0".to_string(), rec("u=0", OutcomeKind::Done)),
@@ -531,18 +488,8 @@ mod tests {
         // raw/0 exists, raw/1 and raw/2 do not.
         std::fs::create_dir_all(run.join("raw")).unwrap();
         std::fs::write(run.join("raw/0"), b"").unwrap();
-        let first = Files {
-            name: "first",
-            reads: "raw",
-            writes: "mid",
-            units: 3,
-        };
-        let second = Files {
-            name: "second",
-            reads: "mid",
-            writes: "end",
-            units: 3,
-        };
+        let first = Files::new("first", Some("raw"), "mid", 3);
+        let second = Files::new("second", Some("mid"), "end", 3);
         let set = StageSet::new()
             .with("first", &first)
             .with("second", &second);
@@ -572,12 +519,7 @@ mod tests {
 
         // A chain whose second stage reads files of a type the chain produces, but of units
         // that are not planned: refused before anything runs, naming the unit and the file.
-        let third = Files {
-            name: "third",
-            reads: "mid",
-            writes: "other",
-            units: 4,
-        };
+        let third = Files::new("third", Some("mid"), "other", 4);
         let set = StageSet::new().with("first", &first).with("third", &third);
         let err = plan_stages(&set, run, 1).err().unwrap();
         assert!(err.contains("third[u=3] reads"), "{err}");

@@ -495,56 +495,9 @@ impl<'a> RunState<'a> {
 mod tests {
     use super::*;
     use crate::plan::plan_stages;
-    use serde::{Deserialize, Serialize};
-    use skypipe_stage::{
-        Connections, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId, WorkUnit,
-    };
+    use crate::testutil::Files;
+    use skypipe_stage::UnitFailure;
     use std::time::Duration;
-
-    #[derive(Clone, Serialize, Deserialize)]
-    struct U(u32);
-    impl WorkUnit for U {
-        fn id(&self) -> UnitId {
-            UnitId::new().with("u", self.0)
-        }
-    }
-
-    /// `units` units; unit `u=i` reads `reads/i` (if any) and writes `writes/i`; with
-    /// `wide`, one more unit `u=99` on two ranks.
-    struct Files {
-        reads: Option<&'static str>,
-        writes: &'static str,
-        units: u32,
-        wide: bool,
-    }
-    impl Stage for Files {
-        type Unit = U;
-        fn name(&self) -> &'static str {
-            "files"
-        }
-        fn config_fingerprint(&self) -> String {
-            "fp".into()
-        }
-        fn plan(&self) -> Result<Vec<PlannedUnit<U>>, PlanError> {
-            let mut plan: Vec<PlannedUnit<U>> =
-                (0..self.units).map(|i| PlannedUnit::new(U(i))).collect();
-            if self.wide {
-                plan.push(PlannedUnit::new(U(99)).on_ranks(2));
-            }
-            Ok(plan)
-        }
-        fn run(&self, _: &U, _: &UnitContext) -> Result<Outcome, UnitFailure> {
-            Ok(Outcome::Done)
-        }
-        fn connections(&self, u: &U, run_dir: &Path) -> Connections {
-            let c = Connections::new()
-                .output(self.writes, run_dir.join(self.writes).join(u.0.to_string()));
-            match self.reads {
-                Some(r) => c.input(r, run_dir.join(r).join(u.0.to_string())),
-                None => c,
-            }
-        }
-    }
 
     fn state<'a>(stages: &'a StageSet<'a>, dir: &Path, max_retries: u32) -> RunState<'a> {
         let plan = plan_stages(stages, dir, 2).unwrap();
@@ -593,12 +546,14 @@ mod tests {
     fn a_failure_fails_only_its_readers_and_records_share_one_sequence() {
         let dir = tempfile::tempdir().unwrap();
         let first = Files {
+            name: "files",
             reads: None,
             writes: "mid",
             units: 2,
             wide: false,
         };
         let second = Files {
+            name: "files",
             reads: Some("mid"),
             writes: "end",
             units: 2,
@@ -647,6 +602,7 @@ mod tests {
     fn transient_failures_are_retried_and_kept_in_the_final_record() {
         let dir = tempfile::tempdir().unwrap();
         let only = Files {
+            name: "files",
             reads: None,
             writes: "out",
             units: 1,
@@ -673,6 +629,7 @@ mod tests {
     fn a_multi_rank_unit_is_recorded_once_over_its_ranks() {
         let dir = tempfile::tempdir().unwrap();
         let only = Files {
+            name: "files",
             reads: None,
             writes: "out",
             units: 0,
