@@ -76,6 +76,11 @@ impl Collectives for MpiCollectives {
             })
             .collect();
         let total: i32 = lengths.iter().sum();
+        if total == 0 {
+            // Every rank knows the total: skipping the zero-byte Allgatherv together is safe,
+            // and avoids MPI implementations that abort on an all-empty exchange.
+            return vec![Vec::new(); size];
+        }
         let mut buffer = vec![0_u8; total as usize];
         {
             let mut partition =

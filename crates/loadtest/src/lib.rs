@@ -346,6 +346,7 @@ impl Loadtest {
         let mut counts = [1_u64 << c.rank()];
         c.all_reduce_sum_u64(&mut counts);
         let members = c.all_gather_bytes(&(c.rank() as u32).to_le_bytes());
+        let nothing = c.all_gather_bytes(&[]);
         let mut greeting = if c.rank() == 0 {
             b"from rank 0".to_vec()
         } else {
@@ -356,6 +357,7 @@ impl Loadtest {
             .map(|r| r.to_le_bytes().to_vec())
             .collect();
         if members != expected_members
+            || nothing != vec![Vec::<u8>::new(); ranks]
             || greeting != b"from rank 0"
             || counts[0] != (1_u64 << ranks) - 1
         {
