@@ -44,9 +44,11 @@
 //! ```
 
 mod registry;
+pub mod skymap;
 pub mod sphere;
 
 pub use registry::{
     Calibration, CcdRecord, CcdStatus, RecordError, Registry, RegistryError, SCHEMA_VERSION,
 };
+pub use skymap::{PatchId, SkyMap, SkyMapConfig, SkyMapError, Tract};
 pub use sphere::{Box3, ConvexPolygon, GeometryError, PointError, SkyPoint, Vec3};
