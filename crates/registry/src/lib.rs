@@ -43,10 +43,12 @@
 //! # Ok(()) }
 //! ```
 
+mod products;
 mod registry;
 pub mod skymap;
 pub mod sphere;
 
+pub use products::{CcdFit, CoaddRecord, MosaicWcs, MultibandRecord, WarpRecord};
 pub use registry::{
     Calibration, CcdRecord, CcdStatus, RecordError, Registry, RegistryError, SCHEMA_VERSION,
 };

@@ -88,6 +88,10 @@ pub enum SkyMapError {
         /// The patch size given.
         patch_size: u32,
     },
+    /// A tract id that the sky map does not have (a stored tract row that does not match the
+    /// stored configuration).
+    #[error("tract {0} is not in the sky map")]
+    UnknownTract(i64),
     /// A tract would have more pixels on a side than the grid can index.
     #[error("a tract would be {pixels:.3e} pixels across, more than {MAX_TRACT_PIXELS:e}")]
     TractTooLarge {
