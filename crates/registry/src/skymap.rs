@@ -122,7 +122,7 @@ impl SkyMapConfig {
         let h = 180.0 / f64::from(self.rings + 1);
         let pixels =
             2.0 * h.to_radians().tan().abs().max(h.to_radians()) * 206_264.806 / self.pixel_scale;
-        if !(pixels < MAX_TRACT_PIXELS) {
+        if pixels.is_nan() || pixels >= MAX_TRACT_PIXELS {
             return Err(SkyMapError::TractTooLarge { pixels });
         }
         Ok(())
@@ -268,7 +268,7 @@ impl Tract {
         let p = f64::from(self.patch_size);
         let (i, j) = ((x / p).floor(), (y / p).floor());
         let inside = |k: f64, n: u32| k >= 0.0 && k < f64::from(n);
-        (inside(i, self.patches_x) && inside(j, self.patches_y)).then(|| PatchId {
+        (inside(i, self.patches_x) && inside(j, self.patches_y)).then_some(PatchId {
             tract: self.id,
             x: i as u32,
             y: j as u32,
