@@ -408,10 +408,15 @@ impl Registry {
             .transpose()
     }
 
-    fn require_skymap(&self) -> Result<SkyMap, RegistryError> {
-        self.skymap()?.ok_or_else(|| RegistryError::NoSkyMap {
+    /// The stored sky map, read once per connection (a stored map never changes).
+    fn require_skymap(&self) -> Result<&SkyMap, RegistryError> {
+        if let Some(map) = self.skymap_cache.get() {
+            return Ok(map);
+        }
+        let map = self.skymap()?.ok_or_else(|| RegistryError::NoSkyMap {
             path: self.path.clone(),
-        })
+        })?;
+        Ok(self.skymap_cache.get_or_init(|| map))
     }
 
     fn unknown_patch(&self, p: PatchId) -> RegistryError {
@@ -435,7 +440,7 @@ impl Registry {
     /// then the exact polygon test ([`Registry::overlapping`]).
     pub fn ccds_overlapping_patch(&self, patch: PatchId) -> Result<Vec<CcdRecord>, RegistryError> {
         let map = self.require_skymap()?;
-        let tract = self.tract_of_patch(&map, patch)?;
+        let tract = self.tract_of_patch(map, patch)?;
         self.overlapping(&tract.patch_outer(patch.x, patch.y))
     }
 
@@ -537,7 +542,7 @@ impl Registry {
         let map = self.require_skymap()?;
         let mut values = Vec::with_capacity(rows.len());
         for r in rows {
-            self.check_patch(&map, r.patch)?;
+            self.check_patch(map, r.patch)?;
             let path = path_text("warp", &r.path).map_err(|e| self.patch_row_error(r.patch, e))?;
             let good = to_i64(r.good_pixels).map_err(|e| self.patch_row_error(r.patch, e))?;
             let id = self.ccd_id(r.visit, r.ccd)?;
@@ -583,7 +588,7 @@ impl Registry {
         let map = self.require_skymap()?;
         let mut values = Vec::with_capacity(rows.len());
         for r in rows {
-            self.check_patch(&map, r.patch)?;
+            self.check_patch(map, r.patch)?;
             let bad = |e| self.patch_row_error(r.patch, e);
             if r.band.is_empty() {
                 return Err(bad(RecordError::EmptyBand));
@@ -640,7 +645,7 @@ impl Registry {
         let map = self.require_skymap()?;
         let mut values = Vec::with_capacity(rows.len());
         for r in rows {
-            self.check_patch(&map, r.patch)?;
+            self.check_patch(map, r.patch)?;
             let bad = |e| self.patch_row_error(r.patch, e);
             let path = path_text("multiband", &r.path).map_err(bad)?;
             let objects = to_i64(r.objects).map_err(bad)?;

@@ -451,6 +451,8 @@ impl CcdRecord {
 pub struct Registry {
     pub(crate) conn: Connection,
     pub(crate) path: PathBuf,
+    /// The stored sky map once read (it never changes once stored).
+    pub(crate) skymap_cache: std::cell::OnceCell<crate::skymap::SkyMap>,
 }
 
 impl Registry {
@@ -468,7 +470,11 @@ impl Registry {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags).map_err(sqlite(&path))?;
-        let mut reg = Self { conn, path };
+        let mut reg = Self {
+            conn,
+            path,
+            skymap_cache: Default::default(),
+        };
         reg.conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(sqlite(&reg.path))?;
@@ -497,7 +503,11 @@ impl Registry {
         let path = path.as_ref().to_path_buf();
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags).map_err(sqlite(&path))?;
-        let reg = Self { conn, path };
+        let reg = Self {
+            conn,
+            path,
+            skymap_cache: Default::default(),
+        };
         reg.conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(sqlite(&reg.path))?;

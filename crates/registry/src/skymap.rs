@@ -152,6 +152,8 @@ struct Ring {
     first: u32,
     /// Whether this ring is a polar cap (one tract centred on the pole).
     cap: bool,
+    /// Patch grid (columns, rows) of the ring's tracts, alike for all of them.
+    grid: (u32, u32),
     /// Dec range (degrees) reached by the ring's tract footprints (all alike up to a rotation
     /// about the pole axis), from their exact bounding boxes.
     reach: (f64, f64),
@@ -342,6 +344,7 @@ impl SkyMap {
             count: 1,
             first: 0,
             cap: true,
+            grid: (0, 0),
             reach: (-90.0, 90.0),
         });
         let mut next = 1;
@@ -364,6 +367,7 @@ impl SkyMap {
                 count,
                 first: next,
                 cap: false,
+                grid: (0, 0),
                 reach: (-90.0, 90.0),
             });
             next += count;
@@ -374,10 +378,12 @@ impl SkyMap {
             count: 1,
             first: next,
             cap: true,
+            grid: (0, 0),
             reach: (-90.0, 90.0),
         });
         let mut map = Self { config, rings };
         for i in 0..map.rings.len() {
+            map.rings[i].grid = map.grid_of_ring(&map.rings[i]);
             let tract = map
                 .tract(map.rings[i].first)
                 .expect("every ring has a tract");
@@ -427,10 +433,8 @@ impl SkyMap {
         i
     }
 
-    /// The tract with this id, or `None` past the last tract.
-    pub fn tract(&self, id: u32) -> Option<Tract> {
-        let ring = *self.ring_of_tract(id)?;
-        let j = id - ring.first;
+    /// Projection centre and RA width of tract `j` of `ring`.
+    fn centre_of(ring: &Ring, j: u32) -> (SkyPoint, f64) {
         let width = 360.0 / f64::from(ring.count);
         let (ra, dec) = if ring.cap {
             (0.0, if ring.dec_lo < 0.0 { -90.0 } else { 90.0 })
@@ -438,11 +442,18 @@ impl SkyMap {
             (f64::from(j) * width, (ring.dec_lo + ring.dec_hi) / 2.0)
         };
         let centre = SkyPoint::new(ra, dec).expect("tract centre is a valid position");
-        let mut tract = Tract::new(id, centre, &self.config);
-        // Projected half-extent of the inner region (the grid is centred on the tract centre).
-        let boundary = inner_boundary(&ring, ra, width);
+        (centre, width)
+    }
+
+    /// The patch grid of a ring's tracts: the projected inner region of its first tract plus
+    /// the border and a margin, centred on the tract centre. Every tract of a ring is the
+    /// first one rotated about the pole axis, so they share it.
+    fn grid_of_ring(&self, ring: &Ring) -> (u32, u32) {
+        let (centre, width) = Self::centre_of(ring, 0);
+        // With an empty grid, projected coordinates are offsets from the centre.
+        let tract = Tract::new(ring.first, centre, &self.config);
         let (mut half_x, mut half_y) = (0.0f64, 0.0f64);
-        for p in boundary {
+        for p in inner_boundary(ring, centre.ra(), width) {
             let (x, y) = tract
                 .project(p)
                 .expect("an inner region lies within 90° of its tract centre");
@@ -451,8 +462,16 @@ impl SkyMap {
         }
         let pad = f64::from(self.config.border) + EXTENT_MARGIN;
         let p = f64::from(self.config.patch_size);
-        tract.patches_x = ((2.0 * (half_x + pad) / p).ceil() as u32).max(1);
-        tract.patches_y = ((2.0 * (half_y + pad) / p).ceil() as u32).max(1);
+        let count = |half: f64| ((2.0 * (half + pad) / p).ceil() as u32).max(1);
+        (count(half_x), count(half_y))
+    }
+
+    /// The tract with this id, or `None` past the last tract.
+    pub fn tract(&self, id: u32) -> Option<Tract> {
+        let ring = self.ring_of_tract(id)?;
+        let (centre, _) = Self::centre_of(ring, id - ring.first);
+        let mut tract = Tract::new(id, centre, &self.config);
+        (tract.patches_x, tract.patches_y) = ring.grid;
         Some(tract)
     }
 
@@ -641,6 +660,29 @@ mod tests {
         ));
     }
 
+    /// The default map: 242 tracts on the equator (⌈360 / (180/121)⌉), each a 7 × 7 patch grid
+    /// at most (1.49° + borders at 0.2"/px in 4000-pixel patches), and positions found anywhere.
+    #[test]
+    fn default_map_layout() {
+        let map = SkyMap::new(SkyMapConfig::default()).unwrap();
+        let eq = map
+            .tract(map.tract_of(SkyPoint::new(0.0, 0.0).unwrap()))
+            .unwrap();
+        assert_eq!(map.rings[60].count, 242);
+        assert!(eq.patches_x <= 7 && eq.patches_y <= 7, "{eq:?}");
+        assert!(map.tract_count() > 15_000 && map.tract_count() < 25_000);
+        for (ra, dec) in [(0.0, 0.0), (359.999, -45.0), (12.0, 89.9), (200.0, -90.0)] {
+            let p = SkyPoint::new(ra, dec).unwrap();
+            let id = map.locate(p);
+            assert!(
+                map.tract(id.tract)
+                    .unwrap()
+                    .patch_inner(id.x, id.y)
+                    .contains(p)
+            );
+        }
+    }
+
     #[test]
     fn layout_has_caps_and_rings_of_shrinking_tract_counts() {
         let map = small();
@@ -706,6 +748,21 @@ mod tests {
             prop_assert!(tract.patch_inner(id.x, id.y).contains(p));
             let containing = map.patches_containing(p);
             prop_assert!(containing.contains(&id), "{id:?} not in {containing:?}");
+        }
+
+        /// The partition holds for any configuration, near the caps and RA = 0 included.
+        #[test]
+        fn partition_holds_for_any_configuration(
+            p in point(), rings in 3u32..60, scale in 1.0..60.0f64,
+            patch in 50u32..2000, border_frac in 0.0..0.5f64,
+        ) {
+            let border = (f64::from(patch) * border_frac) as u32;
+            let map = SkyMap::new(SkyMapConfig { rings, pixel_scale: scale, patch_size: patch, border });
+            prop_assume!(map.is_ok());
+            let map = map.unwrap();
+            let id = map.locate(p);
+            prop_assert!(map.tract(id.tract).unwrap().patch_inner(id.x, id.y).contains(p));
+            prop_assert!(map.patches_containing(p).contains(&id));
         }
 
         /// Polygon lookup equals brute force over every patch of every tract.
