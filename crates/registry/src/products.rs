@@ -444,6 +444,17 @@ impl Registry {
         self.overlapping(&tract.patch_outer(patch.x, patch.y))
     }
 
+    /// [`Registry::ccds_overlapping_patch`] restricted to one band (a coadd's inputs).
+    pub fn ccds_overlapping_patch_in_band(
+        &self,
+        patch: PatchId,
+        band: &str,
+    ) -> Result<Vec<CcdRecord>, RegistryError> {
+        let map = self.require_skymap()?;
+        let tract = self.tract_of_patch(map, patch)?;
+        self.overlapping_in_band(&tract.patch_outer(patch.x, patch.y), band)
+    }
+
     /// Planning query, CCD → patches: every (tract, patch) whose outer region intersects the
     /// CCD's region, sorted. The `tract_box` R*Tree selects candidate tracts, the exact tract
     /// footprint test keeps those that meet the CCD, and [`Tract::patches_overlapping`] tests

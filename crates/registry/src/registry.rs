@@ -169,7 +169,8 @@ pub enum RegistryError {
     /// The registry's schema version is newer than this build knows (or the version table is
     /// empty).
     #[error(
-        "{path}: registry schema version {found:?} is not one this build reads (it reads version {expected} and migrates older ones)"
+        "{path}: registry schema version {} is not one this build reads (it reads version {expected} and migrates older ones; a newer registry needs a newer skypipe)",
+        found.map_or_else(|| "missing".to_string(), |v| v.to_string())
     )]
     SchemaVersion {
         /// The database file.

@@ -589,6 +589,7 @@ fn open_errors_name_the_file() {
             matches!(err, RegistryError::SchemaVersion { found: Some(v), expected: SCHEMA_VERSION, .. } if v == SCHEMA_VERSION + 1),
             "{err:?}"
         );
+        assert!(err.to_string().contains("needs a newer skypipe"), "{err}");
         assert_names_path(&err, &future);
     }
 
@@ -767,7 +768,8 @@ fn planning_equals_brute_force_over_every_patch() {
             let c = common::centre(&mut rng, region);
             let (w, h) = (rng.random_range(0.3..4.0), rng.random_range(0.3..4.0));
             let pts = common::rectangle(c, w, h, rng.random_range(0.0..360.0));
-            let mut r = square_record(i, 0, "r", 0.0, 0.0, 0.1, 0.1);
+            let band = ["g", "r"][i as usize % 2];
+            let mut r = square_record(i, 0, band, 0.0, 0.0, 0.1, 0.1);
             r.corners = [pts[0], pts[1], pts[2], pts[3]];
             r
         })
@@ -807,6 +809,8 @@ fn planning_equals_brute_force_over_every_patch() {
         let outer = &patches.iter().find(|(p, _)| *p == id).unwrap().1;
         let planned = keys(&reg.ccds_overlapping_patch(id).unwrap());
         assert_eq!(planned, brute_force(&regions, outer, None), "{id:?}");
+        let planned = keys(&reg.ccds_overlapping_patch_in_band(id, "g").unwrap());
+        assert_eq!(planned, brute_force(&regions, outer, Some("g")), "{id:?}");
     }
 }
 
