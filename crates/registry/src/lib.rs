@@ -4,18 +4,26 @@
 //! transactions); later stages such as `coadd` plan their units by asking which CCDs overlap a
 //! patch, without opening a single science file.
 //!
-//! Two layers:
+//! Three layers:
 //! - [`sphere`]: pure spherical geometry — [`SkyPoint`], unit vectors, [`ConvexPolygon`]
 //!   (exact point-in-polygon and polygon–polygon intersection, correct across RA = 0/360 and at
 //!   the poles) and the 3-D [`Box3`] bounding box used by the index.
-//! - [`Registry`]: the database. A `ccd` table keyed by (visit, ccd), and an SQLite R*Tree over
+//! - [`skymap`]: pure geometry of the sky map — tracts in Dec rings with polar caps, each with
+//!   its own TAN projection and a grid of bordered patches — and lookups by position or polygon.
+//! - [`Registry`]: the database (schema version 2; see `docs/formats.md`). A `ccd` table keyed by (visit, ccd), and an SQLite R*Tree over
 //!   each CCD's bounding box in unit-vector space. An overlap query asks the R*Tree for
 //!   candidates whose box meets the query polygon's box, then keeps those that
 //!   [`ConvexPolygon::intersects`] the query. Boxes in 3-D have no seam at RA = 0 and no
 //!   singularity at the poles, and they include the bulge of great-circle arcs, so the filter
 //!   never drops a true overlap.
 //!
-//! **Invariant:** `sphere` does no I/O. **Invariant:** an overlap query never scans the `ccd`
+//! Version 2 adds per-CCD fits ([`CcdFit`]), mosaic's WCS per (CCD, tract) ([`MosaicWcs`]),
+//! the stored sky map ([`Registry::set_skymap`]), per-patch products ([`WarpRecord`],
+//! [`CoaddRecord`], [`MultibandRecord`]) and the planning queries
+//! [`Registry::ccds_overlapping_patch`] and [`Registry::patches_of_ccd`]. A writing open
+//! migrates a version-1 file in one transaction.
+//!
+//! **Invariant:** `sphere` and `skymap` do no I/O. **Invariant:** an overlap query never scans the `ccd`
 //! table; its answer equals the exact geometric test applied to every row.
 //!
 //! ```
@@ -43,10 +51,14 @@
 //! # Ok(()) }
 //! ```
 
+mod products;
 mod registry;
+pub mod skymap;
 pub mod sphere;
 
+pub use products::{CcdFit, CoaddRecord, MosaicWcs, MultibandRecord, WarpRecord};
 pub use registry::{
     Calibration, CcdRecord, CcdStatus, RecordError, Registry, RegistryError, SCHEMA_VERSION,
 };
+pub use skymap::{PatchId, SkyMap, SkyMapConfig, SkyMapError, Tract};
 pub use sphere::{Box3, ConvexPolygon, GeometryError, PointError, SkyPoint, Vec3};

@@ -5,19 +5,22 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
+use crate::skymap::{SkyMapConfig, SkyMapError};
 use crate::sphere::{ConvexPolygon, GeometryError, SkyPoint};
 
-/// Schema version this build writes and reads; a database with another version is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Schema version this build writes and reads. Opening a version-1 file for writing migrates
+/// it (one transaction); a newer version is refused.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The schema, created in one transaction on first open.
+/// The version-1 schema: `ccd` and its index. A new file gets this plus [`SCHEMA_V2`], so a
+/// migrated version-1 file and a new file have the same tables.
 ///
 /// `ccd_box` is an R*Tree over each CCD's 3-D unit-vector bounding box (see
 /// [`ConvexPolygon::bounding_box`]); its `id` is the `ccd` row's `id`.
-const SCHEMA: &str = "
+const SCHEMA_V1: &str = "
 CREATE TABLE schema_version (
     version INTEGER NOT NULL
 );
@@ -41,6 +44,68 @@ CREATE TABLE ccd (
 );
 CREATE INDEX ccd_band ON ccd (band);
 CREATE VIRTUAL TABLE ccd_box USING rtree (id, min_x, max_x, min_y, max_y, min_z, max_z);
+";
+
+/// What version 2 adds to version 1 (also the migration, with the version update): the
+/// astrometric/photometric fit per CCD, mosaic's corrected WCS per (CCD, tract), the sky map
+/// (configuration and tracts, with an R*Tree over the tract footprints) and the coadd-chain
+/// products per patch. `ccd.wcs`, `ccd.zero_point` and the corners hold the fitted values once
+/// a fit is recorded; `ccd_fit` holds the rest of the fit.
+pub(crate) const SCHEMA_V2: &str = "
+CREATE TABLE ccd_fit (
+    ccd_id              INTEGER PRIMARY KEY REFERENCES ccd (id),
+    zero_point_err      REAL    NOT NULL CHECK (zero_point_err >= 0),
+    astrometric_scatter REAL    NOT NULL CHECK (astrometric_scatter >= 0),
+    matches             INTEGER NOT NULL CHECK (matches >= 0)
+);
+CREATE TABLE mosaic_wcs (
+    ccd_id INTEGER NOT NULL REFERENCES ccd (id),
+    tract  INTEGER NOT NULL REFERENCES tract (id),
+    wcs    TEXT    NOT NULL,
+    PRIMARY KEY (ccd_id, tract)
+);
+CREATE TABLE skymap (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    rings       INTEGER NOT NULL,
+    pixel_scale REAL    NOT NULL,
+    patch_size  INTEGER NOT NULL,
+    border      INTEGER NOT NULL
+);
+CREATE TABLE tract (
+    id        INTEGER PRIMARY KEY,
+    ra        REAL    NOT NULL,
+    dec       REAL    NOT NULL,
+    patches_x INTEGER NOT NULL CHECK (patches_x > 0),
+    patches_y INTEGER NOT NULL CHECK (patches_y > 0)
+);
+CREATE VIRTUAL TABLE tract_box USING rtree (id, min_x, max_x, min_y, max_y, min_z, max_z);
+CREATE TABLE warp (
+    tract       INTEGER NOT NULL REFERENCES tract (id),
+    patch_x     INTEGER NOT NULL CHECK (patch_x >= 0),
+    patch_y     INTEGER NOT NULL CHECK (patch_y >= 0),
+    ccd_id      INTEGER NOT NULL REFERENCES ccd (id),
+    path        TEXT    NOT NULL,
+    good_pixels INTEGER NOT NULL CHECK (good_pixels >= 0),
+    PRIMARY KEY (tract, patch_x, patch_y, ccd_id)
+);
+CREATE TABLE coadd (
+    tract   INTEGER NOT NULL REFERENCES tract (id),
+    patch_x INTEGER NOT NULL CHECK (patch_x >= 0),
+    patch_y INTEGER NOT NULL CHECK (patch_y >= 0),
+    band    TEXT    NOT NULL,
+    path    TEXT    NOT NULL,
+    inputs  INTEGER NOT NULL CHECK (inputs >= 0),
+    depth   REAL    NOT NULL,
+    PRIMARY KEY (tract, patch_x, patch_y, band)
+);
+CREATE TABLE multiband (
+    tract   INTEGER NOT NULL REFERENCES tract (id),
+    patch_x INTEGER NOT NULL CHECK (patch_x >= 0),
+    patch_y INTEGER NOT NULL CHECK (patch_y >= 0),
+    path    TEXT    NOT NULL,
+    objects INTEGER NOT NULL CHECK (objects >= 0),
+    PRIMARY KEY (tract, patch_x, patch_y)
+);
 ";
 
 /// Columns read for a record, in the order `Registry::record_from_row` expects.
@@ -101,8 +166,12 @@ pub enum RegistryError {
         /// The database file.
         path: PathBuf,
     },
-    /// The registry was written with a schema version this build does not read.
-    #[error("{path}: registry schema version {found:?}, this build reads version {expected}")]
+    /// The registry's schema version is newer than this build knows (or the version table is
+    /// empty).
+    #[error(
+        "{path}: registry schema version {} is not one this build reads (it reads version {expected} and migrates older ones; a newer registry needs a newer skypipe)",
+        found.map_or_else(|| "missing".to_string(), |v| v.to_string())
+    )]
     SchemaVersion {
         /// The database file.
         path: PathBuf,
@@ -110,6 +179,81 @@ pub enum RegistryError {
         found: Option<i64>,
         /// The version this build reads ([`SCHEMA_VERSION`]).
         expected: i64,
+    },
+    /// A read-only open found an older schema version; a writing open migrates it.
+    #[error(
+        "{path}: registry schema version {found} predates version {expected}; open it for writing once (any writing stage) to migrate it"
+    )]
+    NeedsMigration {
+        /// The database file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+        /// The version this build reads ([`SCHEMA_VERSION`]).
+        expected: i64,
+    },
+    /// A row refers to a (visit, ccd) that is not in the registry; nothing of the batch was
+    /// written.
+    #[error("{path}: visit={visit},ccd={ccd} is not in the registry")]
+    UnknownCcd {
+        /// The database file.
+        path: PathBuf,
+        /// Visit asked for.
+        visit: u64,
+        /// CCD asked for.
+        ccd: u32,
+    },
+    /// The registry holds no sky map yet ([`Registry::set_skymap`]).
+    #[error("{path}: no sky map stored in the registry")]
+    NoSkyMap {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A different sky map is already stored: products keyed by patch would change meaning.
+    #[error("{path}: the registry already holds sky map {stored:?}, refusing {given:?}")]
+    SkyMapConflict {
+        /// The database file.
+        path: PathBuf,
+        /// The stored configuration.
+        stored: SkyMapConfig,
+        /// The configuration given.
+        given: SkyMapConfig,
+    },
+    /// The stored sky map configuration is invalid (the file was edited by hand?).
+    #[error("{path}: stored sky map is corrupt: {source}")]
+    CorruptSkyMap {
+        /// The database file.
+        path: PathBuf,
+        /// Why the configuration is refused.
+        #[source]
+        source: SkyMapError,
+    },
+    /// A patch that the stored sky map does not have; nothing of the batch was written.
+    #[error("{path}: tract {tract} patch {x},{y} is not in the sky map")]
+    UnknownPatch {
+        /// The database file.
+        path: PathBuf,
+        /// Tract id.
+        tract: u32,
+        /// Patch column.
+        x: u32,
+        /// Patch row.
+        y: u32,
+    },
+    /// A per-patch product row is invalid; nothing of the batch was written.
+    #[error("{path}: tract {tract} patch {x},{y}: {source}")]
+    InvalidPatchRow {
+        /// The database file.
+        path: PathBuf,
+        /// Tract id.
+        tract: u32,
+        /// Patch column.
+        x: u32,
+        /// Patch row.
+        y: u32,
+        /// What is wrong with it.
+        #[source]
+        source: RecordError,
     },
     /// A record handed to [`Registry::insert_ccds`] is invalid; nothing of the batch was written.
     #[error("{path}: visit={visit},ccd={ccd}: {source}")]
@@ -169,6 +313,17 @@ pub enum RecordError {
         /// The path given.
         path: PathBuf,
     },
+    /// A quantity that must be finite and non-negative is not.
+    #[error("{field} is {value}, expected a finite number >= 0")]
+    Negative {
+        /// Name of the field.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A text field (WCS header, band) is empty.
+    #[error("{0} is empty")]
+    Empty(&'static str),
     /// Status [`CcdStatus::Calibrated`] without a [`Calibration`].
     #[error("status is 'calibrated' but no calibration is given")]
     MissingCalibration,
@@ -295,12 +450,18 @@ impl CcdRecord {
 /// over a network filesystem.
 #[derive(Debug)]
 pub struct Registry {
-    conn: Connection,
-    path: PathBuf,
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
+    /// The stored sky map once read (it never changes once stored).
+    pub(crate) skymap_cache: std::cell::OnceCell<crate::skymap::SkyMap>,
 }
 
 impl Registry {
     /// Opens the registry for writing, creating the file and schema if absent.
+    ///
+    /// A version-1 file is migrated to version 2 in one transaction (the version-2 tables are
+    /// added, existing rows are untouched); a newer version is refused with
+    /// [`RegistryError::SchemaVersion`].
     ///
     /// Sets WAL mode (readers never block the writer or each other) and `synchronous = FULL`
     /// (a committed batch survives power loss, as the resume ledger assumes).
@@ -310,7 +471,11 @@ impl Registry {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags).map_err(sqlite(&path))?;
-        let mut reg = Self { conn, path };
+        let mut reg = Self {
+            conn,
+            path,
+            skymap_cache: Default::default(),
+        };
         reg.conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(sqlite(&reg.path))?;
@@ -333,12 +498,17 @@ impl Registry {
         Ok(reg)
     }
 
-    /// Opens an existing registry read-only (other ranks, the status tool).
+    /// Opens an existing registry read-only (other ranks, the status tool). An older schema
+    /// version is refused with [`RegistryError::NeedsMigration`] (a reader never migrates).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, RegistryError> {
         let path = path.as_ref().to_path_buf();
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags).map_err(sqlite(&path))?;
-        let reg = Self { conn, path };
+        let reg = Self {
+            conn,
+            path,
+            skymap_cache: Default::default(),
+        };
         reg.conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(sqlite(&reg.path))?;
@@ -359,6 +529,9 @@ impl Registry {
             .map_err(self.err())?;
         self.conn
             .pragma_update(None, "mmap_size", 268_435_456)
+            .map_err(self.err())?;
+        self.conn
+            .pragma_update(None, "foreign_keys", true)
             .map_err(self.err())?;
         Ok(())
     }
@@ -400,6 +573,10 @@ impl Registry {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(sqlite(path))?;
+            // A rerun of single-frame processing replaces the row: any earlier fit is stale.
+            let mut drop_fit = tx
+                .prepare_cached("DELETE FROM ccd_fit WHERE ccd_id = ?1")
+                .map_err(sqlite(path))?;
             for (r, bb) in records.iter().zip(&boxes) {
                 let c = &r.corners;
                 let id: i64 = upsert
@@ -432,6 +609,7 @@ impl Registry {
                         id, bb.min[0], bb.max[0], bb.min[1], bb.max[1], bb.min[2], bb.max[2]
                     ])
                     .map_err(sqlite(path))?;
+                drop_fit.execute([id]).map_err(sqlite(path))?;
             }
         }
         tx.commit().map_err(sqlite(path))
@@ -640,6 +818,12 @@ impl Registry {
     fn check_version(&self, found: i64) -> Result<(), RegistryError> {
         if found == SCHEMA_VERSION {
             Ok(())
+        } else if (1..SCHEMA_VERSION).contains(&found) {
+            Err(RegistryError::NeedsMigration {
+                path: self.path.clone(),
+                found,
+                expected: SCHEMA_VERSION,
+            })
         } else {
             Err(RegistryError::SchemaVersion {
                 path: self.path.clone(),
@@ -697,6 +881,13 @@ impl Registry {
             }
         };
         match existing {
+            Some(Some(1)) => {
+                // Migration 1 -> 2: add the version-2 tables, in this same transaction.
+                tx.execute_batch(SCHEMA_V2).map_err(sqlite(&path))?;
+                tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
+                    .map_err(sqlite(&path))?;
+                tx.commit().map_err(sqlite(&path))
+            }
             Some(Some(v)) => {
                 tx.commit().map_err(sqlite(&path))?;
                 self.check_version(v)
@@ -713,7 +904,8 @@ impl Registry {
                 if tables > 0 {
                     return Err(RegistryError::NotARegistry { path });
                 }
-                tx.execute_batch(SCHEMA).map_err(sqlite(&path))?;
+                tx.execute_batch(SCHEMA_V1).map_err(sqlite(&path))?;
+                tx.execute_batch(SCHEMA_V2).map_err(sqlite(&path))?;
                 tx.execute(
                     "INSERT INTO schema_version (version) VALUES (?1)",
                     [SCHEMA_VERSION],

@@ -12,8 +12,9 @@ use common::Region;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use skypipe_registry::{
-    Calibration, CcdRecord, CcdStatus, ConvexPolygon, GeometryError, RecordError, Registry,
-    RegistryError, SCHEMA_VERSION, SkyPoint,
+    Calibration, CcdFit, CcdRecord, CcdStatus, CoaddRecord, ConvexPolygon, GeometryError,
+    MosaicWcs, MultibandRecord, PatchId, RecordError, Registry, RegistryError, SCHEMA_VERSION,
+    SkyMap, SkyMapConfig, SkyPoint, WarpRecord,
 };
 
 fn db(dir: &tempfile::TempDir) -> PathBuf {
@@ -588,6 +589,7 @@ fn open_errors_name_the_file() {
             matches!(err, RegistryError::SchemaVersion { found: Some(v), expected: SCHEMA_VERSION, .. } if v == SCHEMA_VERSION + 1),
             "{err:?}"
         );
+        assert!(err.to_string().contains("needs a newer skypipe"), "{err}");
         assert_names_path(&err, &future);
     }
 
@@ -636,4 +638,379 @@ fn corrupt_rows_are_reported() {
         .unwrap();
     let err = reg.all().unwrap_err();
     assert!(matches!(err, RegistryError::CorruptRow { .. }), "{err:?}");
+}
+
+/// The version-1 schema exactly as version-1 builds created it (kept here to build v1 files).
+const SCHEMA_V1_DDL: &str = "
+CREATE TABLE schema_version (
+    version INTEGER NOT NULL
+);
+CREATE TABLE ccd (
+    id            INTEGER PRIMARY KEY,
+    visit         INTEGER NOT NULL CHECK (visit >= 0),
+    ccd           INTEGER NOT NULL CHECK (ccd >= 0),
+    band          TEXT    NOT NULL,
+    exposure_time REAL    NOT NULL,
+    psf_fwhm      REAL    NOT NULL,
+    ra0 REAL NOT NULL, dec0 REAL NOT NULL,
+    ra1 REAL NOT NULL, dec1 REAL NOT NULL,
+    ra2 REAL NOT NULL, dec2 REAL NOT NULL,
+    ra3 REAL NOT NULL, dec3 REAL NOT NULL,
+    calexp_path   TEXT    NOT NULL,
+    catalog_path  TEXT    NOT NULL,
+    wcs           TEXT,
+    zero_point    REAL,
+    status        TEXT    NOT NULL CHECK (status IN ('processed', 'calibrated', 'rejected')),
+    UNIQUE (visit, ccd)
+);
+CREATE INDEX ccd_band ON ccd (band);
+CREATE VIRTUAL TABLE ccd_box USING rtree (id, min_x, max_x, min_y, max_y, min_z, max_z);
+INSERT INTO schema_version (version) VALUES (1);
+INSERT INTO ccd VALUES (1, 7, 3, 'r', 30.0, 3.1, 359.9, 0.0, 0.1, 0.0, 0.1, 0.2, 359.9, 0.2,
+                        'calexp/7-3.fits', 'src/7-3.fits', 'WCS', 27.5, 'calibrated');
+INSERT INTO ccd_box VALUES (1, 0.99, 1.0, -0.002, 0.002, -1e-9, 0.0035);
+";
+
+/// Table and index definitions of a database, sorted.
+fn schema_of(path: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT coalesce(sql, name) FROM sqlite_master ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A version-1 file: a reader asks for migration, a writer migrates it in place keeping its
+/// rows, and the result has the same schema as a new file.
+#[test]
+fn version_1_file_is_migrated_by_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("v1.sqlite3");
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch(SCHEMA_V1_DDL)
+        .unwrap();
+    let err = Registry::open_read_only(&old).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::NeedsMigration {
+                found: 1,
+                expected: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_names_path(&err, &old);
+    assert!(err.to_string().contains("open it for writing"), "{err}");
+
+    let reg = Registry::open(&old).unwrap();
+    let rec = reg.get(7, 3).unwrap().unwrap();
+    assert_eq!(rec.status, CcdStatus::Calibrated);
+    assert_eq!(rec.calibration.unwrap().zero_point, 27.5);
+    let q = ConvexPolygon::from_radec(&[(359.95, 0.05), (0.05, 0.05), (0.05, 0.1), (359.95, 0.1)])
+        .unwrap();
+    assert_eq!(
+        keys(&reg.overlapping(&q).unwrap()),
+        BTreeSet::from([(7, 3)])
+    );
+    drop(reg);
+    let version: i64 = rusqlite::Connection::open(&old)
+        .unwrap()
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    // Readers accept it now; the schema equals a freshly created one.
+    Registry::open_read_only(&old).unwrap();
+    let fresh = db(&dir);
+    drop(Registry::open(&fresh).unwrap());
+    assert_eq!(schema_of(&old), schema_of(&fresh));
+}
+
+/// A small sky map whose patches are a few degrees across (a few thousand patches in all, so
+/// brute force over every patch stays cheap).
+fn coarse_skymap() -> SkyMap {
+    SkyMap::new(SkyMapConfig {
+        rings: 12,
+        pixel_scale: 36.0,
+        patch_size: 300,
+        border: 30,
+    })
+    .unwrap()
+}
+
+/// Registry-driven planning equals brute force: for every CCD its (tract, patch) list, and
+/// for every patch its CCDs, on random footprints concentrated at RA = 0 and the poles.
+#[test]
+fn planning_equals_brute_force_over_every_patch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = Registry::open(db(&dir)).unwrap();
+    let map = coarse_skymap();
+    reg.set_skymap(&map).unwrap();
+    reg.set_skymap(&map).unwrap(); // idempotent
+    let patches: Vec<(PatchId, ConvexPolygon)> = map
+        .tracts()
+        .flat_map(|t| {
+            (0..t.patches_y).flat_map(move |y| {
+                let t = t.clone();
+                (0..t.patches_x).map(move |x| (PatchId { tract: t.id, x, y }, t.patch_outer(x, y)))
+            })
+        })
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(18);
+    let mut records: Vec<CcdRecord> = (0..90)
+        .map(|i| {
+            let region = common::region(&mut rng);
+            let c = common::centre(&mut rng, region);
+            let (w, h) = (rng.random_range(0.3..4.0), rng.random_range(0.3..4.0));
+            let pts = common::rectangle(c, w, h, rng.random_range(0.0..360.0));
+            let band = ["g", "r"][i as usize % 2];
+            let mut r = square_record(i, 0, band, 0.0, 0.0, 0.1, 0.1);
+            r.corners = [pts[0], pts[1], pts[2], pts[3]];
+            r
+        })
+        .collect();
+    // One CCD straddling RA = 0 on the equator, inside the tract centred on RA = 0.
+    records.push(square_record(1000, 0, "r", 359.0, -0.5, 1.0, 0.5));
+    reg.insert_ccds(&records).unwrap();
+    let regions: Vec<(CcdRecord, ConvexPolygon)> = records
+        .iter()
+        .map(|r| (r.clone(), r.region().unwrap()))
+        .collect();
+
+    let mut used = BTreeSet::new();
+    for (r, poly) in &regions {
+        let planned = reg.patches_of_ccd(r.visit, r.ccd).unwrap();
+        let mut brute: Vec<PatchId> = patches
+            .iter()
+            .filter(|(_, p)| p.intersects(poly))
+            .map(|(id, _)| *id)
+            .collect();
+        brute.sort();
+        assert_eq!(planned, brute, "visit {}", r.visit);
+        assert!(!planned.is_empty());
+        used.extend(planned);
+    }
+    let zero_tract = map.tract_of(sp(0.0, 0.0));
+    assert_eq!(map.tract(zero_tract).unwrap().centre.ra(), 0.0);
+    let straddling = reg.patches_of_ccd(1000, 0).unwrap();
+    assert!(
+        straddling.iter().any(|p| p.tract == zero_tract),
+        "{straddling:?}"
+    );
+
+    // Patch -> CCDs for every patch any CCD touches, plus a sample of the others.
+    let sample = patches.iter().step_by(97).map(|(id, _)| *id);
+    for id in used.iter().copied().chain(sample) {
+        let outer = &patches.iter().find(|(p, _)| *p == id).unwrap().1;
+        let planned = keys(&reg.ccds_overlapping_patch(id).unwrap());
+        assert_eq!(planned, brute_force(&regions, outer, None), "{id:?}");
+        let planned = keys(&reg.ccds_overlapping_patch_in_band(id, "g").unwrap());
+        assert_eq!(planned, brute_force(&regions, outer, Some("g")), "{id:?}");
+    }
+}
+
+/// Fits replace the sky region and calibration, move the index, and are dropped when
+/// single-frame processing reruns; bad fits and unknown CCDs are refused naming the file.
+#[test]
+fn fits_round_trip_and_move_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut reg = Registry::open(&path).unwrap();
+    let rec = square_record(5, 2, "i", 10.0, 10.0, 10.2, 10.2);
+    reg.insert_ccds(std::slice::from_ref(&rec)).unwrap();
+    let fit = CcdFit {
+        visit: 5,
+        ccd: 2,
+        wcs: "CTYPE1  = 'RA---TAN-SIP'".into(),
+        corners: [
+            sp(10.5, 10.0),
+            sp(10.7, 10.0),
+            sp(10.7, 10.2),
+            sp(10.5, 10.2),
+        ],
+        zero_point: 28.1,
+        zero_point_err: 0.01,
+        astrometric_scatter: 0.03,
+        matches: 412,
+    };
+    reg.record_fits(std::slice::from_ref(&fit)).unwrap();
+    assert_eq!(reg.fit(5, 2).unwrap().as_ref(), Some(&fit));
+    let got = reg.get(5, 2).unwrap().unwrap();
+    assert_eq!(got.status, CcdStatus::Calibrated);
+    let at = |ra: f64| {
+        ConvexPolygon::from_radec(&[
+            (ra, 10.05),
+            (ra + 0.05, 10.05),
+            (ra + 0.05, 10.1),
+            (ra, 10.1),
+        ])
+        .unwrap()
+    };
+    assert!(reg.overlapping(&at(10.05)).unwrap().is_empty());
+    assert_eq!(reg.overlapping(&at(10.55)).unwrap().len(), 1);
+    // Rerunning single-frame processing resets the row and drops the stale fit.
+    reg.insert_ccds(&[rec]).unwrap();
+    assert_eq!(reg.fit(5, 2).unwrap(), None);
+
+    let unknown = CcdFit {
+        visit: 6,
+        ..fit.clone()
+    };
+    let err = reg.record_fits(&[fit.clone(), unknown]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::UnknownCcd {
+                visit: 6,
+                ccd: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_names_path(&err, &path);
+    assert_eq!(
+        reg.fit(5, 2).unwrap(),
+        None,
+        "nothing of the batch is written"
+    );
+    for bad in [
+        CcdFit {
+            zero_point_err: -1.0,
+            ..fit.clone()
+        },
+        CcdFit {
+            astrometric_scatter: f64::NAN,
+            ..fit.clone()
+        },
+        CcdFit {
+            wcs: " ".into(),
+            ..fit.clone()
+        },
+        CcdFit {
+            zero_point: f64::INFINITY,
+            ..fit.clone()
+        },
+    ] {
+        let err = reg.record_fits(&[bad]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RegistryError::InvalidRecord {
+                    visit: 5,
+                    ccd: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_names_path(&err, &path);
+    }
+}
+
+/// Sky map, mosaic WCS and per-patch products round-trip; conflicts and unknown patches are
+/// refused naming the file.
+#[test]
+fn skymap_and_patch_products_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut reg = Registry::open(&path).unwrap();
+    let patch = PatchId {
+        tract: 3,
+        x: 1,
+        y: 2,
+    };
+    let warp = WarpRecord {
+        patch,
+        visit: 1,
+        ccd: 4,
+        path: "warp/3-1-2/1-4.fits".into(),
+        good_pixels: 81_000,
+    };
+    let err = reg.record_warps(std::slice::from_ref(&warp)).unwrap_err();
+    assert!(matches!(err, RegistryError::NoSkyMap { .. }), "{err:?}");
+    assert_names_path(&err, &path);
+
+    let map = coarse_skymap();
+    reg.set_skymap(&map).unwrap();
+    assert_eq!(reg.skymap().unwrap().as_ref(), Some(&map));
+    let other = SkyMap::new(SkyMapConfig {
+        border: 20,
+        ..*map.config()
+    })
+    .unwrap();
+    let err = reg.set_skymap(&other).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::SkyMapConflict { .. }),
+        "{err:?}"
+    );
+    assert_names_path(&err, &path);
+
+    reg.insert_ccds(&[square_record(1, 4, "g", 1.0, 1.0, 1.2, 1.2)])
+        .unwrap();
+    reg.record_warps(std::slice::from_ref(&warp)).unwrap();
+    assert_eq!(reg.warps(patch).unwrap(), vec![warp.clone()]);
+    let coadd = CoaddRecord {
+        patch,
+        band: "g".into(),
+        path: "coadd/3-1-2/g.fits".into(),
+        inputs: 1,
+        depth: 25.3,
+    };
+    reg.record_coadds(std::slice::from_ref(&coadd)).unwrap();
+    assert_eq!(reg.coadds(patch).unwrap(), vec![coadd.clone()]);
+    let cat = MultibandRecord {
+        patch,
+        path: "multiband/3-1-2.fits".into(),
+        objects: 1234,
+    };
+    reg.record_multiband(std::slice::from_ref(&cat)).unwrap();
+    assert_eq!(reg.multiband(patch).unwrap(), Some(cat));
+    let mosaic = MosaicWcs {
+        visit: 1,
+        ccd: 4,
+        tract: 3,
+        wcs: "CTYPE1 = 'RA---TAN'".into(),
+    };
+    reg.record_mosaic_wcs(std::slice::from_ref(&mosaic))
+        .unwrap();
+    assert_eq!(
+        reg.mosaic_wcs(1, 4, 3).unwrap().as_deref(),
+        Some(mosaic.wcs.as_str())
+    );
+    assert_eq!(reg.mosaic_wcs(1, 4, 2).unwrap(), None);
+
+    let nowhere = PatchId {
+        tract: 3,
+        x: 999,
+        y: 0,
+    };
+    let err = reg
+        .record_coadds(&[CoaddRecord {
+            patch: nowhere,
+            ..coadd.clone()
+        }])
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::UnknownPatch { x: 999, .. }),
+        "{err:?}"
+    );
+    assert_names_path(&err, &path);
+    let err = reg
+        .record_coadds(&[CoaddRecord {
+            band: String::new(),
+            ..coadd
+        }])
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::InvalidPatchRow { .. }),
+        "{err:?}"
+    );
+    let err = reg.ccds_overlapping_patch(nowhere).unwrap_err();
+    assert!(matches!(err, RegistryError::UnknownPatch { .. }), "{err:?}");
 }
