@@ -623,11 +623,15 @@ impl Calibrate {
             .into());
         }
         let model = open.model.with_quadrupole(inputs.quadrupole);
-        let (t0, rate) = (inputs.info.t0, inputs.info.rate_hz);
+        let (t0, rate, first) = (
+            inputs.info.t0,
+            inputs.info.rate_hz,
+            inputs.info.first_sample,
+        );
         model.delta_t_chunk(
             &theta,
             &phi,
-            |k| open.att.velocity_at(t0, rate, (start + k) as u64),
+            |k| open.att.velocity_at(t0, rate, first + (start + k) as u64),
             0.5,
             &mut chunk.dipole,
         );
@@ -828,8 +832,7 @@ impl Calibrate {
         let (info, group) = (&inputs.info, &inputs.group);
         let cal = gain.cal;
         w.group(group)?;
-        w.attr_f64(group, "t0", info.t0)?;
-        w.attr_f64(group, "rate_hz", info.rate_hz)?;
+        info.write_clock(w, group)?;
         w.attr_f64(group, "gain", cal.gain)?;
         w.attr_f64(group, "offset", cal.offset)?;
         if let Some(n) = gain.n_good {

@@ -592,6 +592,7 @@ impl Mapmake {
                     let (_, clock, len) = e.detector(d);
                     TimestreamInfo {
                         t0: clock.t0(),
+                        first_sample: clock.first_sample(),
                         rate_hz: clock.rate(),
                         len,
                     }

@@ -9,8 +9,8 @@
 
 use crate::model::{
     AttitudeData, CmbError, DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec, FocalPlane, Frame,
-    ObsUnit, ObservationList, POINTING_FORMAT, obs_file_name, ordering_name, read_attitude,
-    timestream_info, warn_if_obs_differs,
+    ObsUnit, ObservationList, POINTING_FORMAT, TimestreamInfo, obs_file_name, ordering_name,
+    read_attitude, timestream_info, warn_if_obs_differs,
 };
 use serde::{Deserialize, Serialize};
 use skypipe_core::aberration::Beta;
@@ -325,9 +325,12 @@ impl PointingSetup<'_> {
         out.weights.resize(len, [0.0; 3]);
         out.quats.resize(len, [0.0; 4]);
         let aberration = if self.aberration && len > 0 {
-            let v = self
-                .data
-                .velocities(clock.t0(), clock.rate(), first + (len / 2) as u64, 1)[0];
+            let v = self.data.velocities(
+                clock.t0(),
+                clock.rate(),
+                clock.first_sample() + first + (len / 2) as u64,
+                1,
+            )[0];
             Some(Beta::from_km_s(v).unwrap_or(Beta::zero()))
         } else {
             None
@@ -390,7 +393,8 @@ impl ObservationPointing {
         for det in &focal_plane.detectors {
             let group = format!("detectors/{}", det.name);
             let info = timestream_info(raw, &group, "signal", Some(det.rate_hz))?;
-            let clock = SampleClock::new(info.t0, info.rate_hz)
+            let clock = info
+                .clock()
                 .map_err(|e| H5Error::invalid(&path, &group, e.to_string()))?;
             attitude
                 .check_samples(&clock, 0, info.len)
@@ -607,8 +611,13 @@ impl Pointing {
             let (det, clock, len) = expand.detector(d);
             let group = format!("detectors/{}", det.name);
             w.group(&group)?;
-            w.attr_f64(&group, "t0", clock.t0())?;
-            w.attr_f64(&group, "rate_hz", clock.rate())?;
+            let info = TimestreamInfo {
+                t0: clock.t0(),
+                first_sample: clock.first_sample(),
+                rate_hz: clock.rate(),
+                len,
+            };
+            info.write_clock(&w, &group)?;
             w.attr_f64(&group, "pol_efficiency", det.pol_efficiency)?;
             let single = self.config.output_precision == OutputPrecision::Single;
             let pixels_name = format!("{group}/pixels");
