@@ -248,6 +248,9 @@ enum DetectorPointing<'a> {
     Expand(RefCell<(DetectorExpander<'a>, ChunkPointing, Duration)>),
 }
 
+/// A chunk's pixels and weights, read or expanded when a sky model needs them.
+type SkyPointing = (Vec<u64>, Vec<[f64; 3]>);
+
 /// One chunk of one detector: raw samples, flags, dipole response `½ΔT` and template (NaN
 /// where the sky model has no value).
 #[derive(Default, Clone)]
@@ -576,7 +579,7 @@ impl Calibrate {
         let range = start..start + n;
         chunk.raw = inputs.raw.read_rows(range.clone())?;
         chunk.flags = inputs.flags.read_rows(range.clone())?;
-        let (theta, phi, sky_pointing): (Vec<f64>, Vec<f64>, Option<(Vec<u64>, Vec<[f64; 3]>)>) =
+        let (theta, phi, sky_pointing): (Vec<f64>, Vec<f64>, Option<SkyPointing>) =
             match &inputs.pointing {
                 DetectorPointing::File { theta, phi, sky } => {
                     let theta = theta.read_rows(range.clone())?;

@@ -760,6 +760,56 @@ mod tests {
     const TAU_PER_MIN: f64 = std::f64::consts::TAU / 60.0;
 
     #[test]
+    fn expanded_ranges_are_cut_from_the_aligned_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = crate::sim::SimConfig::preset(crate::sim::Size::Tiny);
+        c.observations = 1;
+        c.obs_duration_s = 20.0;
+        c.detector_pairs = 1;
+        crate::sim::simulate(&c, dir.path()).unwrap();
+        let list = ObservationList::load(&dir.path().join("observations.json")).unwrap();
+        let fp = FocalPlane::read(&list.focal_plane).unwrap();
+        let geometry = PointingGeometry {
+            nside: 256,
+            chunk_samples: 700,
+            ..Default::default()
+        };
+        let raw = H5Reader::open(&list.observations[0].file).unwrap();
+        let obs = ObservationPointing::open(&raw, &fp, &geometry).unwrap();
+        let (_, clock, len) = obs.detector(1);
+        assert!(
+            clock.first_sample() > 0,
+            "the simulator writes an integer-epoch clock"
+        );
+        // The aligned chunks, end to end (aberration on: each chunk's velocity is its own).
+        let mut whole = ChunkPointing::default();
+        let mut buf = ChunkPointing::default();
+        for index in 0..len.div_ceil(700) {
+            let start = obs.expand_chunk(1, index, true, &mut buf).unwrap();
+            assert_eq!(start, whole.pixels.len());
+            whole.pixels.extend_from_slice(&buf.pixels);
+            whole.weights.extend_from_slice(&buf.weights);
+            whole.theta.extend_from_slice(&buf.theta);
+            whole.psi.extend_from_slice(&buf.psi);
+        }
+        assert_eq!(whole.pixels.len(), len);
+        // Ranges across chunk boundaries, of any length, are cut from them.
+        let mut expander = DetectorExpander::new(&obs, 1, true);
+        let mut start = 0;
+        for n in [1, 699, 1, 1400, 333, 2000] {
+            expander.range(start, n, &mut buf).unwrap();
+            let r = start..start + n;
+            assert_eq!(buf.pixels, whole.pixels[r.clone()]);
+            assert_eq!(buf.weights, whole.weights[r.clone()]);
+            assert_eq!(buf.theta, whole.theta[r.clone()]);
+            assert_eq!(buf.psi, whole.psi[r]);
+            start += n;
+        }
+        // A range beyond the detector's samples is refused.
+        assert!(expander.range(len - 10, 20, &mut buf).is_err());
+    }
+
+    #[test]
     fn chunked_pointing_equals_one_pass() {
         let (data, det) = setup_data();
         let attitude = Attitude::new(&data.times, &data.quats).unwrap();
