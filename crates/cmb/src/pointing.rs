@@ -796,7 +796,7 @@ mod tests {
         // Ranges across chunk boundaries, of any length, are cut from them.
         let mut expander = DetectorExpander::new(&obs, 1, true);
         let mut start = 0;
-        for n in [1, 699, 1, 1400, 333, 2000] {
+        for n in [1, 699, 1, 1400, 333, 1000] {
             expander.range(start, n, &mut buf).unwrap();
             let r = start..start + n;
             assert_eq!(buf.pixels, whole.pixels[r.clone()]);
