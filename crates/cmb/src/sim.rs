@@ -392,14 +392,13 @@ pub fn attitude(c: &SimConfig, i: u32) -> AttitudeData {
 }
 
 /// The clock of every detector in observation `i` on its integer epoch (the whole second at or
-/// before the observation's start): the epoch (Unix s), the sample offset of sample 0 from it
-/// (the first sample at or after 0.01 s into the observation) and the sample count.
-fn detector_clock(c: &SimConfig, i: u32) -> (f64, u64, usize) {
+/// before the observation's start): the epoch (Unix s), the time of sample 0 since the epoch
+/// (0.01 s into the observation: a small number, exact to 1e-18 s) and the sample count.
+fn detector_clock(c: &SimConfig, i: u32) -> (f64, f64, usize) {
     let t_start = c.start_time_s + f64::from(i) * c.obs_duration_s;
     let epoch = t_start.floor();
-    let first = ((t_start - epoch + 0.01) * c.rate_hz).ceil() as u64;
     let len = ((c.obs_duration_s - 0.02) * c.rate_hz).floor() as usize;
-    (epoch, first, len)
+    (epoch, t_start - epoch + 0.01, len)
 }
 
 /// 1/f noise as a sum of AR(1) processes (equal variance, log-spaced corners).
@@ -461,7 +460,7 @@ fn write_observation(
     path: &Path,
 ) -> Result<usize, CmbError> {
     // Times on the observation's integer epoch, as written.
-    let (epoch, first, len) = detector_clock(c, i);
+    let (epoch, t0, len) = detector_clock(c, i);
     let mut att = attitude(c, i);
     for t in &mut att.times {
         *t -= epoch;
@@ -495,7 +494,7 @@ fn write_observation(
         (true, Some(f)) => quadrupole_factor(f * 1e9, T_CMB),
         _ => 0.0,
     });
-    let clock = SampleClock::with_first_sample(0.0, first, c.rate_hz).expect("finite clock");
+    let clock = SampleClock::new(t0, c.rate_hz).expect("finite clock");
     let w = H5Writer::create(path, Durability::ProcessCrashOnly)?;
     w.attr_str("", "format", OBS_FORMAT)?;
     w.attr_i64("", "obs", i64::from(i))?;
@@ -512,8 +511,7 @@ fn write_observation(
     for (d, det) in fp.detectors.iter().enumerate() {
         let group = format!("detectors/{}", det.name);
         w.group(&group)?;
-        w.attr_f64(&group, "t0", 0.0)?;
-        w.attr_i64(&group, "first_sample", first as i64)?;
+        w.attr_f64(&group, "t0", t0)?;
         w.attr_f64(&group, "rate_hz", c.rate_hz)?;
         let sig = w.dataset::<f64>(&format!("{group}/signal"), &[len])?;
         sig.attr_str("units", "V")?;
@@ -528,7 +526,7 @@ fn write_observation(
             setup
                 .chunk(det, &clock, start as u64, n, &mut buf)
                 .map_err(|e| skypipe_io::hdf5::H5Error::invalid(path, &group, e.to_string()))?;
-            let vel = att.velocities(0.0, c.rate_hz, first + start as u64, n);
+            let vel = att.velocities(t0, c.rate_hz, start as u64, n);
             out.clear();
             for (k, v) in vel.iter().enumerate() {
                 let (theta, phi, _) = quat_to_angles(buf.quats[k]);
