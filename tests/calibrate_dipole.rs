@@ -125,7 +125,7 @@ for case, (pointing, solar, orbital, t0, quad) in cases.items():
         idx = np.concatenate([[0, n - 1], rng.choice(n, 150, replace=False)])
         # Velocity at each sample: linear interpolation of the 8 Hz attitude (float64, as the
         # stage does; its rounding is 1e-16 of 30 km/s).
-        s = idx / rate
+        s = (g.attrs.get('first_sample', 0) + idx) / rate
         rel = times - t0s
         j = np.clip(np.searchsorted(rel, s, side='right') - 1, 0, len(times) - 2)
         u = np.clip((s - rel[j]) / (rel[j + 1] - rel[j]), 0, 1)

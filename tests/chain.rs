@@ -402,3 +402,108 @@ fn a_second_calibration_pass_uses_the_first_map_in_the_same_job() {
     assert!(run_dir.join("mapmake2/map_binned.fits").is_file());
     assert_eq!(files(&run_dir.join("calibrate2")).len(), 6);
 }
+
+#[test]
+fn pointing_expanded_on_the_fly_equals_the_pointing_files_and_gives_the_same_maps() {
+    use skypipe_cmb::model::{FocalPlane, ObservationList};
+    use skypipe_cmb::pointing::{ChunkPointing, ObservationPointing, OutputFrame, PointingConfig};
+    use skypipe_io::hdf5::H5Reader;
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), SIM);
+    // The dense chain, on one rank (a fixed reduction order).
+    let dense = tmp.path().join("dense");
+    let out = run_chain(
+        &chain_config(tmp.path(), "dense.toml", &tables(&list, "")),
+        &dense,
+        1,
+        &[],
+    );
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    // calibrate + mapmake expanding the pointing themselves, with no pointing stage; the
+    // calibration's chunks (65536) are not the pointing's (5000).
+    let obs = format!("observations = \"{}\"", list.display());
+    let expand = [
+        (
+            "calibrate",
+            format!("{obs}\npointing = \"expand\"\n[calibrate.expand]\n{POINTING}"),
+        ),
+        (
+            "mapmake",
+            format!(
+                "{obs}\nquicklook_width = 200\ndestripe = false\npointing = \"expand\"\n[mapmake.expand]\n{POINTING}"
+            ),
+        ),
+    ];
+    let expanded = tmp.path().join("expanded");
+    let out = run_chain(
+        &chain_config(tmp.path(), "expand.toml", &expand),
+        &expanded,
+        1,
+        &[],
+    );
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    assert!(!expanded.join("pointing").exists());
+    let cal = files(&dense.join("calibrate"));
+    assert_eq!(cal.len(), 6);
+    assert!(
+        cal == files(&expanded.join("calibrate")),
+        "calibrated files differ"
+    );
+    let read = |d: &Path, f: &str| std::fs::read(d.join("mapmake").join(f)).unwrap();
+    assert!(read(&dense, "map_binned.fits") == read(&expanded, "map_binned.fits"));
+    // The summaries agree but for their wall times.
+    let summary = |d: &Path| {
+        let mut v: serde_json::Value = serde_json::from_slice(&read(d, "summary.json")).unwrap();
+        v.as_object_mut().unwrap().remove("seconds");
+        v
+    };
+    assert_eq!(summary(&dense), summary(&expanded));
+    // The shared expansion equals the pointing stage's double-precision files bit for bit.
+    // The geometry of POINTING.
+    let geometry = PointingConfig {
+        nside: 64,
+        frame: OutputFrame::Galactic,
+        aberration: true,
+        chunk_samples: 5000,
+        ..Default::default()
+    }
+    .geometry();
+    let obs_list = ObservationList::load(&list).unwrap();
+    let focal_plane = FocalPlane::read(&obs_list.focal_plane).unwrap();
+    let mut buf = ChunkPointing::default();
+    for entry in &obs_list.observations {
+        let raw = H5Reader::open(&entry.file).unwrap();
+        let e = ObservationPointing::open(&raw, &focal_plane, &geometry).unwrap();
+        let pt = H5Reader::open(
+            dense
+                .join("pointing")
+                .join(format!("obs={:04}.h5", entry.obs)),
+        )
+        .unwrap();
+        for d in 0..e.detector_count() {
+            let (det, _, len) = e.detector(d);
+            let group = format!("detectors/{}", det.name);
+            let pixels: Vec<u64> = pt.read_1d(&format!("{group}/pixels"), Some(len)).unwrap();
+            let weights: Vec<[f64; 3]> =
+                pt.read_2d(&format!("{group}/weights"), Some(len)).unwrap();
+            let angles: Vec<Vec<f64>> = ["theta", "phi", "psi"]
+                .map(|n| pt.read_1d(&format!("{group}/{n}"), Some(len)).unwrap())
+                .to_vec();
+            let mut seen = 0;
+            for index in 0..len.div_ceil(geometry.chunk_samples) {
+                let start = e.expand_chunk(d, index, true, &mut buf).unwrap();
+                let r = start..start + buf.pixels.len();
+                assert_eq!(buf.pixels, pixels[r.clone()]);
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let flat =
+                    |w: &[[f64; 3]]| w.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(flat(&buf.weights), flat(&weights[r.clone()]));
+                assert_eq!(bits(&buf.theta), bits(&angles[0][r.clone()]));
+                assert_eq!(bits(&buf.phi), bits(&angles[1][r.clone()]));
+                assert_eq!(bits(&buf.psi), bits(&angles[2][r.clone()]));
+                seen += buf.pixels.len();
+            }
+            assert_eq!(seen, len);
+        }
+    }
+}

@@ -161,7 +161,7 @@ for o in range(2):
         g = f['detectors'][d]
         t0, rate, n = g.attrs['t0'], g.attrs['rate_hz'], g['signal'].shape[0]
         idx = np.concatenate([[0, n - 1], rng.choice(n, 1500, replace=False)])
-        s = idx / rate
+        s = (g.attrs.get('first_sample', 0) + idx) / rate
         rel = times - t0
         j = np.clip(np.searchsorted(rel, s, side='right') - 1, 0, len(times) - 2)
         u = (s - rel[j]) / (rel[j + 1] - rel[j])

@@ -30,7 +30,10 @@ use crate::model::{
     GainTable, ObsUnit, ObservationList, SkyMap, TimestreamInfo, parse_ordering, read_attitude,
     stage_file, timestream_info, warn_if_obs_differs,
 };
-use crate::pointing::{durability, plan_list};
+use crate::pointing::{
+    ChunkPointing, DetectorExpander, ObservationPointing, PointingGeometry, PointingSource,
+    durability, plan_list,
+};
 use serde::{Deserialize, Serialize};
 use skypipe_core::aberration::C_KM_S;
 use skypipe_core::dipole::{DipoleModel, SolarVelocity, T_CMB, quadrupole_factor};
@@ -43,8 +46,10 @@ use skypipe_stage::{
     Connections, FailureKind, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure,
     fingerprint_of,
 };
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// Where gains come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +71,16 @@ pub struct CalibrateConfig {
     pub observations: PathBuf,
     /// Directory of the pointing outputs. Default `RUN_DIR/pointing`.
     pub pointing_dir: Option<PathBuf>,
+    /// `file` (default): θ, φ (and pixels and weights with a sky model) from the pointing
+    /// stage's files; `expand`: expanded per chunk from the observation's attitude and the
+    /// focal plane with the `expand` geometry, bit for bit the pointing stage's
+    /// double-precision values, without reading pointing files.
+    #[serde(skip_serializing_if = "PointingSource::is_file")]
+    pub pointing: PointingSource,
+    /// The pointing geometry of `pointing = "expand"`: the `[pointing]` keys `nside`,
+    /// `ordering`, `frame`, `aberration`, `chunk_samples` (defaults as there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expand: Option<PointingGeometry>,
     /// Directory of this stage's outputs. Default `RUN_DIR/calibrate` (a second pass, e.g. with
     /// the first pass's map as sky model, writes elsewhere).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,6 +135,8 @@ impl Default for CalibrateConfig {
         Self {
             observations: PathBuf::from("data/cmb/observations.json"),
             pointing_dir: None,
+            pointing: PointingSource::File,
+            expand: None,
             output_dir: None,
             gains: GainMode::Fit,
             gain_table: None,
@@ -193,7 +210,10 @@ pub struct Calibrate {
 struct OpenObservation {
     obs: u32,
     raw: H5Reader,
-    pt: H5Reader,
+    /// The pointing file (`pointing = "file"`).
+    pt: Option<H5Reader>,
+    /// The pointing expanded from the attitude (`pointing = "expand"`).
+    expanded: Option<ObservationPointing>,
     att: AttitudeData,
     pt_frame: Frame,
     /// The pointing's pixel grid, when a sky model needs it.
@@ -209,13 +229,27 @@ struct DetectorInputs<'a> {
     info: TimestreamInfo,
     raw: H5Dataset<'a>,
     flags: H5Dataset<'a>,
-    theta: H5Dataset<'a>,
-    phi: H5Dataset<'a>,
-    sky: Option<(H5Dataset<'a>, H5Dataset<'a>)>,
+    pointing: DetectorPointing<'a>,
+    /// The file named in pointing errors: the pointing file, or the observation when expanded.
     pointing_path: &'a Path,
     group: String,
     table_entry: Option<(f64, Option<f64>)>,
 }
+
+/// Where one detector's pointing comes from.
+enum DetectorPointing<'a> {
+    /// Datasets of the pointing file: θ, φ, and pixels and weights when a sky model needs them.
+    File {
+        theta: H5Dataset<'a>,
+        phi: H5Dataset<'a>,
+        sky: Option<(H5Dataset<'a>, H5Dataset<'a>)>,
+    },
+    /// Expanded from the attitude, with the time spent expanding.
+    Expand(RefCell<(DetectorExpander<'a>, ChunkPointing, Duration)>),
+}
+
+/// A chunk's pixels and weights, read or expanded when a sky model needs them.
+type SkyPointing = (Vec<u64>, Vec<[f64; 3]>);
 
 /// One chunk of one detector: raw samples, flags, dipole response `½ΔT` and template (NaN
 /// where the sky model has no value).
@@ -256,6 +290,17 @@ impl Calibrate {
             return Err(format!("calibrate.t_cmb must be > 0, got {}", config.t_cmb));
         }
         let solar = config.solar_velocity()?;
+        match (config.pointing, &config.expand) {
+            (PointingSource::Expand, Some(g)) => {
+                g.grid("calibrate.expand")?;
+            }
+            (PointingSource::File, Some(_)) => {
+                return Err(
+                    "calibrate.expand is set but calibrate.pointing is not \"expand\"".into(),
+                );
+            }
+            _ => {}
+        }
         let table = match (config.gains, &config.gain_table) {
             (GainMode::Table, Some(p)) => Some(GainTable::read(p).map_err(|e| e.to_string())?),
             (GainMode::Table, None) => {
@@ -336,17 +381,53 @@ impl Calibrate {
         })?;
         let raw = H5Reader::open(&entry.file)?;
         warn_if_obs_differs(&raw, obs);
-        let att = read_attitude(&raw)?;
-        let pt = H5Reader::open(pointing)?;
-        let pt_path = pt.path().to_path_buf();
-        let fr = pt.attr_str("", "frame")?;
-        let pt_frame = Frame::parse(&fr)
-            .ok_or_else(|| H5Error::invalid(&pt_path, "@frame", format!("unknown frame '{fr}'")))?;
-        let aberration = pt.attr_i64("", "aberration")? != 0;
+        let (pt, expanded, att, pt_frame, aberration, nside, ordering, pt_path) =
+            match (&self.config.pointing, &self.config.expand) {
+                (PointingSource::Expand, geometry) => {
+                    let geometry = geometry.clone().unwrap_or_default();
+                    let e = ObservationPointing::open(&raw, &self.focal_plane, &geometry)?;
+                    let (att, frame, ab, grid) = (
+                        e.attitude().clone(),
+                        e.out_frame(),
+                        e.aberration(),
+                        e.grid(),
+                    );
+                    let path = raw.path().to_path_buf();
+                    let (nside, ordering) = (grid.nside() as i64, Some(grid.ordering()));
+                    (None, Some(e), att, frame, ab, nside, ordering, path)
+                }
+                (PointingSource::File, _) => {
+                    let att = read_attitude(&raw)?;
+                    let pt = H5Reader::open(pointing)?;
+                    let pt_path = pt.path().to_path_buf();
+                    let fr = pt.attr_str("", "frame")?;
+                    let pt_frame = Frame::parse(&fr).ok_or_else(|| {
+                        H5Error::invalid(&pt_path, "@frame", format!("unknown frame '{fr}'"))
+                    })?;
+                    let aberration = pt.attr_i64("", "aberration")? != 0;
+                    let (nside, ordering) = if self.config.sky_model.is_some() {
+                        (
+                            pt.attr_i64("", "nside")?,
+                            parse_ordering(&pt.attr_str("", "ordering")?),
+                        )
+                    } else {
+                        (0, None)
+                    };
+                    (
+                        Some(pt),
+                        None,
+                        att,
+                        pt_frame,
+                        aberration,
+                        nside,
+                        ordering,
+                        pt_path,
+                    )
+                }
+            };
         let mut grid = None;
         if let Some(sky) = self.sky_model()? {
-            let nside = pt.attr_i64("", "nside")?;
-            let ord = parse_ordering(&pt.attr_str("", "ordering")?);
+            let ord = ordering;
             let Some(ordering) = ord.filter(|_| nside == sky.nside as i64 && pt_frame == sky.frame)
             else {
                 return Err(H5Error::invalid(
@@ -386,6 +467,7 @@ impl Calibrate {
             obs,
             raw,
             pt,
+            expanded,
             att,
             pt_frame,
             grid,
@@ -399,12 +481,46 @@ impl Calibrate {
         &'a self,
         open: &'a OpenObservation,
     ) -> Result<Vec<DetectorInputs<'a>>, CmbError> {
-        let (raw, pt) = (&open.raw, &open.pt);
+        let raw = &open.raw;
         let mut all = Vec::new();
-        for (det, &quadrupole) in self.focal_plane.detectors.iter().zip(&self.quadrupole) {
+        for (d, (det, &quadrupole)) in self
+            .focal_plane
+            .detectors
+            .iter()
+            .zip(&self.quadrupole)
+            .enumerate()
+        {
             let group = format!("detectors/{}", det.name);
             let info = timestream_info(raw, &group, "signal", Some(det.rate_hz))?;
-            let pinfo = timestream_info(pt, &group, "theta", None)?;
+            let len = Some(info.len);
+            let (pt, pointing) = match (&open.pt, &open.expanded) {
+                (_, Some(e)) => {
+                    let expander = DetectorExpander::new(e, d, true);
+                    let state = (expander, ChunkPointing::default(), Duration::ZERO);
+                    (raw, DetectorPointing::Expand(RefCell::new(state)))
+                }
+                (Some(pt), None) => {
+                    let theta = pt.dataset(&format!("{group}/theta"), &[len])?;
+                    let phi = pt.dataset(&format!("{group}/phi"), &[len])?;
+                    theta.require_numeric(false)?;
+                    phi.require_numeric(false)?;
+                    let sky = if self.config.sky_model.is_some() {
+                        let pixels = pt.dataset(&format!("{group}/pixels"), &[len])?;
+                        let weights = pt.dataset(&format!("{group}/weights"), &[len, Some(3)])?;
+                        pixels.require_numeric(true)?;
+                        weights.require_numeric(false)?;
+                        Some((pixels, weights))
+                    } else {
+                        None
+                    };
+                    (pt, DetectorPointing::File { theta, phi, sky })
+                }
+                (None, None) => unreachable!("an observation is opened with one pointing source"),
+            };
+            let pinfo = match pointing {
+                DetectorPointing::File { .. } => timestream_info(pt, &group, "theta", None)?,
+                DetectorPointing::Expand(_) => info,
+            };
             if pinfo != info {
                 return Err(H5Error::invalid(
                     pt.path(),
@@ -422,7 +538,6 @@ impl Calibrate {
                 )
                 .into());
             }
-            let len = Some(info.len);
             let table_entry = match &self.table {
                 Some(t) => Some(t.lookup(open.obs, &det.name).ok_or_else(|| {
                     H5Error::invalid(
@@ -436,28 +551,13 @@ impl Calibrate {
                 })?),
                 None => None,
             };
-            let theta = pt.dataset(&format!("{group}/theta"), &[len])?;
-            let phi = pt.dataset(&format!("{group}/phi"), &[len])?;
-            theta.require_numeric(false)?;
-            phi.require_numeric(false)?;
-            let sky = if self.config.sky_model.is_some() {
-                let pixels = pt.dataset(&format!("{group}/pixels"), &[len])?;
-                let weights = pt.dataset(&format!("{group}/weights"), &[len, Some(3)])?;
-                pixels.require_numeric(true)?;
-                weights.require_numeric(false)?;
-                Some((pixels, weights))
-            } else {
-                None
-            };
             all.push(DetectorInputs {
                 spec: det,
                 quadrupole,
                 info,
                 raw: raw.dataset(&format!("{group}/signal"), &[len])?,
                 flags: raw.dataset(&format!("{group}/flags"), &[len])?,
-                theta,
-                phi,
-                sky,
+                pointing,
                 pointing_path: pt.path(),
                 group,
                 table_entry,
@@ -479,8 +579,44 @@ impl Calibrate {
         let range = start..start + n;
         chunk.raw = inputs.raw.read_rows(range.clone())?;
         chunk.flags = inputs.flags.read_rows(range.clone())?;
-        let theta: Vec<f64> = inputs.theta.read_rows(range.clone())?;
-        let phi: Vec<f64> = inputs.phi.read_rows(range.clone())?;
+        let (theta, phi, sky_pointing): (Vec<f64>, Vec<f64>, Option<SkyPointing>) =
+            match &inputs.pointing {
+                DetectorPointing::File { theta, phi, sky } => {
+                    let theta = theta.read_rows(range.clone())?;
+                    let phi = phi.read_rows(range.clone())?;
+                    let sky = match sky {
+                        Some((p, w)) if self.config.sky_model.is_some() => {
+                            Some((p.read_rows(range.clone())?, w.read_rows_2d(range.clone())?))
+                        }
+                        _ => None,
+                    };
+                    (theta, phi, sky)
+                }
+                DetectorPointing::Expand(state) => {
+                    let mut state = state.borrow_mut();
+                    let (expander, buf, spent) = &mut *state;
+                    let t = Instant::now();
+                    expander.range(start, n, buf).map_err(|e| {
+                        H5Error::invalid(
+                            inputs.pointing_path,
+                            &format!("{}/signal", inputs.group),
+                            e.to_string(),
+                        )
+                    })?;
+                    *spent += t.elapsed();
+                    let sky = self.config.sky_model.is_some().then(|| {
+                        (
+                            std::mem::take(&mut buf.pixels),
+                            std::mem::take(&mut buf.weights),
+                        )
+                    });
+                    (
+                        std::mem::take(&mut buf.theta),
+                        std::mem::take(&mut buf.phi),
+                        sky,
+                    )
+                }
+            };
         if let Some(k) = (0..n).find(|&k| !(theta[k].is_finite() && phi[k].is_finite())) {
             return Err(H5Error::invalid(
                 inputs.pointing_path,
@@ -490,20 +626,22 @@ impl Calibrate {
             .into());
         }
         let model = open.model.with_quadrupole(inputs.quadrupole);
-        let (t0, rate) = (inputs.info.t0, inputs.info.rate_hz);
+        let (t0, rate, first) = (
+            inputs.info.t0,
+            inputs.info.rate_hz,
+            inputs.info.first_sample,
+        );
         model.delta_t_chunk(
             &theta,
             &phi,
-            |k| open.att.velocity_at(t0, rate, (start + k) as u64),
+            |k| open.att.velocity_at(t0, rate, first + (start + k) as u64),
             0.5,
             &mut chunk.dipole,
         );
         chunk.template.clone_from(&chunk.dipole);
-        if let (Some((pix_ds, w_ds)), Some(sky), Some(grid)) =
-            (&inputs.sky, self.sky_model()?, &open.grid)
+        if let (Some((pixels, weights)), Some(sky), Some(grid)) =
+            (sky_pointing, self.sky_model()?, &open.grid)
         {
-            let pixels: Vec<u64> = pix_ds.read_rows(range.clone())?;
-            let weights: Vec<[f64; 3]> = w_ds.read_rows_2d(range)?;
             for k in 0..n {
                 let p = pixels[k];
                 let in_sky = if grid.ordering() == sky.ordering {
@@ -630,6 +768,7 @@ impl Calibrate {
         durability: Durability,
     ) -> Result<(), CmbError> {
         // Read and validate every input before writing anything.
+        let started = Instant::now();
         let open = self.open_observation(obs, pointing)?;
         let inputs = self.detector_inputs(&open)?;
         let w = H5Writer::create(out, durability)?;
@@ -640,6 +779,20 @@ impl Calibrate {
             self.write_detector(&w, det, &open, &gain, cache)?;
         }
         w.commit()?;
+        let expanding: Duration = inputs
+            .iter()
+            .filter_map(|d| match &d.pointing {
+                DetectorPointing::Expand(state) => Some(state.borrow().2),
+                DetectorPointing::File { .. } => None,
+            })
+            .sum();
+        if open.expanded.is_some() {
+            tracing::info!(
+                "obs={obs:04}: pointing expanded in {:.3} s of the unit's {:.3} s",
+                expanding.as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         Ok(())
     }
 
@@ -682,8 +835,7 @@ impl Calibrate {
         let (info, group) = (&inputs.info, &inputs.group);
         let cal = gain.cal;
         w.group(group)?;
-        w.attr_f64(group, "t0", info.t0)?;
-        w.attr_f64(group, "rate_hz", info.rate_hz)?;
+        info.write_clock(w, group)?;
         w.attr_f64(group, "gain", cal.gain)?;
         w.attr_f64(group, "offset", cal.offset)?;
         if let Some(n) = gain.n_good {
@@ -818,7 +970,7 @@ impl Stage for Calibrate {
 
     fn run(&self, unit: &ObsUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
         let pointing = self.pointing_path(&ctx.run_dir, unit.obs);
-        if !pointing.exists() {
+        if self.config.pointing == PointingSource::File && !pointing.exists() {
             return Err(UnitFailure::new(
                 FailureKind::DependencyFailed,
                 format!(
@@ -841,8 +993,10 @@ impl Stage for Calibrate {
         if let Some(sky) = &self.config.sky_model {
             c = c.input(DATASET_MAP, sky);
         }
-        c.input(DATASET_POINTING, self.pointing_path(run_dir, unit.obs))
-            .output(DATASET_CALIBRATED, self.output_path(run_dir, unit.obs))
+        if self.config.pointing == PointingSource::File {
+            c = c.input(DATASET_POINTING, self.pointing_path(run_dir, unit.obs));
+        }
+        c.output(DATASET_CALIBRATED, self.output_path(run_dir, unit.obs))
     }
 }
 

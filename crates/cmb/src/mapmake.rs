@@ -30,11 +30,13 @@
 //! Unobserved pixels and pixels under the rcond cut are `UNSEEN` (−1.6375e30).
 
 use crate::model::{
-    CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_MAP, DATASET_POINTING, FLAG_NONFINITE,
-    FocalPlane, Frame, ObservationList, POINTING_FORMAT, obs_file_name, ordering_name,
-    parse_ordering, stage_file, timestream_info,
+    CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_MAP, DATASET_OBSERVATION,
+    DATASET_POINTING, FLAG_NONFINITE, FocalPlane, Frame, ObservationList, POINTING_FORMAT,
+    TimestreamInfo, obs_file_name, ordering_name, parse_ordering, stage_file, timestream_info,
 };
-use crate::pointing::durability;
+use crate::pointing::{
+    ChunkPointing, ObservationPointing, PointingGeometry, PointingSource, durability,
+};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use skypipe_core::binning::{
@@ -122,6 +124,15 @@ pub struct MapmakeConfig {
     pub observations: PathBuf,
     /// Directory of the pointing outputs. Default `RUN_DIR/pointing`.
     pub pointing_dir: Option<PathBuf>,
+    /// `file` (default): pixels and weights from the pointing stage's files; `expand`:
+    /// expanded per chunk from the observation's attitude and the focal plane with the
+    /// `expand` geometry (bit for bit the pointing stage's double-precision values).
+    #[serde(skip_serializing_if = "PointingSource::is_file")]
+    pub pointing: PointingSource,
+    /// The pointing geometry of `pointing = "expand"`: the `[pointing]` keys `nside`,
+    /// `ordering`, `frame`, `aberration`, `chunk_samples` (defaults as there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expand: Option<PointingGeometry>,
     /// Directory of the calibrated timestreams. Default `RUN_DIR/calibrate`.
     pub calibrated_dir: Option<PathBuf>,
     /// Output directory. Default `RUN_DIR/mapmake`.
@@ -180,6 +191,8 @@ impl Default for MapmakeConfig {
         Self {
             observations: PathBuf::from("data/cmb/observations.json"),
             pointing_dir: None,
+            pointing: PointingSource::File,
+            expand: None,
             calibrated_dir: None,
             out_dir: None,
             nside: None,
@@ -388,6 +401,15 @@ impl Mapmake {
                 config.tolerance
             ));
         }
+        match (config.pointing, &config.expand) {
+            (PointingSource::Expand, Some(g)) => {
+                g.grid("mapmake.expand")?;
+            }
+            (PointingSource::File, Some(_)) => {
+                return Err("mapmake.expand is set but mapmake.pointing is not \"expand\"".into());
+            }
+            _ => {}
+        }
         let list = ObservationList::load(&config.observations).map_err(|e| e.to_string())?;
         let focal_plane = FocalPlane::read(&list.focal_plane).map_err(|e| e.to_string())?;
         Ok(Self {
@@ -453,10 +475,27 @@ impl Mapmake {
 
     /// Reads and validates one observation (pixels converted to NESTED).
     fn load(&self, run_dir: &Path, obs: u32) -> Result<ObsData, CmbError> {
-        let pt = H5Reader::open(self.pointing_path(run_dir, obs))?;
         let cal = H5Reader::open(self.calibrated_path(run_dir, obs))?;
+        let (pt, expanded) = match self.config.pointing {
+            PointingSource::File => (H5Reader::open(self.pointing_path(run_dir, obs))?, None),
+            PointingSource::Expand => {
+                let entry = self.list.entry(obs).ok_or_else(|| CmbError::List {
+                    path: self.config.observations.clone(),
+                    message: format!("no observation {obs}"),
+                })?;
+                let raw = H5Reader::open(&entry.file)?;
+                let geometry = self.config.expand.clone().unwrap_or_default();
+                let e = ObservationPointing::open(&raw, &self.focal_plane, &geometry)?;
+                (raw, Some(e))
+            }
+        };
         let (pt_path, cal_path) = (pt.path().to_path_buf(), cal.path().to_path_buf());
-        for (r, format) in [(&pt, POINTING_FORMAT), (&cal, CALIBRATED_FORMAT)] {
+        let checked: &[(&H5Reader, &str)] = if expanded.is_some() {
+            &[(&cal, CALIBRATED_FORMAT)]
+        } else {
+            &[(&pt, POINTING_FORMAT), (&cal, CALIBRATED_FORMAT)]
+        };
+        for &(r, format) in checked {
             let found = r.attr_str("", "format")?;
             if found != format {
                 return Err(H5Error::invalid(
@@ -476,25 +515,39 @@ impl Mapmake {
                 .into());
             }
         }
-        let nside_attr = pt.attr_i64("", "nside")?;
-        let ordering_text = pt.attr_str("", "ordering")?;
-        let ordering = parse_ordering(&ordering_text).ok_or_else(|| {
-            H5Error::invalid(
-                &pt_path,
-                "@ordering",
-                format!("unknown ordering '{ordering_text}'"),
-            )
-        })?;
-        let grid = u64::try_from(nside_attr)
-            .ok()
-            .and_then(|n| Healpix::new(n, ordering).ok())
-            .ok_or_else(|| {
-                H5Error::invalid(
-                    &pt_path,
-                    "@nside",
-                    format!("{nside_attr} is not a valid HEALPix nside"),
-                )
-            })?;
+        let (grid, ordering, frame_text, frame) = match &expanded {
+            Some(e) => {
+                let grid = e.grid();
+                let f = e.out_frame();
+                (grid, grid.ordering(), f.as_str().to_string(), f)
+            }
+            None => {
+                let nside_attr = pt.attr_i64("", "nside")?;
+                let ordering_text = pt.attr_str("", "ordering")?;
+                let ordering = parse_ordering(&ordering_text).ok_or_else(|| {
+                    H5Error::invalid(
+                        &pt_path,
+                        "@ordering",
+                        format!("unknown ordering '{ordering_text}'"),
+                    )
+                })?;
+                let grid = u64::try_from(nside_attr)
+                    .ok()
+                    .and_then(|n| Healpix::new(n, ordering).ok())
+                    .ok_or_else(|| {
+                        H5Error::invalid(
+                            &pt_path,
+                            "@nside",
+                            format!("{nside_attr} is not a valid HEALPix nside"),
+                        )
+                    })?;
+                let frame_text = pt.attr_str("", "frame")?;
+                let frame = Frame::parse(&frame_text).ok_or_else(|| {
+                    H5Error::invalid(&pt_path, "@frame", format!("unknown frame '{frame_text}'"))
+                })?;
+                (grid, ordering, frame_text, frame)
+            }
+        };
         let nside = grid.nside();
         if let Some(expected) = self.config.nside
             && expected != nside
@@ -516,10 +569,6 @@ impl Mapmake {
             )
             .into());
         }
-        let frame_text = pt.attr_str("", "frame")?;
-        let frame = Frame::parse(&frame_text).ok_or_else(|| {
-            H5Error::invalid(&pt_path, "@frame", format!("unknown frame '{frame_text}'"))
-        })?;
         let cal_frame = cal.attr_str("", "frame")?;
         if Frame::parse(&cal_frame) != Some(frame) {
             return Err(H5Error::invalid(
@@ -536,9 +585,20 @@ impl Mapmake {
         let mut detectors = Vec::with_capacity(self.focal_plane.detectors.len());
         let (mut samples, mut good_samples) = (0u64, 0u64);
         let mut rate = None;
-        for det in &self.focal_plane.detectors {
+        for (d, det) in self.focal_plane.detectors.iter().enumerate() {
             let group = format!("detectors/{}", det.name);
-            let pinfo = timestream_info(&pt, &group, "pixels", Some(det.rate_hz))?;
+            let pinfo = match &expanded {
+                Some(e) => {
+                    let (_, clock, len) = e.detector(d);
+                    TimestreamInfo {
+                        t0: clock.t0(),
+                        first_sample: clock.first_sample(),
+                        rate_hz: clock.rate(),
+                        len,
+                    }
+                }
+                None => timestream_info(&pt, &group, "pixels", Some(det.rate_hz))?,
+            };
             let cinfo = timestream_info(&cal, &group, "signal", Some(det.rate_hz))?;
             if pinfo != cinfo {
                 return Err(H5Error::invalid(
@@ -573,13 +633,19 @@ impl Mapmake {
                 Some(_) => {}
             }
             let len = Some(pinfo.len);
-            // Pointing files hold int64 or int32 pixels and float64 or float32 weights.
-            pt.dataset(&format!("{group}/pixels"), &[len])?
-                .require_numeric(true)?;
-            pt.dataset(&format!("{group}/weights"), &[len, Some(3)])?
-                .require_numeric(false)?;
-            let mut pixels: Vec<u64> = pt.read_1d(&format!("{group}/pixels"), len)?;
-            let weights: Vec<[f64; 3]> = pt.read_2d(&format!("{group}/weights"), len)?;
+            let (mut pixels, weights) = match &expanded {
+                Some(e) => expand_detector(e, d, &pt_path, &group)?,
+                None => {
+                    // Pointing files hold int64 or int32 pixels and float64 or float32 weights.
+                    pt.dataset(&format!("{group}/pixels"), &[len])?
+                        .require_numeric(true)?;
+                    pt.dataset(&format!("{group}/weights"), &[len, Some(3)])?
+                        .require_numeric(false)?;
+                    let pixels: Vec<u64> = pt.read_1d(&format!("{group}/pixels"), len)?;
+                    let weights: Vec<[f64; 3]> = pt.read_2d(&format!("{group}/weights"), len)?;
+                    (pixels, weights)
+                }
+            };
             let signal: Vec<f64> = cal.read_1d(&format!("{group}/signal"), len)?;
             let flags: Vec<u8> = cal.read_1d(&format!("{group}/flags"), len)?;
             for i in 0..pixels.len() {
@@ -652,10 +718,11 @@ impl Mapmake {
                 self.config.observations.display()
             )));
         }
-        for (path, producer) in [
-            (self.pointing_path(&ctx.run_dir, obs), "skypipe-pointing"),
-            (self.calibrated_path(&ctx.run_dir, obs), "skypipe-calibrate"),
-        ] {
+        let mut needed = vec![(self.calibrated_path(&ctx.run_dir, obs), "skypipe-calibrate")];
+        if self.config.pointing == PointingSource::File {
+            needed.push((self.pointing_path(&ctx.run_dir, obs), "skypipe-pointing"));
+        }
+        for (path, producer) in needed {
             if !path.exists() {
                 return Err(UnitFailure::new(
                     FailureKind::DependencyFailed,
@@ -1146,6 +1213,25 @@ impl Mapmake {
 }
 
 /// Unflagged samples and the sub-maps they touch (ascending) in this rank's timestreams.
+/// One detector's pixels and weights expanded from the attitude, aligned chunk by chunk.
+fn expand_detector(
+    e: &ObservationPointing,
+    d: usize,
+    path: &Path,
+    group: &str,
+) -> Result<(Vec<u64>, Vec<[f64; 3]>), CmbError> {
+    let (_, _, len) = e.detector(d);
+    let (mut pixels, mut weights) = (Vec::with_capacity(len), Vec::with_capacity(len));
+    let mut buf = ChunkPointing::default();
+    for index in 0..len.div_ceil(e.chunk_samples()) {
+        e.expand_chunk(d, index, false, &mut buf)
+            .map_err(|err| H5Error::invalid(path, &format!("{group}/signal"), err.to_string()))?;
+        pixels.extend_from_slice(&buf.pixels);
+        weights.extend_from_slice(&buf.weights);
+    }
+    Ok((pixels, weights))
+}
+
 fn local_extent(timestreams: &[Timestream<'_>], layout: SubmapLayout) -> (u64, Vec<usize>) {
     let mut touched = vec![false; layout.n_submaps()];
     let mut samples = 0;
@@ -1444,9 +1530,18 @@ impl Stage for Mapmake {
 
     fn connections(&self, unit: &MapUnit, run_dir: &Path) -> Connections {
         match *unit {
-            MapUnit::Obs { obs } => Connections::new()
-                .input(DATASET_POINTING, self.pointing_path(run_dir, obs))
-                .input(DATASET_CALIBRATED, self.calibrated_path(run_dir, obs)),
+            MapUnit::Obs { obs } => {
+                let c = match (self.config.pointing, self.list.entry(obs)) {
+                    (PointingSource::File, _) => {
+                        Connections::new().input(DATASET_POINTING, self.pointing_path(run_dir, obs))
+                    }
+                    (PointingSource::Expand, Some(entry)) => {
+                        Connections::new().prerequisite(DATASET_OBSERVATION, &entry.file)
+                    }
+                    (PointingSource::Expand, None) => Connections::new(),
+                };
+                c.input(DATASET_CALIBRATED, self.calibrated_path(run_dir, obs))
+            }
             MapUnit::Map => {
                 let dir = self.out_dir(run_dir);
                 let c = Connections::new().output(DATASET_MAP, dir.join("map_binned.fits"));

@@ -5,7 +5,7 @@
 //! dataset: the stages turn it into a bad-input failure of the unit.
 
 use serde::{Deserialize, Serialize};
-use skypipe_core::attitude::validate_attitude;
+use skypipe_core::attitude::{SampleClock, validate_attitude};
 use skypipe_core::quat::{self, Quat};
 use skypipe_core::{frames, healpix};
 use skypipe_io::hdf5::{H5Error, H5Reader, H5Writer};
@@ -517,8 +517,12 @@ impl AttitudeData {
 /// The clock and length of one detector's timestream in an observation file.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TimestreamInfo {
-    /// Time of sample 0 (s).
+    /// Reference time (s): sample `i` is at `t0 + (first_sample + i) / rate_hz`, on the same
+    /// time axis as `attitude/time` (Unix seconds, or seconds since the file's `@epoch`).
     pub t0: f64,
+    /// Integer sample offset from `t0` (attribute `first_sample`; 0 when absent, as in files
+    /// written before it).
+    pub first_sample: u64,
     /// Exact sample rate (Hz).
     pub rate_hz: f64,
     /// Number of samples.
@@ -553,9 +557,46 @@ pub fn timestream_info(
         )
         .into());
     }
+    let first_sample = if r.has_attr(group, "first_sample") {
+        let f = r.attr_i64(group, "first_sample")?;
+        u64::try_from(f)
+            .ok()
+            .filter(|&f| f < 1 << 53)
+            .ok_or_else(|| {
+                H5Error::invalid(
+                    path,
+                    &format!("{group}@first_sample"),
+                    format!("{f} is not in [0, 2^53)"),
+                )
+            })?
+    } else {
+        0
+    };
     let name = format!("{group}/{dataset}");
     let len = r.dataset(&name, &[None])?.rows();
-    Ok(TimestreamInfo { t0, rate_hz, len })
+    Ok(TimestreamInfo {
+        t0,
+        first_sample,
+        rate_hz,
+        len,
+    })
+}
+
+impl TimestreamInfo {
+    /// The sample clock (`t0`, `first_sample`, `rate_hz`).
+    pub fn clock(&self) -> Result<SampleClock, skypipe_core::attitude::AttitudeError> {
+        SampleClock::with_first_sample(self.t0, self.first_sample, self.rate_hz)
+    }
+
+    /// Writes the clock attributes (`t0`, `rate_hz`, and `first_sample` when not 0) to `group`.
+    pub fn write_clock(&self, w: &H5Writer, group: &str) -> Result<(), H5Error> {
+        w.attr_f64(group, "t0", self.t0)?;
+        w.attr_f64(group, "rate_hz", self.rate_hz)?;
+        if self.first_sample != 0 {
+            w.attr_i64(group, "first_sample", self.first_sample as i64)?;
+        }
+        Ok(())
+    }
 }
 
 /// A HEALPix I/Q/U map in K_CMB.
@@ -839,6 +880,42 @@ mod tests {
             assert!((via_eq[i] - g[i]).abs() < 1e-12);
         }
         assert_eq!(Frame::Galactic.rotation_to(Frame::Galactic), quat::IDENTITY);
+    }
+
+    #[test]
+    fn clocks_are_read_with_and_without_an_integer_sample_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.h5");
+        let w = H5Writer::create(&path, skypipe_io::Durability::ProcessCrashOnly).unwrap();
+        // Today's layout: a float64 Unix t0 only.
+        w.group("detectors/old").unwrap();
+        w.attr_f64("detectors/old", "t0", 1.7e9 + 0.25).unwrap();
+        w.attr_f64("detectors/old", "rate_hz", 4.0).unwrap();
+        w.write_1d("detectors/old/signal", &[0.0f64; 8]).unwrap();
+        // On an integer epoch: t0 = 0 and an integer sample offset.
+        w.group("detectors/new").unwrap();
+        w.attr_f64("detectors/new", "t0", 0.0).unwrap();
+        w.attr_i64("detectors/new", "first_sample", 10_823).unwrap();
+        w.attr_f64("detectors/new", "rate_hz", 4.0).unwrap();
+        w.write_1d("detectors/new/signal", &[0.0f64; 8]).unwrap();
+        w.group("detectors/bad").unwrap();
+        w.attr_f64("detectors/bad", "t0", 0.0).unwrap();
+        w.attr_i64("detectors/bad", "first_sample", -1).unwrap();
+        w.attr_f64("detectors/bad", "rate_hz", 4.0).unwrap();
+        w.write_1d("detectors/bad/signal", &[0.0f64; 8]).unwrap();
+        w.commit().unwrap();
+        let r = H5Reader::open(&path).unwrap();
+        let old = timestream_info(&r, "detectors/old", "signal", Some(4.0)).unwrap();
+        assert_eq!((old.t0, old.first_sample, old.len), (1.7e9 + 0.25, 0, 8));
+        assert_eq!(
+            old.clock().unwrap(),
+            SampleClock::new(1.7e9 + 0.25, 4.0).unwrap()
+        );
+        let new = timestream_info(&r, "detectors/new", "signal", Some(4.0)).unwrap();
+        assert_eq!(new.first_sample, 10_823);
+        assert_eq!(new.clock().unwrap().time(1), 10_824.0 / 4.0);
+        let e = timestream_info(&r, "detectors/bad", "signal", None).unwrap_err();
+        assert!(e.to_string().contains("first_sample"), "{e}");
     }
 
     #[test]

@@ -9,8 +9,8 @@
 
 use crate::model::{
     AttitudeData, CmbError, DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec, FocalPlane, Frame,
-    ObsUnit, ObservationList, POINTING_FORMAT, obs_file_name, ordering_name, read_attitude,
-    timestream_info, warn_if_obs_differs,
+    ObsUnit, ObservationList, POINTING_FORMAT, TimestreamInfo, obs_file_name, ordering_name,
+    read_attitude, timestream_info, warn_if_obs_differs,
 };
 use serde::{Deserialize, Serialize};
 use skypipe_core::aberration::Beta;
@@ -116,6 +116,61 @@ impl OutputPrecision {
     }
 }
 
+/// The `[pointing]` keys that decide pixels, weights and angles: what a reader that expands
+/// pointing from the attitude itself (`pointing = "expand"` in `[calibrate]` / `[mapmake]`)
+/// needs to reproduce the pointing stage's double-precision outputs bit for bit. Defaults are
+/// the pointing stage's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PointingGeometry {
+    /// HEALPix nside (power of two). Default 2048.
+    pub nside: u64,
+    /// `ring` (default) or `nested`.
+    pub ordering: OrderingName,
+    /// Output frame: `input`, `ecliptic`, `equatorial` or `galactic` (default).
+    pub frame: OutputFrame,
+    /// Correct aberration by the satellite velocity (default true).
+    pub aberration: bool,
+    /// Samples per chunk; the aberration velocity is taken at each chunk's middle sample, so
+    /// this must equal the pointing stage's value for identical results. Default 65536.
+    pub chunk_samples: usize,
+}
+
+impl Default for PointingGeometry {
+    fn default() -> Self {
+        PointingConfig::default().geometry()
+    }
+}
+
+impl PointingGeometry {
+    /// The output grid, or an error naming `table` (e.g. `calibrate.expand`).
+    pub fn grid(&self, table: &str) -> Result<Healpix, String> {
+        if self.chunk_samples == 0 {
+            return Err(format!("{table}.chunk_samples must be at least 1"));
+        }
+        Healpix::new(self.nside, self.ordering.into()).map_err(|e| format!("{table}.nside: {e}"))
+    }
+}
+
+/// Where `skypipe-calibrate` and `skypipe-mapmake` get pointing from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PointingSource {
+    /// The pointing stage's files (default).
+    #[default]
+    File,
+    /// Expanded per chunk from the observation's attitude and the focal plane, with the
+    /// `expand` sub-table's geometry: no pointing files are read.
+    Expand,
+}
+
+impl PointingSource {
+    /// Whether this is the default (left out of configuration fingerprints).
+    pub fn is_file(&self) -> bool {
+        *self == Self::File
+    }
+}
+
 /// Whether every pixel index of an nside fits an int32 (`12·nside² < 2³¹`).
 pub fn pixels_fit_i32(nside: u64) -> bool {
     12u128 * u128::from(nside) * u128::from(nside) < 1u128 << 31
@@ -195,6 +250,19 @@ impl Default for PointingConfig {
     }
 }
 
+impl PointingConfig {
+    /// The keys that decide the pointing's values.
+    pub fn geometry(&self) -> PointingGeometry {
+        PointingGeometry {
+            nside: self.nside,
+            ordering: self.ordering,
+            frame: self.frame,
+            aberration: self.aberration,
+            chunk_samples: self.chunk_samples,
+        }
+    }
+}
+
 /// Pointing of one chunk of samples of one detector.
 #[derive(Debug, Default, Clone)]
 pub struct ChunkPointing {
@@ -204,6 +272,27 @@ pub struct ChunkPointing {
     pub weights: Vec<[f64; 3]>,
     /// Detector quaternions (detector → output frame, after aberration).
     pub quats: Vec<Quat>,
+    /// θ (rad), filled by [`ChunkPointing::fill_angles`].
+    pub theta: Vec<f64>,
+    /// φ (rad), filled by [`ChunkPointing::fill_angles`].
+    pub phi: Vec<f64>,
+    /// ψ (rad), filled by [`ChunkPointing::fill_angles`].
+    pub psi: Vec<f64>,
+}
+
+impl ChunkPointing {
+    /// θ, φ, ψ of every quaternion of the chunk ([`quat_to_angles`]).
+    pub fn fill_angles(&mut self) {
+        self.theta.clear();
+        self.phi.clear();
+        self.psi.clear();
+        for q in &self.quats {
+            let (a, b, c) = quat_to_angles(*q);
+            self.theta.push(a);
+            self.phi.push(b);
+            self.psi.push(c);
+        }
+    }
 }
 
 /// Everything needed to compute one detector's pointing in an observation.
@@ -236,9 +325,12 @@ impl PointingSetup<'_> {
         out.weights.resize(len, [0.0; 3]);
         out.quats.resize(len, [0.0; 4]);
         let aberration = if self.aberration && len > 0 {
-            let v = self
-                .data
-                .velocities(clock.t0(), clock.rate(), first + (len / 2) as u64, 1)[0];
+            let v = self.data.velocities(
+                clock.t0(),
+                clock.rate(),
+                clock.first_sample() + first + (len / 2) as u64,
+                1,
+            )[0];
             Some(Beta::from_km_s(v).unwrap_or(Beta::zero()))
         } else {
             None
@@ -262,6 +354,201 @@ impl PointingSetup<'_> {
                 quats: Some(&mut out.quats),
             },
         )
+    }
+}
+
+/// One observation's pointing, ready to be expanded chunk by chunk from its attitude: the
+/// function the pointing stage writes its files with and the readers (`pointing = "expand"`)
+/// use instead of those files, so both give the same values by construction.
+///
+/// Chunks are aligned on multiples of `chunk_samples` (the aberration velocity of a chunk is
+/// taken at its middle sample): [`ObservationPointing::expand_chunk`] computes aligned chunks,
+/// [`DetectorExpander`] serves any range from them.
+#[derive(Debug, Clone)]
+pub struct ObservationPointing {
+    attitude: Attitude,
+    data: AttitudeData,
+    out_frame: Frame,
+    grid: Healpix,
+    aberration: bool,
+    chunk_samples: usize,
+    detectors: Vec<(DetectorSpec, SampleClock, usize)>,
+}
+
+impl ObservationPointing {
+    /// Reads and validates the attitude of the open observation file `raw` and every
+    /// detector's clock (finite, the focal plane's rate, samples inside the attitude span).
+    pub fn open(
+        raw: &H5Reader,
+        focal_plane: &FocalPlane,
+        geometry: &PointingGeometry,
+    ) -> Result<Self, CmbError> {
+        let path = raw.path().to_path_buf();
+        let grid = Healpix::new(geometry.nside, geometry.ordering.into())
+            .map_err(|e| H5Error::invalid(&path, "@nside", e.to_string()))?;
+        let data = read_attitude(raw)?;
+        let attitude = Attitude::new(&data.times, &data.quats)
+            .map_err(|e| H5Error::invalid(&path, "attitude", e.to_string()))?;
+        let mut detectors = Vec::new();
+        for det in &focal_plane.detectors {
+            let group = format!("detectors/{}", det.name);
+            let info = timestream_info(raw, &group, "signal", Some(det.rate_hz))?;
+            let clock = info
+                .clock()
+                .map_err(|e| H5Error::invalid(&path, &group, e.to_string()))?;
+            attitude
+                .check_samples(&clock, 0, info.len)
+                .map_err(|e| H5Error::invalid(&path, &format!("{group}/signal"), e.to_string()))?;
+            detectors.push((det.clone(), clock, info.len));
+        }
+        Ok(Self {
+            out_frame: geometry.frame.resolve(data.frame),
+            attitude,
+            data,
+            grid,
+            aberration: geometry.aberration,
+            chunk_samples: geometry.chunk_samples.max(1),
+            detectors,
+        })
+    }
+
+    /// The attitude with its velocities.
+    pub fn attitude(&self) -> &AttitudeData {
+        &self.data
+    }
+
+    /// The frame of the pointing.
+    pub fn out_frame(&self) -> Frame {
+        self.out_frame
+    }
+
+    /// The pixel grid.
+    pub fn grid(&self) -> Healpix {
+        self.grid
+    }
+
+    /// Whether aberration is corrected.
+    pub fn aberration(&self) -> bool {
+        self.aberration
+    }
+
+    /// Samples per aligned chunk.
+    pub fn chunk_samples(&self) -> usize {
+        self.chunk_samples
+    }
+
+    /// Detector `d` (focal-plane order): its spec, clock and sample count.
+    pub fn detector(&self, d: usize) -> (&DetectorSpec, SampleClock, usize) {
+        let (spec, clock, len) = &self.detectors[d];
+        (spec, *clock, *len)
+    }
+
+    /// Number of detectors.
+    pub fn detector_count(&self) -> usize {
+        self.detectors.len()
+    }
+
+    /// Computes aligned chunk `index` of detector `d` (samples `index·chunk_samples ..`, at
+    /// most `chunk_samples` of them) into `out`, with θ/φ/ψ when `angles`; returns its first
+    /// sample.
+    pub fn expand_chunk(
+        &self,
+        d: usize,
+        index: usize,
+        angles: bool,
+        out: &mut ChunkPointing,
+    ) -> Result<usize, skypipe_core::pointing::PointingError> {
+        let (det, clock, len) = self.detector(d);
+        let start = (index * self.chunk_samples).min(len);
+        let n = self.chunk_samples.min(len - start);
+        let setup = PointingSetup {
+            attitude: &self.attitude,
+            data: &self.data,
+            frame: self.data.frame.rotation_to(self.out_frame),
+            aberration: self.aberration,
+            grid: self.grid,
+        };
+        setup.chunk(det, &clock, start as u64, n, out)?;
+        if angles {
+            out.fill_angles();
+        }
+        Ok(start)
+    }
+}
+
+/// Serves any sample range of one detector's expanded pointing, computing the aligned chunks
+/// that cover it (the last one is kept, so consecutive ranges compute each chunk once).
+#[derive(Debug)]
+pub struct DetectorExpander<'a> {
+    obs: &'a ObservationPointing,
+    detector: usize,
+    angles: bool,
+    current: Option<(usize, usize)>,
+    buf: ChunkPointing,
+}
+
+impl<'a> DetectorExpander<'a> {
+    /// An expander of detector `d` of `obs`, with θ/φ/ψ when `angles`.
+    pub fn new(obs: &'a ObservationPointing, d: usize, angles: bool) -> Self {
+        Self {
+            obs,
+            detector: d,
+            angles,
+            current: None,
+            buf: ChunkPointing::default(),
+        }
+    }
+
+    /// Appends samples `start .. start + n` to `out` (whose vectors are cleared first).
+    pub fn range(
+        &mut self,
+        start: usize,
+        n: usize,
+        out: &mut ChunkPointing,
+    ) -> Result<(), skypipe_core::pointing::PointingError> {
+        out.pixels.clear();
+        out.weights.clear();
+        out.quats.clear();
+        out.theta.clear();
+        out.phi.clear();
+        out.psi.clear();
+        let step = self.obs.chunk_samples;
+        let end = start + n;
+        let mut at = start;
+        while at < end {
+            let index = at / step;
+            let first = match self.current {
+                Some((i, first)) if i == index => first,
+                _ => {
+                    let first =
+                        self.obs
+                            .expand_chunk(self.detector, index, self.angles, &mut self.buf)?;
+                    self.current = Some((index, first));
+                    first
+                }
+            };
+            let stop = end.min(first + self.buf.pixels.len());
+            let r = at - first..stop - first;
+            if r.is_empty() {
+                // Beyond the detector's samples: let the kernel say so.
+                let (_, clock, _) = self.obs.detector(self.detector);
+                return self
+                    .obs
+                    .attitude
+                    .check_samples(&clock, at as u64, end - at)
+                    .map_err(Into::into);
+            }
+            out.pixels.extend_from_slice(&self.buf.pixels[r.clone()]);
+            out.weights.extend_from_slice(&self.buf.weights[r.clone()]);
+            out.quats.extend_from_slice(&self.buf.quats[r.clone()]);
+            if self.angles {
+                out.theta.extend_from_slice(&self.buf.theta[r.clone()]);
+                out.phi.extend_from_slice(&self.buf.phi[r.clone()]);
+                out.psi.extend_from_slice(&self.buf.psi[r]);
+            }
+            at = stop;
+        }
+        Ok(())
     }
 }
 
@@ -307,30 +594,10 @@ impl Pointing {
         let r = H5Reader::open(&entry.file)?;
         warn_if_obs_differs(&r, obs);
         let path = r.path().to_path_buf();
-        let data = read_attitude(&r)?;
-        let attitude = Attitude::new(&data.times, &data.quats)
-            .map_err(|e| H5Error::invalid(&path, "attitude", e.to_string()))?;
-        let out_frame = self.config.frame.resolve(data.frame);
-        // Validate every detector before computing anything.
-        let mut clocks = Vec::new();
-        for det in &self.focal_plane.detectors {
-            let group = format!("detectors/{}", det.name);
-            let info = timestream_info(&r, &group, "signal", Some(det.rate_hz))?;
-            let clock = SampleClock::new(info.t0, info.rate_hz)
-                .map_err(|e| H5Error::invalid(&path, &group, e.to_string()))?;
-            attitude
-                .check_samples(&clock, 0, info.len)
-                .map_err(|e| H5Error::invalid(&path, &format!("{group}/signal"), e.to_string()))?;
-            clocks.push((clock, info.len));
-        }
+        // Validates the attitude and every detector before computing anything.
+        let expand = ObservationPointing::open(&r, &self.focal_plane, &self.config.geometry())?;
         drop(r);
-        let setup = PointingSetup {
-            attitude: &attitude,
-            data: &data,
-            frame: data.frame.rotation_to(out_frame),
-            aberration: self.config.aberration,
-            grid: self.grid,
-        };
+        let (data, out_frame) = (expand.attitude(), expand.out_frame());
         let w = H5Writer::create(out, durability)?;
         w.attr_str("", "format", POINTING_FORMAT)?;
         w.attr_i64("", "obs", i64::from(obs))?;
@@ -340,11 +607,17 @@ impl Pointing {
         w.attr_str("", "attitude_frame", data.frame.as_str())?;
         w.attr_i64("", "aberration", i64::from(self.config.aberration))?;
         let mut buf = ChunkPointing::default();
-        for (det, &(clock, len)) in self.focal_plane.detectors.iter().zip(&clocks) {
+        for d in 0..expand.detector_count() {
+            let (det, clock, len) = expand.detector(d);
             let group = format!("detectors/{}", det.name);
             w.group(&group)?;
-            w.attr_f64(&group, "t0", clock.t0())?;
-            w.attr_f64(&group, "rate_hz", clock.rate())?;
+            let info = TimestreamInfo {
+                t0: clock.t0(),
+                first_sample: clock.first_sample(),
+                rate_hz: clock.rate(),
+                len,
+            };
+            info.write_clock(&w, &group)?;
             w.attr_f64(&group, "pol_efficiency", det.pol_efficiency)?;
             let single = self.config.output_precision == OutputPrecision::Single;
             let pixels_name = format!("{group}/pixels");
@@ -371,35 +644,22 @@ impl Pointing {
             } else {
                 None
             };
-            let mut start = 0usize;
-            let (mut th, mut ph, mut ps) = (Vec::new(), Vec::new(), Vec::new());
-            while start < len {
-                let n = self.config.chunk_samples.min(len - start);
-                setup
-                    .chunk(det, &clock, start as u64, n, &mut buf)
+            for index in 0..len.div_ceil(self.config.chunk_samples) {
+                let start = expand
+                    .expand_chunk(d, index, angles.is_some(), &mut buf)
                     .map_err(|e| {
                         H5Error::invalid(&path, &format!("{group}/signal"), e.to_string())
                     })?;
                 pixels.write_pixels(start, &buf.pixels)?;
                 weights.write_f64_3(start, &buf.weights)?;
                 if let Some((t, p, s)) = &angles {
-                    th.clear();
-                    ph.clear();
-                    ps.clear();
-                    for q in &buf.quats {
-                        let (a, b, c) = quat_to_angles(*q);
-                        th.push(a);
-                        ph.push(b);
-                        ps.push(c);
-                    }
-                    t.write_f64(start, &th)?;
-                    p.write_f64(start, &ph)?;
-                    s.write_f64(start, &ps)?;
+                    t.write_f64(start, &buf.theta)?;
+                    p.write_f64(start, &buf.phi)?;
+                    s.write_f64(start, &buf.psi)?;
                 }
                 if let Some(q) = &quats {
                     q.write_rows_2d(start, &buf.quats)?;
                 }
-                start += n;
             }
         }
         w.commit()?;
@@ -498,6 +758,56 @@ mod tests {
     }
 
     const TAU_PER_MIN: f64 = std::f64::consts::TAU / 60.0;
+
+    #[test]
+    fn expanded_ranges_are_cut_from_the_aligned_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = crate::sim::SimConfig::preset(crate::sim::Size::Tiny);
+        c.observations = 1;
+        c.obs_duration_s = 20.0;
+        c.detector_pairs = 1;
+        crate::sim::simulate(&c, dir.path()).unwrap();
+        let list = ObservationList::load(&dir.path().join("observations.json")).unwrap();
+        let fp = FocalPlane::read(&list.focal_plane).unwrap();
+        let geometry = PointingGeometry {
+            nside: 256,
+            chunk_samples: 700,
+            ..Default::default()
+        };
+        let raw = H5Reader::open(&list.observations[0].file).unwrap();
+        let obs = ObservationPointing::open(&raw, &fp, &geometry).unwrap();
+        let (_, clock, len) = obs.detector(1);
+        assert!(
+            clock.t0() < 1.0,
+            "the simulator counts times from an integer epoch"
+        );
+        // The aligned chunks, end to end (aberration on: each chunk's velocity is its own).
+        let mut whole = ChunkPointing::default();
+        let mut buf = ChunkPointing::default();
+        for index in 0..len.div_ceil(700) {
+            let start = obs.expand_chunk(1, index, true, &mut buf).unwrap();
+            assert_eq!(start, whole.pixels.len());
+            whole.pixels.extend_from_slice(&buf.pixels);
+            whole.weights.extend_from_slice(&buf.weights);
+            whole.theta.extend_from_slice(&buf.theta);
+            whole.psi.extend_from_slice(&buf.psi);
+        }
+        assert_eq!(whole.pixels.len(), len);
+        // Ranges across chunk boundaries, of any length, are cut from them.
+        let mut expander = DetectorExpander::new(&obs, 1, true);
+        let mut start = 0;
+        for n in [1, 699, 1, 1400, 333, 1000] {
+            expander.range(start, n, &mut buf).unwrap();
+            let r = start..start + n;
+            assert_eq!(buf.pixels, whole.pixels[r.clone()]);
+            assert_eq!(buf.weights, whole.weights[r.clone()]);
+            assert_eq!(buf.theta, whole.theta[r.clone()]);
+            assert_eq!(buf.psi, whole.psi[r]);
+            start += n;
+        }
+        // A range beyond the detector's samples is refused.
+        assert!(expander.range(len - 10, 20, &mut buf).is_err());
+    }
 
     #[test]
     fn chunked_pointing_equals_one_pass() {

@@ -391,12 +391,14 @@ pub fn attitude(c: &SimConfig, i: u32) -> AttitudeData {
     }
 }
 
-/// The clock of every detector in observation `i`: `t0` and sample count.
-fn detector_clock(c: &SimConfig, i: u32) -> (f64, usize) {
+/// The clock of every detector in observation `i` on its integer epoch (the whole second at or
+/// before the observation's start): the epoch (Unix s), the time of sample 0 since the epoch
+/// (0.01 s into the observation: a small number, exact to 1e-18 s) and the sample count.
+fn detector_clock(c: &SimConfig, i: u32) -> (f64, f64, usize) {
     let t_start = c.start_time_s + f64::from(i) * c.obs_duration_s;
-    let t0 = t_start + 0.01;
+    let epoch = t_start.floor();
     let len = ((c.obs_duration_s - 0.02) * c.rate_hz).floor() as usize;
-    (t0, len)
+    (epoch, t_start - epoch + 0.01, len)
 }
 
 /// 1/f noise as a sum of AR(1) processes (equal variance, log-spaced corners).
@@ -457,7 +459,12 @@ fn write_observation(
     offsets: &[f64],
     path: &Path,
 ) -> Result<usize, CmbError> {
-    let att = attitude(c, i);
+    // Times on the observation's integer epoch, as written.
+    let (epoch, t0, len) = detector_clock(c, i);
+    let mut att = attitude(c, i);
+    for t in &mut att.times {
+        *t -= epoch;
+    }
     let kernel_att = Attitude::new(&att.times, &att.quats)
         .map_err(|e| skypipe_io::hdf5::H5Error::invalid(path, "attitude", e.to_string()))?;
     let grid = Healpix::new(sky.nside, sky.ordering).expect("checked nside");
@@ -487,11 +494,11 @@ fn write_observation(
         (true, Some(f)) => quadrupole_factor(f * 1e9, T_CMB),
         _ => 0.0,
     });
-    let (t0, len) = detector_clock(c, i);
     let clock = SampleClock::new(t0, c.rate_hz).expect("finite clock");
     let w = H5Writer::create(path, Durability::ProcessCrashOnly)?;
     w.attr_str("", "format", OBS_FORMAT)?;
     w.attr_i64("", "obs", i64::from(i))?;
+    w.attr_i64("", "epoch", epoch as i64)?;
     w.write_1d("attitude/time", &att.times)?;
     w.write_2d("attitude/quat", &att.quats)?;
     w.write_2d("attitude/velocity", &att.velocity)?;
