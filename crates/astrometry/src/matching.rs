@@ -27,8 +27,11 @@ pub struct Star {
 /// Settings of the matching.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MatchParams {
-    /// Stars of each list used for triangles (the brightest).
+    /// Sources used for triangles (the brightest).
     pub bright: usize,
+    /// References used for triangles (the brightest): more than `bright` when the references
+    /// cover a larger area than the sources (a margin for the header WCS's error).
+    pub bright_refs: usize,
     /// Largest fractional scale error between the lists.
     pub max_scale_error: f64,
     /// Largest rotation between the lists, degrees.
@@ -41,6 +44,7 @@ impl Default for MatchParams {
     fn default() -> Self {
         Self {
             bright: 30,
+            bright_refs: 30,
             max_scale_error: 0.05,
             max_rotation_deg: 5.0,
             radius: 2.0,
@@ -103,7 +107,8 @@ fn brightest(stars: &[Star], n: usize) -> Vec<usize> {
     idx
 }
 
-fn triangles(stars: &[Star], idx: &[usize]) -> Vec<Triangle> {
+/// Triangles of the stars `idx` whose sides are between [`MIN_SIDE`] and `max_side`.
+fn triangles(stars: &[Star], idx: &[usize], max_side: f64) -> Vec<Triangle> {
     let mut out = Vec::new();
     let d = |a: usize, b: usize| (stars[a].x - stars[b].x).hypot(stars[a].y - stars[b].y);
     for i in 0..idx.len() {
@@ -113,7 +118,7 @@ fn triangles(stars: &[Star], idx: &[usize]) -> Vec<Triangle> {
                 // (side length, opposite vertex)
                 let mut s = [(d(b, c), a), (d(a, c), b), (d(a, b), c)];
                 s.sort_by(|x, y| y.0.total_cmp(&x.0));
-                if s[2].0 < MIN_SIDE {
+                if s[2].0 < MIN_SIDE || s[0].0 > max_side {
                     continue;
                 }
                 let v = [s[0].1, s[1].1, s[2].1];
@@ -211,9 +216,10 @@ fn clipped_map(
 /// if no consistent set of at least three was found.
 pub fn find_transform(sources: &[Star], refs: &[Star], p: &MatchParams) -> Option<(Affine, usize)> {
     let si = brightest(sources, p.bright);
-    let ri = brightest(refs, p.bright);
-    let st = triangles(sources, &si);
-    let rt = triangles(refs, &ri);
+    let ri = brightest(refs, p.bright_refs);
+    let st = triangles(sources, &si, f64::INFINITY);
+    let largest = st.iter().map(|t| t.size).fold(0.0, f64::max);
+    let rt = triangles(refs, &ri, largest * (1.0 + p.max_scale_error));
     let mut grid: HashMap<(i64, i64), Vec<usize>> = HashMap::new();
     for (k, t) in rt.iter().enumerate() {
         grid.entry(cell(t.shape)).or_default().push(k);
@@ -252,7 +258,8 @@ pub fn find_transform(sources: &[Star], refs: &[Star], p: &MatchParams) -> Optio
             }
         }
     }
-    // Mutually best correspondences with at least two votes.
+    // Mutually best correspondences with at least a third of the best one's votes (a true
+    // correspondence collects votes from many triangles, a chance one from a few).
     let mut best_s: HashMap<usize, (usize, u32)> = HashMap::new();
     let mut best_r: HashMap<usize, (usize, u32)> = HashMap::new();
     for (&(i, j), &v) in &votes {
@@ -265,9 +272,10 @@ pub fn find_transform(sources: &[Star], refs: &[Star], p: &MatchParams) -> Optio
             *e = (i, v);
         }
     }
+    let threshold = (votes.values().copied().max().unwrap_or(0) / 3).max(2);
     let mut pairs: Vec<(usize, usize)> = best_s
         .iter()
-        .filter(|(i, (j, v))| *v >= 2 && best_r.get(j).map(|b| b.0) == Some(**i))
+        .filter(|(i, (j, v))| *v >= threshold && best_r.get(j).map(|b| b.0) == Some(**i))
         .map(|(i, (j, _))| (*i, *j))
         .collect();
     pairs.sort_unstable();

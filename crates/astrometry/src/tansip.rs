@@ -236,14 +236,17 @@ pub struct Fit {
     pub rms_arcsec: f64,
 }
 
-/// Fits a TAN-SIP WCS to matches (1-based `pixels`, `sky` (ra, dec) in degrees) with CRPIX
-/// fixed at `crpix`, starting from `crval` (e.g. the approximate WCS at `crpix`); the inverse
+/// Fits a TAN-SIP WCS to matches (1-based `pixels`, `sky` (ra, dec) in degrees, `sigma` the
+/// 1σ position error of each match in any unit common to all, or empty for equal weights)
+/// with CRPIX fixed at `crpix`, starting from `crval` (e.g. the approximate WCS at `crpix`); the inverse
 /// polynomials are fitted on a grid over `bounds` (`[[xmin, xmax], [ymin, ymax]]`, the image),
-/// one order above the forward ones. `None` when fewer matches than twice the unknowns of
+/// one order above the forward ones. Clipping acts on residuals divided by `sigma`. `None`
+/// when fewer matches than twice the unknowns of
 /// one axis survive, or the system is singular.
 pub fn fit_tan_sip(
     pixels: &[[f64; 2]],
     sky: &[[f64; 2]],
+    sigma: &[f64],
     crpix: [f64; 2],
     crval: [f64; 2],
     bounds: [[f64; 2]; 2],
@@ -256,6 +259,7 @@ pub fn fit_tan_sip(
         .max((bounds[1][1] - bounds[1][0]).abs())
         .max(1.0)
         / 2.0;
+    let sig = |i: usize| sigma.get(i).copied().unwrap_or(1.0);
     let mut used = vec![true; pixels.len()];
     let mut crval = crval;
     let mut rounds = 0;
@@ -268,14 +272,20 @@ pub fn fit_tan_sip(
         let mut coeffs = Vec::new();
         for _ in 0..6 {
             let mut ne = NormalEquations::new(t.len(), 2);
-            for ((px, s), _) in pixels.iter().zip(sky).zip(&used).filter(|(_, u)| **u) {
+            for (i, ((px, s), _)) in pixels
+                .iter()
+                .zip(sky)
+                .zip(&used)
+                .enumerate()
+                .filter(|(_, (_, u))| **u)
+            {
                 let xe = project(crval, *s)?;
                 let (u, v) = ((px[0] - crpix[0]) / scale, (px[1] - crpix[1]) / scale);
                 let row: Vec<f64> = t
                     .iter()
                     .map(|&(p, q)| u.powi(p as i32) * v.powi(q as i32))
                     .collect();
-                ne.add(&row, &xe, 1.0);
+                ne.add(&row, &xe, 1.0 / (sig(i) * sig(i)));
             }
             coeffs = ne.solve()?;
             let c0 = [coeffs[0][0], coeffs[1][0]];
@@ -333,12 +343,14 @@ pub fn fit_tan_sip(
             .filter(|(_, u)| **u)
             .map(|(r, _)| r * r)
             .collect();
-        // Per-axis σ of a 2-D Gaussian from the median of r² over every match (median of χ²₂
-        // is 2 ln 2): robust to outliers, and not shrunk by earlier rejections.
-        let all: Vec<f64> = resid.iter().map(|r| r * r).collect();
-        let sigma = (median(&all) / (2.0 * std::f64::consts::LN_2)).sqrt();
-        let limit = p.clip * sigma.max(1e-9);
-        let new_used: Vec<bool> = resid.iter().map(|r| *r <= limit).collect();
+        // Per-axis scale of the normalised residuals, as for a 2-D Gaussian, from the median
+        // of their squares over every match (median of χ²₂ is 2 ln 2): robust to outliers,
+        // and not shrunk by earlier rejections.
+        let normalised: Vec<f64> = resid.iter().enumerate().map(|(i, r)| r / sig(i)).collect();
+        let all: Vec<f64> = normalised.iter().map(|r| r * r).collect();
+        let scatter = (median(&all) / (2.0 * std::f64::consts::LN_2)).sqrt();
+        let limit = p.clip * scatter.max(1e-300);
+        let new_used: Vec<bool> = normalised.iter().map(|r| *r <= limit).collect();
         rounds += 1;
         if new_used == used || rounds >= p.max_iterations {
             let n_used = used.iter().filter(|u| **u).count();
@@ -496,6 +508,7 @@ mod tests {
         let f = fit_tan_sip(
             &px,
             &sky,
+            &[],
             w.crpix,
             start,
             [[0.5, 1024.5], [0.5, 2048.5]],
@@ -528,6 +541,7 @@ mod tests {
         let f = fit_tan_sip(
             &px,
             &sky,
+            &[],
             w.crpix,
             w.crval,
             [[0.5, 1024.5], [0.5, 2048.5]],
@@ -564,6 +578,7 @@ mod tests {
             fit_tan_sip(
                 &px,
                 &sky,
+                &[],
                 w.crpix,
                 w.crval,
                 [[0.5, 1024.5], [0.5, 2048.5]],
