@@ -640,7 +640,7 @@ pub fn write_data_set_with(
     let read_noise = 5.0;
     let saturate = 60000.0;
 
-    // Reference catalogue: stars brighter than r = 21.5, positions with 20 mas noise.
+    // Reference catalogue: stars brighter than r = 21.5, positions with the configured noise.
     let stars: Vec<&SkyObject> = objects
         .iter()
         .filter(|o| o.kind == Kind::Star && o.mags[1.min(nb - 1)] < 21.5)
