@@ -468,3 +468,46 @@ fn fit(
         used,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_checked_naming_the_key() {
+        assert!(CalibrationParams::default().validate().is_ok());
+        let bad = CalibrationParams {
+            match_radius_arcsec: 0.0,
+            ..CalibrationParams::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("singleframe.calibration.match_radius_arcsec")
+        );
+        let bad = CalibrationParams {
+            sip_order: 9,
+            ..CalibrationParams::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("sip_order"));
+        let e: Result<CalibrationParams, _> = toml_like("unknown = 1");
+        assert!(e.is_err());
+    }
+
+    fn toml_like(text: &str) -> Result<CalibrationParams, serde_json::Error> {
+        let (k, v) = text.split_once(" = ").unwrap();
+        serde_json::from_str(&format!("{{\"{k}\": {v}}}"))
+    }
+
+    #[test]
+    fn header_wcs_errors_parse() {
+        let e = crate::sim::HeaderWcsError::parse("20, 0.5,0.01").unwrap();
+        assert_eq!(
+            (e.offset_arcsec, e.rotation_deg, e.scale),
+            (20.0, 0.5, 0.01)
+        );
+        assert!(crate::sim::HeaderWcsError::parse("20,0.5").is_err());
+        assert!(crate::sim::HeaderWcsError::parse("20,x,0.01").is_err());
+        assert!(crate::sim::HeaderWcsError::parse("20,0.5,-0.9").is_err());
+    }
+}
