@@ -82,9 +82,13 @@ for set_name in ("survey", "crowded"):
     sf_config = base_config
     if calibrate:
         sf_config = os.path.join(root, f"singleframe-calibrate-{set_name}.toml")
+        table = "[singleframe.calibration]\n"
+        text = open(base_config).read()
+        if table not in text:
+            text += "\n" + table
+        reference = json.dumps(os.path.abspath(os.path.join(base, "reference.fits")))
         with open(sf_config, "w") as f:
-            f.write(open(base_config).read() + "\n[singleframe.calibration]\n"
-                    f"reference = {json.dumps(os.path.abspath(os.path.join(base, 'reference.fits')))}\n")
+            f.write(text.replace(table, f"{table}reference = {reference}\n", 1))
     sexdir = os.path.join(root, "sex", set_name)
     os.makedirs(sexdir, exist_ok=True)
     best = {}

@@ -203,19 +203,38 @@ fn unit_vector(ra: f64, dec: f64) -> [f64; 3] {
     [d.cos() * a.cos(), d.cos() * a.sin(), d.sin()]
 }
 
-/// Calibrates one `width` × `height` CCD of `band` whose header WCS is `header` and whose
-/// measured sources (0-based positions) are `sources`. `unit` names the CCD in log lines.
+/// What calibration needs to know of a CCD.
+#[derive(Debug, Clone, Copy)]
+pub struct CcdToCalibrate<'a> {
+    /// The header WCS.
+    pub header: &'a Wcs,
+    /// Filter band (selects `MAG_<BAND>`).
+    pub band: &'a str,
+    /// Measured sources (0-based positions).
+    pub sources: &'a [Source],
+    /// PSF FWHM, pixels.
+    pub psf_fwhm: f64,
+    /// Image width, pixels.
+    pub width: usize,
+    /// Image height, pixels.
+    pub height: usize,
+}
+
+/// Calibrates one CCD; `unit` names it in log lines.
 pub fn calibrate_ccd(
     refcat: &ReferenceCatalog,
-    header: &Wcs,
-    band: &str,
-    sources: &[Source],
-    psf_fwhm: f64,
-    width: usize,
-    height: usize,
+    ccd: &CcdToCalibrate<'_>,
     p: &CalibrationParams,
     unit: &str,
 ) -> Result<CcdCalibration, WcsError> {
+    let CcdToCalibrate {
+        header,
+        band,
+        sources,
+        psf_fwhm,
+        width,
+        height,
+    } = *ccd;
     let (w, h) = (width as f64, height as f64);
     let crpix = [(w + 1.0) / 2.0, (h + 1.0) / 2.0];
     let centre = sky_of(header, crpix)?;

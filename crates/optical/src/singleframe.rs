@@ -537,17 +537,15 @@ pub fn process_ccd_calibrated(
         None => None,
         Some((refcat, p)) => {
             let unit = format!("singleframe[{}]", ccd_id(c.visit, c.ccd));
-            let cal = calibration::calibrate_ccd(
-                refcat,
-                &header.wcs,
-                &header.band,
-                &out.sources,
-                out.psf_fwhm,
-                out.image.width,
-                out.image.height,
-                p,
-                &unit,
-            )?;
+            let ccd = calibration::CcdToCalibrate {
+                header: &header.wcs,
+                band: &header.band,
+                sources: &out.sources,
+                psf_fwhm: out.psf_fwhm,
+                width: out.image.width,
+                height: out.image.height,
+            };
+            let cal = calibration::calibrate_ccd(refcat, &ccd, p, &unit)?;
             laps.lap("calibration");
             Some(cal)
         }
