@@ -18,6 +18,8 @@
 # matching within 2 pixels.
 # SKYPIPE_BIN (default target/release) and SINGLEFRAME_CONFIG (default configs/singleframe.toml)
 # choose the binaries and configuration, e.g. to measure an older build beside a newer one.
+# SINGLEFRAME_CALIBRATE=1 adds `[singleframe.calibration] reference = <set>/reference.fits` to
+# that configuration (astrometric and photometric calibration; its CPU share is printed).
 # Needs source-extractor and /usr/bin/python3 with astropy (Debian python3-astropy).
 set -eu
 dir=${1:?usage: $0 BENCH_DIR [NCCD] [ROUNDS]}
@@ -33,12 +35,13 @@ for set in survey crowded; do
   [ "$set" = crowded ] && size=crowded
   [ -f "$dir/$set/units.json" ] || "$bin/skypipe-sim" image --size "$size" --out "$dir/$set"
 done
-exec /usr/bin/python3 - "$dir" "$nccd" "$rounds" "$bin" "$conf" "$config" <<'PY'
+exec /usr/bin/python3 - "$dir" "$nccd" "$rounds" "$bin" "$conf" "$config" "${SINGLEFRAME_CALIBRATE:-0}" <<'PY'
 import json, os, re, statistics, subprocess, sys
 import numpy as np
 from astropy.io import fits
 
-root, nccd, rounds, bin_dir, conf, sf_config = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
+root, nccd, rounds, bin_dir, conf, base_config, calibrate = (
+    sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:7], sys.argv[7] == "1")
 
 def cpu_of(cmd, env=None):
     """Runs cmd pinned to core 0; returns (user + system CPU seconds, stderr)."""
@@ -76,6 +79,16 @@ for set_name in ("survey", "crowded"):
     base = os.path.join(root, set_name)
     units = json.load(open(os.path.join(base, "units.json")))["units"]
     units = units[: (nccd if set_name == "survey" else min(nccd, 4))]
+    sf_config = base_config
+    if calibrate:
+        sf_config = os.path.join(root, f"singleframe-calibrate-{set_name}.toml")
+        table = "[singleframe.calibration]\n"
+        text = open(base_config).read()
+        if table not in text:
+            text += "\n" + table
+        reference = json.dumps(os.path.abspath(os.path.join(base, "reference.fits")))
+        with open(sf_config, "w") as f:
+            f.write(text.replace(table, f"{table}reference = {reference}\n", 1))
     sexdir = os.path.join(root, "sex", set_name)
     os.makedirs(sexdir, exist_ok=True)
     best = {}
@@ -112,6 +125,9 @@ for set_name in ("survey", "crowded"):
     print(f"  skypipe background+detection+measurement ({'+'.join(core)}): {bdm:.3f}"
           f"  ratio to SExtractor {bdm / statistics.mean(sex):.2f}")
     print("  skypipe steps (mean CPU s): " + "  ".join(f"{k} {v:.4f}" for k, v in split.items()))
+    if "calibration" in split:
+        print(f"  calibration: {split['calibration']:.4f} CPU s per CCD, "
+              f"{split['calibration'] / statistics.mean(sky):.1%} of skypipe's CPU time")
     tot = np.zeros((2, 4), dtype=int)
     for u in units:
         truth = fits.getdata(os.path.join(base, f"truth/v{u['visit']:04d}/c{u['ccd']:02d}.fits"), "OBJECTS")

@@ -373,3 +373,198 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
         .collect();
     assert_eq!(registered, expected);
 }
+
+/// Astropy's check of a calibrated run (`data` from the simulator, `run` the run directory):
+/// the fitted WCS of every CCD against the truth at bright stars, the catalogue's RA/DEC
+/// against the header WCS evaluated by astropy, the raw header WCS kept in HDU HDRWCS, and
+/// calibrated magnitudes of bright stars against the truth. Prints `RESULT key=value …`.
+const CALIBRATION_CHECK: &str = r#"
+import json, sys, warnings
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+warnings.simplefilter("ignore")
+data, run = sys.argv[1], sys.argv[2]
+res, sky_diff, kept_diff, dmag, header_err, fitted = [], 0.0, 0.0, [], [], 0
+for u in json.load(open(f"{data}/units.json"))["units"]:
+    v, c = u["visit"], u["ccd"]
+    truth = fits.open(f"{data}/truth/v{v:04d}/c{c:02d}.fits")
+    h, t = truth[0].header, truth["OBJECTS"].data
+    tw = WCS(naxis=2)
+    tw.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    tw.wcs.crpix = [h["TCRPIX1"], h["TCRPIX2"]]
+    tw.wcs.crval = [h["TCRVAL1"], h["TCRVAL2"]]
+    tw.wcs.cd = [[h["TCD1_1"], h["TCD1_2"]], [h["TCD2_1"], h["TCD2_2"]]]
+    cx = fits.open(f"{run}/singleframe/calexp/v{v:04d}/c{c:02d}.fits")
+    p = cx[0].header
+    assert p["ASTFIT"] == 1 and p["PHOTFIT"] == 1, (v, c, p.get("ASTNOTE"), p.get("PHOTNOTE"))
+    assert p["ASTNMAT"] >= 10 and 0 < p["ASTRMS"] < 0.1 and 0 < p["MAGZERR"] < 0.05, repr(p)
+    fitted += 1
+    fw = WCS(cx["IMAGE"].header)
+    assert fw.wcs.ctype[0].startswith("RA---TAN"), fw.wcs.ctype
+    bright = (t["TYPE"] == "star") & (t["SNR"] > 100)
+    ra, dec = tw.all_pix2world(t["X"][bright], t["Y"][bright], 1)
+    x, y = fw.all_world2pix(ra, dec, 1)
+    res += list(np.hypot(x - t["X"][bright], y - t["Y"][bright]))
+    # The raw header WCS, kept in HDRWCS, is the perturbed one.
+    raw = WCS(fits.getheader(u["raw"] if u["raw"].startswith("/") else f"{data}/{u['raw']}"))
+    kept = WCS(cx["HDRWCS"].header)
+    g = np.array([[1.0, 1.0], [256.0, 512.0], [100.0, 300.0]])
+    a, b = raw.all_pix2world(g, 1), kept.all_pix2world(g, 1)
+    kept_diff = max(kept_diff, np.abs(a - b).max() * 3600)
+    hx, hy = raw.all_world2pix(ra, dec, 1)
+    header_err.append(np.median(np.hypot(hx - t["X"][bright], hy - t["Y"][bright])))
+    s = fits.getdata(f"{run}/singleframe/src/v{v:04d}/c{c:02d}.fits", "SOURCES")
+    sra, sdec = fw.all_pix2world(s["X"], s["Y"], 1)
+    sky_diff = max(sky_diff, (np.hypot((sra - s["RA"]) * np.cos(np.radians(s["DEC"])), sdec - s["DEC"]) * 3600).max())
+    d = np.hypot(s["X"][:, None] - t["X"][bright][None, :], s["Y"][:, None] - t["Y"][bright][None, :])
+    k = d.argmin(axis=0)
+    ok = (d.min(axis=0) < 1) & ((s["FLAGS"][k] & (1 | 2 | 4 | 8 | 16)) == 0)
+    dmag += list(s["MAG"][k][ok] - t["MAG"][bright][ok])
+res, dmag = np.array(res), np.array(dmag)
+print(f"RESULT fitted={fitted} rms_px={np.sqrt(np.mean(res ** 2)):.4f} max_px={res.max():.4f} "
+      f"sky_diff_arcsec={sky_diff:.2e} kept_diff_arcsec={kept_diff:.2e} "
+      f"header_err_px={min(header_err):.1f} mag_median={np.median(dmag):.4f} "
+      f"mag_rms={np.sqrt(np.mean(dmag ** 2)):.4f} mag_n={len(dmag)} n={len(res)}")
+"#;
+
+fn result_value(stdout: &str, key: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn calibration_fits_tan_sip_and_zero_points_from_a_perturbed_header_wcs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Header WCS wrong by 20″, 0.5° and 1 %; reference positions with 2 mas noise (Gaia-like),
+    // so that the fit, not the catalogue, is what is measured.
+    let out = run(direct(
+        &sim_bin(),
+        &[
+            "image",
+            "--out",
+            data.to_str().unwrap(),
+            "--size",
+            "tiny",
+            "--seed",
+            "7",
+            "--wcs-error",
+            "20,0.5,0.01",
+            "--reference-noise-mas",
+            "2",
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let cfg = tmp.path().join("calibrate.toml");
+    let reference = data.join("reference.fits");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nfsync = false\n[singleframe.calibration]\nreference = {:?}\nreference_error_mas = 2.0\n",
+            reference.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = singleframe(2, cfg.to_str().unwrap(), &data.join("units.json"), &run_dir);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let py = Command::new("/usr/bin/python3")
+        .args(["-c", CALIBRATION_CHECK])
+        .arg(&data)
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&py.stdout).into_owned();
+    assert!(
+        py.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    println!("{stdout}");
+    assert_eq!(result_value(&stdout, "fitted"), 16.0, "{stdout}");
+    // The header was wrong by tens of pixels everywhere.
+    assert!(result_value(&stdout, "header_err_px") > 50.0, "{stdout}");
+    // Fitted WCS against the truth at bright stars (see the report in docs/benchmarks.md:
+    // ~20 matches per tiny CCD limit this to a few hundredths of a pixel).
+    assert!(result_value(&stdout, "rms_px") < 0.07, "{stdout}");
+    assert!(result_value(&stdout, "max_px") < 0.3, "{stdout}");
+    // The header written is the WCS skypipe used: astropy gives the catalogue's RA/DEC.
+    assert!(result_value(&stdout, "sky_diff_arcsec") < 1e-3, "{stdout}");
+    assert!(result_value(&stdout, "kept_diff_arcsec") < 1e-6, "{stdout}");
+    // Calibrated magnitudes of bright stars.
+    assert!(result_value(&stdout, "mag_median").abs() < 0.01, "{stdout}");
+    assert!(result_value(&stdout, "mag_rms") < 0.02, "{stdout}");
+    assert!(result_value(&stdout, "mag_n") >= 30.0, "{stdout}");
+
+    // A CCD with too few matches keeps its header WCS, says so, and is done.
+    let strict = tmp.path().join("strict.toml");
+    std::fs::write(
+        &strict,
+        format!(
+            "[run]\nfsync = false\n[singleframe.calibration]\nreference = {:?}\nmin_matches = 1000\n",
+            reference.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let run2 = tmp.path().join("run2");
+    let out = run(direct(
+        &singleframe_bin(),
+        &[
+            "--config",
+            strict.to_str().unwrap(),
+            "--input",
+            data.join("units.json").to_str().unwrap(),
+            "--run-dir",
+            run2.to_str().unwrap(),
+            "--unit",
+            "visit=1,ccd=0",
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("singleframe[visit=1,ccd=0]: header WCS kept"),
+        "{}",
+        text(&out)
+    );
+    let (calexp, _) = output_paths(1, 0);
+    let mut r = skypipe_io::fits::FitsReader::open(run2.join(calexp)).unwrap();
+    let p = skypipe_io::fits::Hdu::Primary;
+    assert_eq!(r.key_i64(p, "ASTFIT").unwrap(), 0);
+    assert!(r.key_string(p, "ASTNOTE").unwrap().contains("min_matches"),);
+    assert!(!r.has_hdu("HDRWCS"));
+
+    // A missing reference catalogue fails the unit as bad input naming the file.
+    let missing = tmp.path().join("missing.toml");
+    std::fs::write(
+        &missing,
+        "[run]\nfsync = false\n[singleframe.calibration]\nreference = \"/nonexistent/ref.fits\"\n",
+    )
+    .unwrap();
+    let out = run(direct(
+        &singleframe_bin(),
+        &[
+            "--config",
+            missing.to_str().unwrap(),
+            "--input",
+            data.join("units.json").to_str().unwrap(),
+            "--run-dir",
+            tmp.path().join("run3").to_str().unwrap(),
+            "--unit",
+            "visit=1,ccd=0",
+        ],
+    ));
+    assert_ne!(code(&out.status), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("/nonexistent/ref.fits"),
+        "{}",
+        text(&out)
+    );
+}

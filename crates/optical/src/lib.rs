@@ -5,7 +5,8 @@
 //! [`background`] (mesh background with interpolation), [`cosmic`] (cosmic-ray rejection),
 //! [`detect`] (PSF-matched filter, footprints, watershed deblending) and [`measure`]
 //! (centroids, aperture and PSF fluxes, moments, flags, PSF size). [`pipeline`] chains them
-//! for one CCD, in memory. [`wcs`] is the TAN projection used for sky coordinates.
+//! for one CCD, in memory. [`calibration`] fits a CCD's WCS and zero point to the reference
+//! catalogue (kernels in `skypipe-astrometry`). [`wcs`] is the TAN projection used for sky coordinates.
 //! [`timing`] records the CPU time of each step for logs and benchmarks.
 //! [`sim`] writes the simulated camera (`skypipe-sim image`), and [`singleframe`] is the
 //! engine stage (`skypipe-singleframe`) that reads raw CCDs, runs the chain, writes the
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod background;
+pub mod calibration;
 pub mod cosmic;
 pub mod detect;
 pub mod image;

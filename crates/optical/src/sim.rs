@@ -47,6 +47,81 @@ pub struct SimArgs {
     /// Random seed (the same seed writes the same files).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// An extra error of every raw header WCS, `ARCSEC,DEG,FRAC`: the pointing moved by
+    /// ARCSEC (half in RA, half in Dec, each `ARCSEC/√2`), rotated by DEG about the boresight,
+    /// pixel scale times `1 + FRAC`; the truth files keep the true WCS.
+    #[arg(long, value_name = "ARCSEC,DEG,FRAC", value_parser = HeaderWcsError::parse)]
+    pub wcs_error: Option<HeaderWcsError>,
+    /// Position noise of the reference catalogue, milliarcseconds per coordinate.
+    #[arg(long, value_name = "MAS", default_value_t = 20.0)]
+    pub reference_noise_mas: f64,
+}
+
+/// Options of the data set beyond size and seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DataSetOptions {
+    /// Extra error of the raw headers' WCS (none by default).
+    pub wcs_error: HeaderWcsError,
+    /// Position noise of the reference catalogue, mas per coordinate (default 20).
+    pub reference_noise_mas: f64,
+}
+
+impl Default for DataSetOptions {
+    fn default() -> Self {
+        Self {
+            wcs_error: HeaderWcsError::default(),
+            reference_noise_mas: 20.0,
+        }
+    }
+}
+
+/// A deliberate error of the raw headers' WCS (`skypipe-sim image --wcs-error`), on top of the
+/// small pointing error every simulated header has.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HeaderWcsError {
+    /// Pointing offset, arcsec (split equally between RA and Dec).
+    pub offset_arcsec: f64,
+    /// Rotation about the boresight, degrees.
+    pub rotation_deg: f64,
+    /// Fractional pixel-scale error.
+    pub scale: f64,
+}
+
+impl HeaderWcsError {
+    /// Parses `ARCSEC,DEG,FRAC`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let v: Vec<f64> = s
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("'{s}': {e} (expected ARCSEC,DEG,FRAC)"))?;
+        match v[..] {
+            [offset_arcsec, rotation_deg, scale]
+                if v.iter().all(|x| x.is_finite()) && scale > -0.5 =>
+            {
+                Ok(Self {
+                    offset_arcsec,
+                    rotation_deg,
+                    scale,
+                })
+            }
+            _ => Err(format!(
+                "'{s}': expected three finite numbers ARCSEC,DEG,FRAC with FRAC > -0.5"
+            )),
+        }
+    }
+
+    /// The header WCS of a CCD made wrong by this error: `header(dra, ddec, drot, scale)`
+    /// builds it from offsets in degrees, a rotation in radians and a scale factor.
+    fn apply(&self, dec: f64, header: impl Fn(f64, f64, f64, f64) -> TanWcs) -> TanWcs {
+        let d = self.offset_arcsec / 2f64.sqrt() / 3600.0;
+        header(
+            d / dec.to_radians().cos(),
+            d,
+            self.rotation_deg.to_radians(),
+            1.0 + self.scale,
+        )
+    }
 }
 
 /// Kind of a simulated object.
@@ -545,6 +620,17 @@ fn sky_objects(s: &Survey, rng: &mut ChaCha8Rng) -> Vec<SkyObject> {
 
 /// Writes the whole data set; the error names the file that could not be written.
 pub fn write_data_set(out: &Path, size: Size, seed: u64) -> Result<usize, FitsError> {
+    write_data_set_with(out, size, seed, &DataSetOptions::default())
+}
+
+/// [`write_data_set`] with options (header WCS error, reference catalogue noise).
+pub fn write_data_set_with(
+    out: &Path,
+    size: Size,
+    seed: u64,
+    options: &DataSetOptions,
+) -> Result<usize, FitsError> {
+    let wcs_error = options.wcs_error;
     let s = survey(size);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let objects = sky_objects(&s, &mut rng);
@@ -554,13 +640,13 @@ pub fn write_data_set(out: &Path, size: Size, seed: u64) -> Result<usize, FitsEr
     let read_noise = 5.0;
     let saturate = 60000.0;
 
-    // Reference catalogue: stars brighter than r = 21.5, positions with 20 mas noise.
+    // Reference catalogue: stars brighter than r = 21.5, positions with the configured noise.
     let stars: Vec<&SkyObject> = objects
         .iter()
         .filter(|o| o.kind == Kind::Star && o.mags[1.min(nb - 1)] < 21.5)
         .collect();
     let cosd = FIELD.1.to_radians().cos();
-    let noise = 0.02 / 3600.0;
+    let noise = options.reference_noise_mas / 1000.0 / 3600.0;
     let mut cols = vec![
         Column::i64("ID", "", stars.iter().map(|o| o.id).collect()),
         Column::f64(
@@ -647,15 +733,17 @@ pub fn write_data_set(out: &Path, size: Size, seed: u64) -> Result<usize, FitsEr
                     let (col, row) = (ccd % s.ccd_cols, ccd / s.ccd_cols);
                     let (ra, dec) = (FIELD.0 + dra, FIELD.1 + ddec);
                     let truth_wcs = ccd_wcs(&s, col, row, ra, dec, rot, PIXEL_SCALE_DEG);
-                    let header_wcs = ccd_wcs(
-                        &s,
-                        col,
-                        row,
-                        ra + hdr_dra,
-                        dec + hdr_ddec,
-                        rot + hdr_rot,
-                        PIXEL_SCALE_DEG * hdr_scale,
-                    );
+                    let header_wcs = wcs_error.apply(dec, |era, edec, erot, escale| {
+                        ccd_wcs(
+                            &s,
+                            col,
+                            row,
+                            ra + hdr_dra + era,
+                            dec + hdr_ddec + edec,
+                            rot + hdr_rot + erot,
+                            PIXEL_SCALE_DEG * hdr_scale * escale,
+                        )
+                    });
                     let spec = CcdSpec {
                         psf_fwhm: fwhm,
                         sky,
@@ -837,7 +925,15 @@ fn to_array(img: &Image<f32>) -> ndarray::Array2<f32> {
 
 /// Writes the data set; returns the process exit code.
 pub fn run(args: &SimArgs) -> u8 {
-    match write_data_set(&args.out, args.size, args.seed) {
+    let options = DataSetOptions {
+        wcs_error: args.wcs_error.unwrap_or_default(),
+        reference_noise_mas: args.reference_noise_mas,
+    };
+    if !(options.reference_noise_mas.is_finite() && options.reference_noise_mas >= 0.0) {
+        eprintln!("error: --reference-noise-mas must be finite and ≥ 0");
+        return 1;
+    }
+    match write_data_set_with(&args.out, args.size, args.seed, &options) {
         Ok(n) => {
             println!(
                 "wrote {n} CCD units to {} (list: {})",

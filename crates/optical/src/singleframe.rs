@@ -11,6 +11,7 @@
 //! `src/vVVVV/cCC.fits` (table SOURCES); the registry at `RUN_DIR/registry.sqlite3` unless
 //! configured. Formats: `docs/formats.md`, `## Imaging`.
 
+use crate::calibration::{self, CalibrationParams, CcdCalibration, ReferenceCatalog};
 use crate::image::{Image, mask};
 use crate::measure::flags;
 use crate::pipeline::{self, ChainOutput, ChainParams, Instrument};
@@ -25,6 +26,7 @@ use skypipe_stage::{
     fingerprint_of,
 };
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// Format tag of the CCD list file.
 pub const CCD_LIST_FORMAT: &str = "skypipe-ccd-list/1";
@@ -88,6 +90,9 @@ pub struct SingleframeConfig {
     pub threads: usize,
     /// Science settings of the chain.
     pub chain: ChainParams,
+    /// Astrometric and photometric calibration against a reference catalogue
+    /// (`[singleframe.calibration]`; runs when its `reference` is set).
+    pub calibration: CalibrationParams,
 }
 
 impl Default for SingleframeConfig {
@@ -97,6 +102,7 @@ impl Default for SingleframeConfig {
             registry: None,
             threads: 1,
             chain: ChainParams::default(),
+            calibration: CalibrationParams::default(),
         }
     }
 }
@@ -149,6 +155,33 @@ pub struct CcdSummary {
     pub catalog: PathBuf,
     /// Number of sources.
     pub sources: usize,
+    /// The fitted WCS, when calibration ran and succeeded.
+    pub astrometry: Option<AstrometrySummary>,
+    /// The zero point, when calibration ran and found one.
+    pub zero_point: Option<ZeroPointSummary>,
+}
+
+/// The astrometric solution of a CCD, for the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AstrometrySummary {
+    /// The fitted TAN-SIP WCS as FITS keyrecords (80 characters each, concatenated).
+    pub wcs: String,
+    /// Matches used by the fit.
+    pub n_matches: usize,
+    /// RMS of the 2-D residuals of the matches, arcsec.
+    pub rms_arcsec: f64,
+}
+
+/// The photometric zero point of a CCD, for the registry: `mag = zero_point − 2.5 log10(e-)`
+/// (electrons in the exposure, `FLUX_PSF`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZeroPointSummary {
+    /// Zero point, mag.
+    pub zero_point: f64,
+    /// Its 1σ error, mag.
+    pub error: f64,
+    /// Stars used.
+    pub n_stars: usize,
 }
 
 /// Errors of a CCD unit, each naming the file.
@@ -160,6 +193,9 @@ pub enum CcdError {
     /// The header WCS is missing or refused (names the file, HDU and keyword).
     #[error(transparent)]
     Wcs(#[from] WcsError),
+    /// The reference catalogue could not be read (the message names the file).
+    #[error("{0}")]
+    Reference(String),
     /// The header has an unusable value.
     #[error("{path}: primary HDU: {message}")]
     Header {
@@ -175,6 +211,8 @@ pub enum CcdError {
 pub struct Singleframe {
     config: SingleframeConfig,
     input: PathBuf,
+    /// The reference catalogue, read by the first CCD unit that needs it.
+    refcat: OnceLock<Result<Arc<ReferenceCatalog>, String>>,
 }
 
 impl Singleframe {
@@ -188,7 +226,12 @@ impl Singleframe {
         if config.threads == 0 {
             return Err("singleframe.threads must be at least 1".into());
         }
-        Ok(Self { config, input })
+        config.calibration.validate()?;
+        Ok(Self {
+            config,
+            input,
+            refcat: OnceLock::new(),
+        })
     }
 
     /// The configuration.
@@ -245,10 +288,24 @@ impl Singleframe {
             .unwrap_or_else(|| run_dir.join("registry.sqlite3"))
     }
 
+    /// The reference catalogue when calibration is configured, read once per process.
+    fn reference(&self) -> Result<Option<Arc<ReferenceCatalog>>, CcdError> {
+        let Some(path) = &self.config.calibration.reference else {
+            return Ok(None);
+        };
+        self.refcat
+            .get_or_init(|| ReferenceCatalog::read(path).map(Arc::new))
+            .clone()
+            .map(Some)
+            .map_err(CcdError::Reference)
+    }
+
     fn run_ccd(&self, c: &CcdInput, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
-        let summary = process_ccd(
+        let refcat = self.reference().map_err(UnitFailure::bad_input)?;
+        let summary = process_ccd_calibrated(
             c,
             &self.config.chain,
+            refcat.as_deref().map(|r| (r, &self.config.calibration)),
             self.config.threads,
             &ctx.run_dir,
             ctx.durable,
@@ -302,7 +359,11 @@ impl Stage for Singleframe {
     }
 
     fn config_fingerprint(&self) -> String {
-        fingerprint_of(&self.config.chain)
+        if self.config.calibration.reference.is_some() {
+            fingerprint_of(&(&self.config.chain, &self.config.calibration))
+        } else {
+            fingerprint_of(&self.config.chain)
+        }
     }
 
     fn plan(&self) -> Result<Vec<PlannedUnit<SingleframeUnit>>, PlanError> {
@@ -419,6 +480,21 @@ pub fn process_ccd(
     run_dir: &Path,
     durable: bool,
 ) -> Result<CcdSummary, CcdError> {
+    process_ccd_calibrated(c, chain, None, threads, run_dir, durable)
+}
+
+/// [`process_ccd`] followed, when `calibration` is given, by the astrometric and photometric
+/// calibration against the reference catalogue (step `calibration`): the outputs then carry
+/// the fitted WCS (the header WCS in HDU `HDRWCS` of the calibrated exposure), the catalogue
+/// `RA`/`DEC` from it, calibrated magnitudes and the calibration keywords.
+pub fn process_ccd_calibrated(
+    c: &CcdInput,
+    chain: &ChainParams,
+    calibration: Option<(&ReferenceCatalog, &CalibrationParams)>,
+    threads: usize,
+    run_dir: &Path,
+    durable: bool,
+) -> Result<CcdSummary, CcdError> {
     let mut laps = Laps::start();
     let mut r = FitsReader::open(&c.raw)?;
     let header = read_raw_header(&mut r)?;
@@ -457,9 +533,41 @@ pub fn process_ccd(
     let mut steps = laps.steps;
     steps.extend(out.timings.iter().copied());
     let mut laps = Laps::start();
+    let cal = match calibration {
+        None => None,
+        Some((refcat, p)) => {
+            let unit = format!("singleframe[{}]", ccd_id(c.visit, c.ccd));
+            let ccd = calibration::CcdToCalibrate {
+                header: &header.wcs,
+                band: &header.band,
+                sources: &out.sources,
+                psf_fwhm: out.psf_fwhm,
+                width: out.image.width,
+                height: out.image.height,
+            };
+            let cal = calibration::calibrate_ccd(refcat, &ccd, p, &unit)?;
+            laps.lap("calibration");
+            Some(cal)
+        }
+    };
     let (calexp_rel, catalog_rel) = output_paths(c.visit, c.ccd);
-    write_calexp(&run_dir.join(&calexp_rel), c, &header, &mut out, durable)?;
-    write_catalog(&run_dir.join(&catalog_rel), c, &header, &out, durable)?;
+    let (width, height) = (out.image.width, out.image.height);
+    write_calexp(
+        &run_dir.join(&calexp_rel),
+        c,
+        &header,
+        cal.as_ref(),
+        &mut out,
+        durable,
+    )?;
+    write_catalog(
+        &run_dir.join(&catalog_rel),
+        c,
+        &header,
+        cal.as_ref(),
+        &out,
+        durable,
+    )?;
     laps.lap("write");
     steps.extend(laps.steps);
     tracing::debug!(
@@ -468,7 +576,9 @@ pub fn process_ccd(
         "steps (cpu s): {}",
         crate::timing::summary(&steps)
     );
-    let corners = corners_on_sky(&header, out.image.width, out.image.height, &c.raw)?;
+    let corners = corners_on_sky(output_wcs(&header, cal.as_ref()), width, height, &c.raw)?;
+    let astrometry = cal.as_ref().and_then(|k| k.astrometry.as_ref().ok());
+    let zero_point = cal.as_ref().and_then(|k| k.zero_point.as_ref().ok());
     Ok(CcdSummary {
         visit: c.visit,
         ccd: c.ccd,
@@ -479,17 +589,96 @@ pub fn process_ccd(
         calexp: calexp_rel,
         catalog: catalog_rel,
         sources: out.sources.len(),
+        astrometry: astrometry.map(|a| AstrometrySummary {
+            wcs: a.tan_sip.keyrecords().concat(),
+            n_matches: a.n_matches,
+            rms_arcsec: a.rms_arcsec,
+        }),
+        zero_point: zero_point.map(|z| ZeroPointSummary {
+            zero_point: z.zero_point,
+            error: z.error,
+            n_stars: z.n_used,
+        }),
     })
+}
+
+/// The WCS the outputs carry: the fitted one if calibration found it, else the header's.
+fn output_wcs<'a>(header: &'a RawHeader, cal: Option<&'a CcdCalibration>) -> &'a Wcs {
+    match cal.map(|k| &k.astrometry) {
+        Some(Ok(a)) => &a.wcs,
+        _ => &header.wcs,
+    }
+}
+
+/// The WCS cards of the outputs: the fitted TAN-SIP as [`TanSip::keyrecords`] writes it, else
+/// the header WCS as WCSLIB writes it.
+///
+/// [`TanSip::keyrecords`]: skypipe_astrometry::tansip::TanSip::keyrecords
+fn output_wcs_cards(h: &RawHeader, cal: Option<&CcdCalibration>) -> Result<Vec<Card>, CcdError> {
+    match cal.map(|k| &k.astrometry) {
+        Some(Ok(a)) => Ok(crate::wcs::cards_of_records(
+            a.wcs.header_name(),
+            &a.tan_sip.keyrecords(),
+        )?),
+        _ => Ok(crate::wcs::header_cards(&h.wcs)?),
+    }
+}
+
+/// Calibration keywords (none without calibration).
+fn calibration_cards(cal: Option<&CcdCalibration>) -> Vec<Card> {
+    let Some(cal) = cal else {
+        return Vec::new();
+    };
+    let mut cards = Vec::new();
+    match &cal.astrometry {
+        Ok(a) => cards.extend([
+            Card::int("ASTFIT", 1, "1: WCS fitted to the reference catalogue"),
+            Card::int("ASTNMAT", a.n_matches as i64, "astrometric matches used"),
+            Card::real(
+                "ASTRMS",
+                a.rms_arcsec,
+                "[arcsec] 2-D RMS of match residuals",
+            ),
+            Card::int(
+                "ASTORDER",
+                a.tan_sip.sip.as_ref().map_or(1, |s| s.order) as i64,
+                "SIP order of the fitted WCS (1: pure TAN)",
+            ),
+        ]),
+        Err(why) => cards.extend([
+            Card::int("ASTFIT", 0, "0: header WCS kept (no fit)"),
+            Card::int("ASTNMAT", 0, "astrometric matches used"),
+            Card::text("ASTNOTE", &truncate(why), "why the header WCS was kept"),
+        ]),
+    }
+    match &cal.zero_point {
+        Ok(z) => cards.extend([
+            Card::int("PHOTFIT", 1, "1: zero point from the reference catalogue"),
+            Card::real(
+                "MAGZERO",
+                z.zero_point,
+                "[mag] mag = MAGZERO - 2.5 log10(e-)",
+            ),
+            Card::real("MAGZERR", z.error, "[mag] error of MAGZERO"),
+            Card::int("PHOTNMAT", z.n_used as i64, "stars used for MAGZERO"),
+        ]),
+        Err(why) => cards.extend([
+            Card::int("PHOTFIT", 0, "0: no zero point"),
+            Card::text("PHOTNOTE", &truncate(why), "why there is no zero point"),
+        ]),
+    }
+    cards
+}
+
+/// A header string value fits in one card (68 characters).
+fn truncate(s: &str) -> String {
+    s.chars().take(68).collect()
 }
 
 /// Sky positions (ra, dec) of 1-based pixels through the header WCS; a pixel without one
 /// (outside the projection's domain) is a header error naming the file.
-fn sky_of(
-    header: &RawHeader,
-    pixels: &[[f64; 2]],
-    raw: &Path,
-) -> Result<Vec<(f64, f64)>, CcdError> {
-    let sky = header.wcs.pixel_to_sky(pixels)?;
+fn sky_of(wcs: &Wcs, pixels: &[[f64; 2]], raw: &Path) -> Result<Vec<(f64, f64)>, CcdError> {
+    let sky = wcs.pixel_to_sky(pixels)?;
     pixels
         .iter()
         .zip(sky)
@@ -508,7 +697,7 @@ fn sky_of(
 /// The sky positions of the outer corners of a `width` × `height` image, in the order of
 /// [`CcdSummary::corners`].
 fn corners_on_sky(
-    header: &RawHeader,
+    wcs: &Wcs,
     width: usize,
     height: usize,
     raw: &Path,
@@ -520,12 +709,17 @@ fn corners_on_sky(
         [w + 0.5, h + 0.5],
         [0.5, h + 0.5],
     ];
-    let sky = sky_of(header, &pixels, raw)?;
+    let sky = sky_of(wcs, &pixels, raw)?;
     Ok([sky[0], sky[1], sky[2], sky[3]])
 }
 
-fn common_cards(c: &CcdInput, h: &RawHeader, out: &ChainOutput) -> Vec<Card> {
-    vec![
+fn common_cards(
+    c: &CcdInput,
+    h: &RawHeader,
+    cal: Option<&CcdCalibration>,
+    out: &ChainOutput,
+) -> Vec<Card> {
+    let mut cards = vec![
         Card::int("VISIT", c.visit as i64, "visit (exposure) number"),
         Card::int("CCD", i64::from(c.ccd), "CCD number"),
         Card::text("BAND", &h.band, "filter band"),
@@ -559,7 +753,9 @@ fn common_cards(c: &CcdInput, h: &RawHeader, out: &ChainOutput) -> Vec<Card> {
         Card::int("NSATPIX", out.saturated_pixels as i64, "saturated pixels"),
         Card::int("WCSFIT", 0, "1 once the exposure-wide WCS fit is attached"),
         Card::int("ZPFIT", 0, "1 once the photometric zero point is attached"),
-    ]
+    ];
+    cards.extend(calibration_cards(cal));
+    cards
 }
 
 /// Writes the calibrated exposure, moving the image, mask and variance planes out of `out`
@@ -568,12 +764,13 @@ fn write_calexp(
     path: &Path,
     c: &CcdInput,
     h: &RawHeader,
+    cal: Option<&CcdCalibration>,
     out: &mut ChainOutput,
     durable: bool,
 ) -> Result<(), CcdError> {
-    let wcs_cards = crate::wcs::header_cards(&h.wcs)?;
+    let wcs_cards = output_wcs_cards(h, cal)?;
     let mut w = FitsWriter::create(path, durable, None)?;
-    w.primary_keys(&common_cards(c, h, out))?;
+    w.primary_keys(&common_cards(c, h, cal, out))?;
     let mut img_cards = wcs_cards.clone();
     img_cards.push(Card::text("BUNIT", "electron", "background subtracted"));
     img_cards.push(Card::real(
@@ -603,6 +800,11 @@ fn write_calexp(
     let mut vcards = wcs_cards;
     vcards.push(Card::text("BUNIT", "electron2", "variance"));
     w.image_f32("VARIANCE", &take_array(&mut out.variance), &vcards)?;
+    if matches!(cal.map(|k| &k.astrometry), Some(Ok(_))) {
+        // The header WCS the fit started from (SIP cards cannot live in an alternate WCS).
+        let hcards = crate::wcs::header_cards(&h.wcs)?;
+        w.image_f32("HDRWCS", &Array2::zeros((0, 0)), &hcards)?;
+    }
     w.commit()?;
     Ok(())
 }
@@ -611,12 +813,13 @@ fn write_catalog(
     path: &Path,
     c: &CcdInput,
     h: &RawHeader,
+    cal: Option<&CcdCalibration>,
     out: &ChainOutput,
     durable: bool,
 ) -> Result<(), CcdError> {
     let s = &out.sources;
     let pixels: Vec<[f64; 2]> = s.iter().map(|s| [s.x + 1.0, s.y + 1.0]).collect();
-    let sky = sky_of(h, &pixels, &c.raw)?;
+    let sky = sky_of(output_wcs(h, cal), &pixels, &c.raw)?;
     let col = |f: &dyn Fn(&crate::measure::Source) -> f64| s.iter().map(f).collect::<Vec<f64>>();
     let columns = vec![
         Column::i64("ID", "", (1..=s.len() as i64).collect()),
@@ -639,7 +842,29 @@ fn write_catalog(
         ),
         Column::i32("FLAGS", "", s.iter().map(|s| s.flags as i32).collect()),
     ];
-    let mut cards = common_cards(c, h, out);
+    let mut columns = columns;
+    if let Some(cal) = cal {
+        // Calibrated magnitudes from FLUX_PSF (NaN without a zero point or a positive flux).
+        let zp = cal.zero_point.as_ref().map_or(f64::NAN, |z| z.zero_point);
+        let inst: Vec<(f64, f64)> = s
+            .iter()
+            .map(|s| {
+                skypipe_astrometry::photometry::instrumental(s.flux_psf, s.flux_psf_err)
+                    .unwrap_or((f64::NAN, f64::NAN))
+            })
+            .collect();
+        columns.push(Column::f64(
+            "MAG",
+            "mag",
+            inst.iter().map(|m| zp + m.0).collect(),
+        ));
+        columns.push(Column::f64(
+            "MAG_ERR",
+            "mag",
+            inst.iter().map(|m| m.1).collect(),
+        ));
+    }
+    let mut cards = common_cards(c, h, cal, out);
     cards.push(Card::real(
         "APRAD",
         out.aperture_radius,
@@ -649,7 +874,11 @@ fn write_catalog(
         cards.push(Card::int(key, i64::from(bit), what));
     }
     let mut w = FitsWriter::create(path, durable, None)?;
-    w.primary_keys(&common_cards(c, h, out))?;
+    let mut primary = common_cards(c, h, cal, out);
+    if cal.is_some() {
+        primary.extend(output_wcs_cards(h, cal)?);
+    }
+    w.primary_keys(&primary)?;
     w.table("SOURCES", &columns, &cards)?;
     w.commit()?;
     Ok(())

@@ -69,6 +69,22 @@ pub fn header_cards(wcs: &Wcs) -> Result<Vec<Card>, WcsError> {
     Ok(cards)
 }
 
+/// Header cards of FITS keyrecords (e.g. a fitted WCS's); commentary records are left out.
+/// Errors name `header` and the keyword.
+pub fn cards_of_records(header: &str, records: &[String]) -> Result<Vec<Card>, WcsError> {
+    let mut cards = Vec::new();
+    for record in records {
+        if let Some(card) = card_of_record(record) {
+            cards.push(card.map_err(|message| WcsError::Keyword {
+                header: header.to_string(),
+                keyword: record.get(..8).unwrap_or(record).trim_end().to_string(),
+                message,
+            })?);
+        }
+    }
+    Ok(cards)
+}
+
 /// Parses a valued keyrecord (`KEYWORD = value / comment`); `None` for commentary records.
 fn card_of_record(record: &str) -> Option<Result<Card, String>> {
     if record.get(8..10) != Some("= ") {
