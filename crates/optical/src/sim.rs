@@ -763,7 +763,7 @@ pub fn write_data_set(out: &Path, size: Size, seed: u64) -> Result<usize, FitsEr
                             Column::f64("Y", "pix", on_ccd.iter().map(|t| t.1.y + 1.0).collect()),
                             Column::f64(
                                 "FLUX",
-                                "electron",
+                                crate::singleframe::FLUX_UNIT,
                                 on_ccd.iter().map(|t| t.1.flux).collect(),
                             ),
                             Column::f64("MAG", "mag", on_ccd.iter().map(|t| t.2).collect()),
