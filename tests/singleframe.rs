@@ -251,6 +251,18 @@ fn set_text_card(bytes: &mut [u8], key: &str, value: &str) {
     panic!("no card {key}");
 }
 
+/// Replaces header card `key` of the first header by the card `card` (≤ 80 characters).
+fn replace_card(bytes: &mut [u8], key: &str, card: &str) {
+    let prefix = format!("{key:<8}=");
+    for c in bytes.chunks_mut(80) {
+        if c.starts_with(prefix.as_bytes()) {
+            c.copy_from_slice(format!("{card:<80}").as_bytes());
+            return;
+        }
+    }
+    panic!("no card {key}");
+}
+
 /// Offset of the data after the first header (the 2880-byte block after the END card).
 fn data_start(bytes: &[u8]) -> usize {
     let end = bytes
@@ -315,6 +327,13 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
     let bad_cd = bad_dir.join("cd-string.fits");
     std::fs::write(&bad_cd, &bytes).unwrap();
     units["units"][i]["raw"] = bad_cd.to_str().unwrap().into();
+    // visit 3, ccd 1: an untrimmed frame (an overscan section is declared).
+    let i = find(&units, 3, 1);
+    let mut bytes = std::fs::read(raw_of(&units["units"][i])).unwrap();
+    replace_card(&mut bytes, "CCD", "BIASSEC = '[257:288,1:512]'");
+    let overscan = bad_dir.join("overscan.fits");
+    std::fs::write(&overscan, &bytes).unwrap();
+    units["units"][i]["raw"] = overscan.to_str().unwrap().into();
     let bad_list = data.join("bad-units.json");
     std::fs::write(&bad_list, serde_json::to_vec(&units).unwrap()).unwrap();
 
@@ -335,6 +354,7 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
         ("visit=2,ccd=0", "variance-128.fits", "[512, 128]"),
         ("visit=2,ccd=1", "all-nan.fits", "NaN"),
         ("visit=3,ccd=0", "cd-string.fits", "CD1_2"),
+        ("visit=3,ccd=1", "overscan.fits", "BIASSEC"),
     ];
     let stderr = String::from_utf8_lossy(&out.stderr);
     for (unit, file, what) in expect {
@@ -355,7 +375,7 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
         .iter()
         .filter(|(u, o, _)| u.contains("ccd=") && o == "done")
         .count();
-    assert_eq!(ccd_done, 11, "{all:?}");
+    assert_eq!(ccd_done, 10, "{all:?}");
     for visit in 1..=4 {
         assert_eq!(by_unit(&format!("visit={visit},step=registry")).1, "done");
     }
@@ -366,7 +386,7 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
         .iter()
         .map(|r| (r.visit, r.ccd))
         .collect();
-    let failed: Vec<(u64, u32)> = vec![(1, 0), (1, 1), (2, 0), (2, 1), (3, 0)];
+    let failed: Vec<(u64, u32)> = vec![(1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)];
     let expected: Vec<(u64, u32)> = (1..=4)
         .flat_map(|v| (0..4).map(move |c| (v, c)))
         .filter(|vc| !failed.contains(vc))
@@ -567,4 +587,151 @@ fn calibration_fits_tan_sip_and_zero_points_from_a_perturbed_header_wcs() {
         "{}",
         text(&out)
     );
+}
+
+/// Header defects of issue #12 that must not come back, on one tiny CCD: the CCD list's band
+/// wins over the header's (with a warning naming the unit and both values, and `HDRBAND` in the
+/// outputs); every HDU of the raw (data in the primary HDU), calexp and catalogue files carries
+/// exactly one `EXTNAME` with the expected name; astropy reads the catalogue with warnings as
+/// errors (standard `TUNIT` strings).
+#[test]
+fn header_defects_stay_fixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let list = simulate(&data);
+    let mut units: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    let mut unit = units["units"][0].clone();
+    let raw = data.join(unit["raw"].as_str().unwrap());
+    let list_band = unit["band"].as_str().unwrap().to_string();
+    let header_band = if list_band == "z" { "y" } else { "z" };
+    let mut bytes = std::fs::read(&raw).unwrap();
+    set_text_card(&mut bytes, "BAND", header_band);
+    set_text_card(&mut bytes, "FILTER", header_band);
+    let other = data.join("other-band.fits");
+    std::fs::write(&other, &bytes).unwrap();
+    unit["raw"] = other.to_str().unwrap().into();
+    units["units"] = serde_json::Value::Array(vec![unit.clone()]);
+    let one = data.join("one-ccd.json");
+    std::fs::write(&one, serde_json::to_vec(&units).unwrap()).unwrap();
+
+    let cfg = config(tmp.path());
+    let run_dir = tmp.path().join("run");
+    let out = singleframe(1, &cfg, &one, &run_dir);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let (visit, ccd) = (
+        unit["visit"].as_u64().unwrap(),
+        unit["ccd"].as_u64().unwrap(),
+    );
+    let log = text(&out);
+    let unit_id = format!("visit={visit},ccd={ccd}");
+    assert!(
+        log.lines().any(|l| l.contains(&unit_id)
+            && l.contains(&format!("'{list_band}'"))
+            && l.contains(&format!("'{header_band}'"))),
+        "no band warning naming the unit and both bands:\n{log}"
+    );
+    let (calexp, src) = output_paths(visit, ccd as u32);
+    let script = format!(
+        r#"
+import warnings
+warnings.simplefilter("error")
+from astropy.io import fits
+from astropy.table import Table
+def names(path, expected):
+    with fits.open(path) as f:
+        for hdu, name in zip(f, expected):
+            cards = [c for c in hdu.header.cards if c.keyword == "EXTNAME"]
+            assert len(cards) <= 1, (path, hdu.name, cards)
+            assert hdu.name == name, (path, hdu.name, name)
+        assert len(f) == len(expected), (path, len(f))
+names("{raw}", ["PRIMARY"])
+names("{calexp}", ["PRIMARY", "IMAGE", "MASK", "VARIANCE"])
+names("{src}", ["PRIMARY", "SOURCES"])
+h = fits.getheader("{calexp}")
+assert h["BAND"] == "{list_band}" and h["FILTER"] == "{list_band}", h["BAND"]
+assert h["HDRBAND"] == "{header_band}", h["HDRBAND"]
+t = Table.read("{src}", hdu="SOURCES")
+assert len(t) > 5, len(t)
+assert str(t["FLUX_PSF"].unit) == "ct", t["FLUX_PSF"].unit
+print("ok")
+"#,
+        raw = raw.display(),
+        calexp = run_dir.join(&calexp).display(),
+        src = run_dir.join(&src).display(),
+    );
+    let py = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+}
+
+/// `singleframe` in a `skypipe-run` chain: it declares its raw files (prerequisites) and its
+/// calexp and catalogue outputs, so a missing raw CCD is found when the chain is planned (the
+/// unit is recorded bad-input naming the file, without running) and every other unit completes.
+#[test]
+fn singleframe_runs_in_a_chain_and_a_missing_raw_file_is_found_at_planning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let list = simulate(&data);
+    let mut units: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    let visit1: Vec<serde_json::Value> = units["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["visit"] == 1)
+        .cloned()
+        .collect();
+    assert_eq!(visit1.len(), 4);
+    let missing = data.join("raw-missing.fits");
+    units["units"] = serde_json::Value::Array(visit1);
+    units["units"][1]["raw"] = missing.to_str().unwrap().into();
+    let one_visit = data.join("visit1.json");
+    std::fs::write(&one_visit, serde_json::to_vec(&units).unwrap()).unwrap();
+    let cfg = tmp.path().join("chain.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nfsync = false\nprogress_interval_s = 0.5\n[chain]\nstages = [\"singleframe\"]\n\
+             [singleframe]\ninput = \"{}\"\n",
+            one_visit.display()
+        ),
+    )
+    .unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = run(mpirun(
+        2,
+        Path::new(env!("CARGO_BIN_EXE_skypipe-run")),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    let done = outcomes(&run_dir);
+    let ccd1 = format!("visit=1,ccd={}", units["units"][1]["ccd"]);
+    for (unit, outcome, message) in &done {
+        if *unit == ccd1 {
+            assert_eq!(outcome, "bad-input", "{message}");
+            assert!(
+                message.contains("input file missing") && message.contains("raw-missing.fits"),
+                "{message}"
+            );
+        } else {
+            assert_eq!(outcome, "done", "{unit}: {message}");
+        }
+    }
+    assert_eq!(done.len(), 4 + 1, "{done:?}");
+    let (calexp, src) = output_paths(1, units["units"][0]["ccd"].as_u64().unwrap() as u32);
+    assert!(run_dir.join(calexp).is_file() && run_dir.join(src).is_file());
 }

@@ -728,12 +728,29 @@ impl FitsWriter {
                 .open()
                 .map_err(|e| werr("the primary HDU", e))?,
         };
-        // fitsio names a custom primary "_PRIMARY"; call it what readers expect.
-        if primary.is_some()
-            && let Ok(hdu) = file.primary_hdu()
-        {
-            hdu.write_key(&mut file, "EXTNAME", "PRIMARY")
-                .map_err(|e| werr("the primary HDU", e))?;
+        // fitsio names a custom primary "_PRIMARY"; rename it in place (one EXTNAME card, as
+        // readers expect: appending a second card leaves astropy reading the first).
+        if primary.is_some() {
+            file.primary_hdu().map_err(|e| werr("the primary HDU", e))?;
+            let mut status = 0;
+            // SAFETY: the pointer is CFITSIO's handle of this open, writable file, made current
+            // on the primary HDU just above; the strings are NUL-terminated literals.
+            unsafe {
+                fitsio::sys::ffukys(
+                    file.as_raw(),
+                    c"EXTNAME".as_ptr(),
+                    c"PRIMARY".as_ptr(),
+                    c"name of this HDU".as_ptr(),
+                    &mut status,
+                );
+            }
+            if status != 0 {
+                return Err(FitsError::Write {
+                    path: final_path.clone(),
+                    what: "the primary HDU's EXTNAME".into(),
+                    message: format!("CFITSIO status {status}"),
+                });
+            }
         }
         Ok(Self {
             file: Some(file),

@@ -109,7 +109,10 @@ pub struct ChainOutput {
     pub variance: Image<f32>,
     /// The background model that was subtracted, e-.
     pub background: Background,
-    /// Measured PSF FWHM, pixels (the initial guess when too few stars were found).
+    /// Measured PSF FWHM, pixels: the Gaussian-equivalent width of the stars' adaptive second
+    /// moments (`FWHM = 2.3548 σ`, σ² = (Ixx + Iyy) / 2), not the profile's half-maximum width
+    /// (for a Moffat β = 3 PSF it is about 12–14 % larger); the initial guess when too few stars
+    /// were found.
     pub psf_fwhm: f64,
     /// Whether `psf_fwhm` was measured (false: fell back to the initial guess).
     pub psf_measured: bool,

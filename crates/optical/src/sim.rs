@@ -851,7 +851,7 @@ pub fn write_data_set_with(
                             Column::f64("Y", "pix", on_ccd.iter().map(|t| t.1.y + 1.0).collect()),
                             Column::f64(
                                 "FLUX",
-                                "electron",
+                                crate::singleframe::FLUX_UNIT,
                                 on_ccd.iter().map(|t| t.1.flux).collect(),
                             ),
                             Column::f64("MAG", "mag", on_ccd.iter().map(|t| t.2).collect()),

@@ -22,11 +22,22 @@ use serde::{Deserialize, Serialize};
 use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
 use skypipe_registry::{CcdRecord, CcdStatus, Registry, SkyPoint};
 use skypipe_stage::{
-    Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId, WorkUnit,
-    fingerprint_of,
+    Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId,
+    WorkUnit, fingerprint_of,
 };
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+
+/// Dataset type of a raw CCD exposure (a prerequisite: no stage writes it).
+pub const DATASET_RAW: &str = "raw";
+/// Dataset type of a master bias or flat named by the CCD list (a prerequisite).
+pub const DATASET_CALIBRATION: &str = "ccd-calibration";
+/// Dataset type of a variance image named by the CCD list (a prerequisite).
+pub const DATASET_VARIANCE: &str = "variance";
+/// Dataset type of a calibrated exposure (`singleframe/calexp/…`).
+pub const DATASET_CALEXP: &str = "calexp";
+/// Dataset type of a source catalogue (`singleframe/src/…`).
+pub const DATASET_SOURCES: &str = "sources";
 
 /// Format tag of the CCD list file.
 pub const CCD_LIST_FORMAT: &str = "skypipe-ccd-list/1";
@@ -387,6 +398,26 @@ impl Stage for Singleframe {
         Ok(plan)
     }
 
+    /// A CCD unit reads its raw file and the bias, flat and variance files the list names (all
+    /// prerequisites: a missing one is bad input at planning time) and writes its calexp and
+    /// catalogue. A registry unit declares no file: it receives its CCDs' summaries as values,
+    /// and the registry database is not a per-unit dataset.
+    fn connections(&self, unit: &SingleframeUnit, run_dir: &Path) -> Connections {
+        let SingleframeUnit::Ccd(c) = unit else {
+            return Connections::new();
+        };
+        let mut conn = Connections::new().prerequisite(DATASET_RAW, &c.raw);
+        for p in [&c.bias, &c.flat].into_iter().flatten() {
+            conn = conn.prerequisite(DATASET_CALIBRATION, p);
+        }
+        if let Some(v) = &c.variance {
+            conn = conn.prerequisite(DATASET_VARIANCE, v);
+        }
+        let (calexp, catalog) = output_paths(c.visit, c.ccd);
+        conn.output(DATASET_CALEXP, run_dir.join(calexp))
+            .output(DATASET_SOURCES, run_dir.join(catalog))
+    }
+
     fn run(&self, unit: &SingleframeUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
         match unit {
             SingleframeUnit::Ccd(c) => self.run_ccd(c, ctx),
@@ -453,6 +484,38 @@ pub fn read_raw_header(r: &mut FitsReader) -> Result<RawHeader, CcdError> {
     })
 }
 
+/// Refuses a raw frame that still has overscan or several amplifiers (`BIASSEC`, `BIASSECA/B`,
+/// `DATASECA/B`, `GAINA/B`, or a `DATASEC` other than the whole image), which the chain does not
+/// subtract and trim: processing it as if trimmed would be silently wrong. The error names the
+/// file and the keyword.
+fn refuse_untrimmed(r: &mut FitsReader, width: usize, height: usize) -> Result<(), CcdError> {
+    let p = Hdu::Primary;
+    let path = r.path().to_path_buf();
+    let refuse = |key: &str, value: &str| CcdError::Header {
+        path: path.clone(),
+        message: format!(
+            "keyword {key} = '{value}': raw frames with overscan or several amplifiers are not \
+             supported; give the image trimmed, bias-subtracted per amplifier and in one gain"
+        ),
+    };
+    for key in ["BIASSEC", "BIASSECA", "BIASSECB", "DATASECA", "DATASECB"] {
+        if let Some(v) = r.key_string_opt(p, key)? {
+            return Err(refuse(key, &v));
+        }
+    }
+    for key in ["GAINA", "GAINB"] {
+        if let Some(v) = r.key_f64_opt(p, key)? {
+            return Err(refuse(key, &v.to_string()));
+        }
+    }
+    if let Some(v) = r.key_string_opt(p, "DATASEC")?
+        && v.replace(' ', "") != format!("[1:{width},1:{height}]")
+    {
+        return Err(refuse("DATASEC", &v));
+    }
+    Ok(())
+}
+
 fn to_image(a: Array2<f32>) -> Image<f32> {
     let (h, w) = a.dim();
     let data = if a.is_standard_layout() {
@@ -497,8 +560,10 @@ pub fn process_ccd_calibrated(
 ) -> Result<CcdSummary, CcdError> {
     let mut laps = Laps::start();
     let mut r = FitsReader::open(&c.raw)?;
-    let header = read_raw_header(&mut r)?;
+    let mut header = read_raw_header(&mut r)?;
+    let header_band = band_from_list(c, &mut header);
     let raw = to_image(r.image_f32_checked(Hdu::Primary, None)?);
+    refuse_untrimmed(&mut r, raw.width, raw.height)?;
     let shape = Some((raw.height, raw.width));
     let mut variance_in = if r.has_hdu("VARIANCE") {
         Some(to_image(r.image_f32_checked(Hdu::Name("VARIANCE"), shape)?))
@@ -552,11 +617,13 @@ pub fn process_ccd_calibrated(
     };
     let (calexp_rel, catalog_rel) = output_paths(c.visit, c.ccd);
     let (width, height) = (out.image.width, out.image.height);
+    let history = header_band.as_deref();
     write_calexp(
         &run_dir.join(&calexp_rel),
         c,
         &header,
         cal.as_ref(),
+        history,
         &mut out,
         durable,
     )?;
@@ -565,6 +632,7 @@ pub fn process_ccd_calibrated(
         c,
         &header,
         cal.as_ref(),
+        history,
         &out,
         durable,
     )?;
@@ -675,6 +743,24 @@ fn truncate(s: &str) -> String {
     s.chars().take(68).collect()
 }
 
+/// The CCD list's band wins over the header's: when they differ, logs a warning naming the unit
+/// and both values, sets `header.band` to the list's, and returns the header's value (written to
+/// the outputs' primary HDU as `HDRBAND`).
+fn band_from_list(c: &CcdInput, header: &mut RawHeader) -> Option<String> {
+    if header.band == c.band {
+        return None;
+    }
+    tracing::warn!(
+        "visit={},ccd={}: the CCD list's band '{}' overrides the header's '{}' ({})",
+        c.visit,
+        c.ccd,
+        c.band,
+        header.band,
+        c.raw.display()
+    );
+    Some(std::mem::replace(&mut header.band, c.band.clone()))
+}
+
 /// Sky positions (ra, dec) of 1-based pixels through the header WCS; a pixel without one
 /// (outside the projection's domain) is a header error naming the file.
 fn sky_of(wcs: &Wcs, pixels: &[[f64; 2]], raw: &Path) -> Result<Vec<(f64, f64)>, CcdError> {
@@ -717,6 +803,7 @@ fn common_cards(
     c: &CcdInput,
     h: &RawHeader,
     cal: Option<&CcdCalibration>,
+    header_band: Option<&str>,
     out: &ChainOutput,
 ) -> Vec<Card> {
     let mut cards = vec![
@@ -728,7 +815,7 @@ fn common_cards(
         Card::real(
             "PSFFWHM",
             out.psf_fwhm,
-            "[pix] PSF FWHM (adaptive moments of stars)",
+            "[pix] Gaussian-equivalent FWHM of star moments",
         ),
         Card::int(
             "PSFMEAS",
@@ -755,6 +842,13 @@ fn common_cards(
         Card::int("ZPFIT", 0, "1 once the photometric zero point is attached"),
     ];
     cards.extend(calibration_cards(cal));
+    if let Some(hb) = header_band {
+        cards.push(Card::text(
+            "HDRBAND",
+            hb,
+            "raw header's band; BAND is the CCD list's",
+        ));
+    }
     cards
 }
 
@@ -765,12 +859,13 @@ fn write_calexp(
     c: &CcdInput,
     h: &RawHeader,
     cal: Option<&CcdCalibration>,
+    header_band: Option<&str>,
     out: &mut ChainOutput,
     durable: bool,
 ) -> Result<(), CcdError> {
     let wcs_cards = output_wcs_cards(h, cal)?;
     let mut w = FitsWriter::create(path, durable, None)?;
-    w.primary_keys(&common_cards(c, h, cal, out))?;
+    w.primary_keys(&common_cards(c, h, cal, header_band, out))?;
     let mut img_cards = wcs_cards.clone();
     img_cards.push(Card::text("BUNIT", "electron", "background subtracted"));
     img_cards.push(Card::real(
@@ -809,11 +904,16 @@ fn write_calexp(
     Ok(())
 }
 
+/// `TUNITn` of the catalogue's flux columns: electron counts as the FITS standard spells counts
+/// (`ct`; `electron` is not a FITS unit string and astropy warns about it per column).
+pub const FLUX_UNIT: &str = "ct";
+
 fn write_catalog(
     path: &Path,
     c: &CcdInput,
     h: &RawHeader,
     cal: Option<&CcdCalibration>,
+    header_band: Option<&str>,
     out: &ChainOutput,
     durable: bool,
 ) -> Result<(), CcdError> {
@@ -827,10 +927,10 @@ fn write_catalog(
         Column::f64("Y", "pix", col(&|s| s.y + 1.0)),
         Column::f64("RA", "deg", sky.iter().map(|p| p.0).collect()),
         Column::f64("DEC", "deg", sky.iter().map(|p| p.1).collect()),
-        Column::f64("FLUX_APER", "electron", col(&|s| s.flux_aper)),
-        Column::f64("FLUX_APER_ERR", "electron", col(&|s| s.flux_aper_err)),
-        Column::f64("FLUX_PSF", "electron", col(&|s| s.flux_psf)),
-        Column::f64("FLUX_PSF_ERR", "electron", col(&|s| s.flux_psf_err)),
+        Column::f64("FLUX_APER", FLUX_UNIT, col(&|s| s.flux_aper)),
+        Column::f64("FLUX_APER_ERR", FLUX_UNIT, col(&|s| s.flux_aper_err)),
+        Column::f64("FLUX_PSF", FLUX_UNIT, col(&|s| s.flux_psf)),
+        Column::f64("FLUX_PSF_ERR", FLUX_UNIT, col(&|s| s.flux_psf_err)),
         Column::f64("IXX", "pix2", col(&|s| s.ixx)),
         Column::f64("IYY", "pix2", col(&|s| s.iyy)),
         Column::f64("IXY", "pix2", col(&|s| s.ixy)),
@@ -864,7 +964,7 @@ fn write_catalog(
             inst.iter().map(|m| m.1).collect(),
         ));
     }
-    let mut cards = common_cards(c, h, cal, out);
+    let mut cards = common_cards(c, h, cal, header_band, out);
     cards.push(Card::real(
         "APRAD",
         out.aperture_radius,
@@ -874,7 +974,7 @@ fn write_catalog(
         cards.push(Card::int(key, i64::from(bit), what));
     }
     let mut w = FitsWriter::create(path, durable, None)?;
-    let mut primary = common_cards(c, h, cal, out);
+    let mut primary = common_cards(c, h, cal, header_band, out);
     if cal.is_some() {
         primary.extend(output_wcs_cards(h, cal)?);
     }
