@@ -76,3 +76,4 @@ pub mod healpix;
 pub mod pointing;
 pub mod quat;
 pub mod quicklook;
+pub mod warp;
