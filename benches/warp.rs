@@ -21,12 +21,23 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let [src, w, h, src_hdr, tgt_hdr, tw, th, step, out] = args.as_slice() else {
-        return Err("usage: warp SOURCE.f32 WIDTH HEIGHT SOURCE.hdr TARGET.hdr TWIDTH THEIGHT STEP OUT.f32".into());
+        return Err(
+            "usage: warp SOURCE.f32 WIDTH HEIGHT SOURCE.hdr TARGET.hdr TWIDTH THEIGHT STEP OUT.f32"
+                .into(),
+        );
     };
-    let (w, h, tw, th, step): (usize, usize, usize, usize, usize) =
-        (w.parse()?, h.parse()?, tw.parse()?, th.parse()?, step.parse()?);
+    let (w, h, tw, th, step): (usize, usize, usize, usize, usize) = (
+        w.parse()?,
+        h.parse()?,
+        tw.parse()?,
+        th.parse()?,
+        step.parse()?,
+    );
     let image: Vec<f32> = std::fs::read(src)?
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -42,10 +53,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let sky = target_wcs.pixel_to_sky(&fits).expect("target WCS");
         let sky: Vec<[f64; 2]> = sky.iter().map(|s| s.unwrap_or([f64::NAN; 2])).collect();
         let pix = source_wcs.sky_to_pixel(&sky).expect("source WCS");
-        pix.iter().map(|p| p.map_or([f64::NAN; 2], |p| [p[0] - 1.0, p[1] - 1.0])).collect()
+        pix.iter()
+            .map(|p| p.map_or([f64::NAN; 2], |p| [p[0] - 1.0, p[1] - 1.0]))
+            .collect()
     };
     let (variance, mask) = (vec![1f32; w * h], vec![0u32; w * h]);
-    let source = Source { image: &image, variance: &variance, mask: &mask, width: w, height: h };
+    let source = Source {
+        image: &image,
+        variance: &variance,
+        mask: &mask,
+        width: w,
+        height: h,
+    };
 
     let c0 = cpu_seconds();
     let map = CoarseMap::new(tw, th, step, exact)?;

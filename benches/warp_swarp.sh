@@ -20,7 +20,7 @@
 # reproject_interp call alone (process_time, imports and I/O excluded). Best round kept.
 # Flux: for each star, the sum over a 12 px (patch) radius aperture in the output divided by the
 # true flux; median over the stars (reproject's surface-brightness output times the area ratio).
-# Needs swarp, /usr/bin/python3 with astropy and reproject (Debian python3-reproject), both
+# Needs SWarp (Debian package swarp, binary /usr/bin/SWarp), /usr/bin/python3 with astropy and reproject (Debian python3-reproject), both
 # installed by scripts/install-deps.sh test.
 set -eu
 dir=${1:?usage: $0 BENCH_DIR [ROUNDS] [STEP]}
@@ -137,7 +137,7 @@ mpix = TW * TH / 1e6
 print(f"machine: {os.uname().nodename}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start")
 print(f"input {W}x{H} CCD, output {TW}x{TH} = {mpix:.2f} Mpix, area ratio {area:.4f}, coarse step {step}")
 for rnd in range(rounds):
-    _, t = run_cpu(["swarp", "ccd.fits", "-c", peers, "-IMAGEOUT_NAME", "coadd.fits",
+    _, t = run_cpu(["SWarp", "ccd.fits", "-c", peers, "-IMAGEOUT_NAME", "coadd.fits",
                     "-WEIGHTOUT_NAME", "coadd.weight.fits", "-RESAMPLE_DIR", ".", "-NTHREADS", "1"])
     best["swarp"] = min(best.get("swarp", 1e9), t)
     out, t = run_cpu([driver, "ccd.f32", str(W), str(H), "ccd.hdr", "patch.hdr", str(TW), str(TH), str(step), "skypipe.f32"])

@@ -549,20 +549,37 @@ fn sample(
     let ky0 = (-y0).clamp(0, 6) as usize;
     let ky1 = (sh - y0).clamp(0, 6) as usize;
     let (mut v, mut var, mut m) = (0.0, 0.0, 0u32);
+    let wx2 = wx.map(|w| w * w);
     for ky in ky0..ky1 {
         let wyk = wy[ky];
         if wyk == 0.0 {
             continue;
         }
+        // Taps of this row whose 2-D weight reaches the mask threshold.
+        let mask_min = mask_threshold / wyk.abs();
         let base = (y0 + ky as i64) * sw + x0;
         let (mut rv, mut rvar) = (0.0, 0.0);
-        for kx in kx0..kx1 {
-            let wk = wx[kx];
-            let i = (base + kx as i64) as usize;
-            rv += wk * f64::from(source.image[i]);
-            rvar += wk * wk * f64::from(source.variance[i]);
-            if (wk * wyk).abs() >= mask_threshold {
-                m |= source.mask[i];
+        if kx0 == 0 && kx1 == 6 {
+            // The whole row of taps inside the image: fixed-size slices, no bounds checks.
+            let i = base as usize;
+            let img: &[f32; 6] = source.image[i..i + 6].try_into().expect("six taps");
+            let vr: &[f32; 6] = source.variance[i..i + 6].try_into().expect("six taps");
+            let mk: &[u32; 6] = source.mask[i..i + 6].try_into().expect("six taps");
+            for k in 0..6 {
+                rv += wx[k] * f64::from(img[k]);
+                rvar += wx2[k] * f64::from(vr[k]);
+                if wx[k].abs() >= mask_min {
+                    m |= mk[k];
+                }
+            }
+        } else {
+            for kx in kx0..kx1 {
+                let i = (base + kx as i64) as usize;
+                rv += wx[kx] * f64::from(source.image[i]);
+                rvar += wx2[kx] * f64::from(source.variance[i]);
+                if wx[kx].abs() >= mask_min {
+                    m |= source.mask[i];
+                }
             }
         }
         v += wyk * rv;
