@@ -564,8 +564,7 @@ fn sample(
     let ky1 = (sh - y0).clamp(0, 6) as usize;
     let (mut v, mut var, mut m) = (0.0, 0.0, 0u32);
     let wx2 = wx.map(|w| w * w);
-    for ky in ky0..ky1 {
-        let wyk = wy[ky];
+    for (ky, &wyk) in wy.iter().enumerate().take(ky1).skip(ky0) {
         if wyk == 0.0 {
             continue;
         }

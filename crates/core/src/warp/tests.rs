@@ -383,7 +383,7 @@ struct Tan {
 }
 
 impl Tan {
-    fn to_sky(&self, x: f64, y: f64) -> (f64, f64) {
+    fn to_sky(self, x: f64, y: f64) -> (f64, f64) {
         let (s, c) = self.rot.sin_cos();
         let (u, v) = (
             (x - self.crpix[0]) * self.scale,
@@ -401,7 +401,7 @@ impl Tan {
                 .atan2(rho * self.dec0.cos() * cc.cos() - eta * self.dec0.sin() * cc.sin());
         (ra, dec)
     }
-    fn to_pixel(&self, ra: f64, dec: f64) -> [f64; 2] {
+    fn to_pixel(self, ra: f64, dec: f64) -> [f64; 2] {
         let cosc =
             self.dec0.sin() * dec.sin() + self.dec0.cos() * dec.cos() * (ra - self.ra0).cos();
         let xi = dec.cos() * (ra - self.ra0).sin() / cosc;
