@@ -500,29 +500,50 @@ pub fn warp_rows(
         }
     }
     let (sw, sh) = (source.width as i64, source.height as i64);
+    let h = map.step as f64;
     for r in 0..rows {
         let y = (first_row + r) as f64;
-        for x in 0..width {
-            let o = r * width + x;
-            let [sx, sy] = map.source_of(x as f64, y);
-            let area = match params.flux_scaling {
-                FluxScaling::Fixed => map.fixed_area,
-                FluxScaling::Local => map.area_ratio(x as f64, y),
-                FluxScaling::None => 1.0,
+        // Along a row the bilinear interpolant is linear within each coarse cell: the source
+        // position steps by a constant per pixel from the cell's left edge.
+        let (_, j, _, t) = map.cell(0.0, y);
+        let edge = |i: usize| {
+            let (a, b) = (map.nodes[j * map.nx + i], map.nodes[(j + 1) * map.nx + i]);
+            [(1.0 - t) * a[0] + t * b[0], (1.0 - t) * a[1] + t * b[1]]
+        };
+        let mut x = 0;
+        while x < width {
+            let i = (x / map.step).min(map.nx - 2);
+            let end = if i == map.nx - 2 {
+                width
+            } else {
+                ((i + 1) * map.step).min(width)
             };
-            match sample(source, sx, sy, sw, sh, params.mask_weight_threshold) {
-                Some((v, var, m)) => {
-                    let s = params.flux_scale * area;
-                    out.image[o] = (v * s) as f32;
-                    out.variance[o] = (var * s * s) as f32;
-                    out.mask[o] = m;
-                }
-                None => {
-                    out.image[o] = f32::NAN;
-                    out.variance[o] = f32::NAN;
-                    out.mask[o] = params.no_data_bit;
+            let (left, right) = (edge(i), edge(i + 1));
+            let slope = [(right[0] - left[0]) / h, (right[1] - left[1]) / h];
+            for x in x..end {
+                let o = r * width + x;
+                let dx = (x - i * map.step) as f64;
+                let (sx, sy) = (left[0] + dx * slope[0], left[1] + dx * slope[1]);
+                let area = match params.flux_scaling {
+                    FluxScaling::Fixed => map.fixed_area,
+                    FluxScaling::Local => map.area_ratio(x as f64, y),
+                    FluxScaling::None => 1.0,
+                };
+                match sample(source, sx, sy, sw, sh, params.mask_weight_threshold) {
+                    Some((v, var, m)) => {
+                        let s = params.flux_scale * area;
+                        out.image[o] = (v * s) as f32;
+                        out.variance[o] = (var * s * s) as f32;
+                        out.mask[o] = m;
+                    }
+                    None => {
+                        out.image[o] = f32::NAN;
+                        out.variance[o] = f32::NAN;
+                        out.mask[o] = params.no_data_bit;
+                    }
                 }
             }
+            x = end;
         }
     }
     Ok(())
