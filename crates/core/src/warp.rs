@@ -446,8 +446,8 @@ pub struct Warped {
     pub height: usize,
 }
 
-/// Warps `source` onto the whole target grid of `map` (single-threaded; see [`warp_rows`] to
-/// split the rows between threads).
+/// Warps `source` onto the whole target grid of `map`, single-threaded (see [`warp_parallel`]
+/// and [`warp_rows`] to split the rows between threads).
 pub fn warp(source: &Source, map: &CoarseMap, params: &WarpParams) -> Result<Warped, WarpError> {
     let (width, height) = map.target_shape();
     let n = width * height;
@@ -463,6 +463,43 @@ pub fn warp(source: &Source, map: &CoarseMap, params: &WarpParams) -> Result<War
             mask: &mut mask,
         },
     )?;
+    Ok(Warped {
+        image,
+        variance,
+        mask,
+        width,
+        height,
+    })
+}
+
+/// As [`warp`], with the target rows split into chunks of `rows_per_chunk` computed on the
+/// current rayon thread pool; the result is identical to [`warp`]'s. Under MPI, where ranks
+/// already fill the cores, [`warp`] is the one to call.
+pub fn warp_parallel(
+    source: &Source,
+    map: &CoarseMap,
+    params: &WarpParams,
+    rows_per_chunk: usize,
+) -> Result<Warped, WarpError> {
+    use rayon::prelude::*;
+    source.check()?;
+    let (width, height) = map.target_shape();
+    let n = width * height;
+    let chunk = rows_per_chunk.max(1) * width;
+    let (mut image, mut variance, mut mask) = (vec![0f32; n], vec![0f32; n], vec![0u32; n]);
+    image
+        .par_chunks_mut(chunk)
+        .zip(variance.par_chunks_mut(chunk))
+        .zip(mask.par_chunks_mut(chunk))
+        .enumerate()
+        .try_for_each(|(k, ((image, variance), mask))| {
+            let rows = TargetRows {
+                image,
+                variance,
+                mask,
+            };
+            warp_rows(source, map, params, k * rows_per_chunk.max(1), rows)
+        })?;
     Ok(Warped {
         image,
         variance,

@@ -233,6 +233,30 @@ fn flux_of_gaussian_stars_is_conserved_under_rotation_scale_and_shift() {
 }
 
 #[test]
+fn parallel_rows_give_the_single_threaded_result() {
+    let (w, h) = (50, 37);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut p = Planes::new(gaussian_noise(&mut rng, w * h, 3.0), w, h);
+    p.mask[300] = 8;
+    let map = map_of(w, h, 16, |x, y| {
+        [0.97 * x + 0.1 * y + 0.3, -0.1 * x + 0.97 * y + 2.2]
+    });
+    let params = WarpParams {
+        flux_scaling: FluxScaling::Local,
+        ..WarpParams::default()
+    };
+    let one = warp(&p.source(), &map, &params).unwrap();
+    for rows in [1, 5, 37, 100] {
+        let many = warp_parallel(&p.source(), &map, &params, rows).unwrap();
+        assert_eq!(
+            format!("{many:?}"),
+            format!("{one:?}"),
+            "{rows} rows per chunk"
+        ); // NaN-equal
+    }
+}
+
+#[test]
 fn zero_point_factor_scales_value_and_variance() {
     let (w, h) = (20, 20);
     let p = Planes::new(vec![3.0; w * h], w, h);
