@@ -4,11 +4,11 @@
 #   build: compilers and libraries for `cargo build` (MPI, HDF5, CFITSIO, WCSLIB, libclang for bindgen)
 #   test:  build + what the test suite uses (healpy/astropy/h5py for reference checks, sqlite3,
 #          a local Slurm for the batch-system tests, headless Chromium and the DejaVu fonts
-#          for the timeline picture tests)
+#          for the timeline picture tests, SWarp and reproject for benches/warp_swarp.sh)
 set -euo pipefail
 
 build_pkgs=(libopenmpi-dev openmpi-bin libhdf5-dev libcfitsio-dev wcslib-dev libclang-dev clang pkg-config)
-test_pkgs=(python3-healpy python3-astropy python3-h5py python3-numpy python3-mpmath sqlite3 slurm-wlm munge procps chromium fonts-dejavu-core)
+test_pkgs=(python3-healpy python3-astropy python3-h5py python3-numpy python3-mpmath sqlite3 slurm-wlm munge procps chromium fonts-dejavu-core swarp python3-reproject)
 
 case "${1:-build}" in
   build) pkgs=("${build_pkgs[@]}") ;;

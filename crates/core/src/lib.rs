@@ -19,6 +19,8 @@
 //!   allocated, reducible in bounded chunks) and the per-pixel 3×3 solve with an rcond cut.
 //! - [`destripe`]: baseline offsets by preconditioned conjugate gradient, with the map
 //!   reduction pluggable ([`destripe::Reduce`]) so each iteration can reduce over MPI ranks.
+//! - [`warp`]: Lanczos3 resampling of image, variance and mask onto another pixel grid through
+//!   a coarsely sampled mapping ([`warp::CoarseMap`]), flux-conserving.
 //!
 //! # Conventions
 //! - **Quaternions** are `[f64; 4]` in **scalar-last** order `[x, y, z, w]`. `rotate(q, v)` is
@@ -76,3 +78,4 @@ pub mod healpix;
 pub mod pointing;
 pub mod quat;
 pub mod quicklook;
+pub mod warp;
