@@ -522,6 +522,25 @@ fn calibration_fits_tan_sip_and_zero_points_from_a_perturbed_header_wcs() {
     // Calibrated magnitudes of bright stars.
     assert!(result_value(&stdout, "mag_median").abs() < 0.01, "{stdout}");
     assert!(result_value(&stdout, "mag_rms") < 0.02, "{stdout}");
+    // The registry holds every CCD's fit, as any SQLite client reads it.
+    let sql = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             print(c.execute(\"SELECT count(*) FROM ccd JOIN ccd_fit ON ccd_fit.ccd_id = ccd.id \
+             WHERE ccd.status = 'calibrated' AND ccd.wcs LIKE '%RA---TAN-SIP%' \
+             AND ccd_fit.matches > 0 AND ccd_fit.astrometric_scatter > 0\").fetchone()[0])",
+        ])
+        .arg(run_dir.join("registry.sqlite3"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sql.stdout).trim(),
+        "16",
+        "{}",
+        String::from_utf8_lossy(&sql.stderr)
+    );
     assert!(result_value(&stdout, "mag_n") >= 30.0, "{stdout}");
 
     // A CCD with too few matches keeps its header WCS, says so, and is done.

@@ -20,7 +20,7 @@ use crate::wcs::{Wcs, WcsError};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
-use skypipe_registry::{CcdRecord, CcdStatus, Registry, SkyPoint};
+use skypipe_registry::{CcdFit, CcdRecord, CcdStatus, Registry, SkyPoint};
 use skypipe_stage::{
     Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId,
     WorkUnit, fingerprint_of,
@@ -34,6 +34,8 @@ pub const DATASET_RAW: &str = "raw";
 pub const DATASET_CALIBRATION: &str = "ccd-calibration";
 /// Dataset type of a variance image named by the CCD list (a prerequisite).
 pub const DATASET_VARIANCE: &str = "variance";
+/// Dataset type of the astrometric/photometric reference catalogue (a prerequisite).
+pub const DATASET_REFERENCE: &str = "reference-catalog";
 /// Dataset type of a calibrated exposure (`singleframe/calexp/…`).
 pub const DATASET_CALEXP: &str = "calexp";
 /// Dataset type of a source catalogue (`singleframe/src/…`).
@@ -337,10 +339,25 @@ impl Singleframe {
             });
         }
         let mut records = Vec::with_capacity(values.len());
+        let mut fits = Vec::new();
         for (_, s) in values {
             let mut corners = Vec::with_capacity(4);
             for (ra, dec) in s.corners {
                 corners.push(SkyPoint::new(ra, dec).map_err(UnitFailure::bad_input)?);
+            }
+            let corners = [corners[0], corners[1], corners[2], corners[3]];
+            // A CCD is recorded calibrated when both its WCS fit and its zero point exist.
+            if let (Some(a), Some(z)) = (&s.astrometry, &s.zero_point) {
+                fits.push(CcdFit {
+                    visit: s.visit,
+                    ccd: s.ccd,
+                    wcs: a.wcs.clone(),
+                    corners,
+                    zero_point: z.zero_point,
+                    zero_point_err: z.error,
+                    astrometric_scatter: a.rms_arcsec,
+                    matches: a.n_matches as u32,
+                });
             }
             records.push(CcdRecord {
                 visit: s.visit,
@@ -348,7 +365,7 @@ impl Singleframe {
                 band: s.band,
                 exposure_time: s.exposure_time,
                 psf_fwhm: s.psf_fwhm,
-                corners: [corners[0], corners[1], corners[2], corners[3]],
+                corners,
                 calexp_path: s.calexp,
                 catalog_path: s.catalog,
                 calibration: None,
@@ -358,6 +375,9 @@ impl Singleframe {
         let mut reg =
             Registry::open(self.registry_path(&ctx.run_dir)).map_err(UnitFailure::transient)?;
         reg.insert_ccds(&records).map_err(UnitFailure::transient)?;
+        if !fits.is_empty() {
+            reg.record_fits(&fits).map_err(UnitFailure::transient)?;
+        }
         Ok(Outcome::Done)
     }
 }
@@ -412,6 +432,9 @@ impl Stage for Singleframe {
         }
         if let Some(v) = &c.variance {
             conn = conn.prerequisite(DATASET_VARIANCE, v);
+        }
+        if let Some(reference) = &self.config.calibration.reference {
+            conn = conn.prerequisite(DATASET_REFERENCE, reference);
         }
         let (calexp, catalog) = output_paths(c.visit, c.ccd);
         conn.output(DATASET_CALEXP, run_dir.join(calexp))
