@@ -401,6 +401,9 @@ struct Coarse {
     chol: Vec<f64>,
     /// The null-space weight `c`.
     c_null: f64,
+    /// Templates left out because they depend (numerically) on earlier ones: their
+    /// coefficients are 0.
+    dropped: Vec<bool>,
 }
 
 impl Coarse {
@@ -571,7 +574,10 @@ impl Coarse {
                 e[i * k + i] = 1.0;
             }
         }
-        let chol = cholesky(e, k)?;
+        let (chol, dropped) = cholesky_dropping(e, k);
+        if dropped.iter().all(|&d| d) {
+            return None;
+        }
         // Triplets are in block order; sort them into rows (stable: columns stay ascending).
         let mut row_ptr = vec![0usize; nflat + 1];
         for t in &triplets {
@@ -598,6 +604,7 @@ impl Coarse {
             n,
             chol,
             c_null,
+            dropped,
         })
     }
 
@@ -635,6 +642,11 @@ impl Coarse {
 
     /// `v ← E⁻¹ v` with the Cholesky factor.
     fn solve(&self, v: &mut [f64]) {
+        for (x, &d) in v.iter_mut().zip(&self.dropped) {
+            if d {
+                *x = 0.0;
+            }
+        }
         cholesky_solve(&self.chol, self.k, v);
     }
 
@@ -836,6 +848,44 @@ fn cholesky_solve(c: &[f64], k: usize, v: &mut [f64]) {
         let s: f64 = (i + 1..k).map(|j| c[j * k + i] * v[j]).sum();
         v[i] = (v[i] - s) / c[i * k + i];
     }
+}
+
+/// Cholesky factor (lower, row-major) of the symmetric positive semi-definite `k × k` matrix
+/// `a` restricted to the columns that are not (numerically) combinations of earlier ones: a
+/// column whose pivot is not clearly positive (relative to the largest diagonal element) is
+/// dropped — its row and column of the factor zero but for a unit diagonal, so that
+/// [`cholesky_solve`] on a vector that is 0 there solves the restricted system and leaves it
+/// 0. Returns the factor and the dropped columns.
+fn cholesky_dropping(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<bool>) {
+    let max_diag = (0..k).map(|i| a[i * k + i]).fold(0.0, f64::max);
+    let mut dropped = vec![false; k];
+    for j in 0..k {
+        let s: f64 = (0..j).map(|m| a[j * k + m] * a[j * k + m]).sum();
+        let d = a[j * k + j] - s;
+        if d.is_nan() || d <= 1e-8 * max_diag {
+            dropped[j] = true;
+            for m in 0..j {
+                a[j * k + m] = 0.0;
+            }
+            a[j * k + j] = 1.0;
+            for i in j + 1..k {
+                a[i * k + j] = 0.0;
+            }
+            continue;
+        }
+        let d = d.sqrt();
+        a[j * k + j] = d;
+        for i in j + 1..k {
+            let s: f64 = (0..j).map(|m| a[i * k + m] * a[j * k + m]).sum();
+            a[i * k + j] = (a[i * k + j] - s) / d;
+        }
+    }
+    for i in 0..k {
+        for j in i + 1..k {
+            a[i * k + j] = 0.0;
+        }
+    }
+    (a, dropped)
 }
 
 /// Cholesky factor (lower, row-major) of the symmetric `k × k` matrix `a`, or `None` when a
@@ -1061,6 +1111,9 @@ pub fn destripe<R: Reduce + ?Sized>(
     };
     drop(weight);
     let k = coarse.as_ref().map_or(0, |c| c.k);
+    let coarse_dimension = coarse
+        .as_ref()
+        .map_or(0, |c| c.dropped.iter().filter(|&&d| !d).count());
 
     // 5. Deflated preconditioned CG (Saad, Yeung, Erhel & Guyomarc'h 2000; the two-level
     // preconditioner of Szydlarski et al. 2014): start from the coarse solution
@@ -1185,7 +1238,7 @@ pub fn destripe<R: Reduce + ?Sized>(
         residual,
         residual_history: history,
         converged,
-        coarse_dimension: k,
+        coarse_dimension,
         binned,
         destriped,
     })
