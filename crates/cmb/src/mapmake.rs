@@ -1505,6 +1505,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn coarse_layout_fits_the_templates_under_the_cap() {
+        // The demo: 12 observations of 8 detectors, 20 segments each.
+        assert_eq!(coarse_layout(CoarseSpace::Detector, 20, 12, 8), (12, 8, 20));
+        // 100 × 8 × 20 > 4096: as many segments as fit (5).
+        assert_eq!(
+            coarse_layout(CoarseSpace::Detector, 20, 100, 8),
+            (100, 8, 5)
+        );
+        // Not even one template per detector: per observation, segments that fit.
+        assert_eq!(
+            coarse_layout(CoarseSpace::Detector, 20, 1000, 8),
+            (1000, 0, 4)
+        );
+        assert_eq!(
+            coarse_layout(CoarseSpace::Observation, 3, 12, 8),
+            (12, 0, 3)
+        );
+        assert_eq!(coarse_layout(CoarseSpace::Observation, 1, 5000, 8).0, 0);
+        assert_eq!(coarse_layout(CoarseSpace::None, 20, 12, 8).0, 0);
+    }
+
+    #[test]
     fn held_observations_stay_and_the_rest_are_balanced_longest_first() {
         let wanted: BTreeMap<u32, u64> =
             [(0, 100), (1, 100), (2, 300), (3, 50), (4, 200), (5, 10)].into();

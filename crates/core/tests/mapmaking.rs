@@ -1454,6 +1454,19 @@ fn weakly_cross_linked_pairs_converge_with_per_detector_templates() {
     assert!(out.coarse_dimension > nobs && out.coarse_dimension <= nobs * 2 * 2);
     assert!(a.converged && out.converged && out.residual <= 1e-10);
     assert!(out.iterations <= 100, "{} iterations", out.iterations);
+    // Two timestreams per group do not fit one template slot per group.
+    let too_few = DestripeConfig {
+        coarse_detectors: 1,
+        ..per_det
+    };
+    assert!(matches!(
+        destripe(&ts, layout, Components::Iqu, &too_few, &mut SingleProcess),
+        Err(DestripeError::GroupSize {
+            detector: 1,
+            group: 0,
+            detectors: 1
+        })
+    ));
     // Baselines against the truth: eᵀ A e follows χ² with n − 1 degrees of freedom (see
     // offsets_with_white_noise_are_recovered_within_their_error), samples in cut pixels left
     // out as the destriper leaves them out.
