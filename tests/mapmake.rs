@@ -101,7 +101,15 @@ fn noiseless_chain_maps_the_input_sky_identically_on_1_2_and_3_ranks() {
     let mut runs = Vec::new();
     for ranks in [1, 2, 3] {
         let run_dir = tmp.path().join(format!("map{ranks}"));
-        let cfg = map_config(tmp.path(), &format!("m{ranks}.toml"), &inputs, "");
+        // Open (issue 16): on these six noiseless observations no coarse space converges
+        // within 200 iterations; one template per observation ends at 2.7e-6 and leaves the
+        // map within 1e-6 of the sky, the default (per detector) at 1.2e-5 and 1.2e-6.
+        let cfg = map_config(
+            tmp.path(),
+            &format!("m{ranks}.toml"),
+            &inputs,
+            "coarse_space = \"observation\"\ncoarse_segments = 1",
+        );
         let out = run_stage("mapmake", &cfg, &list, &run_dir, ranks, &[]);
         assert_eq!(code(&out.status), 0, "{ranks} ranks: {}", text(&out));
         let mut expected = all_done(6);
@@ -111,6 +119,10 @@ fn noiseless_chain_maps_the_input_sky_identically_on_1_2_and_3_ranks() {
         assert_eq!(sum["ranks"], ranks);
         assert_eq!(sum["observations"], 6);
         assert_eq!(sum["reread_observations"], 0, "{sum}");
+        eprintln!(
+            "{ranks} ranks: destriper {} iterations, residual {}, converged {}",
+            sum["iterations"], sum["residual"], sum["converged"]
+        );
         // Every rank binned a share (the queue spread the six observations over all of them).
         let per_rank: Vec<u64> = sum["samples_per_rank"]
             .as_array()
