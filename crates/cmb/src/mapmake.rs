@@ -109,6 +109,10 @@ pub enum Precision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CoarseSpace {
+    /// One constant-offset template per detector and observation, times `coarse_segments`
+    /// (default): spans the detector pairs' offset differences and, with short segments, the
+    /// smooth sky-like offset patterns that weakly cross-linked scans leave nearly free.
+    Detector,
     /// One constant-offset template per observation (all its detectors), times
     /// `coarse_segments`.
     Observation,
@@ -158,12 +162,13 @@ pub struct MapmakeConfig {
     pub tolerance: f64,
     /// Conjugate-gradient iteration cap. Default 200.
     pub max_iterations: usize,
-    /// Coarse space of the destriper's two-level preconditioner: `observation` (default) one
-    /// constant-offset template per observation, `none` no coarse level. More than
-    /// [`MAX_COARSE_GROUPS`] templates: no coarse level (with a warning).
+    /// Coarse space of the destriper's two-level preconditioner: `detector` (default) one
+    /// constant-offset template per detector and observation, `observation` one per
+    /// observation, `none` no coarse level. More than [`MAX_COARSE_GROUPS`] templates: fewer
+    /// segments, then per observation, then no coarse level (with a warning).
     pub coarse_space: CoarseSpace,
     /// Each coarse template split in time into this many segments of equal length, each its
-    /// own template. Default 1.
+    /// own template. Default 20.
     pub coarse_segments: usize,
     /// Block-Jacobi preconditioner: the baselines of one observation (all detectors), in
     /// time windows of at most this many baselines, form one block inverted exactly; memory
@@ -203,8 +208,8 @@ impl Default for MapmakeConfig {
             baseline_s: 1.0,
             tolerance: 1e-10,
             max_iterations: 200,
-            coarse_space: CoarseSpace::Observation,
-            coarse_segments: 1,
+            coarse_space: CoarseSpace::Detector,
+            coarse_segments: 20,
             block_baselines: 1024,
             noise_weights: true,
             allow_failed_observations: false,
@@ -315,6 +320,42 @@ struct DetectorData {
     signal: Vec<f64>,
     flags: Vec<u8>,
     inv_var: f64,
+}
+
+/// The destriper's coarse space `(groups, detectors per group, segments)` for `observations`
+/// observations of at most `detectors` detectors: the configured one if it has at most
+/// [`MAX_COARSE_GROUPS`] templates, else fewer segments, then one template per observation,
+/// then none (`groups` 0), with a warning.
+fn coarse_layout(
+    space: CoarseSpace,
+    segments: usize,
+    observations: usize,
+    detectors: usize,
+) -> (usize, usize, usize) {
+    let per_detector = observations * detectors.max(1);
+    let fit = |templates: usize| (MAX_COARSE_GROUPS / templates.max(1)).min(segments);
+    let layout = match space {
+        CoarseSpace::None => return (0, 0, segments),
+        CoarseSpace::Detector if fit(per_detector) >= 1 => {
+            (observations, detectors.max(1), fit(per_detector))
+        }
+        _ if fit(observations) >= 1 => (observations, 0, fit(observations)),
+        _ => (0, 0, segments),
+    };
+    let templates = layout.0 * layout.1.max(1) * layout.2;
+    let wanted = match space {
+        CoarseSpace::Detector => per_detector * segments,
+        _ => observations * segments,
+    };
+    if templates < wanted {
+        tracing::warn!(
+            wanted,
+            templates,
+            max = MAX_COARSE_GROUPS,
+            "destriper: coarse space too large, reduced"
+        );
+    }
+    layout
 }
 
 /// One observation held in memory.
@@ -798,21 +839,19 @@ impl Mapmake {
         // by its position in the sorted list, alike on every rank.
         let position: BTreeMap<u32, usize> =
             wanted.keys().enumerate().map(|(i, &o)| (o, i)).collect();
-        let segments = self.config.coarse_segments;
-        let coarse_groups = match self.config.coarse_space {
-            CoarseSpace::Observation if wanted.len() * segments <= MAX_COARSE_GROUPS => {
-                wanted.len()
-            }
-            CoarseSpace::Observation => {
-                tracing::warn!(
-                    templates = wanted.len() * segments,
-                    max = MAX_COARSE_GROUPS,
-                    "destriper: coarse space too large, using the block preconditioner alone"
-                );
-                0
-            }
-            CoarseSpace::None => 0,
-        };
+        let local_detectors = local.iter().map(|d| d.detectors.len()).max().unwrap_or(0);
+        let most_detectors: usize = coll
+            .all_gather_bytes(&serde_json::to_vec(&local_detectors).expect("encodes"))
+            .iter()
+            .map(|b| serde_json::from_slice::<usize>(b).expect("every rank sends a count"))
+            .max()
+            .unwrap_or(0);
+        let (coarse_groups, coarse_detectors, segments) = coarse_layout(
+            self.config.coarse_space,
+            self.config.coarse_segments,
+            wanted.len(),
+            most_detectors,
+        );
         let timestreams: Vec<Timestream<'_>> = local
             .iter()
             .flat_map(|d| {
@@ -851,6 +890,7 @@ impl Mapmake {
                 rcond_min: self.config.rcond_min,
                 coarse_groups,
                 coarse_segments: segments,
+                coarse_detectors,
                 block_baselines: self.config.block_baselines,
             };
             let out = destripe(&timestreams, layout, comps, &cfg, &mut reduce)
@@ -1558,6 +1598,28 @@ impl Stage for Mapmake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coarse_layout_fits_the_templates_under_the_cap() {
+        // The demo: 12 observations of 8 detectors, 20 segments each.
+        assert_eq!(coarse_layout(CoarseSpace::Detector, 20, 12, 8), (12, 8, 20));
+        // 100 × 8 × 20 > 4096: as many segments as fit (5).
+        assert_eq!(
+            coarse_layout(CoarseSpace::Detector, 20, 100, 8),
+            (100, 8, 5)
+        );
+        // Not even one template per detector: per observation, segments that fit.
+        assert_eq!(
+            coarse_layout(CoarseSpace::Detector, 20, 1000, 8),
+            (1000, 0, 4)
+        );
+        assert_eq!(
+            coarse_layout(CoarseSpace::Observation, 3, 12, 8),
+            (12, 0, 3)
+        );
+        assert_eq!(coarse_layout(CoarseSpace::Observation, 1, 5000, 8).0, 0);
+        assert_eq!(coarse_layout(CoarseSpace::None, 20, 12, 8).0, 0);
+    }
 
     #[test]
     fn held_observations_stay_and_the_rest_are_balanced_longest_first() {

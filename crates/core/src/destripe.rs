@@ -32,8 +32,9 @@
 //!   with 0, the inverse of `Fᵀ N⁻¹ F`: `σ² / n_k` for a baseline of `n_k` good samples (the
 //!   standard MADAM / TOAST choice). A block lives on the process holding its timestreams,
 //!   so no communication.
-//! - *Coarse space* ([`DestripeConfig::coarse_groups`] × [`DestripeConfig::coarse_segments`]
-//!   templates): `Z` has one column per group and time segment, 1 on its baselines. `A' Z` is
+//! - *Coarse space* ([`DestripeConfig::coarse_groups`] × [`DestripeConfig::coarse_detectors`]
+//!   × [`DestripeConfig::coarse_segments`] templates): `Z` has one column per group (or per
+//!   timestream of a group) and time segment, 1 on its baselines. `A' Z` is
 //!   assembled once (each template binned into a map column, summed over processes with
 //!   [`Reduce::reduce_map_where_held`], solved per pixel and scanned back), `E = Zᵀ A' Z` is
 //!   summed with [`Reduce::sum`] and factorised identically on every process. CG is then
@@ -41,6 +42,19 @@
 //!   `x₀ = Z E⁻¹ Zᵀ b`, and each search direction is made `A'`-orthogonal to `range(Z)`, at
 //!   the cost of `k` more values in each iteration's scalar reduction — still one operator
 //!   application per iteration. The global offset (the null space above) lies in `range(Z)`.
+//!
+//! **Slow modes.** On weakly cross-linked scans (each pixel crossed at few angles, the same
+//! ring scanned repeatedly) the smallest eigenvalues of the block-preconditioned operator
+//! (Lanczos estimates from the CG coefficients: down to 4·10⁻⁴, condition ~7000 on the
+//! demo) belong to two families of modes that no single observation can pin down but that
+//! cost almost nothing jointly: (1) a detector pair's offset *difference*, constant over an
+//! observation, which mimics polarisation along the ring; (2) smooth, sky-like offset patterns
+//! repeating with the spin period across every observation and detector (a large-scale
+//! I/Q/U pattern scanned into the baselines). Per-observation templates span neither; per-
+//! detector templates split into short segments ([`DestripeConfig::coarse_detectors`],
+//! [`DestripeConfig::coarse_segments`]; piecewise-constant aggregates of a few baselines,
+//! as in aggregation multigrid) span both, and CG then converges in a few tens of
+//! iterations.
 //!
 //! # Example
 //! ```
@@ -138,8 +152,17 @@ pub struct DestripeConfig {
     pub coarse_groups: usize,
     /// Templates per group: each timestream's baselines split into this many consecutive
     /// segments of (nearly) equal length, each with its own constant-offset template (at
-    /// least 1). The coarse space has `coarse_groups · coarse_segments` columns.
+    /// least 1). The coarse space has `coarse_groups · max(coarse_detectors, 1) ·
+    /// coarse_segments` columns.
     pub coarse_segments: usize,
+    /// Templates per group by timestream: with `D > 0`, the `j`-th timestream of group `g` in
+    /// this process's input (`j < D`) has its own templates (column `(g·D + j)·segments + s`)
+    /// instead of sharing the group's; every timestream of a group must then be held by one
+    /// process, in the same order wherever the groups are numbered. Per-detector templates
+    /// span the differences of offsets within a group, such as a detector pair's offset
+    /// difference, which mimics polarisation along the whole scan and is the slowest mode of
+    /// weakly cross-linked data. 0: one template per group.
+    pub coarse_detectors: usize,
     /// Block-Jacobi level: the baselines of each group of timestreams with the same
     /// [`Timestream::group`], in windows of at most this many baselines, form one block of the
     /// preconditioner, inverted exactly (memory: `8 · block_baselines` bytes per baseline).
@@ -162,6 +185,7 @@ impl Default for DestripeConfig {
             rcond_min: 1e-3,
             coarse_groups: 0,
             coarse_segments: 1,
+            coarse_detectors: 0,
             block_baselines: 0,
         }
     }
@@ -181,6 +205,18 @@ pub enum DestripeError {
     /// A configuration value is out of range.
     #[error("bad destriper configuration: {0}")]
     Config(&'static str),
+    /// A group has more timestreams than [`DestripeConfig::coarse_detectors`].
+    #[error(
+        "detector {detector}: coarse group {group} has more than coarse_detectors = {detectors} timestreams"
+    )]
+    GroupSize {
+        /// Index of the detector in the input.
+        detector: usize,
+        /// Its group.
+        group: usize,
+        /// [`DestripeConfig::coarse_detectors`].
+        detectors: usize,
+    },
     /// A timestream's coarse-space group is not below the configured number of groups.
     #[error("detector {detector}: coarse group {group} is not below coarse_groups = {groups}")]
     Group {
@@ -365,6 +401,9 @@ struct Coarse {
     chol: Vec<f64>,
     /// The null-space weight `c`.
     c_null: f64,
+    /// Templates left out because they depend (numerically) on earlier ones: their
+    /// coefficients are 0.
+    dropped: Vec<bool>,
 }
 
 impl Coarse {
@@ -378,6 +417,7 @@ impl Coarse {
         proj: &Projector,
         k: usize,
         segments: usize,
+        template: &[usize],
         weight: &[Vec<f64>],
         active: &[Vec<bool>],
         c_null: f64,
@@ -387,13 +427,13 @@ impl Coarse {
         let l = proj.l;
         let nnz = proj.comps.nnz();
         // Template of baseline kb of timestream d: its group's segment of equal length.
-        let group: Vec<Vec<u32>> = data
+        let group: Vec<Vec<u32>> = template
             .iter()
             .zip(weight)
-            .map(|(ts, w)| {
+            .map(|(&t, w)| {
                 let nb = w.len();
                 (0..nb)
-                    .map(|kb| (ts.group * segments + kb * segments / nb) as u32)
+                    .map(|kb| (t * segments + kb * segments / nb) as u32)
                     .collect()
             })
             .collect();
@@ -534,7 +574,10 @@ impl Coarse {
                 e[i * k + i] = 1.0;
             }
         }
-        let chol = cholesky(e, k)?;
+        let (chol, dropped) = cholesky_dropping(e, k);
+        if dropped.iter().all(|&d| d) {
+            return None;
+        }
         // Triplets are in block order; sort them into rows (stable: columns stay ascending).
         let mut row_ptr = vec![0usize; nflat + 1];
         for t in &triplets {
@@ -561,6 +604,7 @@ impl Coarse {
             n,
             chol,
             c_null,
+            dropped,
         })
     }
 
@@ -598,6 +642,11 @@ impl Coarse {
 
     /// `v ← E⁻¹ v` with the Cholesky factor.
     fn solve(&self, v: &mut [f64]) {
+        for (x, &d) in v.iter_mut().zip(&self.dropped) {
+            if d {
+                *x = 0.0;
+            }
+        }
         cholesky_solve(&self.chol, self.k, v);
     }
 
@@ -801,6 +850,44 @@ fn cholesky_solve(c: &[f64], k: usize, v: &mut [f64]) {
     }
 }
 
+/// Cholesky factor (lower, row-major) of the symmetric positive semi-definite `k × k` matrix
+/// `a` restricted to the columns that are not (numerically) combinations of earlier ones: a
+/// column whose pivot is not clearly positive (relative to the largest diagonal element) is
+/// dropped — its row and column of the factor zero but for a unit diagonal, so that
+/// [`cholesky_solve`] on a vector that is 0 there solves the restricted system and leaves it
+/// 0. Returns the factor and the dropped columns.
+fn cholesky_dropping(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<bool>) {
+    let max_diag = (0..k).map(|i| a[i * k + i]).fold(0.0, f64::max);
+    let mut dropped = vec![false; k];
+    for j in 0..k {
+        let s: f64 = (0..j).map(|m| a[j * k + m] * a[j * k + m]).sum();
+        let d = a[j * k + j] - s;
+        if d.is_nan() || d <= 1e-8 * max_diag {
+            dropped[j] = true;
+            for m in 0..j {
+                a[j * k + m] = 0.0;
+            }
+            a[j * k + j] = 1.0;
+            for i in j + 1..k {
+                a[i * k + j] = 0.0;
+            }
+            continue;
+        }
+        let d = d.sqrt();
+        a[j * k + j] = d;
+        for i in j + 1..k {
+            let s: f64 = (0..j).map(|m| a[i * k + m] * a[j * k + m]).sum();
+            a[i * k + j] = (a[i * k + j] - s) / d;
+        }
+    }
+    for i in 0..k {
+        for j in i + 1..k {
+            a[i * k + j] = 0.0;
+        }
+    }
+    (a, dropped)
+}
+
 /// Cholesky factor (lower, row-major) of the symmetric `k × k` matrix `a`, or `None` when a
 /// pivot is not clearly positive (relative to the largest diagonal element).
 fn cholesky(mut a: Vec<f64>, k: usize) -> Option<Vec<f64>> {
@@ -847,9 +934,15 @@ pub fn destripe<R: Reduce + ?Sized>(
     if cfg.coarse_segments == 0 {
         return Err(DestripeError::Config("coarse_segments must be at least 1"));
     }
-    if cfg.coarse_groups.saturating_mul(cfg.coarse_segments) > MAX_COARSE_GROUPS {
+    let per_group = cfg.coarse_detectors.max(1);
+    if cfg
+        .coarse_groups
+        .saturating_mul(per_group)
+        .saturating_mul(cfg.coarse_segments)
+        > MAX_COARSE_GROUPS
+    {
         return Err(DestripeError::Config(
-            "coarse_groups × coarse_segments must be at most MAX_COARSE_GROUPS",
+            "coarse_groups × coarse_detectors × coarse_segments must be at most MAX_COARSE_GROUPS",
         ));
     }
     if let Some(d) = data
@@ -861,6 +954,33 @@ pub fn destripe<R: Reduce + ?Sized>(
             group: data[d].group,
             groups: cfg.coarse_groups,
         });
+    }
+    // Coarse template of each timestream (before the split into segments).
+    let mut template = Vec::with_capacity(data.len());
+    let mut seen_in_group: Vec<(usize, usize)> = Vec::new();
+    for (d, ts) in data.iter().enumerate() {
+        if cfg.coarse_detectors == 0 {
+            template.push(ts.group);
+            continue;
+        }
+        let j = match seen_in_group.iter_mut().find(|(g, _)| *g == ts.group) {
+            Some((_, count)) => {
+                *count += 1;
+                *count - 1
+            }
+            None => {
+                seen_in_group.push((ts.group, 1));
+                0
+            }
+        };
+        if j >= cfg.coarse_detectors {
+            return Err(DestripeError::GroupSize {
+                detector: d,
+                group: ts.group,
+                detectors: cfg.coarse_detectors,
+            });
+        }
+        template.push(ts.group * cfg.coarse_detectors + j);
     }
     let l = cfg.baseline_length;
     // 1. Hits, matrix and right-hand side of the raw data; binned map.
@@ -978,8 +1098,9 @@ pub fn destripe<R: Reduce + ?Sized>(
     let coarse = if cfg.coarse_groups > 0 {
         Coarse::build(
             &proj,
-            cfg.coarse_groups * cfg.coarse_segments,
+            cfg.coarse_groups * per_group * cfg.coarse_segments,
             cfg.coarse_segments,
+            &template,
             &weight,
             &active,
             c_null,
@@ -990,6 +1111,9 @@ pub fn destripe<R: Reduce + ?Sized>(
     };
     drop(weight);
     let k = coarse.as_ref().map_or(0, |c| c.k);
+    let coarse_dimension = coarse
+        .as_ref()
+        .map_or(0, |c| c.dropped.iter().filter(|&&d| !d).count());
 
     // 5. Deflated preconditioned CG (Saad, Yeung, Erhel & Guyomarc'h 2000; the two-level
     // preconditioner of Szydlarski et al. 2014): start from the coarse solution
@@ -1114,7 +1238,7 @@ pub fn destripe<R: Reduce + ?Sized>(
         residual,
         residual_history: history,
         converged,
-        coarse_dimension: k,
+        coarse_dimension,
         binned,
         destriped,
     })
