@@ -774,9 +774,7 @@ pub(crate) fn write_report(run_dir: &Path, summary: &RunSummary, fsync: bool) {
     let report = summary.report();
     if report.stages.len() > 1 {
         for part in &report.stages {
-            let path = run_dir
-                .join("ledger")
-                .join(format!("{}.report.json", part.stage));
+            let path = crate::ledger::LedgerPaths::new(run_dir, &part.stage).report;
             let bytes = serde_json::to_vec_pretty(part).expect("report serialises");
             if let Err(e) = write_atomic(&path, &bytes, durability) {
                 tracing::error!("cannot write {}: {e}", path.display());

@@ -130,18 +130,7 @@ fn command_line(retry: bool) -> String {
     if retry && !args.iter().any(|a| a == "--retry-failed") {
         args.push("--retry-failed".into());
     }
-    args.iter()
-        .map(|a| {
-            if a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    skypipe_rundir::shell_command(&args)
 }
 
 /// The whole `main` of a stage binary after argument parsing: reads the configuration named

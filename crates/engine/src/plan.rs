@@ -366,22 +366,9 @@ mod tests {
     }
 
     fn rec(unit: &str, outcome: OutcomeKind) -> LedgerRecord {
-        LedgerRecord {
-            unit: unit.into(),
-            outcome,
-            attempts: 1,
-            rank: 0,
-            elapsed_s: 0.0,
-            message: None,
-            invocation: 1,
-            time: 0.0,
-            value: None,
-            memory_limits_mb: vec![],
-            seq: 0,
-            started: None,
-            ranks: vec![],
-            retried: vec![],
-        }
+        let mut r = LedgerRecord::new(unit, outcome, None, 1);
+        r.attempts = 1;
+        r
     }
 
     #[test]

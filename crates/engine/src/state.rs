@@ -303,22 +303,12 @@ impl<'a> RunState<'a> {
         outcome: OutcomeKind,
         message: Option<String>,
     ) -> LedgerRecord {
-        LedgerRecord {
-            unit: self.plan.ids[index].to_string(),
+        LedgerRecord::new(
+            self.plan.ids[index].to_string(),
             outcome,
-            attempts: 0,
-            rank: 0,
-            elapsed_s: 0.0,
             message,
-            invocation: self.ledgers[self.plan.instance(index)].invocation(),
-            time: unix_now(),
-            value: None,
-            memory_limits_mb: vec![],
-            seq: 0,
-            started: None,
-            ranks: vec![],
-            retried: vec![],
-        }
+            self.ledgers[self.plan.instance(index)].invocation(),
+        )
     }
 
     /// Appends `record` of unit `index` to its stage's ledger with the next sequence number.

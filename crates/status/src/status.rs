@@ -1,6 +1,8 @@
 //! The state of a run directory, stage by stage: what `skypipe-status` prints.
 
-use crate::rundir::{self, LockProbe, Progress, Record, Report, RunDirError, StageFiles, unix_now};
+use crate::rundir::{
+    self, LedgerPaths, LedgerRecord, LockProbe, Progress, Report, RunDirError, unix_now,
+};
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -168,7 +170,7 @@ pub fn run_status(run_dir: &Path) -> Result<RunStatus, RunDirError> {
 }
 
 fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) -> StageStatus {
-    let files = StageFiles::new(run_dir, stage);
+    let files = LedgerPaths::new(run_dir, stage);
     let mut warnings = Vec::new();
     let contents = rundir::read_ledger(&files.records).unwrap_or_else(|e| {
         warnings.push(e.to_string());
@@ -179,7 +181,7 @@ fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) 
             "{}: {} malformed line(s) ignored (first: line {})",
             files.records.display(),
             contents.bad_lines.len(),
-            contents.bad_lines[0]
+            contents.bad_lines[0].0
         ));
     }
     let manifest = rundir::read_manifest(&files.manifest).unwrap_or_else(|e| {
@@ -305,7 +307,7 @@ fn rate(
     running: bool,
     progress_fresh: bool,
     progress: Option<&Progress>,
-    records: &[Record],
+    records: &[LedgerRecord],
     pending: Option<usize>,
 ) -> (Option<f64>, Option<RateSource>, Option<f64>, Option<u64>) {
     if running
