@@ -32,6 +32,8 @@ pub(crate) struct RunSetup<'a> {
     pub run_dir: &'a Path,
     /// `--retry-failed`.
     pub retry_failed: bool,
+    /// Not `--no-verify`: rerun done units whose recorded outputs changed.
+    pub verify: bool,
     /// `--allow-config-change`.
     pub allow_config_change: bool,
     /// When the process started (for the start-up time).
@@ -504,6 +506,7 @@ pub(crate) fn dispatcher(
         schedule: setup.opts.schedule,
         max_batch: setup.opts.max_batch,
         retry_failed: setup.retry_failed,
+        verify: setup.verify,
         max_retries: setup.opts.max_retries,
         isolation: setup.isolation.clone(),
     };
@@ -652,6 +655,8 @@ pub(crate) fn dispatcher(
             invocation: d.state.invocation(),
             planned: d.state.plan.units.len(),
             skipped_done: d.state.selection.skipped_done,
+            outputs_changed: d.state.selection.outputs_changed,
+            inputs_remade: d.state.selection.inputs_remade,
             skipped_failed: std::mem::take(&mut d.state.selection.skipped_failed),
             rejected_lists: d.follow.as_mut().map(Follow::finish).unwrap_or_default(),
             units: std::mem::take(&mut d.state.results),
