@@ -274,11 +274,27 @@ struct Dispatcher<'a> {
     local_tx: mpsc::Sender<ToWorker>,
     first_dispatch: Option<Instant>,
     last_result: Option<Instant>,
+    /// Per rank, when it was last given work it has not reported yet.
+    busy_since: Vec<Option<Instant>>,
+    /// Per rank, seconds from being given work to reporting it, summed.
+    busy_s: Vec<f64>,
+    /// Per rank, units given to it.
+    attempted: Vec<u64>,
 }
 
 impl Dispatcher<'_> {
     fn send(&mut self, rank: usize, message: ToWorker) {
-        self.first_dispatch.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        self.first_dispatch.get_or_insert(now);
+        let given = match &message {
+            ToWorker::Work(assignments) => assignments.len() as u64,
+            ToWorker::Multi { .. } => 1,
+            ToWorker::Stop { .. } => 0,
+        };
+        if given > 0 {
+            self.attempted[rank] += given;
+            self.busy_since[rank].get_or_insert(now);
+        }
         if rank == 0 {
             let _ = self.local_tx.send(message);
             return;
@@ -412,6 +428,19 @@ impl Dispatcher<'_> {
         }
     }
 
+    /// Per-rank busy time as rank 0 sees it (from giving a rank work to its report), a rank
+    /// still working counted up to now: the figures of a run left before every rank reported.
+    fn dispatcher_stats(&self) -> Vec<RankStats> {
+        (0..self.size)
+            .map(|rank| RankStats {
+                rank,
+                busy_s: self.busy_s[rank]
+                    + self.busy_since[rank].map_or(0.0, |t| t.elapsed().as_secs_f64()),
+                units: self.attempted[rank],
+            })
+            .collect()
+    }
+
     fn begin_stop(&mut self) {
         if self.stopping_since.is_some() {
             return;
@@ -436,6 +465,9 @@ impl Dispatcher<'_> {
         returned: Vec<u64>,
         interrupted: bool,
     ) {
+        if let Some(since) = self.busy_since[rank].take() {
+            self.busy_s[rank] += since.elapsed().as_secs_f64();
+        }
         for report in reports {
             self.last_result = Some(Instant::now());
             self.state.report(rank, report);
@@ -567,6 +599,9 @@ pub(crate) fn dispatcher(
             local_tx,
             first_dispatch: None,
             last_result: None,
+            busy_since: vec![None; size],
+            busy_s: vec![0.0; size],
+            attempted: vec![0; size],
         };
         d.check_ledger();
         let loop_start = Instant::now();
@@ -643,7 +678,14 @@ pub(crate) fn dispatcher(
         }
         d.state.commit();
         let interrupted = d.stopping_since.is_some();
-        let makespan_s = match (d.first_dispatch, d.last_result) {
+        // An interrupted run ends when it stops, not at its last result (a multi-rank unit
+        // can run long after it).
+        let end = if interrupted {
+            Some(Instant::now())
+        } else {
+            d.last_result
+        };
+        let makespan_s = match (d.first_dispatch, end) {
             (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
             _ => 0.0,
         };
@@ -672,6 +714,7 @@ pub(crate) fn dispatcher(
         if abandoned {
             // Units still running past the grace period: record what we have and leave
             // without waiting (their outputs, if any, are whole; they rerun on resume).
+            summary.rank_stats = d.dispatcher_stats();
             write_report(setup.run_dir, &summary, setup.opts.fsync);
             eprint!("{}", summary.text());
             std::process::exit(i32::from(summary.exit_code()));

@@ -146,7 +146,7 @@ impl RunSummary {
                 rank: s.rank,
                 busy_s: s.busy_s,
                 units: s.units,
-                utilisation: s.busy_s / makespan,
+                utilisation: (s.busy_s / makespan).clamp(0.0, 1.0),
             })
             .collect::<Vec<_>>();
         let busy: f64 = self.rank_stats.iter().map(|s| s.busy_s).sum();
@@ -163,7 +163,7 @@ impl RunSummary {
             schedule: self.schedule,
             startup_s: self.startup_s,
             makespan_s: self.makespan_s,
-            utilisation: busy / (makespan * self.ranks.max(1) as f64),
+            utilisation: (busy / (makespan * self.ranks.max(1) as f64)).clamp(0.0, 1.0),
             planned: self.planned,
             skipped_done: self.skipped_done,
             outputs_changed: self.outputs_changed,
