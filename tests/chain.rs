@@ -507,3 +507,91 @@ fn pointing_expanded_on_the_fly_equals_the_pointing_files_and_gives_the_same_map
         }
     }
 }
+
+/// The outputs recorded for `unit` of `stage` by its latest done record: (path, bytes).
+fn recorded_outputs(run_dir: &Path, stage: &str, unit: &str) -> Vec<(PathBuf, u64)> {
+    let record = ledger(run_dir, stage)
+        .into_iter()
+        .rfind(|r| r["unit"] == unit && r["outcome"] == "done")
+        .unwrap_or_else(|| panic!("{stage}[{unit}] not recorded done"));
+    record["outputs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{stage}[{unit}] records no outputs: {record}"))
+        .iter()
+        .map(|o| {
+            (
+                PathBuf::from(o["path"].as_str().unwrap()),
+                o["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_deleted_or_truncated_output_is_made_again_with_its_readers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), SIM);
+    let tables = tables(&list, "");
+    let cfg = chain_config(tmp.path(), "chain.toml", &tables[..2]);
+    let run_dir = tmp.path().join("run");
+    let out = run_chain(&cfg, &run_dir, 3, &[]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+
+    // One pointing output deleted, one calibrated output truncated.
+    let pointing = recorded_outputs(&run_dir, "pointing", "obs=0001");
+    let calibrated = recorded_outputs(&run_dir, "calibrate", "obs=0003");
+    assert!(!pointing.is_empty() && !calibrated.is_empty());
+    std::fs::remove_file(&pointing[0].0).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&calibrated[0].0)
+        .unwrap();
+    file.set_len(calibrated[0].1 / 2).unwrap();
+    drop(file);
+
+    // skypipe-status says so before the rerun.
+    let status = run(direct(
+        Path::new(env!("CARGO_BIN_EXE_skypipe-status")),
+        &[&s(&run_dir)],
+    ));
+    let status = text(&status);
+    assert!(!status.contains("complete;"), "{status}");
+    assert!(
+        status.contains("output changed: obs=0001") && status.contains("missing"),
+        "{status}"
+    );
+    assert!(status.contains("output changed: obs=0003"), "{status}");
+
+    // The rerun makes exactly those units again, and the reader of the remade pointing.
+    let out = run_chain(&cfg, &run_dir, 3, &[]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let rerun = |stage: &str| -> Vec<String> {
+        let mut v: Vec<String> = ledger(&run_dir, stage)
+            .into_iter()
+            .filter(|r| r["invocation"] == 2)
+            .map(|r| r["unit"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(rerun("pointing"), vec!["obs=0001"], "{}", text(&out));
+    assert_eq!(
+        rerun("calibrate"),
+        vec!["obs=0001", "obs=0003"],
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains(&s(&pointing[0].0)), "{}", text(&out));
+    for (path, bytes) in pointing.iter().chain(&calibrated) {
+        assert_eq!(std::fs::metadata(path).unwrap().len(), *bytes, "{path:?}");
+    }
+    let report = report(&run_dir);
+    assert_eq!(report["outputs_changed"], 2, "{report}");
+    assert_eq!(report["inputs_remade"], 1, "{report}");
+
+    // With --no-verify a changed output is left alone.
+    std::fs::remove_file(&pointing[0].0).unwrap();
+    let out = run_chain(&cfg, &run_dir, 2, &["--no-verify"]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    assert!(rerun("pointing").len() == 1 && !pointing[0].0.exists());
+}

@@ -402,3 +402,61 @@ fn follow_mode_takes_unit_lists_until_stopped_and_rejects_a_malformed_one() {
     .unwrap();
     assert_eq!(manifest["planned_units"], 60);
 }
+
+#[test]
+fn a_run_stopped_inside_a_multi_rank_unit_reports_its_real_makespan_and_busy_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let workload = tmp.path().join("w.json");
+    write_workload(&workload, &[0.003; 6], 6);
+    let hold = tmp.path().join("hold");
+    let cfg = write_config(
+        tmp.path(),
+        "stop.toml",
+        "stop_grace_s = 0.5",
+        &format!(
+            "workload = \"{}\"\ncollective_ranks = 2\n[loadtest.inject]\nhold = [\"collective=1\"]\nhold_dir = \"{}\"\n",
+            workload.display(),
+            hold.display()
+        ),
+    );
+    let run_dir = tmp.path().join("run");
+    let child = spawn(
+        3,
+        &["--config", &cfg, "--run-dir", run_dir.to_str().unwrap()],
+    );
+    wait_until("the multi-rank unit starts", || {
+        hold.join("collective=1.started").exists()
+    });
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = started.elapsed().as_secs_f64();
+    signal_processes(
+        &format!("^{} --config {cfg}", loadtest_bin().display()),
+        "TERM",
+    );
+    let out = child.wait();
+    assert_eq!(code(&out.status), 3, "{}", text(&out));
+    let r = report(&run_dir);
+    assert_eq!(r["interrupted"], true, "{r}");
+    let makespan = r["makespan_s"].as_f64().unwrap();
+    assert!(
+        makespan >= held,
+        "makespan {makespan} s < {held} s held: {r}"
+    );
+    let per_rank = r["per_rank"].as_array().unwrap();
+    assert_eq!(per_rank.len(), 3, "{r}");
+    let busy: f64 = per_rank.iter().map(|p| p["busy_s"].as_f64().unwrap()).sum();
+    assert!(
+        busy >= 2.0 * held,
+        "two ranks held {held} s, busy {busy} s: {r}"
+    );
+    let utilisation = r["utilisation"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&utilisation) && utilisation > 0.0,
+        "{r}"
+    );
+    for p in per_rank {
+        let u = p["utilisation"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&u), "{r}");
+    }
+}

@@ -32,6 +32,8 @@ pub(crate) struct RunSetup<'a> {
     pub run_dir: &'a Path,
     /// `--retry-failed`.
     pub retry_failed: bool,
+    /// Not `--no-verify`: rerun done units whose recorded outputs changed.
+    pub verify: bool,
     /// `--allow-config-change`.
     pub allow_config_change: bool,
     /// When the process started (for the start-up time).
@@ -272,11 +274,27 @@ struct Dispatcher<'a> {
     local_tx: mpsc::Sender<ToWorker>,
     first_dispatch: Option<Instant>,
     last_result: Option<Instant>,
+    /// Per rank, when it was last given work it has not reported yet.
+    busy_since: Vec<Option<Instant>>,
+    /// Per rank, seconds from being given work to reporting it, summed.
+    busy_s: Vec<f64>,
+    /// Per rank, units given to it.
+    attempted: Vec<u64>,
 }
 
 impl Dispatcher<'_> {
     fn send(&mut self, rank: usize, message: ToWorker) {
-        self.first_dispatch.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        self.first_dispatch.get_or_insert(now);
+        let given = match &message {
+            ToWorker::Work(assignments) => assignments.len() as u64,
+            ToWorker::Multi { .. } => 1,
+            ToWorker::Stop { .. } => 0,
+        };
+        if given > 0 {
+            self.attempted[rank] += given;
+            self.busy_since[rank].get_or_insert(now);
+        }
         if rank == 0 {
             let _ = self.local_tx.send(message);
             return;
@@ -410,6 +428,19 @@ impl Dispatcher<'_> {
         }
     }
 
+    /// Per-rank busy time as rank 0 sees it (from giving a rank work to its report), a rank
+    /// still working counted up to now: the figures of a run left before every rank reported.
+    fn dispatcher_stats(&self) -> Vec<RankStats> {
+        (0..self.size)
+            .map(|rank| RankStats {
+                rank,
+                busy_s: self.busy_s[rank]
+                    + self.busy_since[rank].map_or(0.0, |t| t.elapsed().as_secs_f64()),
+                units: self.attempted[rank],
+            })
+            .collect()
+    }
+
     fn begin_stop(&mut self) {
         if self.stopping_since.is_some() {
             return;
@@ -434,6 +465,9 @@ impl Dispatcher<'_> {
         returned: Vec<u64>,
         interrupted: bool,
     ) {
+        if let Some(since) = self.busy_since[rank].take() {
+            self.busy_s[rank] += since.elapsed().as_secs_f64();
+        }
         for report in reports {
             self.last_result = Some(Instant::now());
             self.state.report(rank, report);
@@ -504,6 +538,7 @@ pub(crate) fn dispatcher(
         schedule: setup.opts.schedule,
         max_batch: setup.opts.max_batch,
         retry_failed: setup.retry_failed,
+        verify: setup.verify,
         max_retries: setup.opts.max_retries,
         isolation: setup.isolation.clone(),
     };
@@ -564,6 +599,9 @@ pub(crate) fn dispatcher(
             local_tx,
             first_dispatch: None,
             last_result: None,
+            busy_since: vec![None; size],
+            busy_s: vec![0.0; size],
+            attempted: vec![0; size],
         };
         d.check_ledger();
         let loop_start = Instant::now();
@@ -640,7 +678,14 @@ pub(crate) fn dispatcher(
         }
         d.state.commit();
         let interrupted = d.stopping_since.is_some();
-        let makespan_s = match (d.first_dispatch, d.last_result) {
+        // An interrupted run ends when it stops, not at its last result (a multi-rank unit
+        // can run long after it).
+        let end = if interrupted {
+            Some(Instant::now())
+        } else {
+            d.last_result
+        };
+        let makespan_s = match (d.first_dispatch, end) {
             (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
             _ => 0.0,
         };
@@ -652,6 +697,8 @@ pub(crate) fn dispatcher(
             invocation: d.state.invocation(),
             planned: d.state.plan.units.len(),
             skipped_done: d.state.selection.skipped_done,
+            outputs_changed: d.state.selection.outputs_changed,
+            inputs_remade: d.state.selection.inputs_remade,
             skipped_failed: std::mem::take(&mut d.state.selection.skipped_failed),
             rejected_lists: d.follow.as_mut().map(Follow::finish).unwrap_or_default(),
             units: std::mem::take(&mut d.state.results),
@@ -667,6 +714,7 @@ pub(crate) fn dispatcher(
         if abandoned {
             // Units still running past the grace period: record what we have and leave
             // without waiting (their outputs, if any, are whole; they rerun on resume).
+            summary.rank_stats = d.dispatcher_stats();
             write_report(setup.run_dir, &summary, setup.opts.fsync);
             eprint!("{}", summary.text());
             std::process::exit(i32::from(summary.exit_code()));
@@ -774,9 +822,7 @@ pub(crate) fn write_report(run_dir: &Path, summary: &RunSummary, fsync: bool) {
     let report = summary.report();
     if report.stages.len() > 1 {
         for part in &report.stages {
-            let path = run_dir
-                .join("ledger")
-                .join(format!("{}.report.json", part.stage));
+            let path = crate::ledger::LedgerPaths::new(run_dir, &part.stage).report;
             let bytes = serde_json::to_vec_pretty(part).expect("report serialises");
             if let Err(e) = write_atomic(&path, &bytes, durability) {
                 tracing::error!("cannot write {}: {e}", path.display());

@@ -169,6 +169,7 @@ pub(crate) fn dry_run(
     stages: &StageSet<'_>,
     run_dir: Option<&Path>,
     retry_failed: bool,
+    verify: bool,
     allow_config_change: bool,
 ) -> u8 {
     let dir = run_dir.unwrap_or(Path::new("."));
@@ -195,7 +196,7 @@ pub(crate) fn dry_run(
         None => vec![HashMap::new(); stages.len()],
     };
     let all: Vec<usize> = (0..plan.units.len()).collect();
-    let (_, selection) = plan.node_specs(stages, &all, &previous, retry_failed);
+    let (_, selection) = plan.node_specs(stages, &all, &previous, retry_failed, verify);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "# unit\tstate\tcost_hint\tranks\tafter");
     for i in 0..plan.units.len() {

@@ -34,6 +34,11 @@ pub struct EngineArgs {
     /// Also rerun units that failed in an earlier invocation.
     #[arg(long)]
     pub retry_failed: bool,
+    /// Do not check, on resume, that the outputs of units recorded done are still on disk
+    /// with their recorded sizes (by default a unit whose outputs are gone or changed size
+    /// runs again, and so do the units recorded done that read its files).
+    #[arg(long)]
+    pub no_verify: bool,
     /// Resume even though the stage configuration changed since the run directory was made.
     #[arg(long)]
     pub allow_config_change: bool,
@@ -130,18 +135,7 @@ fn command_line(retry: bool) -> String {
     if retry && !args.iter().any(|a| a == "--retry-failed") {
         args.push("--retry-failed".into());
     }
-    args.iter()
-        .map(|a| {
-            if a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    skypipe_rundir::shell_command(&args)
 }
 
 /// The whole `main` of a stage binary after argument parsing: reads the configuration named
@@ -227,6 +221,7 @@ pub fn launch_stages(stages: &StageSet<'_>, run: &RunOptions, args: &EngineArgs)
             stages,
             run_dir.as_deref(),
             args.retry_failed,
+            !args.no_verify,
             args.allow_config_change,
         ));
     }
@@ -267,6 +262,7 @@ pub fn launch_stages(stages: &StageSet<'_>, run: &RunOptions, args: &EngineArgs)
         opts: &opts,
         run_dir: &run_dir,
         retry_failed: args.retry_failed,
+        verify: !args.no_verify,
         allow_config_change: args.allow_config_change,
         started,
         retry_command: retry_command(),

@@ -5,96 +5,20 @@
 //! stage, configuration fingerprint) and `RUN_DIR/ledger/<stage>.lock` (held while a job runs).
 //! A record is appended only after the unit's outputs were committed, so a unit recorded done
 //! has whole outputs. A torn last line (the job died mid-write) is ignored and cut on open.
+//! The record, manifest and path types are `skypipe-rundir`'s (re-exported here); this module
+//! is the writer: lock, fingerprint check, appends and their sync cadence.
 
-use serde::{Deserialize, Serialize};
 use skypipe_io::{Durability, write_atomic};
-use skypipe_stage::OutcomeKind;
+pub use skypipe_rundir::{
+    AttemptRecord, LEDGER_FORMAT, LedgerPaths, LedgerRecord, Manifest, OutputRecord,
+    latest_by_unit, unix_now,
+};
+use skypipe_rundir::{RunDirError, read_ledger};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// The ledger format tag written in every manifest.
-pub const LEDGER_FORMAT: &str = "skypipe-ledger/1";
-
-/// One line of the ledger: a unit's final state in one invocation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LedgerRecord {
-    /// The unit ID.
-    pub unit: String,
-    /// The outcome kind (`done`, `no-work`, `bad-input`, ...).
-    pub outcome: OutcomeKind,
-    /// How many attempts the unit took in this invocation.
-    pub attempts: u32,
-    /// Rank that ran the last attempt.
-    pub rank: usize,
-    /// Seconds the last attempt took.
-    pub elapsed_s: f64,
-    /// No-work reason or failure message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Which invocation of the stage on this run directory recorded it (1, 2, ...).
-    pub invocation: u32,
-    /// Unix time of recording, seconds.
-    pub time: f64,
-    /// The value the unit passed to the units that run after it, base64 of its postcard
-    /// encoding (kept so that a resumed run can still hand it on).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    /// Memory limit of each attempt, MiB, when the unit ran isolated.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub memory_limits_mb: Vec<u64>,
-    /// Run-wide sequence number: the order in which the job recorded units, across every
-    /// stage of a chain (continuing from the largest number in the ledgers it opened).
-    #[serde(default)]
-    pub seq: u64,
-    /// Unix time the last attempt started, seconds (clock of the rank that ran it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started: Option<f64>,
-    /// Every rank of a multi-rank unit's last attempt (empty for a one-rank unit: `rank`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ranks: Vec<usize>,
-    /// The earlier attempts of this invocation, which failed and were retried.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub retried: Vec<AttemptRecord>,
-}
-
-/// One attempt of a unit that failed and was retried.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttemptRecord {
-    /// Rank that ran it.
-    pub rank: usize,
-    /// Every rank of a multi-rank unit (empty for one rank).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ranks: Vec<usize>,
-    /// Unix time it started, seconds.
-    pub started: f64,
-    /// Seconds it took.
-    pub elapsed_s: f64,
-    /// How it failed (`transient`, `out-of-memory`).
-    pub outcome: OutcomeKind,
-    /// The failure message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-/// The manifest that ties a run directory's ledger to one configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Always [`LEDGER_FORMAT`].
-    pub format: String,
-    /// Stage name.
-    pub stage: String,
-    /// Fingerprint of the stage configuration the ledger was written with.
-    pub config_fingerprint: String,
-    /// Number of invocations that have opened this ledger for writing.
-    pub invocations: u32,
-    /// Number of units planned by the latest invocation.
-    pub planned_units: usize,
-    /// Unix time the latest invocation started.
-    pub started: f64,
-}
+use std::time::{Duration, Instant};
 
 /// Errors opening or reading a ledger; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -149,97 +73,33 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LedgerError + '_ {
     }
 }
 
-/// Paths of one stage's ledger files in a run directory.
-#[derive(Debug, Clone)]
-pub struct LedgerPaths {
-    /// `ledger/<stage>.jsonl`
-    pub records: PathBuf,
-    /// `ledger/<stage>.manifest.json`
-    pub manifest: PathBuf,
-    /// `ledger/<stage>.lock`
-    pub lock: PathBuf,
-    /// `ledger/<stage>.progress.json`, rewritten by rank 0 at every progress line.
-    pub progress: PathBuf,
-}
-
-impl LedgerPaths {
-    /// The ledger files of `stage` under `run_dir`.
-    pub fn new(run_dir: &Path, stage: &str) -> Self {
-        let dir = run_dir.join("ledger");
-        Self {
-            records: dir.join(format!("{stage}.jsonl")),
-            manifest: dir.join(format!("{stage}.manifest.json")),
-            lock: dir.join(format!("{stage}.lock")),
-            progress: dir.join(format!("{stage}.progress.json")),
-        }
-    }
-}
-
-/// Now as Unix seconds.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// Reads every complete record of a ledger file (missing file: none). Safe while a job
-/// appends: a torn last line is ignored.
+/// appends: a torn last line is ignored; any other line that is not a record is an error.
 pub fn read_records(path: &Path) -> Result<Vec<LedgerRecord>, LedgerError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    let mut reader = BufReader::new(file);
-    let mut records = Vec::new();
-    let mut line = String::new();
-    let mut number = 0;
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        number += 1;
-        if !line.ends_with('\n') {
-            break; // torn last line
-        }
-        match serde_json::from_str::<LedgerRecord>(line.trim_end()) {
-            Ok(r) => records.push(r),
-            Err(e) => {
-                return Err(LedgerError::Corrupt {
-                    path: path.to_path_buf(),
-                    line: number,
-                    reason: e.to_string(),
-                });
-            }
-        }
+    let contents = read_ledger(path).map_err(|e| from_rundir(path, e))?;
+    if let Some((line, reason)) = contents.bad_lines.into_iter().next() {
+        return Err(LedgerError::Corrupt {
+            path: path.to_path_buf(),
+            line,
+            reason,
+        });
     }
-    Ok(records)
-}
-
-/// The latest record of every unit.
-pub fn latest_by_unit(records: Vec<LedgerRecord>) -> HashMap<String, LedgerRecord> {
-    let mut map = HashMap::with_capacity(records.len());
-    for r in records {
-        map.insert(r.unit.clone(), r);
-    }
-    map
+    Ok(contents.records)
 }
 
 /// Reads a manifest, if there is one.
 pub fn read_manifest(path: &Path) -> Result<Option<Manifest>, LedgerError> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| LedgerError::Corrupt {
-                path: path.to_path_buf(),
-                line: 1,
-                reason: e.to_string(),
-            }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(path)(e)),
+    skypipe_rundir::read_manifest(path).map_err(|e| from_rundir(path, e))
+}
+
+fn from_rundir(path: &Path, e: RunDirError) -> LedgerError {
+    match e {
+        RunDirError::Io { path, source } => LedgerError::Io { path, source },
+        other => LedgerError::Corrupt {
+            path: path.to_path_buf(),
+            line: 1,
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -442,24 +302,13 @@ fn cut_torn_tail(file: &File) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skypipe_stage::OutcomeKind;
 
     fn record(unit: &str, outcome: OutcomeKind) -> LedgerRecord {
-        LedgerRecord {
-            unit: unit.into(),
-            outcome,
-            attempts: 1,
-            rank: 0,
-            elapsed_s: 0.5,
-            message: None,
-            invocation: 1,
-            time: 0.0,
-            value: None,
-            memory_limits_mb: vec![],
-            seq: 0,
-            started: None,
-            ranks: vec![],
-            retried: vec![],
-        }
+        let mut r = LedgerRecord::new(unit, outcome, None, 1);
+        r.attempts = 1;
+        r.elapsed_s = 0.5;
+        r
     }
 
     fn open(dir: &Path, fp: &str, allow: bool) -> Result<Ledger, LedgerError> {

@@ -251,19 +251,33 @@ impl Plan {
     /// Graph nodes for `indices`, settled from the ledgers (`previous[instance]`): units
     /// recorded done or no-work are not rerun, failed ones only with `retry_failed`; units
     /// with a missing input fail now (listed in the selection) unless settled.
+    ///
+    /// With `verify`, a unit recorded done whose recorded outputs are gone or have another
+    /// size is run again (one warning per unit naming the first such file), and so is every
+    /// unit recorded done that reads a file of a unit run again (writers come before their
+    /// readers in plan order).
     pub fn node_specs(
         &self,
         set: &StageSet<'_>,
         indices: &[usize],
         previous: &[HashMap<String, LedgerRecord>],
         retry_failed: bool,
+        verify: bool,
     ) -> (Vec<NodeSpec>, Selection) {
         let mut selection = Selection::default();
+        let mut remade = std::collections::HashSet::new();
         let specs = indices
             .iter()
             .map(|&i| {
                 let inst = self.instance(i);
-                let prior = match previous[inst].get(self.ids[i].as_str()) {
+                let record = previous[inst].get(self.ids[i].as_str());
+                let rerun = verify
+                    && record.is_some_and(|r| r.outcome.is_success())
+                    && self.outputs_changed(set, i, record, &remade, &mut selection);
+                if rerun {
+                    remade.insert(i);
+                }
+                let prior = match record.filter(|_| !rerun) {
                     Some(r) if r.outcome.is_success() => {
                         selection.skipped_done += 1;
                         Some(true)
@@ -303,6 +317,42 @@ impl Plan {
             .collect();
         (specs, selection)
     }
+
+    /// Whether unit `i`, recorded done, must be made again: a recorded output is gone or
+    /// has another size, or it reads a file of a unit in `remade`. Logs why.
+    fn outputs_changed(
+        &self,
+        set: &StageSet<'_>,
+        i: usize,
+        record: Option<&LedgerRecord>,
+        remade: &std::collections::HashSet<usize>,
+        selection: &mut Selection,
+    ) -> bool {
+        let changed = record
+            .map(LedgerRecord::changed_outputs)
+            .unwrap_or_default();
+        if let Some((first, problem)) = changed.first() {
+            selection.outputs_changed += 1;
+            tracing::warn!(
+                unit = %self.label(set, i),
+                "recorded done, but {} of its {} recorded outputs changed ({}: {problem}): running it again",
+                changed.len(),
+                record.map_or(0, |r| r.outputs.len()),
+                first.path.display(),
+            );
+            return true;
+        }
+        if let Some(&upstream) = self.needs[i].iter().find(|u| remade.contains(u)) {
+            selection.inputs_remade += 1;
+            tracing::warn!(
+                unit = %self.label(set, i),
+                "recorded done, but its input from {} is made again: running it again",
+                self.label(set, upstream),
+            );
+            return true;
+        }
+        false
+    }
 }
 
 /// What the ledger says about the planned units.
@@ -316,6 +366,10 @@ pub(crate) struct Selection {
     pub skipped_failed: Vec<UnitResult>,
     /// Units recorded failed earlier, retried now or not.
     pub failed_earlier: usize,
+    /// Units recorded done whose recorded outputs are gone or changed size (run again).
+    pub outputs_changed: usize,
+    /// Units recorded done that read a file of a unit run again (run again).
+    pub inputs_remade: usize,
     /// Units failed now, before running, because an input file is missing: how and why.
     pub missing: Vec<(usize, OutcomeKind, String)>,
 }
@@ -366,22 +420,9 @@ mod tests {
     }
 
     fn rec(unit: &str, outcome: OutcomeKind) -> LedgerRecord {
-        LedgerRecord {
-            unit: unit.into(),
-            outcome,
-            attempts: 1,
-            rank: 0,
-            elapsed_s: 0.0,
-            message: None,
-            invocation: 1,
-            time: 0.0,
-            value: None,
-            memory_limits_mb: vec![],
-            seq: 0,
-            started: None,
-            ranks: vec![],
-            retried: vec![],
-        }
+        let mut r = LedgerRecord::new(unit, outcome, None, 1);
+        r.attempts = 1;
+        r
     }
 
     #[test]
@@ -462,7 +503,7 @@ mod tests {
         .into_iter()
         .collect();
         let prev = [prev];
-        let (specs, s) = plan.node_specs(&set, &[0, 1, 2, 3], &prev, false);
+        let (specs, s) = plan.node_specs(&set, &[0, 1, 2, 3], &prev, false, true);
         assert_eq!(
             specs.iter().map(|s| s.prior).collect::<Vec<_>>(),
             vec![Some(true), Some(true), Some(false), None]
@@ -472,7 +513,7 @@ mod tests {
             (2, 1, 1)
         );
         assert_eq!(s.failed_earlier, 1);
-        let (specs, s) = plan.node_specs(&set, &[0, 1, 2, 3], &prev, true);
+        let (specs, s) = plan.node_specs(&set, &[0, 1, 2, 3], &prev, true, true);
         assert_eq!(specs[2].prior, None);
         assert_eq!(s.to_run, 2);
         assert_eq!(
@@ -512,6 +553,7 @@ mod tests {
             &(0..6).collect::<Vec<_>>(),
             &[HashMap::new(), HashMap::new()],
             false,
+            true,
         );
         assert_eq!(specs[4].after, vec![1]);
         assert_eq!(selection.missing.len(), 2);

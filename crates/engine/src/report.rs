@@ -79,6 +79,10 @@ pub struct RunSummary {
     pub planned: usize,
     /// Units skipped because an earlier invocation recorded them done or no-work.
     pub skipped_done: usize,
+    /// Units recorded done whose recorded outputs were gone or changed size, run again.
+    pub outputs_changed: usize,
+    /// Units recorded done that read a file of a unit run again, run again themselves.
+    pub inputs_remade: usize,
     /// Units skipped because they failed earlier and `--retry-failed` was not given.
     pub skipped_failed: Vec<UnitResult>,
     /// Units that ended in this invocation.
@@ -142,7 +146,7 @@ impl RunSummary {
                 rank: s.rank,
                 busy_s: s.busy_s,
                 units: s.units,
-                utilisation: s.busy_s / makespan,
+                utilisation: (s.busy_s / makespan).clamp(0.0, 1.0),
             })
             .collect::<Vec<_>>();
         let busy: f64 = self.rank_stats.iter().map(|s| s.busy_s).sum();
@@ -159,9 +163,11 @@ impl RunSummary {
             schedule: self.schedule,
             startup_s: self.startup_s,
             makespan_s: self.makespan_s,
-            utilisation: busy / (makespan * self.ranks.max(1) as f64),
+            utilisation: (busy / (makespan * self.ranks.max(1) as f64)).clamp(0.0, 1.0),
             planned: self.planned,
             skipped_done: self.skipped_done,
+            outputs_changed: self.outputs_changed,
+            inputs_remade: self.inputs_remade,
             ran: self.units.len(),
             not_run: self.not_run,
             retries: self.retries,
@@ -307,6 +313,10 @@ pub struct RunReport<'a> {
     pub planned: usize,
     /// Units done in earlier invocations.
     pub skipped_done: usize,
+    /// Units recorded done earlier whose recorded outputs were gone or changed size (run again).
+    pub outputs_changed: usize,
+    /// Units recorded done earlier that read a file of a unit run again (run again).
+    pub inputs_remade: usize,
     /// Units that ended in this invocation.
     pub ran: usize,
     /// Units left pending by an interruption.
@@ -375,6 +385,8 @@ mod tests {
             invocation: 1,
             planned: units.len(),
             skipped_done: 0,
+            outputs_changed: 0,
+            inputs_remade: 0,
             skipped_failed: vec![],
             units,
             retries: 0,

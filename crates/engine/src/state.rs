@@ -3,7 +3,7 @@
 //! (`driver`) only moves messages; every decision about what a report means is taken here.
 
 use crate::graph::{Graph, Next};
-use crate::ledger::{AttemptRecord, Ledger, LedgerRecord, unix_now};
+use crate::ledger::{AttemptRecord, Ledger, LedgerRecord, OutputRecord, unix_now};
 use crate::options::Schedule;
 use crate::plan::{Plan, Selection};
 use crate::protocol::{Assignment, UnitReport};
@@ -52,6 +52,8 @@ pub(crate) struct RunState<'a> {
     pub retries: usize,
     /// `--retry-failed`.
     retry_failed: bool,
+    /// Not `--no-verify`.
+    verify: bool,
     /// Transient retries allowed.
     max_retries: u32,
     /// Memory isolation, whose limits decide out-of-memory retries.
@@ -70,6 +72,8 @@ pub(crate) struct StateSetup {
     pub max_batch: usize,
     /// `--retry-failed`.
     pub retry_failed: bool,
+    /// Not `--no-verify`: rerun done units whose recorded outputs changed.
+    pub verify: bool,
     /// Transient retries allowed.
     pub max_retries: u32,
     /// Memory isolation.
@@ -89,7 +93,8 @@ impl<'a> RunState<'a> {
         let previous: Vec<HashMap<String, LedgerRecord>> =
             ledgers.iter().map(|l| l.previous().clone()).collect();
         let all: Vec<usize> = (0..plan.units.len()).collect();
-        let (specs, mut selection) = plan.node_specs(stages, &all, &previous, setup.retry_failed);
+        let (specs, mut selection) =
+            plan.node_specs(stages, &all, &previous, setup.retry_failed, setup.verify);
         let mut to_run_by_instance = vec![0; stages.len()];
         for (i, spec) in specs.iter().enumerate() {
             if spec.prior.is_none() {
@@ -122,6 +127,7 @@ impl<'a> RunState<'a> {
             results: Vec::new(),
             retries: 0,
             retry_failed: setup.retry_failed,
+            verify: setup.verify,
             max_retries: setup.max_retries,
             isolation: setup.isolation,
             ledger_error: None,
@@ -286,6 +292,13 @@ impl<'a> RunState<'a> {
         record.value = value.as_ref().map(|v| BASE64.encode(v));
         record.memory_limits_mb = self.memory_limits.remove(&index).unwrap_or_default();
         record.retried = self.retried.remove(&index).unwrap_or_default();
+        if outcome == OutcomeKind::Done {
+            record.outputs = self.plan.connections[index]
+                .outputs
+                .iter()
+                .filter_map(|d| OutputRecord::of(&d.path))
+                .collect();
+        }
         self.append(index, record);
         self.outcomes[index] = Some(outcome);
         if self.consumers_left[index] > 0 {
@@ -303,22 +316,12 @@ impl<'a> RunState<'a> {
         outcome: OutcomeKind,
         message: Option<String>,
     ) -> LedgerRecord {
-        LedgerRecord {
-            unit: self.plan.ids[index].to_string(),
+        LedgerRecord::new(
+            self.plan.ids[index].to_string(),
             outcome,
-            attempts: 0,
-            rank: 0,
-            elapsed_s: 0.0,
             message,
-            invocation: self.ledgers[self.plan.instance(index)].invocation(),
-            time: unix_now(),
-            value: None,
-            memory_limits_mb: vec![],
-            seq: 0,
-            started: None,
-            ranks: vec![],
-            retried: vec![],
-        }
+            self.ledgers[self.plan.instance(index)].invocation(),
+        )
     }
 
     /// Appends `record` of unit `index` to its stage's ledger with the next sequence number.
@@ -398,14 +401,20 @@ impl<'a> RunState<'a> {
                 return Err(format!("{}: {reason}", path.display()));
             }
         };
-        let (specs, mut selection) =
-            self.plan
-                .node_specs(stages, &indices, &self.previous, self.retry_failed);
+        let (specs, mut selection) = self.plan.node_specs(
+            stages,
+            &indices,
+            &self.previous,
+            self.retry_failed,
+            self.verify,
+        );
         match self.graph.add(specs) {
             Ok(blocked) => {
                 self.settle(first);
                 self.selection.to_run += selection.to_run;
                 self.selection.skipped_done += selection.skipped_done;
+                self.selection.outputs_changed += selection.outputs_changed;
+                self.selection.inputs_remade += selection.inputs_remade;
                 self.selection.failed_earlier += selection.failed_earlier;
                 self.selection
                     .skipped_failed
@@ -513,6 +522,7 @@ mod tests {
             schedule: Schedule::Dynamic,
             max_batch: 1,
             retry_failed: false,
+            verify: true,
             max_retries,
             isolation: None,
         };

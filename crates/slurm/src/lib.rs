@@ -24,7 +24,7 @@ pub use script::render_script;
 pub use time::{Estimate, format_time, parse_time};
 
 use serde::{Deserialize, Serialize};
-use skypipe_status::rundir::{self, StageFiles};
+use skypipe_status::rundir::{self, LedgerPaths};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::io;
@@ -562,7 +562,7 @@ fn count_units(
             None => (stage, label),
         };
         if !ledgers.contains_key(ledger_name) {
-            let ledger = rundir::read_ledger(&StageFiles::new(run_dir, ledger_name).records)
+            let ledger = rundir::read_ledger(&LedgerPaths::new(run_dir, ledger_name).records)
                 .map_err(|e| {
                     SlurmError::Invalid(format!(
                         "cannot read the ledger to count pending units: {e}"

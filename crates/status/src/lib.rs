@@ -8,9 +8,9 @@
 //! - [`timeline`]: the per-rank timeline picture of a run (`skypipe-status RUN_DIR
 //!   --timeline FILE`, and `RUN_DIR/timeline.svg` written by [`timeline::write_run_timeline`]
 //!   at the end of every run), drawn by the `skypipe-timeline` crate.
-//! - [`rundir`]: the tolerant readers of run-directory files, also used by the Slurm
-//!   batch-script crate (`skypipe-slurm-scripts`, behind `skypipe-slurm`) to count the units
-//!   left and read earlier unit durations.
+//! - [`rundir`]: the run-directory types and readers of the `skypipe-rundir` crate,
+//!   re-exported for the Slurm batch-script crate (`skypipe-slurm-scripts`, behind
+//!   `skypipe-slurm`), which counts the units left and reads earlier unit durations.
 //!
 //! ```no_run
 //! let status = skypipe_status::run_status(std::path::Path::new("runs/night1"))?;
@@ -21,32 +21,9 @@
 //! # Ok::<(), skypipe_status::rundir::RunDirError>(())
 //! ```
 
-pub mod rundir;
 pub mod status;
 pub mod timeline;
 
+pub use skypipe_rundir as rundir;
+pub use skypipe_rundir::shell_quote;
 pub use status::{RunStatus, StageStatus, State, run_status};
-
-/// Quotes `word` for a POSIX shell when it needs it (`'...'`, with `'` written `'\''`).
-pub fn shell_quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c))
-    {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn shell_quote_leaves_plain_words_and_quotes_the_rest() {
-        assert_eq!(super::shell_quote("--run-dir=/a/b"), "--run-dir=/a/b");
-        assert_eq!(super::shell_quote("a b"), "'a b'");
-        assert_eq!(super::shell_quote("it's"), "'it'\\''s'");
-        assert_eq!(super::shell_quote(""), "''");
-    }
-}

@@ -1,6 +1,8 @@
 //! The state of a run directory, stage by stage: what `skypipe-status` prints.
 
-use crate::rundir::{self, LockProbe, Progress, Record, Report, RunDirError, StageFiles, unix_now};
+use crate::rundir::{
+    self, LedgerPaths, LedgerRecord, LockProbe, Progress, Report, RunDirError, unix_now,
+};
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -32,6 +34,9 @@ pub enum State {
     Incomplete,
     /// No manifest, so the number of planned units is unknown.
     Unknown,
+    /// No job runs; nothing is pending, but outputs of units recorded done are gone or
+    /// changed size since (a resume makes them again).
+    OutputsChanged,
 }
 
 /// A failed unit (its latest ledger record).
@@ -118,6 +123,9 @@ pub struct StageStatus {
     pub retry_command: Option<String>,
     /// Slurm scripts and attempts, when the stage was submitted with `skypipe-slurm`.
     pub slurm: Option<SlurmInfo>,
+    /// Units recorded done whose recorded outputs are gone or changed size since, each
+    /// `unit: file (what changed)`, the first changed file named.
+    pub outputs_changed: Vec<String>,
     /// Problems met while reading (malformed lines, unreadable files).
     pub warnings: Vec<String>,
 }
@@ -168,7 +176,7 @@ pub fn run_status(run_dir: &Path) -> Result<RunStatus, RunDirError> {
 }
 
 fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) -> StageStatus {
-    let files = StageFiles::new(run_dir, stage);
+    let files = LedgerPaths::new(run_dir, stage);
     let mut warnings = Vec::new();
     let contents = rundir::read_ledger(&files.records).unwrap_or_else(|e| {
         warnings.push(e.to_string());
@@ -179,7 +187,7 @@ fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) 
             "{}: {} malformed line(s) ignored (first: line {})",
             files.records.display(),
             contents.bad_lines.len(),
-            contents.bad_lines[0]
+            contents.bad_lines[0].0
         ));
     }
     let manifest = rundir::read_manifest(&files.manifest).unwrap_or_else(|e| {
@@ -196,9 +204,25 @@ fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) 
     let mut no_work = 0;
     let mut failed_by_kind = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut outputs_changed = Vec::new();
     for r in latest.values() {
         match r.outcome.as_str() {
-            "done" => done += 1,
+            "done" => {
+                done += 1;
+                let changed = r.changed_outputs();
+                if let Some((first, problem)) = changed.first() {
+                    outputs_changed.push(format!(
+                        "{}: {} ({problem}){}",
+                        r.unit,
+                        first.path.display(),
+                        if changed.len() > 1 {
+                            format!(" and {} more", changed.len() - 1)
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+            }
             "no-work" => no_work += 1,
             kind => {
                 *failed_by_kind.entry(kind.to_string()).or_insert(0) += 1;
@@ -213,6 +237,7 @@ fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) 
         }
     }
     failures.sort_by(|a, b| natural_cmp(&a.unit, &b.unit));
+    outputs_changed.sort_by(|a, b| natural_cmp(a, b));
     let failed = failures.len();
     let ended = latest.len();
     let planned = manifest.as_ref().map(|m| m.planned_units);
@@ -252,6 +277,7 @@ fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) 
             None => State::Unknown,
             Some(p) if p > 0 => State::Incomplete,
             Some(_) if failed > 0 => State::Failed,
+            Some(_) if !outputs_changed.is_empty() => State::OutputsChanged,
             Some(_) => State::Complete,
         }
     };
@@ -295,6 +321,7 @@ fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) 
         resume_command,
         retry_command,
         slurm: slurm_info(run_dir, stage),
+        outputs_changed,
         warnings,
     }
 }
@@ -305,7 +332,7 @@ fn rate(
     running: bool,
     progress_fresh: bool,
     progress: Option<&Progress>,
-    records: &[Record],
+    records: &[LedgerRecord],
     pending: Option<usize>,
 ) -> (Option<f64>, Option<RateSource>, Option<f64>, Option<u64>) {
     if running
@@ -467,6 +494,10 @@ impl StageStatus {
                 "stopped before the end (interrupted or killed), not running now".to_string()
             }
             State::Unknown => "unknown (no manifest: planned units unknown)".to_string(),
+            State::OutputsChanged => format!(
+                "not complete: {} units recorded done have outputs missing or changed (a resume makes them again)",
+                self.outputs_changed.len()
+            ),
         };
         let _ = write!(out, "{}: {state}", self.stage);
         if let Some(i) = self.invocation {
@@ -578,6 +609,9 @@ impl StageStatus {
                 let when = a.get("time").map_or(String::new(), |t| format!(" at {t}"));
                 let _ = writeln!(out, "  last Slurm event{when}: {}", fields.join(" "));
             }
+        }
+        for c in self.outputs_changed.iter().take(max_failures) {
+            let _ = writeln!(out, "  output changed: {c}");
         }
         for w in &self.warnings {
             let _ = writeln!(out, "  warning: {w}");

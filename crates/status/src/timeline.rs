@@ -10,7 +10,7 @@
 //! otherwise the attempts' seconds over the drawn span. [`write_run_timeline`] writes
 //! `RUN_DIR/timeline.svg` at the end of a run.
 
-use crate::rundir::{self, LockProbe, Record, RunDirError, StageFiles, unix_now};
+use crate::rundir::{self, LedgerPaths, LedgerRecord, LockProbe, RunDirError, unix_now};
 use serde::Deserialize;
 use skypipe_timeline::{Bar, Category, RowStats};
 pub use skypipe_timeline::{RenderOptions, Timeline};
@@ -109,7 +109,7 @@ fn unit_ranks(rank: usize, ranks: &[usize]) -> Vec<usize> {
 
 /// The attempts a ledger record stands for: its retried attempts, then its last one (none
 /// for a unit that never ran, such as a dependency-failed one recorded with 0 attempts).
-pub fn record_attempts(stage: &str, record: &Record) -> Vec<Attempt> {
+pub fn record_attempts(stage: &str, record: &LedgerRecord) -> Vec<Attempt> {
     let mut out = Vec::with_capacity(record.retried.len() + 1);
     if record.attempts == 0 && record.retried.is_empty() {
         return out;
@@ -121,7 +121,7 @@ pub fn record_attempts(stage: &str, record: &Record) -> Vec<Attempt> {
             ranks: unit_ranks(a.rank, &a.ranks),
             start: a.started,
             elapsed_s: a.elapsed_s.max(0.0),
-            outcome: a.outcome.clone(),
+            outcome: a.outcome.to_string(),
             retried: true,
             attempt: k as u32 + 1,
             start_estimated: false,
@@ -134,7 +134,7 @@ pub fn record_attempts(stage: &str, record: &Record) -> Vec<Attempt> {
         ranks: unit_ranks(record.rank, &record.ranks),
         start: record.started.unwrap_or(record.time - elapsed),
         elapsed_s: elapsed,
-        outcome: record.outcome.clone(),
+        outcome: record.outcome.to_string(),
         retried: false,
         attempt: record.attempts.max(record.retried.len() as u32 + 1),
         start_estimated: record.started.is_none(),
@@ -187,10 +187,10 @@ pub struct RunAttempts {
 pub fn read_attempts(run_dir: &Path, probe_locks: bool) -> Result<RunAttempts, RunDirError> {
     let mut out = RunAttempts::default();
     for stage in rundir::stages(run_dir)? {
-        let files = StageFiles::new(run_dir, &stage);
+        let files = LedgerPaths::new(run_dir, &stage);
         let ledger = rundir::read_ledger(&files.records)?;
         out.bad_lines
-            .extend(ledger.bad_lines.iter().map(|l| (stage.clone(), *l)));
+            .extend(ledger.bad_lines.iter().map(|l| (stage.clone(), l.0)));
         if probe_locks && rundir::probe_lock(&files.lock) == LockProbe::Held {
             out.running.push(stage.clone());
         }
@@ -552,7 +552,7 @@ pub fn write_run_timeline(run_dir: &Path) -> Result<PathBuf, TimelineError> {
 mod tests {
     use super::*;
 
-    fn record(json: serde_json::Value) -> Record {
+    fn record(json: serde_json::Value) -> LedgerRecord {
         serde_json::from_value(json).unwrap()
     }
 

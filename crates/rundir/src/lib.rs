@@ -1,17 +1,26 @@
-//! Read-only access to the files a skypipe run leaves in its run directory.
+//! The files a skypipe run leaves in its run directory, defined once: the engine writes them
+//! with these types, `skypipe-status` and the Slurm scripts read them with the same types.
 //!
-//! Only the stable parts of the layout are read (`ARCHITECTURE.md`, "Boundary"):
-//! `ledger/<stage>.jsonl`, `ledger/<stage>.manifest.json`, `ledger/<stage>.progress.json`,
-//! `ledger/<stage>.lock` and `run-report.json`. Fields this crate does not know are ignored,
-//! so the engine can add some without breaking `skypipe-status`. Nothing here takes a lock for
-//! longer than one non-blocking probe, and nothing is written.
+//! Layout (`ARCHITECTURE.md`, "Boundary"), per stage instance: `ledger/<stage>.jsonl` (one
+//! [`LedgerRecord`] per line, last record of a unit wins), `ledger/<stage>.manifest.json`
+//! ([`Manifest`]), `ledger/<stage>.progress.json` ([`Progress`]), `ledger/<stage>.lock` (held by
+//! a running job) and `ledger/<stage>.report.json` (one stage's part of a chain run); per run,
+//! `run-report.json` ([`Report`] is the part readers use).
+//!
+//! Every field added after the first format has a serde default and unknown fields are
+//! ignored, so older ledgers still read and the engine can add fields without breaking readers.
+//! No MPI, no HDF5; nothing here writes.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+pub use skypipe_stage::OutcomeKind;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The ledger format tag written in every manifest.
+pub const LEDGER_FORMAT: &str = "skypipe-ledger/1";
 
 /// Errors reading a run directory; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -48,92 +57,189 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RunDirError + '_ {
     }
 }
 
-/// One ledger line: a unit's final state in one invocation (unknown fields ignored).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Record {
+/// One line of the ledger: a unit's final state in one invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRecord {
     /// The unit ID.
     pub unit: String,
-    /// Outcome kind: `done`, `no-work`, or a failure kind such as `bad-input`.
-    pub outcome: String,
-    /// Attempts the unit took in that invocation.
+    /// The outcome kind (`done`, `no-work`, `bad-input`, ...).
+    pub outcome: OutcomeKind,
+    /// How many attempts the unit took in this invocation.
     #[serde(default)]
     pub attempts: u32,
+    /// Rank that ran the last attempt.
+    #[serde(default)]
+    pub rank: usize,
     /// Seconds the last attempt took.
     #[serde(default)]
     pub elapsed_s: f64,
     /// No-work reason or failure message.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Which invocation recorded it (1, 2, ...).
+    /// Which invocation of the stage on this run directory recorded it (1, 2, ...).
     #[serde(default)]
     pub invocation: u32,
     /// Unix time of recording, seconds.
     #[serde(default)]
     pub time: f64,
-    /// Rank that ran the last attempt.
-    #[serde(default)]
-    pub rank: usize,
-    /// Run-wide sequence number of the record across all stages.
+    /// The value the unit passed to the units that run after it, base64 of its postcard
+    /// encoding (kept so that a resumed run can still hand it on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Memory limit of each attempt, MiB, when the unit ran isolated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_limits_mb: Vec<u64>,
+    /// Run-wide sequence number: the order in which the job recorded units, across every
+    /// stage of a chain (continuing from the largest number in the ledgers it opened).
     #[serde(default)]
     pub seq: u64,
-    /// Unix seconds when the last attempt started (`None` in older ledgers).
-    #[serde(default)]
+    /// Unix time the last attempt started, seconds (clock of the rank that ran it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<f64>,
-    /// All ranks of a multi-rank unit; empty for a one-rank unit (whose rank is `rank`).
-    #[serde(default)]
+    /// Every rank of a multi-rank unit's last attempt (empty for a one-rank unit: `rank`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ranks: Vec<usize>,
-    /// Earlier attempts of this invocation that failed and were retried.
-    #[serde(default)]
+    /// The earlier attempts of this invocation, which failed and were retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retried: Vec<AttemptRecord>,
+    /// The files a `done` unit declared it writes, with their sizes when it was recorded
+    /// (empty in older ledgers and for units that declare none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputRecord>,
 }
 
-/// An earlier attempt of a unit that failed and was retried (unknown fields ignored).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+impl LedgerRecord {
+    /// A record of `unit` with `outcome` and `message`, recorded now in `invocation`; every
+    /// other field empty, for the writer to fill in.
+    pub fn new(
+        unit: impl Into<String>,
+        outcome: OutcomeKind,
+        message: Option<String>,
+        invocation: u32,
+    ) -> Self {
+        Self {
+            unit: unit.into(),
+            outcome,
+            attempts: 0,
+            rank: 0,
+            elapsed_s: 0.0,
+            message,
+            invocation,
+            time: unix_now(),
+            value: None,
+            memory_limits_mb: vec![],
+            seq: 0,
+            started: None,
+            ranks: vec![],
+            retried: vec![],
+            outputs: vec![],
+        }
+    }
+
+    /// Done and no-work count as success; every other outcome is a failure.
+    pub fn is_success(&self) -> bool {
+        self.outcome.is_success()
+    }
+
+    /// The recorded outputs that are no longer on disk with their recorded size, each with
+    /// what is wrong with it.
+    pub fn changed_outputs(&self) -> Vec<(&OutputRecord, OutputProblem)> {
+        self.outputs
+            .iter()
+            .filter_map(|o| o.check().map(|p| (o, p)))
+            .collect()
+    }
+}
+
+/// One attempt of a unit that failed and was retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecord {
     /// Rank that ran it.
     #[serde(default)]
     pub rank: usize,
-    /// All ranks of a multi-rank unit; empty for a one-rank unit.
-    #[serde(default)]
+    /// Every rank of a multi-rank unit (empty for one rank).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ranks: Vec<usize>,
-    /// Unix seconds when it started.
+    /// Unix time it started, seconds.
     #[serde(default)]
     pub started: f64,
     /// Seconds it took.
     #[serde(default)]
     pub elapsed_s: f64,
-    /// Failure kind, e.g. `transient`.
-    #[serde(default)]
-    pub outcome: String,
-    /// Failure message.
-    #[serde(default)]
+    /// How it failed (`transient`, `out-of-memory`).
+    pub outcome: OutcomeKind,
+    /// The failure message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
-impl Record {
-    /// Done and no-work count as success; every other outcome is a failure.
-    pub fn is_success(&self) -> bool {
-        is_success(&self.outcome)
+/// Whether an outcome kind, by its ledger name, counts as success (`done`, `no-work`).
+pub fn is_success(outcome: &str) -> bool {
+    matches!(outcome, "done" | "no-work")
+}
+
+/// An output file of a done unit as recorded in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    /// The file's path as the stage declared it.
+    pub path: PathBuf,
+    /// Its size in bytes when the unit was recorded.
+    pub bytes: u64,
+}
+
+/// What is wrong with a recorded output now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputProblem {
+    /// The file is gone (or cannot be looked at).
+    Missing,
+    /// The file has another size than recorded.
+    Size {
+        /// Its size now.
+        now: u64,
+    },
+}
+
+impl std::fmt::Display for OutputProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutputProblem::Missing => f.write_str("missing"),
+            OutputProblem::Size { now } => write!(f, "{now} bytes now"),
+        }
     }
 }
 
-/// Whether an outcome kind counts as success (`done`, `no-work`).
-pub fn is_success(outcome: &str) -> bool {
-    matches!(outcome, "done" | "no-work")
+impl OutputRecord {
+    /// Records `path` with its size now (`None` when it cannot be looked at).
+    pub fn of(path: &Path) -> Option<Self> {
+        fs::metadata(path).ok().map(|m| Self {
+            path: path.to_path_buf(),
+            bytes: m.len(),
+        })
+    }
+
+    /// `None` when the file is on disk with its recorded size, else what differs (one stat).
+    pub fn check(&self) -> Option<OutputProblem> {
+        match fs::metadata(&self.path) {
+            Ok(m) if m.len() == self.bytes => None,
+            Ok(m) => Some(OutputProblem::Size { now: m.len() }),
+            Err(_) => Some(OutputProblem::Missing),
+        }
+    }
 }
 
 /// What [`read_ledger`] found in one ledger file.
 #[derive(Debug, Default, Clone)]
 pub struct LedgerContents {
     /// Every complete record, in file order.
-    pub records: Vec<Record>,
-    /// Lines (1-based) that are not ledger records; a torn last line is not counted.
-    pub bad_lines: Vec<usize>,
+    pub records: Vec<LedgerRecord>,
+    /// Lines (1-based) that are not ledger records, with the parser's message; a torn last
+    /// line is not counted.
+    pub bad_lines: Vec<(usize, String)>,
 }
 
 impl LedgerContents {
     /// The latest record of every unit (last record wins).
-    pub fn latest(&self) -> HashMap<&str, &Record> {
+    pub fn latest(&self) -> HashMap<&str, &LedgerRecord> {
         let mut map = HashMap::with_capacity(self.records.len());
         for r in &self.records {
             map.insert(r.unit.as_str(), r);
@@ -142,9 +248,19 @@ impl LedgerContents {
     }
 }
 
+/// The latest record of every unit, by value.
+pub fn latest_by_unit(records: Vec<LedgerRecord>) -> HashMap<String, LedgerRecord> {
+    let mut map = HashMap::with_capacity(records.len());
+    for r in records {
+        map.insert(r.unit.clone(), r);
+    }
+    map
+}
+
 /// Reads a ledger file (missing file: empty). Safe while a job appends to it: a last line
 /// without its newline is a record still being written and is skipped; a malformed line in
-/// the middle is reported in [`LedgerContents::bad_lines`] rather than failing the whole read.
+/// the middle is reported in [`LedgerContents::bad_lines`] rather than failing the whole read
+/// (the engine refuses such a ledger; `skypipe-status` reports it).
 pub fn read_ledger(path: &Path) -> Result<LedgerContents, RunDirError> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -162,23 +278,29 @@ pub fn read_ledger(path: &Path) -> Result<LedgerContents, RunDirError> {
             break;
         }
         number += 1;
-        match serde_json::from_slice::<Record>(&line) {
+        match serde_json::from_slice::<LedgerRecord>(&line) {
             Ok(r) => contents.records.push(r),
-            Err(_) => contents.bad_lines.push(number),
+            Err(e) => contents.bad_lines.push((number, e.to_string())),
         }
     }
     Ok(contents)
 }
 
-/// `ledger/<stage>.manifest.json`: the configuration fingerprint and the latest plan size.
-#[derive(Debug, Clone, Deserialize)]
+/// `ledger/<stage>.manifest.json`: ties a ledger to one configuration and the latest plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Always [`LEDGER_FORMAT`].
+    #[serde(default)]
+    pub format: String,
     /// Stage name.
     pub stage: String,
-    /// Invocations that have opened the ledger for writing.
+    /// Fingerprint of the stage configuration the ledger was written with.
+    #[serde(default)]
+    pub config_fingerprint: String,
+    /// Number of invocations that have opened this ledger for writing.
     #[serde(default)]
     pub invocations: u32,
-    /// Units planned by the latest invocation.
+    /// Number of units planned by the latest invocation.
     pub planned_units: usize,
     /// Unix time the latest invocation started.
     #[serde(default)]
@@ -186,7 +308,7 @@ pub struct Manifest {
 }
 
 /// `ledger/<stage>.progress.json`: rank 0's latest progress line (unknown fields ignored).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Progress {
     /// Invocation that wrote it.
     #[serde(default)]
@@ -213,7 +335,8 @@ pub struct Progress {
     pub ranks: Option<u64>,
 }
 
-/// The parts of `run-report.json` that `skypipe-status` uses (unknown fields ignored).
+/// The parts of `run-report.json` that readers use (unknown fields ignored); the engine
+/// writes the full report (`skypipe-run-report/1`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Report {
     /// Stage the report belongs to (the run directory holds one report, the latest stage's).
@@ -282,22 +405,24 @@ pub fn read_report(path: &Path) -> Result<Option<Report>, RunDirError> {
     }
 }
 
-/// The files of one stage in a run directory.
+/// The files of one stage instance in a run directory.
 #[derive(Debug, Clone)]
-pub struct StageFiles {
-    /// Stage name.
+pub struct LedgerPaths {
+    /// Stage (instance) name.
     pub stage: String,
     /// `ledger/<stage>.jsonl`
     pub records: PathBuf,
     /// `ledger/<stage>.manifest.json`
     pub manifest: PathBuf,
-    /// `ledger/<stage>.progress.json`
+    /// `ledger/<stage>.progress.json`, rewritten by rank 0 at every progress line.
     pub progress: PathBuf,
-    /// `ledger/<stage>.lock`
+    /// `ledger/<stage>.lock`, held by a running job.
     pub lock: PathBuf,
+    /// `ledger/<stage>.report.json`, the stage's part of a chain run's report.
+    pub report: PathBuf,
 }
 
-impl StageFiles {
+impl LedgerPaths {
     /// The files of `stage` under `run_dir`.
     pub fn new(run_dir: &Path, stage: &str) -> Self {
         let dir = run_dir.join("ledger");
@@ -307,6 +432,7 @@ impl StageFiles {
             manifest: dir.join(format!("{stage}.manifest.json")),
             progress: dir.join(format!("{stage}.progress.json")),
             lock: dir.join(format!("{stage}.lock")),
+            report: dir.join(format!("{stage}.report.json")),
         }
     }
 }
@@ -382,6 +508,29 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Quotes `word` for a POSIX shell when it needs it (`'...'`, with `'` written `'\''`), as
+/// the resume and retry commands in reports and `skypipe-status` are printed.
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// `words` quoted for a shell and joined by spaces: a command line to paste.
+pub fn shell_command<S: AsRef<str>>(words: &[S]) -> String {
+    words
+        .iter()
+        .map(|w| shell_quote(w.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,9 +552,10 @@ mod tests {
         .unwrap();
         let c = read_ledger(&path).unwrap();
         assert_eq!(c.records.len(), 2);
-        assert_eq!(c.bad_lines, vec![2]);
+        assert_eq!(c.bad_lines.len(), 1);
+        assert_eq!(c.bad_lines[0].0, 2);
         let latest = c.latest();
-        assert_eq!(latest["a=1"].outcome, "bad-input");
+        assert_eq!(latest["a=1"].outcome, OutcomeKind::BadInput);
         assert!(!latest["a=1"].is_success());
         assert!(
             read_ledger(&dir.path().join("missing.jsonl"))
@@ -413,6 +563,41 @@ mod tests {
                 .records
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn an_old_ledger_line_without_newer_fields_reads_with_defaults() {
+        // A record as the first engine wrote it: no seq, started, ranks, retried, outputs.
+        let old = r#"{"unit":"obs=1","outcome":"done","attempts":1,"rank":2,"elapsed_s":0.5,"invocation":1,"time":10.0}"#;
+        let r: LedgerRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.rank, 2);
+        assert_eq!(r.seq, 0);
+        assert_eq!(r.started, None);
+        assert!(r.ranks.is_empty() && r.retried.is_empty() && r.outputs.is_empty());
+        assert!(r.changed_outputs().is_empty());
+        // And a new record round-trips, outputs included.
+        let mut new = LedgerRecord::new("obs=2", OutcomeKind::Done, None, 3);
+        new.time = 12.5; // serde_json's default float parsing may differ in the last bit
+        new.outputs.push(OutputRecord {
+            path: "a/b.h5".into(),
+            bytes: 7,
+        });
+        let line = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<LedgerRecord>(&line).unwrap(), new);
+    }
+
+    #[test]
+    fn outputs_are_checked_for_presence_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        fs::write(&path, b"12345").unwrap();
+        let mut r = LedgerRecord::new("u=1", OutcomeKind::Done, None, 1);
+        r.outputs.push(OutputRecord::of(&path).unwrap());
+        assert!(r.changed_outputs().is_empty());
+        fs::write(&path, b"12").unwrap();
+        assert_eq!(r.changed_outputs()[0].1, OutputProblem::Size { now: 2 });
+        fs::remove_file(&path).unwrap();
+        assert_eq!(r.changed_outputs()[0].1, OutputProblem::Missing);
     }
 
     #[test]
@@ -463,5 +648,14 @@ mod tests {
         assert_eq!(r.unit_seconds(), Some(2.0));
         let none: Report = serde_json::from_str(r#"{"stage":"s","ranks":4,"ran":0}"#).unwrap();
         assert_eq!(none.unit_seconds(), None);
+    }
+
+    #[test]
+    fn shell_quote_leaves_plain_words_and_quotes_the_rest() {
+        assert_eq!(shell_quote("--run-dir=/a/b"), "--run-dir=/a/b");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_command(&["x", "a b"]), "x 'a b'");
     }
 }
