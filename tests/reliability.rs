@@ -671,3 +671,144 @@ fn corrupt_hdf5_inputs_fail_only_their_unit_in_calibrate_and_mapmake() {
     let out = run_stage("mapmake", &cfg, &list, &run_dir, 2, &[]);
     assert_corpus_outcome(&out, &run_dir, "mapmake", &bad_calibrated, kinds);
 }
+
+/// Puts one non-finite or out-of-range value into an unflagged sample of `detectors/d00a` in
+/// each file named by an argument `path:kind:flags` (kind one of `theta`, `weights`, `pixels`,
+/// `signal`); the sample is the first one the clean calibrated file `flags` leaves unflagged.
+const POISON_SAMPLES: &str = r#"
+import sys, h5py, numpy as np
+for arg in sys.argv[1:]:
+    path, kind, flags = arg.split(':')
+    with h5py.File(flags, 'r') as h:
+        k = int(np.flatnonzero(h['detectors/d00a/flags'][:] == 0)[0])
+    with h5py.File(path, 'r+') as h:
+        d = h['detectors/d00a/' + kind]
+        if kind == 'pixels':
+            d[k] = 12 * h.attrs['nside'] ** 2
+        elif kind == 'weights':
+            d[k, :] = np.nan
+        else:
+            d[k] = np.nan
+"#;
+
+/// `stage` exited 2, each of `failed` (unit, file) failed as bad-input naming its file, and
+/// every unit in `done` was done.
+fn assert_failed_and_done(
+    out: &std::process::Output,
+    run_dir: &Path,
+    stage: &str,
+    failed: &[(&str, &Path)],
+    done: &[&str],
+) {
+    assert_eq!(code(&out.status), 2, "{stage}: {}", text(out));
+    let states = outcomes(run_dir, stage);
+    let report = report(run_dir);
+    let failures = report["failures"].as_array().unwrap();
+    for (unit, file) in failed {
+        let f = failures
+            .iter()
+            .find(|f| f["unit"] == *unit)
+            .unwrap_or_else(|| panic!("{stage} {unit} did not fail: {states:?}"));
+        let m = f["message"].as_str().unwrap();
+        assert!(m.contains(&s(file)), "{stage} {unit}: {m}");
+        assert_eq!(f["outcome"], "bad-input", "{stage} {unit}: {m}");
+    }
+    for unit in done {
+        assert!(
+            states.contains(&(unit.to_string(), "done".to_string())),
+            "{stage} {unit} not done: {states:?}"
+        );
+    }
+}
+
+#[test]
+fn non_finite_and_out_of_range_samples_fail_only_their_unit_in_calibrate_and_mapmake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), "observations = 4\n");
+    let sky = tmp.path().join("data/truth/sky.h5");
+    let sky_line = format!("sky_model = \"{}\"", sky.display());
+    let clean = tmp.path().join("clean");
+    let pcfg = stage_config(tmp.path(), "p.toml", "pointing", POINTING);
+    let ccfg = stage_config(tmp.path(), "c.toml", "calibrate", &sky_line);
+    for (stage, cfg) in [("pointing", &pcfg), ("calibrate", &ccfg)] {
+        let out = run_stage(stage, cfg, &list, &clean, 2, &[]);
+        assert_eq!(code(&out.status), 0, "{stage}: {}", text(&out));
+    }
+    let bad_pointing = tmp.path().join("bad-pointing");
+    copy_dir(&clean.join("pointing"), &bad_pointing);
+    let bad_calibrated = tmp.path().join("bad-calibrated");
+    copy_dir(&clean.join("calibrate"), &bad_calibrated);
+    let p = |i: u32| bad_pointing.join(format!("obs={i:04}.h5"));
+    let c = |i: u32| bad_calibrated.join(format!("obs={i:04}.h5"));
+    let flags = |i: u32| s(&clean.join(format!("calibrate/obs={i:04}.h5")));
+    python(
+        POISON_SAMPLES,
+        &[
+            format!("{}:theta:{}", s(&p(0)), flags(0)),
+            format!("{}:weights:{}", s(&p(1)), flags(1)),
+            format!("{}:pixels:{}", s(&p(2)), flags(2)),
+            format!("{}:signal:{}", s(&c(0)), flags(0)),
+        ],
+    );
+    // calibrate with the sky model reads θ, φ, pixels and weights of every sample.
+    let cfg = stage_config(
+        tmp.path(),
+        "c2.toml",
+        "calibrate",
+        &format!("{sky_line}\npointing_dir = \"{}\"", bad_pointing.display()),
+    );
+    let run_dir = tmp.path().join("calibrate-nan");
+    let out = run_stage("calibrate", &cfg, &list, &run_dir, 2, &[]);
+    assert_failed_and_done(
+        &out,
+        &run_dir,
+        "calibrate",
+        &[
+            ("obs=0000", &p(0)),
+            ("obs=0001", &p(1)),
+            ("obs=0002", &p(2)),
+        ],
+        &["obs=0003"],
+    );
+    let m = failure_message(&run_dir, "obs=0001");
+    assert!(m.contains("weights"), "{m}");
+    // mapmake reads pixels, weights and signal (not θ: obs 0's pointing binds).
+    let cfg = stage_config(
+        tmp.path(),
+        "m.toml",
+        "mapmake",
+        &format!(
+            "pointing_dir = \"{}\"\ncalibrated_dir = \"{}\"\nquicklook_width = 0",
+            bad_pointing.display(),
+            clean.join("calibrate").display()
+        ),
+    );
+    let run_dir = tmp.path().join("mapmake-bad-pointing");
+    let out = run_stage("mapmake", &cfg, &list, &run_dir, 2, &[]);
+    assert_failed_and_done(
+        &out,
+        &run_dir,
+        "mapmake",
+        &[("obs=0001", &p(1)), ("obs=0002", &p(2))],
+        &["obs=0000", "obs=0003"],
+    );
+    let cfg = stage_config(
+        tmp.path(),
+        "m2.toml",
+        "mapmake",
+        &format!(
+            "pointing_dir = \"{}\"\ncalibrated_dir = \"{}\"\nquicklook_width = 0",
+            clean.join("pointing").display(),
+            bad_calibrated.display()
+        ),
+    );
+    let run_dir = tmp.path().join("mapmake-bad-calibrated");
+    let out = run_stage("mapmake", &cfg, &list, &run_dir, 2, &[]);
+    assert_failed_and_done(
+        &out,
+        &run_dir,
+        "mapmake",
+        &[("obs=0000", &c(0))],
+        &["obs=0001", "obs=0002", "obs=0003"],
+    );
+}
