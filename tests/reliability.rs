@@ -812,3 +812,165 @@ fn non_finite_and_out_of_range_samples_fail_only_their_unit_in_calibrate_and_map
         &["obs=0001", "obs=0002", "obs=0003"],
     );
 }
+
+/// A FITS header block: `cards` (key, value) then `END`, padded to 2880 bytes.
+fn fits_header(cards: &[(&str, &str)]) -> Vec<u8> {
+    let mut h: Vec<u8> = cards
+        .iter()
+        .flat_map(|(k, v)| format!("{:<80}", format!("{k:<8}= {v:>20}")).into_bytes())
+        .collect();
+    h.extend(format!("{:<80}", "END").bytes());
+    h.resize(h.len().div_ceil(2880) * 2880, b' ');
+    h
+}
+
+#[test]
+fn corrupt_fits_sky_models_fail_every_calibrate_unit_naming_the_map() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), "observations = 2\n");
+    let run_dir = tmp.path().join("run");
+    let pcfg = stage_config(tmp.path(), "p.toml", "pointing", POINTING);
+    let out = run_stage("pointing", &pcfg, &list, &run_dir, 2, &[]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    // A HEALPix map stored as a float32 primary image rather than the binary table the reader
+    // takes, one with an invalid BITPIX, and an empty file.
+    let npix = 12 * 64 * 64;
+    let image = [
+        ("SIMPLE", "T"),
+        ("BITPIX", "-32"),
+        ("NAXIS", "1"),
+        ("NAXIS1", &npix.to_string()),
+    ];
+    let mut as_image = fits_header(&image);
+    as_image.resize(
+        as_image.len() + (4 * npix as usize).div_ceil(2880) * 2880,
+        0,
+    );
+    let mut bad_bitpix = as_image.clone();
+    bad_bitpix[..2880].copy_from_slice(&fits_header(&[
+        ("SIMPLE", "T"),
+        ("BITPIX", "20"),
+        ("NAXIS", "1"),
+        ("NAXIS1", &npix.to_string()),
+    ]));
+    for (name, bytes) in [
+        ("image.fits", as_image),
+        ("bitpix.fits", bad_bitpix),
+        ("empty.fits", Vec::new()),
+    ] {
+        let sky = tmp.path().join(name);
+        std::fs::write(&sky, bytes).unwrap();
+        let cfg = stage_config(
+            tmp.path(),
+            "c.toml",
+            "calibrate",
+            &format!(
+                "sky_model = \"{}\"\npointing_dir = \"{}\"",
+                sky.display(),
+                run_dir.join("pointing").display()
+            ),
+        );
+        let cal_dir = tmp.path().join(format!("calibrate-{name}"));
+        let out = run_stage("calibrate", &cfg, &list, &cal_dir, 2, &[]);
+        assert_failed_and_done(
+            &out,
+            &cal_dir,
+            "calibrate",
+            &[("obs=0000", &sky), ("obs=0001", &sky)],
+            &[],
+        );
+    }
+}
+
+#[test]
+fn corrupt_fits_images_fail_only_their_ccd_in_singleframe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sim = run(direct(
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-sim")),
+        &["image", "--out", &s(&data), "--size", "tiny", "--seed", "7"],
+    ));
+    assert_eq!(code(&sim.status), 0, "{}", text(&sim));
+    let list = data.join("units.json");
+    let mut units: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    units["units"].as_array_mut().unwrap().truncate(5);
+    let file = |u: &serde_json::Value, key: &str| data.join(u[key].as_str().unwrap());
+    let corrupt = |from: &Path, name: &str, edit: &dyn Fn(&mut Vec<u8>)| -> PathBuf {
+        let mut bytes = std::fs::read(from).unwrap();
+        edit(&mut bytes);
+        let to = data.join(name);
+        std::fs::write(&to, bytes).unwrap();
+        to
+    };
+    let u = units["units"].as_array().unwrap().clone();
+    // CCD 0: a raw image with an invalid BITPIX; 1: an empty bias; 2: a float32 flat whose
+    // header says float64 (twice the bytes the file holds); 3: a variance image whose header
+    // says 64-bit integers; 4: whole.
+    let bad = [
+        (
+            "raw",
+            corrupt(&file(&u[0], "raw"), "raw-bitpix.fits", &|b| {
+                set_card(b, "BITPIX", 20)
+            }),
+        ),
+        (
+            "bias",
+            corrupt(&file(&u[1], "bias"), "bias-empty.fits", &|b| b.clear()),
+        ),
+        (
+            "flat",
+            corrupt(&file(&u[2], "flat"), "flat-f64.fits", &|b| {
+                set_card(b, "BITPIX", -64)
+            }),
+        ),
+        (
+            "variance",
+            corrupt(&file(&u[3], "flat"), "variance-i64.fits", &|b| {
+                set_card(b, "BITPIX", 64)
+            }),
+        ),
+    ];
+    for (i, (key, path)) in bad.iter().enumerate() {
+        units["units"][i][*key] = s(path).into();
+    }
+    let bad_list = data.join("bad-units.json");
+    std::fs::write(&bad_list, serde_json::to_vec(&units).unwrap()).unwrap();
+    let cfg = tmp.path().join("sf.toml");
+    std::fs::write(&cfg, "[run]\nfsync = false\n").unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = run(mpirun(
+        3,
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-singleframe")),
+        &[
+            "--config",
+            &s(&cfg),
+            "--input",
+            &s(&bad_list),
+            "--run-dir",
+            &s(&run_dir),
+        ],
+    ));
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    let records = ledger(&run_dir, "singleframe");
+    // Visit 1's registry unit has no calibrated CCD left (no-work); visit 2 is whole.
+    let failed: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["outcome"] != "done" && r["outcome"] != "no-work")
+        .collect();
+    assert_eq!(failed.len(), bad.len(), "{records:?}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["unit"] == "visit=2,ccd=0" && r["outcome"] == "done"),
+        "{records:?}"
+    );
+    for (key, path) in &bad {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let f = failed
+            .iter()
+            .find(|r| r["message"].as_str().unwrap().contains(name))
+            .unwrap_or_else(|| panic!("no failure names the bad {key} {name}: {failed:?}"));
+        assert_eq!(f["outcome"], "bad-input", "{key}: {f}");
+    }
+}
