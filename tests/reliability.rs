@@ -671,3 +671,306 @@ fn corrupt_hdf5_inputs_fail_only_their_unit_in_calibrate_and_mapmake() {
     let out = run_stage("mapmake", &cfg, &list, &run_dir, 2, &[]);
     assert_corpus_outcome(&out, &run_dir, "mapmake", &bad_calibrated, kinds);
 }
+
+/// Puts one non-finite or out-of-range value into an unflagged sample of `detectors/d00a` in
+/// each file named by an argument `path:kind:flags` (kind one of `theta`, `weights`, `pixels`,
+/// `signal`); the sample is the first one the clean calibrated file `flags` leaves unflagged.
+const POISON_SAMPLES: &str = r#"
+import sys, h5py, numpy as np
+for arg in sys.argv[1:]:
+    path, kind, flags = arg.split(':')
+    with h5py.File(flags, 'r') as h:
+        k = int(np.flatnonzero(h['detectors/d00a/flags'][:] == 0)[0])
+    with h5py.File(path, 'r+') as h:
+        d = h['detectors/d00a/' + kind]
+        if kind == 'pixels':
+            d[k] = 12 * h.attrs['nside'] ** 2
+        elif kind == 'weights':
+            d[k, :] = np.nan
+        else:
+            d[k] = np.nan
+"#;
+
+/// `stage` exited 2, each of `failed` (unit, file) failed as bad-input naming its file, and
+/// every unit in `done` was done.
+fn assert_failed_and_done(
+    out: &std::process::Output,
+    run_dir: &Path,
+    stage: &str,
+    failed: &[(&str, &Path)],
+    done: &[&str],
+) {
+    assert_eq!(code(&out.status), 2, "{stage}: {}", text(out));
+    let states = outcomes(run_dir, stage);
+    let report = report(run_dir);
+    let failures = report["failures"].as_array().unwrap();
+    for (unit, file) in failed {
+        let f = failures
+            .iter()
+            .find(|f| f["unit"] == *unit)
+            .unwrap_or_else(|| panic!("{stage} {unit} did not fail: {states:?}"));
+        let m = f["message"].as_str().unwrap();
+        assert!(m.contains(&s(file)), "{stage} {unit}: {m}");
+        assert_eq!(f["outcome"], "bad-input", "{stage} {unit}: {m}");
+    }
+    for unit in done {
+        assert!(
+            states.contains(&(unit.to_string(), "done".to_string())),
+            "{stage} {unit} not done: {states:?}"
+        );
+    }
+}
+
+#[test]
+fn non_finite_and_out_of_range_samples_fail_only_their_unit_in_calibrate_and_mapmake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), "observations = 4\n");
+    let sky = tmp.path().join("data/truth/sky.h5");
+    let sky_line = format!("sky_model = \"{}\"", sky.display());
+    let clean = tmp.path().join("clean");
+    let pcfg = stage_config(tmp.path(), "p.toml", "pointing", POINTING);
+    let ccfg = stage_config(tmp.path(), "c.toml", "calibrate", &sky_line);
+    for (stage, cfg) in [("pointing", &pcfg), ("calibrate", &ccfg)] {
+        let out = run_stage(stage, cfg, &list, &clean, 2, &[]);
+        assert_eq!(code(&out.status), 0, "{stage}: {}", text(&out));
+    }
+    let bad_pointing = tmp.path().join("bad-pointing");
+    copy_dir(&clean.join("pointing"), &bad_pointing);
+    let bad_calibrated = tmp.path().join("bad-calibrated");
+    copy_dir(&clean.join("calibrate"), &bad_calibrated);
+    let p = |i: u32| bad_pointing.join(format!("obs={i:04}.h5"));
+    let c = |i: u32| bad_calibrated.join(format!("obs={i:04}.h5"));
+    let flags = |i: u32| s(&clean.join(format!("calibrate/obs={i:04}.h5")));
+    python(
+        POISON_SAMPLES,
+        &[
+            format!("{}:theta:{}", s(&p(0)), flags(0)),
+            format!("{}:weights:{}", s(&p(1)), flags(1)),
+            format!("{}:pixels:{}", s(&p(2)), flags(2)),
+            format!("{}:signal:{}", s(&c(0)), flags(0)),
+        ],
+    );
+    // calibrate with the sky model reads θ, φ, pixels and weights of every sample.
+    let cfg = stage_config(
+        tmp.path(),
+        "c2.toml",
+        "calibrate",
+        &format!("{sky_line}\npointing_dir = \"{}\"", bad_pointing.display()),
+    );
+    let run_dir = tmp.path().join("calibrate-nan");
+    let out = run_stage("calibrate", &cfg, &list, &run_dir, 2, &[]);
+    assert_failed_and_done(
+        &out,
+        &run_dir,
+        "calibrate",
+        &[
+            ("obs=0000", &p(0)),
+            ("obs=0001", &p(1)),
+            ("obs=0002", &p(2)),
+        ],
+        &["obs=0003"],
+    );
+    let m = failure_message(&run_dir, "obs=0001");
+    assert!(m.contains("weights"), "{m}");
+    // mapmake reads pixels, weights and signal (not θ: obs 0's pointing binds).
+    let cfg = stage_config(
+        tmp.path(),
+        "m.toml",
+        "mapmake",
+        &format!(
+            "pointing_dir = \"{}\"\ncalibrated_dir = \"{}\"\nquicklook_width = 0",
+            bad_pointing.display(),
+            clean.join("calibrate").display()
+        ),
+    );
+    let run_dir = tmp.path().join("mapmake-bad-pointing");
+    let out = run_stage("mapmake", &cfg, &list, &run_dir, 2, &[]);
+    assert_failed_and_done(
+        &out,
+        &run_dir,
+        "mapmake",
+        &[("obs=0001", &p(1)), ("obs=0002", &p(2))],
+        &["obs=0000", "obs=0003"],
+    );
+    let cfg = stage_config(
+        tmp.path(),
+        "m2.toml",
+        "mapmake",
+        &format!(
+            "pointing_dir = \"{}\"\ncalibrated_dir = \"{}\"\nquicklook_width = 0",
+            clean.join("pointing").display(),
+            bad_calibrated.display()
+        ),
+    );
+    let run_dir = tmp.path().join("mapmake-bad-calibrated");
+    let out = run_stage("mapmake", &cfg, &list, &run_dir, 2, &[]);
+    assert_failed_and_done(
+        &out,
+        &run_dir,
+        "mapmake",
+        &[("obs=0000", &c(0))],
+        &["obs=0001", "obs=0002", "obs=0003"],
+    );
+}
+
+/// A FITS header block: `cards` (key, value) then `END`, padded to 2880 bytes.
+fn fits_header(cards: &[(&str, &str)]) -> Vec<u8> {
+    let mut h: Vec<u8> = cards
+        .iter()
+        .flat_map(|(k, v)| format!("{:<80}", format!("{k:<8}= {v:>20}")).into_bytes())
+        .collect();
+    h.extend(format!("{:<80}", "END").bytes());
+    h.resize(h.len().div_ceil(2880) * 2880, b' ');
+    h
+}
+
+#[test]
+fn corrupt_fits_sky_models_fail_every_calibrate_unit_naming_the_map() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = simulate(tmp.path(), "observations = 2\n");
+    let run_dir = tmp.path().join("run");
+    let pcfg = stage_config(tmp.path(), "p.toml", "pointing", POINTING);
+    let out = run_stage("pointing", &pcfg, &list, &run_dir, 2, &[]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    // A HEALPix map stored as a float32 primary image rather than the binary table the reader
+    // takes, one with an invalid BITPIX, and an empty file.
+    let npix = 12 * 64 * 64;
+    let image = [
+        ("SIMPLE", "T"),
+        ("BITPIX", "-32"),
+        ("NAXIS", "1"),
+        ("NAXIS1", &npix.to_string()),
+    ];
+    let mut as_image = fits_header(&image);
+    as_image.resize(
+        as_image.len() + (4 * npix as usize).div_ceil(2880) * 2880,
+        0,
+    );
+    let mut bad_bitpix = as_image.clone();
+    bad_bitpix[..2880].copy_from_slice(&fits_header(&[
+        ("SIMPLE", "T"),
+        ("BITPIX", "20"),
+        ("NAXIS", "1"),
+        ("NAXIS1", &npix.to_string()),
+    ]));
+    for (name, bytes) in [
+        ("image.fits", as_image),
+        ("bitpix.fits", bad_bitpix),
+        ("empty.fits", Vec::new()),
+    ] {
+        let sky = tmp.path().join(name);
+        std::fs::write(&sky, bytes).unwrap();
+        let cfg = stage_config(
+            tmp.path(),
+            "c.toml",
+            "calibrate",
+            &format!(
+                "sky_model = \"{}\"\npointing_dir = \"{}\"",
+                sky.display(),
+                run_dir.join("pointing").display()
+            ),
+        );
+        let cal_dir = tmp.path().join(format!("calibrate-{name}"));
+        let out = run_stage("calibrate", &cfg, &list, &cal_dir, 2, &[]);
+        assert_failed_and_done(
+            &out,
+            &cal_dir,
+            "calibrate",
+            &[("obs=0000", &sky), ("obs=0001", &sky)],
+            &[],
+        );
+    }
+}
+
+#[test]
+fn corrupt_fits_images_fail_only_their_ccd_in_singleframe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sim = run(direct(
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-sim")),
+        &["image", "--out", &s(&data), "--size", "tiny", "--seed", "7"],
+    ));
+    assert_eq!(code(&sim.status), 0, "{}", text(&sim));
+    let list = data.join("units.json");
+    let mut units: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    units["units"].as_array_mut().unwrap().truncate(5);
+    let file = |u: &serde_json::Value, key: &str| data.join(u[key].as_str().unwrap());
+    let corrupt = |from: &Path, name: &str, edit: &dyn Fn(&mut Vec<u8>)| -> PathBuf {
+        let mut bytes = std::fs::read(from).unwrap();
+        edit(&mut bytes);
+        let to = data.join(name);
+        std::fs::write(&to, bytes).unwrap();
+        to
+    };
+    let u = units["units"].as_array().unwrap().clone();
+    // CCD 0: a raw image with an invalid BITPIX; 1: an empty bias; 2: a float32 flat whose
+    // header says float64 (twice the bytes the file holds); 3: a variance image whose header
+    // says 64-bit integers; 4: whole.
+    let bad = [
+        (
+            "raw",
+            corrupt(&file(&u[0], "raw"), "raw-bitpix.fits", &|b| {
+                set_card(b, "BITPIX", 20)
+            }),
+        ),
+        (
+            "bias",
+            corrupt(&file(&u[1], "bias"), "bias-empty.fits", &|b| b.clear()),
+        ),
+        (
+            "flat",
+            corrupt(&file(&u[2], "flat"), "flat-f64.fits", &|b| {
+                set_card(b, "BITPIX", -64)
+            }),
+        ),
+        (
+            "variance",
+            corrupt(&file(&u[3], "flat"), "variance-i64.fits", &|b| {
+                set_card(b, "BITPIX", 64)
+            }),
+        ),
+    ];
+    for (i, (key, path)) in bad.iter().enumerate() {
+        units["units"][i][*key] = s(path).into();
+    }
+    let bad_list = data.join("bad-units.json");
+    std::fs::write(&bad_list, serde_json::to_vec(&units).unwrap()).unwrap();
+    let cfg = tmp.path().join("sf.toml");
+    std::fs::write(&cfg, "[run]\nfsync = false\n").unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = run(mpirun(
+        3,
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-singleframe")),
+        &[
+            "--config",
+            &s(&cfg),
+            "--input",
+            &s(&bad_list),
+            "--run-dir",
+            &s(&run_dir),
+        ],
+    ));
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    let records = ledger(&run_dir, "singleframe");
+    // Visit 1's registry unit has no calibrated CCD left (no-work); visit 2 is whole.
+    let failed: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["outcome"] != "done" && r["outcome"] != "no-work")
+        .collect();
+    assert_eq!(failed.len(), bad.len(), "{records:?}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["unit"] == "visit=2,ccd=0" && r["outcome"] == "done"),
+        "{records:?}"
+    );
+    for (key, path) in &bad {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let f = failed
+            .iter()
+            .find(|r| r["message"].as_str().unwrap().contains(name))
+            .unwrap_or_else(|| panic!("no failure names the bad {key} {name}: {failed:?}"));
+        assert_eq!(f["outcome"], "bad-input", "{key}: {f}");
+    }
+}

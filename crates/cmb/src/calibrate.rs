@@ -662,6 +662,14 @@ impl Calibrate {
                         )
                     })?;
                 let w = weights[k];
+                if !w.iter().all(|x| x.is_finite()) {
+                    return Err(H5Error::invalid(
+                        inputs.pointing_path,
+                        &format!("{}/weights", inputs.group),
+                        format!("sample {}: weights {w:?} are not finite", start + k),
+                    )
+                    .into());
+                }
                 chunk.template[k] += w[0] * m[0] + w[1] * m[1] + w[2] * m[2];
             }
         }
