@@ -282,8 +282,12 @@ fn chain(
     }
     let aperture_correction = measure::apply_aperture_correction(&mut sources);
     laps.lap("measurement");
+    // The profile is fitted to the final catalogue's PSF stars or, when that pass found too
+    // few isolated ones (fainter neighbours now count), to the first pass's.
+    let fit_radius = 3.0 * fwhm;
     let psf_profile = if psf_measured {
-        psfprofile::fit_profile(&img, &variance, &m, &sources, 2.0 * fwhm, fwhm)
+        psfprofile::fit_profile(&img, &variance, &m, &sources, fit_radius, fwhm)
+            .or_else(|| psfprofile::fit_profile(&img, &variance, &m, &bright, fit_radius, fwhm))
     } else {
         None
     };

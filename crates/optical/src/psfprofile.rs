@@ -1,10 +1,14 @@
 //! The PSF's profile FWHM: a circular Moffat profile `A (1 + r²/α²)^-β`, integrated over each
-//! pixel, fitted to the pixels of the PSF stars (one amplitude per star, α and β shared).
+//! pixel, fitted to the pixels of the PSF stars (one amplitude and one local sky offset per
+//! star, α and β shared).
 //!
 //! The adaptive second moments give a Gaussian-equivalent width, which for a Moffat PSF reads
 //! well above the half-maximum width (its wings are broader than a Gaussian's). This fit
 //! measures the half-maximum width of the stars' radial profile itself, with the pixel's
 //! smoothing modelled rather than folded into the width.
+//!
+//! The field tests in `crates/optical/tests/statistics.rs` and `tests/singleframe.rs` check
+//! it against the simulator's Moffat FWHM.
 
 use crate::image::{Image, mask};
 use crate::measure::{Source, flags};
@@ -124,13 +128,14 @@ fn stamp(img: &Image<f32>, var: &Image<f32>, m: &Image<u32>, cx: f64, cy: f64, r
     st
 }
 
-/// χ² of the stamps against the pixel-integrated Moffat (α, β), each star's amplitude at its
-/// weighted least-squares value.
+/// χ² of the stamps against the pixel-integrated Moffat (α, β) plus a constant, each star's
+/// amplitude and constant (a residual of the background subtraction, which would otherwise
+/// shift the half-maximum) at their weighted least-squares values.
 fn chi2(stamps: &[Stamp], alpha: f64, beta: f64) -> f64 {
     let inv_a2 = 1.0 / (alpha * alpha);
     let mut total = 0.0;
     for st in stamps {
-        let (mut vv, mut vg, mut gg) = (0.0, 0.0, 0.0);
+        let (mut vv, mut vg, mut gg, mut v1, mut g1, mut w1) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         for ((r2, &v), &w) in st.r2.iter().zip(&st.value).zip(&st.weight) {
             let mut g = 0.0;
             for (k, (_, wx)) in NODES.iter().enumerate() {
@@ -141,8 +146,19 @@ fn chi2(stamps: &[Stamp], alpha: f64, beta: f64) -> f64 {
             vv += w * v * v;
             vg += w * v * g;
             gg += w * g * g;
+            v1 += w * v;
+            g1 += w * g;
+            w1 += w;
         }
-        total += if gg > 0.0 { vv - vg * vg / gg } else { vv };
+        // Least-squares amplitude and local sky offset: [gg g1; g1 w1] (A, b) = (vg, v1).
+        let det = gg * w1 - g1 * g1;
+        total += if det > 1e-12 * gg * w1 {
+            let a = (vg * w1 - v1 * g1) / det;
+            let b = (gg * v1 - g1 * vg) / det;
+            vv - a * vg - b * v1
+        } else {
+            vv
+        };
     }
     if total.is_finite() { total } else { f64::MAX }
 }

@@ -202,6 +202,19 @@ fn the_psf_size_is_measured() {
         "profile FWHM {:.4} β {:.3} from {} stars (true {} β {})",
         profile.fwhm, profile.beta, profile.stars, f.spec.psf_fwhm, f.spec.psf_beta
     );
+    let cpu = |name: &str| -> f64 {
+        f.out
+            .timings
+            .iter()
+            .filter(|t| t.step == name || name.is_empty())
+            .map(|t| t.cpu_s)
+            .sum()
+    };
+    eprintln!(
+        "psf_profile CPU {:.4} s of {:.3} s for the chain",
+        cpu("psf_profile"),
+        cpu("")
+    );
     assert!(
         (profile.fwhm / f.spec.psf_fwhm - 1.0).abs() < 0.03,
         "profile {profile:?} true {}",
