@@ -284,7 +284,7 @@ fn chain(
     laps.lap("measurement");
     // The profile is fitted to the final catalogue's PSF stars or, when that pass found too
     // few isolated ones (fainter neighbours now count), to the first pass's.
-    let fit_radius = 3.0 * fwhm;
+    let fit_radius = 2.5 * fwhm;
     let psf_profile = if psf_measured {
         psfprofile::fit_profile(&img, &variance, &m, &sources, fit_radius, fwhm)
             .or_else(|| psfprofile::fit_profile(&img, &variance, &m, &bright, fit_radius, fwhm))

@@ -14,14 +14,17 @@ use crate::image::{Image, mask};
 use crate::measure::{Source, flags};
 
 /// At most this many PSF stars (the brightest) enter the fit.
-pub const MAX_STARS: usize = 30;
+pub const MAX_STARS: usize = 20;
 
-/// Gauss–Legendre nodes and weights (3 points) on a pixel's extent [-1/2, 1/2].
-const NODES: [(f64, f64); 3] = [
-    (-0.387_298_334_620_741_7, 5.0 / 18.0),
-    (0.0, 8.0 / 18.0),
-    (0.387_298_334_620_741_7, 5.0 / 18.0),
+/// Gauss–Legendre nodes and weights (2 points, exact for cubics) on a pixel's extent
+/// [-1/2, 1/2].
+const NODES: [(f64, f64); 2] = [
+    (-0.288_675_134_594_812_9, 0.5),
+    (0.288_675_134_594_812_9, 0.5),
 ];
+
+/// Quadrature points per pixel.
+const POINTS: usize = NODES.len() * NODES.len();
 
 /// The fitted profile.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,10 +39,10 @@ pub struct ProfileFit {
     pub stars: usize,
 }
 
-/// One star's pixels: the squared distances of each pixel's 9 quadrature points from the
+/// One star's pixels: the squared distances of each pixel's quadrature points from the
 /// centroid, the pixel values and their inverse variances.
 struct Stamp {
-    r2: Vec<[f64; 9]>,
+    r2: Vec<[f64; POINTS]>,
     value: Vec<f64>,
     weight: Vec<f64>,
 }
@@ -75,7 +78,7 @@ pub fn fit_profile(
     let beta0 = 3.0;
     let alpha0 = alpha_of(start_fwhm, beta0);
     let cost = |p: [f64; 2]| chi2(&stamps, p[0].exp(), 1.0 + p[1].exp());
-    let best = nelder_mead(cost, [alpha0.ln(), (beta0 - 1.0).ln()], [0.2, 0.5], 300);
+    let best = nelder_mead(cost, [alpha0.ln(), (beta0 - 1.0).ln()], [0.2, 0.5], 200);
     let (alpha, beta) = (best[0].exp(), 1.0 + best[1].exp());
     let fwhm = 2.0 * alpha * (2f64.powf(1.0 / beta) - 1.0).sqrt();
     (fwhm.is_finite() && fwhm > 0.0).then_some(ProfileFit {
@@ -114,10 +117,10 @@ fn stamp(img: &Image<f32>, var: &Image<f32>, m: &Image<u32>, cx: f64, cy: f64, r
             if m.data[i] & unusable != 0 || !v.is_finite() || !(s2.is_finite() && s2 > 0.0) {
                 continue;
             }
-            let mut r2 = [0.0; 9];
+            let mut r2 = [0.0; POINTS];
             for (k, (ox, _)) in NODES.iter().enumerate() {
                 for (l, (oy, _)) in NODES.iter().enumerate() {
-                    r2[3 * k + l] = (dx + ox).powi(2) + (dy + oy).powi(2);
+                    r2[NODES.len() * k + l] = (dx + ox).powi(2) + (dy + oy).powi(2);
                 }
             }
             st.r2.push(r2);
@@ -140,7 +143,7 @@ fn chi2(stamps: &[Stamp], alpha: f64, beta: f64) -> f64 {
             let mut g = 0.0;
             for (k, (_, wx)) in NODES.iter().enumerate() {
                 for (l, (_, wy)) in NODES.iter().enumerate() {
-                    g += wx * wy * (-beta * (r2[3 * k + l] * inv_a2).ln_1p()).exp();
+                    g += wx * wy * (-beta * (r2[NODES.len() * k + l] * inv_a2).ln_1p()).exp();
                 }
             }
             vv += w * v * v;
@@ -165,7 +168,7 @@ fn chi2(stamps: &[Stamp], alpha: f64, beta: f64) -> f64 {
 
 /// Minimises `f` over two parameters with the Nelder–Mead simplex from `x0` with initial
 /// steps `step`, for at most `max_evals` evaluations or until the simplex's values agree to
-/// 1e-10 (relative).
+/// 1e-9 (relative).
 fn nelder_mead(
     f: impl Fn([f64; 2]) -> f64,
     x0: [f64; 2],
@@ -182,7 +185,7 @@ fn nelder_mead(
         order.sort_by(|&i, &j| val[i].total_cmp(&val[j]));
         pts = order.map(|i| pts[i]);
         val = order.map(|i| val[i]);
-        if (val[2] - val[0]).abs() <= 1e-10 * val[0].abs().max(1e-300) {
+        if (val[2] - val[0]).abs() <= 1e-9 * val[0].abs().max(1e-300) {
             break;
         }
         let centroid = lerp(pts[0], pts[1], 0.5);
@@ -269,13 +272,14 @@ mod tests {
         )
     }
 
+    /// The 2-point quadrature leaves about 0.3% at FWHM 2.6 pixels.
     #[test]
     fn recovers_the_moffat_fwhm_and_beta_through_the_pixels() {
         for (fwhm, beta) in [(2.6, 3.0), (3.2, 3.5), (4.0, 2.5)] {
             let (img, var, m, src) = field(fwhm, beta);
             let fit = fit_profile(&img, &var, &m, &src, 2.2 * fwhm, 1.13 * fwhm).unwrap();
             assert!(
-                (fit.fwhm / fwhm - 1.0).abs() < 2e-3,
+                (fit.fwhm / fwhm - 1.0).abs() < 5e-3,
                 "{fwhm} {beta}: {fit:?}"
             );
             assert!(
@@ -295,7 +299,7 @@ mod tests {
         bad.data[i] = 1e6;
         m.data[i] = mask::CR;
         let fit = fit_profile(&bad, &var, &m, &src, 6.0, 3.4).unwrap();
-        assert!((fit.fwhm / 3.0 - 1.0).abs() < 2e-3, "{fit:?}");
+        assert!((fit.fwhm / 3.0 - 1.0).abs() < 5e-3, "{fit:?}");
         for s in &mut src {
             s.flags = 0;
         }
