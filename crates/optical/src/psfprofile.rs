@@ -168,7 +168,7 @@ fn chi2(stamps: &[Stamp], alpha: f64, beta: f64) -> f64 {
 
 /// Minimises `f` over two parameters with the Nelder–Mead simplex from `x0` with initial
 /// steps `step`, for at most `max_evals` evaluations or until the simplex's values agree to
-/// 1e-9 (relative).
+/// 1e-7 (relative).
 fn nelder_mead(
     f: impl Fn([f64; 2]) -> f64,
     x0: [f64; 2],
@@ -185,7 +185,7 @@ fn nelder_mead(
         order.sort_by(|&i, &j| val[i].total_cmp(&val[j]));
         pts = order.map(|i| pts[i]);
         val = order.map(|i| val[i]);
-        if (val[2] - val[0]).abs() <= 1e-9 * val[0].abs().max(1e-300) {
+        if (val[2] - val[0]).abs() <= 1e-7 * val[0].abs().max(1e-300) {
             break;
         }
         let centroid = lerp(pts[0], pts[1], 0.5);
