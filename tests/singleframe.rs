@@ -191,10 +191,25 @@ assert np.max(np.abs(ra - t["RA"]) * np.cos(np.radians(dec))) < 1e-9
 assert np.max(np.abs(dec - t["DEC"])) < 1e-9
 for name in ["X", "Y", "RA", "DEC", "FLUX_APER", "FLUX_APER_ERR", "FLUX_PSF", "FLUX_PSF_ERR", "IXX", "IYY", "IXY", "FLAGS"]:
     assert name in t.columns.names, name
-print("ok", len(t))
+# PSFFWHM is the profile's half-maximum width: the median over the CCDs within 3% of the
+# simulator's Moffat FWHM, each within 5% (a tiny CCD has few PSF stars); PSFGWID, the
+# moment width, reads 5-20% above it.
+import glob, os
+ratios = []
+for path in sorted(glob.glob("{run}/singleframe/calexp/v*/c*.fits")):
+    v, c = path.split(os.sep)[-2:]
+    h = fits.getheader(path)
+    true = fits.getheader(f"{data}/truth/{{v}}/{{c}}")["PSFFWHM"]
+    ratios.append((h["PSFFWHM"] / true, h["PSFGWID"] / true, h["PSFMEAS"], true, path))
+assert len(ratios) == 16, len(ratios)
+assert all(abs(r[0] - 1) < 0.05 and 1.05 < r[1] < 1.2 and r[2] == 1 for r in ratios), ratios
+assert abs(sorted(r[0] for r in ratios)[8] - 1) < 0.03, ratios
+print("ok", len(t), "PSFFWHM/true", sorted(round(r[0], 4) for r in ratios))
 "#,
         calexp = run_dir.join(&calexp).display(),
-        src = run_dir.join(&src).display()
+        src = run_dir.join(&src).display(),
+        run = run_dir.display(),
+        data = tmp.path().join("data").display()
     );
     let py = Command::new("/usr/bin/python3")
         .arg("-c")
@@ -207,6 +222,7 @@ print("ok", len(t))
         String::from_utf8_lossy(&py.stdout),
         String::from_utf8_lossy(&py.stderr)
     );
+    eprintln!("{}", String::from_utf8_lossy(&py.stdout));
 }
 
 /// Replaces the header card `key` of the first header of a FITS file by a COMMENT card.

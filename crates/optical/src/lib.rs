@@ -33,6 +33,7 @@ pub mod image;
 pub mod isr;
 pub mod measure;
 pub mod pipeline;
+pub mod psfprofile;
 pub mod sim;
 pub mod singleframe;
 pub mod timing;

@@ -8,6 +8,7 @@ use crate::detect::{self, DetectParams};
 use crate::image::{Image, mask};
 use crate::isr;
 use crate::measure::{self, FWHM_TO_SIGMA, MeasureParams, Source};
+use crate::psfprofile::{self, ProfileFit};
 use crate::timing::{Laps, StepTime};
 use serde::{Deserialize, Serialize};
 
@@ -109,13 +110,17 @@ pub struct ChainOutput {
     pub variance: Image<f32>,
     /// The background model that was subtracted, e-.
     pub background: Background,
-    /// Measured PSF FWHM, pixels: the Gaussian-equivalent width of the stars' adaptive second
-    /// moments (`FWHM = 2.3548 σ`, σ² = (Ixx + Iyy) / 2), not the profile's half-maximum width
-    /// (for a Moffat β = 3 PSF it is about 12–14 % larger); the initial guess when too few stars
-    /// were found.
+    /// PSF width that drives detection, centroids, PSF fluxes and the aperture, pixels: the
+    /// Gaussian-equivalent FWHM of the stars' adaptive second moments (`2.3548 σ`,
+    /// σ² = (Ixx + Iyy) / 2), not the profile's half-maximum width (for a Moffat β = 3 PSF it
+    /// is about 12–14 % larger; see `psf_profile`); the initial guess when too few stars were
+    /// found.
     pub psf_fwhm: f64,
     /// Whether `psf_fwhm` was measured (false: fell back to the initial guess).
     pub psf_measured: bool,
+    /// The PSF stars' radial profile (a pixel-integrated Moffat fitted to them), whose `fwhm`
+    /// is the PSF's half-maximum width; `None` without PSF stars.
+    pub psf_profile: Option<ProfileFit>,
     /// Aperture correction applied to the PSF fluxes.
     pub aperture_correction: f64,
     /// Radius of the aperture fluxes, pixels.
@@ -148,7 +153,8 @@ pub fn process(
 ///
 /// Steps, each timed in [`ChainOutput::timings`]: `isr`, `background`, `cosmic_rays`, `psf`
 /// (first detection at the initial FWHM, measurement of the bright peaks, PSF size),
-/// `background2` (with that pass's footprints masked), `detection`, `measurement`. A later
+/// `background2` (with that pass's footprints masked), `detection`, `measurement`,
+/// `psf_profile` (the profile fit to the PSF stars). A later
 /// step that needs the final catalogue (e.g. an astrometric fit) comes after `measurement`.
 pub fn process_with_variance(
     raw: Image<f32>,
@@ -276,6 +282,16 @@ fn chain(
     }
     let aperture_correction = measure::apply_aperture_correction(&mut sources);
     laps.lap("measurement");
+    // The profile is fitted to the final catalogue's PSF stars or, when that pass found too
+    // few isolated ones (fainter neighbours now count), to the first pass's.
+    let fit_radius = 2.5 * fwhm;
+    let psf_profile = if psf_measured {
+        psfprofile::fit_profile(&img, &variance, &m, &sources, fit_radius, fwhm)
+            .or_else(|| psfprofile::fit_profile(&img, &variance, &m, &bright, fit_radius, fwhm))
+    } else {
+        None
+    };
+    laps.lap("psf_profile");
     ChainOutput {
         image: img,
         mask: m,
@@ -283,6 +299,7 @@ fn chain(
         background: bg,
         psf_fwhm: fwhm,
         psf_measured,
+        psf_profile,
         aperture_correction,
         aperture_radius: p.aperture_fwhm * fwhm,
         sources,

@@ -158,7 +158,7 @@ pub struct CcdSummary {
     pub band: String,
     /// Exposure time, s.
     pub exposure_time: f64,
-    /// PSF FWHM, pixels.
+    /// PSF FWHM, pixels: the header's `PSFFWHM` (the stars' radial-profile FWHM when fitted).
     pub psf_fwhm: f64,
     /// Corners (ra, dec) in degrees, in pixel order (1,1), (W,1), (W,H), (1,H) (outer edges).
     pub corners: [(f64, f64); 4],
@@ -675,7 +675,7 @@ pub fn process_ccd_calibrated(
         ccd: c.ccd,
         band: header.band.clone(),
         exposure_time: header.exptime,
-        psf_fwhm: out.psf_fwhm,
+        psf_fwhm: reported_psf_fwhm(&out),
         corners,
         calexp: calexp_rel,
         catalog: catalog_rel,
@@ -822,6 +822,12 @@ fn corners_on_sky(
     Ok([sky[0], sky[1], sky[2], sky[3]])
 }
 
+/// The PSF FWHM a CCD reports (header `PSFFWHM`, registry): the half-maximum width of the
+/// stars' radial profile when it was fitted, else the moment width that drove the chain.
+fn reported_psf_fwhm(out: &ChainOutput) -> f64 {
+    out.psf_profile.map_or(out.psf_fwhm, |p| p.fwhm)
+}
+
 fn common_cards(
     c: &CcdInput,
     h: &RawHeader,
@@ -837,13 +843,18 @@ fn common_cards(
         Card::real("EXPTIME", h.exptime, "[s] exposure time"),
         Card::real(
             "PSFFWHM",
-            out.psf_fwhm,
-            "[pix] Gaussian-equivalent FWHM of star moments",
+            reported_psf_fwhm(out),
+            "[pix] FWHM of the stars' radial profile",
         ),
         Card::int(
             "PSFMEAS",
-            i64::from(out.psf_measured),
+            i64::from(out.psf_profile.is_some()),
             "1 if PSFFWHM was measured",
+        ),
+        Card::real(
+            "PSFGWID",
+            out.psf_fwhm,
+            "[pix] Gaussian-equivalent FWHM from moments",
         ),
         Card::real(
             "APCORR",

@@ -81,8 +81,10 @@ mod tests {
         std::hint::black_box(x);
         laps.lap("spin");
         let s = laps.steps[0];
+        // The process's CPU time includes the tests running alongside on the other cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         assert!(
-            s.wall_s >= 0.05 && s.cpu_s > 0.0 && s.cpu_s <= s.wall_s + 0.01,
+            s.wall_s >= 0.05 && s.cpu_s > 0.0 && s.cpu_s <= cores * s.wall_s + 0.01,
             "{s:?}"
         );
         assert_eq!(summary(&laps.steps), format!("spin={:.4}", s.cpu_s));

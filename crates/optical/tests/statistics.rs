@@ -186,13 +186,38 @@ fn detection_completeness_and_purity() {
 fn the_psf_size_is_measured() {
     let f = field();
     assert!(f.out.psf_measured);
-    // The PSF size is the FWHM of the Gaussian that the adaptive moments fit: for a Moffat of
-    // β = 3.5 that is about 13% above the Moffat's own FWHM (its wings are broader).
+    // The width that drives the chain is the FWHM of the Gaussian that the adaptive moments
+    // fit: for a Moffat of β = 3.5 that is about 13% above the Moffat's own FWHM (its wings
+    // are broader).
     let ratio = f.out.psf_fwhm / f.spec.psf_fwhm;
     assert!(
         (1.05..1.2).contains(&ratio),
         "measured {} true {}",
         f.out.psf_fwhm,
+        f.spec.psf_fwhm
+    );
+    // The profile fit to the PSF stars measures the Moffat's half-maximum width itself.
+    let profile = f.out.psf_profile.expect("profile fitted");
+    eprintln!(
+        "profile FWHM {:.4} β {:.3} from {} stars (true {} β {})",
+        profile.fwhm, profile.beta, profile.stars, f.spec.psf_fwhm, f.spec.psf_beta
+    );
+    let cpu = |name: &str| -> f64 {
+        f.out
+            .timings
+            .iter()
+            .filter(|t| t.step == name || name.is_empty())
+            .map(|t| t.cpu_s)
+            .sum()
+    };
+    eprintln!(
+        "psf_profile CPU {:.4} s of {:.3} s for the chain",
+        cpu("psf_profile"),
+        cpu("")
+    );
+    assert!(
+        (profile.fwhm / f.spec.psf_fwhm - 1.0).abs() < 0.03,
+        "profile {profile:?} true {}",
         f.spec.psf_fwhm
     );
 }
