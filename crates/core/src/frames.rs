@@ -12,6 +12,75 @@
 
 use crate::quat::{self, Quat};
 
+/// A celestial frame of attitude, velocities, pointing and maps; configurations and HDF5
+/// `frame` attributes spell it `"ecliptic"` / `"equatorial"` / `"galactic"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Frame {
+    /// J2000 mean ecliptic.
+    Ecliptic,
+    /// FK5 J2000 equatorial.
+    Equatorial,
+    /// Galactic.
+    Galactic,
+}
+
+impl Frame {
+    /// The name stored in HDF5 `frame` attributes and configurations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Frame::Ecliptic => "ecliptic",
+            Frame::Equatorial => "equatorial",
+            Frame::Galactic => "galactic",
+        }
+    }
+
+    /// Parses a `frame` attribute (case-insensitive).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "ecliptic" => Some(Frame::Ecliptic),
+            "equatorial" => Some(Frame::Equatorial),
+            "galactic" => Some(Frame::Galactic),
+            _ => None,
+        }
+    }
+
+    /// The HEALPix FITS `COORDSYS` letter: `G`, `E` or `C`.
+    pub fn coordsys(self) -> &'static str {
+        match self {
+            Frame::Galactic => "G",
+            Frame::Ecliptic => "E",
+            Frame::Equatorial => "C",
+        }
+    }
+
+    /// Parses a FITS `COORDSYS` value (`G`, `E`, `C` or `Q`, case-insensitive).
+    pub fn parse_coordsys(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_uppercase().as_str() {
+            "G" => Some(Frame::Galactic),
+            "E" => Some(Frame::Ecliptic),
+            "C" | "Q" => Some(Frame::Equatorial),
+            _ => None,
+        }
+    }
+
+    fn to_galactic(self) -> Quat {
+        match self {
+            Frame::Ecliptic => ecliptic_to_galactic(),
+            Frame::Equatorial => equatorial_to_galactic(),
+            Frame::Galactic => quat::IDENTITY,
+        }
+    }
+
+    /// The rotation taking vectors in `self` to vectors in `to` (unit quaternion).
+    pub fn rotation_to(self, to: Frame) -> Quat {
+        if self == to {
+            return quat::IDENTITY;
+        }
+        quat::mul(quat::conj(to.to_galactic()), self.to_galactic())
+    }
+}
+
 /// J2000 mean obliquity of the ecliptic, IAU 2006 (arcsec).
 pub const OBLIQUITY_J2000_ARCSEC: f64 = 84381.406;
 

@@ -17,13 +17,34 @@ use std::f64::consts::{FRAC_2_PI, PI, TAU};
 /// Largest supported `nside` (2²⁹), as in healpy.
 pub const MAX_NSIDE: u64 = 1 << 29;
 
-/// Pixel numbering scheme.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Pixel numbering scheme; configurations spell it `"ring"` / `"nested"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Ordering {
     /// Pixels numbered along iso-latitude rings from the north pole.
     Ring,
     /// Hierarchical numbering: the four children of pixel `p` are `4p .. 4p + 4`.
     Nested,
+}
+
+impl Ordering {
+    /// The FITS `ORDERING` keyword value and HDF5 `ordering` attribute: `RING` / `NESTED`.
+    pub fn header_name(self) -> &'static str {
+        match self {
+            Ordering::Ring => "RING",
+            Ordering::Nested => "NESTED",
+        }
+    }
+
+    /// Parses an `ORDERING` keyword or `ordering` attribute (`RING`, `NESTED` or `NEST`,
+    /// case-insensitive).
+    pub fn parse_header(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_uppercase().as_str() {
+            "RING" => Some(Ordering::Ring),
+            "NESTED" | "NEST" => Some(Ordering::Nested),
+            _ => None,
+        }
+    }
 }
 
 /// Why a HEALPix input was refused.
