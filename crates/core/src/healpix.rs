@@ -445,6 +445,16 @@ mod tests {
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
+    #[test]
+    fn ordering_header_spellings_round_trip() {
+        for o in [Ordering::Ring, Ordering::Nested] {
+            assert_eq!(Ordering::parse_header(o.header_name()), Some(o));
+        }
+        assert_eq!(Ordering::parse_header("nest"), Some(Ordering::Nested));
+        assert_eq!(Ordering::parse_header("ring"), Some(Ordering::Ring));
+        assert_eq!(Ordering::parse_header("RINGS"), None);
+    }
+
     fn random_unit(rng: &mut ChaCha8Rng) -> [f64; 3] {
         let z: f64 = rng.random_range(-1.0..=1.0);
         let phi: f64 = rng.random_range(0.0..std::f64::consts::TAU);
