@@ -365,7 +365,7 @@ impl ObservationPointing {
         geometry: &PointingGeometry,
     ) -> Result<Self, CmbError> {
         let path = raw.path().to_path_buf();
-        let grid = Healpix::new(geometry.nside, geometry.ordering.into())
+        let grid = Healpix::new(geometry.nside, geometry.ordering)
             .map_err(|e| H5Error::invalid(&path, "@nside", e.to_string()))?;
         let data = read_attitude(raw)?;
         let attitude = Attitude::new(&data.times, &data.quats)
@@ -546,7 +546,7 @@ impl Pointing {
     /// Checks the configuration and reads the observation list and the focal plane (errors
     /// here stop the run before any unit starts).
     pub fn new(config: PointingConfig) -> Result<Self, String> {
-        let grid = Healpix::new(config.nside, config.ordering.into())
+        let grid = Healpix::new(config.nside, config.ordering)
             .map_err(|e| format!("pointing.nside: {e}"))?;
         if config.chunk_samples == 0 {
             return Err("pointing.chunk_samples must be at least 1".into());
