@@ -27,8 +27,8 @@
 use crate::model::{
     AttitudeData, CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_MAP,
     DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec, FLAG_NONFINITE, FocalPlane, Frame,
-    GainTable, ObsUnit, ObservationList, SkyMap, TimestreamInfo, parse_ordering, read_attitude,
-    stage_file, timestream_info, warn_if_obs_differs,
+    GainTable, ObsUnit, ObservationList, SkyMap, TimestreamInfo, read_attitude, stage_file,
+    timestream_info, warn_if_obs_differs,
 };
 use crate::pointing::{
     ChunkPointing, DetectorExpander, ObservationPointing, PointingGeometry, PointingSource,
@@ -408,7 +408,7 @@ impl Calibrate {
                     let (nside, ordering) = if self.config.sky_model.is_some() {
                         (
                             pt.attr_i64("", "nside")?,
-                            parse_ordering(&pt.attr_str("", "ordering")?),
+                            Ordering::parse_header(&pt.attr_str("", "ordering")?),
                         )
                     } else {
                         (0, None)

@@ -32,7 +32,7 @@
 use crate::model::{
     CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_MAP, DATASET_OBSERVATION,
     DATASET_POINTING, FLAG_NONFINITE, FocalPlane, Frame, ObservationList, POINTING_FORMAT,
-    TimestreamInfo, obs_file_name, ordering_name, parse_ordering, stage_file, timestream_info,
+    TimestreamInfo, obs_file_name, stage_file, timestream_info,
 };
 use crate::pointing::{
     ChunkPointing, ObservationPointing, PointingGeometry, PointingSource, durability,
@@ -83,16 +83,6 @@ impl MapComponents {
             MapComponents::I => Components::I,
         }
     }
-}
-
-/// Pixel ordering of the output files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputOrdering {
-    /// RING (default; what `healpy.read_map` returns).
-    Ring,
-    /// NESTED (the order the maps are made in).
-    Nested,
 }
 
 /// Floating-point precision of the I/Q/U columns.
@@ -183,7 +173,7 @@ pub struct MapmakeConfig {
     /// the failed observations and the map).
     pub allow_failed_observations: bool,
     /// Pixel ordering of the output files. Default `ring`.
-    pub output_ordering: OutputOrdering,
+    pub output_ordering: Ordering,
     /// `double` (default) or `single` precision I/Q/U columns (HITS are 32-bit integers and
     /// RCOND float32 either way).
     pub output_precision: Precision,
@@ -213,7 +203,7 @@ impl Default for MapmakeConfig {
             block_baselines: 1024,
             noise_weights: true,
             allow_failed_observations: false,
-            output_ordering: OutputOrdering::Ring,
+            output_ordering: Ordering::Ring,
             output_precision: Precision::Double,
             quicklook_width: 1600,
         }
@@ -565,7 +555,7 @@ impl Mapmake {
             None => {
                 let nside_attr = pt.attr_i64("", "nside")?;
                 let ordering_text = pt.attr_str("", "ordering")?;
-                let ordering = parse_ordering(&ordering_text).ok_or_else(|| {
+                let ordering = Ordering::parse_header(&ordering_text).ok_or_else(|| {
                     H5Error::invalid(
                         &pt_path,
                         "@ordering",
@@ -1140,7 +1130,7 @@ impl Mapmake {
         dur: Durability,
     ) -> Result<(), UnitFailure> {
         let nside = summary.nside;
-        let nested = self.config.output_ordering == OutputOrdering::Nested;
+        let nested = self.config.output_ordering == Ordering::Nested;
         let single = self.config.output_precision == Precision::Single;
         let nnz = map.components().nnz();
         // Hit counts as 32-bit integers unless a pixel has more (never in practice).
@@ -1212,11 +1202,7 @@ impl Mapmake {
             ));
             block
         };
-        let coordsys = match Frame::parse(&summary.frame) {
-            Some(Frame::Galactic) => "G",
-            Some(Frame::Ecliptic) => "E",
-            _ => "C",
-        };
+        let coordsys = Frame::parse(&summary.frame).map_or("C", Frame::coordsys);
         let header = HealpixHeader {
             nside,
             nested,
@@ -1242,7 +1228,7 @@ impl Mapmake {
                 Card::real("CGRESID", summary.residual, "final relative CG residual"),
                 Card::text(
                     "ORIGORD",
-                    ordering_name(Ordering::Nested),
+                    Ordering::Nested.header_name(),
                     "ordering the map was made in",
                 ),
             ],

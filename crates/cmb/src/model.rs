@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 use skypipe_core::attitude::{SampleClock, validate_attitude};
+use skypipe_core::healpix;
 use skypipe_core::quat::{self, Quat};
-use skypipe_core::{frames, healpix};
 use skypipe_io::hdf5::{H5Error, H5Reader, H5Writer};
 use skypipe_stage::{UnitId, WorkUnit};
 use std::collections::BTreeMap;
@@ -189,71 +189,7 @@ impl ObservationList {
     }
 }
 
-/// A celestial frame of attitude, velocities, pointing and maps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Frame {
-    /// J2000 mean ecliptic.
-    Ecliptic,
-    /// FK5 J2000 equatorial.
-    Equatorial,
-    /// Galactic.
-    Galactic,
-}
-
-impl Frame {
-    /// The name stored in `frame` attributes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Frame::Ecliptic => "ecliptic",
-            Frame::Equatorial => "equatorial",
-            Frame::Galactic => "galactic",
-        }
-    }
-
-    /// Parses a `frame` attribute (case-insensitive).
-    pub fn parse(text: &str) -> Option<Self> {
-        match text.to_ascii_lowercase().as_str() {
-            "ecliptic" => Some(Frame::Ecliptic),
-            "equatorial" => Some(Frame::Equatorial),
-            "galactic" => Some(Frame::Galactic),
-            _ => None,
-        }
-    }
-
-    fn to_galactic(self) -> Quat {
-        match self {
-            Frame::Ecliptic => frames::ecliptic_to_galactic(),
-            Frame::Equatorial => frames::equatorial_to_galactic(),
-            Frame::Galactic => quat::IDENTITY,
-        }
-    }
-
-    /// The rotation taking vectors in `self` to vectors in `to` (unit quaternion).
-    pub fn rotation_to(self, to: Frame) -> Quat {
-        if self == to {
-            return quat::IDENTITY;
-        }
-        quat::mul(quat::conj(to.to_galactic()), self.to_galactic())
-    }
-}
-
-/// Parses a HEALPix ordering attribute (`RING` / `NESTED`, case-insensitive).
-pub fn parse_ordering(text: &str) -> Option<healpix::Ordering> {
-    match text.to_ascii_uppercase().as_str() {
-        "RING" => Some(healpix::Ordering::Ring),
-        "NESTED" | "NEST" => Some(healpix::Ordering::Nested),
-        _ => None,
-    }
-}
-
-/// The attribute text of a HEALPix ordering.
-pub fn ordering_name(o: healpix::Ordering) -> &'static str {
-    match o {
-        healpix::Ordering::Ring => "RING",
-        healpix::Ordering::Nested => "NESTED",
-    }
-}
+pub use skypipe_core::frames::Frame;
 
 /// One detector of the focal plane.
 #[derive(Debug, Clone, PartialEq)]
@@ -632,7 +568,7 @@ impl SkyMap {
             .and_then(|n| healpix::Healpix::new(n, healpix::Ordering::Ring).ok())
             .ok_or_else(|| H5Error::invalid(path, "map@nside", format!("bad nside {nside}")))?;
         let ord = r.attr_str("map", "ordering")?;
-        let ordering = parse_ordering(&ord)
+        let ordering = healpix::Ordering::parse_header(&ord)
             .ok_or_else(|| H5Error::invalid(path, "map@ordering", format!("unknown '{ord}'")))?;
         let fr = r.attr_str("map", "frame")?;
         let frame = Frame::parse(&fr)
@@ -695,14 +631,11 @@ impl SkyMap {
             .and_then(|n| healpix::Healpix::new(n, healpix::Ordering::Ring).ok())
             .ok_or_else(|| bad("NSIDE", format!("bad nside {nside}")))?;
         let ord = r.key_string(hdu, "ORDERING")?;
-        let ordering =
-            parse_ordering(&ord).ok_or_else(|| bad("ORDERING", format!("unknown '{ord}'")))?;
+        let ordering = healpix::Ordering::parse_header(&ord)
+            .ok_or_else(|| bad("ORDERING", format!("unknown '{ord}'")))?;
         let coord = r.key_string(hdu, "COORDSYS")?;
-        let frame = match coord.to_ascii_uppercase().as_str() {
-            "G" => Frame::Galactic,
-            "E" => Frame::Ecliptic,
-            "C" | "Q" => Frame::Equatorial,
-            _ => return Err(bad("COORDSYS", format!("unknown '{coord}' (G, E or C)")).into()),
+        let Some(frame) = Frame::parse_coordsys(&coord) else {
+            return Err(bad("COORDSYS", format!("unknown '{coord}' (G, E or C)")).into());
         };
         if let Some(scheme) = r.key_string_opt(hdu, "INDXSCHM")?
             && !scheme.eq_ignore_ascii_case("IMPLICIT")
@@ -772,7 +705,7 @@ impl SkyMap {
         w.attr_str("", "format", MAP_FORMAT)?;
         w.write_2d("map", &self.iqu)?;
         w.attr_i64("map", "nside", self.nside as i64)?;
-        w.attr_str("map", "ordering", ordering_name(self.ordering))?;
+        w.attr_str("map", "ordering", self.ordering.header_name())?;
         w.attr_str("map", "frame", self.frame.as_str())?;
         w.attr_str("map", "units", "K_CMB")?;
         w.attr_str("map", "columns", "I,Q,U")?;
@@ -868,7 +801,7 @@ mod tests {
         let v = [0.3, -0.5, 0.81];
         let q = Frame::Ecliptic.rotation_to(Frame::Galactic);
         let g = quat::rotate(q, v);
-        let g2 = quat::rotate(frames::ecliptic_to_galactic(), v);
+        let g2 = quat::rotate(skypipe_core::frames::ecliptic_to_galactic(), v);
         let back = quat::rotate(Frame::Galactic.rotation_to(Frame::Ecliptic), g);
         let via_eq = quat::rotate(
             Frame::Equatorial.rotation_to(Frame::Galactic),

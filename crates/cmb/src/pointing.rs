@@ -9,8 +9,8 @@
 
 use crate::model::{
     AttitudeData, CmbError, DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec, FocalPlane, Frame,
-    ObsUnit, ObservationList, POINTING_FORMAT, TimestreamInfo, obs_file_name, ordering_name,
-    read_attitude, timestream_info, warn_if_obs_differs,
+    ObsUnit, ObservationList, POINTING_FORMAT, TimestreamInfo, obs_file_name, read_attitude,
+    timestream_info, warn_if_obs_differs,
 };
 use serde::{Deserialize, Serialize};
 use skypipe_core::aberration::Beta;
@@ -26,25 +26,6 @@ use skypipe_stage::{
     Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, fingerprint_of,
 };
 use std::path::{Path, PathBuf};
-
-/// HEALPix ordering as written in configurations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OrderingName {
-    /// RING.
-    Ring,
-    /// NESTED.
-    Nested,
-}
-
-impl From<OrderingName> for Ordering {
-    fn from(o: OrderingName) -> Self {
-        match o {
-            OrderingName::Ring => Ordering::Ring,
-            OrderingName::Nested => Ordering::Nested,
-        }
-    }
-}
 
 /// The output frame of the pointing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +62,7 @@ pub struct PointingConfig {
     /// HEALPix nside (power of two). Default 2048.
     pub nside: u64,
     /// `ring` (default) or `nested`.
-    pub ordering: OrderingName,
+    pub ordering: Ordering,
     /// Output frame: `input`, `ecliptic`, `equatorial` or `galactic` (default).
     pub frame: OutputFrame,
     /// Correct aberration by the satellite velocity (default true).
@@ -126,7 +107,7 @@ pub struct PointingGeometry {
     /// HEALPix nside (power of two). Default 2048.
     pub nside: u64,
     /// `ring` (default) or `nested`.
-    pub ordering: OrderingName,
+    pub ordering: Ordering,
     /// Output frame: `input`, `ecliptic`, `equatorial` or `galactic` (default).
     pub frame: OutputFrame,
     /// Correct aberration by the satellite velocity (default true).
@@ -148,7 +129,7 @@ impl PointingGeometry {
         if self.chunk_samples == 0 {
             return Err(format!("{table}.chunk_samples must be at least 1"));
         }
-        Healpix::new(self.nside, self.ordering.into()).map_err(|e| format!("{table}.nside: {e}"))
+        Healpix::new(self.nside, self.ordering).map_err(|e| format!("{table}.nside: {e}"))
     }
 }
 
@@ -239,7 +220,7 @@ impl Default for PointingConfig {
         Self {
             observations: PathBuf::from("data/cmb/observations.json"),
             nside: 2048,
-            ordering: OrderingName::Ring,
+            ordering: Ordering::Ring,
             frame: OutputFrame::Galactic,
             aberration: true,
             chunk_samples: 65536,
@@ -384,7 +365,7 @@ impl ObservationPointing {
         geometry: &PointingGeometry,
     ) -> Result<Self, CmbError> {
         let path = raw.path().to_path_buf();
-        let grid = Healpix::new(geometry.nside, geometry.ordering.into())
+        let grid = Healpix::new(geometry.nside, geometry.ordering)
             .map_err(|e| H5Error::invalid(&path, "@nside", e.to_string()))?;
         let data = read_attitude(raw)?;
         let attitude = Attitude::new(&data.times, &data.quats)
@@ -565,7 +546,7 @@ impl Pointing {
     /// Checks the configuration and reads the observation list and the focal plane (errors
     /// here stop the run before any unit starts).
     pub fn new(config: PointingConfig) -> Result<Self, String> {
-        let grid = Healpix::new(config.nside, config.ordering.into())
+        let grid = Healpix::new(config.nside, config.ordering)
             .map_err(|e| format!("pointing.nside: {e}"))?;
         if config.chunk_samples == 0 {
             return Err("pointing.chunk_samples must be at least 1".into());
@@ -602,7 +583,7 @@ impl Pointing {
         w.attr_str("", "format", POINTING_FORMAT)?;
         w.attr_i64("", "obs", i64::from(obs))?;
         w.attr_i64("", "nside", self.grid.nside() as i64)?;
-        w.attr_str("", "ordering", ordering_name(self.grid.ordering()))?;
+        w.attr_str("", "ordering", self.grid.ordering().header_name())?;
         w.attr_str("", "frame", out_frame.as_str())?;
         w.attr_str("", "attitude_frame", data.frame.as_str())?;
         w.attr_i64("", "aberration", i64::from(self.config.aberration))?;

@@ -17,13 +17,34 @@ use std::f64::consts::{FRAC_2_PI, PI, TAU};
 /// Largest supported `nside` (2²⁹), as in healpy.
 pub const MAX_NSIDE: u64 = 1 << 29;
 
-/// Pixel numbering scheme.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Pixel numbering scheme; configurations spell it `"ring"` / `"nested"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Ordering {
     /// Pixels numbered along iso-latitude rings from the north pole.
     Ring,
     /// Hierarchical numbering: the four children of pixel `p` are `4p .. 4p + 4`.
     Nested,
+}
+
+impl Ordering {
+    /// The FITS `ORDERING` keyword value and HDF5 `ordering` attribute: `RING` / `NESTED`.
+    pub fn header_name(self) -> &'static str {
+        match self {
+            Ordering::Ring => "RING",
+            Ordering::Nested => "NESTED",
+        }
+    }
+
+    /// Parses an `ORDERING` keyword or `ordering` attribute (`RING`, `NESTED` or `NEST`,
+    /// case-insensitive).
+    pub fn parse_header(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_uppercase().as_str() {
+            "RING" => Some(Ordering::Ring),
+            "NESTED" | "NEST" => Some(Ordering::Nested),
+            _ => None,
+        }
+    }
 }
 
 /// Why a HEALPix input was refused.
@@ -423,6 +444,16 @@ mod tests {
     use super::*;
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn ordering_header_spellings_round_trip() {
+        for o in [Ordering::Ring, Ordering::Nested] {
+            assert_eq!(Ordering::parse_header(o.header_name()), Some(o));
+        }
+        assert_eq!(Ordering::parse_header("nest"), Some(Ordering::Nested));
+        assert_eq!(Ordering::parse_header("ring"), Some(Ordering::Ring));
+        assert_eq!(Ordering::parse_header("RINGS"), None);
+    }
 
     fn random_unit(rng: &mut ChaCha8Rng) -> [f64; 3] {
         let z: f64 = rng.random_range(-1.0..=1.0);
