@@ -10,7 +10,7 @@
 //!   the poles) and the 3-D [`Box3`] bounding box used by the index.
 //! - [`skymap`]: pure geometry of the sky map — tracts in Dec rings with polar caps, each with
 //!   its own TAN projection and a grid of bordered patches — and lookups by position or polygon.
-//! - [`Registry`]: the database (schema version 2; see `docs/formats.md`). A `ccd` table keyed by (visit, ccd), and an SQLite R*Tree over
+//! - [`Registry`]: the database (schema version 3; see `docs/formats.md`). A `ccd` table keyed by (visit, ccd), and an SQLite R*Tree over
 //!   each CCD's bounding box in unit-vector space. An overlap query asks the R*Tree for
 //!   candidates whose box meets the query polygon's box, then keeps those that
 //!   [`ConvexPolygon::intersects`] the query. Boxes in 3-D have no seam at RA = 0 and no
@@ -22,6 +22,12 @@
 //! [`CoaddRecord`], [`MultibandRecord`]) and the planning queries
 //! [`Registry::ccds_overlapping_patch`] and [`Registry::patches_of_ccd`]. A writing open
 //! migrates a version-1 file in one transaction.
+//!
+//! Version 3 adds raw CCDs with the regions their raw headers predict ([`RawCcdRecord`],
+//! written by `skypipe-ingest`) and the planning query
+//! [`Registry::planning_ccds_overlapping`], which lets a stage plan units for CCDs that
+//! single-frame processing has not reached yet (a chain run): processed rows by their recorded
+//! region, raw rows by their predicted region grown by a margin.
 //!
 //! **Invariant:** `sphere` and `skymap` do no I/O. **Invariant:** an overlap query never scans the `ccd`
 //! table; its answer equals the exact geometric test applied to every row.
@@ -52,11 +58,13 @@
 //! ```
 
 mod products;
+mod raw;
 mod registry;
 pub mod skymap;
 pub mod sphere;
 
 pub use products::{CcdFit, CoaddRecord, MosaicWcs, MultibandRecord, WarpRecord};
+pub use raw::{PlanningCcd, RawCcdRecord, grow};
 pub use registry::{
     Calibration, CcdRecord, CcdStatus, RecordError, Registry, RegistryError, SCHEMA_VERSION,
 };

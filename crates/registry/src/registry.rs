@@ -5,18 +5,19 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior, params};
 
+use crate::raw::SCHEMA_V3;
 use crate::skymap::{SkyMapConfig, SkyMapError};
 use crate::sphere::{ConvexPolygon, GeometryError, SkyPoint};
 
-/// Schema version this build writes and reads. Opening a version-1 file for writing migrates
-/// it (one transaction); a newer version is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+/// Schema version this build writes and reads. Opening an older (version 1 or 2) file for
+/// writing migrates it (one transaction); a newer version is refused.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The version-1 schema: `ccd` and its index. A new file gets this plus [`SCHEMA_V2`], so a
-/// migrated version-1 file and a new file have the same tables.
+/// The version-1 schema: `ccd` and its index. A new file gets this plus [`SCHEMA_V2`] and
+/// [`SCHEMA_V3`], so a migrated older file and a new file have the same tables.
 ///
 /// `ccd_box` is an R*Tree over each CCD's 3-D unit-vector bounding box (see
 /// [`ConvexPolygon::bounding_box`]); its `id` is the `ccd` row's `id`.
@@ -459,8 +460,8 @@ pub struct Registry {
 impl Registry {
     /// Opens the registry for writing, creating the file and schema if absent.
     ///
-    /// A version-1 file is migrated to version 2 in one transaction (the version-2 tables are
-    /// added, existing rows are untouched); a newer version is refused with
+    /// A version-1 or version-2 file is migrated to version 3 in one transaction (the newer
+    /// tables are added, existing rows are untouched); a newer version is refused with
     /// [`RegistryError::SchemaVersion`].
     ///
     /// Sets WAL mode (readers never block the writer or each other) and `synchronous = FULL`
@@ -725,7 +726,7 @@ impl Registry {
         Ok(out)
     }
 
-    fn err(&self) -> impl Fn(rusqlite::Error) -> RegistryError + '_ {
+    pub(crate) fn err(&self) -> impl Fn(rusqlite::Error) -> RegistryError + '_ {
         sqlite(&self.path)
     }
 
@@ -881,9 +882,12 @@ impl Registry {
             }
         };
         match existing {
-            Some(Some(1)) => {
-                // Migration 1 -> 2: add the version-2 tables, in this same transaction.
-                tx.execute_batch(SCHEMA_V2).map_err(sqlite(&path))?;
+            Some(Some(v @ (1 | 2))) => {
+                // Migrations 1 -> 2 -> 3: each adds tables, all in this same transaction.
+                if v == 1 {
+                    tx.execute_batch(SCHEMA_V2).map_err(sqlite(&path))?;
+                }
+                tx.execute_batch(SCHEMA_V3).map_err(sqlite(&path))?;
                 tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
                     .map_err(sqlite(&path))?;
                 tx.commit().map_err(sqlite(&path))
@@ -906,6 +910,7 @@ impl Registry {
                 }
                 tx.execute_batch(SCHEMA_V1).map_err(sqlite(&path))?;
                 tx.execute_batch(SCHEMA_V2).map_err(sqlite(&path))?;
+                tx.execute_batch(SCHEMA_V3).map_err(sqlite(&path))?;
                 tx.execute(
                     "INSERT INTO schema_version (version) VALUES (?1)",
                     [SCHEMA_VERSION],
@@ -933,7 +938,7 @@ impl Registry {
 }
 
 /// Wraps an SQLite error with the database path.
-fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> RegistryError + '_ {
+pub(crate) fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> RegistryError + '_ {
     move |source| RegistryError::Sqlite {
         path: path.to_path_buf(),
         source,

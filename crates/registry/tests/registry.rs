@@ -699,7 +699,7 @@ fn version_1_file_is_migrated_by_a_writer() {
             err,
             RegistryError::NeedsMigration {
                 found: 1,
-                expected: 2,
+                expected: 3,
                 ..
             }
         ),
@@ -1013,4 +1013,36 @@ fn skymap_and_patch_products_round_trip() {
     );
     let err = reg.ccds_overlapping_patch(nowhere).unwrap_err();
     assert!(matches!(err, RegistryError::UnknownPatch { .. }), "{err:?}");
+}
+
+/// A version-2 file (today's file without the raw-CCD tables): a writer adds them and the
+/// result has the same schema as a new file, rows kept.
+#[test]
+fn version_2_file_is_migrated_by_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("new.sqlite3");
+    let old = dir.path().join("v2.sqlite3");
+    drop(Registry::open(&new).unwrap());
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch(SCHEMA_V1_DDL)
+        .unwrap();
+    // Migrate to version 3, then take the version-3 tables away again: a version-2 file.
+    drop(Registry::open(&old).unwrap());
+    let conn = rusqlite::Connection::open(&old).unwrap();
+    conn.execute_batch(
+        "DROP TABLE raw_ccd; DROP TABLE raw_box; UPDATE schema_version SET version = 2;",
+    )
+    .unwrap();
+    drop(conn);
+    let err = Registry::open_read_only(&old).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::NeedsMigration { found: 2, .. }),
+        "{err:?}"
+    );
+    let reg = Registry::open(&old).unwrap();
+    assert_eq!(reg.get(7, 3).unwrap().unwrap().ccd, 3);
+    assert_eq!(reg.raw_count().unwrap(), 0);
+    drop(reg);
+    assert_eq!(schema_of(&old), schema_of(&new));
 }
