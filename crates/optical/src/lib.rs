@@ -30,6 +30,7 @@ pub mod calibration;
 pub mod cosmic;
 pub mod detect;
 pub mod image;
+pub mod ingest;
 pub mod isr;
 pub mod measure;
 pub mod pipeline;
