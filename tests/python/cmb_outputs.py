@@ -1,6 +1,6 @@
 """Reads every output of a CMB run the way a user would, with no skypipe code: h5py checks
-each HDF5 file against the layout of docs/formats.md, healpy and astropy open each map, and
-the run directory's JSON files are parsed.
+each HDF5 file against the layout of docs/formats.md, healpy and astropy open each map, Pillow
+each quicklook, and the run directory's JSON files are parsed.
 
 Usage: cmb_outputs.py DATA_DIR RUN_DIR NSIDE ORDERING COORDSYS
 Warnings are errors. Prints one line per file kind and `ok`.
@@ -20,6 +20,7 @@ import h5py  # noqa: E402
 import healpy as hp  # noqa: E402
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
+from PIL import Image  # noqa: E402
 
 data, run, nside, ordering, coordsys = sys.argv[1:6]
 nside = int(nside)
@@ -253,7 +254,13 @@ for kind in ("binned", "destriped"):
         f.verify("exception")
         assert [h.name for h in f] == ["PRIMARY", "HEALPIX"], path
         assert [f[1].header[f"TTYPE{k}"] for k in range(1, 6)] == ["I_STOKES", "Q_STOKES", "U_STOKES", "HITS", "RCOND"]
-print("maps: binned, destriped")
+    # The quicklook: a PNG that Pillow decodes, with its colour limits in the text chunk.
+    with Image.open(path.replace(".fits", ".png")) as png:
+        png.load()
+        assert png.mode == "RGB" and png.size[0] == 200, (path, png.mode, png.size)
+        low, high = (float(v) for v in png.text["Limits"].replace(",", " ").split()[:2])
+        assert np.isfinite([low, high]).all() and low <= high, png.text["Limits"]
+print("maps: binned, destriped, quicklooks")
 
 # JSON and SVG of the run directory.
 with open(f"{run}/run-report.json") as fh:
