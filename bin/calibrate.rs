@@ -9,6 +9,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Calibrated, dipole-subtracted timestreams from raw timestreams and dense pointing.
+///
+/// One unit per observation of the list; outputs RUN_DIR/calibrate/obs=NNNN.h5. Configuration:
+/// the `[run]` and `[calibrate]` tables of the --config file (every key with its default:
+/// configs/calibrate.toml).
 #[derive(Debug, Parser)]
 #[command(name = "skypipe-calibrate", version)]
 struct Cli {

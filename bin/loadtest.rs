@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Engine load test: every task of a workload file sleeps its duration.
+///
+/// Measures the engine's overhead and balance. Configuration: the `[run]` and `[loadtest]`
+/// tables of the --config file (every key: configs/loadtest.toml).
 #[derive(Debug, Parser)]
 #[command(name = "skypipe-loadtest", version)]
 struct Cli {

@@ -10,6 +10,10 @@ use std::process::ExitCode;
 
 /// Binned and destriped I/Q/U maps (FITS for healpy, PNG quicklooks) from calibrated
 /// timestreams and dense pointing.
+///
+/// One unit per observation reads it, then one unit on every rank bins and destripes; outputs in
+/// RUN_DIR/mapmake/. Configuration: the `[run]` and `[mapmake]` tables of the --config file
+/// (every key with its default: configs/mapmake.toml).
 #[derive(Debug, Parser)]
 #[command(name = "skypipe-mapmake", version)]
 struct Cli {

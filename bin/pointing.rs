@@ -9,6 +9,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Dense detector pointing from attitude and focal plane.
+///
+/// One unit per observation of the list; outputs RUN_DIR/pointing/obs=NNNN.h5. Configuration:
+/// the `[run]` and `[pointing]` tables of the --config file (every key with its default:
+/// configs/pointing.toml).
 #[derive(Debug, Parser)]
 #[command(name = "skypipe-pointing", version)]
 struct Cli {

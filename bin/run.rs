@@ -25,6 +25,10 @@ const KINDS: &[&str] = &[
 ];
 
 /// Runs a chain of stages (`[chain] stages` in the configuration) as one job.
+///
+/// The stages' units form one graph: a unit starts as soon as the units writing its input files
+/// are done. Configuration: the `[run]` and `[chain]` tables of the --config file and one table
+/// per stage instance, each exactly that stage's own table (configs/chain-cmb.toml).
 #[derive(Debug, Parser)]
 #[command(name = "skypipe-run", version)]
 struct Cli {

@@ -4,6 +4,9 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Built-in simulated data sets (seeded, sized from tiny to benchmark scale).
+///
+/// `cmb` reads an optional TOML file of simulation keys (every key: configs/sim-cmb.toml);
+/// `image` takes flags only. See `skypipe-sim <COMMAND> --help`.
 #[derive(Debug, Parser)]
 #[command(name = "skypipe-sim", version)]
 struct Cli {

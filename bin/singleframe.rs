@@ -8,6 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Single-frame processing: ISR, background, detection, deblending, measurement, registry.
+///
+/// One unit per CCD of the list, one registry unit per visit; outputs the calexps and source
+/// catalogues under RUN_DIR/singleframe/ and the registry RUN_DIR/registry.sqlite3.
+/// Configuration: the `[run]` and `[singleframe]` tables of the --config file (every key with
+/// its default: configs/singleframe.toml).
 #[derive(Debug, Parser)]
 #[command(name = "skypipe-singleframe", version)]
 struct Cli {

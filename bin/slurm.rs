@@ -27,8 +27,8 @@ const THEN: &str = "--then";
     after_help = "Examples:\n  skypipe-slurm --nodes 4 --ntasks-per-node 32 --unit-seconds 2.5 skypipe-loadtest --config c.toml --run-dir runs/a\n  skypipe-slurm -f slurm.toml --dry-run skypipe-pointing -c p.toml --run-dir runs/n1 --then skypipe-calibrate -c k.toml --run-dir runs/n1\n\nExit codes: 0 written (and submitted); 1 invalid settings, stage command or submission failure."
 )]
 struct Cli {
-    /// TOML settings: a [slurm] table (every key of the flags below) and, for a chain
-    /// without a stage command here, [[stage]] tables.
+    /// TOML settings: a [slurm] table (every key of the flags below; all listed in
+    /// configs/slurm.toml) and, for a chain without a stage command here, [[stage]] tables.
     #[arg(long, short = 'f', value_name = "FILE")]
     file: Option<PathBuf>,
     /// Nodes (#SBATCH --nodes).

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 build_pkgs=(libopenmpi-dev openmpi-bin libhdf5-dev libcfitsio-dev wcslib-dev libclang-dev clang pkg-config)
-test_pkgs=(python3-healpy python3-astropy python3-h5py python3-numpy python3-mpmath sqlite3 slurm-wlm munge procps chromium fonts-dejavu-core swarp python3-reproject)
+test_pkgs=(python3-healpy python3-astropy python3-h5py python3-pil python3-numpy python3-mpmath sqlite3 slurm-wlm munge procps chromium fonts-dejavu-core swarp python3-reproject)
 
 case "${1:-build}" in
   build) pkgs=("${build_pkgs[@]}") ;;

@@ -1,6 +1,6 @@
 //! Every shipped configuration goes through the parser of the binary that reads it, and builds
 //! that binary's stage: each file of `configs/` (found by listing the directory, so a new file
-//! without a reader here fails the test) and `slurm/skypipe-slurm.toml`.
+//! without a reader here fails the test).
 //!
 //! The stage files are read with `skypipe_engine::load_config` into the binary's own file type
 //! (tables with `deny_unknown_fields`), then `[run]` is validated and the stage built as the
@@ -37,11 +37,12 @@ enum Reader {
     Mapmake,
     Singleframe,
     Chain,
+    Slurm,
 }
 
 /// File-name stems (exact, or followed by `-`) and the binary that reads them. Every binary
 /// with a configuration file ships at least one example.
-const READERS: [(&str, Reader); 7] = [
+const READERS: [(&str, Reader); 8] = [
     ("sim-cmb", Reader::SimCmb),
     ("loadtest", Reader::Loadtest),
     ("pointing", Reader::Pointing),
@@ -49,6 +50,7 @@ const READERS: [(&str, Reader); 7] = [
     ("mapmake", Reader::Mapmake),
     ("singleframe", Reader::Singleframe),
     ("chain", Reader::Chain),
+    ("slurm", Reader::Slurm),
 ];
 
 /// The stage kinds `skypipe-run` builds.
@@ -138,6 +140,9 @@ fn check(path: &Path, reader: Reader, observations: &Path) -> Result<(), String>
             let file = parse(path, |f: &SingleframeFile<RunOptions>| &f.run)?;
             Singleframe::new(file.singleframe)?;
         }
+        Reader::Slurm => {
+            SlurmFile::load(path).map_err(|e| e.to_string())?;
+        }
         Reader::Chain => {
             let file = ChainFile::load(path, CHAIN_KINDS).map_err(|e| e.to_string())?;
             file.run.validate()?;
@@ -216,11 +221,6 @@ fn every_shipped_config_parses_with_its_binarys_reader_and_builds_its_stage() {
             errors.push(format!("configs/{prefix}*.toml: no example shipped"));
         }
     }
-
-    let slurm = root.join("slurm/skypipe-slurm.toml");
-    if let Err(e) = SlurmFile::load(&slurm) {
-        errors.push(e.to_string());
-    }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
@@ -237,8 +237,4 @@ fn an_unknown_key_is_refused_by_each_reader() {
         let err = check(&path, reader, &list).expect_err(prefix);
         assert!(err.contains("no_such_key"), "{prefix}: {err}");
     }
-    let bad_slurm = tmp.path().join("slurm.toml");
-    std::fs::write(&bad_slurm, "[slurm]\nno_such_key = 1\n").unwrap();
-    let err = SlurmFile::load(&bad_slurm).unwrap_err().to_string();
-    assert!(err.contains("no_such_key"), "{err}");
 }

@@ -1007,7 +1007,10 @@ fn write_catalog(
     for (key, bit, what) in flags::NAMES {
         cards.push(Card::int(key, i64::from(bit), what));
     }
-    let mut w = FitsWriter::create(path, durable, None)?;
+    // With WCS cards the primary HDU is a 0×0 image (NAXIS = 2, no data), not NAXIS = 0:
+    // astropy warns about a 2-axis WCS in a header of no axes.
+    let no_pixels = Array2::zeros((0, 0));
+    let mut w = FitsWriter::create(path, durable, cal.is_some().then_some(&no_pixels))?;
     let mut primary = common_cards(c, h, cal, header_band, out);
     if cal.is_some() {
         primary.extend(output_wcs_cards(h, cal)?);

@@ -852,7 +852,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_sets_and_documents_every_key() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../slurm/skypipe-slurm.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/slurm.toml");
         let file = SlurmFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let text = std::fs::read_to_string(&path).unwrap();
         let table: toml::Table = toml::from_str(&text).unwrap();
