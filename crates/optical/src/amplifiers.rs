@@ -358,7 +358,16 @@ impl Readout {
 
         let mut amplifiers = Vec::new();
         if suffixes.is_empty() {
-            let data = section("DATASEC")?.unwrap_or(frame);
+            let data = section("DATASEC")?;
+            if data.is_none()
+                && let Some(v) = keys.sections.get("BIASSEC")
+            {
+                return Err(err(
+                    "BIASSEC",
+                    format!("'{v}' without DATASEC: which pixels are data is not given"),
+                ));
+            }
+            let data = data.unwrap_or(frame);
             let keep = match section("TRIMSEC")? {
                 Some(t) if !data.contains(&t) => {
                     return Err(err(
@@ -809,6 +818,13 @@ mod tests {
         let mut s = two_amps();
         s.push(("TRIMSEC", "[5:90,1:10]"));
         assert_eq!(refused(&s, &gains()).keyword, "TRIMSEC");
+        // An overscan without a data section.
+        let e = refused(
+            &[("BIASSEC", "[91:100,1:10]")],
+            &[("GAIN", 1.0), ("RDNOISE", 1.0)],
+        );
+        assert_eq!(e.keyword, "BIASSEC");
+        assert!(e.message.contains("without DATASEC"), "{e}");
         // Per-row overscan that does not cover the data rows.
         let k = keys(
             &[("DATASEC", "[1:90,1:10]"), ("BIASSEC", "[91:100,1:5]")],

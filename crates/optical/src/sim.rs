@@ -1248,4 +1248,57 @@ mod tests {
         // Poisson 400 + read noise 25 (flat ≈ 1).
         assert!((var / 425.0 - 1.0).abs() < 0.08, "{var}");
     }
+
+    #[test]
+    fn read_out_frames_calibrate_back_to_the_charge() {
+        use crate::amplifiers::{Readout, ReadoutKeywords};
+        use crate::isr::{self, OverscanParams};
+        use skypipe_io::fits::CardValue;
+        let (w, h, overscan) = (64, 200, 16);
+        let electrons = Image::filled(w, h, 300.0f32);
+        let structure = Image::filled(w, h, 2.0f32);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let f = read_out(&electrons, &structure, 2, overscan, 10.0, 1e9, &mut rng);
+        assert_eq!(
+            (f.raw.width, f.raw.height, f.data_x0),
+            (w + 32, h, overscan)
+        );
+        let mut keys = ReadoutKeywords::default();
+        for c in &f.cards {
+            match &c.value {
+                CardValue::Text(t) => {
+                    keys.sections.insert(c.key.clone(), t.clone());
+                }
+                CardValue::Real(v) => {
+                    keys.numbers.insert(c.key.clone(), *v);
+                }
+                CardValue::Int(_) => panic!("{}: no readout card is an integer", c.key),
+            }
+        }
+        let names: Vec<&str> = f.cards.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "DATASECA", "BIASSECA", "GAINA", "RDNOISEA", "SATURATA", "DATASECB", "BIASSECB",
+                "GAINB", "RDNOISEB", "SATURATB", "TRIMSEC"
+            ]
+        );
+        let readout = Readout::from_keywords(w + 32, h, &keys).unwrap();
+        assert_eq!(readout.trimmed_shape(), (w, h));
+        let mut t = isr::overscan_and_trim(f.raw, &readout, &OverscanParams::default());
+        let bias = Image::filled(w, h, 2.0f32);
+        isr::bias_flat_gain(&mut t.image, Some(&bias), None, &t.regions, &mut t.mask);
+        for (r, amp) in t.regions.iter().zip(SIM_AMPLIFIERS) {
+            let s = r.region;
+            let n = s.area() as f64;
+            let mean = (s.y0..s.y1)
+                .flat_map(|y| (s.x0..s.x1).map(move |x| (x, y)))
+                .map(|(x, y)| f64::from(t.image.get(x, y)))
+                .sum::<f64>()
+                / n;
+            // Read noise of the data plus that of the per-row overscan medians.
+            let err = amp.read_noise * (1.0 / n + 1.6 / (overscan as f64 * h as f64)).sqrt();
+            assert!((mean - 300.0).abs() < 5.0 * err, "{mean} ± {err}");
+        }
+    }
 }
