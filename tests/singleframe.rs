@@ -343,7 +343,7 @@ fn bad_inputs_fail_alone_with_errors_naming_file_and_unit() {
     let bad_cd = bad_dir.join("cd-string.fits");
     std::fs::write(&bad_cd, &bytes).unwrap();
     units["units"][i]["raw"] = bad_cd.to_str().unwrap().into();
-    // visit 3, ccd 1: an untrimmed frame (an overscan section is declared).
+    // visit 3, ccd 1: an overscan section beyond the frame's last column (and no DATASEC).
     let i = find(&units, 3, 1);
     let mut bytes = std::fs::read(raw_of(&units["units"][i])).unwrap();
     replace_card(&mut bytes, "CCD", "BIASSEC = '[257:288,1:512]'");

@@ -92,8 +92,9 @@ fn main() {
     // Background + detection + measurement alone, on the calibrated image, at the known PSF.
     let mut cal = r.raw.clone();
     let mut m = Image::filled(w, h, 0u32);
-    skypipe_optical::isr::bias_flat_gain(&mut cal, Some(&r.bias), Some(&r.flat), 1.5, &mut m);
-    let var = skypipe_optical::isr::variance_plane(&cal, Some(&r.flat), 5.0, &m);
+    let regions = skypipe_optical::amplifiers::Readout::single(w, h, inst).regions();
+    skypipe_optical::isr::bias_flat_gain(&mut cal, Some(&r.bias), Some(&r.flat), &regions, &mut m);
+    let var = skypipe_optical::isr::variance_plane(&cal, Some(&r.flat), &regions, &m);
     let fwhm = out.psf_fwhm;
     let (t_core, n_core) = best_of(5, || {
         let mut img = cal.clone();

@@ -1,7 +1,8 @@
 //! Imaging kernels and the single-frame stage of skypipe.
 //!
 //! Pure kernels on row-major [`image::Image`]s, one job per module:
-//! [`isr`] (bias, flat, gain, saturation and bad-pixel masks, variance),
+//! [`isr`] (overscan and trim, bias, flat, gain per amplifier, saturation and bad-pixel masks,
+//! variance) with the readout geometry of [`amplifiers`] (sections, gains, read noises),
 //! [`background`] (mesh background with interpolation), [`cosmic`] (cosmic-ray rejection),
 //! [`detect`] (PSF-matched filter, footprints, watershed deblending) and [`measure`]
 //! (centroids, aperture and PSF fluxes, moments, flags, PSF size). [`pipeline`] chains them
@@ -25,6 +26,7 @@
 //! assert!(out.image.data.iter().all(|v| v.abs() < 1e-2));
 //! ```
 
+pub mod amplifiers;
 pub mod background;
 pub mod calibration;
 pub mod cosmic;

@@ -2,11 +2,12 @@
 //! cosmic rays → PSF size → PSF-matched detection → deblending → measurement.
 //! No I/O here; the stage reads the inputs and writes the outputs around it.
 
+use crate::amplifiers::Readout;
 use crate::background::Background;
 use crate::cosmic::{self, CosmicRayParams};
 use crate::detect::{self, DetectParams};
 use crate::image::{Image, mask};
-use crate::isr;
+use crate::isr::{self, OverscanMethod, OverscanParams};
 use crate::measure::{self, FWHM_TO_SIGMA, MeasureParams, Source};
 use crate::psfprofile::{self, ProfileFit};
 use crate::timing::{Laps, StepTime};
@@ -38,6 +39,19 @@ pub struct ChainParams {
     pub cr_nsigma: f64,
     /// PSF stars: smallest aperture S/N. Default 30.
     pub psf_min_snr: f64,
+    /// Overscan level of each amplifier of a raw frame with overscan sections (`BIASSEC…`):
+    /// `"median-per-row"` (default) or `"mean"`. Left out of the configuration fingerprint
+    /// while at its default.
+    #[serde(skip_serializing_if = "is_default_overscan")]
+    pub overscan: OverscanMethod,
+    /// Order of a polynomial fitted along the rows to the per-row overscan medians (unset: the
+    /// medians as they are). Only with `overscan = "median-per-row"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overscan_fit_order: Option<usize>,
+}
+
+fn is_default_overscan(m: &OverscanMethod) -> bool {
+    *m == OverscanMethod::default()
 }
 
 impl Default for ChainParams {
@@ -54,6 +68,8 @@ impl Default for ChainParams {
             cr_min_fwhm: 2.0,
             cr_nsigma: 5.0,
             psf_min_snr: 30.0,
+            overscan: OverscanMethod::default(),
+            overscan_fit_order: None,
         }
     }
 }
@@ -84,12 +100,35 @@ impl ChainParams {
         if self.background_cell < 8 {
             return Err("singleframe.background_cell must be at least 8".into());
         }
+        match (self.overscan, self.overscan_fit_order) {
+            (OverscanMethod::Mean, Some(_)) => {
+                return Err(
+                    "singleframe.chain.overscan_fit_order applies to overscan = \"median-per-row\" only"
+                        .into(),
+                );
+            }
+            (_, Some(order)) if order > 5 => {
+                return Err(format!(
+                    "singleframe.chain.overscan_fit_order must be at most 5, got {order}"
+                ));
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// The overscan settings of the ISR.
+    pub fn overscan_params(&self) -> OverscanParams {
+        OverscanParams {
+            method: self.overscan,
+            fit_order: self.overscan_fit_order,
+        }
     }
 }
 
-/// The instrument description of one raw exposure (from its header).
-#[derive(Debug, Clone, Copy)]
+/// The electrical description of one amplifier (of the whole frame when it has one), from the
+/// raw header.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Instrument {
     /// e- per ADU.
     pub gain: f32,
@@ -131,11 +170,15 @@ pub struct ChainOutput {
     pub cosmic_ray_pixels: usize,
     /// Saturated pixels found.
     pub saturated_pixels: usize,
+    /// Mean overscan level subtracted from each amplifier, ADU, in amplifier order (0 for an
+    /// amplifier without overscan).
+    pub overscan_levels: Vec<f64>,
     /// Wall and CPU time of each step, in order (for benchmarks and logs).
     pub timings: Vec<StepTime>,
 }
 
-/// Runs the chain on a raw image (ADU) with optional master bias and flat (same shape).
+/// Runs the chain on a raw image (ADU, one amplifier, nothing to trim) with optional master
+/// bias and flat (same shape).
 pub fn process(
     raw: Image<f32>,
     bias: Option<&Image<f32>>,
@@ -143,15 +186,19 @@ pub fn process(
     inst: &Instrument,
     p: &ChainParams,
 ) -> ChainOutput {
-    process_with_variance(raw, bias, flat, None, inst, p, 1)
+    let readout = Readout::single(raw.width, raw.height, *inst);
+    process_with_variance(raw, bias, flat, None, &readout, p, 1)
 }
 
-/// [`process`] with an optional input variance (in the raw image's units squared), used
-/// instead of the Poisson + read-noise model (converted to e-² with the gain and flat), on
-/// `threads` threads (1: all on the calling thread, no thread pool; the results do not depend
-/// on it).
+/// [`process`] for a raw frame read out as `readout` says (amplifiers with their gains, read
+/// noises, saturation levels and overscans; the trim), with master bias, flat and input
+/// variance in the trimmed shape, on `threads` threads (1: all on the calling thread, no
+/// thread pool; the results do not depend on it). The input variance (in the raw image's units
+/// squared) is used instead of the Poisson + read-noise model, converted to e-² with each
+/// amplifier's gain and the flat. The outputs are in the trimmed shape.
 ///
-/// Steps, each timed in [`ChainOutput::timings`]: `isr`, `background`, `cosmic_rays`, `psf`
+/// Steps, each timed in [`ChainOutput::timings`]: `isr` (overscan, trim, masks, bias, flat,
+/// gain, variance), `background`, `cosmic_rays`, `psf`
 /// (first detection at the initial FWHM, measurement of the bright peaks, PSF size),
 /// `background2` (with that pass's footprints masked), `detection`, `measurement`,
 /// `psf_profile` (the profile fit to the PSF stars). A later
@@ -161,16 +208,16 @@ pub fn process_with_variance(
     bias: Option<&Image<f32>>,
     flat: Option<&Image<f32>>,
     variance_in: Option<&Image<f32>>,
-    inst: &Instrument,
+    readout: &Readout,
     p: &ChainParams,
     threads: usize,
 ) -> ChainOutput {
     if threads > 1
         && let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads).build()
     {
-        return pool.install(|| chain(raw, bias, flat, variance_in, inst, p, threads));
+        return pool.install(|| chain(raw, bias, flat, variance_in, readout, p, threads));
     }
-    chain(raw, bias, flat, variance_in, inst, p, 1)
+    chain(raw, bias, flat, variance_in, readout, p, 1)
 }
 
 fn chain(
@@ -178,36 +225,24 @@ fn chain(
     bias: Option<&Image<f32>>,
     flat: Option<&Image<f32>>,
     variance_in: Option<&Image<f32>>,
-    inst: &Instrument,
+    readout: &Readout,
     p: &ChainParams,
     threads: usize,
 ) -> ChainOutput {
-    let (w, h) = (raw.width, raw.height);
     let mut laps = Laps::start();
-    let mut m = Image::filled(w, h, 0u32);
-    let saturated_pixels = isr::mask_saturated_and_bad(&raw, inst.saturate, &mut m);
+    let isr::Trimmed {
+        image: mut img,
+        mask: mut m,
+        saturated_pixels,
+        regions,
+        overscan_levels,
+    } = isr::overscan_and_trim(raw, readout, &p.overscan_params());
+    let (w, h) = (img.width, img.height);
     isr::mask_edges(&mut m, p.edge);
-    let mut img = raw;
-    isr::bias_flat_gain(&mut img, bias, flat, inst.gain, &mut m);
+    isr::bias_flat_gain(&mut img, bias, flat, &regions, &mut m);
     let variance = match variance_in {
-        None => isr::variance_plane(&img, flat, inst.read_noise, &m),
-        Some(v) => {
-            let mut var = v.clone();
-            for (i, x) in var.data.iter_mut().enumerate() {
-                let f = flat.map_or(1.0, |f| f.data[i]);
-                let f = if f.is_finite() && f > 0.0 { f } else { 1.0 };
-                let g = inst.gain / f;
-                *x = if x.is_finite() && *x > 0.0 {
-                    *x * g * g
-                } else {
-                    f32::MAX.sqrt()
-                };
-                if !(v.data[i].is_finite() && v.data[i] > 0.0) {
-                    m.data[i] |= mask::BAD;
-                }
-            }
-            var
-        }
+        None => isr::variance_plane(&img, flat, &regions, &m),
+        Some(v) => isr::variance_from_input(v, flat, &regions, &mut m),
     };
     laps.lap("isr");
 
@@ -305,6 +340,7 @@ fn chain(
         sources,
         cosmic_ray_pixels,
         saturated_pixels,
+        overscan_levels,
         timings: laps.steps,
     }
 }

@@ -55,6 +55,15 @@ pub struct SimArgs {
     /// Position noise of the reference catalogue, milliarcseconds per coordinate.
     #[arg(long, value_name = "MAS", default_value_t = 20.0)]
     pub reference_noise_mas: f64,
+    /// Amplifiers per CCD, 1 or 2 (2: DECam-like, A reads the left half, B the right, each with
+    /// its own gain, read noise and bias level; keywords `DATASECA`, `GAINA`, …).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub amplifiers: usize,
+    /// Overscan columns per amplifier (0: none, the raw frames are the data alone). With
+    /// overscan the bias level drifts between exposures and along the rows, and the master
+    /// bias holds only the bias structure (overscan-subtracted, zero level).
+    #[arg(long, value_name = "COLS", default_value_t = 0)]
+    pub overscan: usize,
 }
 
 /// Options of the data set beyond size and seed.
@@ -64,6 +73,10 @@ pub struct DataSetOptions {
     pub wcs_error: HeaderWcsError,
     /// Position noise of the reference catalogue, mas per coordinate (default 20).
     pub reference_noise_mas: f64,
+    /// Amplifiers per CCD, 1 (default) or 2 ([`read_out`]).
+    pub amplifiers: usize,
+    /// Overscan columns per amplifier (default 0).
+    pub overscan: usize,
 }
 
 impl Default for DataSetOptions {
@@ -71,8 +84,176 @@ impl Default for DataSetOptions {
         Self {
             wcs_error: HeaderWcsError::default(),
             reference_noise_mas: 20.0,
+            amplifiers: 1,
+            overscan: 0,
         }
     }
+}
+
+impl DataSetOptions {
+    /// Whether the raw frames are written as before amplifiers existed: one amplifier, no
+    /// overscan, one `GAIN`/`RDNOISE` (the files do not change).
+    fn plain_readout(&self) -> bool {
+        self.amplifiers == 1 && self.overscan == 0
+    }
+}
+
+/// One simulated amplifier: gain, read noise and bias level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimAmplifier {
+    /// e- per ADU.
+    pub gain: f64,
+    /// Read noise, e-.
+    pub read_noise: f64,
+    /// Bias level, ADU.
+    pub bias_level: f64,
+}
+
+/// The simulated amplifiers: A (the camera's usual gain, read noise and bias level) and B.
+pub const SIM_AMPLIFIERS: [SimAmplifier; 2] = [
+    SimAmplifier {
+        gain: 1.5,
+        read_noise: 5.0,
+        bias_level: 1000.0,
+    },
+    SimAmplifier {
+        gain: 1.9,
+        read_noise: 6.5,
+        bias_level: 1150.0,
+    },
+];
+
+/// Drift of the bias level along the rows, ADU per row (seen by the overscan).
+const BIAS_ROW_DRIFT: f64 = 0.004;
+
+/// A raw frame read out through amplifiers, with its header cards.
+#[derive(Debug, Clone)]
+pub struct ReadOutFrame {
+    /// The raw frame, ADU: data and overscan columns.
+    pub raw: Image<f32>,
+    /// The readout keywords (`DATASEC…`, `BIASSEC…`, `GAIN…`, `RDNOISE…`, `SATURAT…`).
+    pub cards: Vec<Card>,
+    /// Column of the raw frame where the data start (0-based): the header WCS's reference
+    /// pixel is moved by it.
+    pub data_x0: usize,
+}
+
+/// Reads out a CCD exposed in electrons (`electrons`: flat-fielded charge with its Poisson and
+/// cosmic-ray noise, no bias, no read noise) through `n_amplifiers` (1 or 2) of
+/// [`SIM_AMPLIFIERS`], each with `overscan` overscan columns on its outer side
+/// (`[overscan A | data A | data B | overscan B]`). Each amplifier adds its bias level (plus
+/// `level_offset` and a drift along the rows when there is overscan, which the overscan sees)
+/// and `structure` (the master bias's pattern, which it does not), its read noise, divides by
+/// its gain and clips at `saturate` ADU.
+pub fn read_out(
+    electrons: &Image<f32>,
+    structure: &Image<f32>,
+    n_amplifiers: usize,
+    overscan: usize,
+    level_offset: f64,
+    saturate: f64,
+    rng: &mut ChaCha8Rng,
+) -> ReadOutFrame {
+    debug_assert!(n_amplifiers == 1 || n_amplifiers == 2);
+    let (w, h) = (electrons.width, electrons.height);
+    let data_x0 = if n_amplifiers == 2 { overscan } else { 0 };
+    let raw_w = w + n_amplifiers * overscan;
+    let mut raw = Image::filled(raw_w, h, 0.0f32);
+    // Per amplifier: its data columns (in the exposure) and overscan columns (in the frame).
+    let split = if n_amplifiers == 2 { w / 2 } else { w };
+    let layout: Vec<(usize, std::ops::Range<usize>, std::ops::Range<usize>)> = if n_amplifiers == 2
+    {
+        vec![
+            (0, 0..split, 0..overscan),
+            (1, split..w, overscan + w..raw_w),
+        ]
+    } else {
+        vec![(0, 0..w, w..raw_w)]
+    };
+    let drift = if overscan > 0 { BIAS_ROW_DRIFT } else { 0.0 };
+    let offset = if overscan > 0 { level_offset } else { 0.0 };
+    let mut cards = Vec::new();
+    for (a, data, os) in &layout {
+        let amp = SIM_AMPLIFIERS[*a];
+        for y in 0..h {
+            let level = amp.bias_level + offset + drift * y as f64;
+            for x in data.clone() {
+                let z: f64 = rng.sample(StandardNormal);
+                let e = f64::from(electrons.get(x, y)) + amp.read_noise * z;
+                let v = level + f64::from(structure.get(x, y)) + e / amp.gain;
+                raw.set(x + data_x0, y, v.min(saturate) as f32);
+            }
+            for x in os.clone() {
+                let z: f64 = rng.sample(StandardNormal);
+                raw.set(x, y, (level + amp.read_noise * z / amp.gain) as f32);
+            }
+        }
+        let suffix = if n_amplifiers == 2 {
+            ["A", "B"][*a]
+        } else {
+            ""
+        };
+        let section =
+            |cols: &std::ops::Range<usize>| format!("[{}:{},1:{h}]", cols.start + 1, cols.end);
+        let data_cols = data.start + data_x0..data.end + data_x0;
+        cards.push(Card::text(
+            &format!("DATASEC{suffix}"),
+            &section(&data_cols),
+            "data section",
+        ));
+        if overscan > 0 {
+            cards.push(Card::text(
+                &format!("BIASSEC{suffix}"),
+                &section(os),
+                "overscan section",
+            ));
+        }
+        cards.push(Card::real(&format!("GAIN{suffix}"), amp.gain, "[e-/ADU]"));
+        cards.push(Card::real(
+            &format!("RDNOISE{suffix}"),
+            amp.read_noise,
+            "[e-] read noise",
+        ));
+        let sat_key = if suffix.is_empty() {
+            "SATURATE".to_string()
+        } else {
+            format!("SATURAT{suffix}")
+        };
+        cards.push(Card::real(&sat_key, saturate, "[ADU] saturation level"));
+    }
+    if n_amplifiers == 2 {
+        cards.push(Card::text(
+            "TRIMSEC",
+            &format!("[{}:{},1:{h}]", data_x0 + 1, data_x0 + w),
+            "the calibrated image",
+        ));
+    }
+    ReadOutFrame {
+        raw,
+        cards,
+        data_x0,
+    }
+}
+
+/// The master bias the simulator writes for a readout: with overscan, the structure alone
+/// (zero level: overscan-subtracted); without, each amplifier's level plus the structure.
+fn master_bias(structure: &Image<f32>, n_amplifiers: usize, overscan: usize) -> Image<f32> {
+    let mut bias = structure.clone();
+    if overscan == 0 {
+        let split = if n_amplifiers == 2 {
+            bias.width / 2
+        } else {
+            bias.width
+        };
+        for y in 0..bias.height {
+            for x in 0..bias.width {
+                let a = usize::from(x >= split);
+                let v = bias.get(x, y) + SIM_AMPLIFIERS[a].bias_level as f32;
+                bias.set(x, y, v);
+            }
+        }
+    }
+    bias
 }
 
 /// A deliberate error of the raw headers' WCS (`skypipe-sim image --wcs-error`), on top of the
@@ -733,6 +914,7 @@ pub fn write_data_set_with(
                     let (col, row) = (ccd % s.ccd_cols, ccd / s.ccd_cols);
                     let (ra, dec) = (FIELD.0 + dra, FIELD.1 + ddec);
                     let truth_wcs = ccd_wcs(&s, col, row, ra, dec, rot, PIXEL_SCALE_DEG);
+                    let mut readout: Option<(Vec<Card>, usize)> = None;
                     let header_wcs = wcs_error.apply(dec, |era, edec, erot, escale| {
                         ccd_wcs(
                             &s,
@@ -787,7 +969,42 @@ pub fn write_data_set_with(
                     let mut crng = ChaCha8Rng::seed_from_u64(
                         seed.wrapping_mul(1_000_003) ^ (visit << 16) ^ ccd as u64,
                     );
-                    let raw = expose(&spec, &drawn, &bias, &flat, &mut crng);
+                    let (raw, master) = if options.plain_readout() {
+                        (expose(&spec, &drawn, &bias, &flat, &mut crng), bias.clone())
+                    } else {
+                        // The same charge as a plain frame (the same generator draws), then
+                        // read out through the amplifiers.
+                        let charge = CcdSpec {
+                            gain: 1.0,
+                            read_noise: 0.0,
+                            saturate: f64::INFINITY,
+                            ..spec.clone()
+                        };
+                        let zero = Image::filled(s.width, s.height, 0.0f32);
+                        let (electrons, cosmic) = expose(&charge, &drawn, &zero, &flat, &mut crng);
+                        let mut structure = bias.clone();
+                        for v in &mut structure.data {
+                            *v -= base.bias_level as f32;
+                        }
+                        let mut arng = ChaCha8Rng::seed_from_u64(
+                            seed.wrapping_mul(7_919) ^ (visit << 20) ^ ((ccd as u64) << 4) ^ 0xa3,
+                        );
+                        let offset = arng.random_range(-20.0..20.0);
+                        let frame = read_out(
+                            &electrons,
+                            &structure,
+                            options.amplifiers,
+                            options.overscan,
+                            offset,
+                            saturate,
+                            &mut arng,
+                        );
+                        readout = Some((frame.cards, frame.data_x0));
+                        (
+                            (frame.raw, cosmic),
+                            master_bias(&structure, options.amplifiers, options.overscan),
+                        )
+                    };
 
                     let raw_rel = format!("raw/v{visit:04}/c{ccd:02}.fits");
                     let bias_rel = format!("calib/bias-c{ccd:02}.fits");
@@ -799,19 +1016,32 @@ pub fn write_data_set_with(
                         Card::text("BAND", band, "filter band"),
                         Card::text("FILTER", band, "filter band (alias of BAND)"),
                         Card::real("EXPTIME", EXPTIME, "[s] exposure time"),
-                        Card::real("GAIN", gain, "[e-/ADU]"),
-                        Card::real("RDNOISE", read_noise, "[e-] read noise"),
-                        Card::real("SATURATE", saturate, "[ADU] saturation level"),
-                        Card::text("BUNIT", "adu", ""),
                     ];
+                    let mut header_wcs = header_wcs;
+                    match &readout {
+                        None => cards.extend([
+                            Card::real("GAIN", gain, "[e-/ADU]"),
+                            Card::real("RDNOISE", read_noise, "[e-] read noise"),
+                            Card::real("SATURATE", saturate, "[ADU] saturation level"),
+                        ]),
+                        Some((amp_cards, data_x0)) => {
+                            cards.extend(amp_cards.iter().cloned());
+                            // The header WCS describes the raw frame, overscan included.
+                            header_wcs.crpix[0] += *data_x0 as f64;
+                        }
+                    }
+                    cards.push(Card::text("BUNIT", "adu", ""));
                     cards.extend(wcs_header(&header_wcs));
                     let mut wr =
                         FitsWriter::create(out.join(&raw_rel), false, Some(&to_array(&raw.0)))?;
                     wr.primary_keys(&cards)?;
                     wr.commit()?;
                     if b == 0 && visit == 1 {
-                        let mut wb =
-                            FitsWriter::create(out.join(&bias_rel), false, Some(&to_array(&bias)))?;
+                        let mut wb = FitsWriter::create(
+                            out.join(&bias_rel),
+                            false,
+                            Some(&to_array(&master)),
+                        )?;
                         wb.primary_keys(&[
                             Card::int("CCD", ccd as i64, "CCD number"),
                             Card::text("OBSTYPE", "bias", "master bias [ADU]"),
@@ -928,7 +1158,13 @@ pub fn run(args: &SimArgs) -> u8 {
     let options = DataSetOptions {
         wcs_error: args.wcs_error.unwrap_or_default(),
         reference_noise_mas: args.reference_noise_mas,
+        amplifiers: args.amplifiers,
+        overscan: args.overscan,
     };
+    if !(1..=2).contains(&options.amplifiers) {
+        eprintln!("error: --amplifiers must be 1 or 2");
+        return 1;
+    }
     if !(options.reference_noise_mas.is_finite() && options.reference_noise_mas >= 0.0) {
         eprintln!("error: --reference-noise-mas must be finite and ≥ 0");
         return 1;
@@ -1011,5 +1247,58 @@ mod tests {
         assert!((mean - 400.0).abs() < 1.5, "{mean}");
         // Poisson 400 + read noise 25 (flat ≈ 1).
         assert!((var / 425.0 - 1.0).abs() < 0.08, "{var}");
+    }
+
+    #[test]
+    fn read_out_frames_calibrate_back_to_the_charge() {
+        use crate::amplifiers::{Readout, ReadoutKeywords};
+        use crate::isr::{self, OverscanParams};
+        use skypipe_io::fits::CardValue;
+        let (w, h, overscan) = (64, 200, 16);
+        let electrons = Image::filled(w, h, 300.0f32);
+        let structure = Image::filled(w, h, 2.0f32);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let f = read_out(&electrons, &structure, 2, overscan, 10.0, 1e9, &mut rng);
+        assert_eq!(
+            (f.raw.width, f.raw.height, f.data_x0),
+            (w + 32, h, overscan)
+        );
+        let mut keys = ReadoutKeywords::default();
+        for c in &f.cards {
+            match &c.value {
+                CardValue::Text(t) => {
+                    keys.sections.insert(c.key.clone(), t.clone());
+                }
+                CardValue::Real(v) => {
+                    keys.numbers.insert(c.key.clone(), *v);
+                }
+                CardValue::Int(_) => panic!("{}: no readout card is an integer", c.key),
+            }
+        }
+        let names: Vec<&str> = f.cards.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "DATASECA", "BIASSECA", "GAINA", "RDNOISEA", "SATURATA", "DATASECB", "BIASSECB",
+                "GAINB", "RDNOISEB", "SATURATB", "TRIMSEC"
+            ]
+        );
+        let readout = Readout::from_keywords(w + 32, h, &keys).unwrap();
+        assert_eq!(readout.trimmed_shape(), (w, h));
+        let mut t = isr::overscan_and_trim(f.raw, &readout, &OverscanParams::default());
+        let bias = Image::filled(w, h, 2.0f32);
+        isr::bias_flat_gain(&mut t.image, Some(&bias), None, &t.regions, &mut t.mask);
+        for (r, amp) in t.regions.iter().zip(SIM_AMPLIFIERS) {
+            let s = r.region;
+            let n = s.area() as f64;
+            let mean = (s.y0..s.y1)
+                .flat_map(|y| (s.x0..s.x1).map(move |x| (x, y)))
+                .map(|(x, y)| f64::from(t.image.get(x, y)))
+                .sum::<f64>()
+                / n;
+            // Read noise of the data plus that of the per-row overscan medians.
+            let err = amp.read_noise * (1.0 / n + 1.6 / (overscan as f64 * h as f64)).sqrt();
+            assert!((mean - 300.0).abs() < 5.0 * err, "{mean} ± {err}");
+        }
     }
 }

@@ -11,10 +11,12 @@
 //! `src/vVVVV/cCC.fits` (table SOURCES); the registry at `RUN_DIR/registry.sqlite3` unless
 //! configured. Formats: `docs/formats.md`, `## Imaging`.
 
+use crate::amplifiers::{Readout, ReadoutKeywords};
 use crate::calibration::{self, CalibrationParams, CcdCalibration, ReferenceCatalog};
 use crate::image::{Image, mask};
+use crate::isr::OverscanMethod;
 use crate::measure::flags;
-use crate::pipeline::{self, ChainOutput, ChainParams, Instrument};
+use crate::pipeline::{self, ChainOutput, ChainParams};
 use crate::timing::Laps;
 use crate::wcs::{Wcs, WcsError};
 use ndarray::Array2;
@@ -464,13 +466,17 @@ pub struct RawHeader {
     pub band: String,
     /// `EXPTIME`, s.
     pub exptime: f64,
-    /// `GAIN`, `RDNOISE`, `SATURATE`.
-    pub instrument: Instrument,
-    /// The header WCS (any celestial form WCSLIB reads: CD, PC+CDELT, CROTA2, TAN-SIP, TPV, …).
+    /// The readout: amplifiers with their sections, gains, read noises and saturation levels,
+    /// and the trim ([`Readout::from_keywords`]).
+    pub readout: Readout,
+    /// The header WCS (any celestial form WCSLIB reads: CD, PC+CDELT, CROTA2, TAN-SIP, TPV, …),
+    /// its reference pixel moved by the trim so that it describes the trimmed image.
     pub wcs: Wcs,
 }
 
-/// Reads and checks the keywords of a raw exposure's primary HDU.
+/// Reads and checks the keywords of a raw exposure's primary HDU: band, exposure time, the
+/// readout geometry (sections and per-amplifier gains, read noises and saturation levels;
+/// errors name the file and the keyword) and the header WCS, moved to the trimmed image.
 pub fn read_raw_header(r: &mut FitsReader) -> Result<RawHeader, CcdError> {
     let p = Hdu::Primary;
     let band = match r.key_string_opt(p, "BAND")? {
@@ -478,65 +484,73 @@ pub fn read_raw_header(r: &mut FitsReader) -> Result<RawHeader, CcdError> {
         None => r.key_string(p, "FILTER")?,
     };
     let exptime = r.key_f64(p, "EXPTIME")?;
-    let gain = r.key_f64(p, "GAIN")?;
-    let read_noise = r.key_f64(p, "RDNOISE")?;
-    let saturate = r.key_f64_opt(p, "SATURATE")?.unwrap_or(f64::from(f32::MAX));
     let path = r.path().to_path_buf();
     let bad = |message: String| CcdError::Header {
         path: path.clone(),
         message,
     };
-    if gain.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
-        || read_noise < 0.0
-        || exptime < 0.0
-    {
-        return Err(bad(format!(
-            "GAIN must be > 0 and RDNOISE, EXPTIME ≥ 0 (got {gain}, {read_noise}, {exptime})"
-        )));
+    if exptime < 0.0 {
+        return Err(bad(format!("EXPTIME must be ≥ 0 (got {exptime})")));
     }
-    let wcs = crate::wcs::read_primary_wcs(&path)?;
+    let axis = |r: &mut FitsReader, key: &str| -> Result<usize, CcdError> {
+        let n = r.key_i64(p, key)?;
+        usize::try_from(n).map_err(|_| bad(format!("keyword {key} = {n} is not a size")))
+    };
+    let (width, height) = (axis(r, "NAXIS1")?, axis(r, "NAXIS2")?);
+    let mut keys = ReadoutKeywords::default();
+    for key in ReadoutKeywords::section_keys() {
+        if let Some(v) = r.key_string_opt(p, &key)? {
+            keys.sections.insert(key, v);
+        }
+    }
+    for key in ReadoutKeywords::number_keys() {
+        if let Some(v) = r.key_f64_opt(p, &key)? {
+            keys.numbers.insert(key, v);
+        }
+    }
+    let readout = Readout::from_keywords(width, height, &keys).map_err(|e| bad(e.to_string()))?;
+    let wcs = crate::wcs::read_primary_wcs_moved(&path, readout.trim.x0, readout.trim.y0)?;
     Ok(RawHeader {
         band,
         exptime,
-        instrument: Instrument {
-            gain: gain as f32,
-            read_noise: read_noise as f32,
-            saturate: saturate as f32,
-        },
+        readout,
         wcs,
     })
 }
 
-/// Refuses a raw frame that still has overscan or several amplifiers (`BIASSEC`, `BIASSECA/B`,
-/// `DATASECA/B`, `GAINA/B`, or a `DATASEC` other than the whole image), which the chain does not
-/// subtract and trim: processing it as if trimmed would be silently wrong. The error names the
-/// file and the keyword.
-fn refuse_untrimmed(r: &mut FitsReader, width: usize, height: usize) -> Result<(), CcdError> {
-    let p = Hdu::Primary;
-    let path = r.path().to_path_buf();
-    let refuse = |key: &str, value: &str| CcdError::Header {
-        path: path.clone(),
-        message: format!(
-            "keyword {key} = '{value}': raw frames with overscan or several amplifiers are not \
-             supported; give the image trimmed, bias-subtracted per amplifier and in one gain"
-        ),
+/// A master bias or flat, or a variance image, in the trimmed shape: given trimmed, it is used
+/// as it is; given in the raw frame's shape, it is cut to the trim. Any other shape is an error
+/// naming the file and both accepted shapes.
+fn to_trimmed(
+    img: Array2<f32>,
+    readout: &Readout,
+    path: &Path,
+    hdu: Hdu<'_>,
+) -> Result<Image<f32>, CcdError> {
+    let (tw, th) = readout.trimmed_shape();
+    let (rows, cols) = img.dim();
+    if (cols, rows) == (tw, th) {
+        return Ok(to_image(img));
+    }
+    if (cols, rows) == (readout.width, readout.height) {
+        return Ok(crate::isr::cut(&to_image(img), &readout.trim));
+    }
+    let expected = if readout.is_plain() {
+        format!("[{th}, {tw}] (as the science image)")
+    } else {
+        format!(
+            "[{th}, {tw}] (trimmed to {}) or [{}, {}] (untrimmed, as the raw frame)",
+            readout.trim.to_fits(),
+            readout.height,
+            readout.width
+        )
     };
-    for key in ["BIASSEC", "BIASSECA", "BIASSECB", "DATASECA", "DATASECB"] {
-        if let Some(v) = r.key_string_opt(p, key)? {
-            return Err(refuse(key, &v));
-        }
-    }
-    for key in ["GAINA", "GAINB"] {
-        if let Some(v) = r.key_f64_opt(p, key)? {
-            return Err(refuse(key, &v.to_string()));
-        }
-    }
-    if let Some(v) = r.key_string_opt(p, "DATASEC")?
-        && v.replace(' ', "") != format!("[1:{width},1:{height}]")
-    {
-        return Err(refuse("DATASEC", &v));
-    }
-    Ok(())
+    Err(CcdError::Fits(FitsError::Shape {
+        path: path.to_path_buf(),
+        hdu: hdu.to_string(),
+        found: vec![rows, cols],
+        expected,
+    }))
 }
 
 fn to_image(a: Array2<f32>) -> Image<f32> {
@@ -585,11 +599,25 @@ pub fn process_ccd_calibrated(
     let mut r = FitsReader::open(&c.raw)?;
     let mut header = read_raw_header(&mut r)?;
     let header_band = band_from_list(c, &mut header);
-    let raw = to_image(r.image_f32_checked(Hdu::Primary, None)?);
-    refuse_untrimmed(&mut r, raw.width, raw.height)?;
-    let shape = Some((raw.height, raw.width));
+    if chain.overscan == OverscanMethod::MedianPerRow {
+        header
+            .readout
+            .check_overscan_rows()
+            .map_err(|e| CcdError::Header {
+                path: c.raw.clone(),
+                message: e.to_string(),
+            })?;
+    }
+    let raw_shape = Some((header.readout.height, header.readout.width));
+    let raw = to_image(r.image_f32_checked(Hdu::Primary, raw_shape)?);
     let mut variance_in = if r.has_hdu("VARIANCE") {
-        Some(to_image(r.image_f32_checked(Hdu::Name("VARIANCE"), shape)?))
+        let v = r.image_f32_checked(Hdu::Name("VARIANCE"), None)?;
+        Some(to_trimmed(
+            v,
+            &header.readout,
+            &c.raw,
+            Hdu::Name("VARIANCE"),
+        )?)
     } else {
         None
     };
@@ -597,9 +625,10 @@ pub fn process_ccd_calibrated(
     let read_aux = |p: &Option<PathBuf>| -> Result<Option<Image<f32>>, CcdError> {
         match p {
             None => Ok(None),
-            Some(p) => Ok(Some(to_image(
-                FitsReader::open(p)?.image_f32_checked(Hdu::Primary, shape)?,
-            ))),
+            Some(p) => {
+                let img = FitsReader::open(p)?.image_f32_checked(Hdu::Primary, None)?;
+                Ok(Some(to_trimmed(img, &header.readout, p, Hdu::Primary)?))
+            }
         }
     };
     let bias = read_aux(&c.bias)?;
@@ -613,7 +642,7 @@ pub fn process_ccd_calibrated(
         bias.as_ref(),
         flat.as_ref(),
         variance_in.as_ref(),
-        &header.instrument,
+        &header.readout,
         chain,
         threads,
     );

@@ -20,6 +20,73 @@ pub fn read_primary_wcs(path: &Path) -> Result<Wcs, WcsError> {
     Wcs::from_header(&name, &text)
 }
 
+/// [`read_primary_wcs`] for an image cut from the file's at 0-based column `dx`, row `dy` (a
+/// raw frame trimmed to its data): every reference pixel (`CRPIX1`, `CRPIX2` and those of
+/// alternate descriptions, `CRPIX1A`…) moves by `(-dx, -dy)`, so the WCS describes the cut image.
+/// SIP and TPV distortions are relative to the reference pixel or to intermediate coordinates
+/// and move with it.
+pub fn read_primary_wcs_moved(path: &Path, dx: usize, dy: usize) -> Result<Wcs, WcsError> {
+    if (dx, dy) == (0, 0) {
+        return read_primary_wcs(path);
+    }
+    let name = format!("{}: primary HDU", path.display());
+    let text = primary_header_text(path)
+        .and_then(|t| move_reference_pixel(&t, dx as f64, dy as f64))
+        .map_err(|message| WcsError::Text {
+            header: name.clone(),
+            message,
+        })?;
+    Wcs::from_header(&name, &text)
+}
+
+/// The header text (80-character keyrecords) with every `CRPIXj[a]` value lowered by `dx` for
+/// axis 1 and `dy` for axis 2. A value that is not a number is an error naming the keyword.
+///
+/// ```
+/// let text = format!("{:<80}{:<80}", "CRPIX1  =                 10.5 / x", "CRPIX2B =                   20");
+/// let moved = skypipe_optical::wcs::move_reference_pixel(&text, 4.0, 2.0).unwrap();
+/// assert_eq!(moved.len(), 160);
+/// assert!(moved.starts_with("CRPIX1  =                  6.5 /"));
+/// assert!(moved[80..].starts_with("CRPIX2B =                   18 /"));
+/// ```
+pub fn move_reference_pixel(text: &str, dx: f64, dy: f64) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    for (i, record) in text.as_bytes().chunks(80).enumerate() {
+        let record =
+            std::str::from_utf8(record).map_err(|_| "header text is not ASCII".to_string())?;
+        let key = record.get(..8).unwrap_or(record).trim_end();
+        let axis_shift = key.strip_prefix("CRPIX").and_then(|rest| {
+            let mut chars = rest.chars();
+            let shift = match chars.next()? {
+                '1' => dx,
+                '2' => dy,
+                _ => return None,
+            };
+            let alt = chars.as_str();
+            (alt.is_empty() || (alt.len() == 1 && alt.chars().all(|c| c.is_ascii_uppercase())))
+                .then_some(shift)
+        });
+        match axis_shift {
+            Some(shift) if record.get(8..10) == Some("= ") => {
+                let value = record[10..].split('/').next().unwrap_or("").trim();
+                let v: f64 = value.replace(['D', 'd'], "E").parse().map_err(|_| {
+                    format!(
+                        "keyword {key} = '{value}' (record {}) is not a number",
+                        i + 1
+                    )
+                })?;
+                let moved = format!(
+                    "{key:<8}= {:>20} / moved by the trim of the raw frame",
+                    v - shift
+                );
+                out.push_str(&format!("{:<80}", &moved[..moved.len().min(80)]));
+            }
+            _ => out.push_str(record),
+        }
+    }
+    Ok(out)
+}
+
 /// The primary header's keyrecords (80 characters each), as CFITSIO's `fits_hdr2str` gives them.
 fn primary_header_text(path: &Path) -> Result<String, String> {
     let mut file = fitsio::FitsFile::open(path).map_err(|e| e.to_string())?;

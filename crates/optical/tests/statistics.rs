@@ -421,7 +421,7 @@ fn threads_inside_a_ccd_change_nothing() {
         Some(&r.bias),
         Some(&r.flat),
         None,
-        &inst,
+        &skypipe_optical::amplifiers::Readout::single(r.raw.width, r.raw.height, inst),
         &ChainParams::default(),
         3,
     );
