@@ -904,6 +904,16 @@ fn common_cards(
         Card::int("WCSFIT", 0, "1 once the exposure-wide WCS fit is attached"),
         Card::int("ZPFIT", 0, "1 once the photometric zero point is attached"),
     ];
+    // The overscan level subtracted per amplifier (`OVSCN` for a single-amplifier frame).
+    for (amp, level) in h.readout.amplifiers.iter().zip(&out.overscan_levels) {
+        if amp.overscan.is_some() {
+            cards.push(Card::real(
+                &format!("OVSCN{}", amp.name),
+                *level,
+                "[adu] mean overscan level subtracted",
+            ));
+        }
+    }
     cards.extend(calibration_cards(cal));
     if let Some(hb) = header_band {
         cards.push(Card::text(

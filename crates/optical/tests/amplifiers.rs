@@ -305,6 +305,24 @@ fn two_amplifiers_with_overscan_give_the_plain_frames_calexp() {
                 .unwrap()
         };
         assert!((crpix(&amp_run) - crpix(&plain_run)).abs() < 1e-9);
+        // The overscan level subtracted per amplifier is recorded (bias 1000 and 1150 ADU plus
+        // the exposure's offset and drift); a frame without overscan records none.
+        let level = |run: &Path, key: &str| {
+            FitsReader::open(run.join(output_paths(1, 0).0))
+                .unwrap()
+                .key_f64_opt(Hdu::Primary, key)
+                .unwrap()
+        };
+        let (a, b) = (
+            level(&amp_run, "OVSCNA").expect("OVSCNA"),
+            level(&amp_run, "OVSCNB").expect("OVSCNB"),
+        );
+        assert!((1000.0..1200.0).contains(&a), "{k}: OVSCNA {a}");
+        assert!(
+            ((b - a) - 150.0).abs() < 10.0,
+            "{k}: OVSCNA {a}, OVSCNB {b}"
+        );
+        assert_eq!(level(&plain_run, "OVSCNA"), None);
     }
     let ratio = median(flux_ratios);
     let vs_plain = median(flux_vs_plain);
