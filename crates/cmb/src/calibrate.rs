@@ -37,7 +37,7 @@ use crate::pointing::{
 use serde::{Deserialize, Serialize};
 use skypipe_core::aberration::C_KM_S;
 use skypipe_core::dipole::{DipoleModel, SolarVelocity, T_CMB, quadrupole_factor};
-use skypipe_core::gainfit::{Calibration, GainError, LineFit, ResidualStats};
+use skypipe_core::gainfit::{Calibration, GainError, LineFit, ResidualStats, fit_points};
 use skypipe_core::healpix::{Healpix, Ordering};
 use skypipe_core::quat;
 use skypipe_io::Durability;
@@ -251,21 +251,25 @@ enum DetectorPointing<'a> {
 /// A chunk's pixels and weights, read or expanded when a sky model needs them.
 type SkyPointing = (Vec<u64>, Vec<[f64; 3]>);
 
-/// One chunk of one detector: raw samples, flags, dipole response `½ΔT` and template (NaN
-/// where the sky model has no value).
+/// One chunk of one detector: raw samples, flags, dipole response `½ΔT` and, with a sky
+/// model, the template (dipole plus sky; NaN where the sky model has no value).
 #[derive(Default, Clone)]
 struct Chunk {
     raw: Vec<f64>,
     flags: Vec<u8>,
     dipole: Vec<f64>,
-    template: Vec<f64>,
+    /// Empty without a sky model (the template is then the dipole response).
+    sky_template: Vec<f64>,
 }
 
 impl Chunk {
-    /// Whether sample `k` enters the fit.
-    #[inline]
-    fn good(&self, k: usize) -> bool {
-        self.flags[k] == 0 && self.raw[k].is_finite() && self.template[k].is_finite()
+    /// The fit template: the dipole response, plus the sky with a sky model.
+    fn template(&self) -> &[f64] {
+        if self.sky_template.is_empty() {
+            &self.dipole
+        } else {
+            &self.sky_template
+        }
     }
 }
 
@@ -638,10 +642,11 @@ impl Calibrate {
             0.5,
             &mut chunk.dipole,
         );
-        chunk.template.clone_from(&chunk.dipole);
+        chunk.sky_template.clear();
         if let (Some((pixels, weights)), Some(sky), Some(grid)) =
             (sky_pointing, self.sky_model()?, &open.grid)
         {
+            chunk.sky_template.extend_from_slice(&chunk.dipole);
             for k in 0..n {
                 let p = pixels[k];
                 let in_sky = if grid.ordering() == sky.ordering {
@@ -670,7 +675,7 @@ impl Calibrate {
                     )
                     .into());
                 }
-                chunk.template[k] += w[0] * m[0] + w[1] * m[1] + w[2] * m[2];
+                chunk.sky_template[k] += w[0] * m[0] + w[1] * m[1] + w[2] * m[2];
             }
         }
         Ok(())
@@ -704,25 +709,20 @@ impl Calibrate {
         while start < len {
             let n = step.min(len - start);
             self.read_chunk(inputs, open, start, n, &mut chunk)?;
-            xs.clear();
-            ys.clear();
-            for k in 0..n {
-                if chunk.good(k) {
-                    match inputs.table_entry {
-                        Some((g, _)) => {
-                            resid.0 += chunk.raw[k] - g * chunk.template[k];
-                            resid.1 += 1;
-                        }
-                        None => {
-                            xs.push(chunk.template[k]);
-                            ys.push(chunk.raw[k]);
-                        }
-                    }
-                } else if !chunk.template[k].is_finite() {
-                    n_unseen += 1;
-                }
+            let template = chunk.template();
+            fit_points(&chunk.raw, &chunk.flags, template, &mut xs, &mut ys);
+            if !chunk.sky_template.is_empty() {
+                n_unseen += template.iter().filter(|t| !t.is_finite()).count() as u64;
             }
-            fit.add_batch(&xs, &ys);
+            match inputs.table_entry {
+                Some((g, _)) => {
+                    for (&x, &y) in xs.iter().zip(&ys) {
+                        resid.0 += y - g * x;
+                    }
+                    resid.1 += xs.len() as u64;
+                }
+                None => fit.add_batch(&xs, &ys),
+            }
             if use_cache {
                 cache.push(std::mem::take(&mut chunk));
             }
@@ -860,7 +860,7 @@ impl Calibrate {
         let flg = w.dataset::<u8>(&format!("{group}/flags"), &[len])?;
         let mut stats = gain.fit.map(|f| ResidualStats::new(f.block_len()));
         let mut chunk = Chunk::default();
-        let (mut out, mut out_flags) = (Vec::new(), Vec::new());
+        let (mut out, mut out_flags, mut residuals) = (Vec::new(), Vec::new(), Vec::new());
         let mut cached = cache.into_iter();
         let mut start = 0;
         while start < len {
@@ -878,9 +878,8 @@ impl Calibrate {
                 &mut out_flags,
             );
             if let Some(st) = &mut stats {
-                for k in (0..n).filter(|&k| chunk.good(k)) {
-                    st.add(chunk.raw[k] - cal.gain * chunk.template[k] - cal.offset);
-                }
+                cal.fit_residuals(&chunk.raw, &chunk.flags, chunk.template(), &mut residuals);
+                st.add_batch(&residuals);
             }
             sig.write_rows(start, &out)?;
             flg.write_rows(start, &out_flags)?;

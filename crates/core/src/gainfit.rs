@@ -81,22 +81,13 @@ impl LineFit {
             return;
         };
         let m = xs.len() as f64;
-        let (mut sx, mut sy) = (0.0, 0.0);
-        for (&x, &y) in xs.iter().zip(ys) {
-            sx += x;
-            sy += y;
-        }
+        let [sx, sy] = lane_sums(xs, ys, |x, y| [x, y]);
         let (bx, by) = (sx / m, sy / m);
-        let (mut bxx, mut bxy, mut byy, mut dxx) = (0.0, 0.0, 0.0, 0.0);
-        for (&x, &y) in xs.iter().zip(ys) {
+        let [bxx, bxy, byy] = lane_sums(xs, ys, |x, y| {
             let (dx, dy) = (x - bx, y - by);
-            bxx += dx * dx;
-            bxy += dx * dy;
-            byy += dy * dy;
-        }
-        for w in xs.windows(2) {
-            dxx += (w[1] - w[0]) * (w[1] - w[0]);
-        }
+            [dx * dx, dx * dy, dy * dy]
+        });
+        let [mut dxx] = lane_sums(&xs[1..], &xs[..xs.len() - 1], |b, a| [(b - a) * (b - a)]);
         if let Some(p) = self.prev_x {
             dxx += (xs[0] - p) * (xs[0] - p);
             self.ndx += 1.0;
@@ -147,6 +138,75 @@ impl LineFit {
             template_period: std::f64::consts::TAU * rms_x / rms_dx,
         })
     }
+}
+
+/// Independent partial sums per lane, so the additions of a batch vectorise.
+const LANES: usize = 4;
+
+/// `Σ_i term(xs[i], ys[i])` for each of the `K` components of `term`, summed in [`LANES`]
+/// interleaved partial sums (then added in lane order): no dependency chain from one point to
+/// the next, so the loop vectorises. The lengths must match (the shorter one is used).
+#[inline(always)]
+fn lane_sums<const K: usize>(
+    xs: &[f64],
+    ys: &[f64],
+    term: impl Fn(f64, f64) -> [f64; K],
+) -> [f64; K] {
+    let n = xs.len().min(ys.len());
+    let (xs, ys) = (&xs[..n], &ys[..n]);
+    let mut acc = [[0.0f64; K]; LANES];
+    let (xc, yc) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (x, y) in xc.zip(yc) {
+        for lane in 0..LANES {
+            let t = term(x[lane], y[lane]);
+            for k in 0..K {
+                acc[lane][k] += t[k];
+            }
+        }
+    }
+    for (lane, (&x, &y)) in xr.iter().zip(yr).enumerate() {
+        let t = term(x, y);
+        for k in 0..K {
+            acc[lane][k] += t[k];
+        }
+    }
+    std::array::from_fn(|k| acc.iter().map(|a| a[k]).sum())
+}
+
+/// Whether a sample enters a fit: unflagged, with a finite raw value and template.
+#[inline(always)]
+fn fit_sample(raw: f64, flag: u8, template: f64) -> bool {
+    flag == 0 && raw.is_finite() && template.is_finite()
+}
+
+/// The samples of a chunk that enter a fit (flag 0, finite raw value and template), in order:
+/// templates into `xs`, raw values into `ys` (both cleared first). Branch-free: every sample is
+/// written and the write position advances only for the kept ones. Lengths must match
+/// (checked by assert).
+pub fn fit_points(
+    raw: &[f64],
+    flags: &[u8],
+    template: &[f64],
+    xs: &mut Vec<f64>,
+    ys: &mut Vec<f64>,
+) {
+    assert!(
+        raw.len() == flags.len() && raw.len() == template.len(),
+        "fit_points: length mismatch"
+    );
+    xs.clear();
+    ys.clear();
+    xs.resize(raw.len(), 0.0);
+    ys.resize(raw.len(), 0.0);
+    let mut kept = 0;
+    for ((&r, &f), &t) in raw.iter().zip(flags).zip(template) {
+        xs[kept] = t;
+        ys[kept] = r;
+        kept += usize::from(fit_sample(r, f, t));
+    }
+    xs.truncate(kept);
+    ys.truncate(kept);
 }
 
 impl LineSolution {
@@ -214,6 +274,42 @@ impl ResidualStats {
         }
     }
 
+    /// Adds the residuals `rs` in order: the same sums, in the same order, as [`Self::add`]
+    /// per residual (bit for bit), without a branch per residual.
+    pub fn add_batch(&mut self, rs: &[f64]) {
+        let Some(&last) = rs.last() else {
+            return;
+        };
+        let mut diff_sq = self.diff_sq;
+        if let Some(p) = self.prev {
+            diff_sq += (rs[0] - p) * (rs[0] - p);
+            self.n_diff += 1;
+        }
+        for w in rs.windows(2) {
+            diff_sq += (w[1] - w[0]) * (w[1] - w[0]);
+        }
+        self.diff_sq = diff_sq;
+        self.n_diff += rs.len() as u64 - 1;
+        self.prev = Some(last);
+        self.n += rs.len() as u64;
+        let mut rest = rs;
+        while !rest.is_empty() {
+            let take = (self.block - self.block_n).min(rest.len());
+            let mut sum = self.block_sum;
+            for &r in &rest[..take] {
+                sum += r;
+            }
+            self.block_sum = sum;
+            self.block_n += take;
+            if self.block_n == self.block {
+                self.means.push(self.block_sum / self.block as f64);
+                self.block_sum = 0.0;
+                self.block_n = 0;
+            }
+            rest = &rest[take..];
+        }
+    }
+
     /// The gain error of `fit` (whose residuals were added): white part from the first
     /// differences, smooth part from the block means when significant at 4σ.
     pub fn gain_error(&self, fit: &LineSolution) -> GainError {
@@ -274,18 +370,49 @@ impl Calibration {
         out: &mut Vec<f64>,
         out_flags: &mut Vec<u8>,
     ) {
-        debug_assert!(raw.len() == flags.len() && raw.len() == subtract.len());
+        assert!(
+            raw.len() == flags.len() && raw.len() == subtract.len(),
+            "Calibration::apply: length mismatch"
+        );
         out.clear();
         out_flags.clear();
-        for ((&v, &f), &s) in raw.iter().zip(flags).zip(subtract) {
-            if v.is_finite() {
-                out.push((v - self.offset) / self.gain - s);
-                out_flags.push(f);
+        out.resize(raw.len(), 0.0);
+        out_flags.resize(raw.len(), 0);
+        let outputs = out.iter_mut().zip(out_flags.iter_mut());
+        for ((o, of), ((&v, &f), &s)) in outputs.zip(raw.iter().zip(flags).zip(subtract)) {
+            let finite = v.is_finite();
+            *o = if finite {
+                (v - self.offset) / self.gain - s
             } else {
-                out.push(0.0);
-                out_flags.push(f | nonfinite_flag);
-            }
+                0.0
+            };
+            *of = if finite { f } else { f | nonfinite_flag };
         }
+    }
+
+    /// The fit residuals `raw − gain·template − offset` of the samples that enter a fit (flag
+    /// 0, finite raw value and template; see [`fit_points`]), in order, into `residuals`
+    /// (cleared first). Branch-free like [`fit_points`]; lengths must match (checked by
+    /// assert).
+    pub fn fit_residuals(
+        &self,
+        raw: &[f64],
+        flags: &[u8],
+        template: &[f64],
+        residuals: &mut Vec<f64>,
+    ) {
+        assert!(
+            raw.len() == flags.len() && raw.len() == template.len(),
+            "fit_residuals: length mismatch"
+        );
+        residuals.clear();
+        residuals.resize(raw.len(), 0.0);
+        let mut kept = 0;
+        for ((&r, &f), &t) in raw.iter().zip(flags).zip(template) {
+            residuals[kept] = r - self.gain * t - self.offset;
+            kept += usize::from(fit_sample(r, f, t));
+        }
+        residuals.truncate(kept);
     }
 }
 
@@ -455,5 +582,68 @@ mod tests {
         );
         assert_eq!(out, vec![0.5, 0.0, 1.0]);
         assert_eq!(fl, vec![0, 0x81, 2]);
+    }
+
+    #[test]
+    fn batched_selection_and_residuals_equal_the_per_sample_loops() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let n = 3001;
+        let raw: Vec<f64> = (0..n)
+            .map(|k| match k % 97 {
+                3 => f64::NAN,
+                50 => f64::INFINITY,
+                _ => 2.0 * gauss(&mut rng) + 1.0,
+            })
+            .collect();
+        let flags: Vec<u8> = (0..n).map(|k| u8::from(k % 13 == 4)).collect();
+        let template: Vec<f64> = (0..n)
+            .map(|k| {
+                if k % 31 == 7 {
+                    f64::NAN
+                } else {
+                    (k as f64 * 0.01).sin()
+                }
+            })
+            .collect();
+        let good: Vec<usize> = (0..n)
+            .filter(|&k| flags[k] == 0 && raw[k].is_finite() && template[k].is_finite())
+            .collect();
+        assert!(good.len() > n / 2 && good.len() < n);
+        let (mut xs, mut ys) = (vec![9.0], Vec::new());
+        fit_points(&raw, &flags, &template, &mut xs, &mut ys);
+        assert_eq!(xs, good.iter().map(|&k| template[k]).collect::<Vec<_>>());
+        assert_eq!(ys, good.iter().map(|&k| raw[k]).collect::<Vec<_>>());
+        let cal = Calibration {
+            gain: 1.7,
+            offset: -0.3,
+        };
+        let mut rs = vec![1.0; 5];
+        cal.fit_residuals(&raw, &flags, &template, &mut rs);
+        let expected: Vec<f64> = good
+            .iter()
+            .map(|&k| raw[k] - cal.gain * template[k] - cal.offset)
+            .collect();
+        assert_eq!(rs, expected);
+        // Residual statistics: batches of any size give the per-residual sums bit for bit.
+        let mut one = ResidualStats::new(40);
+        for &r in &rs {
+            one.add(r);
+        }
+        let mut batched = ResidualStats::new(40);
+        let cuts = [0, 1, 1, 39, 41, 200, 1000, rs.len()];
+        for w in cuts.windows(2) {
+            batched.add_batch(&rs[w[0]..w[1]]);
+        }
+        assert_eq!(batched.means, one.means);
+        assert_eq!(
+            (
+                batched.n,
+                batched.n_diff,
+                batched.diff_sq,
+                batched.block_sum
+            ),
+            (one.n, one.n_diff, one.diff_sq, one.block_sum)
+        );
+        assert_eq!((batched.prev, batched.block_n), (one.prev, one.block_n));
     }
 }
