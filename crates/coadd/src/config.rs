@@ -85,7 +85,7 @@ impl Default for CoaddConfig {
             zero_point: 27.0,
             missing_zero_point: MissingZeroPoint::Skip,
             wcs: WcsSource::Singleframe,
-            coarse_step: 32,
+            coarse_step: 16,
             clip_sigma: 3.0,
             clip_iterations: 2,
             clip_amplitude_fraction: 0.3,

@@ -362,8 +362,18 @@ impl Coadd {
         let (width, height) = grid.shape();
         let map = CoarseMap::new(width, height, self.config.coarse_step, exact)
             .map_err(UnitFailure::bad_input)?;
+        // The error where it matters: probe pixels whose source position is on the CCD (a
+        // fitted SIP polynomial is not meant to be evaluated far beyond it).
+        let (cw, ch) = (calexp.width as f64, calexp.height as f64);
+        let probes = map.probe_points(7);
+        let on_ccd: Vec<[f64; 2]> = probes
+            .iter()
+            .zip(exact(&probes))
+            .filter(|(_, s)| s[0] > -0.5 && s[0] < cw - 0.5 && s[1] > -0.5 && s[1] < ch - 0.5)
+            .map(|(p, _)| *p)
+            .collect();
         let interpolation_error = map
-            .max_interpolation_error(&map.probe_points(7), exact)
+            .max_interpolation_error(&on_ccd, exact)
             .map_err(UnitFailure::bad_input)?;
         let params = WarpParams {
             flux_scale,
