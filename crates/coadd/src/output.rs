@@ -73,7 +73,7 @@ fn read_mask(
     values
         .into_iter()
         .map(|v| {
-            if v >= 0.0 && v < 16_777_216.0 && v.fract() == 0.0 {
+            if (0.0..16_777_216.0).contains(&v) && v.fract() == 0.0 {
                 Ok(v as u32)
             } else {
                 Err(CoaddError::Content {
