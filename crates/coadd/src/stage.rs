@@ -343,52 +343,9 @@ impl Coadd {
         drop(reg);
         let grid = self.grid(w.patch).map_err(UnitFailure::bad_input)?;
         let calexp = output::read_calexp(&w.calexp).map_err(failure)?;
-        let exact = |points: &[[f64; 2]]| -> Vec<[f64; 2]> {
-            let sky: Vec<[f64; 2]> = points
-                .iter()
-                .map(|p| {
-                    let s = grid.sky_of(p[0], p[1]);
-                    [s.ra(), s.dec()]
-                })
-                .collect();
-            match wcs.sky_to_pixel(&sky) {
-                Ok(pix) => pix
-                    .iter()
-                    .map(|p| p.map_or([f64::NAN; 2], |p| [p[0] - 1.0, p[1] - 1.0]))
-                    .collect(),
-                Err(_) => vec![[f64::NAN; 2]; points.len()],
-            }
-        };
-        let (width, height) = grid.shape();
-        let map = CoarseMap::new(width, height, self.config.coarse_step, exact)
-            .map_err(UnitFailure::bad_input)?;
-        // The error where it matters: probe pixels whose source position is on the CCD (a
-        // fitted SIP polynomial is not meant to be evaluated far beyond it).
-        let (cw, ch) = (calexp.width as f64, calexp.height as f64);
-        let probes = map.probe_points(7);
-        let on_ccd: Vec<[f64; 2]> = probes
-            .iter()
-            .zip(exact(&probes))
-            .filter(|(_, s)| s[0] > -0.5 && s[0] < cw - 0.5 && s[1] > -0.5 && s[1] < ch - 0.5)
-            .map(|(p, _)| *p)
-            .collect();
-        let interpolation_error = map
-            .max_interpolation_error(&on_ccd, exact)
-            .map_err(UnitFailure::bad_input)?;
-        let params = WarpParams {
-            flux_scale,
-            flux_scaling: FluxScaling::Local,
-            no_data_bit: mask::NO_DATA,
-            mask_weight_threshold: 0.01,
-        };
-        let source = Source {
-            image: &calexp.image,
-            variance: &calexp.variance,
-            mask: &calexp.mask,
-            width: calexp.width,
-            height: calexp.height,
-        };
-        let warped = warp::warp(&source, &map, &params).map_err(UnitFailure::bad_input)?;
+        let (warped, interpolation_error) =
+            warp_onto_patch(&grid, &wcs, &calexp, flux_scale, self.config.coarse_step)
+                .map_err(UnitFailure::bad_input)?;
         drop(calexp);
         let good_pixels = warped
             .mask
@@ -590,6 +547,61 @@ impl Coadd {
     }
 }
 
+/// Warps a calexp with WCS `wcs` onto `grid` (Lanczos3, per-pixel area scaling, times
+/// `flux_scale`), the mapping evaluated exactly every `step` patch pixels; returns the warp and
+/// the largest coarse-grid interpolation error (CCD pixels) at probe pixels whose source lies on
+/// the CCD (a fitted SIP polynomial is not meant to be evaluated far beyond it).
+pub fn warp_onto_patch(
+    grid: &PatchGrid,
+    wcs: &Wcs,
+    calexp: &output::Calexp,
+    flux_scale: f64,
+    step: usize,
+) -> Result<(warp::Warped, f64), warp::WarpError> {
+    // 0-based patch pixel → sky (tract TAN) → 1-based CCD pixel (WCSLIB) → 0-based.
+    let exact = |points: &[[f64; 2]]| -> Vec<[f64; 2]> {
+        let sky: Vec<[f64; 2]> = points
+            .iter()
+            .map(|p| {
+                let s = grid.sky_of(p[0], p[1]);
+                [s.ra(), s.dec()]
+            })
+            .collect();
+        match wcs.sky_to_pixel(&sky) {
+            Ok(pix) => pix
+                .iter()
+                .map(|p| p.map_or([f64::NAN; 2], |p| [p[0] - 1.0, p[1] - 1.0]))
+                .collect(),
+            Err(_) => vec![[f64::NAN; 2]; points.len()],
+        }
+    };
+    let (width, height) = grid.shape();
+    let map = CoarseMap::new(width, height, step, exact)?;
+    let (cw, ch) = (calexp.width as f64, calexp.height as f64);
+    let probes = map.probe_points(7);
+    let on_ccd: Vec<[f64; 2]> = probes
+        .iter()
+        .zip(exact(&probes))
+        .filter(|(_, s)| s[0] > -0.5 && s[0] < cw - 0.5 && s[1] > -0.5 && s[1] < ch - 0.5)
+        .map(|(p, _)| *p)
+        .collect();
+    let interpolation_error = map.max_interpolation_error(&on_ccd, exact)?;
+    let params = WarpParams {
+        flux_scale,
+        flux_scaling: FluxScaling::Local,
+        no_data_bit: mask::NO_DATA,
+        mask_weight_threshold: 0.01,
+    };
+    let source = Source {
+        image: &calexp.image,
+        variance: &calexp.variance,
+        mask: &calexp.mask,
+        width: calexp.width,
+        height: calexp.height,
+    };
+    Ok((warp::warp(&source, &map, &params)?, interpolation_error))
+}
+
 /// Write and I/O failures are transient; anything else about a file is bad input.
 fn failure(e: CoaddError) -> UnitFailure {
     match &e {
@@ -678,5 +690,72 @@ impl Stage for Coadd {
             CoaddUnit::Coadd { patch, band } => self.run_coadd(*patch, band, ctx),
             CoaddUnit::Detect { patch, band } => self.run_detect(*patch, band, ctx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skypipe_registry::SkyMapConfig;
+
+    /// A CCD whose WCS is the patch's own, shifted by whole pixels, warps to a copy of itself
+    /// (shifted, scaled by the flux factor): the stage's pixel conventions (0/1-based, pixel
+    /// centres, tract origin) agree with WCSLIB's.
+    #[test]
+    fn a_ccd_on_the_patch_grid_warps_to_itself() {
+        let map = SkyMap::new(SkyMapConfig {
+            rings: 359,
+            pixel_scale: 0.2,
+            patch_size: 100,
+            border: 10,
+        })
+        .unwrap();
+        let id = map.locate(SkyPoint::new(150.0, 2.0).unwrap());
+        let grid = PatchGrid::new(map.tract(id.tract).unwrap(), id.x, id.y);
+        // CCD pixel (i, j) is patch pixel (i + 7, j + 4).
+        let (dx, dy) = (7usize, 4usize);
+        let records: Vec<String> = grid
+            .wcs_records()
+            .into_iter()
+            .map(|r| {
+                let shift = |k: &str, d: usize| {
+                    let v: f64 = r[10..30].trim().parse().unwrap();
+                    format!(
+                        "{:<80}",
+                        format!("{k:<8}= {:>20}", format!("{:E}", v - d as f64))
+                    )
+                };
+                match &r[..8] {
+                    "CRPIX1  " => shift("CRPIX1", dx),
+                    "CRPIX2  " => shift("CRPIX2", dy),
+                    _ => r,
+                }
+            })
+            .collect();
+        let wcs = Wcs::from_header("shifted patch", &records.concat()).unwrap();
+        let (cw, ch) = (60usize, 50usize);
+        let calexp = output::Calexp {
+            image: (0..cw * ch).map(|k| (k % 97) as f32 - 30.0).collect(),
+            variance: (0..cw * ch).map(|k| 1.0 + (k % 13) as f32).collect(),
+            mask: (0..cw * ch).map(|k| u32::from(k % 31 == 0) * 4).collect(),
+            width: cw,
+            height: ch,
+        };
+        let (warped, error) = warp_onto_patch(&grid, &wcs, &calexp, 2.0, 16).unwrap();
+        assert!(error < 1e-6, "{error}");
+        let (w, _) = grid.shape();
+        for j in 0..ch {
+            for i in 0..cw {
+                let (k, o) = (j * cw + i, (j + dy) * w + i + dx);
+                assert!(
+                    (warped.image[o] - 2.0 * calexp.image[k]).abs() < 1e-3,
+                    "({i}, {j})"
+                );
+                assert!((warped.variance[o] - 4.0 * calexp.variance[k]).abs() < 1e-3);
+                assert_eq!(warped.mask[o], calexp.mask[k]);
+            }
+        }
+        // Outside the CCD: no data.
+        assert!(warped.image[0].is_nan() && warped.mask[0] == mask::NO_DATA);
     }
 }
