@@ -20,6 +20,7 @@ use skypipe_cmb::mapmake::MapmakeConfig;
 use skypipe_cmb::pointing::Pointing;
 use skypipe_cmb::pointing::PointingConfig;
 use skypipe_cmb::{CalibrateFile, MapmakeFile, PointingFile};
+use skypipe_coadd::{Coadd, CoaddFile};
 use skypipe_engine::{ChainFile, RunOptions, load_config};
 use skypipe_loadtest::{Loadtest, LoadtestFile, Workload};
 use skypipe_optical::singleframe::{Singleframe, SingleframeFile};
@@ -36,19 +37,21 @@ enum Reader {
     Calibrate,
     Mapmake,
     Singleframe,
+    Coadd,
     Chain,
     Slurm,
 }
 
 /// File-name stems (exact, or followed by `-`) and the binary that reads them. Every binary
 /// with a configuration file ships at least one example.
-const READERS: [(&str, Reader); 8] = [
+const READERS: [(&str, Reader); 9] = [
     ("sim-cmb", Reader::SimCmb),
     ("loadtest", Reader::Loadtest),
     ("pointing", Reader::Pointing),
     ("calibrate", Reader::Calibrate),
     ("mapmake", Reader::Mapmake),
     ("singleframe", Reader::Singleframe),
+    ("coadd", Reader::Coadd),
     ("chain", Reader::Chain),
     ("slurm", Reader::Slurm),
 ];
@@ -142,6 +145,10 @@ fn check(path: &Path, reader: Reader, observations: &Path) -> Result<(), String>
         }
         Reader::Slurm => {
             SlurmFile::load(path).map_err(|e| e.to_string())?;
+        }
+        Reader::Coadd => {
+            let file = parse(path, |f: &CoaddFile<RunOptions>| &f.run)?;
+            Coadd::new(file.coadd, file.run.dir.as_deref())?;
         }
         Reader::Chain => {
             let file = ChainFile::load(path, CHAIN_KINDS).map_err(|e| e.to_string())?;
