@@ -103,9 +103,8 @@ pub struct ExposureFit {
     pub n_used: usize,
     /// RMS of the used matches' 2-D residuals, arcsec.
     pub rms_arcsec: f64,
-    /// Bounding box `[[xmin, xmax], [ymin, ymax]]` of the used matches in the focal plane:
-    /// where the distortion is constrained.
-    pub covered: [[f64; 2]; 2],
+    /// Focal-plane positions of the used matches: where the distortion is constrained.
+    pub used_focal: Vec<[f64; 2]>,
 }
 
 /// Fits the exposure model to the matches of every CCD: SIP order at most `p.order`, lowered
@@ -145,16 +144,13 @@ pub fn fit_exposure(ccds: &[CcdMatches], crval: [f64; 2], p: &FitParams) -> Opti
         }
     };
     let mut per = vec![(0usize, 0.0f64); ccds.len()];
-    let mut covered = [[f64::INFINITY, f64::NEG_INFINITY]; 2];
+    let mut used_focal = Vec::with_capacity(fit.n_used);
     for i in (0..focal.len()).filter(|&i| fit.used[i]) {
         let m = fit.wcs.pixel_to_sky(focal[i]);
         let r = arcsec_between(fit.wcs.crval, m, sky[i]);
         per[owner[i]].0 += 1;
         per[owner[i]].1 += r * r;
-        for a in 0..2 {
-            covered[a][0] = covered[a][0].min(focal[i][a]);
-            covered[a][1] = covered[a][1].max(focal[i][a]);
-        }
+        used_focal.push(focal[i]);
     }
     Some(ExposureFit {
         model: fit.wcs,
@@ -171,7 +167,7 @@ pub fn fit_exposure(ccds: &[CcdMatches], crval: [f64; 2], p: &FitParams) -> Opti
             .collect(),
         n_used: fit.n_used,
         rms_arcsec: fit.rms_arcsec,
-        covered,
+        used_focal,
     })
 }
 
@@ -263,20 +259,20 @@ impl ExposureFit {
         }
     }
 
-    /// Whether the centre of a CCD at `placement` lies where the visit's matches constrain
-    /// the model: inside [`ExposureFit::covered`] widened by a quarter of its size on each
-    /// side (a polynomial extrapolated further strays). Always true without distortion, whose
-    /// linear model extrapolates safely.
+    /// Whether the model's distortion is interpolated, not extrapolated, at the centre of a
+    /// CCD at `placement`: each of the four quadrants about that centre (in the focal plane)
+    /// holds a used match. Always true without distortion, whose linear model extrapolates
+    /// safely.
     pub fn covers(&self, placement: &Placement, size: [f64; 2]) -> bool {
         if self.model.sip.is_none() {
             return true;
         }
         let c = placement.to_focal([(size[0] + 1.0) / 2.0, (size[1] + 1.0) / 2.0]);
-        (0..2).all(|a| {
-            let [lo, hi] = self.covered[a];
-            let margin = 0.25 * (hi - lo);
-            c[a] >= lo - margin && c[a] <= hi + margin
-        })
+        let mut quadrants = [false; 4];
+        for f in &self.used_focal {
+            quadrants[usize::from(f[0] >= c[0]) + 2 * usize::from(f[1] >= c[1])] = true;
+        }
+        quadrants.iter().all(|q| *q)
     }
 }
 
@@ -412,7 +408,7 @@ mod tests {
             ccds: vec![],
             n_used: 0,
             rms_arcsec: 0.0,
-            covered: [[-1e9, 1e9]; 2],
+            used_focal: vec![],
         };
         for placement in camera() {
             let w = fit.ccd_wcs(&placement, SIZE);
@@ -449,8 +445,11 @@ mod tests {
                 "{}",
                 worst_px(&w, &c.placement)
             );
-            assert!(fit.covers(&c.placement, c.size));
         }
+        // Without noise even the extrapolation is exact, but CCD 1's outer quadrant holds no
+        // match: its distortion is extrapolated there.
+        assert!(fit.covers(&m[0].placement, SIZE) && fit.covers(&m[3].placement, SIZE));
+        assert!(!fit.covers(&m[1].placement, SIZE));
     }
 
     #[test]
@@ -515,10 +514,16 @@ mod tests {
     }
 
     #[test]
-    fn a_ccd_outside_the_matched_area_is_not_covered() {
+    fn a_ccd_outside_the_matched_area_is_not_covered_unless_the_model_is_linear() {
         let m = matches([100, 0, 100, 0], 0.0, 6);
         let fit = fit_exposure(&m, [150.0, 2.0], &FitParams::default()).unwrap();
         assert!(fit.covers(&m[0].placement, SIZE));
         assert!(!fit.covers(&m[1].placement, SIZE));
+        let linear = FitParams {
+            order: 1,
+            ..FitParams::default()
+        };
+        let fit = fit_exposure(&m, [150.0, 2.0], &linear).unwrap();
+        assert!(fit.covers(&m[1].placement, SIZE));
     }
 }

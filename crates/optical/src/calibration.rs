@@ -214,8 +214,9 @@ pub struct CcdCalibration {
     /// The zero point (e- in the exposure: `mag = ZP − 2.5 log10(FLUX_PSF)`), or why none.
     pub zero_point: Result<ZeroPoint, String>,
     /// The matches the last fit kept after clipping (also when the fit was then refused for
-    /// having fewer than `min_matches`; all the last candidates when they were too few to
-    /// fit); empty when pattern matching found none. The exposure-wide step gathers them.
+    /// having fewer than `min_matches`); empty when there was no fit (pattern matching found
+    /// none, or too few to fit: such unchecked candidates could be false). The exposure-wide
+    /// step gathers them.
     pub matches: Vec<Match>,
 }
 
@@ -455,13 +456,13 @@ fn fit(
 ) -> (Result<Astrometry, String>, Vec<(usize, usize)>) {
     let mut kept = Vec::new();
     let result = fit_kept(
-        refcat, src, src_sigma, refs, ref_stars, header, crpix, crval, scale, size, margin_px,
-        p, &mut kept,
+        refcat, src, src_sigma, refs, ref_stars, header, crpix, crval, scale, size, margin_px, p,
+        &mut kept,
     );
     (result, kept)
 }
 
-/// [`fit`], leaving the pairs of the last fit (or the last candidates) in `kept`.
+/// [`fit`], leaving the pairs of the last fit in `kept`.
 #[allow(clippy::too_many_arguments)]
 fn fit_kept(
     refcat: &ReferenceCatalog,
@@ -524,8 +525,6 @@ fn fit_kept(
         let px: Vec<[f64; 2]> = pairs.iter().map(|&(i, _)| [src[i].x, src[i].y]).collect();
         let sky: Vec<[f64; 2]> = pairs.iter().map(|&(_, j)| sky_of_ref(j)).collect();
         let sigma: Vec<f64> = pairs.iter().map(|&(i, _)| src_sigma[i]).collect();
-        // Too few pairs for a fit of their own still help the exposure-wide step.
-        kept.clone_from(&pairs);
         let f = fit_with(&px, &sky, &sigma)
             .ok_or_else(|| format!("{} matches are too few for a fit of pure TAN", pairs.len()))?;
         let used: Vec<(usize, usize)> = pairs

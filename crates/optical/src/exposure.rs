@@ -106,9 +106,7 @@ pub fn solve_visit(
     }
     let tangent = [
         mean[1].atan2(mean[0]).to_degrees().rem_euclid(360.0),
-        mean[2]
-            .atan2(mean[0].hypot(mean[1]))
-            .to_degrees(),
+        mean[2].atan2(mean[0].hypot(mean[1])).to_degrees(),
     ];
     let project = |ccd: u32, s: [f64; 2]| {
         tansip::project(tangent, s).ok_or_else(|| {
@@ -123,8 +121,14 @@ pub fn solve_visit(
             .map(|s| project(c.ccd, *s))
             .collect::<Result<_, _>>()?;
         let j = [
-            [(q[1][0] - q[2][0]) / (2.0 * d), (q[3][0] - q[4][0]) / (2.0 * d)],
-            [(q[1][1] - q[2][1]) / (2.0 * d), (q[3][1] - q[4][1]) / (2.0 * d)],
+            [
+                (q[1][0] - q[2][0]) / (2.0 * d),
+                (q[3][0] - q[4][0]) / (2.0 * d),
+            ],
+            [
+                (q[1][1] - q[2][1]) / (2.0 * d),
+                (q[3][1] - q[4][1]) / (2.0 * d),
+            ],
         ];
         local.push((*centre, q[0], j));
     }
@@ -135,7 +139,9 @@ pub fn solve_visit(
     scales.sort_by(f64::total_cmp);
     let scale = scales[scales.len() / 2];
     if !(scale.is_finite() && scale > 0.0) {
-        return Err(format!("visit {visit}: the header WCSs have no pixel scale"));
+        return Err(format!(
+            "visit {visit}: the header WCSs have no pixel scale"
+        ));
     }
     let mut placements = Vec::with_capacity(ccds.len());
     for (c, (centre, focal, j)) in ccds.iter().zip(&local) {
@@ -175,17 +181,28 @@ pub fn solve_visit(
         })
         .collect();
     let offered: usize = ccds.iter().map(|c| c.matches.len()).sum();
-    let fp = FitParams {
-        order: p.exposure_order,
-        clip: p.clip,
-        max_iterations: 10,
+    // The highest order whose distortion is interpolated at every CCD (a CCD without matches
+    // at the camera's edge lowers it; order 1 extrapolates safely).
+    let mut order = p.exposure_order.max(1);
+    let fit: ExposureFit = loop {
+        let fp = FitParams {
+            order,
+            clip: p.clip,
+            max_iterations: 10,
+        };
+        let fit = fit_exposure(&matches, tangent, &fp).ok_or_else(|| {
+            format!(
+                "visit {visit}: {offered} matches over {} CCDs are too few for an exposure-wide \
+                 fit",
+                ccds.len()
+            )
+        })?;
+        let fitted = fit.model.sip.as_ref().map_or(1, |s| s.order);
+        if fitted == 1 || matches.iter().all(|m| fit.covers(&m.placement, m.size)) {
+            break fit;
+        }
+        order = fitted - 1;
     };
-    let fit: ExposureFit = fit_exposure(&matches, tangent, &fp).ok_or_else(|| {
-        format!(
-            "visit {visit}: {offered} matches over {} CCDs are too few for an exposure-wide fit",
-            ccds.len()
-        )
-    })?;
     if fit.n_used < p.min_matches {
         return Err(format!(
             "visit {visit}: {} matches after clipping, fewer than min_matches = {}",
@@ -198,7 +215,8 @@ pub fn solve_visit(
         .zip(&matches)
         .zip(&fit.ccds)
         .map(|((c, m), r)| {
-            let placed = if fit.covers(&m.placement, m.size) {
+            // A CCD whose own matches all disagree with the others: its header misplaces it.
+            let placed = if m.pixels.len() < 3 || r.n_used > 0 {
                 Ok(CcdSolution {
                     tan_sip: fit.ccd_wcs(&m.placement, m.size),
                     n_matches: r.n_used,
@@ -210,10 +228,10 @@ pub fn solve_visit(
                 })
             } else {
                 Err(format!(
-                    "visit {visit} cannot place ccd {}: it lies outside the part of the focal \
-                     plane its matches cover, where the order-{order} distortion would be \
-                     extrapolated",
-                    c.ccd
+                    "visit {visit} cannot place ccd {}: all {} of its matches disagree with the \
+                     visit's solution (its header WCS puts it elsewhere in the focal plane)",
+                    c.ccd,
+                    m.pixels.len()
                 ))
             };
             (c.ccd, placed)

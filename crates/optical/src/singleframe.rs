@@ -550,13 +550,7 @@ impl Singleframe {
         }
         Ok(own
             .into_iter()
-            .map(|s| {
-                finals
-                    .iter()
-                    .find(|f| f.ccd == s.ccd)
-                    .cloned()
-                    .unwrap_or(s)
-            })
+            .map(|s| finals.iter().find(|f| f.ccd == s.ccd).cloned().unwrap_or(s))
             .collect())
     }
 
@@ -1040,7 +1034,11 @@ fn write_final_products(
     let fit_cards = [
         Card::int("WCSFIT", 1, "1: the exposure-wide WCS is attached"),
         Card::int("ASTFIT", 1, "1: WCS fitted to the reference catalogue"),
-        Card::int("ASTNMAT", wcs.n_matches as i64, "this CCD's matches in the visit's fit"),
+        Card::int(
+            "ASTNMAT",
+            wcs.n_matches as i64,
+            "this CCD's matches in the visit's fit",
+        ),
         Card::real(
             "ASTRMS",
             wcs.rms_arcsec,
@@ -1051,7 +1049,11 @@ fn write_final_products(
             visit.order as i64,
             "order of the exposure-wide distortion",
         ),
-        Card::int("EXPNMAT", visit.n_matches as i64, "matches in the visit's fit"),
+        Card::int(
+            "EXPNMAT",
+            visit.n_matches as i64,
+            "matches in the visit's fit",
+        ),
         Card::real(
             "EXPRMS",
             visit.rms_arcsec,
