@@ -8,6 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Warp, coadd and detect per sky-map patch, planned from the CCD registry.
+///
+/// One warp unit per (patch, CCD) overlapping it, one coadd per (patch, band) after its warps,
+/// one detection after each coadd; outputs under RUN_DIR/coadd/ and rows in the registry.
+/// Configuration: the `[run]` and `[coadd]` tables of the --config file (every key with its
+/// default: configs/coadd.toml).
 #[derive(Debug, Parser)]
 #[command(name = "skypipe-coadd", version)]
 struct Cli {

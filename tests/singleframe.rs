@@ -770,3 +770,303 @@ fn singleframe_runs_in_a_chain_and_a_missing_raw_file_is_found_at_planning() {
     let (calexp, src) = output_paths(1, units["units"][0]["ccd"].as_u64().unwrap() as u32);
     assert!(run_dir.join(calexp).is_file() && run_dir.join(src).is_file());
 }
+
+/// Removes from `DATA/reference.fits` the reference stars over visit 1's CCD 0 (by the truth WCS,
+/// with a 150-pixel margin) but `KEEP` of them, writing `DATA/reference-cut.fits`: CCD 0 of
+/// every visit (the visits are dithered by ~100 pixels) then has too few stars of its own.
+const CUT_REFERENCE: &str = r#"
+import sys, numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+data, keep = sys.argv[1], int(sys.argv[2])
+h = fits.getheader(f"{data}/truth/v0001/c00.fits")
+tw = WCS(naxis=2)
+tw.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+tw.wcs.crpix = [h["TCRPIX1"], h["TCRPIX2"]]
+tw.wcs.crval = [h["TCRVAL1"], h["TCRVAL2"]]
+tw.wcs.cd = [[h["TCD1_1"], h["TCD1_2"]], [h["TCD2_1"], h["TCD2_2"]]]
+with fits.open(f"{data}/reference.fits") as f:
+    t = f["REFCAT"].data
+    x, y = tw.all_world2pix(t["RA"], t["DEC"], 1)
+    idx = np.flatnonzero((x > -150) & (x < 406) & (y > -150) & (y < 662))
+    order = idx[np.argsort(np.abs(t["MAG_G"][idx] - 19.0))]
+    drop = np.zeros(len(t), bool)
+    drop[order[keep:]] = True
+    hdu = fits.BinTableHDU(t[~drop], header=f["REFCAT"].header, name="REFCAT")
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(f"{data}/reference-cut.fits")
+print("dropped", int(drop.sum()), "of", len(t))
+"#;
+
+/// Per CCD of a run (`data`, `run`): the sum of squared distances (pixels) between the bright
+/// stars' true positions and where the final calexp's WCS, evaluated by astropy, puts them, their
+/// number, and `ASTFIT`/`WCSFIT`; and the largest difference between the catalogue's RA/DEC and
+/// astropy's evaluation of that WCS at X/Y. Prints `RESULT {json}`.
+const PER_CCD_CHECK: &str = r#"
+import json, sys, warnings
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+warnings.simplefilter("ignore")
+data, run = sys.argv[1], sys.argv[2]
+out, sky_diff = {}, 0.0
+for u in json.load(open(f"{data}/units.json"))["units"]:
+    v, c = u["visit"], u["ccd"]
+    truth = fits.open(f"{data}/truth/v{v:04d}/c{c:02d}.fits")
+    h, t = truth[0].header, truth["OBJECTS"].data
+    tw = WCS(naxis=2)
+    tw.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    tw.wcs.crpix = [h["TCRPIX1"], h["TCRPIX2"]]
+    tw.wcs.crval = [h["TCRVAL1"], h["TCRVAL2"]]
+    tw.wcs.cd = [[h["TCD1_1"], h["TCD1_2"]], [h["TCD2_1"], h["TCD2_2"]]]
+    cx = fits.open(f"{run}/singleframe/calexp/v{v:04d}/c{c:02d}.fits")
+    fw = WCS(cx["IMAGE"].header)
+    bright = (t["TYPE"] == "star") & (t["SNR"] > 100)
+    ra, dec = tw.all_pix2world(t["X"][bright], t["Y"][bright], 1)
+    x, y = fw.all_world2pix(ra, dec, 1)
+    res = np.hypot(x - t["X"][bright], y - t["Y"][bright])
+    s = fits.getdata(f"{run}/singleframe/src/v{v:04d}/c{c:02d}.fits", "SOURCES")
+    sra, sdec = fw.all_pix2world(s["X"], s["Y"], 1)
+    d = np.hypot((sra - s["RA"]) * np.cos(np.radians(s["DEC"])), sdec - s["DEC"]) * 3600
+    sky_diff = max(sky_diff, float(d.max()))
+    p = cx[0].header
+    out[f"{v},{c}"] = dict(sq=float(np.sum(res ** 2)), n=int(len(res)), astfit=int(p["ASTFIT"]),
+                           wcsfit=int(p["WCSFIT"]), hdrwcs="HDRWCS" in cx)
+print("RESULT " + json.dumps(dict(ccds=out, sky_diff=sky_diff)))
+"#;
+
+fn python(script: &str, args: &[&Path]) -> String {
+    let py = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&py.stdout).into_owned();
+    assert!(
+        py.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    stdout
+}
+
+/// The per-CCD figures of [`PER_CCD_CHECK`] for a run.
+fn per_ccd(data: &Path, run_dir: &Path) -> serde_json::Value {
+    let stdout = python(PER_CCD_CHECK, &[data, run_dir]);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT in {stdout}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// RMS (pixels) over the CCDs whose key passes `keep`.
+fn rms_of(result: &serde_json::Value, keep: &dyn Fn(&str) -> bool) -> f64 {
+    let (mut sq, mut n) = (0.0, 0.0);
+    for (k, v) in result["ccds"].as_object().unwrap() {
+        if keep(k) {
+            sq += v["sq"].as_f64().unwrap();
+            n += v["n"].as_f64().unwrap();
+        }
+    }
+    (sq / n).sqrt()
+}
+
+/// Ledger sequence numbers by unit.
+fn sequence(run_dir: &Path) -> std::collections::HashMap<String, u64> {
+    ledger(run_dir, "singleframe")
+        .into_iter()
+        .map(|r| {
+            (
+                r["unit"].as_str().unwrap().to_string(),
+                r["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn exposure_wide_step_places_every_ccd_of_a_visit_and_waits_only_for_that_visit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = run(direct(
+        &sim_bin(),
+        &[
+            "image",
+            "--out",
+            data.to_str().unwrap(),
+            "--size",
+            "tiny",
+            "--seed",
+            "7",
+            "--wcs-error",
+            "20,0.5,0.01",
+            "--reference-noise-mas",
+            "2",
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    python(CUT_REFERENCE, &[&data, Path::new("3")]);
+    let reference = data.join("reference-cut.fits");
+    let units = data.join("units.json");
+    let config = |name: &str, exposure_wide: bool| {
+        let path = tmp.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[run]\nfsync = false\n[singleframe.calibration]\nreference = {:?}\n\
+                 reference_error_mas = 2.0\nexposure_wide = {exposure_wide}\n",
+                reference.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let own_cfg = config("own.toml", false);
+    let exp_cfg = config("exposure.toml", true);
+    let own_dir = tmp.path().join("own");
+    let out = singleframe(2, own_cfg.to_str().unwrap(), &units, &own_dir);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let exp_dir = tmp.path().join("exposure");
+    let out = singleframe(2, exp_cfg.to_str().unwrap(), &units, &exp_dir);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let done = outcomes(&exp_dir);
+    assert_eq!(done.len(), 16 + 4 + 16 + 4, "{done:?}");
+    assert!(done.iter().all(|(_, o, _)| o == "done"), "{done:?}");
+
+    let own = per_ccd(&data, &own_dir);
+    let exp = per_ccd(&data, &exp_dir);
+    eprintln!("per-CCD fits: {own}\nexposure-wide: {exp}");
+    // Every CCD has the exposure-wide WCS, the catalogue's RA/DEC are that WCS's.
+    for (k, v) in exp["ccds"].as_object().unwrap() {
+        assert_eq!(v["wcsfit"], 1, "{k}: {v}");
+        assert_eq!(v["hdrwcs"], true, "{k}: {v}");
+    }
+    assert!(exp["sky_diff"].as_f64().unwrap() < 1e-3, "{exp}");
+    // The CCDs whose own fit failed (too few reference stars left) keep the header WCS in
+    // the per-CCD run, tens of pixels off; the visit places them to a few hundredths.
+    let own_ccds = own["ccds"].as_object().unwrap().clone();
+    let starved: Vec<String> = own_ccds
+        .iter()
+        .filter(|(_, v)| v["astfit"] == 0)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(starved.len() >= 2, "{own}");
+    for k in &starved {
+        let one = |r: &serde_json::Value| rms_of(r, &|c| c == k);
+        assert!(one(&own) > 10.0, "{k}: {own}");
+        assert!(one(&exp) < 0.1, "{k}: {exp}");
+    }
+    // On the CCDs that could fit themselves, the exposure-wide WCS is no worse.
+    let fitted = |k: &str| !starved.iter().any(|s| s == k);
+    let (own_rms, exp_rms) = (rms_of(&own, &fitted), rms_of(&exp, &fitted));
+    eprintln!(
+        "bright-star RMS on self-fitted CCDs: per-CCD {own_rms:.4} px, exposure-wide {exp_rms:.4} px"
+    );
+    assert!(
+        exp_rms <= own_rms && exp_rms < 0.05,
+        "{exp_rms} vs {own_rms}"
+    );
+
+    // Order: a visit's exposure unit after its own CCDs, its follow-ups after it, its
+    // registry after its follow-ups; and at least one exposure unit before another visit's
+    // CCDs ended (no barrier beyond the visit).
+    let seq = sequence(&exp_dir);
+    let mut early = false;
+    for visit in 1..=4u64 {
+        let exposure = seq[&format!("visit={visit},step=exposure")];
+        let registry = seq[&format!("visit={visit},step=registry")];
+        for ccd in 0..4 {
+            assert!(seq[&format!("visit={visit},ccd={ccd}")] < exposure);
+            let follow = seq[&format!("visit={visit},ccd={ccd},step=wcs")];
+            assert!(exposure < follow && follow < registry, "{seq:?}");
+        }
+        early |= (1..=4u64)
+            .filter(|v| *v != visit)
+            .any(|v| (0..4).any(|c| seq[&format!("visit={v},ccd={c}")] > exposure));
+    }
+    assert!(early, "every exposure unit waited for every visit: {seq:?}");
+    // The registry records the final products with the exposure-wide WCS.
+    let reg = Registry::open_read_only(exp_dir.join("registry.sqlite3")).unwrap();
+    let all = reg.all().unwrap();
+    assert_eq!(all.len(), 16);
+    for rec in &all {
+        assert_eq!(rec.calexp_path, output_paths(rec.visit, rec.ccd).0);
+    }
+
+    // A visit whose exposure unit fails (its headers put CCDs 0 and 1 on the same spot) fails
+    // only its own follow-ups; the other visit completes, and the failed visit's registry unit
+    // records its CCDs with their own products.
+    let mut list: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&units).unwrap()).unwrap();
+    let kept: Vec<serde_json::Value> = list["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["visit"] == 1 || u["visit"] == 2)
+        .cloned()
+        .collect();
+    list["units"] = serde_json::Value::Array(kept);
+    let raw_of = |visit: u64, ccd: u64| {
+        let u = list["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["visit"] == visit && u["ccd"] == ccd)
+            .unwrap();
+        data.join(u["raw"].as_str().unwrap())
+    };
+    let mut r = skypipe_io::fits::FitsReader::open(raw_of(2, 0)).unwrap();
+    let p = skypipe_io::fits::Hdu::Primary;
+    let (crpix1, crpix2) = (
+        r.key_f64(p, "CRPIX1").unwrap(),
+        r.key_f64(p, "CRPIX2").unwrap(),
+    );
+    let mut bytes = std::fs::read(raw_of(2, 1)).unwrap();
+    replace_card(&mut bytes, "CRPIX1", &format!("CRPIX1  = {crpix1:>20.10}"));
+    replace_card(&mut bytes, "CRPIX2", &format!("CRPIX2  = {crpix2:>20.10}"));
+    let misplaced = data.join("misplaced.fits");
+    std::fs::write(&misplaced, &bytes).unwrap();
+    for u in list["units"].as_array_mut().unwrap() {
+        if u["visit"] == 2 && u["ccd"] == 1 {
+            u["raw"] = misplaced.to_str().unwrap().into();
+        }
+    }
+    let two = data.join("two-visits.json");
+    std::fs::write(&two, serde_json::to_vec(&list).unwrap()).unwrap();
+    let bad_dir = tmp.path().join("bad");
+    let out = singleframe(2, exp_cfg.to_str().unwrap(), &two, &bad_dir);
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    let all = outcomes(&bad_dir);
+    let outcome = |id: &str| {
+        all.iter()
+            .find(|(u, _, _)| u == id)
+            .unwrap_or_else(|| panic!("{id} not in {all:?}"))
+            .clone()
+    };
+    let (_, o, message) = outcome("visit=2,step=exposure");
+    assert_eq!(o, "bad-input", "{message}");
+    assert!(
+        message.contains("visit 2") && message.contains("ccd 0 and ccd 1"),
+        "{message}"
+    );
+    for ccd in 0..4 {
+        assert_eq!(outcome(&format!("visit=2,ccd={ccd}")).1, "done");
+        assert_eq!(
+            outcome(&format!("visit=2,ccd={ccd},step=wcs")).1,
+            "dependency-failed"
+        );
+        assert_eq!(outcome(&format!("visit=1,ccd={ccd},step=wcs")).1, "done");
+        let (calexp, _) = output_paths(2, ccd);
+        assert!(!bad_dir.join(calexp).exists());
+    }
+    assert_eq!(outcome("visit=1,step=exposure").1, "done");
+    assert_eq!(outcome("visit=2,step=registry").1, "done");
+    let reg = Registry::open_read_only(bad_dir.join("registry.sqlite3")).unwrap();
+    let rows = reg.all().unwrap();
+    assert_eq!(rows.len(), 8);
+    for rec in rows.iter().filter(|r| r.visit == 2) {
+        assert!(bad_dir.join(&rec.calexp_path).is_file(), "{rec:?}");
+        assert!(rec.calexp_path.starts_with("singleframe/prelim"), "{rec:?}");
+    }
+}

@@ -9,8 +9,11 @@
 //! - [`tansip`]: the TAN-SIP WCS (gnomonic projection, CD matrix, SIP distortion polynomials
 //!   with their inverse), its FITS keyrecords, and its least-squares fit from matches with
 //!   iterative sigma-clipping;
-//! - [`photometry`]: a clipped weighted zero point with its error.
+//! - [`photometry`]: a clipped weighted zero point with its error;
+//! - [`exposure`]: one solution for all CCDs of an exposure (common pointing, rotation, scale
+//!   and a distortion polynomial in focal-plane coordinates) and the per-CCD TAN-SIP it implies.
 
+pub mod exposure;
 pub mod linalg;
 pub mod matching;
 pub mod photometry;

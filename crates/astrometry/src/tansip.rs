@@ -85,7 +85,7 @@ pub struct TanSip {
     pub sip: Option<Sip>,
 }
 
-fn invert(m: [[f64; 2]; 2]) -> [[f64; 2]; 2] {
+pub(crate) fn invert(m: [[f64; 2]; 2]) -> [[f64; 2]; 2] {
     let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
     [
         [m[1][1] / det, -m[0][1] / det],
@@ -93,7 +93,7 @@ fn invert(m: [[f64; 2]; 2]) -> [[f64; 2]; 2] {
     ]
 }
 
-fn apply(m: [[f64; 2]; 2], v: [f64; 2]) -> [f64; 2] {
+pub(crate) fn apply(m: [[f64; 2]; 2], v: [f64; 2]) -> [f64; 2] {
     [
         m[0][0] * v[0] + m[0][1] * v[1],
         m[1][0] * v[0] + m[1][1] * v[1],
@@ -370,7 +370,7 @@ pub fn fit_tan_sip(
 }
 
 /// Fits `AP`, `BP` (one order above `A`, `B`) on a 25 × 25 grid over `bounds`.
-fn fit_inverse(s: &mut Sip, bounds: [[f64; 2]; 2], crpix: [f64; 2]) {
+pub(crate) fn fit_inverse(s: &mut Sip, bounds: [[f64; 2]; 2], crpix: [f64; 2]) {
     let order = s.order + 1;
     let ti = terms(order, 1);
     let tf = terms(s.order, 2);

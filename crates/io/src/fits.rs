@@ -764,6 +764,173 @@ impl FitsWriter {
         self.file.as_mut().expect("open until commit")
     }
 
+    /// Starts writing `path` as an edited copy of the FITS file `source` (its bytes copied to
+    /// the temporary name, then opened for update): keywords set or deleted, table columns
+    /// overwritten, extensions appended, and [`FitsWriter::commit`] moves it into place. The
+    /// source is not changed.
+    pub fn edit_copy(
+        source: impl AsRef<Path>,
+        path: impl AsRef<Path>,
+        durable: bool,
+    ) -> Result<Self, FitsError> {
+        let source = source.as_ref();
+        let final_path = path.as_ref().to_path_buf();
+        let durability = if durable {
+            Durability::Synced
+        } else {
+            Durability::ProcessCrashOnly
+        };
+        if !source.is_file() {
+            return Err(FitsError::Open {
+                path: source.to_path_buf(),
+                message: "no such file".into(),
+            });
+        }
+        crate::limits::trace_read(source);
+        let atomic = AtomicFile::create(&final_path, durability)?;
+        let temp = atomic.temp_path().to_path_buf();
+        std::fs::copy(source, &temp).map_err(|e| FitsError::Open {
+            path: source.to_path_buf(),
+            message: format!("copying to {}: {e}", temp.display()),
+        })?;
+        let file = FitsFile::edit(&temp).map_err(|e| FitsError::Open {
+            path: source.to_path_buf(),
+            message: format!("opening its copy for update: {}", describe(&e)),
+        })?;
+        Ok(Self {
+            file: Some(file),
+            atomic: Some(atomic),
+            final_path,
+            durable,
+        })
+    }
+
+    /// Makes `hdu` CFITSIO's current HDU.
+    fn select(&mut self, hdu: Hdu<'_>) -> Result<FitsHdu, FitsError> {
+        let path = self.final_path.clone();
+        let f = self.f();
+        let r = match hdu {
+            Hdu::Primary => f.primary_hdu(),
+            Hdu::Name(n) => f.hdu(n),
+        };
+        r.map_err(|e| FitsError::Hdu {
+            path,
+            hdu: hdu.to_string(),
+            message: describe(&e),
+        })
+    }
+
+    /// Sets keywords of `hdu`: a keyword already present is updated in place (its first
+    /// card), a new one is appended. Reals keep 17 significant digits.
+    pub fn set_keys(&mut self, hdu: Hdu<'_>, cards: &[Card]) -> Result<(), FitsError> {
+        self.select(hdu)?;
+        for c in cards {
+            let key = std::ffi::CString::new(c.key.as_str()).unwrap_or_default();
+            let comment = std::ffi::CString::new(c.comment.as_str()).unwrap_or_default();
+            let mut status = 0;
+            let file = self.f();
+            // SAFETY: the pointer is CFITSIO's handle of this open, writable file, positioned
+            // on `hdu` above; every string is a NUL-terminated CString that outlives the call.
+            unsafe {
+                let fptr = file.as_raw();
+                match &c.value {
+                    CardValue::Real(v) => {
+                        fitsio::sys::ffukyd(
+                            fptr,
+                            key.as_ptr(),
+                            *v,
+                            -17,
+                            comment.as_ptr(),
+                            &mut status,
+                        );
+                    }
+                    CardValue::Int(v) => {
+                        fitsio::sys::ffukyj(fptr, key.as_ptr(), *v, comment.as_ptr(), &mut status);
+                    }
+                    CardValue::Text(v) => {
+                        let value = std::ffi::CString::new(v.as_str()).unwrap_or_default();
+                        fitsio::sys::ffukys(
+                            fptr,
+                            key.as_ptr(),
+                            value.as_ptr(),
+                            comment.as_ptr(),
+                            &mut status,
+                        );
+                    }
+                }
+            }
+            if status != 0 {
+                return Err(FitsError::Write {
+                    path: self.final_path.clone(),
+                    what: format!("keyword '{}' of {hdu}", c.key),
+                    message: format!("CFITSIO status {status}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every card of each keyword in `keys` from `hdu` (absent keywords are fine).
+    pub fn delete_keys(&mut self, hdu: Hdu<'_>, keys: &[&str]) -> Result<(), FitsError> {
+        /// CFITSIO's status for a keyword that is not in the header.
+        const KEY_NO_EXIST: i32 = 202;
+        self.select(hdu)?;
+        for key in keys {
+            let name = std::ffi::CString::new(*key).unwrap_or_default();
+            loop {
+                let mut status = 0;
+                let file = self.f();
+                // SAFETY: as in `set_keys`.
+                unsafe {
+                    fitsio::sys::ffdkey(file.as_raw(), name.as_ptr(), &mut status);
+                }
+                match status {
+                    0 => continue,
+                    KEY_NO_EXIST => break,
+                    other => {
+                        return Err(FitsError::Write {
+                            path: self.final_path.clone(),
+                            what: format!("deleting keyword '{key}' of {hdu}"),
+                            message: format!("CFITSIO status {other}"),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrites every row of the float64 column `column` of table `hdu`; `data` must have
+    /// as many values as the table has rows.
+    pub fn set_column_f64(
+        &mut self,
+        hdu: Hdu<'_>,
+        column: &str,
+        data: &[f64],
+    ) -> Result<(), FitsError> {
+        let h = self.select(hdu)?;
+        let rows = match &h.info {
+            HduInfo::TableInfo { num_rows, .. } => *num_rows,
+            _ => usize::MAX,
+        };
+        if rows != data.len() {
+            return Err(FitsError::Write {
+                path: self.final_path.clone(),
+                what: format!("column '{column}' of {hdu}"),
+                message: format!("{} values for a table of {rows} rows", data.len()),
+            });
+        }
+        let what = format!("column '{column}' of {hdu}");
+        let path = self.final_path.clone();
+        h.write_col(self.f(), column, data)
+            .map_err(|e| FitsError::Write {
+                path,
+                what,
+                message: describe(&e),
+            })?;
+        Ok(())
+    }
+
     fn werr(&self, what: String) -> impl Fn(fitsio::errors::Error) -> FitsError + '_ {
         move |e| FitsError::Write {
             path: self.final_path.clone(),

@@ -47,6 +47,23 @@ pub struct CalibrationParams {
     /// Position error of the reference stars, milliarcseconds per coordinate: with each
     /// source's centroid error (PSF FWHM / (2.355 S/N)) it weights the matches. Default 20.
     pub reference_error_mas: f64,
+    /// The exposure-wide step: per visit, one fit of every CCD's matches (common pointing,
+    /// rotation, scale and a focal-plane distortion of order `exposure_order`) gives each CCD
+    /// its final WCS, written by a follow-up unit per CCD. Default false (each CCD keeps its own
+    /// fit). Needs `reference`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exposure_wide: bool,
+    /// Order of the exposure-wide distortion polynomial in focal-plane coordinates (1: none),
+    /// lowered for a visit with fewer than four matches per unknown of an axis. Default 3.
+    #[serde(skip_serializing_if = "is_default_exposure_order")]
+    pub exposure_order: usize,
+}
+
+const DEFAULT_EXPOSURE_ORDER: usize = 3;
+
+/// The fingerprint of a configuration without the exposure-wide keys stays what it was.
+fn is_default_exposure_order(order: &usize) -> bool {
+    *order == DEFAULT_EXPOSURE_ORDER
 }
 
 impl Default for CalibrationParams {
@@ -63,6 +80,8 @@ impl Default for CalibrationParams {
             min_matches: 10,
             min_zero_point_stars: 5,
             reference_error_mas: 20.0,
+            exposure_wide: false,
+            exposure_order: DEFAULT_EXPOSURE_ORDER,
         }
     }
 }
@@ -89,6 +108,18 @@ impl CalibrationParams {
                 "singleframe.calibration.sip_order must be at most 6, got {}",
                 self.sip_order
             ));
+        }
+        if self.exposure_order > 6 {
+            return Err(format!(
+                "singleframe.calibration.exposure_order must be at most 6, got {}",
+                self.exposure_order
+            ));
+        }
+        if self.exposure_wide && self.reference.is_none() {
+            return Err(
+                "singleframe.calibration.exposure_wide needs singleframe.calibration.reference"
+                    .into(),
+            );
         }
         if self.bright < 3 {
             return Err("singleframe.calibration.bright must be at least 3".into());
@@ -182,6 +213,26 @@ pub struct CcdCalibration {
     pub astrometry: Result<Astrometry, String>,
     /// The zero point (e- in the exposure: `mag = ZP − 2.5 log10(FLUX_PSF)`), or why none.
     pub zero_point: Result<ZeroPoint, String>,
+    /// The matches the last fit kept after clipping (also when the fit was then refused for
+    /// having fewer than `min_matches`); empty when there was no fit (pattern matching found
+    /// none, or too few to fit: such unchecked candidates could be false). The exposure-wide
+    /// step gathers them.
+    pub matches: Vec<Match>,
+}
+
+/// A source matched to a reference star.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Match {
+    /// Source position, 1-based pixels.
+    pub x: f64,
+    /// Source position, 1-based pixels.
+    pub y: f64,
+    /// Reference star RA, degrees.
+    pub ra: f64,
+    /// Reference star Dec, degrees.
+    pub dec: f64,
+    /// 1σ position error per coordinate, pixels (the fit's weight).
+    pub sigma: f64,
 }
 
 /// Flags that make a source's position unfit for the astrometric fit.
@@ -329,6 +380,17 @@ pub fn calibrate_ccd(
         margin_px,
         p,
     );
+    let (astrometry, pairs) = astrometry;
+    let matches: Vec<Match> = pairs
+        .iter()
+        .map(|&(i, j)| Match {
+            x: src[i].x,
+            y: src[i].y,
+            ra: refcat.ra[refs[j].0],
+            dec: refcat.dec[refs[j].0],
+            sigma: src_sigma[i],
+        })
+        .collect();
     let zero_point = match (&astrometry, mags) {
         (Err(e), _) => Err(format!("no matches ({e})")),
         (_, None) => Err(format!(
@@ -336,11 +398,11 @@ pub fn calibrate_ccd(
             refcat.path.display(),
             band.to_uppercase()
         )),
-        (Ok((_, pairs)), Some(mags)) => {
+        (Ok(_), Some(mags)) => {
             let mut rm = Vec::new();
             let mut im = Vec::new();
             let mut ie = Vec::new();
-            for &(s, r) in pairs {
+            for &(s, r) in &pairs {
                 let source = &sources[good[s]];
                 if source.flags & UNFIT_FLUX != 0 {
                     continue;
@@ -362,7 +424,6 @@ pub fn calibrate_ccd(
             )
         }
     };
-    let astrometry = astrometry.map(|(a, _)| a);
     if let Err(why) = &astrometry {
         tracing::warn!("{unit}: header WCS kept: {why}");
     }
@@ -372,11 +433,12 @@ pub fn calibrate_ccd(
     Ok(CcdCalibration {
         astrometry,
         zero_point,
+        matches,
     })
 }
 
-/// Matching and fit; the solution with the pairs `(index into src, index into refs)` that
-/// it used.
+/// Matching and fit: the solution (or why none), and the pairs `(index into src, index into
+/// refs)` the last fit kept (empty when there was no fit).
 #[allow(clippy::too_many_arguments)]
 fn fit(
     refcat: &ReferenceCatalog,
@@ -391,7 +453,32 @@ fn fit(
     size: [f64; 2],
     margin_px: f64,
     p: &CalibrationParams,
-) -> Result<(Astrometry, Vec<(usize, usize)>), String> {
+) -> (Result<Astrometry, String>, Vec<(usize, usize)>) {
+    let mut kept = Vec::new();
+    let result = fit_kept(
+        refcat, src, src_sigma, refs, ref_stars, header, crpix, crval, scale, size, margin_px, p,
+        &mut kept,
+    );
+    (result, kept)
+}
+
+/// [`fit`], leaving the pairs of the last fit in `kept`.
+#[allow(clippy::too_many_arguments)]
+fn fit_kept(
+    refcat: &ReferenceCatalog,
+    src: &[Star],
+    src_sigma: &[f64],
+    refs: &[(usize, Star)],
+    ref_stars: &[Star],
+    header: &Wcs,
+    crpix: [f64; 2],
+    crval: [f64; 2],
+    scale: f64,
+    size: [f64; 2],
+    margin_px: f64,
+    p: &CalibrationParams,
+    kept: &mut Vec<(usize, usize)>,
+) -> Result<Astrometry, String> {
     let radius = p.match_radius_arcsec / 3600.0 / scale;
     // As many references as the sources' `bright` on the same area of sky.
     let area = (size[0] + 2.0 * margin_px) * (size[1] + 2.0 * margin_px) / (size[0] * size[1]);
@@ -468,6 +555,7 @@ fn fit(
         pairs = matching::nearest_pairs(src, &projected, &identity, radius);
     }
     let (f, used) = solution.ok_or("no fit")?;
+    *kept = used;
     if f.n_used < p.min_matches {
         return Err(format!(
             "{} matches after clipping, fewer than min_matches = {}",
@@ -477,15 +565,12 @@ fn fit(
     let name = format!("fitted WCS (from {})", header.header_name());
     let wcs = Wcs::from_header(&name, &f.wcs.keyrecords().concat())
         .map_err(|e| format!("the fitted WCS is refused by WCSLIB: {e}"))?;
-    Ok((
-        Astrometry {
-            tan_sip: f.wcs,
-            wcs,
-            n_matches: f.n_used,
-            rms_arcsec: f.rms_arcsec,
-        },
-        used,
-    ))
+    Ok(Astrometry {
+        tan_sip: f.wcs,
+        wcs,
+        n_matches: f.n_used,
+        rms_arcsec: f.rms_arcsec,
+    })
 }
 
 #[cfg(test)]

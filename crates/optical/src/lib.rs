@@ -7,7 +7,7 @@
 //! [`detect`] (PSF-matched filter, footprints, watershed deblending) and [`measure`]
 //! (centroids, aperture and PSF fluxes, moments, flags, PSF size). [`pipeline`] chains them
 //! for one CCD, in memory. [`calibration`] fits a CCD's WCS and zero point to the reference
-//! catalogue (kernels in `skypipe-astrometry`). [`wcs`] is the TAN projection used for sky coordinates.
+//! catalogue (kernels in `skypipe-astrometry`), and [`exposure`] one visit's CCDs at once. [`wcs`] is the TAN projection used for sky coordinates.
 //! [`timing`] records the CPU time of each step for logs and benchmarks.
 //! [`sim`] writes the simulated camera (`skypipe-sim image`), and [`singleframe`] is the
 //! engine stage (`skypipe-singleframe`) that reads raw CCDs, runs the chain, writes the
@@ -31,6 +31,7 @@ pub mod background;
 pub mod calibration;
 pub mod cosmic;
 pub mod detect;
+pub mod exposure;
 pub mod image;
 pub mod ingest;
 pub mod isr;

@@ -7,12 +7,24 @@
 //! units write the database, and a failed CCD blocks only its own visit's registry unit.
 //! Planning reads the CCD list (`skypipe-ccd-list/1`), never a science file.
 //!
+//! With `[singleframe.calibration] exposure_wide = true`, two more units per visit: after the
+//! visit's CCDs (tolerating failed ones), `visit=V,step=exposure` gathers their matches (in
+//! their values) and fits one exposure-wide solution ([`crate::exposure`]); after it, one
+//! `visit=V,ccd=C,step=wcs` per CCD writes that CCD's final WCS. The CCD units then write
+//! intermediate products (`singleframe/prelim/…`, dataset types `calexp-prelim` and
+//! `sources-prelim`, with the CCD's own fit), which the follow-up copies into the final
+//! `calexp`/`sources` with the exposure-wide WCS and recomputed `RA`/`DEC`: every file has one
+//! writer, so the engine's ordering by files and resume's check of recorded outputs hold as for
+//! any unit. The registry unit runs after the CCDs and the follow-ups. Nothing waits for
+//! another visit.
+//!
 //! Outputs under `RUN_DIR/singleframe/`: `calexp/vVVVV/cCC.fits` (IMAGE, MASK, VARIANCE) and
 //! `src/vVVVV/cCC.fits` (table SOURCES); the registry at `RUN_DIR/registry.sqlite3` unless
 //! configured. Formats: `docs/formats.md`, `## Imaging`.
 
 use crate::amplifiers::{Readout, ReadoutKeywords};
-use crate::calibration::{self, CalibrationParams, CcdCalibration, ReferenceCatalog};
+use crate::calibration::{self, CalibrationParams, CcdCalibration, Match, ReferenceCatalog};
+use crate::exposure::{self, CcdForExposure};
 use crate::image::{Image, mask};
 use crate::isr::OverscanMethod;
 use crate::measure::flags;
@@ -42,6 +54,12 @@ pub const DATASET_REFERENCE: &str = "reference-catalog";
 pub const DATASET_CALEXP: &str = "calexp";
 /// Dataset type of a source catalogue (`singleframe/src/…`).
 pub const DATASET_SOURCES: &str = "sources";
+/// Dataset type of a CCD unit's calibrated exposure before the exposure-wide WCS
+/// (`singleframe/prelim/calexp/…`; only with `exposure_wide`).
+pub const DATASET_CALEXP_PRELIM: &str = "calexp-prelim";
+/// Dataset type of a CCD unit's catalogue before the exposure-wide WCS
+/// (`singleframe/prelim/src/…`; only with `exposure_wide`).
+pub const DATASET_SOURCES_PRELIM: &str = "sources-prelim";
 
 /// Format tag of the CCD list file.
 pub const CCD_LIST_FORMAT: &str = "skypipe-ccd-list/1";
@@ -132,6 +150,18 @@ pub enum SingleframeUnit {
         /// The visit.
         visit: u64,
     },
+    /// Fit a visit's exposure-wide astrometric solution (with `exposure_wide`).
+    Exposure {
+        /// The visit.
+        visit: u64,
+    },
+    /// Write one CCD's final WCS from its visit's solution (with `exposure_wide`).
+    FinalWcs {
+        /// The visit.
+        visit: u64,
+        /// The CCD.
+        ccd: u32,
+    },
 }
 
 impl WorkUnit for SingleframeUnit {
@@ -141,8 +171,21 @@ impl WorkUnit for SingleframeUnit {
             SingleframeUnit::Registry { visit } => {
                 UnitId::new().with("visit", visit).with("step", "registry")
             }
+            SingleframeUnit::Exposure { visit } => exposure_id(*visit),
+            SingleframeUnit::FinalWcs { visit, ccd } => final_wcs_id(*visit, *ccd),
         }
     }
+}
+
+fn exposure_id(visit: u64) -> UnitId {
+    UnitId::new().with("visit", visit).with("step", "exposure")
+}
+
+fn final_wcs_id(visit: u64, ccd: u32) -> UnitId {
+    UnitId::new()
+        .with("visit", visit)
+        .with("ccd", ccd)
+        .with("step", "wcs")
 }
 
 fn ccd_id(visit: u64, ccd: u32) -> UnitId {
@@ -174,6 +217,47 @@ pub struct CcdSummary {
     pub astrometry: Option<AstrometrySummary>,
     /// The zero point, when calibration ran and found one.
     pub zero_point: Option<ZeroPointSummary>,
+}
+
+/// What a CCD unit hands to its visit's exposure unit (with `exposure_wide`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CcdForVisit {
+    /// The CCD's summary (its intermediate products and own fit).
+    pub summary: CcdSummary,
+    /// The raw header's WCS as FITS keyrecords (the camera geometry).
+    pub header_wcs: String,
+    /// Image width, pixels.
+    pub width: usize,
+    /// Image height, pixels.
+    pub height: usize,
+    /// Its matches to the reference catalogue.
+    pub matches: Vec<Match>,
+}
+
+/// The exposure unit's value: the visit's solution, for its follow-up units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisitWcs {
+    /// The visit.
+    pub visit: u64,
+    /// Matches used by the visit's fit.
+    pub n_matches: usize,
+    /// RMS of their 2-D residuals, arcsec.
+    pub rms_arcsec: f64,
+    /// Order of the fitted distortion (1: none).
+    pub order: usize,
+    /// Per CCD that reached the exposure unit.
+    pub ccds: Vec<CcdFinalWcs>,
+}
+
+/// One CCD's part of [`VisitWcs`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CcdFinalWcs {
+    /// The CCD's summary from its own unit.
+    pub summary: CcdSummary,
+    /// Its raw header's WCS (keyrecords).
+    pub header_wcs: String,
+    /// Its final WCS, or why the visit cannot place it.
+    pub wcs: Result<AstrometrySummary, String>,
 }
 
 /// The astrometric solution of a CCD, for the registry.
@@ -219,6 +303,18 @@ pub enum CcdError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// Decodes the value of input `unit` (postcard, as the engine carries values).
+fn decode_value<T: serde::de::DeserializeOwned>(
+    unit: &UnitId,
+    bytes: &[u8],
+) -> Result<T, UnitFailure> {
+    postcard::from_bytes(bytes).map_err(|e| {
+        UnitFailure::bad_input(format!(
+            "the value of input unit {unit} cannot be decoded: {e}"
+        ))
+    })
 }
 
 /// The stage.
@@ -315,26 +411,153 @@ impl Singleframe {
             .map_err(CcdError::Reference)
     }
 
+    fn exposure_wide(&self) -> bool {
+        self.config.calibration.exposure_wide
+    }
+
     fn run_ccd(&self, c: &CcdInput, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
         let refcat = self.reference().map_err(UnitFailure::bad_input)?;
-        let summary = process_ccd_calibrated(
+        let paths = if self.exposure_wide() {
+            prelim_paths(c.visit, c.ccd)
+        } else {
+            output_paths(c.visit, c.ccd)
+        };
+        let ccd = process_ccd_into(
             c,
             &self.config.chain,
             refcat.as_deref().map(|r| (r, &self.config.calibration)),
             self.config.threads,
             &ctx.run_dir,
             ctx.durable,
+            paths,
         )
-        .map_err(|e| match &e {
-            CcdError::Fits(FitsError::Write { .. } | FitsError::Io(_)) => UnitFailure::transient(e),
-            _ => UnitFailure::bad_input(e),
-        })?;
+        .map_err(ccd_failure)?;
+        if self.exposure_wide() {
+            ctx.set_value(&ccd);
+        } else {
+            ctx.set_value(&ccd.summary);
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// The exposure-wide fit of a visit from its CCDs' values.
+    fn run_exposure(&self, visit: u64, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        let values: Vec<(UnitId, CcdForVisit)> = ctx.input_values()?;
+        if values.is_empty() {
+            return Ok(Outcome::NoWork {
+                reason: format!("no CCD of visit {visit} was processed"),
+            });
+        }
+        let mut headers = Vec::with_capacity(values.len());
+        for (id, v) in &values {
+            let name = format!("header WCS of {id} ({})", v.summary.calexp.display());
+            headers.push(Wcs::from_header(&name, &v.header_wcs).map_err(UnitFailure::bad_input)?);
+        }
+        let ccds: Vec<CcdForExposure<'_>> = values
+            .iter()
+            .zip(&headers)
+            .map(|((_, v), header)| CcdForExposure {
+                ccd: v.summary.ccd,
+                header,
+                width: v.width,
+                height: v.height,
+                matches: &v.matches,
+            })
+            .collect();
+        let solution = exposure::solve_visit(visit, &ccds, &self.config.calibration)
+            .map_err(UnitFailure::bad_input)?;
+        tracing::info!(
+            "visit {visit}: exposure-wide WCS from {} matches over {} CCDs, RMS {:.4}\", order {}",
+            solution.n_matches,
+            ccds.len(),
+            solution.rms_arcsec,
+            solution.order
+        );
+        let ccds = values
+            .into_iter()
+            .zip(solution.ccds)
+            .map(|((_, v), (_, placed))| CcdFinalWcs {
+                summary: v.summary,
+                header_wcs: v.header_wcs,
+                wcs: placed.map(|s| AstrometrySummary {
+                    wcs: s.tan_sip.keyrecords().concat(),
+                    n_matches: s.n_matches,
+                    rms_arcsec: s.rms_arcsec,
+                }),
+            })
+            .collect();
+        ctx.set_value(&VisitWcs {
+            visit,
+            n_matches: solution.n_matches,
+            rms_arcsec: solution.rms_arcsec,
+            order: solution.order,
+            ccds,
+        });
+        Ok(Outcome::Done)
+    }
+
+    /// Writes one CCD's final products with its visit's WCS.
+    fn run_final_wcs(
+        &self,
+        visit: u64,
+        ccd: u32,
+        ctx: &UnitContext,
+    ) -> Result<Outcome, UnitFailure> {
+        let values: Vec<(UnitId, VisitWcs)> = ctx.input_values()?;
+        let Some((_, solution)) = values.into_iter().next() else {
+            return Ok(Outcome::NoWork {
+                reason: format!("visit {visit} has no exposure-wide solution"),
+            });
+        };
+        let Some(mine) = solution.ccds.iter().find(|c| c.summary.ccd == ccd) else {
+            return Ok(Outcome::NoWork {
+                reason: format!("ccd {ccd} did not reach the exposure unit of visit {visit}"),
+            });
+        };
+        let wcs = match &mine.wcs {
+            Ok(w) => w,
+            Err(reason) => {
+                return Ok(Outcome::NoWork {
+                    reason: reason.clone(),
+                });
+            }
+        };
+        let summary = write_final_products(&ctx.run_dir, &solution, mine, wcs, ctx.durable)
+            .map_err(ccd_failure)?;
         ctx.set_value(&summary);
         Ok(Outcome::Done)
     }
 
+    /// The summaries a registry unit records: its CCDs' values or, with `exposure_wide`, each
+    /// CCD's follow-up's (final products and WCS) where it has one, else the CCD unit's own
+    /// (intermediate products, own fit: its visit could not place it, or its exposure unit
+    /// failed).
+    fn registry_summaries(&self, ctx: &UnitContext) -> Result<Vec<CcdSummary>, UnitFailure> {
+        if !self.exposure_wide() {
+            return Ok(ctx
+                .input_values::<CcdSummary>()?
+                .into_iter()
+                .map(|v| v.1)
+                .collect());
+        }
+        let mut own = Vec::new();
+        let mut finals = Vec::new();
+        for input in ctx.inputs() {
+            let Some(bytes) = &input.value else { continue };
+            if input.unit.get("step") == Some("wcs") {
+                finals.push(decode_value::<CcdSummary>(&input.unit, bytes)?);
+            } else {
+                own.push(decode_value::<CcdForVisit>(&input.unit, bytes)?.summary);
+            }
+        }
+        Ok(own
+            .into_iter()
+            .map(|s| finals.iter().find(|f| f.ccd == s.ccd).cloned().unwrap_or(s))
+            .collect())
+    }
+
     fn run_registry(&self, visit: u64, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
-        let values: Vec<(UnitId, CcdSummary)> = ctx.input_values()?;
+        let values = self.registry_summaries(ctx)?;
         if values.is_empty() {
             return Ok(Outcome::NoWork {
                 reason: format!("no CCD of visit {visit} was processed"),
@@ -342,7 +565,7 @@ impl Singleframe {
         }
         let mut records = Vec::with_capacity(values.len());
         let mut fits = Vec::new();
-        for (_, s) in values {
+        for s in values {
             let mut corners = Vec::with_capacity(4);
             for (ra, dec) in s.corners {
                 corners.push(SkyPoint::new(ra, dec).map_err(UnitFailure::bad_input)?);
@@ -411,9 +634,28 @@ impl Stage for Singleframe {
             plan.push(PlannedUnit::new(SingleframeUnit::Ccd(c)));
         }
         for (visit, members) in visits {
+            let mut registry_after = members.clone();
+            if self.exposure_wide() {
+                plan.push(
+                    PlannedUnit::new(SingleframeUnit::Exposure { visit })
+                        .after(members.iter().cloned())
+                        .tolerating_failed_inputs(),
+                );
+                for m in &members {
+                    let ccd: u32 = m
+                        .get("ccd")
+                        .and_then(|c| c.parse().ok())
+                        .expect("CCD ids carry their number");
+                    plan.push(
+                        PlannedUnit::new(SingleframeUnit::FinalWcs { visit, ccd })
+                            .after([exposure_id(visit)]),
+                    );
+                    registry_after.push(final_wcs_id(visit, ccd));
+                }
+            }
             plan.push(
                 PlannedUnit::new(SingleframeUnit::Registry { visit })
-                    .after(members)
+                    .after(registry_after)
                     .tolerating_failed_inputs(),
             );
         }
@@ -422,9 +664,20 @@ impl Stage for Singleframe {
 
     /// A CCD unit reads its raw file and the bias, flat and variance files the list names (all
     /// prerequisites: a missing one is bad input at planning time) and writes its calexp and
-    /// catalogue. A registry unit declares no file: it receives its CCDs' summaries as values,
-    /// and the registry database is not a per-unit dataset.
+    /// catalogue (with `exposure_wide`, the intermediate ones). A follow-up unit reads its
+    /// CCD's intermediate calexp and catalogue and writes the final ones. Registry and exposure
+    /// units declare no file: they receive values, and the registry database is not a per-unit
+    /// dataset.
     fn connections(&self, unit: &SingleframeUnit, run_dir: &Path) -> Connections {
+        if let SingleframeUnit::FinalWcs { visit, ccd } = unit {
+            let (pre_calexp, pre_catalog) = prelim_paths(*visit, *ccd);
+            let (calexp, catalog) = output_paths(*visit, *ccd);
+            return Connections::new()
+                .input(DATASET_CALEXP_PRELIM, run_dir.join(pre_calexp))
+                .input(DATASET_SOURCES_PRELIM, run_dir.join(pre_catalog))
+                .output(DATASET_CALEXP, run_dir.join(calexp))
+                .output(DATASET_SOURCES, run_dir.join(catalog));
+        }
         let SingleframeUnit::Ccd(c) = unit else {
             return Connections::new();
         };
@@ -438,16 +691,33 @@ impl Stage for Singleframe {
         if let Some(reference) = &self.config.calibration.reference {
             conn = conn.prerequisite(DATASET_REFERENCE, reference);
         }
-        let (calexp, catalog) = output_paths(c.visit, c.ccd);
-        conn.output(DATASET_CALEXP, run_dir.join(calexp))
-            .output(DATASET_SOURCES, run_dir.join(catalog))
+        if self.exposure_wide() {
+            let (calexp, catalog) = prelim_paths(c.visit, c.ccd);
+            conn.output(DATASET_CALEXP_PRELIM, run_dir.join(calexp))
+                .output(DATASET_SOURCES_PRELIM, run_dir.join(catalog))
+        } else {
+            let (calexp, catalog) = output_paths(c.visit, c.ccd);
+            conn.output(DATASET_CALEXP, run_dir.join(calexp))
+                .output(DATASET_SOURCES, run_dir.join(catalog))
+        }
     }
 
     fn run(&self, unit: &SingleframeUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
         match unit {
             SingleframeUnit::Ccd(c) => self.run_ccd(c, ctx),
             SingleframeUnit::Registry { visit } => self.run_registry(*visit, ctx),
+            SingleframeUnit::Exposure { visit } => self.run_exposure(*visit, ctx),
+            SingleframeUnit::FinalWcs { visit, ccd } => self.run_final_wcs(*visit, *ccd, ctx),
         }
+    }
+}
+
+/// A CCD or follow-up unit's error as a unit failure: failed writes are transient, the rest
+/// bad input.
+fn ccd_failure(e: CcdError) -> UnitFailure {
+    match &e {
+        CcdError::Fits(FitsError::Write { .. } | FitsError::Io(_)) => UnitFailure::transient(e),
+        _ => UnitFailure::bad_input(e),
     }
 }
 
@@ -456,6 +726,17 @@ pub fn output_paths(visit: u64, ccd: u32) -> (PathBuf, PathBuf) {
     (
         PathBuf::from(format!("singleframe/calexp/v{visit:04}/c{ccd:02}.fits")),
         PathBuf::from(format!("singleframe/src/v{visit:04}/c{ccd:02}.fits")),
+    )
+}
+
+/// Paths of a CCD unit's intermediate calexp and catalogue with `exposure_wide`, relative to
+/// the run directory (the follow-up writes the final ones at [`output_paths`]).
+pub fn prelim_paths(visit: u64, ccd: u32) -> (PathBuf, PathBuf) {
+    (
+        PathBuf::from(format!(
+            "singleframe/prelim/calexp/v{visit:04}/c{ccd:02}.fits"
+        )),
+        PathBuf::from(format!("singleframe/prelim/src/v{visit:04}/c{ccd:02}.fits")),
     )
 }
 
@@ -595,6 +876,21 @@ pub fn process_ccd_calibrated(
     run_dir: &Path,
     durable: bool,
 ) -> Result<CcdSummary, CcdError> {
+    let paths = output_paths(c.visit, c.ccd);
+    process_ccd_into(c, chain, calibration, threads, run_dir, durable, paths).map(|v| v.summary)
+}
+
+/// [`process_ccd_calibrated`] writing the calexp and catalogue at `paths` (relative to
+/// `run_dir`), with what the exposure-wide step needs of the CCD.
+fn process_ccd_into(
+    c: &CcdInput,
+    chain: &ChainParams,
+    calibration: Option<(&ReferenceCatalog, &CalibrationParams)>,
+    threads: usize,
+    run_dir: &Path,
+    durable: bool,
+    paths: (PathBuf, PathBuf),
+) -> Result<CcdForVisit, CcdError> {
     let mut laps = Laps::start();
     let mut r = FitsReader::open(&c.raw)?;
     let mut header = read_raw_header(&mut r)?;
@@ -667,7 +963,7 @@ pub fn process_ccd_calibrated(
             Some(cal)
         }
     };
-    let (calexp_rel, catalog_rel) = output_paths(c.visit, c.ccd);
+    let (calexp_rel, catalog_rel) = paths;
     let (width, height) = (out.image.width, out.image.height);
     let history = header_band.as_deref();
     write_calexp(
@@ -699,7 +995,7 @@ pub fn process_ccd_calibrated(
     let corners = corners_on_sky(output_wcs(&header, cal.as_ref()), width, height, &c.raw)?;
     let astrometry = cal.as_ref().and_then(|k| k.astrometry.as_ref().ok());
     let zero_point = cal.as_ref().and_then(|k| k.zero_point.as_ref().ok());
-    Ok(CcdSummary {
+    let summary = CcdSummary {
         visit: c.visit,
         ccd: c.ccd,
         band: header.band.clone(),
@@ -719,7 +1015,135 @@ pub fn process_ccd_calibrated(
             error: z.error,
             n_stars: z.n_used,
         }),
+    };
+    Ok(CcdForVisit {
+        summary,
+        header_wcs: header.wcs.to_records()?.concat(),
+        width,
+        height,
+        matches: cal.map(|k| k.matches).unwrap_or_default(),
     })
+}
+
+/// Splits concatenated 80-character keyrecords.
+fn records_of(text: &str) -> Vec<String> {
+    text.as_bytes()
+        .chunks(80)
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect()
+}
+
+/// Writes a CCD's final calexp and catalogue: copies of its intermediate ones with the WCS
+/// cards replaced by the visit's solution for it (`WCSFIT = 1`, the astrometry keywords of the
+/// visit's fit, `HDRWCS` kept or added), and the catalogue's `RA`/`DEC` from that WCS. Returns
+/// the CCD's registry summary with the final products.
+fn write_final_products(
+    run_dir: &Path,
+    visit: &VisitWcs,
+    ccd: &CcdFinalWcs,
+    wcs: &AstrometrySummary,
+    durable: bool,
+) -> Result<CcdSummary, CcdError> {
+    let s = &ccd.summary;
+    let (pre_calexp, pre_catalog) = prelim_paths(s.visit, s.ccd);
+    let (calexp_rel, catalog_rel) = output_paths(s.visit, s.ccd);
+    let header_name = format!("{}: raw header WCS", run_dir.join(&pre_calexp).display());
+    let header = Wcs::from_header(&header_name, &ccd.header_wcs)?;
+    let final_name = format!("exposure-wide WCS of visit {} ccd {}", s.visit, s.ccd);
+    let final_wcs = Wcs::from_header(&final_name, &wcs.wcs)?;
+    let new_cards = crate::wcs::cards_of_records(&final_name, &records_of(&wcs.wcs))?;
+    // The WCS cards the CCD unit wrote: its own fit's, else the header's.
+    let old_cards = match &s.astrometry {
+        Some(a) => crate::wcs::cards_of_records(&final_name, &records_of(&a.wcs))?,
+        None => crate::wcs::header_cards(&header)?,
+    };
+    let mut stale: Vec<&str> = old_cards.iter().map(|c| c.key.as_str()).collect();
+    stale.extend(new_cards.iter().map(|c| c.key.as_str()));
+    stale.push("ASTNOTE");
+    let fit_cards = [
+        Card::int("WCSFIT", 1, "1: the exposure-wide WCS is attached"),
+        Card::int("ASTFIT", 1, "1: WCS fitted to the reference catalogue"),
+        Card::int(
+            "ASTNMAT",
+            wcs.n_matches as i64,
+            "this CCD's matches in the visit's fit",
+        ),
+        Card::real(
+            "ASTRMS",
+            wcs.rms_arcsec,
+            "[arcsec] 2-D RMS of match residuals",
+        ),
+        Card::int(
+            "ASTORDER",
+            visit.order as i64,
+            "order of the exposure-wide distortion",
+        ),
+        Card::int(
+            "EXPNMAT",
+            visit.n_matches as i64,
+            "matches in the visit's fit",
+        ),
+        Card::real(
+            "EXPRMS",
+            visit.rms_arcsec,
+            "[arcsec] 2-D RMS of the visit's fit",
+        ),
+    ];
+    let src_calexp = run_dir.join(&pre_calexp);
+    let has_hdrwcs = FitsReader::open(&src_calexp)?.has_hdu("HDRWCS");
+    let mut w = FitsWriter::edit_copy(&src_calexp, run_dir.join(&calexp_rel), durable)?;
+    w.delete_keys(Hdu::Primary, &["ASTNOTE"])?;
+    w.set_keys(Hdu::Primary, &fit_cards)?;
+    for hdu in ["IMAGE", "MASK", "VARIANCE"] {
+        w.delete_keys(Hdu::Name(hdu), &stale)?;
+        w.set_keys(Hdu::Name(hdu), &new_cards)?;
+    }
+    if !has_hdrwcs {
+        // The header WCS the solution replaces (SIP cards cannot live in an alternate WCS).
+        w.image_f32(
+            "HDRWCS",
+            &Array2::zeros((0, 0)),
+            &crate::wcs::header_cards(&header)?,
+        )?;
+    }
+    w.commit()?;
+
+    let src_catalog = run_dir.join(&pre_catalog);
+    let mut r = FitsReader::open(&src_catalog)?;
+    let table = Hdu::Name("SOURCES");
+    let x = r.column_f64(table, "X")?;
+    let y = r.column_f64(table, "Y")?;
+    drop(r);
+    let pixels: Vec<[f64; 2]> = x.iter().zip(&y).map(|(x, y)| [*x, *y]).collect();
+    let sky = sky_of(&final_wcs, &pixels, &src_catalog)?;
+    let mut w = FitsWriter::edit_copy(&src_catalog, run_dir.join(&catalog_rel), durable)?;
+    for hdu in [Hdu::Primary, table] {
+        w.delete_keys(hdu, &["ASTNOTE"])?;
+        w.set_keys(hdu, &fit_cards)?;
+    }
+    w.delete_keys(Hdu::Primary, &stale)?;
+    w.set_keys(Hdu::Primary, &new_cards)?;
+    w.set_column_f64(table, "RA", &sky.iter().map(|p| p.0).collect::<Vec<_>>())?;
+    w.set_column_f64(table, "DEC", &sky.iter().map(|p| p.1).collect::<Vec<_>>())?;
+    w.commit()?;
+
+    let (width, height) = image_size(&src_calexp)?;
+    let corners = corners_on_sky(&final_wcs, width, height, &src_calexp)?;
+    Ok(CcdSummary {
+        corners,
+        calexp: calexp_rel,
+        catalog: catalog_rel,
+        astrometry: Some(wcs.clone()),
+        ..s.clone()
+    })
+}
+
+/// (width, height) of a calexp's IMAGE, from its header.
+fn image_size(path: &Path) -> Result<(usize, usize), CcdError> {
+    let mut r = FitsReader::open(path)?;
+    let w = r.key_i64(Hdu::Name("IMAGE"), "NAXIS1")?;
+    let h = r.key_i64(Hdu::Name("IMAGE"), "NAXIS2")?;
+    Ok((w.max(0) as usize, h.max(0) as usize))
 }
 
 /// The WCS the outputs carry: the fitted one if calibration found it, else the header's.
