@@ -13,19 +13,35 @@ use std::path::Path;
 /// checked by WCSLIB). Errors name the file, the HDU and, where one is to blame, the keyword.
 pub fn read_primary_wcs(path: &Path) -> Result<Wcs, WcsError> {
     let name = format!("{}: primary HDU", path.display());
-    let text = primary_header_text(path).map_err(|message| WcsError::Text {
+    let text = header_text(path, None).map_err(|message| WcsError::Text {
         header: name.clone(),
         message,
     })?;
     Wcs::from_header(&name, &text)
 }
 
-/// The primary header's keyrecords (80 characters each), as CFITSIO's `fits_hdr2str` gives them.
-fn primary_header_text(path: &Path) -> Result<String, String> {
+/// Reads the WCS of the extension named `extname` of a FITS file (e.g. a calibrated
+/// exposure's `IMAGE`), like [`read_primary_wcs`]; errors name the file and the HDU.
+pub fn read_extension_wcs(path: &Path, extname: &str) -> Result<Wcs, WcsError> {
+    let name = format!("{}: HDU {extname}", path.display());
+    let text = header_text(path, Some(extname)).map_err(|message| WcsError::Text {
+        header: name.clone(),
+        message,
+    })?;
+    Wcs::from_header(&name, &text)
+}
+
+/// The keyrecords (80 characters each) of the primary header or of the extension `extname`,
+/// as CFITSIO's `fits_hdr2str` gives them.
+fn header_text(path: &Path, extname: Option<&str>) -> Result<String, String> {
     let mut file = fitsio::FitsFile::open(path).map_err(|e| e.to_string())?;
+    if let Some(extname) = extname {
+        file.hdu(extname)
+            .map_err(|e| format!("no HDU {extname} ({e})"))?;
+    }
     let mut text: *mut std::ffi::c_char = std::ptr::null_mut();
     let (mut nkeys, mut status) = (0, 0);
-    // SAFETY: the file is open at its primary HDU; ffhdr2str allocates `text` (nkeys × 80
+    // SAFETY: the file is open at the wanted HDU; ffhdr2str allocates `text` (nkeys × 80
     // characters, NUL-terminated), which is copied and freed with fffree below.
     unsafe {
         fitsio::sys::ffhdr2str(
