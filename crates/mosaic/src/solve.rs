@@ -34,8 +34,8 @@
 //! ## Outliers and degenerate CCDs
 //!
 //! After each solve, normalised residuals `|r|/σ` of every detection and reference position are
-//! compared with `clip` × their robust per-axis scatter (from the median of `|r|²/σ²`, as for a
-//! 2-D Gaussian); those beyond are rejected and the problem solved again, until nothing changes
+//! compared with `clip` × their robust per-axis scatter (from the median of `|r|²/σ²` over all
+//! of them, rejected ones included, as for a 2-D Gaussian); those beyond are rejected and the problem solved again, until nothing changes
 //! or `iterations` solves were made. A star needs two measurements (two detections, or one and
 //! its reference position) to constrain anything; a CCD with fewer than `min_stars_per_ccd`
 //! such detections is left out and reported ([`CcdOutcome::Unsolved`]) — never a NaN.
@@ -227,15 +227,16 @@ fn monomials(order: usize, uv: [f64; 2]) -> Vec<f64> {
 
 /// Which stars and CCDs take part, given the measurements still used: a fixed point of "a
 /// star needs two measurements on taking-part CCDs" and "a CCD needs `min` detections of
-/// taking-part stars". The counts returned are each CCD's usable detections (for a CCD left
-/// out, when it was left out).
+/// taking-part stars", starting from the `eligible` CCDs. The counts returned are each CCD's
+/// usable detections (for a CCD left out, when it was left out).
 fn active_sets(
     problem: &JointProblem,
+    eligible: &[bool],
     used_obs: &[bool],
     used_ref: &[bool],
     min: usize,
 ) -> (Vec<bool>, Vec<bool>, Vec<usize>) {
-    let mut ccd_on = vec![true; problem.ccds.len()];
+    let mut ccd_on = eligible.to_vec();
     let mut reported = vec![0usize; problem.ccds.len()];
     let mut has_ref = vec![false; problem.n_stars];
     for (r, u) in problem.references.iter().zip(used_ref) {
@@ -484,9 +485,18 @@ pub fn solve_joint(
     let mut used_obs = vec![true; problem.observations.len()];
     let mut used_ref = vec![true; problem.references.len()];
     let mut iterations = 0;
+    // Which CCDs have enough detections before any rejection; rejection never takes a CCD out
+    // of the solve (its measurements keep their chance to come back), but one left with fewer
+    // than the minimum at the end is reported unsolved.
+    let (eligible, _, initial) = active_sets(
+        problem,
+        &vec![true; problem.ccds.len()],
+        &used_obs,
+        &used_ref,
+        params.min_stars_per_ccd,
+    );
     loop {
-        let (ccd_on, star_on, per_ccd) =
-            active_sets(problem, &used_obs, &used_ref, params.min_stars_per_ccd);
+        let (ccd_on, star_on, per_ccd) = active_sets(problem, &eligible, &used_obs, &used_ref, 1);
         let solved = solve_once(problem, order, &used_obs, &used_ref, &ccd_on, &star_on)?;
         iterations += 1;
         // Where each star is: fitted, or for a star left out, the weighted mean of all its
@@ -552,8 +562,14 @@ pub fn solve_joint(
         let dof = 2.0 * (kept_obs.len() + kept_ref.len()) as f64
             - 2.0 * n_stars_on as f64
             - (2 * terms(order, 0).len() * n_ccd_on) as f64;
-        // Robust per-axis scatter of the normalised residuals in use.
-        let squares: Vec<f64> = kept_obs.iter().chain(&kept_ref).map(|r| r * r).collect();
+        // Robust per-axis scatter of the normalised residuals of every located measurement
+        // (rejected ones too, so that rejection does not shrink it round after round).
+        let squares: Vec<f64> = obs_resid
+            .iter()
+            .chain(&ref_resid)
+            .flatten()
+            .map(|r| r * r)
+            .collect();
         let scatter = (median(&squares) / (2.0 * std::f64::consts::LN_2)).sqrt();
         let limit = params.clip * scatter.max(SCATTER_FLOOR);
         let keep = |r: &Option<f64>, u: &bool| match r {
@@ -574,6 +590,13 @@ pub fn solve_joint(
         if converged || iterations >= params.iterations.max(1) || squares.is_empty() {
             let ccds = (0..problem.ccds.len())
                 .map(|c| match &solved.coeffs[c] {
+                    Some(_) if per_ccd[c] < params.min_stars_per_ccd => {
+                        CcdOutcome::Unsolved(format!(
+                            "{} of {} usable star detections left after outlier rejection, \
+                             need min_stars_per_ccd = {}",
+                            per_ccd[c], initial[c], params.min_stars_per_ccd
+                        ))
+                    }
                     Some(a) => {
                         let nt = a.len() / 2;
                         CcdOutcome::Solved(Correction {
@@ -585,7 +608,7 @@ pub fn solve_joint(
                     }
                     None => CcdOutcome::Unsolved(format!(
                         "{} usable star detections, need min_stars_per_ccd = {}",
-                        per_ccd[c], params.min_stars_per_ccd
+                        initial[c], params.min_stars_per_ccd
                     )),
                 })
                 .collect();

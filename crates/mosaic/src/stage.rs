@@ -456,8 +456,8 @@ struct TractResult {
     iterations: usize,
 }
 
-/// Centroid error floor, pixels (added in quadrature to `FWHM / (2.355 S/N)`).
-const CENTROID_FLOOR_PX: f64 = 0.002;
+/// Centroid error floor, pixels (added in quadrature to [`centroid_sigma_px`]'s noise term).
+const CENTROID_FLOOR_PX: f64 = 0.005;
 /// Point sources: second-moment trace within this fraction of the CCD's median.
 const PSF_SIZE_TOLERANCE: f64 = 0.3;
 /// Flags that do not disqualify a source (informational).
@@ -466,6 +466,12 @@ const HARMLESS_FLAGS: u32 = flags::PSF_STAR;
 const MIN_OFFSET_PAIRS: usize = 5;
 /// Side of the grid on which a corrected WCS is fitted.
 const WCS_GRID: usize = 16;
+
+/// 1σ centroid error per coordinate of a point source, pixels: `√2 σ_PSF / (S/N)` (a Gaussian
+/// PSF on a background-limited image, `σ_PSF = FWHM / 2.355`) and a floor in quadrature.
+pub fn centroid_sigma_px(psf_fwhm: f64, snr: f64) -> f64 {
+    (std::f64::consts::SQRT_2 * psf_fwhm / (2.354_820_045 * snr)).hypot(CENTROID_FLOOR_PX)
+}
 
 fn arcsec_of(centre: [f64; 2], sky: [f64; 2]) -> Option<[f64; 2]> {
     tansip::project(centre, sky).map(|p| [p[0] * 3600.0, p[1] * 3600.0])
@@ -578,7 +584,7 @@ impl Mosaic {
                 .abs()
                 .sqrt();
             let snr = flux[i] / flux_err[i];
-            let sigma_px = (c.psf_fwhm / (2.354_820_045 * snr)).hypot(CENTROID_FLOOR_PX);
+            let sigma_px = centroid_sigma_px(c.psf_fwhm, snr);
             detections.push(Detection {
                 pixel: [x[i], y[i]],
                 position: q[0],
