@@ -22,6 +22,7 @@ use skypipe_cmb::pointing::PointingConfig;
 use skypipe_cmb::{CalibrateFile, MapmakeFile, PointingFile};
 use skypipe_engine::{ChainFile, RunOptions, load_config};
 use skypipe_loadtest::{Loadtest, LoadtestFile, Workload};
+use skypipe_mosaic::{Mosaic, MosaicFile};
 use skypipe_optical::singleframe::{Singleframe, SingleframeFile};
 use skypipe_slurm_scripts::SlurmFile;
 use std::collections::BTreeSet;
@@ -36,18 +37,20 @@ enum Reader {
     Calibrate,
     Mapmake,
     Singleframe,
+    Mosaic,
     Chain,
 }
 
 /// File-name stems (exact, or followed by `-`) and the binary that reads them. Every binary
 /// with a configuration file ships at least one example.
-const READERS: [(&str, Reader); 7] = [
+const READERS: [(&str, Reader); 8] = [
     ("sim-cmb", Reader::SimCmb),
     ("loadtest", Reader::Loadtest),
     ("pointing", Reader::Pointing),
     ("calibrate", Reader::Calibrate),
     ("mapmake", Reader::Mapmake),
     ("singleframe", Reader::Singleframe),
+    ("mosaic", Reader::Mosaic),
     ("chain", Reader::Chain),
 ];
 
@@ -137,6 +140,14 @@ fn check(path: &Path, reader: Reader, observations: &Path) -> Result<(), String>
         Reader::Singleframe => {
             let file = parse(path, |f: &SingleframeFile<RunOptions>| &f.run)?;
             Singleframe::new(file.singleframe)?;
+        }
+        Reader::Mosaic => {
+            let mut file = parse(path, |f: &MosaicFile<RunOptions>| &f.run)?;
+            // As the binary does: the registry defaults to the run directory's.
+            if file.mosaic.registry.is_none() {
+                file.mosaic.registry = file.run.dir.as_ref().map(|d| d.join("registry.sqlite3"));
+            }
+            Mosaic::new(file.mosaic)?;
         }
         Reader::Chain => {
             let file = ChainFile::load(path, CHAIN_KINDS).map_err(|e| e.to_string())?;

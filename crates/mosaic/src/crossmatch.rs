@@ -45,8 +45,9 @@ impl Grid {
 
 /// The offset `reference − source` shared by most source–reference pairs closer than
 /// `max_offset`: every such pair votes in a 2-D histogram of `bin`-wide cells, the cell with the
-/// most votes in its 3 × 3 neighbourhood wins, and the mean offset of the pairs within `bin` of
-/// that cell's centre is returned with their number. `None` with fewer than `min_pairs` pairs.
+/// most votes in its 3 × 3 neighbourhood wins, and the mean offset of the pairs near it (within
+/// `2 bin` of its centre, then twice within `bin` of the last mean) is returned with their
+/// number. `None` with fewer than `min_pairs` pairs.
 pub fn offset_by_voting(
     sources: &[[f64; 2]],
     references: &[[f64; 2]],
@@ -79,13 +80,14 @@ pub fn offset_by_voting(
         .copied()
         .max_by_key(|k| (score(*k), std::cmp::Reverse(*k)))?;
     let centre = [(best.0 as f64 + 0.5) * bin, (best.1 as f64 + 0.5) * bin];
-    // Two rounds: mean of the pairs near the winning cell, then near that mean.
+    // Mean of the pairs in the winning neighbourhood (within two cells of its centre), then
+    // twice the mean of those within one cell of the previous mean.
     let mut estimate = centre;
     let mut n = 0;
-    for _ in 0..2 {
+    for radius in [2.0 * bin, bin, bin] {
         let near: Vec<&[f64; 2]> = offsets
             .iter()
-            .filter(|d| (d[0] - estimate[0]).hypot(d[1] - estimate[1]) <= bin)
+            .filter(|d| (d[0] - estimate[0]).hypot(d[1] - estimate[1]) <= radius)
             .collect();
         n = near.len();
         if n == 0 {
