@@ -321,6 +321,15 @@ pub fn cholesky_solve(a: &[f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(x)
 }
 
+/// One detection's share of the normal equations: its CCD's slot, design block `B`, weight
+/// and tangent-plane position.
+struct Piece {
+    slot: usize,
+    design: [Vec<f64>; 2],
+    weight: f64,
+    position: [f64; 2],
+}
+
 /// One weighted solve on the measurements in use.
 struct Solved {
     coeffs: Vec<Option<Vec<f64>>>,
@@ -363,19 +372,19 @@ fn solve_once(
     let star_terms = |s: usize| {
         let mut h = 0.0;
         let mut g = [0.0; 2];
-        let mut pieces: Vec<(usize, [Vec<f64>; 2], f64, [f64; 2])> = Vec::new();
+        let mut pieces: Vec<Piece> = Vec::new();
         for &i in &by_star[s] {
             let o = &problem.observations[i];
             let w = 1.0 / (o.sigma * o.sigma);
             h += w;
             g[0] += w * o.position[0];
             g[1] += w * o.position[1];
-            pieces.push((
-                slot[o.ccd],
-                design(o, &problem.ccds[o.ccd], order),
-                w,
-                o.position,
-            ));
+            pieces.push(Piece {
+                slot: slot[o.ccd],
+                design: design(o, &problem.ccds[o.ccd], order),
+                weight: w,
+                position: o.position,
+            });
         }
         if let Some(r) = reference[s] {
             let w = 1.0 / (r.sigma * r.sigma);
@@ -386,14 +395,18 @@ fn solve_once(
         (h, g, pieces)
     };
     let zero = || (vec![0.0; n * n], vec![0.0; n]);
+    // Each worker accumulates a dense partial S: few workers (long runs of stars each).
+    let min_len = (problem.n_stars / (4 * rayon::current_num_threads())).max(64);
     let (mut s_mat, mut rhs) = (0..problem.n_stars)
         .into_par_iter()
+        .with_min_len(min_len)
         .filter(|&s| star_on[s])
         .fold(zero, |(mut a, mut b), s| {
             let (h, g, pieces) = star_terms(s);
             // H_cs for this star, per CCD slot: −Σ w Bᵀ (P × 2), accumulated per piece.
             let mut hcs: Vec<(usize, Vec<[f64; 2]>)> = Vec::new();
-            for (c, bm, w, t) in &pieces {
+            for piece in &pieces {
+                let (c, bm, w, t) = (&piece.slot, &piece.design, &piece.weight, &piece.position);
                 let base = c * p;
                 // H_cc += w BᵀB; g_c += −w Bᵀ t.
                 for i in 0..p {
@@ -410,21 +423,21 @@ fn solve_once(
                         &mut hcs.last_mut().expect("just pushed").1
                     }
                 };
-                for i in 0..p {
-                    entry[i][0] -= w * bm[0][i];
-                    entry[i][1] -= w * bm[1][i];
+                for (e, (b0, b1)) in entry.iter_mut().zip(bm[0].iter().zip(&bm[1])) {
+                    e[0] -= w * b0;
+                    e[1] -= w * b1;
                 }
             }
             // Eliminate the star: S −= H_cs H_sc / h, rhs −= H_cs g / h.
             for (c1, m1) in &hcs {
-                for i in 0..p {
+                for (i, u) in m1.iter().enumerate() {
                     let row = c1 * p + i;
-                    b[row] -= (m1[i][0] * g[0] + m1[i][1] * g[1]) / h;
+                    b[row] -= (u[0] * g[0] + u[1] * g[1]) / h;
                     for (c2, m2) in &hcs {
-                        for j in 0..p {
+                        for (j, v) in m2.iter().enumerate() {
                             let col = c2 * p + j;
                             if col <= row {
-                                a[row * n + col] -= (m1[i][0] * m2[j][0] + m1[i][1] * m2[j][1]) / h;
+                                a[row * n + col] -= (u[0] * v[0] + u[1] * v[1]) / h;
                             }
                         }
                     }
@@ -459,10 +472,10 @@ fn solve_once(
                 return None;
             }
             let (h, mut g, pieces) = star_terms(s);
-            for (c, bm, w, _) in &pieces {
-                let a = &x[c * p..c * p + p];
-                g[0] += w * dot(&bm[0], a);
-                g[1] += w * dot(&bm[1], a);
+            for piece in &pieces {
+                let a = &x[piece.slot * p..piece.slot * p + p];
+                g[0] += piece.weight * dot(&piece.design[0], a);
+                g[1] += piece.weight * dot(&piece.design[1], a);
             }
             Some([g[0] / h, g[1] / h])
         })
