@@ -60,6 +60,7 @@ const CHAIN_KINDS: &[&str] = &[
     "calibrate",
     "mapmake",
     "singleframe",
+    "mosaic",
     "loadtest",
 ];
 
