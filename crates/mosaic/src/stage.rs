@@ -1086,3 +1086,62 @@ fn write_tract(
     w.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(sip: bool) -> String {
+        let t = TanSip {
+            crpix: [128.5, 256.5],
+            crval: [150.0, 2.0],
+            cd: [[-5.5e-5, 1.0e-7], [1.2e-7, 5.5e-5]],
+            sip: sip.then(|| tansip::Sip {
+                order: 2,
+                a: vec![2e-6, -1e-6, 3e-6],
+                b: vec![-1e-6, 2e-6, 1e-6],
+                inverse_order: 0,
+                ap: Vec::new(),
+                bp: Vec::new(),
+            }),
+        };
+        t.keyrecords().concat()
+    }
+
+    #[test]
+    fn corrected_wcs_represents_the_correction_exactly() {
+        for sip in [false, true] {
+            let wcs = Wcs::from_header("test", &header(sip)).unwrap();
+            let frame = CcdFrame::of_size(256.0, 512.0);
+            let mut k = Correction::identity(frame, 1);
+            k.dx = vec![1.7, 0.02, -0.01];
+            k.dy = vec![-0.8, 0.015, 0.03];
+            let order = if sip { 2 } else { 1 };
+            let (fit, worst) = corrected_wcs(&wcs, &k, frame, 256.0, 512.0, order)
+                .unwrap()
+                .unwrap();
+            assert!(worst < 1e-4, "sip {sip}: {worst} px");
+            assert_eq!(fit.sip.is_some(), sip);
+            // WCSLIB on the written keyrecords gives the current WCS at the corrected pixel.
+            let written = Wcs::from_header("fit", &fit.keyrecords().concat()).unwrap();
+            for p in [[1.0, 1.0], [256.0, 512.0], [77.5, 301.0]] {
+                let a = written.pixel_to_sky(&[p]).unwrap()[0].unwrap();
+                let b = wcs.pixel_to_sky(&[k.apply(p)]).unwrap()[0].unwrap();
+                let d = ((a[0] - b[0]) * 2f64.to_radians().cos()).hypot(a[1] - b[1]) * 3.6e6;
+                assert!(d < 0.05, "sip {sip}: {p:?} {d} mas");
+            }
+        }
+    }
+
+    #[test]
+    fn output_path_and_centroid_errors() {
+        assert_eq!(
+            tract_output_path(7),
+            PathBuf::from("mosaic/tract-0007.fits")
+        );
+        // √2 σ_PSF / (S/N): σ_PSF = 1 px at S/N 100 → 0.0141 px, with the floor in quadrature.
+        let s = centroid_sigma_px(2.354_820_045, 100.0);
+        assert!((s - 0.014_142_136f64.hypot(0.005)).abs() < 1e-8, "{s}");
+        assert!(centroid_sigma_px(3.0, 1e6) >= CENTROID_FLOOR_PX);
+    }
+}
