@@ -12,7 +12,9 @@ use skypipe_cmb::mapmake::Mapmake;
 use skypipe_cmb::pointing::Pointing;
 use skypipe_engine::{ChainFile, ChainMember, EngineArgs, StageSet, launch_stages};
 use skypipe_loadtest::Loadtest;
+use skypipe_mosaic::{Mosaic, MosaicConfig};
 use skypipe_optical::singleframe::Singleframe;
+use std::path::Path;
 use std::process::ExitCode;
 
 /// The stage kinds a chain may contain.
@@ -21,6 +23,7 @@ const KINDS: &[&str] = &[
     "calibrate",
     "mapmake",
     "singleframe",
+    "mosaic",
     "loadtest",
 ];
 
@@ -42,16 +45,25 @@ enum AnyStage {
     Calibrate(Calibrate),
     Mapmake(Mapmake),
     Singleframe(Singleframe),
+    Mosaic(Mosaic),
     Loadtest(Loadtest),
 }
 
-fn build(member: &ChainMember) -> Result<AnyStage, String> {
+/// Builds one member; `run_dir` is the chain's run directory (mosaic's default registry is in it).
+fn build(member: &ChainMember, run_dir: Option<&Path>) -> Result<AnyStage, String> {
     let named = |e: String| format!("[{}]: {e}", member.name);
     Ok(match member.kind.as_str() {
         "pointing" => AnyStage::Pointing(Pointing::new(member.config()?).map_err(named)?),
         "calibrate" => AnyStage::Calibrate(Calibrate::new(member.config()?).map_err(named)?),
         "mapmake" => AnyStage::Mapmake(Mapmake::new(member.config()?).map_err(named)?),
         "singleframe" => AnyStage::Singleframe(Singleframe::new(member.config()?).map_err(named)?),
+        "mosaic" => {
+            let mut c: MosaicConfig = member.config()?;
+            if c.registry.is_none() {
+                c.registry = run_dir.map(|d| d.join("registry.sqlite3"));
+            }
+            AnyStage::Mosaic(Mosaic::new(c).map_err(named)?)
+        }
         "loadtest" => AnyStage::Loadtest(Loadtest::new(member.config()?).map_err(named)?),
         other => return Err(format!("[{}]: unknown stage kind '{other}'", member.name)),
     })
@@ -70,7 +82,12 @@ fn main() -> ExitCode {
             return ExitCode::from(skypipe_engine::EXIT_CANNOT_START);
         }
     };
-    let built: Result<Vec<AnyStage>, String> = file.members.iter().map(build).collect();
+    let run_dir = cli.engine.run_dir.clone().or_else(|| file.run.dir.clone());
+    let built: Result<Vec<AnyStage>, String> = file
+        .members
+        .iter()
+        .map(|m| build(m, run_dir.as_deref()))
+        .collect();
     let built = match built {
         Ok(b) => b,
         Err(e) => {
@@ -85,6 +102,7 @@ fn main() -> ExitCode {
             AnyStage::Calibrate(s) => set.with(&member.name, s),
             AnyStage::Mapmake(s) => set.with(&member.name, s),
             AnyStage::Singleframe(s) => set.with(&member.name, s),
+            AnyStage::Mosaic(s) => set.with(&member.name, s),
             AnyStage::Loadtest(s) => set.with(&member.name, s),
         };
     }

@@ -23,6 +23,7 @@ use skypipe_cmb::{CalibrateFile, MapmakeFile, PointingFile};
 use skypipe_coadd::{Coadd, CoaddFile};
 use skypipe_engine::{ChainFile, RunOptions, load_config};
 use skypipe_loadtest::{Loadtest, LoadtestFile, Workload};
+use skypipe_mosaic::{Mosaic, MosaicFile};
 use skypipe_optical::singleframe::{Singleframe, SingleframeFile};
 use skypipe_slurm_scripts::SlurmFile;
 use std::collections::BTreeSet;
@@ -38,13 +39,14 @@ enum Reader {
     Mapmake,
     Singleframe,
     Coadd,
+    Mosaic,
     Chain,
     Slurm,
 }
 
 /// File-name stems (exact, or followed by `-`) and the binary that reads them. Every binary
 /// with a configuration file ships at least one example.
-const READERS: [(&str, Reader); 9] = [
+const READERS: [(&str, Reader); 10] = [
     ("sim-cmb", Reader::SimCmb),
     ("loadtest", Reader::Loadtest),
     ("pointing", Reader::Pointing),
@@ -52,6 +54,7 @@ const READERS: [(&str, Reader); 9] = [
     ("mapmake", Reader::Mapmake),
     ("singleframe", Reader::Singleframe),
     ("coadd", Reader::Coadd),
+    ("mosaic", Reader::Mosaic),
     ("chain", Reader::Chain),
     ("slurm", Reader::Slurm),
 ];
@@ -62,6 +65,7 @@ const CHAIN_KINDS: &[&str] = &[
     "calibrate",
     "mapmake",
     "singleframe",
+    "mosaic",
     "loadtest",
 ];
 
@@ -149,6 +153,14 @@ fn check(path: &Path, reader: Reader, observations: &Path) -> Result<(), String>
         Reader::Coadd => {
             let file = parse(path, |f: &CoaddFile<RunOptions>| &f.run)?;
             Coadd::new(file.coadd, file.run.dir.as_deref())?;
+        }
+        Reader::Mosaic => {
+            let mut file = parse(path, |f: &MosaicFile<RunOptions>| &f.run)?;
+            // As the binary does: the registry defaults to the run directory's.
+            if file.mosaic.registry.is_none() {
+                file.mosaic.registry = file.run.dir.as_ref().map(|d| d.join("registry.sqlite3"));
+            }
+            Mosaic::new(file.mosaic)?;
         }
         Reader::Chain => {
             let file = ChainFile::load(path, CHAIN_KINDS).map_err(|e| e.to_string())?;

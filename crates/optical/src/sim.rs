@@ -28,6 +28,10 @@ use std::path::{Path, PathBuf};
 pub enum Size {
     /// 4 CCDs of 256×512, bands g and r, 2 visits per band (16 CCD units; for tests).
     Tiny,
+    /// 4 CCDs of 512×1024 at the tiny set's density (4 times its stars per CCD), bands g and r,
+    /// 2 visits per band (16 CCD units; for tests that need more stars per CCD, e.g. mosaic's
+    /// joint astrometry).
+    Small,
     /// 8 CCDs of 1024×2048, bands g, r, i, 2 visits per band (48 CCD units; for the demo).
     Demo,
     /// A crowded field: 2 CCDs of 1024×2048 with about 20,000 objects each (13 times the demo's
@@ -622,6 +626,15 @@ fn survey(size: Size) -> Survey {
             bands: vec!["g", "r"],
             visits_per_band: 2,
             objects_per_ccd: 250,
+        },
+        Size::Small => Survey {
+            ccd_cols: 2,
+            ccd_rows: 2,
+            width: 512,
+            height: 1024,
+            bands: vec!["g", "r"],
+            visits_per_band: 2,
+            objects_per_ccd: 1000,
         },
         Size::Demo => Survey {
             ccd_cols: 4,

@@ -13,7 +13,7 @@ use std::path::Path;
 /// checked by WCSLIB). Errors name the file, the HDU and, where one is to blame, the keyword.
 pub fn read_primary_wcs(path: &Path) -> Result<Wcs, WcsError> {
     let name = format!("{}: primary HDU", path.display());
-    let text = primary_header_text(path).map_err(|message| WcsError::Text {
+    let text = header_text(path, None).map_err(|message| WcsError::Text {
         header: name.clone(),
         message,
     })?;

@@ -1,0 +1,28 @@
+//! `skypipe-mosaic`: the joint astrometric solution per tract, one unit per tract, planned from
+//! the registry that `skypipe-singleframe` filled.
+
+use clap::Parser;
+use skypipe_engine::{EngineArgs, RunOptions, run_binary};
+use skypipe_mosaic::{Mosaic, MosaicFile};
+use std::process::ExitCode;
+
+/// Joint astrometric solution per tract: per-CCD WCS corrections against the reference
+/// catalogue and across overlapping visits.
+#[derive(Debug, Parser)]
+#[command(name = "skypipe-mosaic", version)]
+struct Cli {
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (launched, _) = run_binary(&cli.engine, |mut file: MosaicFile<RunOptions>| {
+        if file.mosaic.registry.is_none() {
+            let run_dir = cli.engine.run_dir.clone().or_else(|| file.run.dir.clone());
+            file.mosaic.registry = run_dir.map(|d| d.join("registry.sqlite3"));
+        }
+        Ok((file.run, Mosaic::new(file.mosaic)?))
+    });
+    launched.exit_code()
+}

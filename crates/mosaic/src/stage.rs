@@ -1,0 +1,1147 @@
+//! The `mosaic` stage: one unit per tract (`tract=T`), planned from the registry.
+//!
+//! Planning reads the registry only (never a science file): every registered CCD that is not
+//! rejected, placed in each tract of the sky map (`[mosaic.skymap]`) whose footprint its
+//! region meets; the tracts so overlapped (or those of `[mosaic] tracts`) are the units. The
+//! stage runs after `skypipe-singleframe` has filled the registry; catalogue and calexp paths
+//! stored there relative are taken relative to the run directory (as in a chain run).
+//!
+//! A unit, on a rayon pool of `[mosaic] threads`:
+//! 1. reads each CCD's source catalogue (`SOURCES`) and the WCS of its calibrated exposure
+//!    (`IMAGE` HDU: the single-frame fitted TAN-SIP when calibrated, else the header WCS), and
+//!    keeps bright (`bright`), unflagged point sources (second moments within 30 % of the
+//!    CCD's median among bright sources), with their positions in the tract's tangent plane
+//!    and the local Jacobian of the WCS;
+//! 2. removes each CCD's offset from the reference catalogue (`[mosaic] reference`, read once
+//!    per process) by voting within `max_offset_arcsec` ([`crossmatch::offset_by_voting`]);
+//! 3. groups detections of one star on different CCDs and matches the groups to the reference
+//!    within `match_radius_arcsec`;
+//! 4. solves jointly ([`solve::solve_joint`]) for per-CCD corrections of order `order`, with
+//!    `clip` / `iterations` rejection, and reports CCDs with fewer than `min_stars_per_ccd`
+//!    usable detections as unsolved (they keep their single-frame WCS, no registry row);
+//! 5. fits each solved CCD's corrected WCS (current WCS evaluated at `pixel + δ(pixel)`) as a
+//!    TAN (order 1 on a TAN input) or TAN-SIP on a 16 × 16 grid over the CCD, and writes
+//!    `mosaic/tract-TTTT.fits` atomically, then the registry's sky map and `mosaic_wcs` rows.
+//!
+//! A missing or unreadable catalogue or calexp fails the unit as bad input naming the file.
+
+use crate::crossmatch::{group_detections, match_to_reference, offset_by_voting};
+use crate::solve::{
+    CcdFrame, CcdOutcome, CcdResiduals, Correction, JointProblem, JointSolution, Observation,
+    ReferencePosition, ResidualStats, SolveError, SolveParams, residual_stats, solve_joint,
+};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use skypipe_astrometry::tansip::{self, FitParams, TanSip};
+use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
+use skypipe_optical::calibration::ReferenceCatalog;
+use skypipe_optical::measure::flags;
+use skypipe_optical::singleframe::{DATASET_CALEXP, DATASET_REFERENCE, DATASET_SOURCES};
+use skypipe_registry::{
+    CcdStatus, MosaicWcs, Registry, RegistryError, SkyMap, SkyMapConfig, SkyMapError, Tract,
+};
+use skypipe_stage::{
+    Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId,
+    WorkUnit, fingerprint_of,
+};
+use skypipe_wcs::{Wcs, WcsError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// Dataset type of a tract's mosaic solution (`mosaic/tract-TTTT.fits`).
+pub const DATASET_MOSAIC_WCS: &str = "mosaic-wcs";
+
+/// The output file of tract `tract`, relative to the run directory.
+pub fn tract_output_path(tract: u32) -> PathBuf {
+    PathBuf::from(format!("mosaic/tract-{tract:04}.fits"))
+}
+
+/// The selection of bright sources: a signal-to-noise or a magnitude cut.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Bright {
+    /// `FLUX_PSF / FLUX_PSF_ERR` at least this (`bright = { snr = 50.0 }`).
+    Snr(f64),
+    /// Calibrated `MAG` at most this (`bright = { mag = 21.0 }`; needs calibrated catalogues).
+    Mag(f64),
+}
+
+/// The `[mosaic]` table. Unknown keys are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MosaicConfig {
+    /// Registry database. Default `RUN_DIR/registry.sqlite3` (set by the binary).
+    pub registry: Option<PathBuf>,
+    /// Reference catalogue (table `REFCAT`, the format of `[singleframe.calibration]
+    /// reference`). Required.
+    pub reference: Option<PathBuf>,
+    /// The sky map (`[mosaic.skymap]`), stored in the registry by the first unit.
+    pub skymap: SkyMapConfig,
+    /// Only these tracts (default: every tract a registered CCD overlaps).
+    pub tracts: Option<Vec<u32>>,
+    /// Match radius across CCDs and to the reference, arcsec. Default 1.
+    pub match_radius_arcsec: f64,
+    /// Largest offset of a CCD's WCS from the reference searched by voting, arcsec. Default 10.
+    pub max_offset_arcsec: f64,
+    /// Position error of the reference stars, milliarcseconds per coordinate. Default 20.
+    pub reference_error_mas: f64,
+    /// Polynomial order of the per-CCD corrections: 1 affine (default), up to 3.
+    pub order: usize,
+    /// Rejection threshold in units of the robust scatter. Default 3.
+    pub clip: f64,
+    /// At most this many solves (rejection rounds). Default 10.
+    pub iterations: usize,
+    /// A CCD with fewer usable star detections keeps its single-frame WCS. Default 10.
+    pub min_stars_per_ccd: usize,
+    /// Bright-source selection. Default `{ snr = 50.0 }`.
+    pub bright: Bright,
+    /// Threads inside a tract unit (rayon). Default 1. Results do not depend on it.
+    pub threads: usize,
+}
+
+impl Default for MosaicConfig {
+    fn default() -> Self {
+        Self {
+            registry: None,
+            reference: None,
+            skymap: SkyMapConfig::default(),
+            tracts: None,
+            match_radius_arcsec: 1.0,
+            max_offset_arcsec: 10.0,
+            reference_error_mas: 20.0,
+            order: 1,
+            clip: 3.0,
+            iterations: 10,
+            min_stars_per_ccd: 10,
+            bright: Bright::Snr(50.0),
+            threads: 1,
+        }
+    }
+}
+
+impl MosaicConfig {
+    /// Checks values that types cannot, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (k, v) in [
+            ("match_radius_arcsec", self.match_radius_arcsec),
+            ("max_offset_arcsec", self.max_offset_arcsec),
+            ("reference_error_mas", self.reference_error_mas),
+            ("clip", self.clip),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("mosaic.{k} must be finite and > 0, got {v}"));
+            }
+        }
+        if !(1..=3).contains(&self.order) {
+            return Err(format!(
+                "mosaic.order must be 1, 2 or 3, got {}",
+                self.order
+            ));
+        }
+        if self.iterations == 0 || self.threads == 0 || self.min_stars_per_ccd == 0 {
+            return Err(
+                "mosaic.iterations, mosaic.threads and mosaic.min_stars_per_ccd must be ≥ 1".into(),
+            );
+        }
+        match self.bright {
+            Bright::Snr(v) | Bright::Mag(v) if !v.is_finite() => {
+                return Err(format!("mosaic.bright must be finite, got {v}"));
+            }
+            _ => {}
+        }
+        self.skymap
+            .validate()
+            .map_err(|e: SkyMapError| format!("mosaic.skymap: {e}"))
+    }
+}
+
+/// The `skypipe-mosaic` configuration file: `[run]` (the engine's options, type `R`) and
+/// `[mosaic]`. Unknown keys are refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MosaicFile<R> {
+    /// Engine options.
+    #[serde(default)]
+    pub run: R,
+    /// Stage options.
+    #[serde(default)]
+    pub mosaic: MosaicConfig,
+}
+
+/// One CCD of a tract unit, as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TractCcd {
+    /// Visit.
+    pub visit: u64,
+    /// CCD.
+    pub ccd: u32,
+    /// PSF FWHM, pixels (weights the centroids).
+    pub psf_fwhm: f64,
+    /// Calibrated exposure (its `IMAGE` HDU's WCS is the current WCS).
+    pub calexp: PathBuf,
+    /// Source catalogue.
+    pub catalog: PathBuf,
+}
+
+/// A unit: one tract and the CCDs overlapping it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MosaicUnit {
+    /// Tract id.
+    pub tract: u32,
+    /// The CCDs, ordered by (visit, ccd).
+    pub ccds: Vec<TractCcd>,
+}
+
+impl WorkUnit for MosaicUnit {
+    fn id(&self) -> UnitId {
+        UnitId::new().with("tract", self.tract)
+    }
+}
+
+/// Errors of a tract unit, each naming the file (or the registry).
+#[derive(Debug, thiserror::Error)]
+pub enum MosaicError {
+    /// A FITS file could not be read or written.
+    #[error(transparent)]
+    Fits(#[from] FitsError),
+    /// A WCS could not be read or evaluated.
+    #[error(transparent)]
+    Wcs(#[from] WcsError),
+    /// A catalogue has unusable content.
+    #[error("{path}: table SOURCES: {message}")]
+    Catalogue {
+        /// The catalogue.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The reference catalogue could not be read (the message names the file).
+    #[error("{0}")]
+    Reference(String),
+    /// The registry refused a read or write.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The joint solution failed.
+    #[error("tract {tract}: {source}")]
+    Solve {
+        /// The tract.
+        tract: u32,
+        /// Why.
+        source: SolveError,
+    },
+}
+
+/// The stage.
+#[derive(Debug)]
+pub struct Mosaic {
+    config: MosaicConfig,
+    registry: PathBuf,
+    reference: PathBuf,
+    skymap: SkyMap,
+    refcat: OnceLock<Result<Arc<ReferenceCatalog>, String>>,
+}
+
+impl Mosaic {
+    /// Checks the configuration (naming the key) and builds the stage.
+    pub fn new(config: MosaicConfig) -> Result<Self, String> {
+        config.validate()?;
+        let registry = config.registry.clone().ok_or(
+            "mosaic.registry is not set (the run directory's registry.sqlite3 by default)",
+        )?;
+        let reference = config
+            .reference
+            .clone()
+            .ok_or("mosaic.reference is not set (the reference catalogue, e.g. reference.fits)")?;
+        let skymap = SkyMap::new(config.skymap).map_err(|e| format!("mosaic.skymap: {e}"))?;
+        Ok(Self {
+            config,
+            registry,
+            reference,
+            skymap,
+            refcat: OnceLock::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MosaicConfig {
+        &self.config
+    }
+
+    fn refcat(&self) -> Result<Arc<ReferenceCatalog>, MosaicError> {
+        self.refcat
+            .get_or_init(|| ReferenceCatalog::read(&self.reference).map(Arc::new))
+            .clone()
+            .map_err(MosaicError::Reference)
+    }
+
+    fn solve_params(&self) -> SolveParams {
+        SolveParams {
+            order: self.config.order,
+            clip: self.config.clip,
+            iterations: self.config.iterations,
+            min_stars_per_ccd: self.config.min_stars_per_ccd,
+        }
+    }
+}
+
+impl Stage for Mosaic {
+    type Unit = MosaicUnit;
+
+    fn name(&self) -> &'static str {
+        "mosaic"
+    }
+
+    /// Everything but `registry` and `threads` (results do not depend on them).
+    fn config_fingerprint(&self) -> String {
+        let c = &self.config;
+        fingerprint_of(&(
+            &c.reference,
+            &c.skymap,
+            &c.tracts,
+            c.match_radius_arcsec,
+            c.max_offset_arcsec,
+            c.reference_error_mas,
+            c.order,
+            c.clip,
+            c.iterations,
+            c.min_stars_per_ccd,
+            &c.bright,
+        ))
+    }
+
+    fn plan(&self) -> Result<Vec<PlannedUnit<MosaicUnit>>, PlanError> {
+        let reg =
+            Registry::open_read_only(&self.registry).map_err(|e| PlanError::from_error(&e))?;
+        let records = reg.all().map_err(|e| PlanError::from_error(&e))?;
+        let mut tracts: BTreeMap<u32, Vec<TractCcd>> = BTreeMap::new();
+        for r in records {
+            if r.status == CcdStatus::Rejected {
+                continue;
+            }
+            let region = r.region().map_err(|e| {
+                PlanError(format!(
+                    "{}: visit {} ccd {}: {e}",
+                    self.registry.display(),
+                    r.visit,
+                    r.ccd
+                ))
+            })?;
+            for t in self.skymap.tracts_overlapping(&region) {
+                tracts.entry(t.id).or_default().push(TractCcd {
+                    visit: r.visit,
+                    ccd: r.ccd,
+                    psf_fwhm: r.psf_fwhm,
+                    calexp: r.calexp_path.clone(),
+                    catalog: r.catalog_path.clone(),
+                });
+            }
+        }
+        if let Some(only) = &self.config.tracts {
+            tracts.retain(|t, _| only.contains(t));
+        }
+        Ok(tracts
+            .into_iter()
+            .map(|(tract, mut ccds)| {
+                ccds.sort_by_key(|c| (c.visit, c.ccd));
+                let n = ccds.len() as f64;
+                PlannedUnit::new(MosaicUnit { tract, ccds }).cost(n)
+            })
+            .collect())
+    }
+
+    /// A tract unit reads the catalogue and calibrated exposure of each of its CCDs (products
+    /// of `singleframe`) and the reference catalogue, and writes `mosaic/tract-TTTT.fits`.
+    fn connections(&self, unit: &MosaicUnit, run_dir: &Path) -> Connections {
+        let mut c = Connections::new().prerequisite(DATASET_REFERENCE, &self.reference);
+        for ccd in &unit.ccds {
+            c = c
+                .input(DATASET_SOURCES, run_dir.join(&ccd.catalog))
+                .input(DATASET_CALEXP, run_dir.join(&ccd.calexp));
+        }
+        c.output(
+            DATASET_MOSAIC_WCS,
+            run_dir.join(tract_output_path(unit.tract)),
+        )
+    }
+
+    fn run(&self, unit: &MosaicUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        let tract = self.skymap.tract(unit.tract).ok_or_else(|| {
+            UnitFailure::bad_input(format!("tract {} is not in the sky map", unit.tract))
+        })?;
+        let refcat = self.refcat().map_err(UnitFailure::bad_input)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.config.threads)
+            .build()
+            .map_err(UnitFailure::transient)?;
+        let run_dir = ctx.run_dir.clone();
+        let result = pool.install(|| self.solve_tract(unit, &tract, &refcat, &run_dir));
+        let solved = result.map_err(|e| match e {
+            MosaicError::Fits(FitsError::Write { .. } | FitsError::Io(_)) => {
+                UnitFailure::transient(e)
+            }
+            _ => UnitFailure::bad_input(e),
+        })?;
+        let path = ctx.run_dir.join(tract_output_path(unit.tract));
+        write_tract(&path, unit.tract, &solved, self.config.order, ctx.durable)
+            .map_err(UnitFailure::transient)?;
+        let rows: Vec<MosaicWcs> = solved
+            .ccds
+            .iter()
+            .filter_map(|c| {
+                c.corrected.as_ref().map(|w| MosaicWcs {
+                    visit: c.visit,
+                    ccd: c.ccd,
+                    tract: unit.tract,
+                    wcs: w.keyrecords().concat(),
+                })
+            })
+            .collect();
+        let mut reg = Registry::open(&self.registry).map_err(UnitFailure::transient)?;
+        reg.set_skymap(&self.skymap).map_err(|e| match e {
+            RegistryError::SkyMapConflict { .. } => UnitFailure::bad_input(e),
+            _ => UnitFailure::transient(e),
+        })?;
+        reg.record_mosaic_wcs(&rows)
+            .map_err(UnitFailure::transient)?;
+        log_tract(unit.tract, &solved);
+        Ok(Outcome::Done)
+    }
+}
+
+/// A CCD's inputs as the unit reads them.
+struct CcdData {
+    visit: u64,
+    ccd: u32,
+    wcs: Wcs,
+    width: f64,
+    height: f64,
+    sip_order: usize,
+    detections: Vec<Detection>,
+}
+
+/// A selected source.
+#[derive(Debug, Clone, Copy)]
+struct Detection {
+    pixel: [f64; 2],
+    position: [f64; 2],
+    jacobian: [[f64; 2]; 2],
+    sigma: f64,
+}
+
+/// What the unit made of one CCD.
+struct CcdResult {
+    visit: u64,
+    ccd: u32,
+    /// The corrected WCS, when solved.
+    corrected: Option<TanSip>,
+    /// The WCS kept when unsolved (WCSLIB's keyrecords of the current WCS), else empty.
+    kept: String,
+    /// Why unsolved; empty when solved.
+    note: String,
+    residuals: CcdResiduals,
+    /// Largest difference between the fitted corrected WCS and the correction it represents,
+    /// pixels.
+    representation_px: f64,
+}
+
+/// What the unit made of its tract.
+struct TractResult {
+    ccds: Vec<CcdResult>,
+    stats: ResidualStats,
+    n_stars: usize,
+    n_reference_stars: usize,
+    solution_chi2: f64,
+    solution_dof: f64,
+    iterations: usize,
+}
+
+/// Centroid error floor, pixels (added in quadrature to [`centroid_sigma_px`]'s noise term).
+const CENTROID_FLOOR_PX: f64 = 0.005;
+/// Point sources: second-moment trace within this fraction of the CCD's median.
+const PSF_SIZE_TOLERANCE: f64 = 0.3;
+/// Flags that do not disqualify a source (informational).
+const HARMLESS_FLAGS: u32 = flags::PSF_STAR;
+/// Fewest source–reference pairs for a CCD's offset vote.
+const MIN_OFFSET_PAIRS: usize = 5;
+/// Side of the grid on which a corrected WCS is fitted.
+const WCS_GRID: usize = 16;
+
+/// 1σ centroid error per coordinate of a point source, pixels: `√2 σ_PSF / (S/N)` (a Gaussian
+/// PSF on a background-limited image, `σ_PSF = FWHM / 2.355`) and a floor in quadrature.
+pub fn centroid_sigma_px(psf_fwhm: f64, snr: f64) -> f64 {
+    (std::f64::consts::SQRT_2 * psf_fwhm / (2.354_820_045 * snr)).hypot(CENTROID_FLOOR_PX)
+}
+
+fn arcsec_of(centre: [f64; 2], sky: [f64; 2]) -> Option<[f64; 2]> {
+    tansip::project(centre, sky).map(|p| [p[0] * 3600.0, p[1] * 3600.0])
+}
+
+fn catalogue_error(path: &Path, message: impl Into<String>) -> MosaicError {
+    MosaicError::Catalogue {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+impl Mosaic {
+    /// Reads one CCD: the current WCS and size from the calexp, the selected sources from the
+    /// catalogue with their tangent-plane positions about `centre`.
+    fn read_ccd(
+        &self,
+        c: &TractCcd,
+        centre: [f64; 2],
+        run_dir: &Path,
+    ) -> Result<CcdData, MosaicError> {
+        let calexp = run_dir.join(&c.calexp);
+        let catalog = run_dir.join(&c.catalog);
+        let mut r = FitsReader::open(&calexp)?;
+        let image = Hdu::Name("IMAGE");
+        let width = r.key_i64(image, "NAXIS1")? as f64;
+        let height = r.key_i64(image, "NAXIS2")? as f64;
+        let sip_order = r.key_f64_opt(image, "A_ORDER")?.map_or(1, |v| v as usize);
+        drop(r);
+        let wcs = skypipe_optical::wcs::read_hdu_wcs(&calexp, "IMAGE")?;
+        let mut r = FitsReader::open(&catalog)?;
+        let t = Hdu::Name("SOURCES");
+        let x = r.column_f64(t, "X")?;
+        let y = r.column_f64(t, "Y")?;
+        let flux = r.column_f64(t, "FLUX_PSF")?;
+        let flux_err = r.column_f64(t, "FLUX_PSF_ERR")?;
+        let flag = r.column_i64(t, "FLAGS")?;
+        let ixx = r.column_f64(t, "IXX")?;
+        let iyy = r.column_f64(t, "IYY")?;
+        let mag = match self.config.bright {
+            Bright::Mag(_) => Some(r.column_f64(t, "MAG")?),
+            Bright::Snr(_) => None,
+        };
+        let n = x.len();
+        if [
+            y.len(),
+            flux.len(),
+            flux_err.len(),
+            flag.len(),
+            ixx.len(),
+            iyy.len(),
+        ]
+        .iter()
+        .any(|&l| l != n)
+        {
+            return Err(catalogue_error(&catalog, "columns of different lengths"));
+        }
+        let bright: Vec<usize> = (0..n)
+            .filter(|&i| {
+                let clean = (flag[i] as u32) & !HARMLESS_FLAGS == 0 && flag[i] >= 0;
+                let ok = x[i].is_finite() && y[i].is_finite() && flux[i] > 0.0 && flux_err[i] > 0.0;
+                let passes = match (self.config.bright, &mag) {
+                    (Bright::Snr(s), _) => flux[i] / flux_err[i] >= s,
+                    (Bright::Mag(m), Some(mag)) => mag[i] <= m,
+                    (Bright::Mag(_), None) => false,
+                };
+                clean && ok && passes
+            })
+            .collect();
+        let traces: Vec<f64> = bright.iter().map(|&i| ixx[i] + iyy[i]).collect();
+        let typical = skypipe_astrometry::linalg::median(&traces);
+        let kept: Vec<usize> = bright
+            .into_iter()
+            .zip(&traces)
+            .filter(|(_, tr)| ((*tr / typical) - 1.0).abs() <= PSF_SIZE_TOLERANCE)
+            .map(|(i, _)| i)
+            .collect();
+        // Each source and its four neighbours half a pixel away (central differences).
+        let h = 0.5;
+        let mut pixels = Vec::with_capacity(kept.len() * 5);
+        for &i in &kept {
+            let p = [x[i], y[i]];
+            pixels.extend([
+                p,
+                [p[0] + h, p[1]],
+                [p[0] - h, p[1]],
+                [p[0], p[1] + h],
+                [p[0], p[1] - h],
+            ]);
+        }
+        let sky = wcs.pixel_to_sky(&pixels)?;
+        let mut detections = Vec::with_capacity(kept.len());
+        for (k, &i) in kept.iter().enumerate() {
+            let plane: Option<Vec<[f64; 2]>> = sky[5 * k..5 * k + 5]
+                .iter()
+                .map(|s| s.and_then(|s| arcsec_of(centre, s)))
+                .collect();
+            let Some(q) = plane else { continue };
+            let jacobian = [
+                [
+                    (q[1][0] - q[2][0]) / (2.0 * h),
+                    (q[3][0] - q[4][0]) / (2.0 * h),
+                ],
+                [
+                    (q[1][1] - q[2][1]) / (2.0 * h),
+                    (q[3][1] - q[4][1]) / (2.0 * h),
+                ],
+            ];
+            let scale = (jacobian[0][0] * jacobian[1][1] - jacobian[0][1] * jacobian[1][0])
+                .abs()
+                .sqrt();
+            let snr = flux[i] / flux_err[i];
+            let sigma_px = centroid_sigma_px(c.psf_fwhm, snr);
+            detections.push(Detection {
+                pixel: [x[i], y[i]],
+                position: q[0],
+                jacobian,
+                sigma: sigma_px * scale,
+            });
+        }
+        Ok(CcdData {
+            visit: c.visit,
+            ccd: c.ccd,
+            wcs,
+            width,
+            height,
+            sip_order,
+            detections,
+        })
+    }
+
+    fn solve_tract(
+        &self,
+        unit: &MosaicUnit,
+        tract: &Tract,
+        refcat: &ReferenceCatalog,
+        run_dir: &Path,
+    ) -> Result<TractResult, MosaicError> {
+        let centre = [tract.centre.ra(), tract.centre.dec()];
+        let mut data: Vec<CcdData> = unit
+            .ccds
+            .par_iter()
+            .map(|c| self.read_ccd(c, centre, run_dir))
+            .collect::<Result<_, _>>()?;
+        // Reference stars over the CCDs' detections plus the search margin.
+        let margin = self.config.max_offset_arcsec + self.config.match_radius_arcsec;
+        let mut lo = [f64::INFINITY; 2];
+        let mut hi = [f64::NEG_INFINITY; 2];
+        for d in data.iter().flat_map(|c| &c.detections) {
+            for k in 0..2 {
+                lo[k] = lo[k].min(d.position[k] - margin);
+                hi[k] = hi[k].max(d.position[k] + margin);
+            }
+        }
+        let references: Vec<[f64; 2]> = refcat
+            .ra
+            .par_iter()
+            .zip(&refcat.dec)
+            .filter_map(|(ra, dec)| arcsec_of(centre, [*ra, *dec]))
+            .filter(|p| (0..2).all(|k| p[k] >= lo[k] && p[k] <= hi[k]))
+            .collect();
+        // Each CCD's offset from the reference, as a pixel shift through its mean Jacobian.
+        let shifts: Vec<[f64; 2]> = data
+            .par_iter_mut()
+            .map(|c| {
+                let positions: Vec<[f64; 2]> = c.detections.iter().map(|d| d.position).collect();
+                let vote = offset_by_voting(
+                    &positions,
+                    &references,
+                    self.config.max_offset_arcsec,
+                    self.config.match_radius_arcsec,
+                    MIN_OFFSET_PAIRS,
+                );
+                let Some((offset, _)) = vote else {
+                    tracing::warn!(
+                        "mosaic[tract={}]: visit {} ccd {}: no offset from the reference found \
+                         (fewer than {MIN_OFFSET_PAIRS} pairs within {} arcsec); none applied",
+                        unit.tract,
+                        c.visit,
+                        c.ccd,
+                        self.config.max_offset_arcsec
+                    );
+                    return [0.0; 2];
+                };
+                let n = c.detections.len() as f64;
+                let mut j = [[0.0; 2]; 2];
+                for d in &c.detections {
+                    for (r, row) in j.iter_mut().enumerate() {
+                        row[0] += d.jacobian[r][0] / n;
+                        row[1] += d.jacobian[r][1] / n;
+                    }
+                }
+                let det = j[0][0] * j[1][1] - j[0][1] * j[1][0];
+                let shift = [
+                    (j[1][1] * offset[0] - j[0][1] * offset[1]) / det,
+                    (-j[1][0] * offset[0] + j[0][0] * offset[1]) / det,
+                ];
+                for d in &mut c.detections {
+                    for r in 0..2 {
+                        d.position[r] += d.jacobian[r][0] * shift[0] + d.jacobian[r][1] * shift[1];
+                    }
+                }
+                shift
+            })
+            .collect();
+        // Stars: detections grouped across CCDs, groups matched to the reference.
+        let mut points = Vec::new();
+        let mut owner = Vec::new();
+        for (c, d) in data.iter().enumerate() {
+            for (k, det) in d.detections.iter().enumerate() {
+                points.push(det.position);
+                owner.push((c, k));
+            }
+        }
+        let ccd_of: Vec<usize> = owner.iter().map(|o| o.0).collect();
+        let groups = group_detections(&points, &ccd_of, self.config.match_radius_arcsec);
+        let centres: Vec<[f64; 2]> = groups
+            .iter()
+            .map(|g| {
+                let n = g.len() as f64;
+                [
+                    g.iter().map(|&i| points[i][0]).sum::<f64>() / n,
+                    g.iter().map(|&i| points[i][1]).sum::<f64>() / n,
+                ]
+            })
+            .collect();
+        let matched = match_to_reference(&centres, &references, self.config.match_radius_arcsec);
+        let ref_sigma = self.config.reference_error_mas / 1000.0;
+        let mut problem = JointProblem {
+            ccds: data
+                .iter()
+                .map(|d| CcdFrame::of_size(d.width, d.height))
+                .collect(),
+            n_stars: 0,
+            observations: Vec::new(),
+            references: Vec::new(),
+        };
+        for (g, m) in groups.iter().zip(&matched) {
+            if g.len() < 2 && m.is_none() {
+                continue;
+            }
+            let star = problem.n_stars;
+            problem.n_stars += 1;
+            for &i in g {
+                let (c, k) = owner[i];
+                let d = &data[c].detections[k];
+                problem.observations.push(Observation {
+                    ccd: c,
+                    star,
+                    pixel: d.pixel,
+                    position: d.position,
+                    jacobian: d.jacobian,
+                    sigma: d.sigma,
+                });
+            }
+            if let Some(j) = m {
+                problem.references.push(ReferencePosition {
+                    star,
+                    position: references[*j],
+                    sigma: ref_sigma,
+                });
+            }
+        }
+        let solution =
+            solve_joint(&problem, &self.solve_params()).map_err(|source| MosaicError::Solve {
+                tract: unit.tract,
+                source,
+            })?;
+        // "Before" means the WCS as single-frame left it: without the offsets removed above.
+        let (stats, per_ccd) = before_without_shift(&problem, &solution, &shifts);
+        let ccds = data
+            .into_par_iter()
+            .zip(solution.ccds.par_iter())
+            .zip(per_ccd.into_par_iter())
+            .zip(shifts.par_iter())
+            .zip(problem.ccds.par_iter())
+            .map(|((((d, outcome), res), shift), frame)| {
+                self.ccd_result(&d, outcome, res, *shift, *frame)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TractResult {
+            ccds,
+            stats,
+            n_stars: problem.n_stars,
+            n_reference_stars: problem.references.len(),
+            solution_chi2: solution.chi2,
+            solution_dof: solution.dof,
+            iterations: solution.iterations,
+        })
+    }
+
+    fn ccd_result(
+        &self,
+        d: &CcdData,
+        outcome: &CcdOutcome,
+        residuals: CcdResiduals,
+        shift: [f64; 2],
+        frame: CcdFrame,
+    ) -> Result<CcdResult, MosaicError> {
+        let keep = |note: String| -> Result<CcdResult, MosaicError> {
+            Ok(CcdResult {
+                visit: d.visit,
+                ccd: d.ccd,
+                corrected: None,
+                kept: d.wcs.to_records()?.concat(),
+                note,
+                residuals,
+                representation_px: 0.0,
+            })
+        };
+        let correction = match outcome {
+            CcdOutcome::Solved(c) => c.clone().shifted(shift),
+            CcdOutcome::Unsolved(why) => return keep(why.clone()),
+        };
+        match corrected_wcs(
+            &d.wcs,
+            &correction,
+            frame,
+            d.width,
+            d.height,
+            self.config.order.max(d.sip_order),
+        )? {
+            Some((wcs, representation_px)) => Ok(CcdResult {
+                visit: d.visit,
+                ccd: d.ccd,
+                corrected: Some(wcs),
+                kept: String::new(),
+                note: String::new(),
+                residuals,
+                representation_px,
+            }),
+            None => keep("the corrected WCS could not be fitted as TAN-SIP".into()),
+        }
+    }
+}
+
+/// Residual statistics "before" are those of the WCS single-frame left, i.e. without the
+/// offsets removed by voting (the solver saw the shifted positions).
+fn before_without_shift(
+    problem: &JointProblem,
+    solution: &JointSolution,
+    shifts: &[[f64; 2]],
+) -> (ResidualStats, Vec<CcdResiduals>) {
+    let (after, after_ccd) = residual_stats(problem, solution);
+    let mut unshifted = problem.clone();
+    for o in &mut unshifted.observations {
+        let s = shifts[o.ccd];
+        for r in 0..2 {
+            o.position[r] -= o.jacobian[r][0] * s[0] + o.jacobian[r][1] * s[1];
+        }
+    }
+    let (before, before_ccd) = residual_stats(&unshifted, solution);
+    let stats = ResidualStats {
+        internal_before_arcsec: before.internal_before_arcsec,
+        internal_before_px: before.internal_before_px,
+        reference_before_arcsec: before.reference_before_arcsec,
+        reference_before_px: before.reference_before_px,
+        ..after
+    };
+    let ccds = after_ccd
+        .into_iter()
+        .zip(before_ccd)
+        .map(|(a, b)| CcdResiduals {
+            before_px: b.before_px,
+            ..a
+        })
+        .collect();
+    (stats, ccds)
+}
+
+/// The corrected WCS of a CCD — `wcs` evaluated at `pixel + δ(pixel)` — fitted as TAN-SIP of
+/// `order` (1: pure TAN) on a grid over the CCD, with CRPIX at the CCD's centre; returns it with
+/// the largest difference from the correction it represents over the grid, pixels. `None` when
+/// the fit fails.
+pub fn corrected_wcs(
+    wcs: &Wcs,
+    correction: &Correction,
+    frame: CcdFrame,
+    width: f64,
+    height: f64,
+    order: usize,
+) -> Result<Option<(TanSip, f64)>, WcsError> {
+    let n = WCS_GRID;
+    let mut pixels = Vec::with_capacity(n * n);
+    for i in 0..n {
+        for j in 0..n {
+            pixels.push([
+                0.5 + width * i as f64 / (n - 1) as f64,
+                0.5 + height * j as f64 / (n - 1) as f64,
+            ]);
+        }
+    }
+    let moved: Vec<[f64; 2]> = pixels.iter().map(|p| correction.apply(*p)).collect();
+    let sky: Option<Vec<[f64; 2]>> = wcs.pixel_to_sky(&moved)?.into_iter().collect();
+    let Some(sky) = sky else {
+        return Ok(None);
+    };
+    let centre_sky = wcs.pixel_to_sky(&[correction.apply(frame.centre)])?[0];
+    let Some(crval) = centre_sky else {
+        return Ok(None);
+    };
+    let params = FitParams {
+        order,
+        clip: f64::INFINITY,
+        max_iterations: 1,
+    };
+    let bounds = [[0.5, width + 0.5], [0.5, height + 0.5]];
+    let Some(fit) = tansip::fit_tan_sip(&pixels, &sky, &[], frame.centre, crval, bounds, &params)
+    else {
+        return Ok(None);
+    };
+    let scale = (fit.wcs.cd[0][0] * fit.wcs.cd[1][1] - fit.wcs.cd[0][1] * fit.wcs.cd[1][0])
+        .abs()
+        .sqrt()
+        * 3600.0;
+    let worst = pixels
+        .iter()
+        .zip(&sky)
+        .map(|(p, s)| {
+            let f = fit.wcs.pixel_to_sky(*p);
+            match (tansip::project(*s, f), true) {
+                (Some(d), _) => 3600.0 * d[0].hypot(d[1]) / scale,
+                (None, _) => f64::INFINITY,
+            }
+        })
+        .fold(0.0, f64::max);
+    Ok(Some((fit.wcs, worst)))
+}
+
+fn log_tract(tract: u32, r: &TractResult) {
+    let s = &r.stats;
+    let solved = r.ccds.iter().filter(|c| c.corrected.is_some()).count();
+    tracing::info!(
+        "mosaic[tract={tract}]: {solved}/{} CCDs solved, {} stars ({} reference), χ²/dof = {:.1}/{:.0} \
+         after {} solves; internal RMS {:.4}″ → {:.4}″ ({:.4} → {:.4} px, {} detections); \
+         against the reference {:.4}″ → {:.4}″ ({:.4} → {:.4} px, {} detections)",
+        r.ccds.len(),
+        r.n_stars,
+        r.n_reference_stars,
+        r.solution_chi2,
+        r.solution_dof,
+        r.iterations,
+        s.internal_before_arcsec,
+        s.internal_after_arcsec,
+        s.internal_before_px,
+        s.internal_after_px,
+        s.n_internal,
+        s.reference_before_arcsec,
+        s.reference_after_arcsec,
+        s.reference_before_px,
+        s.reference_after_px,
+        s.n_reference,
+    );
+    for c in r.ccds.iter().filter(|c| c.corrected.is_none()) {
+        tracing::warn!(
+            "mosaic[tract={tract}]: visit {} ccd {} keeps its single-frame WCS: {}",
+            c.visit,
+            c.ccd,
+            c.note
+        );
+    }
+}
+
+/// A finite value for a header card (NaN, when a statistic has no detections, becomes −1).
+fn finite(v: f64) -> f64 {
+    if v.is_finite() { v } else { -1.0 }
+}
+
+fn write_tract(
+    path: &Path,
+    tract: u32,
+    r: &TractResult,
+    order: usize,
+    durable: bool,
+) -> Result<(), FitsError> {
+    let s = &r.stats;
+    let solved = r.ccds.iter().filter(|c| c.corrected.is_some()).count();
+    let representation = r
+        .ccds
+        .iter()
+        .map(|c| c.representation_px)
+        .fold(0.0, f64::max);
+    let primary = vec![
+        Card::int("TRACT", i64::from(tract), "tract id"),
+        Card::int("NCCD", r.ccds.len() as i64, "CCDs overlapping the tract"),
+        Card::int("NSOLVED", solved as i64, "CCDs with a corrected WCS"),
+        Card::int(
+            "MOSORDER",
+            order as i64,
+            "polynomial order of the corrections",
+        ),
+        Card::int("NSTARS", r.n_stars as i64, "stars in the joint fit"),
+        Card::int(
+            "NREFSTAR",
+            r.n_reference_stars as i64,
+            "of which matched to the reference",
+        ),
+        Card::real(
+            "CHI2",
+            finite(r.solution_chi2),
+            "chi-square of the final solve",
+        ),
+        Card::real("DOF", r.solution_dof, "its degrees of freedom"),
+        Card::int("NITER", r.iterations as i64, "solves (rejection rounds)"),
+        Card::int(
+            "NINTERN",
+            s.n_internal as i64,
+            "detections of stars seen twice or more",
+        ),
+        Card::real(
+            "INTBEFA",
+            finite(s.internal_before_arcsec),
+            "[arcsec] internal RMS before",
+        ),
+        Card::real(
+            "INTAFTA",
+            finite(s.internal_after_arcsec),
+            "[arcsec] internal RMS after",
+        ),
+        Card::real(
+            "INTBEFP",
+            finite(s.internal_before_px),
+            "[pix] internal RMS before",
+        ),
+        Card::real(
+            "INTAFTP",
+            finite(s.internal_after_px),
+            "[pix] internal RMS after",
+        ),
+        Card::int(
+            "NREFDET",
+            s.n_reference as i64,
+            "detections of reference stars",
+        ),
+        Card::real(
+            "REFBEFA",
+            finite(s.reference_before_arcsec),
+            "[arcsec] RMS vs reference before",
+        ),
+        Card::real(
+            "REFAFTA",
+            finite(s.reference_after_arcsec),
+            "[arcsec] RMS vs reference after",
+        ),
+        Card::real(
+            "REFBEFP",
+            finite(s.reference_before_px),
+            "[pix] RMS vs reference before",
+        ),
+        Card::real(
+            "REFAFTP",
+            finite(s.reference_after_px),
+            "[pix] RMS vs reference after",
+        ),
+        Card::real(
+            "REPRMAX",
+            representation,
+            "[pix] max WCS fit error of a correction",
+        ),
+    ];
+    let ccds = &r.ccds;
+    let columns = vec![
+        Column::i64("VISIT", "", ccds.iter().map(|c| c.visit as i64).collect()),
+        Column::i64("CCD", "", ccds.iter().map(|c| i64::from(c.ccd)).collect()),
+        Column::i32(
+            "SOLVED",
+            "",
+            ccds.iter()
+                .map(|c| i32::from(c.corrected.is_some()))
+                .collect(),
+        ),
+        Column::i64(
+            "NMATCH",
+            "",
+            ccds.iter().map(|c| c.residuals.n as i64).collect(),
+        ),
+        Column::f64(
+            "RMS_BEFORE",
+            "pix",
+            ccds.iter().map(|c| finite(c.residuals.before_px)).collect(),
+        ),
+        Column::f64(
+            "RMS_AFTER",
+            "pix",
+            ccds.iter().map(|c| finite(c.residuals.after_px)).collect(),
+        ),
+        Column::text(
+            "NOTE",
+            ccds.iter()
+                .map(|c| {
+                    if c.note.is_empty() {
+                        "solved".to_string()
+                    } else {
+                        c.note.clone()
+                    }
+                })
+                .collect(),
+        ),
+        Column::text(
+            "WCS",
+            ccds.iter()
+                .map(|c| match &c.corrected {
+                    Some(w) => w.keyrecords().concat(),
+                    None => c.kept.clone(),
+                })
+                .collect(),
+        ),
+    ];
+    let mut w = FitsWriter::create(path, durable, None)?;
+    w.primary_keys(&primary)?;
+    w.table("MOSAIC", &columns, &[])?;
+    w.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(sip: bool) -> String {
+        let t = TanSip {
+            crpix: [128.5, 256.5],
+            crval: [150.0, 2.0],
+            cd: [[-5.5e-5, 1.0e-7], [1.2e-7, 5.5e-5]],
+            sip: sip.then(|| tansip::Sip {
+                order: 2,
+                a: vec![2e-6, -1e-6, 3e-6],
+                b: vec![-1e-6, 2e-6, 1e-6],
+                inverse_order: 0,
+                ap: Vec::new(),
+                bp: Vec::new(),
+            }),
+        };
+        t.keyrecords().concat()
+    }
+
+    #[test]
+    fn corrected_wcs_represents_the_correction_exactly() {
+        for sip in [false, true] {
+            let wcs = Wcs::from_header("test", &header(sip)).unwrap();
+            let frame = CcdFrame::of_size(256.0, 512.0);
+            let mut k = Correction::identity(frame, 1);
+            k.dx = vec![1.7, 0.02, -0.01];
+            k.dy = vec![-0.8, 0.015, 0.03];
+            let order = if sip { 2 } else { 1 };
+            let (fit, worst) = corrected_wcs(&wcs, &k, frame, 256.0, 512.0, order)
+                .unwrap()
+                .unwrap();
+            assert!(worst < 1e-4, "sip {sip}: {worst} px");
+            assert_eq!(fit.sip.is_some(), sip);
+            // WCSLIB on the written keyrecords gives the current WCS at the corrected pixel.
+            let written = Wcs::from_header("fit", &fit.keyrecords().concat()).unwrap();
+            for p in [[1.0, 1.0], [256.0, 512.0], [77.5, 301.0]] {
+                let a = written.pixel_to_sky(&[p]).unwrap()[0].unwrap();
+                let b = wcs.pixel_to_sky(&[k.apply(p)]).unwrap()[0].unwrap();
+                let d = ((a[0] - b[0]) * 2f64.to_radians().cos()).hypot(a[1] - b[1]) * 3.6e6;
+                assert!(d < 0.05, "sip {sip}: {p:?} {d} mas");
+            }
+        }
+    }
+
+    #[test]
+    fn output_path_and_centroid_errors() {
+        assert_eq!(
+            tract_output_path(7),
+            PathBuf::from("mosaic/tract-0007.fits")
+        );
+        // √2 σ_PSF / (S/N): σ_PSF = 1 px at S/N 100 → 0.0141 px, with the floor in quadrature.
+        let s = centroid_sigma_px(2.354_820_045, 100.0);
+        assert!((s - 0.014_142_136f64.hypot(0.005)).abs() < 1e-8, "{s}");
+        assert!(centroid_sigma_px(3.0, 1e6) >= CENTROID_FLOOR_PX);
+    }
+}

@@ -1,0 +1,268 @@
+//! End-to-end test of `skypipe-mosaic` under mpirun on the simulated `small` camera (the tiny
+//! one has about ten bright stars per CCD, too few to pin an affine correction per CCD to a
+//! few hundredths of a pixel): header WCS wrong by arcseconds, single-frame without
+//! calibration, then the joint solution checked against the simulator's true WCS and read back
+//! by astropy; a corrupt catalogue fails its tract alone, naming the file.
+
+mod common;
+
+use common::*;
+use skypipe_optical::registry::Registry;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin(name: &str) -> PathBuf {
+    match name {
+        "sim" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-sim")),
+        "singleframe" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-singleframe")),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-mosaic")),
+    }
+}
+
+/// Astropy's check of one tract's output (`data` from the simulator, `run` the run directory):
+/// per CCD, the true sky positions of bright stars (the truth WCS at their true pixels) through
+/// the single-frame WCS (calexp `IMAGE`) and through the corrected WCS (the `WCS` column), the
+/// pixel distance to the true pixels; and astropy's sky positions of a few pixels through the
+/// corrected WCS (`SKY visit ccd x y ra dec`). Prints `RESULT key=value …`.
+const TRUTH_CHECK: &str = r#"
+import sys, warnings
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+warnings.simplefilter("ignore")
+data, run, tract = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out = fits.open(f"{run}/mosaic/tract-{tract:04d}.fits")
+before, after, solved = [], [], 0
+for row in out["MOSAIC"].data:
+    v, c = int(row["VISIT"]), int(row["CCD"])
+    truth = fits.open(f"{data}/truth/v{v:04d}/c{c:02d}.fits")
+    h, t = truth[0].header, truth["OBJECTS"].data
+    tw = WCS(naxis=2)
+    tw.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    tw.wcs.crpix = [h["TCRPIX1"], h["TCRPIX2"]]
+    tw.wcs.crval = [h["TCRVAL1"], h["TCRVAL2"]]
+    tw.wcs.cd = [[h["TCD1_1"], h["TCD1_2"]], [h["TCD2_1"], h["TCD2_2"]]]
+    bright = (t["TYPE"] == "star") & (t["SNR"] > 50)
+    ra, dec = tw.all_pix2world(t["X"][bright], t["Y"][bright], 1)
+    old = WCS(fits.getheader(f"{run}/singleframe/calexp/v{v:04d}/c{c:02d}.fits", "IMAGE"))
+    x, y = old.all_world2pix(ra, dec, 1)
+    before += list(np.hypot(x - t["X"][bright], y - t["Y"][bright]))
+    if row["SOLVED"] != 1:
+        continue
+    solved += 1
+    w = WCS(fits.Header.fromstring(row["WCS"]))
+    x, y = w.all_world2pix(ra, dec, 1)
+    after += list(np.hypot(x - t["X"][bright], y - t["Y"][bright]))
+    g = np.array([[1.0, 1.0], [512.0, 1024.0], [100.5, 300.25], [437.0, 811.0]])
+    for (px, py), (a, d) in zip(g, w.all_pix2world(g, 1)):
+        print(f"SKY {v} {c} {px} {py} {a:.13f} {d:.13f}")
+b, a = np.array(before), np.array(after)
+p = out[0].header
+print(f"RESULT ccds={len(out['MOSAIC'].data)} solved={solved} n={len(a)} "
+      f"before_px={np.sqrt(np.mean(b ** 2)):.4f} after_px={np.sqrt(np.mean(a ** 2)):.4f} "
+      f"max_after_px={a.max():.4f} ref_before_px={p['REFBEFP']:.4f} ref_after_px={p['REFAFTP']:.4f} "
+      f"int_after_px={p['INTAFTP']:.4f}")
+"#;
+
+fn result_value(stdout: &str, key: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        .parse()
+        .unwrap()
+}
+
+/// `(unit, outcome, message)` of every mosaic ledger record.
+fn outcomes(run_dir: &Path) -> Vec<(String, String, String)> {
+    ledger(run_dir, "mosaic")
+        .into_iter()
+        .map(|r| {
+            (
+                r["unit"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+                r.get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn mosaic_corrects_wrong_header_wcs_to_the_truth_and_a_corrupt_catalogue_fails_its_tract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Header WCS wrong by a few arcseconds (the simulator's own error plus 3″, 0.01°, 3e-4);
+    // reference positions with 2 mas noise.
+    let out = run(direct(
+        &bin("sim"),
+        &[
+            "image",
+            "--out",
+            data.to_str().unwrap(),
+            "--size",
+            "small",
+            "--seed",
+            "7",
+            "--wcs-error",
+            "3,0.01,0.0003",
+            "--reference-noise-mas",
+            "2",
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let run1 = tmp.path().join("run");
+    let sf = tmp.path().join("singleframe.toml");
+    std::fs::write(&sf, "[run]\nfsync = false\n").unwrap();
+    let out = run(mpirun(
+        2,
+        &bin("singleframe"),
+        &[
+            "--config",
+            sf.to_str().unwrap(),
+            "--input",
+            data.join("units.json").to_str().unwrap(),
+            "--run-dir",
+            run1.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let run2 = tmp.path().join("run2");
+    copy_dir(&run1, &run2);
+
+    // 88 rings put a tract boundary at Dec 2.0225°: the camera's upper row of CCDs straddles
+    // it, the lower row lies below it (and below the upper tract's patches of 40″, which reach
+    // past the boundary). Two tracts, the lower one holding every CCD.
+    let cfg = tmp.path().join("mosaic.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nfsync = false\n[mosaic]\nreference = {:?}\nreference_error_mas = 2.0\n\
+             bright = {{ snr = 20.0 }}\nthreads = 2\n[mosaic.skymap]\nrings = 88\npatch_size = 200\nborder = 10\n",
+            data.join("reference.fits").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mosaic = |run_dir: &Path| {
+        run(mpirun(
+            2,
+            &bin("mosaic"),
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "--run-dir",
+                run_dir.to_str().unwrap(),
+            ],
+        ))
+    };
+    let out = mosaic(&run1);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let done = outcomes(&run1);
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(done.iter().all(|d| d.1 == "done"), "{done:?}");
+    let tracts: Vec<u32> = done
+        .iter()
+        .map(|d| d.0.strip_prefix("tract=").unwrap().parse().unwrap())
+        .collect();
+    let reg = Registry::open_read_only(run1.join("registry.sqlite3")).unwrap();
+    let mut lower = None;
+    for &tract in &tracts {
+        let py = Command::new("/usr/bin/python3")
+            .args(["-c", TRUTH_CHECK])
+            .arg(&data)
+            .arg(&run1)
+            .arg(tract.to_string())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&py.stdout).into_owned();
+        assert!(
+            py.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&py.stderr)
+        );
+        println!(
+            "tract {tract}: {}",
+            stdout.lines().last().unwrap_or_default()
+        );
+        // Astropy's sky positions of the written WCS equal skypipe's (WCSLIB on the registry's
+        // row) to well under a milliarcsecond.
+        let mut compared = 0;
+        for line in stdout.lines().filter(|l| l.starts_with("SKY ")) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (visit, ccd): (u64, u32) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+            let v: Vec<f64> = f[3..].iter().map(|x| x.parse().unwrap()).collect();
+            let cards = reg
+                .mosaic_wcs(visit, ccd, tract)
+                .unwrap()
+                .expect("a registry row");
+            let wcs = skypipe_wcs::Wcs::from_header("registry", &cards).unwrap();
+            let sky = wcs.pixel_to_sky(&[[v[0], v[1]]]).unwrap()[0].unwrap();
+            let d = ((sky[0] - v[2]) * v[3].to_radians().cos()).hypot(sky[1] - v[3]) * 3.6e6;
+            assert!(d < 1.0, "{line}: skypipe {sky:?}, {d} mas apart");
+            compared += 1;
+        }
+        let ccds = result_value(&stdout, "ccds");
+        assert_eq!(result_value(&stdout, "solved"), ccds, "{stdout}");
+        assert_eq!(compared as f64, 4.0 * ccds);
+        if ccds == 16.0 {
+            lower = Some(tract);
+            // Bright stars against the truth: from tens of pixels to hundredths.
+            let (before, after) = (
+                result_value(&stdout, "before_px"),
+                result_value(&stdout, "after_px"),
+            );
+            assert!(before > 5.0, "{stdout}");
+            assert!(after < before / 3.0 && after < 0.03, "{stdout}");
+            assert!(result_value(&stdout, "max_after_px") < 0.1, "{stdout}");
+            // The header's statistics agree: the residuals against the reference fell.
+            assert!(result_value(&stdout, "ref_before_px") > 5.0, "{stdout}");
+            assert!(result_value(&stdout, "ref_after_px") < 0.2, "{stdout}");
+        }
+    }
+    let lower = lower.expect("a tract holding all 16 CCDs");
+
+    // A corrupt catalogue of a CCD in one tract only (a lower-row CCD): that tract fails as bad
+    // input naming the file; the other completes.
+    let only_lower: Vec<(u64, u32)> = (1..=4u64)
+        .flat_map(|v| (0..4u32).map(move |c| (v, c)))
+        .filter(|&(v, c)| {
+            tracts
+                .iter()
+                .filter(|&&t| reg.mosaic_wcs(v, c, t).unwrap().is_some())
+                .count()
+                == 1
+        })
+        .collect();
+    println!("CCDs in one tract only: {only_lower:?}");
+    let (visit, ccd) = only_lower[0];
+    let catalog = run2.join(format!("singleframe/src/v{visit:04}/c{ccd:02}.fits"));
+    let bytes = std::fs::read(&catalog).unwrap();
+    std::fs::write(&catalog, &bytes[..bytes.len() / 2]).unwrap();
+    let out = mosaic(&run2);
+    assert_ne!(code(&out.status), 0, "{}", text(&out));
+    let recs = outcomes(&run2);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    for (unit, outcome, message) in recs {
+        if unit == format!("tract={lower}") {
+            assert_eq!(outcome, "bad-input", "{message}");
+            assert!(message.contains(catalog.to_str().unwrap()), "{message}");
+        } else {
+            assert_eq!(outcome, "done", "{unit}: {message}");
+        }
+    }
+}
