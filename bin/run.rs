@@ -10,6 +10,7 @@ use clap::Parser;
 use skypipe_cmb::calibrate::Calibrate;
 use skypipe_cmb::mapmake::Mapmake;
 use skypipe_cmb::pointing::Pointing;
+use skypipe_coadd::Coadd;
 use skypipe_engine::{ChainFile, ChainMember, EngineArgs, StageSet, launch_stages};
 use skypipe_loadtest::Loadtest;
 use skypipe_mosaic::{Mosaic, MosaicConfig};
@@ -24,6 +25,7 @@ const KINDS: &[&str] = &[
     "mapmake",
     "singleframe",
     "mosaic",
+    "coadd",
     "loadtest",
 ];
 
@@ -46,6 +48,7 @@ enum AnyStage {
     Mapmake(Mapmake),
     Singleframe(Singleframe),
     Mosaic(Mosaic),
+    Coadd(Coadd),
     Loadtest(Loadtest),
 }
 
@@ -64,6 +67,7 @@ fn build(member: &ChainMember, run_dir: Option<&Path>) -> Result<AnyStage, Strin
             }
             AnyStage::Mosaic(Mosaic::new(c).map_err(named)?)
         }
+        "coadd" => AnyStage::Coadd(Coadd::new(member.config()?, run_dir).map_err(named)?),
         "loadtest" => AnyStage::Loadtest(Loadtest::new(member.config()?).map_err(named)?),
         other => return Err(format!("[{}]: unknown stage kind '{other}'", member.name)),
     })
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
             AnyStage::Mapmake(s) => set.with(&member.name, s),
             AnyStage::Singleframe(s) => set.with(&member.name, s),
             AnyStage::Mosaic(s) => set.with(&member.name, s),
+            AnyStage::Coadd(s) => set.with(&member.name, s),
             AnyStage::Loadtest(s) => set.with(&member.name, s),
         };
     }

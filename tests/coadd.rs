@@ -294,3 +294,147 @@ fn coadds_of_the_tiny_field_from_the_registry() {
         assert_eq!(outcome, expected, "{unit}: {message}");
     }
 }
+
+fn ingest_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_skypipe-ingest"))
+}
+
+fn run_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_skypipe-run"))
+}
+
+/// The chain in one job: `skypipe-ingest` records the raw CCDs' header regions, then
+/// `skypipe-run` plans singleframe and coadd together before any CCD is processed. Every unit
+/// ends well; the warps planned from the raw regions (grown by the margin) include every
+/// (patch, CCD) overlap of the processed regions, each of those warps is done, and the extra ones
+/// found no data (no-work); each warp is recorded after its visit's registry unit.
+#[test]
+fn singleframe_and_coadd_run_as_one_chain_planned_from_ingested_regions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = run(direct(
+        &sim_bin(),
+        &[
+            "image",
+            "--out",
+            data.to_str().unwrap(),
+            "--size",
+            "tiny",
+            "--seed",
+            "7",
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let run_dir = tmp.path().join("run");
+    let out = run(direct(
+        &ingest_bin(),
+        &[
+            "--input",
+            data.join("units.json").to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let chain = tmp.path().join("chain.toml");
+    std::fs::write(
+        &chain,
+        format!(
+            "[run]\nfsync = false\n[chain]\nstages = [\"singleframe\", \"coadd\"]\n\
+             [singleframe]\ninput = {:?}\n[singleframe.calibration]\nreference = {:?}\n\
+             [coadd]\nplan_margin_arcsec = 30.0\n\
+             [coadd.skymap]\nrings = {}\npixel_scale = {}\npatch_size = {}\nborder = {}\n",
+            data.join("units.json").to_str().unwrap(),
+            data.join("reference.fits").to_str().unwrap(),
+            SKYMAP.rings,
+            SKYMAP.pixel_scale,
+            SKYMAP.patch_size,
+            SKYMAP.border
+        ),
+    )
+    .unwrap();
+    let out = run(mpirun(
+        2,
+        &run_bin(),
+        &[
+            "--config",
+            chain.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+
+    let truth = brute_force_overlaps(&run_dir.join("registry.sqlite3"));
+    assert!(!truth.is_empty());
+    let records = ledger(&run_dir, "coadd");
+    let registry_seq: std::collections::BTreeMap<u64, u64> = ledger(&run_dir, "singleframe")
+        .into_iter()
+        .filter(|r| r["unit"].as_str().unwrap().ends_with("step=registry"))
+        .map(|r| {
+            let unit = r["unit"].as_str().unwrap();
+            let visit: u64 = unit
+                .trim_start_matches("visit=")
+                .split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (visit, r["seq"].as_u64().unwrap())
+        })
+        .collect();
+    let (mut done, mut planned) = (BTreeSet::new(), BTreeSet::new());
+    for r in &records {
+        let unit = r["unit"].as_str().unwrap();
+        let outcome = r["outcome"].as_str().unwrap();
+        assert!(
+            outcome == "done" || outcome == "no-work",
+            "{unit}: {outcome}"
+        );
+        let Some(rest) = unit.split_once(",visit=").map(|(_, rest)| rest) else {
+            continue;
+        };
+        let (visit, ccd) = rest.split_once(",ccd=").unwrap();
+        let (visit, ccd): (u64, u32) = (visit.parse().unwrap(), ccd.parse().unwrap());
+        assert!(
+            r["seq"].as_u64().unwrap() > registry_seq[&visit],
+            "{unit} recorded before visit {visit}'s registry unit"
+        );
+        let patch = unit.trim_start_matches("tract=");
+        let (tract, rest) = patch.split_once(",patch=").unwrap();
+        let mut xy = rest.split(',');
+        let (x, y) = (xy.next().unwrap(), xy.next().unwrap());
+        let key = (
+            PatchId {
+                tract: tract.parse().unwrap(),
+                x: x.parse().unwrap(),
+                y: y.parse().unwrap(),
+            },
+            visit,
+            ccd,
+        );
+        planned.insert(key);
+        if outcome == "done" {
+            done.insert(key);
+        }
+    }
+    let missed: Vec<_> = truth.difference(&planned).collect();
+    assert!(
+        missed.is_empty(),
+        "overlaps not planned from the raw regions: {missed:?}"
+    );
+    let extra: Vec<_> = done.difference(&truth).collect();
+    assert!(extra.is_empty(), "warps done without an overlap: {extra:?}");
+    assert!(
+        done.len() * 10 >= truth.len() * 9,
+        "{} of {} overlaps warped",
+        done.len(),
+        truth.len()
+    );
+    // The coadds and detections of the chain ran too.
+    let coadds = records
+        .iter()
+        .filter(|r| r["unit"].as_str().unwrap().contains(",band=") && r["outcome"] == "done")
+        .count();
+    assert!(coadds > 0);
+}

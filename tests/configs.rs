@@ -66,6 +66,7 @@ const CHAIN_KINDS: &[&str] = &[
     "mapmake",
     "singleframe",
     "mosaic",
+    "coadd",
     "loadtest",
 ];
 
@@ -181,6 +182,12 @@ fn check(path: &Path, reader: Reader, observations: &Path) -> Result<(), String>
                         let mut c: MapmakeConfig = member.config()?;
                         c.observations = observations.to_path_buf();
                         Mapmake::new(c)?;
+                    }
+                    "singleframe" => {
+                        Singleframe::new(member.config()?)?;
+                    }
+                    "coadd" => {
+                        Coadd::new(member.config()?, file.run.dir.as_deref())?;
                     }
                     other => return Err(format!("{}: no check for kind {other}", path.display())),
                 }

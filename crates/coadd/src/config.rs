@@ -70,6 +70,11 @@ pub struct CoaddConfig {
     pub clip_iterations: u32,
     /// Fraction of the pixel value added in quadrature to an input's σ when clipping.
     pub clip_amplitude_fraction: f64,
+    /// Margin, arcsec, by which a CCD known only from its raw header (ingested by
+    /// `skypipe-ingest`, not yet processed: a chain run) is grown when planning its warps: the
+    /// raw header WCS's pointing error. A warp planned this way whose CCD turns out not to reach
+    /// the patch finds no data and is no-work.
+    pub plan_margin_arcsec: f64,
     /// Detection on the coadd (`[coadd.detection]`).
     pub detection: DetectionConfig,
 }
@@ -89,6 +94,7 @@ impl Default for CoaddConfig {
             clip_sigma: 3.0,
             clip_iterations: 2,
             clip_amplitude_fraction: 0.3,
+            plan_margin_arcsec: 60.0,
             detection: DetectionConfig::default(),
         }
     }
@@ -155,6 +161,12 @@ impl CoaddConfig {
             return Err(format!(
                 "coadd.detection.deblend_contrast must be in [0, 1), got {}",
                 self.detection.deblend_contrast
+            ));
+        }
+        if !(self.plan_margin_arcsec.is_finite() && self.plan_margin_arcsec >= 0.0) {
+            return Err(format!(
+                "coadd.plan_margin_arcsec must be finite and ≥ 0, got {}",
+                self.plan_margin_arcsec
             ));
         }
         if self.coarse_step == 0 {

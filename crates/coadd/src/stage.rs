@@ -7,14 +7,16 @@ use crate::output::{self, CoaddError};
 use crate::patch::{PatchGrid, PatchKey};
 use serde::{Deserialize, Serialize};
 use skypipe_core::warp::{self, CoarseMap, FluxScaling, Source, WarpParams};
-use skypipe_optical::singleframe::DATASET_CALEXP;
+use skypipe_optical::singleframe::{
+    DATASET_CALEXP, DATASET_REGISTERED, output_paths, registered_path,
+};
 use skypipe_registry::{CoaddRecord, Registry, SkyMap, SkyPoint, WarpRecord};
 use skypipe_stage::{
     Connections, FailureKind, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure,
     UnitId, WorkUnit, fingerprint_of,
 };
 use skypipe_wcs::Wcs;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Dataset type of a warp (`coadd/warp/…`).
@@ -52,6 +54,10 @@ pub struct WarpUnit {
     pub band: String,
     /// The calibrated exposure (absolute, or relative to the working directory).
     pub calexp: PathBuf,
+    /// For a CCD planned from its ingested raw region (not yet processed when planned): its
+    /// visit's registry marker, which the warp reads so that it runs once the CCD's registry
+    /// row exists.
+    pub registered: Option<PathBuf>,
 }
 
 /// A unit of the stage.
@@ -263,6 +269,49 @@ impl Coadd {
                     ccd: rec.ccd,
                     band: rec.band.clone(),
                     calexp: self.resolve(&rec.calexp_path),
+                    registered: None,
+                });
+            }
+        }
+        // CCDs only ingested (a chain run plans before single-frame processing): their raw
+        // header regions grown by the margin; outputs where single-frame processing will put them.
+        let processed: BTreeSet<(u64, u32)> = warps.iter().map(|w| (w.visit, w.ccd)).collect();
+        let margin = self.config.plan_margin_arcsec / 3600.0;
+        for raw in reg.raw_ccds().map_err(|e| PlanError::from_error(&e))? {
+            if processed.contains(&(raw.visit, raw.ccd))
+                || reg
+                    .get(raw.visit, raw.ccd)
+                    .map_err(|e| PlanError::from_error(&e))?
+                    .is_some()
+                || (!bands.is_empty() && !bands.contains(&raw.band))
+            {
+                continue;
+            }
+            let region = raw
+                .validate()
+                .and_then(|r| skypipe_registry::grow(&r, margin).map_err(Into::into))
+                .map_err(|e| {
+                    PlanError(format!(
+                        "{}: raw visit {} ccd {}: bad region: {e}",
+                        self.registry.display(),
+                        raw.visit,
+                        raw.ccd
+                    ))
+                })?;
+            for p in self.skymap.patches_overlapping(&region) {
+                if (!self.config.tracts.is_empty() && !self.config.tracts.contains(&p.tract))
+                    || (!patches.is_empty() && !patches.contains(&(p.x, p.y)))
+                {
+                    continue;
+                }
+                let (calexp, _) = output_paths(raw.visit, raw.ccd);
+                warps.push(WarpUnit {
+                    patch: p.into(),
+                    visit: raw.visit,
+                    ccd: raw.ccd,
+                    band: raw.band.clone(),
+                    calexp: self.resolve(&calexp),
+                    registered: Some(self.resolve(&registered_path(raw.visit))),
                 });
             }
         }
@@ -658,6 +707,9 @@ impl Stage for Coadd {
         match unit {
             CoaddUnit::Warp(w) => {
                 let mut c = Connections::new().input(DATASET_CALEXP, &w.calexp);
+                if let Some(marker) = &w.registered {
+                    c = c.input(DATASET_REGISTERED, marker);
+                }
                 if self.config.wcs == WcsSource::Mosaic {
                     c = c.input(
                         DATASET_MOSAIC_WCS,

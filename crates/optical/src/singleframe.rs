@@ -52,6 +52,9 @@ pub const DATASET_VARIANCE: &str = "variance";
 pub const DATASET_REFERENCE: &str = "reference-catalog";
 /// Dataset type of a calibrated exposure (`singleframe/calexp/…`).
 pub const DATASET_CALEXP: &str = "calexp";
+/// Dataset type of a visit's registry marker (`singleframe/registered/vVVVV.json`): its rows
+/// are in the registry.
+pub const DATASET_REGISTERED: &str = "registered-visit";
 /// Dataset type of a source catalogue (`singleframe/src/…`).
 pub const DATASET_SOURCES: &str = "sources";
 /// Dataset type of a CCD unit's calibrated exposure before the exposure-wide WCS
@@ -603,6 +606,21 @@ impl Singleframe {
         if !fits.is_empty() {
             reg.record_fits(&fits).map_err(UnitFailure::transient)?;
         }
+        // The visit's marker, written once its rows are committed: the file through which
+        // stages planned from ingested raw regions wait for the visit's registry rows.
+        let ccds: Vec<u32> = records.iter().map(|r| r.ccd).collect();
+        let marker = serde_json::json!({ "visit": visit, "ccds": ccds });
+        let durability = if ctx.durable {
+            skypipe_io::Durability::Synced
+        } else {
+            skypipe_io::Durability::ProcessCrashOnly
+        };
+        skypipe_io::write_atomic(
+            ctx.run_dir.join(registered_path(visit)),
+            marker.to_string().as_bytes(),
+            durability,
+        )
+        .map_err(UnitFailure::bad_input)?;
         Ok(Outcome::Done)
     }
 }
@@ -678,8 +696,13 @@ impl Stage for Singleframe {
                 .output(DATASET_CALEXP, run_dir.join(calexp))
                 .output(DATASET_SOURCES, run_dir.join(catalog));
         }
-        let SingleframeUnit::Ccd(c) = unit else {
-            return Connections::new();
+        let c = match unit {
+            SingleframeUnit::Ccd(c) => c,
+            SingleframeUnit::Registry { visit } => {
+                return Connections::new()
+                    .output(DATASET_REGISTERED, run_dir.join(registered_path(*visit)));
+            }
+            _ => return Connections::new(),
         };
         let mut conn = Connections::new().prerequisite(DATASET_RAW, &c.raw);
         for p in [&c.bias, &c.flat].into_iter().flatten() {
@@ -719,6 +742,12 @@ fn ccd_failure(e: CcdError) -> UnitFailure {
         CcdError::Fits(FitsError::Write { .. } | FitsError::Io(_)) => UnitFailure::transient(e),
         _ => UnitFailure::bad_input(e),
     }
+}
+
+/// Path of a visit's registry marker (`{"visit": V, "ccds": [...]}`, written by its registry
+/// unit after the visit's rows are committed), relative to the run directory.
+pub fn registered_path(visit: u64) -> PathBuf {
+    PathBuf::from(format!("singleframe/registered/v{visit:04}.json"))
 }
 
 /// Output paths of a CCD, relative to the run directory.

@@ -183,6 +183,18 @@ impl Registry {
             .map_err(self.err())
     }
 
+    /// Every raw CCD ingested, ordered by (visit, ccd).
+    pub fn raw_ccds(&self) -> Result<Vec<RawCcdRecord>, RegistryError> {
+        let sql = format!("SELECT {RAW_COLUMNS} FROM raw_ccd AS r ORDER BY r.visit, r.ccd");
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(self.err())? {
+            out.push(self.raw_from_row(row)?);
+        }
+        Ok(out)
+    }
+
     /// Every raw CCD whose predicted region intersects `region` (touching counts), ordered by
     /// (visit, ccd), optionally in one band: R*Tree prefilter, then the exact polygon test.
     pub fn raw_ccds_overlapping(
@@ -480,6 +492,7 @@ mod tests {
         ];
         reg.insert_raw_ccds(&raws).unwrap();
         assert_eq!(reg.raw_count().unwrap(), 4);
+        assert_eq!(reg.raw_ccds().unwrap(), raws.to_vec());
         // The query region: RA 0.0–0.29 (the CCD at 0.3 starts 0.01° = 36″ away from it).
         let q = square(0.0, 0.0, 0.29);
         let keys = |v: Vec<PlanningCcd>| v.iter().map(PlanningCcd::key).collect::<Vec<_>>();
