@@ -8,6 +8,11 @@ use std::process::ExitCode;
 
 /// Joint astrometric solution per tract: per-CCD WCS corrections against the reference
 /// catalogue and across overlapping visits.
+///
+/// One unit per tract, planned from the registry that skypipe-singleframe filled; outputs
+/// RUN_DIR/mosaic/tract-TTTT.fits and a row per CCD in the registry.
+/// Configuration: the `[run]` and `[mosaic]` tables of the --config file (every key with its
+/// default: configs/mosaic.toml).
 #[derive(Debug, Parser)]
 #[command(name = "skypipe-mosaic", version)]
 struct Cli {
