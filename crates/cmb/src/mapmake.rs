@@ -1220,8 +1220,7 @@ impl Mapmake {
             drop(senders);
             writers
                 .into_iter()
-                .map(|w| w.join().expect("the map writer does not panic"))
-                .collect::<Result<(), UnitFailure>>()
+                .try_for_each(|w| w.join().expect("the map writer does not panic"))
         });
         let quicklooks = if self.config.quicklook_width > 0 {
             self.write_quicklooks_gathered(coll, staging, maps, nside, dur)
