@@ -95,11 +95,11 @@ print(f'ok pixels={int(good.sum())} err={err / rms:.2e} spread={spread}')
 "#;
 
 #[test]
-fn noiseless_chain_maps_the_input_sky_identically_on_1_2_and_3_ranks() {
+fn noiseless_chain_maps_the_input_sky_identically_on_1_to_4_ranks_from_owned_submaps() {
     let tmp = tempfile::tempdir().unwrap();
     let (list, inputs) = prepare(tmp.path(), NOISELESS, POINTING, true);
     let mut runs = Vec::new();
-    for ranks in [1, 2, 3] {
+    for ranks in [1, 2, 3, 4] {
         let run_dir = tmp.path().join(format!("map{ranks}"));
         // Open (issue 16): on these six noiseless observations no coarse space converges
         // within 200 iterations; one template per observation ends at 2.7e-6 and leaves the
@@ -136,6 +136,40 @@ fn noiseless_chain_maps_the_input_sky_identically_on_1_2_and_3_ranks() {
             per_rank.iter().sum::<u64>(),
             sum["samples"].as_u64().unwrap()
         );
+        // Owned sub-maps: the union is split evenly over the ranks, and a rank only ever
+        // holds the sub-maps it hits plus its owned share of the two maps written.
+        let column = |key: &str| -> Vec<u64> {
+            sum[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect()
+        };
+        let (hit, owned, peak) = (
+            column("submaps_per_rank"),
+            column("owned_submaps_per_rank"),
+            column("peak_submaps_per_rank"),
+        );
+        let union = sum["observed_submaps"].as_u64().unwrap();
+        assert_eq!(owned.iter().sum::<u64>(), union, "{sum}");
+        assert!(
+            owned.iter().max().unwrap() - owned.iter().min().unwrap() <= 1,
+            "{sum}"
+        );
+        for r in 0..ranks {
+            assert_eq!(peak[r], hit[r] + 2 * owned[r], "rank {r}: {sum}");
+            assert!(hit[r] <= union, "{sum}");
+        }
+        if ranks > 1 {
+            assert!(
+                peak.iter().all(|&p| p < 2 * union),
+                "no rank holds the union for each map: {sum}"
+            );
+        }
+        let memory = sum["peak_memory_mb_per_rank"].as_array().unwrap();
+        assert_eq!(memory.len(), ranks);
+        assert!(memory.iter().all(|m| m.as_f64().unwrap() > 0.0), "{sum}");
         for f in [
             "map_binned.fits",
             "map_binned.png",

@@ -32,6 +32,7 @@ pub mod mapmake;
 pub mod model;
 pub mod pointing;
 pub mod sim;
+pub mod submaps;
 
 use serde::{Deserialize, Serialize};
 

@@ -37,12 +37,10 @@ use crate::model::{
 use crate::pointing::{
     ChunkPointing, ObservationPointing, PointingGeometry, PointingSource, durability,
 };
+use crate::submaps::OwnedReduce;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use skypipe_core::binning::{
-    BinAccumulator, BinnedMap, Components, SparseMap, SubmapLayout, UNSEEN, reduce_in_chunks,
-    submaps_in_mask, touched_mask,
-};
+use skypipe_core::binning::{BinAccumulator, BinnedMap, Components, SubmapLayout, UNSEEN};
 use skypipe_core::destripe::{DestripeConfig, MAX_COARSE_GROUPS, Reduce, Timestream, destripe};
 use skypipe_core::healpix::{Healpix, Ordering};
 use skypipe_core::quicklook::{self, QuicklookError, Scale};
@@ -62,9 +60,8 @@ use std::sync::Mutex;
 /// Format tag of the baseline files (`RUN_DIR/mapmake/baselines/obs=NNNN.h5`).
 pub const BASELINES_FORMAT: &str = "skypipe-cmb-baselines/1";
 
-/// Values per `allreduce` call when sub-maps are summed (32 MiB of `f64`): bounds the buffer
-/// and keeps every MPI count far below 2³¹.
-const REDUCE_CHUNK_VALUES: usize = 1 << 22;
+/// Output pixels gathered to the writing ranks per step (with I/Q/U: 6 values, 48 MiB).
+const GATHER_PIXELS: usize = 1 << 20;
 
 /// Which Stokes parameters the maps hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,11 +268,24 @@ pub struct MapSummary {
     pub reread_observations: usize,
     /// Unflagged samples each rank of the map unit binned: the load balance.
     pub samples_per_rank: Vec<u64>,
-    /// Sub-maps each rank touched (its accumulator holds these; the first and last ranks also
-    /// hold the union, to write the maps).
+    /// Sub-maps each rank hits (its accumulators hold exactly these).
     pub submaps_per_rank: Vec<u64>,
-    /// Sub-maps where at least two ranks hold samples: what each destriper iteration reduces
-    /// (0 without destriping).
+    /// Sub-maps that some rank hits (the union, split among the ranks as owners).
+    #[serde(default)]
+    pub observed_submaps: u64,
+    /// Sub-maps each rank owns: it sums them over the ranks hitting them, solves them and
+    /// sends them to the writers.
+    #[serde(default)]
+    pub owned_submaps_per_rank: Vec<u64>,
+    /// The most sub-maps each rank held at once: its hits plus its owned share of each map
+    /// written (the binned matrix, and with destriping the destriped right-hand side).
+    #[serde(default)]
+    pub peak_submaps_per_rank: Vec<u64>,
+    /// Peak resident memory of each rank's process (`VmHWM`, MiB) at the end of the map unit.
+    #[serde(default)]
+    pub peak_memory_mb_per_rank: Vec<f64>,
+    /// Sub-maps where at least two ranks hold samples: their blocks travel between ranks in
+    /// each reduction.
     pub shared_submaps: u64,
     /// Pixels per sub-map.
     pub submap_pixels: u64,
@@ -855,24 +865,19 @@ impl Mapmake {
         )
         .expect("nside and submap_nside are powers of two");
         let comps = self.config.components.kernel();
-        let (local_samples, local_submaps) = local_extent(&timestreams, layout);
+        let (local_samples, local_submaps_count) = local_extent(&timestreams, layout);
         let extents: Vec<[u64; 2]> = coll
             .all_gather_bytes(
-                &serde_json::to_vec(&[local_samples, local_submaps.len() as u64]).expect("encodes"),
+                &serde_json::to_vec(&[local_samples, local_submaps_count as u64]).expect("encodes"),
             )
             .iter()
             .map(|b| serde_json::from_slice(b).expect("every rank sends two counts"))
             .collect();
         let rate = summaries.first().map_or(1.0, |s| s.rate_hz);
         let baseline_samples = ((self.config.baseline_s * rate).round() as usize).max(1);
-        let mut reduce = UnitReduce {
-            coll,
-            union: None,
-            held: local_submaps,
-            shared: None,
-        };
+        let mut reduce = OwnedReduce::new(coll);
         let mut baselines = Vec::new();
-        let (binned, destriped, solver) = if self.config.destripe {
+        let solver = if self.config.destripe {
             let cfg = DestripeConfig {
                 baseline_length: baseline_samples,
                 tolerance: self.config.tolerance,
@@ -891,15 +896,14 @@ impl Mapmake {
                 residuals = ?out.residual_history,
                 "destriper: relative residual per iteration"
             );
-            let report = (
+            baselines = out.baselines;
+            (
                 out.iterations,
                 out.residual,
                 out.converged,
                 out.residual_history,
                 out.coarse_dimension,
-            );
-            baselines = out.baselines;
-            (out.binned, Some(out.destriped), report)
+            )
         } else {
             let mut acc = BinAccumulator::new(layout, comps);
             for ts in &timestreams {
@@ -907,12 +911,19 @@ impl Mapmake {
                     .map_err(|e| UnitFailure::bad_input(format!("binning: {e}")))?;
             }
             reduce.reduce_map(acc.map_mut());
-            (
-                acc.solve(self.config.rcond_min),
-                None,
-                (0, 0.0, true, Vec::new(), 0),
-            )
+            (0, 0.0, true, Vec::new(), 0)
         };
+        // This rank's share of the maps: the sums it owns, solved here.
+        let mut owned = reduce.take_owned().into_iter();
+        let matrix = owned.next().expect("the binned matrix was reduced");
+        let binned = BinAccumulator::from_map(comps, matrix)
+            .expect("the matrix has the components' stride")
+            .solve(self.config.rcond_min);
+        let destriped = owned.next().map(|rhs| {
+            binned
+                .solve_rhs(&rhs)
+                .expect("the right-hand side has the components' values")
+        });
         // Every rank writes the baselines of the observations it binned, in parallel.
         let mut amplitudes = baselines.into_iter();
         for data in &local {
@@ -922,22 +933,23 @@ impl Mapmake {
                 self.write_baselines(ctx, data, &per_detector, baseline_samples)?;
             }
         }
+        drop(timestreams);
         drop(held);
-        let shared_submaps = reduce.shared.as_ref().map_or(0, Vec::len);
         let solve_s = started.elapsed().as_secs_f64() - read_s;
+        let mut pixel_counts = [
+            binned.observed_pixels().count() as u64,
+            binned.cut_pixels().len() as u64,
+        ];
+        coll.all_reduce_sum_u64(&mut pixel_counts);
         tracing::info!(
             read_s,
             solve_s,
             "map unit: inputs read and shared, maps solved"
         );
-        // Rank 0 writes the binned map and the summary, the last rank the destriped map (both
-        // hold the whole sky, see `UnitReduce`): the two writes overlap. Every rank joins the
-        // agreements on the writes, so the product appears whole or not at all.
+        // Rank 0 writes the binned map and the summary, the last rank the destriped map: every
+        // rank sends its owned pieces to them in bounded steps, so the two writes overlap. Every
+        // rank joins the agreements on the writes, so the product appears whole or not at all.
         let (rank, last) = (coll.rank(), coll.size() - 1);
-        if rank != 0 && rank != last {
-            agree_on_writes(coll, None)?;
-            return agree_on_writes(coll, None).map(|()| Outcome::Done);
-        }
         let frame = summaries
             .first()
             .map_or("galactic".to_string(), |s| s.frame.clone());
@@ -947,13 +959,17 @@ impl Mapmake {
             observations: summaries.len(),
             missing_observations: missing,
             samples: summaries.iter().map(|s| s.good_samples).sum(),
-            observed_pixels: binned.observed_pixels().count() as u64,
-            cut_pixels: binned.cut_pixels().len() as u64,
+            observed_pixels: pixel_counts[0],
+            cut_pixels: pixel_counts[1],
             ranks: coll.size(),
             reread_observations: reread,
             samples_per_rank: extents.iter().map(|e| e[0]).collect(),
             submaps_per_rank: extents.iter().map(|e| e[1]).collect(),
-            shared_submaps: shared_submaps as u64,
+            observed_submaps: reduce.union_submaps() as u64,
+            owned_submaps_per_rank: Vec::new(),
+            peak_submaps_per_rank: Vec::new(),
+            peak_memory_mb_per_rank: Vec::new(),
+            shared_submaps: reduce.shared_submaps() as u64,
             submap_pixels: layout.submap_size() as u64,
             submaps: layout.n_submaps() as u64,
             baseline_samples: if self.config.destripe {
@@ -969,7 +985,7 @@ impl Mapmake {
             files: Vec::new(),
             seconds: [0.0; 3],
         };
-        if !summary.converged {
+        if !summary.converged && rank == 0 {
             tracing::warn!(
                 iterations = summary.iterations,
                 residual = summary.residual,
@@ -979,31 +995,44 @@ impl Mapmake {
         let out_dir = self.out_dir(&ctx.run_dir);
         let staging = out_dir.join(STAGING_DIR);
         let dur = durability(ctx);
-        let mut outputs = Vec::new();
-        if rank == 0 {
-            outputs.push(("binned", &binned));
+        let mut maps = vec![(binned, 0, "binned")];
+        if let Some(d) = destriped {
+            maps.push((d, last, "destriped"));
         }
-        if let Some(d) = destriped.as_ref().filter(|_| rank == last) {
-            outputs.push(("destriped", d));
-        }
-        // 1. Each writer writes its maps into the staging directory.
-        let staged = (|| {
-            for (name, map) in outputs {
-                let fits = staging.join(format!("map_{name}.fits"));
-                self.write_map(&fits, map, &summary, name, dur)?;
-                if self.config.quicklook_width > 0 {
-                    let png = staging.join(format!("map_{name}.png"));
-                    write_quicklook(&png, map, self.config.quicklook_width, name, dur)?;
-                }
-            }
-            Ok::<(), UnitFailure>(())
-        })();
+        // 1. Every rank sends its share to the writers, which write into the staging directory.
+        let staged = self.write_maps_gathered(coll, &staging, &maps, &summary, dur);
+        drop(maps);
         if let Err(e) = agree_on_writes(coll, staged.err()) {
             if rank == 0 {
                 let _ = std::fs::remove_dir_all(&staging);
             }
             return Err(e);
         }
+        // The memory this rank's process needed (its high-water mark, maps written).
+        let peak_mb = peak_memory_mb();
+        tracing::info!(
+            peak_memory_mb = peak_mb,
+            hit_submaps = local_submaps_count,
+            owned_submaps = reduce.owned_submaps(),
+            peak_submaps = reduce.peak_submaps(),
+            exchanged_values = reduce.sent_values(),
+            "map unit: memory of this rank"
+        );
+        let accounting: Vec<[f64; 3]> = coll
+            .all_gather_bytes(
+                &serde_json::to_vec(&[
+                    reduce.owned_submaps() as f64,
+                    reduce.peak_submaps() as f64,
+                    peak_mb,
+                ])
+                .expect("encodes"),
+            )
+            .iter()
+            .map(|b| serde_json::from_slice(b).expect("every rank sends three values"))
+            .collect();
+        summary.owned_submaps_per_rank = accounting.iter().map(|a| a[0] as u64).collect();
+        summary.peak_submaps_per_rank = accounting.iter().map(|a| a[1] as u64).collect();
+        summary.peak_memory_mb_per_rank = accounting.iter().map(|a| a[2]).collect();
         if rank != 0 {
             return agree_on_writes(coll, None).map(|()| Outcome::Done);
         }
@@ -1120,25 +1149,153 @@ impl Mapmake {
         write().map_err(|e| UnitFailure::transient(e.to_string()))
     }
 
-    /// Writes one map, block by block (memory: one block of columns, not the full sky).
+    /// Writes every map `(this rank's owned share, writing rank, kind)` into `staging`, and
+    /// its quicklook: every rank sends the records of the pixels it owns to the writing rank,
+    /// [`GATHER_PIXELS`] output pixels at a time, while a thread on the writing rank writes the
+    /// FITS file from them. Memory on a writer: one gathered step in flight and one queued,
+    /// plus the FITS writer's block, never the whole map. Every rank makes the same
+    /// collective calls whatever fails; the error is this rank's own.
+    fn write_maps_gathered(
+        &self,
+        coll: &dyn Collectives,
+        staging: &Path,
+        maps: &[(BinnedMap, usize, &str)],
+        summary: &MapSummary,
+        dur: Durability,
+    ) -> Result<(), UnitFailure> {
+        let me = coll.rank();
+        let nnz = self.config.components.kernel().nnz();
+        let nside = summary.nside;
+        let npix = (12 * nside * nside) as usize;
+        // Hit counts as 32-bit integers unless a pixel has more (never in practice).
+        let binned = &maps[0].0;
+        let local_max = binned
+            .observed_pixels()
+            .map(|p| binned.hits(p))
+            .fold(0.0, f64::max);
+        let max_hits = coll
+            .all_gather_bytes(&local_max.to_le_bytes())
+            .iter()
+            .map(|b| f64::from_le_bytes(b[..8].try_into().expect("8 bytes")))
+            .fold(0.0, f64::max);
+        let wide_hits = max_hits > f64::from(i32::MAX);
+        let nested = self.config.output_ordering == Ordering::Nested;
+        let ring = Healpix::new(nside, Ordering::Ring).expect("valid nside");
+        let written = std::thread::scope(|scope| {
+            let mut senders = Vec::new();
+            let mut writers = Vec::new();
+            for &(_, root, kind) in maps {
+                if root != me {
+                    senders.push(None);
+                    continue;
+                }
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f64>>(1);
+                let path = staging.join(format!("map_{kind}.fits"));
+                writers.push(scope.spawn(move || {
+                    self.write_map(&path, wide_hits, summary, kind, dur, || rx.recv().ok())
+                }));
+                senders.push(Some(tx));
+            }
+            for first in (0..npix).step_by(GATHER_PIXELS) {
+                let n = GATHER_PIXELS.min(npix - first);
+                let pixels: Vec<u64> = (first as u64..(first + n) as u64)
+                    .into_par_iter()
+                    .map(|p| {
+                        if nested {
+                            p
+                        } else {
+                            ring.to_nested(p).expect("pixel below npix")
+                        }
+                    })
+                    .collect();
+                for ((map, root, _), tx) in maps.iter().zip(&senders) {
+                    let mut records = owned_records(map, &pixels, nnz);
+                    coll.reduce_sum_f64(*root, &mut records);
+                    if let Some(tx) = tx {
+                        // A writer that failed has stopped listening: its error is below.
+                        let _ = tx.send(records);
+                    }
+                }
+            }
+            drop(senders);
+            writers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("the map writer does not panic"))
+        });
+        let quicklooks = if self.config.quicklook_width > 0 {
+            self.write_quicklooks_gathered(coll, staging, maps, nside, dur)
+        } else {
+            Ok(())
+        };
+        written.and(quicklooks)
+    }
+
+    /// The quicklooks of [`Mapmake::write_maps_gathered`]: every rank finds the pixels the
+    /// image samples (a few per image pixel), and sends the I of those it owns to the writer.
+    fn write_quicklooks_gathered(
+        &self,
+        coll: &dyn Collectives,
+        staging: &Path,
+        maps: &[(BinnedMap, usize, &str)],
+        nside: u64,
+        dur: Durability,
+    ) -> Result<(), UnitFailure> {
+        let width = self.config.quicklook_width;
+        let grid = Healpix::new(nside, Ordering::Nested).expect("the map's nside is valid");
+        let pixel_at = |theta: f64, phi: f64| {
+            grid.ang2pix(theta, phi.rem_euclid(std::f64::consts::TAU))
+                .ok()
+        };
+        let sampled = Mutex::new(Vec::new());
+        // A fixed scale: only the pixels asked for matter here.
+        let _ = quicklook::render(width, Scale::Fixed { min: 0.0, max: 1.0 }, |theta, phi| {
+            if let Some(p) = pixel_at(theta, phi) {
+                sampled.lock().expect("no panic while locked").push(p);
+            }
+            None
+        });
+        let mut sampled = sampled.into_inner().expect("no panic while locked");
+        sampled.sort_unstable();
+        sampled.dedup();
+        let mut result = Ok(());
+        for (map, root, kind) in maps {
+            // [I, solved] per sampled pixel, from its owner.
+            let mut values = vec![0.0; 2 * sampled.len()];
+            for (v, &p) in values.chunks_exact_mut(2).zip(&sampled) {
+                if let Some(m) = map.value(p) {
+                    v.copy_from_slice(&[m[0], 1.0]);
+                }
+            }
+            coll.reduce_sum_f64(*root, &mut values);
+            if *root != coll.rank() || result.is_err() {
+                continue;
+            }
+            let value = |theta: f64, phi: f64| {
+                let k = sampled.binary_search(&pixel_at(theta, phi)?).ok()?;
+                (values[2 * k + 1] > 0.0).then_some(values[2 * k])
+            };
+            let png = staging.join(format!("map_{kind}.png"));
+            result = write_quicklook(&png, value, width, kind, dur);
+        }
+        result
+    }
+
+    /// Writes one map from its gathered records (`[I (Q, U), hits, rcond, solved]` per output
+    /// pixel, in output order, as `next_records` yields them), block by block.
     fn write_map(
         &self,
         path: &Path,
-        map: &BinnedMap,
+        wide_hits: bool,
         summary: &MapSummary,
         kind: &str,
         dur: Durability,
+        mut next_records: impl FnMut() -> Option<Vec<f64>>,
     ) -> Result<(), UnitFailure> {
         let nside = summary.nside;
         let nested = self.config.output_ordering == Ordering::Nested;
         let single = self.config.output_precision == Precision::Single;
-        let nnz = map.components().nnz();
-        // Hit counts as 32-bit integers unless a pixel has more (never in practice).
-        let max_hits = map
-            .observed_pixels()
-            .map(|p| map.hits(p))
-            .fold(0.0, f64::max);
-        let wide_hits = max_hits > f64::from(i32::MAX);
+        let nnz = self.config.components.kernel().nnz();
+        let stride = nnz + 3;
         let names = ["I_STOKES", "Q_STOKES", "U_STOKES"];
         let mut specs: Vec<ColumnSpec> = names[..nnz]
             .iter()
@@ -1158,47 +1315,38 @@ impl Mapmake {
         };
         specs.push(ColumnSpec::new("HITS", "", hits_kind));
         specs.push(ColumnSpec::new("RCOND", "", ColumnType::F32));
-        let ring = Healpix::new(nside, Ordering::Ring).expect("valid nside");
-        // One block of every column, gathered in parallel from the NESTED map.
-        let fill = |first: usize, n: usize| -> Vec<Column> {
-            let pixels: Vec<u64> = (first as u64..(first + n) as u64)
-                .into_par_iter()
-                .map(|p| {
-                    if nested {
-                        p
-                    } else {
-                        ring.to_nested(p).expect("pixel below npix")
-                    }
-                })
-                .collect();
+        // Records gathered but not yet written, from the next pixel to write on.
+        let mut pending: Vec<f64> = Vec::new();
+        let fill = |_first: usize, n: usize| -> Vec<Column> {
+            while pending.len() < n * stride {
+                match next_records() {
+                    Some(more) => pending.extend_from_slice(&more),
+                    // Short columns: the writer refuses the block.
+                    None => break,
+                }
+            }
+            let records: Vec<f64> = pending.drain(..(n * stride).min(pending.len())).collect();
+            let records = records.chunks_exact(stride);
             let mut block: Vec<Column> = (0..nnz)
                 .map(|c| {
-                    let value = |&p: &u64| map.value(p).map_or(UNSEEN, |v| v[c]);
+                    let value = |r: &[f64]| if r[nnz + 2] > 0.0 { r[c] } else { UNSEEN };
                     if single {
-                        let v = pixels.par_iter().map(|p| value(p) as f32).collect();
+                        let v = records.clone().map(|r| value(r) as f32).collect();
                         Column::f32(names[c], "K_CMB", v)
                     } else {
-                        Column::f64(names[c], "K_CMB", pixels.par_iter().map(value).collect())
+                        Column::f64(names[c], "K_CMB", records.clone().map(value).collect())
                     }
                 })
                 .collect();
             block.push(if wide_hits {
-                Column::i64(
-                    "HITS",
-                    "",
-                    pixels.iter().map(|&p| map.hits(p) as i64).collect(),
-                )
+                Column::i64("HITS", "", records.clone().map(|r| r[nnz] as i64).collect())
             } else {
-                Column::i32(
-                    "HITS",
-                    "",
-                    pixels.iter().map(|&p| map.hits(p) as i32).collect(),
-                )
+                Column::i32("HITS", "", records.clone().map(|r| r[nnz] as i32).collect())
             });
             block.push(Column::f32(
                 "RCOND",
                 "",
-                pixels.iter().map(|&p| map.rcond(p) as f32).collect(),
+                records.map(|r| r[nnz + 1] as f32).collect(),
             ));
             block
         };
@@ -1258,7 +1406,7 @@ fn expand_detector(
     Ok((pixels, weights))
 }
 
-fn local_extent(timestreams: &[Timestream<'_>], layout: SubmapLayout) -> (u64, Vec<usize>) {
+fn local_extent(timestreams: &[Timestream<'_>], layout: SubmapLayout) -> (u64, usize) {
     let mut touched = vec![false; layout.n_submaps()];
     let mut samples = 0;
     for ts in timestreams {
@@ -1269,26 +1417,53 @@ fn local_extent(timestreams: &[Timestream<'_>], layout: SubmapLayout) -> (u64, V
             }
         }
     }
-    let list = (0..touched.len()).filter(|&sm| touched[sm]).collect();
-    (samples, list)
+    (samples, touched.iter().filter(|&&t| t).count())
 }
 
-/// Writes the Mollweide quicklook of a map's I.
+/// The peak resident memory of this process (`VmHWM` of `/proc/self/status`) in MiB, 0 where
+/// it is not available.
+fn peak_memory_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Each output pixel's record as the owner contributes it to the gather: `[I (Q, U), hits,
+/// rcond, solved]`, all zero for pixels this rank does not own (or that have no hits), so the
+/// sum over ranks is the owner's record exactly.
+fn owned_records(map: &BinnedMap, nested_pixels: &[u64], nnz: usize) -> Vec<f64> {
+    let mut records = vec![0.0; nested_pixels.len() * (nnz + 3)];
+    records
+        .par_chunks_mut(nnz + 3)
+        .zip(nested_pixels)
+        .for_each(|(r, &p)| {
+            let hits = map.hits(p);
+            if hits > 0.0 {
+                if let Some(v) = map.value(p) {
+                    r[..nnz].copy_from_slice(&v[..nnz]);
+                    r[nnz + 2] = 1.0;
+                }
+                r[nnz] = hits;
+                r[nnz + 1] = map.rcond(p);
+            }
+        });
+    records
+}
+
+/// Writes the Mollweide quicklook of a map's I (`value` at colatitude and longitude).
 fn write_quicklook(
     path: &Path,
-    map: &BinnedMap,
+    value: impl Fn(f64, f64) -> Option<f64>,
     width: u32,
     kind: &str,
     dur: Durability,
 ) -> Result<(), UnitFailure> {
-    let grid = Healpix::new((map.layout().npix() / 12).isqrt(), Ordering::Nested)
-        .expect("the map's nside is valid");
-    let sample = |theta: f64, phi: f64| {
-        let pix = grid
-            .ang2pix(theta, phi.rem_euclid(std::f64::consts::TAU))
-            .ok()?;
-        map.value(pix).map(|v| v[0])
-    };
+    let sample = &value;
     let percentiles = Scale::Percentile {
         low: 2.0,
         high: 98.0,
@@ -1438,72 +1613,6 @@ fn agree_on_writes(coll: &dyn Collectives, mine: Option<UnitFailure>) -> Result<
         Ok(())
     } else {
         Err(UnitFailure::transient(failures.join("; ")))
-    }
-}
-
-/// [`Reduce`] over the ranks of a multi-rank unit: the union of touched sub-maps is found by
-/// reducing a mask of sub-maps (only when some rank's sub-maps changed since the last map),
-/// the first and the last rank allocate all of it (they write the full maps), and the union's
-/// sub-maps are summed in chunks of [`REDUCE_CHUNK_VALUES`].
-struct UnitReduce<'a> {
-    coll: &'a dyn Collectives,
-    /// This rank's allocated sub-maps and the union over ranks from the last map reduced:
-    /// the destriper reduces maps with the same sub-maps at every iteration.
-    union: Option<(Vec<usize>, Vec<usize>)>,
-    /// Sub-maps where this rank holds samples.
-    held: Vec<usize>,
-    /// Sub-maps where at least two ranks hold samples (found at the first iteration).
-    shared: Option<Vec<usize>>,
-}
-
-impl Reduce for UnitReduce<'_> {
-    fn reduce_map(&mut self, map: &mut SparseMap) {
-        let local = map.touched_submaps();
-        // One small reduction decides, on every rank alike, whether the union must be redone.
-        let mut changed = [u64::from(
-            self.union
-                .as_ref()
-                .is_none_or(|(cached, _)| *cached != local),
-        )];
-        self.coll.all_reduce_sum_u64(&mut changed);
-        if changed[0] > 0 {
-            let mut mask: Vec<u64> = touched_mask(map).into_iter().map(u64::from).collect();
-            self.coll.all_reduce_sum_u64(&mut mask);
-            let mask: Vec<u8> = mask.into_iter().map(|m| u8::from(m > 0)).collect();
-            let union = submaps_in_mask(&mask);
-            let rank = self.coll.rank();
-            if rank == 0 || rank + 1 == self.coll.size() {
-                for &sm in &union {
-                    map.allocate(sm).expect("sub-map of the map's own layout");
-                }
-            }
-            self.union = Some((map.touched_submaps(), union));
-        }
-        let (_, union) = self.union.as_ref().expect("set above");
-        reduce_in_chunks(map, union, REDUCE_CHUNK_VALUES, |buf| {
-            self.coll.all_reduce_sum_f64(buf)
-        })
-        .expect("sub-maps of the map's own layout");
-    }
-
-    fn reduce_map_where_held(&mut self, map: &mut SparseMap) {
-        if self.shared.is_none() {
-            let mut count = vec![0u64; map.layout().n_submaps()];
-            for &sm in &self.held {
-                count[sm] = 1;
-            }
-            self.coll.all_reduce_sum_u64(&mut count);
-            self.shared = Some((0..count.len()).filter(|&sm| count[sm] > 1).collect());
-        }
-        let shared = self.shared.as_ref().expect("set above");
-        reduce_in_chunks(map, shared, REDUCE_CHUNK_VALUES, |buf| {
-            self.coll.all_reduce_sum_f64(buf)
-        })
-        .expect("sub-maps of the map's own layout");
-    }
-
-    fn sum(&mut self, values: &mut [f64]) {
-        self.coll.all_reduce_sum_f64(values);
     }
 }
 

@@ -685,6 +685,15 @@ impl BinAccumulator {
         }
     }
 
+    /// An accumulator holding `map`'s records (e.g. sums received from other processes);
+    /// `map` must have `comps`' stride.
+    pub fn from_map(comps: Components, map: SparseMap) -> Result<Self, BinningError> {
+        if map.stride != comps.stride() {
+            return Err(BinningError::Incompatible);
+        }
+        Ok(Self { comps, map })
+    }
+
     /// The components solved for.
     pub fn components(&self) -> Components {
         self.comps
@@ -964,6 +973,39 @@ impl BinnedMap {
         })
     }
 
+    /// The map of another right-hand side `rhs` (`Σ w y/σ²`, [`Components::nnz`] values per
+    /// pixel, same layout) solved with this map's matrices: `C⁻¹ rhs` where this map is
+    /// solved, [`UNSEEN`] elsewhere; hits and rcond are this map's. Sub-maps that `rhs` lacks
+    /// count as zero.
+    pub fn solve_rhs(&self, rhs: &SparseMap) -> Result<BinnedMap, BinningError> {
+        let nnz = self.comps.nnz();
+        if rhs.layout != self.layout || rhs.stride != nnz {
+            return Err(BinningError::Incompatible);
+        }
+        let size = self.layout.submap_size();
+        let mut out = self.clone();
+        for (slot, &sm) in self.submaps.iter().enumerate() {
+            let block = rhs.block(sm);
+            for off in 0..size {
+                let k = slot * size + off;
+                if self.values[k * nnz] == UNSEEN {
+                    continue;
+                }
+                let b = |c: usize| block.map_or(0.0, |b| b[off * nnz + c]);
+                match self.comps {
+                    Components::I => out.values[k] = self.inv_cov[k] * b(0),
+                    Components::Iqu => {
+                        let ic = &self.inv_cov[k * 6..k * 6 + 6];
+                        let ic = [ic[0], ic[1], ic[2], ic[3], ic[4], ic[5]];
+                        let m = apply_sym3(&ic, [b(0), b(1), b(2)]);
+                        out.values[k * 3..k * 3 + 3].copy_from_slice(&m);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Reciprocal condition number of pixel `pix` (0 when unobserved).
     pub fn rcond(&self, pix: u64) -> f64 {
         self.record(pix).map_or(0.0, |k| self.rcond[k])
@@ -1032,6 +1074,51 @@ mod tests {
 
     /// Sub-maps met for the first time late in a chunk (past the prefetch distance, after an
     /// earlier call allocated others) are stored in first-touch order.
+    #[test]
+    fn a_second_right_hand_side_is_solved_with_the_same_matrices() {
+        use crate::pointing::stokes_weights_from_psi;
+        let layout = SubmapLayout::new(48, 4).unwrap();
+        let psis = [0.0, 0.5, 1.0, 2.0, 2.5];
+        let weights: Vec<[f64; 3]> = psis
+            .iter()
+            .map(|&p| stokes_weights_from_psi(p, 1.0))
+            .collect();
+        let pixels = vec![5u64, 5, 5, 5, 9];
+        let (first, second) = ([1.0, 0.2, -0.3], [-2.0, 0.1, 0.4]);
+        let scan = |m: [f64; 3]| -> Vec<f64> {
+            weights
+                .iter()
+                .map(|w| w[0] * m[0] + w[1] * m[1] + w[2] * m[2])
+                .collect()
+        };
+        let mut acc = BinAccumulator::new(layout, Components::Iqu);
+        acc.accumulate(&pixels, &weights, &scan(first), None, 2.0)
+            .unwrap();
+        let map = acc.solve(1e-3);
+        let mut rhs = SparseMap::new(layout, 3);
+        for ((&p, w), d) in pixels.iter().zip(&weights).zip(scan(second)) {
+            let (sm, off) = layout.split(p);
+            rhs.allocate(sm).unwrap();
+            let b = rhs.block_mut(sm).unwrap();
+            for c in 0..3 {
+                b[off * 3 + c] += w[c] * d * 2.0;
+            }
+        }
+        let solved = map.solve_rhs(&rhs).unwrap();
+        let v = solved.value(5).unwrap();
+        for c in 0..3 {
+            assert!((v[c] - second[c]).abs() < 1e-12, "{v:?}");
+        }
+        assert_eq!(solved.value(9), None, "pixel 9 (one angle) stays cut");
+        assert_eq!(solved.hits(5), 4.0);
+        let wrong = SparseMap::new(layout, 10);
+        assert_eq!(map.solve_rhs(&wrong), Err(BinningError::Incompatible));
+        let records = acc.map().clone();
+        let again = BinAccumulator::from_map(Components::Iqu, records).unwrap();
+        assert_eq!(again.solve(1e-3), map);
+        assert!(BinAccumulator::from_map(Components::I, acc.map().clone()).is_err());
+    }
+
     #[test]
     fn submaps_are_allocated_in_first_touch_order() {
         let layout = SubmapLayout::new(64, 4).unwrap();

@@ -11,8 +11,9 @@
 //! per pixel `m = C⁻¹ Σ w y/σ²` with the binned matrix `C` of [`crate::binning`]. The only
 //! step that needs every process's data is the sum of the binned right-hand side over processes;
 //! it is the [`Reduce`] trait (with [`Reduce::sum`] for the CG dot products). [`SingleProcess`]
-//! is the identity; an MPI stage implements it as an allreduce over the union of touched
-//! sub-maps, in bounded chunks. Everything else is local to the detectors a process holds.
+//! is the identity; the MPI stage implements it with owned sub-maps (each summed on one owner
+//! and sent back to the processes that hit it), in bounded rounds. Everything else is local to
+//! the detectors a process holds.
 //!
 //! Samples that are flagged, or whose pixel is cut by the rcond threshold, take no part.
 //! Baselines without such samples stay 0.
@@ -105,15 +106,18 @@ pub struct Timestream<'a> {
 
 /// The steps that need all processes: summing a sparse map and summing scalars.
 ///
-/// Implementations must leave every process with the same sums (an allreduce). For a map, a
-/// process needs the reduced values only in the sub-maps it has allocated itself: an MPI
-/// implementation is [`crate::binning::touched_mask`] reduced once per map for the union, then
-/// [`crate::binning::reduce_in_chunks`] around `MPI_Allreduce`. The destriper calls
+/// For a map, a process needs the sums only in the sub-maps it has allocated itself (where it
+/// holds samples): an MPI implementation can reduce each sub-map to one owner process and send
+/// the sums back to the processes that allocated it (`skypipe_cmb::submaps`), or allreduce
+/// the union ([`crate::binning::reduce_in_chunks`]). Scalars must be summed on every process
+/// alike. The destriper calls
 /// [`Reduce::reduce_map`] once for the matrix and once for the final map,
 /// [`Reduce::reduce_map_where_held`] once per operator application (the right-hand side and
 /// each CG iteration), and [`Reduce::sum`] with one to three scalars per dot product.
 pub trait Reduce {
-    /// Sum `map` over all processes, in place.
+    /// Sum `map` over all processes into the sub-maps this process has allocated, in place:
+    /// the maps that are products (the binned matrix, the destriped map), whose sums an
+    /// implementation with owned sub-maps keeps on the owners for writing.
     fn reduce_map(&mut self, map: &mut SparseMap);
     /// Sum `map` over all processes where a process needs the sums only in the sub-maps where
     /// it holds samples (the destriper's iterations; the binned and destriped maps use

@@ -2,7 +2,7 @@
 //! and broadcast among exactly its own ranks.
 
 use mpi::collective::SystemOperation;
-use mpi::datatype::PartitionMut;
+use mpi::datatype::{Equivalence, Partition, PartitionMut};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use skypipe_stage::Collectives;
@@ -19,6 +19,49 @@ impl MpiCollectives {
     /// Wraps the unit's sub-communicator.
     pub fn new(comm: SimpleCommunicator) -> Self {
         Self { comm }
+    }
+}
+
+impl MpiCollectives {
+    /// `MPI_Alltoall` of the counts, then `MPI_Alltoallv` of the values.
+    fn all_to_all<T: Equivalence + Copy + Default>(
+        &self,
+        send: &[T],
+        counts: &[usize],
+    ) -> (Vec<T>, Vec<usize>) {
+        let size = self.size();
+        assert_eq!(counts.len(), size, "one count per rank");
+        assert_eq!(
+            counts.iter().sum::<usize>(),
+            send.len(),
+            "counts add up to the values sent"
+        );
+        let as_count = |n: usize| i32::try_from(n).expect("fewer than 2^31 values exchanged");
+        let send_counts: Vec<i32> = counts.iter().map(|&n| as_count(n)).collect();
+        let mut recv_counts = vec![0_i32; size];
+        self.comm
+            .all_to_all_into(&send_counts[..], &mut recv_counts[..]);
+        let offsets = |c: &[i32]| -> Vec<i32> {
+            c.iter()
+                .scan(0_i32, |acc, &n| {
+                    let start = *acc;
+                    *acc = acc
+                        .checked_add(n)
+                        .expect("fewer than 2^31 values exchanged");
+                    Some(start)
+                })
+                .collect()
+        };
+        let (send_offsets, recv_offsets) = (offsets(&send_counts), offsets(&recv_counts));
+        let total: usize = recv_counts.iter().map(|&n| n as usize).sum();
+        let mut recv = vec![T::default(); total];
+        {
+            let sent = Partition::new(send, &send_counts[..], &send_offsets[..]);
+            let mut received =
+                PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_offsets[..]);
+            self.comm.all_to_all_varcount_into(&sent, &mut received);
+        }
+        (recv, recv_counts.iter().map(|&n| n as usize).collect())
     }
 }
 
@@ -96,5 +139,25 @@ impl Collectives for MpiCollectives {
 
     fn barrier(&self) {
         self.comm.barrier();
+    }
+
+    fn reduce_sum_f64(&self, root: usize, values: &mut [f64]) {
+        let root_process = self.comm.process_at_rank(root as i32);
+        for chunk in values.chunks_mut(CHUNK) {
+            let send = chunk.to_vec();
+            if self.rank() == root {
+                root_process.reduce_into_root(&send[..], chunk, SystemOperation::sum());
+            } else {
+                root_process.reduce_into(&send[..], SystemOperation::sum());
+            }
+        }
+    }
+
+    fn all_to_all_f64(&self, send: &[f64], counts: &[usize]) -> (Vec<f64>, Vec<usize>) {
+        self.all_to_all(send, counts)
+    }
+
+    fn all_to_all_u64(&self, send: &[u64], counts: &[usize]) -> (Vec<u64>, Vec<usize>) {
+        self.all_to_all(send, counts)
     }
 }

@@ -353,6 +353,30 @@ impl Loadtest {
             Vec::new()
         };
         c.broadcast_bytes(0, &mut greeting);
+        // Rank r sends s + 1 copies of 100·r + s to rank s; the last rank gets the sum of
+        // every rank's r + 1, the others keep their own value.
+        let (me, size) = (c.rank(), c.size());
+        let per_rank: Vec<usize> = (1..=size).collect();
+        let to_send: Vec<u64> = (0..size)
+            .flat_map(|s| std::iter::repeat_n((100 * me + s) as u64, s + 1))
+            .collect();
+        let (got, got_counts) = c.all_to_all_u64(&to_send, &per_rank);
+        let floats: Vec<f64> = to_send.iter().map(|&v| v as f64 + 0.5).collect();
+        let (got_floats, _) = c.all_to_all_f64(&floats, &per_rank);
+        let expected: Vec<u64> = (0..size)
+            .flat_map(|r| std::iter::repeat_n((100 * r + me) as u64, me + 1))
+            .collect();
+        let mut gathered = [(me + 1) as f64];
+        c.reduce_sum_f64(size - 1, &mut gathered);
+        let expected_gathered = if me + 1 == size {
+            (size * (size + 1) / 2) as f64
+        } else {
+            (me + 1) as f64
+        };
+        let exchanged = got == expected
+            && got_counts == vec![me + 1; size]
+            && got_floats == expected.iter().map(|&v| v as f64 + 0.5).collect::<Vec<_>>()
+            && gathered[0] == expected_gathered;
         let expected_members: Vec<Vec<u8>> = (0..ranks as u32)
             .map(|r| r.to_le_bytes().to_vec())
             .collect();
@@ -360,6 +384,7 @@ impl Loadtest {
             || nothing != vec![Vec::<u8>::new(); ranks]
             || greeting != b"from rank 0"
             || counts[0] != (1_u64 << ranks) - 1
+            || !exchanged
         {
             return Err(UnitFailure::bad_input(format!(
                 "{id}: collectives over {ranks} ranks gave inconsistent results"

@@ -40,6 +40,15 @@ pub trait Collectives {
     fn all_gather_bytes(&self, mine: &[u8]) -> Vec<Vec<u8>>;
     /// Waits until every rank of the unit reaches this call.
     fn barrier(&self);
+    /// Element-wise sum over the unit's ranks into `values` on `root` only (other ranks'
+    /// `values` are left as they were): gathering disjoint pieces to one rank.
+    fn reduce_sum_f64(&self, root: usize, values: &mut [f64]);
+    /// Personalised exchange (`MPI_Alltoallv`): `send` holds, rank after rank, `counts[r]`
+    /// values for rank `r`; returns what every rank sent to this one, rank after rank, with
+    /// the count from each. Callers bound the volume (at most 2³¹ − 1 values in and out).
+    fn all_to_all_f64(&self, send: &[f64], counts: &[usize]) -> (Vec<f64>, Vec<usize>);
+    /// [`Collectives::all_to_all_f64`] for `u64` values.
+    fn all_to_all_u64(&self, send: &[u64], counts: &[usize]) -> (Vec<u64>, Vec<usize>);
 }
 
 /// [`Collectives`] over a single rank: every operation is the identity.
@@ -60,6 +69,13 @@ impl Collectives for SoloCollectives {
         vec![mine.to_vec()]
     }
     fn barrier(&self) {}
+    fn reduce_sum_f64(&self, _root: usize, _values: &mut [f64]) {}
+    fn all_to_all_f64(&self, send: &[f64], counts: &[usize]) -> (Vec<f64>, Vec<usize>) {
+        (send.to_vec(), counts.to_vec())
+    }
+    fn all_to_all_u64(&self, send: &[u64], counts: &[usize]) -> (Vec<u64>, Vec<usize>) {
+        (send.to_vec(), counts.to_vec())
+    }
 }
 
 /// What a unit may know about how it is being run. Science code should not need more.
