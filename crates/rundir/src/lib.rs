@@ -359,9 +359,45 @@ pub struct Report {
     /// Units that ended in that invocation.
     #[serde(default)]
     pub ran: usize,
+    /// Busy rank-seconds over `makespan × ranks` (0 to 1).
+    #[serde(default)]
+    pub utilisation: Option<f64>,
     /// The command that resumes the run and retries its failures.
     #[serde(default)]
     pub retry_command: Option<String>,
+    /// Per stage instance: what its units did in that invocation (one entry for a stage's
+    /// own run, one per instance for a chain run).
+    #[serde(default)]
+    pub stages: Vec<StagePart>,
+}
+
+/// One stage instance's part of a run report (`run-report.json`'s `stages`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StagePart {
+    /// Instance name.
+    pub stage: String,
+    /// Units that ended in the invocation.
+    #[serde(default)]
+    pub ran: usize,
+    /// Seconds spent in its units (a multi-rank unit counts its wall time once).
+    #[serde(default)]
+    pub busy_s: f64,
+    /// Unix time its first unit started, if any ran.
+    #[serde(default)]
+    pub first_start: Option<f64>,
+    /// Unix time its last unit ended, if any ran.
+    #[serde(default)]
+    pub last_end: Option<f64>,
+}
+
+impl StagePart {
+    /// Seconds from its first unit's start to its last unit's end, if any ran.
+    pub fn span_s(&self) -> Option<f64> {
+        match (self.first_start, self.last_end) {
+            (Some(a), Some(b)) if b >= a => Some(b - a),
+            _ => None,
+        }
+    }
 }
 
 impl Report {

@@ -1,7 +1,7 @@
 //! The state of a run directory, stage by stage: what `skypipe-status` prints.
 
 use crate::rundir::{
-    self, LedgerPaths, LedgerRecord, LockProbe, Progress, Report, RunDirError, unix_now,
+    self, LedgerPaths, LedgerRecord, LockProbe, Progress, Report, RunDirError, StagePart, unix_now,
 };
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -76,6 +76,40 @@ pub struct SlurmInfo {
     pub last_attempt: Option<BTreeMap<String, String>>,
 }
 
+/// How the latest job that ran a stage went, from `run-report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    /// `true` when the stage ran inside a chain run (`skypipe-run`), sharing its ranks.
+    pub in_chain: bool,
+    /// Ranks of that job.
+    pub ranks: usize,
+    /// Units of the stage that ended in it.
+    pub ran: usize,
+    /// Seconds from the stage's first unit's start to its last unit's end (the job's makespan
+    /// when it ran alone).
+    pub wall_s: Option<f64>,
+    /// Seconds spent in the stage's units.
+    pub busy_s: f64,
+    /// The job's utilisation when the stage ran alone; `None` in a chain, whose ranks the
+    /// stages share (the chain's utilisation is [`ChainRun::utilisation`]).
+    pub utilisation: Option<f64>,
+}
+
+/// The latest chain run (`skypipe-run`) on the run directory, when `run-report.json` is its.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainRun {
+    /// Chain invocation.
+    pub invocation: u32,
+    /// Ranks of the job.
+    pub ranks: usize,
+    /// Seconds from first dispatch to last result.
+    pub makespan_s: f64,
+    /// Busy rank-seconds over `makespan × ranks`.
+    pub utilisation: Option<f64>,
+    /// Exit code of the job.
+    pub exit_code: Option<u8>,
+}
+
 /// The state of one stage.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageStatus {
@@ -123,6 +157,8 @@ pub struct StageStatus {
     pub retry_command: Option<String>,
     /// Slurm scripts and attempts, when the stage was submitted with `skypipe-slurm`.
     pub slurm: Option<SlurmInfo>,
+    /// How its latest job went, when `run-report.json` reports on that job.
+    pub last_run: Option<LastRun>,
     /// Units recorded done whose recorded outputs are gone or changed size since, each
     /// `unit: file (what changed)`, the first changed file named.
     pub outputs_changed: Vec<String>,
@@ -139,6 +175,8 @@ pub struct RunStatus {
     pub run_dir: PathBuf,
     /// Unix time the status was taken.
     pub time: f64,
+    /// The latest job, when it was a chain run.
+    pub chain: Option<ChainRun>,
     /// One entry per stage with a ledger, by name.
     pub stages: Vec<StageStatus>,
 }
@@ -167,12 +205,53 @@ pub fn run_status(run_dir: &Path) -> Result<RunStatus, RunDirError> {
             s
         })
         .collect();
+    let chain = report
+        .as_ref()
+        .filter(|r| r.stage == CHAIN_REPORT_STAGE)
+        .map(|r| ChainRun {
+            invocation: r.invocation,
+            ranks: r.ranks,
+            makespan_s: r.makespan_s,
+            utilisation: r.utilisation,
+            exit_code: r.exit_code,
+        });
     Ok(RunStatus {
         format: STATUS_FORMAT,
         run_dir: run_dir.to_path_buf(),
         time: now,
+        chain,
         stages,
     })
+}
+
+/// The `stage` of a chain run's `run-report.json`.
+const CHAIN_REPORT_STAGE: &str = "chain";
+
+/// The stage's part of the latest job, if `report` is a job that ran it: its own job when the
+/// report's invocation is the stage's latest, or a chain run listing it.
+fn last_run(report: &Report, stage: &str, invocation: Option<u32>) -> Option<LastRun> {
+    let part: Option<&StagePart> = report.stages.iter().find(|p| p.stage == stage);
+    if report.stage == stage && Some(report.invocation) == invocation {
+        Some(LastRun {
+            in_chain: false,
+            ranks: report.ranks,
+            ran: report.ran,
+            wall_s: Some(report.makespan_s),
+            busy_s: part.map_or(0.0, |p| p.busy_s),
+            utilisation: report.utilisation,
+        })
+    } else if report.stage == CHAIN_REPORT_STAGE {
+        part.map(|p| LastRun {
+            in_chain: true,
+            ranks: report.ranks,
+            ran: p.ran,
+            wall_s: p.span_s(),
+            busy_s: p.busy_s,
+            utilisation: None,
+        })
+    } else {
+        None
+    }
 }
 
 fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) -> StageStatus {
@@ -321,6 +400,7 @@ fn stage_status(run_dir: &Path, stage: &str, report: Option<&Report>, now: f64) 
         resume_command,
         retry_command,
         slurm: slurm_info(run_dir, stage),
+        last_run: report.and_then(|r| last_run(r, stage, invocation)),
         outputs_changed,
         warnings,
     }
@@ -474,6 +554,20 @@ impl RunStatus {
     /// The human-readable report, listing at most `max_failures` failures per stage.
     pub fn text(&self, max_failures: usize) -> String {
         let mut out = format!("run directory {}\n", self.run_dir.display());
+        if let Some(c) = &self.chain {
+            let _ = write!(
+                out,
+                "latest job: chain run (skypipe-run), invocation {}, {} ranks, makespan {:.2} s",
+                c.invocation, c.ranks, c.makespan_s
+            );
+            if let Some(u) = c.utilisation {
+                let _ = write!(out, ", utilisation {:.1}%", 100.0 * u);
+            }
+            if let Some(code) = c.exit_code {
+                let _ = write!(out, ", exit code {code}");
+            }
+            out.push('\n');
+        }
         for s in &self.stages {
             s.write_text(&mut out, max_failures);
         }
@@ -546,6 +640,25 @@ impl StageStatus {
         }
         if let Some(age) = self.last_record_age_s {
             let _ = writeln!(out, "  last record: {} ago", human_duration(age));
+        }
+        if let Some(run) = &self.last_run {
+            let wall = run.wall_s.map_or("?".to_string(), |w| format!("{w:.2} s"));
+            if run.in_chain {
+                let _ = writeln!(
+                    out,
+                    "  in the latest chain run ({} ranks): {} units, first start to last end {wall}, {:.2} rank-s busy",
+                    run.ranks, run.ran, run.busy_s
+                );
+            } else {
+                let util = run.utilisation.map_or(String::new(), |u| {
+                    format!(", utilisation {:.1}%", 100.0 * u)
+                });
+                let _ = writeln!(
+                    out,
+                    "  latest job: {} units on {} ranks, makespan {wall}{util}",
+                    run.ran, run.ranks
+                );
+            }
         }
         if !self.failures.is_empty() {
             let _ = writeln!(out, "  failures (latest record per unit):");
@@ -734,6 +847,63 @@ mod tests {
         let text = run_status(dir.path()).unwrap().text(10);
         assert!(
             text.contains("rerun the command that started demo"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_latest_job_is_summarised_for_a_stage_alone_and_in_a_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        write_run(dir.path(), &line("a=1", "done", 2, 1.0, None), 1, 2);
+        let part = serde_json::json!({
+            "stage": "demo", "ran": 1, "outcomes": {"done": 1}, "busy_s": 3.0,
+            "first_start": 10.0, "last_end": 14.5,
+        });
+        let alone = serde_json::json!({
+            "format": "skypipe-run-report/1", "stage": "demo", "invocation": 2, "exit_code": 0,
+            "ranks": 4, "makespan_s": 5.0, "ran": 1, "utilisation": 0.75, "stages": [part],
+        });
+        fs::write(dir.path().join("run-report.json"), alone.to_string()).unwrap();
+        let status = run_status(dir.path()).unwrap();
+        assert!(status.chain.is_none());
+        let run = status.stages[0].last_run.as_ref().unwrap();
+        assert!(!run.in_chain);
+        assert_eq!((run.ranks, run.ran, run.wall_s), (4, 1, Some(5.0)));
+        assert_eq!(run.utilisation, Some(0.75));
+        let text = status.text(10);
+        assert!(
+            text.contains("latest job: 1 units on 4 ranks, makespan 5.00 s, utilisation 75.0%"),
+            "{text}"
+        );
+
+        // A report of an earlier invocation of the stage says nothing of the latest job.
+        let mut stale = alone.clone();
+        stale["invocation"] = 1.into();
+        fs::write(dir.path().join("run-report.json"), stale.to_string()).unwrap();
+        assert!(run_status(dir.path()).unwrap().stages[0].last_run.is_none());
+
+        let mut chain = alone.clone();
+        chain["stage"] = "chain".into();
+        chain["invocation"] = 7.into();
+        fs::write(dir.path().join("run-report.json"), chain.to_string()).unwrap();
+        let status = run_status(dir.path()).unwrap();
+        let c = status.chain.as_ref().unwrap();
+        assert_eq!((c.invocation, c.ranks, c.exit_code), (7, 4, Some(0)));
+        let run = status.stages[0].last_run.as_ref().unwrap();
+        assert!(run.in_chain);
+        assert_eq!(
+            (run.wall_s, run.busy_s, run.utilisation),
+            (Some(4.5), 3.0, None)
+        );
+        let text = status.text(10);
+        assert!(
+            text.contains(
+                "chain run (skypipe-run), invocation 7, 4 ranks, makespan 5.00 s, utilisation 75.0%"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("in the latest chain run (4 ranks): 1 units, first start to last end 4.50 s, 3.00 rank-s busy"),
             "{text}"
         );
     }
