@@ -4,8 +4,8 @@
 #      does at a time limit), resumed, with injected failures, then the run report;
 #   2. the CMB chain: skypipe-sim cmb, then pointing -> calibrate -> mapmake as one chain job
 #      (skypipe-run), then skypipe-status on the run directory;
-#   3. imaging: skypipe-sim image -> skypipe-singleframe (one unit per CCD, one registry unit per
-#      visit), then skypipe-status.
+#   3. imaging: skypipe-sim image -> skypipe-ingest -> singleframe and coadd as one chain job
+#      (skypipe-run), then skypipe-status.
 # Each part ends with its per-rank timeline, demo-run/{loadtest,cmb,image}-timeline.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,15 +65,20 @@ target/release/skypipe-status "$cmb_run"
 target/release/skypipe-status "$cmb_run" --timeline demo-run/cmb-timeline.svg
 
 echo
-echo "== 7. Imaging: simulate 16 small CCD exposures (2 bands x 2 visits x 4 CCDs), then singleframe on 4 ranks"
+echo "== 7. Imaging: simulate 16 small CCD exposures (2 bands x 2 visits x 4 CCDs); record their raw"
+echo "==    regions (skypipe-ingest), then singleframe -> coadd as one chain job on 4 ranks"
 img_data=demo-run/image-data
 img_run=demo-run/image
 rm -rf "$img_data" "$img_run"
 target/release/skypipe-sim image --size tiny --out "$img_data"
-"${mpirun[@]}" target/release/skypipe-singleframe --config configs/singleframe.toml \
-  --input "$img_data/units.json" --run-dir "$img_run"
+target/release/skypipe-ingest --input "$img_data/units.json" --run-dir "$img_run"
+# configs/chain-imaging.toml with the demo's data paths: a patch's warps start as soon as the
+# CCDs overlapping it are registered, while other CCDs are still being processed.
+sed -e "s|data/image|$img_data|g" configs/chain-imaging.toml > "$img_data/chain.toml"
+"${mpirun[@]}" target/release/skypipe-run --config "$img_data/chain.toml" --run-dir "$img_run"
 echo
 echo "== 8. skypipe-status $img_run"
 target/release/skypipe-status "$img_run"
 target/release/skypipe-status "$img_run" --timeline demo-run/image-timeline.svg
 echo "calibrated exposures and catalogues: $(find "$img_run/singleframe" -type f | wc -l) files; registry: $img_run/registry.sqlite3"
+echo "coadds and their quicklooks: $(find "$img_run/coadd/coadd" -name '*.fits' | wc -l) FITS, $(find "$img_run/coadd/coadd" -name '*.png' | wc -l) PNG under $img_run/coadd/coadd"
