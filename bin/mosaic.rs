@@ -21,6 +21,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    skypipe_io::provenance::set_build_commit(option_env!("SKYPIPE_GIT_COMMIT"));
     let cli = Cli::parse();
     let (launched, _) = run_binary(&cli.engine, |mut file: MosaicFile<RunOptions>| {
         if file.mosaic.registry.is_none() {

@@ -74,6 +74,7 @@ fn build(member: &ChainMember, run_dir: Option<&Path>) -> Result<AnyStage, Strin
 }
 
 fn main() -> ExitCode {
+    skypipe_io::provenance::set_build_commit(option_env!("SKYPIPE_GIT_COMMIT"));
     let cli = Cli::parse();
     let Some(path) = cli.engine.config.as_deref() else {
         eprintln!("error: skypipe-run needs --config CHAIN.toml (see configs/chain-cmb.toml)");

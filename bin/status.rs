@@ -1,7 +1,8 @@
 //! `skypipe-status RUN_DIR [--json]`: units done / failed / pending per stage, rate, ETA,
 //! whether a job is running, the failures with their reasons, and the command that resumes
 //! or retries the run. `skypipe-status RUN_DIR --timeline [FILE.svg|FILE.png]` draws the
-//! per-rank timeline of the run instead. No MPI; reads the run directory without locking it,
+//! per-rank timeline of the run instead; `skypipe-status --explain FILE` prints the provenance
+//! chain behind an output file. No MPI; reads the run directory without locking it,
 //! so it is safe on a login node while the job runs.
 
 use clap::Parser;
@@ -14,12 +15,16 @@ use std::process::ExitCode;
 #[command(
     name = "skypipe-status",
     version,
-    after_help = "Exit codes: 0 the status was shown; 1 RUN_DIR has no ledger (or cannot be read)."
+    after_help = "Exit codes: 0 the status was shown; 1 RUN_DIR has no ledger (or cannot be read), or --explain's FILE is not a readable FITS or HDF5 file."
 )]
 struct Cli {
     /// The run directory (the one given to the stage with --run-dir or [run] dir).
-    #[arg(value_name = "RUN_DIR")]
-    run_dir: PathBuf,
+    #[arg(value_name = "RUN_DIR", required_unless_present = "explain")]
+    run_dir: Option<PathBuf>,
+    /// Print the provenance chain of an output FILE instead: the software, stage, unit and
+    /// configuration that wrote it, the files it was made from, and theirs in turn.
+    #[arg(long, value_name = "FILE")]
+    explain: Option<PathBuf>,
     /// Print JSON (format `skypipe-status/1`) for scripts instead of text.
     #[arg(long)]
     json: bool,
@@ -41,6 +46,22 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(file) = &cli.explain {
+        return match skypipe_status::explain::explain(file) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let Some(run_dir) = cli.run_dir.as_deref() else {
+        eprintln!("error: RUN_DIR is required");
+        return ExitCode::from(1);
+    };
     if let Some(out) = &cli.timeline {
         let colour_by = match cli.colour_by.as_str() {
             "outcome" => ColourBy::Outcome,
@@ -51,7 +72,7 @@ fn main() -> ExitCode {
             width_px: cli.width,
             row_px: None,
         };
-        return match write_timeline(&cli.run_dir, out, colour_by, &options, false) {
+        return match write_timeline(run_dir, out, colour_by, &options, false) {
             Ok(path) => {
                 println!("timeline written to {}", path.display());
                 ExitCode::SUCCESS
@@ -62,7 +83,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match skypipe_status::run_status(&cli.run_dir) {
+    match skypipe_status::run_status(run_dir) {
         Ok(status) => {
             if cli.json {
                 println!("{}", status.to_json());

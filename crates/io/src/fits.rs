@@ -367,6 +367,52 @@ impl FitsReader {
         Ok(v.map(|s| s.trim().to_string()))
     }
 
+    /// A string keyword that may use the long-string convention (CONTINUE cards), if
+    /// present (surrounding blanks removed).
+    pub fn key_long_string_opt(
+        &mut self,
+        hdu: Hdu<'_>,
+        key: &str,
+    ) -> Result<Option<String>, FitsError> {
+        /// CFITSIO's status for a keyword that is not in the header.
+        const KEY_NO_EXIST: i32 = 202;
+        self.hdu(hdu)?;
+        let name = std::ffi::CString::new(key).unwrap_or_default();
+        let mut value: *mut std::os::raw::c_char = std::ptr::null_mut();
+        let mut status = 0;
+        // SAFETY: the handle is CFITSIO's for this open file, positioned on `hdu` by the call
+        // above; CFITSIO allocates `value` (NUL-terminated) and we free it with `fffree`.
+        let text = unsafe {
+            fitsio::sys::ffgkls(
+                self.file.as_raw(),
+                name.as_ptr(),
+                &mut value,
+                std::ptr::null_mut(),
+                &mut status,
+            );
+            let text = (!value.is_null()).then(|| {
+                std::ffi::CStr::from_ptr(value)
+                    .to_string_lossy()
+                    .into_owned()
+            });
+            if !value.is_null() {
+                let mut free_status = 0;
+                fitsio::sys::fffree(value.cast(), &mut free_status);
+            }
+            text
+        };
+        match status {
+            0 => Ok(text.map(|t| t.trim().to_string())),
+            KEY_NO_EXIST => Ok(None),
+            _ => Err(FitsError::BadKey {
+                path: self.path.clone(),
+                hdu: hdu.to_string(),
+                key: key.into(),
+                message: format!("CFITSIO status {status}"),
+            }),
+        }
+    }
+
     /// Number of rows of a table HDU.
     pub fn num_rows(&mut self, hdu: Hdu<'_>) -> Result<usize, FitsError> {
         let h = self.hdu(hdu)?;
@@ -427,6 +473,9 @@ impl FitsReader {
         }
     }
 }
+
+/// Longest string value one card holds; longer ones are written with CONTINUE cards.
+const MAX_SHORT_STRING: usize = 68;
 
 /// A header card to write.
 #[derive(Debug, Clone, PartialEq)]
@@ -846,6 +895,17 @@ impl FitsWriter {
                     }
                     CardValue::Int(v) => {
                         fitsio::sys::ffukyj(fptr, key.as_ptr(), *v, comment.as_ptr(), &mut status);
+                    }
+                    CardValue::Text(v) if v.len() > MAX_SHORT_STRING => {
+                        // The long-string convention (CONTINUE cards), as astropy reads it.
+                        let value = std::ffi::CString::new(v.as_str()).unwrap_or_default();
+                        fitsio::sys::ffukls(
+                            fptr,
+                            key.as_ptr(),
+                            value.as_ptr(),
+                            comment.as_ptr(),
+                            &mut status,
+                        );
                     }
                     CardValue::Text(v) => {
                         let value = std::ffi::CString::new(v.as_str()).unwrap_or_default();

@@ -17,6 +17,7 @@ pub mod fits;
 pub mod hdf5;
 pub mod limits;
 pub mod png;
+pub mod provenance;
 
 pub use atomic::{
     AtomicFile, Durability, IoError, TEMP_MARKER, host_name, process_alive,

@@ -34,6 +34,7 @@ use crate::wcs::{Wcs, WcsError};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
+use skypipe_io::provenance::Provenance;
 use skypipe_registry::{CcdFit, CcdRecord, CcdStatus, Registry, SkyPoint};
 use skypipe_stage::{
     Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId,
@@ -425,6 +426,8 @@ impl Singleframe {
         } else {
             output_paths(c.visit, c.ccd)
         };
+        let unit = SingleframeUnit::Ccd(c.clone());
+        let provenance = self.provenance(&unit, &ctx.run_dir);
         let ccd = process_ccd_into(
             c,
             &self.config.chain,
@@ -433,6 +436,7 @@ impl Singleframe {
             &ctx.run_dir,
             ctx.durable,
             paths,
+            Some(&provenance),
         )
         .map_err(ccd_failure)?;
         if self.exposure_wide() {
@@ -441,6 +445,18 @@ impl Singleframe {
             ctx.set_value(&ccd.summary);
         }
         Ok(Outcome::Done)
+    }
+
+    /// Provenance of `unit`'s outputs: this stage, the unit, the configuration's fingerprint
+    /// and the inputs its connections declare.
+    fn provenance(&self, unit: &SingleframeUnit, run_dir: &Path) -> Provenance {
+        let inputs = self.connections(unit, run_dir).inputs;
+        Provenance::new(
+            self.name(),
+            &unit.id().to_string(),
+            &self.config_fingerprint(),
+            inputs.into_iter().map(|d| (d.kind, d.path)),
+        )
     }
 
     /// The exposure-wide fit of a visit from its CCDs' values.
@@ -525,8 +541,10 @@ impl Singleframe {
                 });
             }
         };
-        let summary = write_final_products(&ctx.run_dir, &solution, mine, wcs, ctx.durable)
-            .map_err(ccd_failure)?;
+        let provenance = self.provenance(&SingleframeUnit::FinalWcs { visit, ccd }, &ctx.run_dir);
+        let summary =
+            write_final_products(&ctx.run_dir, &solution, mine, wcs, &provenance, ctx.durable)
+                .map_err(ccd_failure)?;
         ctx.set_value(&summary);
         Ok(Outcome::Done)
     }
@@ -906,11 +924,23 @@ pub fn process_ccd_calibrated(
     durable: bool,
 ) -> Result<CcdSummary, CcdError> {
     let paths = output_paths(c.visit, c.ccd);
-    process_ccd_into(c, chain, calibration, threads, run_dir, durable, paths).map(|v| v.summary)
+    process_ccd_into(
+        c,
+        chain,
+        calibration,
+        threads,
+        run_dir,
+        durable,
+        paths,
+        None,
+    )
+    .map(|v| v.summary)
 }
 
 /// [`process_ccd_calibrated`] writing the calexp and catalogue at `paths` (relative to
-/// `run_dir`), with what the exposure-wide step needs of the CCD.
+/// `run_dir`), with `provenance` in their primary headers, returning what the exposure-wide
+/// step needs of the CCD.
+#[allow(clippy::too_many_arguments)]
 fn process_ccd_into(
     c: &CcdInput,
     chain: &ChainParams,
@@ -919,6 +949,7 @@ fn process_ccd_into(
     run_dir: &Path,
     durable: bool,
     paths: (PathBuf, PathBuf),
+    provenance: Option<&Provenance>,
 ) -> Result<CcdForVisit, CcdError> {
     let mut laps = Laps::start();
     let mut r = FitsReader::open(&c.raw)?;
@@ -1003,6 +1034,7 @@ fn process_ccd_into(
         history,
         &mut out,
         durable,
+        provenance,
     )?;
     write_catalog(
         &run_dir.join(&catalog_rel),
@@ -1012,6 +1044,7 @@ fn process_ccd_into(
         history,
         &out,
         durable,
+        provenance,
     )?;
     laps.lap("write");
     steps.extend(laps.steps);
@@ -1071,6 +1104,7 @@ fn write_final_products(
     visit: &VisitWcs,
     ccd: &CcdFinalWcs,
     wcs: &AstrometrySummary,
+    provenance: &Provenance,
     durable: bool,
 ) -> Result<CcdSummary, CcdError> {
     let s = &ccd.summary;
@@ -1127,6 +1161,7 @@ fn write_final_products(
         w.delete_keys(Hdu::Name(hdu), &stale)?;
         w.set_keys(Hdu::Name(hdu), &new_cards)?;
     }
+    provenance.write_fits(&mut w)?;
     if !has_hdrwcs {
         // The header WCS the solution replaces (SIP cards cannot live in an alternate WCS).
         w.image_f32(
@@ -1152,6 +1187,7 @@ fn write_final_products(
     }
     w.delete_keys(Hdu::Primary, &stale)?;
     w.set_keys(Hdu::Primary, &new_cards)?;
+    provenance.write_fits(&mut w)?;
     w.set_column_f64(table, "RA", &sky.iter().map(|p| p.0).collect::<Vec<_>>())?;
     w.set_column_f64(table, "DEC", &sky.iter().map(|p| p.1).collect::<Vec<_>>())?;
     w.commit()?;
@@ -1388,10 +1424,14 @@ fn write_calexp(
     header_band: Option<&str>,
     out: &mut ChainOutput,
     durable: bool,
+    provenance: Option<&Provenance>,
 ) -> Result<(), CcdError> {
     let wcs_cards = output_wcs_cards(h, cal)?;
     let mut w = FitsWriter::create(path, durable, None)?;
     w.primary_keys(&common_cards(c, h, cal, header_band, out))?;
+    if let Some(p) = provenance {
+        p.write_fits(&mut w)?;
+    }
     let mut img_cards = wcs_cards.clone();
     img_cards.push(Card::text("BUNIT", "electron", "background subtracted"));
     img_cards.push(Card::real(
@@ -1442,6 +1482,7 @@ fn write_catalog(
     header_band: Option<&str>,
     out: &ChainOutput,
     durable: bool,
+    provenance: Option<&Provenance>,
 ) -> Result<(), CcdError> {
     let s = &out.sources;
     let pixels: Vec<[f64; 2]> = s.iter().map(|s| [s.x + 1.0, s.y + 1.0]).collect();
@@ -1508,6 +1549,9 @@ fn write_catalog(
         primary.extend(output_wcs_cards(h, cal)?);
     }
     w.primary_keys(&primary)?;
+    if let Some(p) = provenance {
+        p.write_fits(&mut w)?;
+    }
     w.table("SOURCES", &columns, &cards)?;
     w.commit()?;
     Ok(())

@@ -8,6 +8,8 @@
 //! - [`timeline`]: the per-rank timeline picture of a run (`skypipe-status RUN_DIR
 //!   --timeline FILE`, and `RUN_DIR/timeline.svg` written by [`timeline::write_run_timeline`]
 //!   at the end of every run), drawn by the `skypipe-timeline` crate.
+//! - [`explain`]: `skypipe-status --explain FILE`, the provenance chain behind an output
+//!   (what wrote it, from which inputs, and what wrote those).
 //! - [`rundir`]: the run-directory types and readers of the `skypipe-rundir` crate,
 //!   re-exported for the Slurm batch-script crate (`skypipe-slurm-scripts`, behind
 //!   `skypipe-slurm`), which counts the units left and reads earlier unit durations.
@@ -21,6 +23,7 @@
 //! # Ok::<(), skypipe_status::rundir::RunDirError>(())
 //! ```
 
+pub mod explain;
 pub mod status;
 pub mod timeline;
 
