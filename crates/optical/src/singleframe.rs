@@ -1416,6 +1416,7 @@ fn common_cards(
 
 /// Writes the calibrated exposure, moving the image, mask and variance planes out of `out`
 /// (they are not needed afterwards; this saves a copy of each).
+#[allow(clippy::too_many_arguments)]
 fn write_calexp(
     path: &Path,
     c: &CcdInput,
@@ -1474,6 +1475,7 @@ fn write_calexp(
 /// (`ct`; `electron` is not a FITS unit string and astropy warns about it per column).
 pub const FLUX_UNIT: &str = "ct";
 
+#[allow(clippy::too_many_arguments)]
 fn write_catalog(
     path: &Path,
     c: &CcdInput,
