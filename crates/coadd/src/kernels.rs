@@ -246,10 +246,17 @@ pub fn asinh_quicklook(
 
 /// The value an asinh quicklook with stretch `(lo, hi, softening)` (as [`asinh_quicklook`]
 /// returns it) draws with grey level `t ∈ [0, 1]` (0 black, 1 white): the inverse of its stretch,
-/// `lo + softening · sinh(t · asinh(max(hi − lo, softening) / softening))`.
+/// `lo + softening · sinh(t · asinh(max(hi − lo, softening) / softening))`, exactly `lo` at 0
+/// and `lo + max(hi − lo, softening)` at 1.
 pub fn asinh_stretch_value(t: f64, (lo, hi, soft): (f64, f64, f64)) -> f64 {
-    let span = ((hi - lo).max(soft) / soft).asinh();
-    lo + soft * (t * span).sinh()
+    let range = (hi - lo).max(soft);
+    if t <= 0.0 {
+        lo
+    } else if t >= 1.0 {
+        lo + range
+    } else {
+        lo + soft * (t * (range / soft).asinh()).sinh()
+    }
 }
 
 /// The published coadd quicklook: `title` above the asinh image (`rgb`, `width × height`, from
