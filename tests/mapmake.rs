@@ -173,8 +173,12 @@ fn noiseless_chain_maps_the_input_sky_identically_on_1_to_4_ranks_from_owned_sub
         for f in [
             "map_binned.fits",
             "map_binned.png",
+            "map_binned_Q.png",
+            "map_binned_U.png",
             "map_destriped.fits",
             "map_destriped.png",
+            "map_destriped_Q.png",
+            "map_destriped_U.png",
         ] {
             assert!(run_dir.join("mapmake").join(f).is_file(), "{f} missing");
         }

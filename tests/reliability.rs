@@ -530,6 +530,7 @@ fn a_failed_map_unit_leaves_no_partial_map_product() {
     for name in [
         "map_binned.fits",
         "map_binned.png",
+        "map_binned_Q.png",
         "map_destriped.png",
         "summary.json",
     ] {

@@ -23,7 +23,8 @@
 //! # Outputs (`RUN_DIR/mapmake/`)
 //! `map_binned.fits` (and `map_destriped.fits` with destriping): one HEALPix table each with
 //! `I_STOKES`, `Q_STOKES`, `U_STOKES` (K_CMB; only `I_STOKES` in intensity-only mode), `HITS`
-//! and `RCOND`, readable by `healpy.read_map`; a Mollweide quicklook PNG of I beside each; and
+//! and `RCOND`, readable by `healpy.read_map`; beside each, a labelled Mollweide quicklook PNG
+//! per Stokes component (`map_binned.png` of I, `map_binned_Q.png`, `map_binned_U.png`); and
 //! `summary.json` (observations, samples, pixels, destriper iterations and residual). With
 //! destriping, each rank also writes the baselines of the observations it binned
 //! (`baselines/obs=NNNN.h5`).
@@ -1043,11 +1044,12 @@ impl Mapmake {
         } else {
             &["binned"]
         };
+        let nnz = self.config.components.kernel().nnz();
         let mut names = Vec::new();
         for name in kinds {
             names.push(format!("map_{name}.fits"));
             if self.config.quicklook_width > 0 {
-                names.push(format!("map_{name}.png"));
+                names.extend(quicklook_names(name, nnz).into_iter().map(|(_, file)| file));
             }
         }
         summary.seconds = [
@@ -1223,7 +1225,7 @@ impl Mapmake {
                 .try_for_each(|w| w.join().expect("the map writer does not panic"))
         });
         let quicklooks = if self.config.quicklook_width > 0 {
-            self.write_quicklooks_gathered(coll, staging, maps, nside, dur)
+            self.write_quicklooks_gathered(coll, staging, maps, summary, dur)
         } else {
             Ok(())
         };
@@ -1231,16 +1233,19 @@ impl Mapmake {
     }
 
     /// The quicklooks of [`Mapmake::write_maps_gathered`]: every rank finds the pixels the
-    /// image samples (a few per image pixel), and sends the I of those it owns to the writer.
+    /// image samples (a few per image pixel), and sends the I (Q, U) of those it owns to the
+    /// writer, which draws one labelled quicklook per Stokes component.
     fn write_quicklooks_gathered(
         &self,
         coll: &dyn Collectives,
         staging: &Path,
         maps: &[(BinnedMap, usize, &str)],
-        nside: u64,
+        summary: &MapSummary,
         dur: Durability,
     ) -> Result<(), UnitFailure> {
         let width = self.config.quicklook_width;
+        let nside = summary.nside;
+        let nnz = self.config.components.kernel().nnz();
         let grid = Healpix::new(nside, Ordering::Nested).expect("the map's nside is valid");
         let pixel_at = |theta: f64, phi: f64| {
             grid.ang2pix(theta, phi.rem_euclid(std::f64::consts::TAU))
@@ -1257,25 +1262,36 @@ impl Mapmake {
         let mut sampled = sampled.into_inner().expect("no panic while locked");
         sampled.sort_unstable();
         sampled.dedup();
+        let stride = nnz + 1;
         let mut result = Ok(());
         for (map, root, kind) in maps {
-            // [I, solved] per sampled pixel, from its owner.
-            let mut values = vec![0.0; 2 * sampled.len()];
-            for (v, &p) in values.chunks_exact_mut(2).zip(&sampled) {
+            // [I (Q, U), solved] per sampled pixel, from its owner.
+            let mut values = vec![0.0; stride * sampled.len()];
+            for (v, &p) in values.chunks_exact_mut(stride).zip(&sampled) {
                 if let Some(m) = map.value(p) {
-                    v.copy_from_slice(&[m[0], 1.0]);
+                    v[..nnz].copy_from_slice(&m[..nnz]);
+                    v[nnz] = 1.0;
                 }
             }
             coll.reduce_sum_f64(*root, &mut values);
-            if *root != coll.rank() || result.is_err() {
+            if *root != coll.rank() {
                 continue;
             }
-            let value = |theta: f64, phi: f64| {
-                let k = sampled.binary_search(&pixel_at(theta, phi)?).ok()?;
-                (values[2 * k + 1] > 0.0).then_some(values[2 * k])
-            };
-            let png = staging.join(format!("map_{kind}.png"));
-            result = write_quicklook(&png, value, width, kind, dur);
+            for (component, file) in quicklook_names(kind, nnz) {
+                if result.is_err() {
+                    break;
+                }
+                let value = |theta: f64, phi: f64| {
+                    let k = sampled.binary_search(&pixel_at(theta, phi)?).ok()?;
+                    let record = &values[stride * k..stride * (k + 1)];
+                    (record[nnz] > 0.0).then_some(record[component])
+                };
+                let title = format!(
+                    "skypipe-mapmake {kind} {}  {}  nside {nside}",
+                    STOKES[component], summary.frame
+                );
+                result = write_quicklook(&staging.join(file), value, width, &title, dur);
+            }
         }
         result
     }
@@ -1455,12 +1471,27 @@ fn owned_records(map: &BinnedMap, nested_pixels: &[u64], nnz: usize) -> Vec<f64>
     records
 }
 
-/// Writes the Mollweide quicklook of a map's I (`value` at colatitude and longitude).
+/// Stokes component names, in map column order.
+const STOKES: [&str; 3] = ["I", "Q", "U"];
+
+/// The quicklook PNGs of map `kind` with `nnz` Stokes components: `(component, file name)`,
+/// `map_KIND.png` for I and `map_KIND_Q.png`, `map_KIND_U.png` for Q and U.
+fn quicklook_names(kind: &str, nnz: usize) -> Vec<(usize, String)> {
+    (0..nnz)
+        .map(|c| match c {
+            0 => (c, format!("map_{kind}.png")),
+            _ => (c, format!("map_{kind}_{}.png", STOKES[c])),
+        })
+        .collect()
+}
+
+/// Writes the labelled Mollweide quicklook of one Stokes component (`value` at colatitude and
+/// longitude, in K_CMB) with `title` above it.
 fn write_quicklook(
     path: &Path,
     value: impl Fn(f64, f64) -> Option<f64>,
     width: u32,
-    kind: &str,
+    title: &str,
     dur: Durability,
 ) -> Result<(), UnitFailure> {
     let sample = &value;
@@ -1477,15 +1508,13 @@ fn write_quicklook(
     }
     .map_err(|e| UnitFailure::bad_input(format!("quicklook: {e}")))?;
     let limits = format!("{:.6e} {:.6e}", image.min, image.max);
+    let figure = quicklook::labelled(&image, title, "K_CMB");
     skypipe_io::png::write_png_rgb(
         path,
-        image.width,
-        image.height,
-        &image.rgb,
-        &[
-            ("Title", &format!("skypipe-mapmake {kind} I (K_CMB)")),
-            ("Limits", &limits),
-        ],
+        figure.width,
+        figure.height,
+        &figure.rgb,
+        &[("Title", &format!("{title} (K_CMB)")), ("Limits", &limits)],
         dur,
     )
     .map_err(|e| UnitFailure::transient(format!("{}: {e}", path.display())))

@@ -21,6 +21,10 @@
 //! `clipped_bit` where an input was clipped; a pixel without usable inputs has value and
 //! variance `NaN`, count 0 and mask `no_data_bit`.
 
+use skypipe_core::figure::{
+    self as figure, Canvas, PAPER_RGB, bar_thickness, colour_bar, format_value, title_strip,
+};
+
 /// Fewest usable inputs at a pixel for clipping to run (with two, an outlier cannot be told
 /// from the other input).
 pub const MIN_INPUTS_TO_CLIP: usize = 3;
@@ -240,12 +244,58 @@ pub fn asinh_quicklook(
     (rgb, (lo, hi, soft))
 }
 
+/// The value an asinh quicklook with stretch `(lo, hi, softening)` (as [`asinh_quicklook`]
+/// returns it) draws with grey level `t ∈ [0, 1]` (0 black, 1 white): the inverse of its stretch,
+/// `lo + softening · sinh(t · asinh(max(hi − lo, softening) / softening))`, exactly `lo` at 0
+/// and `lo + max(hi − lo, softening)` at 1.
+pub fn asinh_stretch_value(t: f64, (lo, hi, soft): (f64, f64, f64)) -> f64 {
+    let range = (hi - lo).max(soft);
+    if t <= 0.0 {
+        lo
+    } else if t >= 1.0 {
+        lo + range
+    } else {
+        lo + soft * (t * (range / soft).asinh()).sinh()
+    }
+}
+
+/// The published coadd quicklook: `title` above the asinh image (`rgb`, `width × height`, from
+/// [`asinh_quicklook`]), and below it a grey colour bar of the stretch with tick labels at
+/// black, mid-grey and white (the values [`asinh_stretch_value`] gives there, 3 significant
+/// digits) and `unit` beneath.
+pub fn labelled_quicklook(
+    rgb: Vec<u8>,
+    width: usize,
+    height: usize,
+    stretch: (f64, f64, f64),
+    title: &str,
+    unit: &str,
+) -> Canvas {
+    let width = width as u32;
+    let ticks: Vec<(f64, String)> = [0.0, 0.5, 1.0]
+        .into_iter()
+        .map(|t| (t, format_value(asinh_stretch_value(t, stretch))))
+        .collect();
+    let grey = |t: f64| {
+        let g = (t.clamp(0.0, 1.0) * 255.0).round() as u8;
+        [g, g, g]
+    };
+    let gap = Canvas::new(width, bar_thickness(width), PAPER_RGB);
+    figure::stack(&[
+        title_strip(width, title),
+        Canvas::from_rgb(width, height as u32, rgb),
+        gap,
+        colour_bar(width, grey, &ticks, unit),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
     use rand_distr::StandardNormal;
+    use skypipe_core::figure::bar_columns;
 
     const PARAMS: ClipParams = ClipParams {
         sigma: 3.0,
@@ -431,6 +481,52 @@ mod tests {
         let d = point_source_depth(27.0, 1.0 / (4.0 * std::f64::consts::PI), fwhm).unwrap();
         assert!((d - (27.0 - 2.5 * 5f64.log10())).abs() < 1e-12);
         assert!(point_source_depth(27.0, f64::NAN, 3.0).is_none());
+    }
+
+    #[test]
+    fn the_labelled_quicklook_bar_inverts_the_stretch() {
+        let stretch = (48.0, 1000.0, 3.0);
+        // The ends of the bar are lo and hi; the middle is where the stretch gives 127.5.
+        assert!((asinh_stretch_value(0.0, stretch) - 48.0).abs() < 1e-12);
+        assert!((asinh_stretch_value(1.0, stretch) - 1000.0).abs() < 1e-9);
+        let mid = asinh_stretch_value(0.5, stretch);
+        let span = (952.0f64 / 3.0).asinh();
+        assert!((((mid - 48.0) / 3.0).asinh() / span - 0.5).abs() < 1e-12);
+        // A 400 × 2 quicklook: title, image, gap, bar; the bar runs black to white and is
+        // labelled with the formatted values.
+        let image: Vec<f32> = (0..800).map(|k| (k % 400) as f32 * 2.5).collect();
+        let (rgb, stretch) = asinh_quicklook(&image, &[1.0; 800], 400, 2);
+        let fig = labelled_quicklook(rgb.clone(), 400, 2, stretch, "tract 0 patch 1,2 r", "ct");
+        let title = title_strip(400, "tract 0 patch 1,2 r");
+        let ticks: Vec<(f64, String)> = [0.0, 0.5, 1.0]
+            .into_iter()
+            .map(|t| (t, format_value(asinh_stretch_value(t, stretch))))
+            .collect();
+        assert_eq!(ticks[2].1, format_value(stretch.1));
+        let bar = colour_bar(
+            400,
+            |t| {
+                let g = (t * 255.0).round() as u8;
+                [g, g, g]
+            },
+            &ticks,
+            "ct",
+        );
+        let rows = |c: &Canvas| c.rgb.len();
+        let (t, i, g) = (
+            rows(&title),
+            rgb.len(),
+            400 * 3 * bar_thickness(400) as usize,
+        );
+        assert_eq!(fig.rgb[..t], title.rgb[..]);
+        assert_eq!(fig.rgb[t..t + i], rgb[..]);
+        assert!(fig.rgb[t + i..t + i + g].iter().all(|&b| b == 255));
+        assert_eq!(fig.rgb[t + i + g..], bar.rgb[..]);
+        let y = fig.height - bar.height;
+        let (left, right) = bar_columns(400);
+        let greys: Vec<u8> = (left..right).map(|x| fig.pixel(x, y).unwrap()[0]).collect();
+        assert_eq!((greys[0], greys[greys.len() - 1]), (0, 255));
+        assert!(greys.windows(2).all(|p| p[0] <= p[1]));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::detect::{CoaddPlanes, Detection};
 use crate::patch::{PatchGrid, PatchKey};
 use crate::stage::{WarpUnit, mask as coadd_mask};
 use ndarray::Array2;
+use skypipe_core::figure::Canvas;
 use skypipe_core::warp::Warped;
 use skypipe_io::Durability;
 use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
@@ -331,21 +332,20 @@ pub fn write_coadd(
     Ok(())
 }
 
-/// Writes the quicklook PNG with its stretch in text chunks.
+/// Writes the quicklook PNG (the labelled figure of [`crate::kernels::labelled_quicklook`])
+/// with its stretch in text chunks.
 pub fn write_quicklook(
     path: &Path,
-    width: usize,
-    height: usize,
-    rgb: &[u8],
+    figure: &Canvas,
     (lo, hi, soft): (f64, f64, f64),
     durable: bool,
 ) -> Result<(), CoaddError> {
     let (lo, hi, soft) = (lo.to_string(), hi.to_string(), soft.to_string());
     write_png_rgb(
         path,
-        width as u32,
-        height as u32,
-        rgb,
+        figure.width,
+        figure.height,
+        &figure.rgb,
         &[
             ("Stretch", "asinh((v - lo) / softening), lo to hi"),
             ("lo", &lo),

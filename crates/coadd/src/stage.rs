@@ -520,14 +520,17 @@ impl Coadd {
         };
         output::write_coadd(&ctx.run_dir.join(&rel), &grid, &stacked, &meta, ctx.durable)
             .map_err(failure)?;
-        let (rgb, (lo, hi, soft)) =
+        let (rgb, stretch) =
             kernels::asinh_quicklook(&stacked.image, &stacked.variance, width, height);
+        let title = format!(
+            "tract {} patch {},{} band {band}",
+            patch.tract, patch.x, patch.y
+        );
+        let figure = kernels::labelled_quicklook(rgb, width, height, stretch, &title, "ct");
         output::write_quicklook(
             &ctx.run_dir.join(paths::quicklook(patch, band)),
-            width,
-            height,
-            &rgb,
-            (lo, hi, soft),
+            &figure,
+            stretch,
             ctx.durable,
         )
         .map_err(failure)?;

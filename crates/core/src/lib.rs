@@ -73,6 +73,7 @@ pub mod attitude;
 pub mod binning;
 pub mod destripe;
 pub mod dipole;
+pub mod figure;
 pub mod frames;
 pub mod gainfit;
 pub mod healpix;

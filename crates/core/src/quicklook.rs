@@ -3,8 +3,10 @@
 //! [`image_to_sky`] is the inverse Mollweide projection from a position in the image to a sky
 //! direction; [`render`] samples a map (any `Fn(θ, φ) -> Option<f64>`, `None` for unseen) at
 //! every image pixel inside the ellipse, fixes a colour scale ([`Scale`]) and returns an RGB8
-//! [`Quicklook`] with a colour bar beneath the map. Encoding it (e.g. as PNG) is left to the I/O
-//! layer.
+//! [`Quicklook`] with a colour bar beneath the map. [`labelled`] turns it into the published
+//! figure: a title above, the colour bar with tick labels at its minimum, middle and maximum and
+//! the unit beneath (text from [`crate::figure`]), values shown in μK or mK where a map in kelvin
+//! is small ([`display_unit`]). Encoding it (e.g. as PNG) is left to the I/O layer.
 //!
 //! Orientation, as `healpy.mollview`: north (`θ = 0`) up, longitude `φ = 0` at the centre,
 //! longitude increasing to the **left** (the sky seen from inside the sphere).
@@ -21,6 +23,8 @@
 //! ```
 
 use std::f64::consts::{FRAC_PI_2, PI};
+
+use crate::figure::{self, Canvas};
 
 /// Smallest accepted image width (pixels).
 pub const MIN_WIDTH: u32 = 16;
@@ -212,8 +216,8 @@ pub fn render(
     };
 
     // Colour-bar strip: a gap, the bar, a gap.
-    let gap = (width / 64).max(1) as usize;
-    let bar = (width / 32).max(2) as usize;
+    let gap = bar_gap(width) as usize;
+    let bar = figure::bar_thickness(width) as usize;
     let height = mh + 2 * gap + bar;
     let mut rgb = Vec::with_capacity(w * height * 3);
     for s in &samples {
@@ -224,11 +228,12 @@ pub fn render(
         };
         rgb.extend_from_slice(&colour);
     }
-    let (x0, x1) = (w / 10, w - w / 10);
+    let (x0, x1) = figure::bar_columns(width);
+    let (x0, x1) = (x0 as usize, x1 as usize);
     let mut bar_row = Vec::with_capacity(w * 3);
     for i in 0..w {
         let colour = if (x0..x1).contains(&i) {
-            colour_at((i - x0) as f64 / (x1 - x0 - 1) as f64)
+            colour_at(figure::bar_position((i - x0) as u32, (x1 - x0) as u32))
         } else {
             BACKGROUND_RGB
         };
@@ -248,6 +253,68 @@ pub fn render(
         min,
         max,
     })
+}
+
+/// Rows between the map and its colour bar (and below the bar) in a quicklook `width` wide.
+fn bar_gap(width: u32) -> u32 {
+    (width / 64).max(1)
+}
+
+/// The factor and unit to show values of a map in `unit` spanning `[min, max]` with: a unit
+/// starting with `K` (`K`, `K_CMB`, `K_RJ`) becomes `μK…` when every value is below 1 mK in
+/// magnitude and `mK…` when below 1 K; any other unit is kept, with factor 1.
+///
+/// ```
+/// use skypipe_core::quicklook::display_unit;
+/// assert_eq!(display_unit(-2e-4, 3e-4, "K_CMB"), (1e6, "μK_CMB".to_string()));
+/// assert_eq!(display_unit(-0.2, 0.5, "K"), (1e3, "mK".to_string()));
+/// assert_eq!(display_unit(0.0, 3.0, "K_CMB"), (1.0, "K_CMB".to_string()));
+/// assert_eq!(display_unit(0.0, 1e-6, "counts"), (1.0, "counts".to_string()));
+/// ```
+pub fn display_unit(min: f64, max: f64, unit: &str) -> (f64, String) {
+    let largest = min.abs().max(max.abs());
+    if !unit.starts_with('K') || !largest.is_finite() {
+        return (1.0, unit.to_string());
+    }
+    if largest < 1e-3 {
+        (1e6, format!("μ{unit}"))
+    } else if largest < 1.0 {
+        (1e3, format!("m{unit}"))
+    } else {
+        (1.0, unit.to_string())
+    }
+}
+
+/// The published figure of a quicklook: `title` centred above the map, then the map, then its
+/// colour bar (the same colours and columns as in `ql`) with tick marks and labels at `min`,
+/// the middle and `max` (3 significant digits, [`figure::format_value`]) and the unit
+/// beneath, both in the scale [`display_unit`] picks for `unit`.
+///
+/// ```
+/// use skypipe_core::quicklook::{labelled, render, Scale};
+/// let ql = render(400, Scale::Fixed { min: -1e-4, max: 1e-4 }, |t, _| Some(t.cos())).unwrap();
+/// let figure = labelled(&ql, "mapmake binned I (galactic, nside 64)", "K_CMB");
+/// assert_eq!(figure.width, 400);
+/// assert!(figure.height > ql.height);
+/// ```
+pub fn labelled(ql: &Quicklook, title: &str, unit: &str) -> Canvas {
+    let (factor, shown) = display_unit(ql.min, ql.max, unit);
+    let ticks = [
+        (0.0, figure::format_value(ql.min * factor)),
+        (0.5, figure::format_value((ql.min + ql.max) / 2.0 * factor)),
+        (1.0, figure::format_value(ql.max * factor)),
+    ];
+    let map_rows = (ql.width / 2 + bar_gap(ql.width)) as usize;
+    let map = Canvas::from_rgb(
+        ql.width,
+        map_rows as u32,
+        ql.rgb[..map_rows * ql.width as usize * 3].to_vec(),
+    );
+    figure::stack(&[
+        figure::title_strip(ql.width, title),
+        map,
+        figure::colour_bar(ql.width, colour_at, &ticks, &shown),
+    ])
 }
 
 /// The `p`-th percentile of sorted, non-empty `v`, interpolating linearly between order
@@ -529,6 +596,45 @@ mod tests {
             assert!((percentile(&v, p) - want).abs() < 1e-12, "{p}");
         }
         assert_eq!(percentile(&[7.0], 50.0), 7.0);
+    }
+
+    #[test]
+    fn the_labelled_figure_has_title_map_and_labelled_bar() {
+        let (min, max) = (-1.234e-4, 2.5e-4);
+        let ql = render(800, Scale::Fixed { min, max }, |t, _| Some(t.cos())).unwrap();
+        let fig = labelled(&ql, "mapmake binned I", "K_CMB");
+        let title = figure::title_strip(800, "mapmake binned I");
+        let map_rows = 400 + bar_gap(800);
+        // The tick labels are the limits in μK with 3 significant digits.
+        let ticks = [
+            (0.0, "-123".to_string()),
+            (0.5, "63.3".to_string()),
+            (1.0, "250".to_string()),
+        ];
+        let bar = figure::colour_bar(800, colour_at, &ticks, "μK_CMB");
+        assert_eq!(fig.height, title.height + map_rows + bar.height);
+        let row_bytes = 800 * 3;
+        let (t, m) = (title.height as usize, map_rows as usize);
+        assert_eq!(fig.rgb[..t * row_bytes], title.rgb[..]);
+        assert_eq!(
+            fig.rgb[t * row_bytes..(t + m) * row_bytes],
+            ql.rgb[..m * row_bytes]
+        );
+        assert_eq!(fig.rgb[(t + m) * row_bytes..], bar.rgb[..]);
+        // The bar's colours are the colour map's, from min to max, brightening monotonically.
+        let (left, right) = figure::bar_columns(800);
+        let y = (t + m) as u32;
+        assert_eq!(fig.pixel(left, y), Some(COLOUR_STOPS[0].1));
+        assert_eq!(fig.pixel(right - 1, y), Some(COLOUR_STOPS[4].1));
+        let l: Vec<f64> = (left..right)
+            .map(|x| lightness(fig.pixel(x, y).unwrap()))
+            .collect();
+        assert!(l.windows(2).all(|p| p[1] >= p[0] - 0.1));
+        // And the same as the unlabelled quicklook's bar.
+        let ql_bar_row = (400 + bar_gap(800)) as usize;
+        for x in left..right {
+            assert_eq!(fig.pixel(x, y), Some(pixel(&ql, x as usize, ql_bar_row)));
+        }
     }
 
     #[test]
