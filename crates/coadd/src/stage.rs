@@ -592,7 +592,35 @@ impl Coadd {
             ctx.durable,
         )
         .map_err(failure)?;
+        if !self.config.keep_warps {
+            self.delete_warps(patch, band)?;
+        }
         Ok(Outcome::Done)
+    }
+
+    /// Deletes the warp files of `patch` in `band` (`keep_warps = false`), found through the
+    /// registry's warp rows that the coadd unit recorded; a file already gone is fine.
+    fn delete_warps(&self, patch: PatchKey, band: &str) -> Result<(), UnitFailure> {
+        let reg = Registry::open_read_only(&self.registry).map_err(UnitFailure::transient)?;
+        for row in reg.warps(patch.into()).map_err(UnitFailure::transient)? {
+            let in_band = reg
+                .get(row.visit, row.ccd)
+                .map_err(UnitFailure::transient)?
+                .is_some_and(|r| r.band == band);
+            if !in_band {
+                continue;
+            }
+            match std::fs::remove_file(&row.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(UnitFailure::transient(format!(
+                        "{}: cannot delete warp: {e}",
+                        row.path.display()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -700,7 +728,7 @@ impl Stage for Coadd {
     }
 
     /// A warp reads its calexp (and, with `wcs = "mosaic"`, its tract's mosaic file) and
-    /// writes its warp; a coadd writes the coadd and its quicklook (its warps reach it as
+    /// writes its warp (declared only with `keep_warps`: detect deletes it otherwise); a coadd writes the coadd and its quicklook (its warps reach it as
     /// values, since a warp that finds no data writes none); a detect reads the coadd and
     /// writes the catalogue.
     fn connections(&self, unit: &CoaddUnit, run_dir: &Path) -> Connections {
@@ -716,10 +744,14 @@ impl Stage for Coadd {
                         run_dir.join(paths::mosaic(w.patch.tract)),
                     );
                 }
-                c.output(
-                    DATASET_WARP,
-                    run_dir.join(paths::warp(w.patch, w.visit, w.ccd)),
-                )
+                if self.config.keep_warps {
+                    c.output(
+                        DATASET_WARP,
+                        run_dir.join(paths::warp(w.patch, w.visit, w.ccd)),
+                    )
+                } else {
+                    c
+                }
             }
             CoaddUnit::Coadd { patch, band } => Connections::new()
                 .output(DATASET_COADD, run_dir.join(paths::coadd(*patch, band)))
