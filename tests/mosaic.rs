@@ -288,7 +288,7 @@ fn coadd_offsets_from_reference(run_dir: &Path, reference: &Path) -> (f64, usize
         let flux = c.column_f64(t, "FLUX_PSF").unwrap();
         let err = c.column_f64(t, "FLUX_PSF_ERR").unwrap();
         for i in 0..ra.len() {
-            if !(flux[i] / err[i] > 50.0) {
+            if (flux[i] / err[i]).is_nan() || flux[i] / err[i] <= 50.0 {
                 continue;
             }
             let cos = dec[i].to_radians().cos();
