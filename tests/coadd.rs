@@ -307,7 +307,8 @@ fn run_bin() -> PathBuf {
 /// `skypipe-run` plans singleframe and coadd together before any CCD is processed. Every unit
 /// ends well; the warps planned from the raw regions (grown by the margin) include every
 /// (patch, CCD) overlap of the processed regions, each of those warps is done, and the extra ones
-/// found no data (no-work); each warp is recorded after its visit's registry unit.
+/// found no data (no-work); each warp is recorded after its visit's registry unit. With
+/// `keep_warps = false` no warp is left and a resumed run reruns nothing.
 #[test]
 fn singleframe_and_coadd_run_as_one_chain_planned_from_ingested_regions() {
     let tmp = tempfile::tempdir().unwrap();
@@ -342,7 +343,7 @@ fn singleframe_and_coadd_run_as_one_chain_planned_from_ingested_regions() {
         format!(
             "[run]\nfsync = false\n[chain]\nstages = [\"singleframe\", \"coadd\"]\n\
              [singleframe]\ninput = {:?}\n[singleframe.calibration]\nreference = {:?}\n\
-             [coadd]\nplan_margin_arcsec = 30.0\n\
+             [coadd]\nplan_margin_arcsec = 30.0\nkeep_warps = false\n\
              [coadd.skymap]\nrings = {}\npixel_scale = {}\npatch_size = {}\nborder = {}\n",
             data.join("units.json").to_str().unwrap(),
             data.join("reference.fits").to_str().unwrap(),
@@ -437,4 +438,34 @@ fn singleframe_and_coadd_run_as_one_chain_planned_from_ingested_regions() {
         .filter(|r| r["unit"].as_str().unwrap().contains(",band=") && r["outcome"] == "done")
         .count();
     assert!(coadds > 0);
+
+    // keep_warps = false: the detect units deleted every warp once its coadd was recorded, the
+    // coadds stay; resuming finds every unit done and remakes nothing.
+    let left = files(&run_dir);
+    assert!(
+        left.keys()
+            .all(|k| !k.starts_with("coadd/warp/") || !k.ends_with(".fits")),
+        "warps left: {:?}",
+        left.keys()
+            .filter(|k| k.starts_with("coadd/warp/"))
+            .collect::<Vec<_>>()
+    );
+    assert!(left.keys().any(|k| k.starts_with("coadd/coadd/")));
+    let out = run(mpirun(
+        2,
+        &run_bin(),
+        &[
+            "--config",
+            chain.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    assert_eq!(
+        ledger(&run_dir, "coadd").len(),
+        records.len(),
+        "{}",
+        text(&out)
+    );
 }

@@ -23,7 +23,7 @@ use skypipe_cmb::{CalibrateFile, MapmakeFile, PointingFile};
 use skypipe_coadd::{Coadd, CoaddFile};
 use skypipe_engine::{ChainFile, RunOptions, load_config};
 use skypipe_loadtest::{Loadtest, LoadtestFile, Workload};
-use skypipe_mosaic::{Mosaic, MosaicFile};
+use skypipe_mosaic::{Mosaic, MosaicConfig, MosaicFile};
 use skypipe_optical::singleframe::{Singleframe, SingleframeFile};
 use skypipe_slurm_scripts::SlurmFile;
 use std::collections::BTreeSet;
@@ -188,6 +188,14 @@ fn check(path: &Path, reader: Reader, observations: &Path) -> Result<(), String>
                     }
                     "coadd" => {
                         Coadd::new(member.config()?, file.run.dir.as_deref())?;
+                    }
+                    "mosaic" => {
+                        // As skypipe-run does: the registry defaults to the run directory's.
+                        let mut c: MosaicConfig = member.config()?;
+                        if c.registry.is_none() {
+                            c.registry = file.run.dir.as_ref().map(|d| d.join("registry.sqlite3"));
+                        }
+                        Mosaic::new(c)?;
                     }
                     other => return Err(format!("{}: no check for kind {other}", path.display())),
                 }

@@ -75,6 +75,10 @@ pub struct CoaddConfig {
     /// raw header WCS's pointing error. A warp planned this way whose CCD turns out not to reach
     /// the patch finds no data and is no-work.
     pub plan_margin_arcsec: f64,
+    /// Keep the warps (default). When false, each detect unit deletes its patch's warps in its
+    /// band: it runs only after the coadd is recorded done, so a resumed run never needs them
+    /// (warps are then not declared as outputs, so resuming does not remake them).
+    pub keep_warps: bool,
     /// Detection on the coadd (`[coadd.detection]`).
     pub detection: DetectionConfig,
 }
@@ -95,6 +99,7 @@ impl Default for CoaddConfig {
             clip_iterations: 2,
             clip_amplitude_fraction: 0.3,
             plan_margin_arcsec: 60.0,
+            keep_warps: true,
             detection: DetectionConfig::default(),
         }
     }

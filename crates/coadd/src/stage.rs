@@ -595,7 +595,35 @@ impl Coadd {
             ctx.durable,
         )
         .map_err(failure)?;
+        if !self.config.keep_warps {
+            self.delete_warps(patch, band)?;
+        }
         Ok(Outcome::Done)
+    }
+
+    /// Deletes the warp files of `patch` in `band` (`keep_warps = false`), found through the
+    /// registry's warp rows that the coadd unit recorded; a file already gone is fine.
+    fn delete_warps(&self, patch: PatchKey, band: &str) -> Result<(), UnitFailure> {
+        let reg = Registry::open_read_only(&self.registry).map_err(UnitFailure::transient)?;
+        for row in reg.warps(patch.into()).map_err(UnitFailure::transient)? {
+            let in_band = reg
+                .get(row.visit, row.ccd)
+                .map_err(UnitFailure::transient)?
+                .is_some_and(|r| r.band == band);
+            if !in_band {
+                continue;
+            }
+            match std::fs::remove_file(&row.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(UnitFailure::transient(format!(
+                        "{}: cannot delete warp: {e}",
+                        row.path.display()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -703,7 +731,7 @@ impl Stage for Coadd {
     }
 
     /// A warp reads its calexp (and, with `wcs = "mosaic"`, its tract's mosaic file) and
-    /// writes its warp; a coadd writes the coadd and its quicklook (its warps reach it as
+    /// writes its warp (declared only with `keep_warps`: detect deletes it otherwise); a coadd writes the coadd and its quicklook (its warps reach it as
     /// values, since a warp that finds no data writes none); a detect reads the coadd and
     /// writes the catalogue.
     fn connections(&self, unit: &CoaddUnit, run_dir: &Path) -> Connections {
@@ -719,10 +747,14 @@ impl Stage for Coadd {
                         run_dir.join(paths::mosaic(w.patch.tract)),
                     );
                 }
-                c.output(
-                    DATASET_WARP,
-                    run_dir.join(paths::warp(w.patch, w.visit, w.ccd)),
-                )
+                if self.config.keep_warps {
+                    c.output(
+                        DATASET_WARP,
+                        run_dir.join(paths::warp(w.patch, w.visit, w.ccd)),
+                    )
+                } else {
+                    c
+                }
             }
             CoaddUnit::Coadd { patch, band } => Connections::new()
                 .output(DATASET_COADD, run_dir.join(paths::coadd(*patch, band)))
@@ -751,7 +783,92 @@ impl Stage for Coadd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skypipe_registry::SkyMapConfig;
+    use skypipe_registry::{CcdRecord, CcdStatus, PatchId, SkyMapConfig};
+
+    /// Registry-driven planning equals a brute-force overlap of every CCD region with every
+    /// patch of every tract near it, on CCDs straddling RA = 0 (where one tract, centred on
+    /// RA 0, holds CCDs from both sides).
+    #[test]
+    fn planning_across_ra_zero_equals_brute_force() {
+        let config = SkyMapConfig {
+            rings: 359,
+            pixel_scale: 0.2,
+            patch_size: 1000,
+            border: 50,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = tmp.path().join("registry.sqlite3");
+        let mut records = Vec::new();
+        // A 4 x 2 mosaic of 0.05° x 0.1° CCDs rotated by 10°, centred on RA 0, Dec 0.3.
+        let (s, c) = 10f64.to_radians().sin_cos();
+        for (k, (cx, cy)) in [-0.15, -0.05, 0.05, 0.15]
+            .iter()
+            .flat_map(|&x| [0.25, 0.36].map(|y| (x, y)))
+            .enumerate()
+        {
+            let corners = [(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)].map(|(u, v)| {
+                let (dx, dy) = (0.025 * u, 0.05 * v);
+                let (ra, dec) = (cx + dx * c - dy * s, cy + dx * s + dy * c);
+                SkyPoint::new(f64::rem_euclid(ra, 360.0), dec).unwrap()
+            });
+            records.push(CcdRecord {
+                visit: 1,
+                ccd: k as u32,
+                band: "r".into(),
+                exposure_time: 30.0,
+                psf_fwhm: 3.0,
+                corners,
+                calexp_path: format!("c{k}.fits").into(),
+                catalog_path: format!("s{k}.fits").into(),
+                calibration: None,
+                status: CcdStatus::Processed,
+            });
+        }
+        Registry::open(&registry)
+            .unwrap()
+            .insert_ccds(&records)
+            .unwrap();
+        let stage = Coadd::new(
+            CoaddConfig {
+                skymap: config,
+                ..CoaddConfig::default()
+            },
+            Some(tmp.path()),
+        )
+        .unwrap();
+        let planned: BTreeSet<(PatchId, u32)> = stage
+            .planned_warps()
+            .unwrap()
+            .iter()
+            .map(|w| (w.patch.into(), w.ccd))
+            .collect();
+        let map = SkyMap::new(config).unwrap();
+        let mut brute = BTreeSet::new();
+        for rec in &records {
+            let region = rec.region().unwrap();
+            for t in map.tracts() {
+                if t.centre.separation(rec.corners[0]) > 3.0 {
+                    continue;
+                }
+                for y in 0..t.patches_y {
+                    for x in 0..t.patches_x {
+                        if t.patch_outer(x, y).intersects(&region) {
+                            brute.insert((PatchId { tract: t.id, x, y }, rec.ccd));
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(planned, brute);
+        // The tract centred on RA 0 gets CCDs from both sides of it, over several patches.
+        let zero = map.tract_of(SkyPoint::new(0.0, 0.3).unwrap());
+        assert_eq!(map.tract(zero).unwrap().centre.ra(), 0.0);
+        let in_zero: Vec<&(PatchId, u32)> = planned.iter().filter(|p| p.0.tract == zero).collect();
+        let ccds: BTreeSet<u32> = in_zero.iter().map(|p| p.1).collect();
+        let patches: BTreeSet<PatchId> = in_zero.iter().map(|p| p.0).collect();
+        assert_eq!(ccds.len(), records.len(), "{in_zero:?}");
+        assert!(patches.len() >= 4, "{patches:?}");
+    }
 
     /// A CCD whose WCS is the patch's own, shifted by whole pixels, warps to a copy of itself
     /// (shifted, scaled by the flux factor): the stage's pixel conventions (0/1-based, pixel

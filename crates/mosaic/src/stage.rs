@@ -36,7 +36,10 @@ use skypipe_astrometry::tansip::{self, FitParams, TanSip};
 use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
 use skypipe_optical::calibration::ReferenceCatalog;
 use skypipe_optical::measure::flags;
-use skypipe_optical::singleframe::{DATASET_CALEXP, DATASET_REFERENCE, DATASET_SOURCES};
+use skypipe_optical::singleframe::{
+    DATASET_CALEXP, DATASET_REFERENCE, DATASET_REGISTERED, DATASET_SOURCES, output_paths,
+    registered_path,
+};
 use skypipe_registry::{
     CcdStatus, MosaicWcs, Registry, RegistryError, SkyMap, SkyMapConfig, SkyMapError, Tract,
 };
@@ -98,6 +101,10 @@ pub struct MosaicConfig {
     pub bright: Bright,
     /// Threads inside a tract unit (rayon). Default 1. Results do not depend on it.
     pub threads: usize,
+    /// Margin (arcsec) for CCDs known only from their raw headers (`skypipe-ingest`; a chain
+    /// run plans mosaic before single-frame processing): their header region grown by this
+    /// much. Default 60.
+    pub plan_margin_arcsec: f64,
 }
 
 impl Default for MosaicConfig {
@@ -116,6 +123,7 @@ impl Default for MosaicConfig {
             min_stars_per_ccd: 10,
             bright: Bright::Snr(50.0),
             threads: 1,
+            plan_margin_arcsec: 60.0,
         }
     }
 }
@@ -132,6 +140,12 @@ impl MosaicConfig {
             if !(v.is_finite() && v > 0.0) {
                 return Err(format!("mosaic.{k} must be finite and > 0, got {v}"));
             }
+        }
+        if !(self.plan_margin_arcsec.is_finite() && self.plan_margin_arcsec >= 0.0) {
+            return Err(format!(
+                "mosaic.plan_margin_arcsec must be finite and ≥ 0, got {}",
+                self.plan_margin_arcsec
+            ));
         }
         if !(1..=3).contains(&self.order) {
             return Err(format!(
@@ -182,6 +196,12 @@ pub struct TractCcd {
     pub calexp: PathBuf,
     /// Source catalogue.
     pub catalog: PathBuf,
+    /// For a CCD planned from its ingested raw region (a chain run, before single-frame
+    /// processing): its visit's registry marker, which the unit reads so that it runs once the
+    /// CCD's registry row exists; the row then gives the PSF FWHM (`psf_fwhm` is NaN until
+    /// then), and a CCD without one (not processed, or rejected) is left out.
+    #[serde(default)]
+    pub registered: Option<PathBuf>,
 }
 
 /// A unit: one tract and the CCDs overlapping it.
@@ -285,6 +305,57 @@ impl Mosaic {
     }
 }
 
+impl Mosaic {
+    /// `unit` with its CCDs planned from raw regions replaced by their registry rows: kept
+    /// when processed, not rejected and overlapping the tract, with the row's PSF FWHM and
+    /// paths.
+    fn with_registered_ccds(&self, unit: &MosaicUnit) -> Result<MosaicUnit, UnitFailure> {
+        if unit.ccds.iter().all(|c| c.registered.is_none()) {
+            return Ok(unit.clone());
+        }
+        let reg = Registry::open_read_only(&self.registry).map_err(UnitFailure::transient)?;
+        let mut ccds = Vec::with_capacity(unit.ccds.len());
+        for c in &unit.ccds {
+            if c.registered.is_none() {
+                ccds.push(c.clone());
+                continue;
+            }
+            let Some(r) = reg.get(c.visit, c.ccd).map_err(UnitFailure::transient)? else {
+                continue;
+            };
+            let region = r.region().map_err(|e| {
+                UnitFailure::bad_input(format!(
+                    "{}: visit {} ccd {}: {e}",
+                    self.registry.display(),
+                    r.visit,
+                    r.ccd
+                ))
+            })?;
+            if r.status == CcdStatus::Rejected
+                || !self
+                    .skymap
+                    .tracts_overlapping(&region)
+                    .iter()
+                    .any(|t| t.id == unit.tract)
+            {
+                continue;
+            }
+            ccds.push(TractCcd {
+                visit: r.visit,
+                ccd: r.ccd,
+                psf_fwhm: r.psf_fwhm,
+                calexp: r.calexp_path.clone(),
+                catalog: r.catalog_path.clone(),
+                registered: c.registered.clone(),
+            });
+        }
+        Ok(MosaicUnit {
+            tract: unit.tract,
+            ccds,
+        })
+    }
+}
+
 impl Stage for Mosaic {
     type Unit = MosaicUnit;
 
@@ -334,6 +405,41 @@ impl Stage for Mosaic {
                     psf_fwhm: r.psf_fwhm,
                     calexp: r.calexp_path.clone(),
                     catalog: r.catalog_path.clone(),
+                    registered: None,
+                });
+            }
+        }
+        // CCDs only ingested (a chain run plans before single-frame processing): their raw
+        // header regions grown by the margin; products where single-frame processing puts them.
+        let margin = self.config.plan_margin_arcsec / 3600.0;
+        for raw in reg.raw_ccds().map_err(|e| PlanError::from_error(&e))? {
+            if reg
+                .get(raw.visit, raw.ccd)
+                .map_err(|e| PlanError::from_error(&e))?
+                .is_some()
+            {
+                continue;
+            }
+            let region = raw
+                .validate()
+                .and_then(|r| skypipe_registry::grow(&r, margin).map_err(Into::into))
+                .map_err(|e| {
+                    PlanError(format!(
+                        "{}: raw visit {} ccd {}: bad region: {e}",
+                        self.registry.display(),
+                        raw.visit,
+                        raw.ccd
+                    ))
+                })?;
+            let (calexp, catalog) = output_paths(raw.visit, raw.ccd);
+            for t in self.skymap.tracts_overlapping(&region) {
+                tracts.entry(t.id).or_default().push(TractCcd {
+                    visit: raw.visit,
+                    ccd: raw.ccd,
+                    psf_fwhm: f64::NAN,
+                    calexp: calexp.clone(),
+                    catalog: catalog.clone(),
+                    registered: Some(registered_path(raw.visit)),
                 });
             }
         }
@@ -354,10 +460,17 @@ impl Stage for Mosaic {
     /// of `singleframe`) and the reference catalogue, and writes `mosaic/tract-TTTT.fits`.
     fn connections(&self, unit: &MosaicUnit, run_dir: &Path) -> Connections {
         let mut c = Connections::new().prerequisite(DATASET_REFERENCE, &self.reference);
+        let mut markers = std::collections::BTreeSet::new();
         for ccd in &unit.ccds {
             c = c
                 .input(DATASET_SOURCES, run_dir.join(&ccd.catalog))
                 .input(DATASET_CALEXP, run_dir.join(&ccd.calexp));
+            if let Some(marker) = &ccd.registered {
+                markers.insert(run_dir.join(marker));
+            }
+        }
+        for marker in markers {
+            c = c.input(DATASET_REGISTERED, marker);
         }
         c.output(
             DATASET_MOSAIC_WCS,
@@ -369,6 +482,12 @@ impl Stage for Mosaic {
         let tract = self.skymap.tract(unit.tract).ok_or_else(|| {
             UnitFailure::bad_input(format!("tract {} is not in the sky map", unit.tract))
         })?;
+        let unit = &self.with_registered_ccds(unit)?;
+        if unit.ccds.is_empty() {
+            return Ok(Outcome::NoWork {
+                reason: format!("no processed CCD overlaps tract {}", unit.tract),
+            });
+        }
         let refcat = self.refcat().map_err(UnitFailure::bad_input)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.config.threads)
