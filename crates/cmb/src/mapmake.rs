@@ -12,6 +12,10 @@
 //!   bounded chunks, and the per-pixel 3×3 systems are solved (binned map); with destriping,
 //!   per-detector baselines are solved by preconditioned conjugate gradient over all ranks
 //!   ([`skypipe_core::destripe`]). Rank 0 of the unit writes the maps.
+//! - `map=split-NAME`, one per `[[mapmake.split]]`: the same over the split's observations
+//!   (after only their units) and detectors, on its `ranks` (default every rank), preferring
+//!   the ranks that read its observations ([`skypipe_stage::PlannedUnit::prefer_ranks_of`]);
+//!   outputs in `OUT_DIR/split-NAME/`, its `summary.json` naming the subset.
 //!
 //! # Resume
 //! Data held in memory is an optimisation, never the record: when the map unit starts, its
@@ -1922,6 +1926,77 @@ impl Stage for Mapmake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn split_config(name: &str) -> SplitConfig {
+        SplitConfig {
+            name: name.into(),
+            observations: None,
+            obs_range: None,
+            half_mission: None,
+            detectors: None,
+            ranks: None,
+        }
+    }
+
+    #[test]
+    fn splits_select_observations_by_list_range_and_half_and_detectors_by_name() {
+        let obs = [7, 3, 5, 1, 9];
+        let dets = ["a", "b", "c"];
+        let set = |v: &[u32]| v.iter().copied().collect::<BTreeSet<u32>>();
+        let all = resolve_split(&split_config("all"), &obs, &dets).unwrap();
+        assert_eq!(all.observations, set(&[1, 3, 5, 7, 9]));
+        assert_eq!(all.detectors, None);
+        let half = |h| {
+            let c = SplitConfig {
+                half_mission: Some(h),
+                ..split_config("hm")
+            };
+            resolve_split(&c, &obs, &dets).map(|s| s.observations)
+        };
+        assert_eq!(
+            half(1).unwrap(),
+            set(&[1, 3, 5]),
+            "the odd one in the first half"
+        );
+        assert_eq!(half(2).unwrap(), set(&[7, 9]));
+        assert!(half(3).unwrap_err().contains("half_mission must be 1 or 2"));
+        let c = SplitConfig {
+            observations: Some(vec![9, 1, 5]),
+            obs_range: Some([2, 9]),
+            detectors: Some(vec!["c".into(), "a".into()]),
+            ranks: Some(2),
+            ..split_config("mixed_1")
+        };
+        let mixed = resolve_split(&c, &obs, &dets).unwrap();
+        assert_eq!(mixed.observations, set(&[5, 9]), "selectors intersect");
+        assert_eq!(
+            mixed.detectors,
+            Some(["a".to_string(), "c".to_string()].into_iter().collect())
+        );
+        assert_eq!(mixed.ranks, Some(2));
+        let error = |c: SplitConfig| resolve_split(&c, &obs, &dets).unwrap_err();
+        assert!(error(split_config("a/b")).contains("letters, digits"));
+        let unknown_obs = SplitConfig {
+            observations: Some(vec![4]),
+            ..split_config("x")
+        };
+        assert!(error(unknown_obs).contains("observation 4 is not in the observation list"));
+        let empty = SplitConfig {
+            obs_range: Some([10, 20]),
+            ..split_config("x")
+        };
+        assert!(error(empty).contains("'x': selects no observation"));
+        let unknown_det = SplitConfig {
+            detectors: Some(vec!["z".into()]),
+            ..split_config("x")
+        };
+        assert!(error(unknown_det).contains("detector 'z' is not in the focal plane"));
+        let no_ranks = SplitConfig {
+            ranks: Some(0),
+            ..split_config("x")
+        };
+        assert!(error(no_ranks).contains("ranks must be at least 1"));
+    }
 
     #[test]
     fn coarse_layout_fits_the_templates_under_the_cap() {
