@@ -8,7 +8,8 @@
 //! their durations (a scatter/gather over that subset); with `follow_up`, every task gets a
 //! second-phase unit that runs after its group's gather and uses its result
 //! (scatter-gather-scatter); with `collective_ranks = k`, one unit runs on k ranks at once and
-//! checks an all-reduce over exactly those ranks.
+//! checks an all-reduce over exactly those ranks (with `collective_affinity_group = G`, after
+//! group G's tasks and preferring the ranks that ran them).
 
 mod workload;
 
