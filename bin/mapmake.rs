@@ -12,7 +12,8 @@ use std::process::ExitCode;
 /// timestreams and dense pointing.
 ///
 /// One unit per observation reads it, then one unit on every rank bins and destripes; outputs in
-/// RUN_DIR/mapmake/. Configuration: the `[run]` and `[mapmake]` tables of the --config file
+/// RUN_DIR/mapmake/, and each `[[mapmake.split]]` (a subset of observations and detectors)
+/// its own map unit into RUN_DIR/mapmake/split-NAME/. Configuration: the `[run]` and `[mapmake]` tables of the --config file
 /// (every key with its default: configs/mapmake.toml).
 #[derive(Debug, Parser)]
 #[command(name = "skypipe-mapmake", version)]

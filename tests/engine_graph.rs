@@ -460,3 +460,60 @@ fn a_run_stopped_inside_a_multi_rank_unit_reports_its_real_makespan_and_busy_ran
         assert!((0.0..=1.0).contains(&u), "{r}");
     }
 }
+
+#[test]
+fn a_multi_rank_unit_runs_on_the_ranks_that_ran_its_affinity_units() {
+    let tmp = tempfile::tempdir().unwrap();
+    let workload = tmp.path().join("w.json");
+    // Three groups of 20 short tasks; the two-rank unit runs after group 0's and prefers
+    // the ranks that ran them: among equals the lowest, which the first free ranks (the
+    // choice without affinity) rarely are, so three runs tell the two apart.
+    write_workload(&workload, &[0.003; 60], 20);
+    for run in 0..3 {
+        let cfg = write_config(
+            tmp.path(),
+            &format!("c{run}.toml"),
+            "",
+            &format!(
+                "workload = \"{}\"\ncollective_ranks = 2\ncollective_affinity_group = 0\n",
+                workload.display()
+            ),
+        );
+        let run_dir = tmp.path().join(format!("run{run}"));
+        let out = spawn(
+            4,
+            &["--config", &cfg, "--run-dir", run_dir.to_str().unwrap()],
+        )
+        .wait();
+        assert_eq!(code(&out.status), 0, "{}", text(&out));
+        let records = ledger(&run_dir, "loadtest");
+        // From the ledger: how many of group 0's tasks each rank ran.
+        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in &records {
+            let unit = r["unit"].as_str().unwrap();
+            if let Some(n) = unit.strip_prefix("task=")
+                && n.parse::<usize>().unwrap() < 20
+            {
+                *counts.entry(r["rank"].as_u64().unwrap()).or_default() += 1;
+            }
+        }
+        let mut ranked: Vec<(u64, usize)> = counts.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let preferred: BTreeSet<u64> = ranked.iter().take(2).map(|(r, _)| *r).collect();
+        let collective = records
+            .iter()
+            .find(|r| r["unit"] == "collective=1")
+            .expect("the collective unit is recorded");
+        assert_eq!(collective["outcome"], "done", "{collective}");
+        let ran: BTreeSet<u64> = collective["ranks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert!(
+            preferred.is_subset(&ran),
+            "run {run}: the unit ran on {ran:?}, group 0's tasks by rank {ranked:?}"
+        );
+    }
+}

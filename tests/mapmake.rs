@@ -546,3 +546,145 @@ fn shipped_mapmake_config_parses_and_unknown_keys_are_refused() {
     .unwrap_err();
     assert!(e.to_string().contains("baseline"), "{e}");
 }
+
+/// Writes, beside the simulated list, the inputs of maps made from a subset alone: `hm1.json`
+/// (the first three observations) and `dets.json` (every observation, with a focal plane of the
+/// first four detectors). Prints every detector's name, sorted, comma-separated.
+const MAKE_SUBSETS: &str = r#"
+import sys, json, shutil, h5py
+data = sys.argv[1]
+lst = json.load(open(data + '/observations.json'))
+fp = lst['focal_plane'] if lst['focal_plane'].startswith('/') else data + '/' + lst['focal_plane']
+every = sorted(h5py.File(fp, 'r')['detectors'].keys())
+names = every[:4]
+shutil.copy(fp, data + '/fp_subset.h5')
+with h5py.File(data + '/fp_subset.h5', 'a') as f:
+    for n in list(f['detectors'].keys()):
+        if n not in names:
+            del f['detectors'][n]
+hm1 = dict(lst, observations=sorted(lst['observations'], key=lambda o: o['obs'])[:3])
+json.dump(hm1, open(data + '/hm1.json', 'w'))
+json.dump(dict(lst, focal_plane=data + '/fp_subset.h5'), open(data + '/dets.json', 'w'))
+print(','.join(every))
+"#;
+
+/// Compares each split's maps with the map of its subset made alone: the same hits, I/Q/U
+/// within the documented spread across rank counts (binned 1e-12, destriped 1e-8 of the RMS).
+const CHECK_SPLITS: &str = r#"
+import sys, numpy as np, healpy as hp
+pairs = sys.argv[1:]
+for split, alone in zip(pairs[::2], pairs[1::2]):
+    for kind in ('binned', 'destriped'):
+        a = hp.read_map(f'{split}/map_{kind}.fits', field=(0, 1, 2, 3))
+        b = hp.read_map(f'{alone}/map_{kind}.fits', field=(0, 1, 2, 3))
+        assert (a[3] == b[3]).all(), (split, kind, 'hits differ')
+        good = (b[0] != hp.UNSEEN)
+        assert ((a[0] != hp.UNSEEN) == good).all() and good.sum() > 100, (split, kind)
+        rms = np.sqrt(np.mean(b[0][good] ** 2))
+        diff = max(np.abs(a[c][good] - b[c][good]).max() for c in range(3)) / rms
+        assert diff <= (1e-12 if kind == 'binned' else 1e-8), (split, kind, diff)
+        print(f'{split} {kind}: {int(good.sum())} pixels, spread {diff:.1e}')
+"#;
+
+#[test]
+fn splits_equal_their_subsets_mapped_alone_and_run_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (list, inputs) = prepare(tmp.path(), NOISELESS, POINTING, true);
+    let data = list.parent().unwrap().to_path_buf();
+    let detectors = python(MAKE_SUBSETS, &[s(&data)]);
+    let every: Vec<&str> = detectors.trim().split(',').collect();
+    assert_eq!(every.len(), 8);
+    let quoted = |names: &[&str]| -> String {
+        let q: Vec<String> = names.iter().map(|d| format!("\"{d}\"")).collect();
+        q.join(", ")
+    };
+    let (detectors, rest) = every.split_at(4);
+    // The noiseless CG does not converge (see above): a fixed number of iterations keeps the
+    // destriped maps' difference at rounding, where 200 iterations can amplify it to 1e-3.
+    let solver = "coarse_space = \"observation\"\ncoarse_segments = 1\nmax_iterations = 30\n";
+    // `hm1` can start once its three observations are read; `dets` and `rest` (the two halves
+    // of the focal plane) once all are, beside each other after the full map.
+    let cfg = map_config(
+        tmp.path(),
+        "splits.toml",
+        &inputs,
+        &format!(
+            "{solver}[[mapmake.split]]\nname = \"hm1\"\nhalf_mission = 1\nranks = 2\n\
+             [[mapmake.split]]\nname = \"dets\"\ndetectors = [{}]\nranks = 2\n\
+             [[mapmake.split]]\nname = \"rest\"\ndetectors = [{}]\nranks = 2\n",
+            quoted(detectors),
+            quoted(rest)
+        ),
+    );
+    let run_dir = tmp.path().join("splits");
+    let out = run_stage("mapmake", &cfg, &list, &run_dir, 4, &[]);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let mut expected = all_done(6);
+    expected.insert(0, ("map=full".into(), "done".into()));
+    expected.insert(1, ("map=split-dets".into(), "done".into()));
+    expected.insert(2, ("map=split-hm1".into(), "done".into()));
+    expected.insert(3, ("map=split-rest".into(), "done".into()));
+    assert_eq!(outcomes(&run_dir, "mapmake"), expected);
+    // The two halves of the focal plane ran at the same time on disjoint pairs of ranks.
+    let records = ledger(&run_dir, "mapmake");
+    let split_runs: Vec<(Vec<u64>, f64, f64)> = records
+        .iter()
+        .filter(|r| ["map=split-dets", "map=split-rest"].contains(&r["unit"].as_str().unwrap()))
+        .map(|r| {
+            let ranks = r["ranks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            let start = r["started"].as_f64().unwrap();
+            (ranks, start, start + r["elapsed_s"].as_f64().unwrap())
+        })
+        .collect();
+    assert_eq!(split_runs.len(), 2, "{records:?}");
+    let (a, b) = (&split_runs[0], &split_runs[1]);
+    assert!(a.0.len() == 2 && b.0.len() == 2, "{split_runs:?}");
+    assert!(a.0.iter().all(|r| !b.0.contains(r)), "{split_runs:?}");
+    assert!(
+        a.1 < b.2 && b.1 < a.2,
+        "the splits overlap in time: {split_runs:?}"
+    );
+    // Each split's summary names its subset; the full map's has no split.
+    let full = summary(&run_dir);
+    assert!(full.get("split").is_none(), "{full}");
+    assert_eq!(full["observations"], 6);
+    let split_summary = |name: &str| -> serde_json::Value {
+        let path = run_dir.join(format!("mapmake/split-{name}/summary.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let hm1 = split_summary("hm1");
+    assert_eq!(hm1["split"]["name"], "hm1");
+    assert_eq!(hm1["split"]["observations"], serde_json::json!([0, 1, 2]));
+    assert_eq!(hm1["split"]["detectors"].as_array().unwrap().len(), 8);
+    assert_eq!(hm1["ranks"], 2);
+    let dets = split_summary("dets");
+    assert_eq!(dets["split"]["detectors"], serde_json::json!(detectors));
+    assert_eq!(dets["observations"], 6);
+    assert_eq!(
+        dets["samples"].as_u64().unwrap() + split_summary("rest")["samples"].as_u64().unwrap(),
+        full["samples"].as_u64().unwrap(),
+        "the two halves of the focal plane share the samples"
+    );
+    assert!(
+        run_dir
+            .join("mapmake/split-dets/baselines/obs=0005.h5")
+            .is_file()
+    );
+    // The same maps from each subset alone (its own list and focal plane), on two ranks.
+    let plain = map_config(tmp.path(), "plain.toml", &inputs, solver);
+    let mut compare = Vec::new();
+    for name in ["hm1", "dets"] {
+        let alone = tmp.path().join(format!("alone-{name}"));
+        let sub_list = data.join(format!("{name}.json"));
+        let out = run_stage("mapmake", &plain, &sub_list, &alone, 2, &[]);
+        assert_eq!(code(&out.status), 0, "{name}: {}", text(&out));
+        compare.push(s(&run_dir.join(format!("mapmake/split-{name}"))));
+        compare.push(s(&alone.join("mapmake")));
+    }
+    eprint!("{}", python(CHECK_SPLITS, &compare));
+}

@@ -12,6 +12,10 @@
 //!   bounded chunks, and the per-pixel 3×3 systems are solved (binned map); with destriping,
 //!   per-detector baselines are solved by preconditioned conjugate gradient over all ranks
 //!   ([`skypipe_core::destripe`]). Rank 0 of the unit writes the maps.
+//! - `map=split-NAME`, one per `[[mapmake.split]]`: the same over the split's observations
+//!   (after only their units) and detectors, on its `ranks` (default every rank), preferring
+//!   the ranks that read its observations ([`skypipe_stage::PlannedUnit::prefer_ranks_of`]);
+//!   outputs in `OUT_DIR/split-NAME/`, its `summary.json` naming the subset.
 //!
 //! # Resume
 //! Data held in memory is an optimisation, never the record: when the map unit starts, its
@@ -177,6 +181,112 @@ pub struct MapmakeConfig {
     pub output_precision: Precision,
     /// Width of the quicklook PNGs in pixels (0: none). Default 1600.
     pub quicklook_width: u32,
+    /// Maps over subsets (`[[mapmake.split]]`), each made beside the full map into
+    /// `OUT_DIR/split-NAME/`. Default none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<SplitConfig>,
+}
+
+/// One `[[mapmake.split]]`: a map over a subset of the observations and detectors. The
+/// observation selectors given are intersected; none selects every observation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Name (letters, digits, `-`, `_`): unit `map=split-NAME`, outputs in `split-NAME/`.
+    pub name: String,
+    /// These observation numbers. Default: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observations: Option<Vec<u32>>,
+    /// Observation numbers from the first to the last, inclusive. Default: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obs_range: Option<[u32; 2]>,
+    /// `1` or `2`: the first or second half of the list's observations by number (the first
+    /// half has the extra one of an odd count). Default: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_mission: Option<u8>,
+    /// These detectors of the focal plane, by name. Default: every detector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detectors: Option<Vec<String>>,
+    /// Ranks the split's map unit runs on. Default: every rank of the job (splits then run
+    /// one after another); fewer lets splits run side by side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
+}
+
+/// A split resolved against the observation list and focal plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Split {
+    name: String,
+    observations: BTreeSet<u32>,
+    /// `None`: every detector.
+    detectors: Option<BTreeSet<String>>,
+    ranks: Option<usize>,
+}
+
+/// Resolves `config` against the list's observation numbers and the focal plane's detector
+/// names, or says what is wrong (naming the split).
+fn resolve_split(
+    config: &SplitConfig,
+    observations: &[u32],
+    detectors: &[&str],
+) -> Result<Split, String> {
+    let name = &config.name;
+    let bad = |message: String| Err(format!("mapmake.split '{name}': {message}"));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "mapmake.split name '{name}' must be letters, digits, '-' and '_'"
+        ));
+    }
+    let mut sorted = observations.to_vec();
+    sorted.sort_unstable();
+    let mut chosen: BTreeSet<u32> = sorted.iter().copied().collect();
+    if let Some(list) = &config.observations {
+        if let Some(o) = list.iter().find(|o| !chosen.contains(o)) {
+            return bad(format!("observation {o} is not in the observation list"));
+        }
+        chosen = list.iter().copied().collect();
+    }
+    if let Some([first, last]) = config.obs_range {
+        if first > last {
+            return bad(format!("obs_range [{first}, {last}] is empty"));
+        }
+        chosen.retain(|o| (first..=last).contains(o));
+    }
+    if let Some(half) = config.half_mission {
+        let first_half = sorted.len().div_ceil(2);
+        let part: BTreeSet<u32> = match half {
+            1 => sorted[..first_half].iter().copied().collect(),
+            2 => sorted[first_half..].iter().copied().collect(),
+            _ => return bad(format!("half_mission must be 1 or 2, got {half}")),
+        };
+        chosen.retain(|o| part.contains(o));
+    }
+    if chosen.is_empty() {
+        return bad("selects no observation".into());
+    }
+    let detectors = match &config.detectors {
+        None => None,
+        Some(names) if names.is_empty() => return bad("detectors is empty".into()),
+        Some(names) => {
+            if let Some(n) = names.iter().find(|n| !detectors.contains(&n.as_str())) {
+                return bad(format!("detector '{n}' is not in the focal plane"));
+            }
+            Some(names.iter().cloned().collect())
+        }
+    };
+    if config.ranks == Some(0) {
+        return bad("ranks must be at least 1".into());
+    }
+    Ok(Split {
+        name: name.clone(),
+        observations: chosen,
+        detectors,
+        ranks: config.ranks,
+    })
 }
 
 impl Default for MapmakeConfig {
@@ -204,12 +314,14 @@ impl Default for MapmakeConfig {
             output_ordering: Ordering::Ring,
             output_precision: Precision::Double,
             quicklook_width: 1600,
+            split: Vec::new(),
         }
     }
 }
 
-/// A unit of `skypipe-mapmake`: one observation to read, or the map made from all of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A unit of `skypipe-mapmake`: one observation to read, the map made from all of them, or
+/// a split's map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MapUnit {
     /// Read and validate one observation (`obs=NNNN`).
     Obs {
@@ -218,6 +330,11 @@ pub enum MapUnit {
     },
     /// Bin (and destripe) every observation into the maps (`map=full`).
     Map,
+    /// Bin (and destripe) a split's subset into its maps (`map=split-NAME`).
+    Split {
+        /// The split's name.
+        name: String,
+    },
 }
 
 impl WorkUnit for MapUnit {
@@ -225,6 +342,7 @@ impl WorkUnit for MapUnit {
         match self {
             MapUnit::Obs { obs } => UnitId::new().with("obs", format_args!("{obs:04}")),
             MapUnit::Map => UnitId::new().with("map", "full"),
+            MapUnit::Split { name } => UnitId::new().with("map", format_args!("split-{name}")),
         }
     }
 }
@@ -307,9 +425,49 @@ pub struct MapSummary {
     pub converged: bool,
     /// Files written, relative to the output directory.
     pub files: Vec<String>,
+    /// The subset of a split's map (absent for the full map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitSummary>,
     /// Wall time of the map unit on its rank 0 (s): reading the observations no rank held
     /// and agreeing on errors, binning + reductions + destriping, writing the outputs.
     pub seconds: [f64; 3],
+}
+
+/// The subset a split's map was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitSummary {
+    /// The split's name.
+    pub name: String,
+    /// Its observations (those selected; failed ones are in `missing_observations`).
+    pub observations: Vec<u32>,
+    /// Its detectors (every detector of the focal plane when it names none).
+    pub detectors: Vec<String>,
+}
+
+/// Writes `OUT_DIR/baselines/obs=NNNN.h5`: one baseline amplitude (K_CMB) per
+/// `baseline_samples` samples of each of `detectors` of observation `obs`, the offsets
+/// subtracted by the destriper.
+fn write_baselines(
+    ctx: &UnitContext,
+    out_dir: &Path,
+    obs: u32,
+    detectors: &[&DetectorData],
+    amplitudes: &[Vec<f64>],
+    baseline_samples: usize,
+) -> Result<(), UnitFailure> {
+    let path = out_dir.join("baselines").join(obs_file_name(obs));
+    let write = || -> Result<(), H5Error> {
+        let w = H5Writer::create(&path, durability(ctx))?;
+        w.attr_str("", "format", BASELINES_FORMAT)?;
+        w.attr_i64("", "obs", i64::from(obs))?;
+        w.attr_i64("", "baseline_samples", baseline_samples as i64)?;
+        for (det, a) in detectors.iter().zip(amplitudes) {
+            let name = format!("detectors/{}/baselines", det.name);
+            w.write_1d(&name, a)?;
+        }
+        w.commit().map(|_| ())
+    };
+    write().map_err(|e| UnitFailure::transient(e.to_string()))
 }
 
 /// One detector's validated data, pixels in NESTED order.
@@ -367,16 +525,26 @@ struct ObsData {
 }
 
 impl ObsData {
-    /// Its detectors' timestreams, in the destriper's group `group`.
-    fn timestreams(&self, group: usize) -> impl Iterator<Item = Timestream<'_>> {
-        self.detectors.iter().map(move |d| Timestream {
-            pixels: &d.pixels,
-            weights: &d.weights,
-            signal: &d.signal,
-            flags: Some(&d.flags),
-            inv_var: d.inv_var,
+    /// Its detectors in `selection` (every detector for `None`), in focal-plane order.
+    fn detectors_in<'a>(&'a self, selection: Option<&BTreeSet<String>>) -> Vec<&'a DetectorData> {
+        self.detectors
+            .iter()
+            .filter(|d| selection.is_none_or(|s| s.contains(&d.name)))
+            .collect()
+    }
+}
+
+impl DetectorData {
+    /// Its timestream, in the destriper's group `group`.
+    fn timestream(&self, group: usize) -> Timestream<'_> {
+        Timestream {
+            pixels: &self.pixels,
+            weights: &self.weights,
+            signal: &self.signal,
+            flags: Some(&self.flags),
+            inv_var: self.inv_var,
             group,
-        })
+        }
     }
 }
 
@@ -386,7 +554,9 @@ pub struct Mapmake {
     config: MapmakeConfig,
     list: ObservationList,
     focal_plane: FocalPlane,
-    /// Observations read by this process's units, kept for the map unit.
+    /// The configured splits, resolved.
+    splits: Vec<Split>,
+    /// Observations read by this process's units, kept for the map units.
     held: Mutex<BTreeMap<u32, ObsData>>,
 }
 
@@ -454,10 +624,25 @@ impl Mapmake {
         }
         let list = ObservationList::load(&config.observations).map_err(|e| e.to_string())?;
         let focal_plane = FocalPlane::read(&list.focal_plane).map_err(|e| e.to_string())?;
+        let numbers: Vec<u32> = list.observations.iter().map(|o| o.obs).collect();
+        let names: Vec<&str> = focal_plane
+            .detectors
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        let mut splits: Vec<Split> = Vec::with_capacity(config.split.len());
+        for c in &config.split {
+            let split = resolve_split(c, &numbers, &names)?;
+            if splits.iter().any(|s| s.name == split.name) {
+                return Err(format!("mapmake.split '{}' is given twice", split.name));
+            }
+            splits.push(split);
+        }
         Ok(Self {
             config,
             list,
             focal_plane,
+            splits,
             held: Mutex::new(BTreeMap::new()),
         })
     }
@@ -498,6 +683,20 @@ impl Mapmake {
             .out_dir
             .clone()
             .unwrap_or_else(|| run_dir.join("mapmake"))
+    }
+
+    /// The output directory of split `name`: `OUT_DIR/split-NAME`.
+    pub fn split_dir(&self, run_dir: &Path, name: &str) -> PathBuf {
+        self.out_dir(run_dir).join(format!("split-{name}"))
+    }
+
+    /// The resolved split named `name`.
+    fn split(&self, name: &str) -> Result<&Split, UnitFailure> {
+        self.splits.iter().find(|s| s.name == name).ok_or_else(|| {
+            UnitFailure::bad_input(format!(
+                "no [[mapmake.split]] named '{name}' in the configuration"
+            ))
+        })
     }
 
     /// `1/σ²` per sample of a detector from its NET and rate, or 1 (uniform weights).
@@ -786,7 +985,10 @@ impl Mapmake {
         Ok(Outcome::Done)
     }
 
-    fn run_map(&self, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+    /// The map unit of the full map (`split` `None`) or of a split: the maps of its
+    /// observations (its unit's inputs) and detectors.
+    fn run_map(&self, ctx: &UnitContext, split: Option<&Split>) -> Result<Outcome, UnitFailure> {
+        let selection = split.and_then(|s| s.detectors.as_ref());
         let coll = ctx.collectives();
         let started = std::time::Instant::now();
         let summaries: Vec<ObsSummary> = ctx
@@ -835,12 +1037,17 @@ impl Mapmake {
         let read_s = started.elapsed().as_secs_f64();
 
         let held = self.held.lock().expect("no panic while locked");
-        let local: Vec<&ObsData> = me.keep.iter().chain(&me.read).map(|o| &held[o]).collect();
+        let local: Vec<(&ObsData, Vec<&DetectorData>)> = me
+            .keep
+            .iter()
+            .chain(&me.read)
+            .map(|o| (&held[o], held[o].detectors_in(selection)))
+            .collect();
         // Groups (preconditioner blocks and coarse templates): one per observation, numbered
         // by its position in the sorted list, alike on every rank.
         let position: BTreeMap<u32, usize> =
             wanted.keys().enumerate().map(|(i, &o)| (o, i)).collect();
-        let local_detectors = local.iter().map(|d| d.detectors.len()).max().unwrap_or(0);
+        let local_detectors = local.iter().map(|(_, d)| d.len()).max().unwrap_or(0);
         let most_detectors: usize = coll
             .all_gather_bytes(&serde_json::to_vec(&local_detectors).expect("encodes"))
             .iter()
@@ -855,11 +1062,19 @@ impl Mapmake {
         );
         let timestreams: Vec<Timestream<'_>> = local
             .iter()
-            .flat_map(|d| {
-                let at = position[&d.summary.obs];
-                d.timestreams(at)
+            .flat_map(|(data, detectors)| {
+                let at = position[&data.summary.obs];
+                detectors.iter().map(move |d| d.timestream(at))
             })
             .collect();
+        let good_samples: u64 = timestreams
+            .iter()
+            .map(|ts| {
+                ts.flags
+                    .map_or(ts.signal.len(), |f| f.iter().filter(|&&f| f == 0).count())
+                    as u64
+            })
+            .sum();
         let layout = SubmapLayout::new(
             grid.npix(),
             (grid.nside() / self.submap_nside(grid.nside())).pow(2),
@@ -926,12 +1141,23 @@ impl Mapmake {
                 .expect("the right-hand side has the components' values")
         });
         // Every rank writes the baselines of the observations it binned, in parallel.
+        let out_dir = match split {
+            Some(s) => self.split_dir(&ctx.run_dir, &s.name),
+            None => self.out_dir(&ctx.run_dir),
+        };
         let mut amplitudes = baselines.into_iter();
-        for data in &local {
-            let per_detector: Vec<Vec<f64>> =
-                amplitudes.by_ref().take(data.detectors.len()).collect();
+        for (data, detectors) in &local {
+            let per_detector: Vec<Vec<f64>> = amplitudes.by_ref().take(detectors.len()).collect();
             if self.config.destripe {
-                self.write_baselines(ctx, data, &per_detector, baseline_samples)?;
+                let obs = data.summary.obs;
+                write_baselines(
+                    ctx,
+                    &out_dir,
+                    obs,
+                    detectors,
+                    &per_detector,
+                    baseline_samples,
+                )?;
             }
         }
         drop(timestreams);
@@ -940,6 +1166,7 @@ impl Mapmake {
         let mut pixel_counts = [
             binned.observed_pixels().count() as u64,
             binned.cut_pixels().len() as u64,
+            good_samples,
         ];
         coll.all_reduce_sum_u64(&mut pixel_counts);
         tracing::info!(
@@ -959,7 +1186,7 @@ impl Mapmake {
             frame: frame.clone(),
             observations: summaries.len(),
             missing_observations: missing,
-            samples: summaries.iter().map(|s| s.good_samples).sum(),
+            samples: pixel_counts[2],
             observed_pixels: pixel_counts[0],
             cut_pixels: pixel_counts[1],
             ranks: coll.size(),
@@ -984,6 +1211,17 @@ impl Mapmake {
             residual_history: solver.3,
             coarse_templates: solver.4,
             files: Vec::new(),
+            split: split.map(|s| SplitSummary {
+                name: s.name.clone(),
+                observations: summaries.iter().map(|o| o.obs).collect(),
+                detectors: self
+                    .focal_plane
+                    .detectors
+                    .iter()
+                    .filter(|d| selection.is_none_or(|names| names.contains(&d.name)))
+                    .map(|d| d.name.clone())
+                    .collect(),
+            }),
             seconds: [0.0; 3],
         };
         if !summary.converged && rank == 0 {
@@ -993,7 +1231,6 @@ impl Mapmake {
                 "the destriper did not reach its tolerance"
             );
         }
-        let out_dir = self.out_dir(&ctx.run_dir);
         let staging = out_dir.join(STAGING_DIR);
         let dur = durability(ctx);
         let mut maps = vec![(binned, 0, "binned")];
@@ -1122,33 +1359,6 @@ impl Mapmake {
             )));
         }
         Ok(Healpix::new(first.nside, Ordering::Nested).expect("checked by the obs unit"))
-    }
-
-    /// Writes `RUN_DIR/mapmake/baselines/obs=NNNN.h5`: one baseline amplitude (K_CMB) per
-    /// `baseline_samples` samples of each detector, the offsets subtracted by the destriper.
-    fn write_baselines(
-        &self,
-        ctx: &UnitContext,
-        data: &ObsData,
-        amplitudes: &[Vec<f64>],
-        baseline_samples: usize,
-    ) -> Result<(), UnitFailure> {
-        let path = self
-            .out_dir(&ctx.run_dir)
-            .join("baselines")
-            .join(obs_file_name(data.summary.obs));
-        let write = || -> Result<(), H5Error> {
-            let w = H5Writer::create(&path, durability(ctx))?;
-            w.attr_str("", "format", BASELINES_FORMAT)?;
-            w.attr_i64("", "obs", i64::from(data.summary.obs))?;
-            w.attr_i64("", "baseline_samples", baseline_samples as i64)?;
-            for (det, a) in data.detectors.iter().zip(amplitudes) {
-                let name = format!("detectors/{}/baselines", det.name);
-                w.write_1d(&name, a)?;
-            }
-            w.commit().map(|_| ())
-        };
-        write().map_err(|e| UnitFailure::transient(e.to_string()))
     }
 
     /// Writes every map `(this rank's owned share, writing rank, kind)` into `staging`, and
@@ -1670,31 +1880,61 @@ impl Stage for Mapmake {
             })
             .collect();
         let members: Vec<UnitId> = plan.iter().map(|p| p.unit.id()).collect();
-        let map = PlannedUnit::new(MapUnit::Map).after(members).on_all_ranks();
-        plan.push(if self.config.allow_failed_observations {
-            map.tolerating_failed_inputs()
-        } else {
-            map
-        });
+        let tolerant = |map: PlannedUnit<MapUnit>| {
+            if self.config.allow_failed_observations {
+                map.tolerating_failed_inputs()
+            } else {
+                map
+            }
+        };
+        plan.push(tolerant(
+            PlannedUnit::new(MapUnit::Map).after(members).on_all_ranks(),
+        ));
+        for split in &self.splits {
+            let members: Vec<UnitId> = split
+                .observations
+                .iter()
+                .map(|&obs| MapUnit::Obs { obs }.id())
+                .collect();
+            let unit = PlannedUnit::new(MapUnit::Split {
+                name: split.name.clone(),
+            })
+            .after(members.clone())
+            .prefer_ranks_of(members);
+            plan.push(tolerant(match split.ranks {
+                Some(r) => unit.on_ranks(r),
+                None => unit.on_all_ranks(),
+            }));
+        }
         Ok(plan)
     }
 
     fn run(&self, unit: &MapUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
-        match *unit {
-            MapUnit::Obs { obs } => self.run_obs(obs, ctx),
+        match unit {
+            MapUnit::Obs { obs } => self.run_obs(*obs, ctx),
             MapUnit::Map => {
-                let result = self.run_map(ctx);
-                if result.is_ok() {
+                let result = self.run_map(ctx, None);
+                // With splits, a later map unit on this rank may still use the data.
+                if result.is_ok() && self.splits.is_empty() {
                     self.held.lock().expect("no panic while locked").clear();
                 }
                 result
             }
+            MapUnit::Split { name } => self.run_map(ctx, Some(self.split(name)?)),
         }
     }
 
     fn connections(&self, unit: &MapUnit, run_dir: &Path) -> Connections {
-        match *unit {
-            MapUnit::Obs { obs } => {
+        let maps = |dir: PathBuf| {
+            let c = Connections::new().output(DATASET_MAP, dir.join("map_binned.fits"));
+            if self.config.destripe {
+                c.output(DATASET_MAP, dir.join("map_destriped.fits"))
+            } else {
+                c
+            }
+        };
+        match unit {
+            &MapUnit::Obs { obs } => {
                 let c = match (self.config.pointing, self.list.entry(obs)) {
                     (PointingSource::File, _) => {
                         Connections::new().input(DATASET_POINTING, self.pointing_path(run_dir, obs))
@@ -1706,15 +1946,8 @@ impl Stage for Mapmake {
                 };
                 c.input(DATASET_CALIBRATED, self.calibrated_path(run_dir, obs))
             }
-            MapUnit::Map => {
-                let dir = self.out_dir(run_dir);
-                let c = Connections::new().output(DATASET_MAP, dir.join("map_binned.fits"));
-                if self.config.destripe {
-                    c.output(DATASET_MAP, dir.join("map_destriped.fits"))
-                } else {
-                    c
-                }
-            }
+            MapUnit::Map => maps(self.out_dir(run_dir)),
+            MapUnit::Split { name } => maps(self.split_dir(run_dir, name)),
         }
     }
 }
@@ -1722,6 +1955,77 @@ impl Stage for Mapmake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn split_config(name: &str) -> SplitConfig {
+        SplitConfig {
+            name: name.into(),
+            observations: None,
+            obs_range: None,
+            half_mission: None,
+            detectors: None,
+            ranks: None,
+        }
+    }
+
+    #[test]
+    fn splits_select_observations_by_list_range_and_half_and_detectors_by_name() {
+        let obs = [7, 3, 5, 1, 9];
+        let dets = ["a", "b", "c"];
+        let set = |v: &[u32]| v.iter().copied().collect::<BTreeSet<u32>>();
+        let all = resolve_split(&split_config("all"), &obs, &dets).unwrap();
+        assert_eq!(all.observations, set(&[1, 3, 5, 7, 9]));
+        assert_eq!(all.detectors, None);
+        let half = |h| {
+            let c = SplitConfig {
+                half_mission: Some(h),
+                ..split_config("hm")
+            };
+            resolve_split(&c, &obs, &dets).map(|s| s.observations)
+        };
+        assert_eq!(
+            half(1).unwrap(),
+            set(&[1, 3, 5]),
+            "the odd one in the first half"
+        );
+        assert_eq!(half(2).unwrap(), set(&[7, 9]));
+        assert!(half(3).unwrap_err().contains("half_mission must be 1 or 2"));
+        let c = SplitConfig {
+            observations: Some(vec![9, 1, 5]),
+            obs_range: Some([2, 9]),
+            detectors: Some(vec!["c".into(), "a".into()]),
+            ranks: Some(2),
+            ..split_config("mixed_1")
+        };
+        let mixed = resolve_split(&c, &obs, &dets).unwrap();
+        assert_eq!(mixed.observations, set(&[5, 9]), "selectors intersect");
+        assert_eq!(
+            mixed.detectors,
+            Some(["a".to_string(), "c".to_string()].into_iter().collect())
+        );
+        assert_eq!(mixed.ranks, Some(2));
+        let error = |c: SplitConfig| resolve_split(&c, &obs, &dets).unwrap_err();
+        assert!(error(split_config("a/b")).contains("letters, digits"));
+        let unknown_obs = SplitConfig {
+            observations: Some(vec![4]),
+            ..split_config("x")
+        };
+        assert!(error(unknown_obs).contains("observation 4 is not in the observation list"));
+        let empty = SplitConfig {
+            obs_range: Some([10, 20]),
+            ..split_config("x")
+        };
+        assert!(error(empty).contains("'x': selects no observation"));
+        let unknown_det = SplitConfig {
+            detectors: Some(vec!["z".into()]),
+            ..split_config("x")
+        };
+        assert!(error(unknown_det).contains("detector 'z' is not in the focal plane"));
+        let no_ranks = SplitConfig {
+            ranks: Some(0),
+            ..split_config("x")
+        };
+        assert!(error(no_ranks).contains("ranks must be at least 1"));
+    }
 
     #[test]
     fn coarse_layout_fits_the_templates_under_the_cap() {

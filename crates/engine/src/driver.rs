@@ -12,6 +12,7 @@ use crate::protocol::{
     RankStats, TAG_TO_DISPATCHER, TAG_TO_WORKER, ToDispatcher, ToWorker, UnitReport,
 };
 use crate::report::{EXIT_CANNOT_START, RunSummary};
+use crate::reservation::Reservation;
 use crate::signals;
 use crate::stages::StageSet;
 use crate::state::{RunState, StateSetup};
@@ -248,13 +249,6 @@ pub(crate) fn worker(stages: &StageSet<'_>, comms: &Comms, base: &RankContext) -
     exit_code
 }
 
-/// Ranks being gathered for a multi-rank unit.
-struct Reservation {
-    index: usize,
-    attempt: u32,
-    members: Vec<usize>,
-}
-
 /// The dispatcher on rank 0's main thread: hands out work and passes reports to the run
 /// state; it owns the transport (who is idle, multi-rank reservations, messages).
 struct Dispatcher<'a> {
@@ -280,6 +274,8 @@ struct Dispatcher<'a> {
     busy_s: Vec<f64>,
     /// Per rank, units given to it.
     attempted: Vec<u64>,
+    /// Per rank, whether it is running a multi-rank unit.
+    in_multi: Vec<bool>,
 }
 
 impl Dispatcher<'_> {
@@ -313,8 +309,9 @@ impl Dispatcher<'_> {
         let may_join = rank != 0 || self.local_joins_multi;
         if let Some(reservation) = &mut self.reservation
             && may_join
+            && reservation.admits(rank)
         {
-            reservation.members.push(rank);
+            reservation.join(rank);
             self.launch_if_complete();
             return;
         }
@@ -327,11 +324,18 @@ impl Dispatcher<'_> {
                 self.send(rank, ToWorker::Work(assignments));
             }
             Next::Multi(index, attempt) if may_join && self.reservation.is_none() => {
-                self.reservation = Some(Reservation {
+                let preferred = self.state.preferred_ranks(index);
+                let local_joins_multi = self.local_joins_multi;
+                let in_multi = &self.in_multi;
+                self.reservation = Some(Reservation::new(
                     index,
                     attempt,
-                    members: vec![rank],
-                });
+                    self.state.graph.ranks_of(index),
+                    &preferred,
+                    |r| (r != 0 || local_joins_multi) && !in_multi[r],
+                ));
+                // This rank and the parked ones join if admitted, or take other work.
+                self.idle.push(rank);
                 for other in std::mem::take(&mut self.idle) {
                     self.serve(other);
                 }
@@ -349,7 +353,7 @@ impl Dispatcher<'_> {
         let Some(reservation) = &self.reservation else {
             return;
         };
-        if reservation.members.len() < self.state.graph.ranks_of(reservation.index) {
+        if !reservation.is_complete() {
             return;
         }
         let reservation = self.reservation.take().expect("checked");
@@ -360,6 +364,7 @@ impl Dispatcher<'_> {
         tracing::debug!(unit = %self.state.plan.label(self.state.stages, reservation.index), ?members, "starting a multi-rank unit");
         for &rank in &members {
             self.state.graph.start_on(rank as usize);
+            self.in_multi[rank as usize] = true;
             let assignment = self
                 .state
                 .assignment(reservation.index, reservation.attempt);
@@ -468,6 +473,7 @@ impl Dispatcher<'_> {
         if let Some(since) = self.busy_since[rank].take() {
             self.busy_s[rank] += since.elapsed().as_secs_f64();
         }
+        self.in_multi[rank] = false;
         for report in reports {
             self.last_result = Some(Instant::now());
             self.state.report(rank, report);
@@ -602,6 +608,7 @@ pub(crate) fn dispatcher(
             busy_since: vec![None; size],
             busy_s: vec![0.0; size],
             attempted: vec![0; size],
+            in_multi: vec![false; size],
         };
         d.check_ledger();
         let loop_start = Instant::now();

@@ -43,6 +43,7 @@ mod options;
 mod plan;
 mod protocol;
 mod report;
+mod reservation;
 mod signals;
 mod stages;
 mod state;

@@ -33,6 +33,8 @@ pub(crate) struct Plan {
     pub ranks: Vec<usize>,
     /// Whether each one runs after failed inputs too.
     pub tolerant: Vec<bool>,
+    /// Indices of the units whose ranks each one prefers (its stage's affinity hint).
+    pub affinity: Vec<Vec<usize>>,
     /// Declared files of each unit.
     pub connections: Vec<Connections>,
     /// Index of each (instance, ID).
@@ -107,15 +109,16 @@ impl Plan {
             self.ranks.push(ranks);
             self.tolerant.push(p.tolerate_failed_inputs);
             self.after.push(Vec::new());
+            self.affinity.push(Vec::new());
             self.needs.push(Vec::new());
             self.connections.push(connections);
             self.units.push(ErasedUnit {
                 instance: inst,
                 bytes: p.unit,
             });
-            fresh.push(p.after);
+            fresh.push((p.after, p.affinity));
         }
-        for (k, after) in fresh.into_iter().enumerate() {
+        for (k, (after, affinity)) in fresh.into_iter().enumerate() {
             let i = first + k;
             let mut deps = Vec::with_capacity(after.len());
             for a in after {
@@ -138,6 +141,22 @@ impl Plan {
             deps.sort_unstable();
             deps.dedup();
             self.after[i] = deps;
+            let mut preferred = Vec::with_capacity(affinity.len());
+            for a in affinity {
+                match self.index.get(&(inst, a.clone())) {
+                    Some(&d) => preferred.push(d),
+                    None => {
+                        let id = self.ids[i].clone();
+                        self.rollback(first);
+                        return Err(format!(
+                            "{stage}: unit {id} prefers the ranks of unit {a}, which is not in the plan"
+                        ));
+                    }
+                }
+            }
+            preferred.sort_unstable();
+            preferred.dedup();
+            self.affinity[i] = preferred;
         }
         Ok((first..self.units.len()).collect())
     }
@@ -241,6 +260,7 @@ impl Plan {
         self.units.truncate(len);
         self.hints.truncate(len);
         self.after.truncate(len);
+        self.affinity.truncate(len);
         self.needs.truncate(len);
         self.ranks.truncate(len);
         self.tolerant.truncate(len);
@@ -414,6 +434,7 @@ mod tests {
                     after: p.after,
                     ranks: p.ranks,
                     tolerate_failed_inputs: p.tolerate_failed_inputs,
+                    affinity: p.affinity,
                 },
             })
             .collect()

@@ -52,6 +52,7 @@ fn erase<S: Stage>(stage: &S, p: PlannedUnit<S::Unit>, run_dir: &Path) -> Erased
             after: p.after,
             ranks: p.ranks,
             tolerate_failed_inputs: p.tolerate_failed_inputs,
+            affinity: p.affinity,
         },
     }
 }

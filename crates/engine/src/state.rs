@@ -36,6 +36,8 @@ pub(crate) struct RunState<'a> {
     outcomes: Vec<Option<OutcomeKind>>,
     /// Units that run after each unit and have not ended yet.
     consumers_left: Vec<usize>,
+    /// Ranks that ran each unit done in this invocation (for multi-rank units' affinity).
+    ran_on: HashMap<usize, Vec<usize>>,
     /// Reports of multi-rank units whose ranks have not all reported, with their ranks.
     parts: HashMap<usize, Vec<(usize, UnitReport)>>,
     /// Memory limits of the attempts so far, per unit (isolated units only).
@@ -119,6 +121,7 @@ impl<'a> RunState<'a> {
             values: vec![None; n],
             outcomes: vec![None; n],
             consumers_left: vec![0; n],
+            ran_on: HashMap::new(),
             parts: HashMap::new(),
             memory_limits: HashMap::new(),
             retried: HashMap::new(),
@@ -254,6 +257,20 @@ impl<'a> RunState<'a> {
         }
     }
 
+    /// The ranks unit `index` prefers, most preferred first: those that ran its affinity units
+    /// in this invocation, by how many of them each ran (ties by rank number).
+    pub fn preferred_ranks(&self, index: usize) -> Vec<usize> {
+        let mut counts: HashMap<usize, usize> = HashMap::new();
+        for unit in &self.plan.affinity[index] {
+            for &rank in self.ran_on.get(unit).into_iter().flatten() {
+                *counts.entry(rank).or_default() += 1;
+            }
+        }
+        let mut ranked: Vec<(usize, usize)> = counts.into_iter().collect();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.into_iter().map(|(rank, _)| rank).collect()
+    }
+
     /// Records the final attempt of a unit, or schedules a retry.
     fn record(&mut self, rank: usize, ranks: Vec<usize>, report: UnitReport) {
         let index = report.index as usize;
@@ -282,6 +299,14 @@ impl<'a> RunState<'a> {
             Err(f) => (OutcomeKind::from(f.kind), Some(f.message)),
         };
         let success = outcome.is_success();
+        if success {
+            let ran = if ranks.is_empty() {
+                vec![rank]
+            } else {
+                ranks.clone()
+            };
+            self.ran_on.insert(index, ran);
+        }
         let value = report.value.filter(|_| success);
         let mut record = self.new_record(index, outcome, message);
         record.attempts = report.attempt;
@@ -666,5 +691,103 @@ mod tests {
         assert_eq!(r.started, Some(100.0));
         assert!((r.elapsed_s - 3.0).abs() < 1e-12, "first start to last end");
         assert_eq!(r.value.as_deref(), Some("Bw=="), "rank 0's value");
+    }
+
+    /// Four one-rank units, then two two-rank units each preferring the ranks of some of them.
+    struct Affine;
+
+    impl skypipe_stage::Stage for Affine {
+        type Unit = crate::testutil::U;
+        fn name(&self) -> &'static str {
+            "affine"
+        }
+        fn config_fingerprint(&self) -> String {
+            "fp".into()
+        }
+        fn plan(
+            &self,
+        ) -> Result<Vec<skypipe_stage::PlannedUnit<Self::Unit>>, skypipe_stage::PlanError> {
+            use crate::testutil::U;
+            use skypipe_stage::{PlannedUnit, WorkUnit};
+            let mut plan: Vec<_> = (0..4).map(|i| PlannedUnit::new(U(i))).collect();
+            let ids = |units: &[u32]| units.iter().map(|&i| U(i).id()).collect::<Vec<_>>();
+            plan.push(
+                PlannedUnit::new(U(10))
+                    .after(ids(&[0, 1, 2, 3]))
+                    .prefer_ranks_of(ids(&[0, 1, 2]))
+                    .on_ranks(2),
+            );
+            plan.push(
+                PlannedUnit::new(U(11))
+                    .after(ids(&[0, 1, 2, 3]))
+                    .prefer_ranks_of(ids(&[3]))
+                    .on_ranks(2),
+            );
+            Ok(plan)
+        }
+        fn run(
+            &self,
+            _: &Self::Unit,
+            _: &skypipe_stage::UnitContext,
+        ) -> Result<Outcome, UnitFailure> {
+            Ok(Outcome::Done)
+        }
+    }
+
+    #[test]
+    fn a_multi_rank_unit_prefers_the_ranks_that_ran_its_affinity_units() {
+        use crate::reservation::Reservation;
+        let dir = tempfile::tempdir().unwrap();
+        let stages = StageSet::single(&Affine);
+        let plan = plan_stages(&stages, dir.path(), 4).unwrap();
+        let ledgers = vec![
+            Ledger::open(
+                dir.path(),
+                "affine",
+                "fp",
+                false,
+                false,
+                Duration::from_secs(60),
+            )
+            .unwrap(),
+        ];
+        let setup = StateSetup {
+            size: 4,
+            schedule: Schedule::Dynamic,
+            max_batch: 1,
+            retry_failed: false,
+            verify: true,
+            max_retries: 0,
+            isolation: None,
+        };
+        let mut s = RunState::new(&stages, plan, ledgers, setup).unwrap();
+        // Units 0 and 1 run on rank 2, unit 2 on rank 1, unit 3 on rank 0.
+        for (unit, rank) in [(0, 2), (1, 2), (2, 1), (3, 0)] {
+            let (index, attempt) = take_one(&mut s, rank);
+            assert_eq!(index, unit, "plan order");
+            s.report(rank, report(index, attempt, Ok(Outcome::Done)));
+        }
+        assert_eq!(
+            s.preferred_ranks(4),
+            vec![2, 1],
+            "most affinity units first"
+        );
+        assert_eq!(s.preferred_ranks(5), vec![0]);
+        // Ranks become free in the order 3, 0, 1, 2: the first unit keeps its seats for 2 and
+        // 1, so 3 and 0 take the second one, whose preferred rank 0 is among them.
+        let mut first = Reservation::new(4, 1, 2, &s.preferred_ranks(4), |_| true);
+        let mut second = Reservation::new(5, 1, 2, &s.preferred_ranks(5), |_| true);
+        for rank in [3, 0, 1, 2] {
+            if first.admits(rank) {
+                first.join(rank);
+            } else {
+                assert!(second.admits(rank), "rank {rank} has a seat somewhere");
+                second.join(rank);
+            }
+        }
+        assert!(first.is_complete() && second.is_complete());
+        first.members.sort_unstable();
+        second.members.sort_unstable();
+        assert_eq!((first.members, second.members), (vec![1, 2], vec![0, 3]));
     }
 }

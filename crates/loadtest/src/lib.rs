@@ -8,7 +8,8 @@
 //! their durations (a scatter/gather over that subset); with `follow_up`, every task gets a
 //! second-phase unit that runs after its group's gather and uses its result
 //! (scatter-gather-scatter); with `collective_ranks = k`, one unit runs on k ranks at once and
-//! checks an all-reduce over exactly those ranks.
+//! checks an all-reduce over exactly those ranks (with `collective_affinity_group = G`, after
+//! group G's tasks and preferring the ranks that ran them).
 
 mod workload;
 
@@ -55,6 +56,9 @@ pub struct LoadtestConfig {
     pub follow_up: bool,
     /// Add one unit (`collective=1`) that runs on this many ranks at once; 0 (default) for none.
     pub collective_ranks: usize,
+    /// The collective unit runs after this group's tasks and prefers the ranks that ran them
+    /// (rank affinity). Default none.
+    pub collective_affinity_group: Option<i64>,
     /// Failures to inject.
     pub inject: Injection,
 }
@@ -69,6 +73,7 @@ impl Default for LoadtestConfig {
             gather: false,
             follow_up: false,
             collective_ranks: 0,
+            collective_affinity_group: None,
             inject: Injection::default(),
         }
     }
@@ -417,7 +422,7 @@ impl Stage for Loadtest {
     fn config_fingerprint(&self) -> String {
         let content = std::fs::read(&self.config.workload).unwrap_or_default();
         let c = &self.config;
-        fingerprint_of(&(
+        let fingerprint = fingerprint_of(&(
             c.time_scale,
             c.write_outputs,
             c.gather,
@@ -425,7 +430,11 @@ impl Stage for Loadtest {
             c.collective_ranks,
             &c.inject,
             fingerprint_of(&content),
-        ))
+        ));
+        match c.collective_affinity_group {
+            Some(group) => fingerprint_of(&(fingerprint, group)),
+            None => fingerprint,
+        }
     }
 
     fn plan(&self) -> Result<Vec<PlannedUnit<LoadUnit>>, PlanError> {
@@ -460,7 +469,16 @@ impl Stage for Loadtest {
         }
         if self.config.collective_ranks > 0 {
             let ranks = self.config.collective_ranks;
-            plan.push(PlannedUnit::new(LoadUnit::Collective { ranks }).on_ranks(ranks));
+            let mut unit = PlannedUnit::new(LoadUnit::Collective { ranks }).on_ranks(ranks);
+            if let Some(group) = self.config.collective_affinity_group {
+                let members: Vec<UnitId> = tasks
+                    .iter()
+                    .filter(|t| t.group == group)
+                    .map(|t| t.id())
+                    .collect();
+                unit = unit.after(members.clone()).prefer_ranks_of(members);
+            }
+            plan.push(unit);
         }
         Ok(plan)
     }

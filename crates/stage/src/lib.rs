@@ -105,6 +105,11 @@ pub struct PlannedUnit<U> {
     /// work with the members that succeeded (a visit's registry rows without a broken CCD).
     /// Failed inputs appear in [`UnitContext::inputs`] with their outcome and no value.
     pub tolerate_failed_inputs: bool,
+    /// Units whose ranks a multi-rank unit prefers (default none): when the engine gathers
+    /// ranks for it, the ranks that ran the most of these units in this invocation come first
+    /// (they may still hold those units' data in memory). A hint only: the stage never learns
+    /// which ranks ran what, and a unit whose preferred ranks are taken runs elsewhere.
+    pub affinity: Vec<UnitId>,
 }
 
 impl<U> PlannedUnit<U> {
@@ -116,6 +121,7 @@ impl<U> PlannedUnit<U> {
             after: Vec::new(),
             ranks: 1,
             tolerate_failed_inputs: false,
+            affinity: Vec::new(),
         }
     }
 
@@ -141,6 +147,12 @@ impl<U> PlannedUnit<U> {
     /// the job holds (a map made from every observation). Run alone (`--unit`), it runs on one.
     pub fn on_all_ranks(mut self) -> Self {
         self.ranks = ALL_RANKS;
+        self
+    }
+
+    /// Prefers the ranks that ran these units (see [`PlannedUnit::affinity`]).
+    pub fn prefer_ranks_of(mut self, units: impl IntoIterator<Item = UnitId>) -> Self {
+        self.affinity.extend(units);
         self
     }
 
