@@ -165,9 +165,9 @@ pub fn prepare(
         height,
         mask_plane.iter().map(|&b| b & keep).collect::<Vec<u32>>(),
     );
-    for k in 0..width * height {
+    for (k, &bits) in mask_plane.iter().enumerate() {
         let usable = img.data[k].is_finite() && var.data[k].is_finite() && var.data[k] > 0.0;
-        if !usable || mask_plane[k] & no_data_bit != 0 {
+        if !usable || bits & no_data_bit != 0 {
             img.data[k] = 0.0;
             var.data[k] = f32::MAX.sqrt();
             m.data[k] |= mask::BAD;

@@ -233,7 +233,7 @@ pub fn write_catalog(
         cards.push(Card::int(key, i64::from(bit), what));
     }
     let mut w = FitsWriter::create(path, durable, None)?;
-    w.primary_keys(&extra.to_vec())?;
+    w.primary_keys(extra)?;
     w.table(TABLE, &columns, &cards)?;
     w.table(
         "MISSING",

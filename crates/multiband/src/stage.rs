@@ -719,13 +719,10 @@ impl Multiband {
         let mut catalog = Catalog::default();
         let mut missing = Vec::new();
         let mut zero_point = f64::NAN;
+        let decoded: BTreeMap<UnitId, MultibandValue> = values(ctx)?.into_iter().collect();
         for input in ctx.inputs() {
             let patch = input.unit.get("patch").unwrap_or("?").to_string();
-            let value = match &input.value {
-                Some(bytes) if input.outcome.is_success() => postcard_value(bytes, &input.unit)?,
-                _ => None,
-            };
-            let Some(MultibandValue::Patch { path, .. }) = value else {
+            let Some(MultibandValue::Patch { path, .. }) = decoded.get(&input.unit) else {
                 missing.push(Missing {
                     patch,
                     band: "*".into(),
@@ -733,7 +730,7 @@ impl Multiband {
                 });
                 continue;
             };
-            let file = ctx.run_dir.join(&path);
+            let file = ctx.run_dir.join(path);
             let (c, m) = output::read_catalog(&file).map_err(failure)?;
             zero_point = skypipe_io::fits::FitsReader::open(&file)
                 .and_then(|mut r| r.key_f64(skypipe_io::fits::Hdu::Name("OBJECTS"), "MAGZERO"))
@@ -753,15 +750,6 @@ impl Multiband {
         .map_err(failure)?;
         Ok(Outcome::Done)
     }
-}
-
-fn postcard_value(bytes: &[u8], unit: &UnitId) -> Result<Option<MultibandValue>, UnitFailure> {
-    let ctx = UnitContext::new(0, ".", 0, false).with_inputs(vec![skypipe_stage::Input {
-        unit: unit.clone(),
-        outcome: OutcomeKind::Done,
-        value: Some(bytes.to_vec()),
-    }]);
-    Ok(values(&ctx)?.into_iter().next().map(|(_, v)| v))
 }
 
 impl Stage for Multiband {
@@ -886,7 +874,7 @@ impl Stage for Multiband {
         let pixels = side * side;
         Some(match unit {
             MultibandUnit::Measure { .. } | MultibandUnit::Forced { .. } => {
-                64 + (40 * pixels >> 20)
+                64 + ((40 * pixels) >> 20)
             }
             MultibandUnit::MergeDetections { inputs, .. } => 64 + 16 * inputs.len() as u64,
             MultibandUnit::MergeMeasurements { .. } | MultibandUnit::PatchCatalog { .. } => 128,
