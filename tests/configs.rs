@@ -24,6 +24,7 @@ use skypipe_coadd::{Coadd, CoaddFile};
 use skypipe_engine::{ChainFile, RunOptions, load_config};
 use skypipe_loadtest::{Loadtest, LoadtestFile, Workload};
 use skypipe_mosaic::{Mosaic, MosaicConfig, MosaicFile};
+use skypipe_multiband::{Multiband, MultibandFile};
 use skypipe_optical::singleframe::{Singleframe, SingleframeFile};
 use skypipe_slurm_scripts::SlurmFile;
 use std::collections::BTreeSet;
@@ -40,13 +41,14 @@ enum Reader {
     Singleframe,
     Coadd,
     Mosaic,
+    Multiband,
     Chain,
     Slurm,
 }
 
 /// File-name stems (exact, or followed by `-`) and the binary that reads them. Every binary
 /// with a configuration file ships at least one example.
-const READERS: [(&str, Reader); 10] = [
+const READERS: [(&str, Reader); 11] = [
     ("sim-cmb", Reader::SimCmb),
     ("loadtest", Reader::Loadtest),
     ("pointing", Reader::Pointing),
@@ -55,6 +57,7 @@ const READERS: [(&str, Reader); 10] = [
     ("singleframe", Reader::Singleframe),
     ("coadd", Reader::Coadd),
     ("mosaic", Reader::Mosaic),
+    ("multiband", Reader::Multiband),
     ("chain", Reader::Chain),
     ("slurm", Reader::Slurm),
 ];
@@ -154,6 +157,10 @@ fn check(path: &Path, reader: Reader, observations: &Path) -> Result<(), String>
         Reader::Coadd => {
             let file = parse(path, |f: &CoaddFile<RunOptions>| &f.run)?;
             Coadd::new(file.coadd, file.run.dir.as_deref())?;
+        }
+        Reader::Multiband => {
+            let file = parse(path, |f: &MultibandFile<RunOptions>| &f.run)?;
+            Multiband::new(file.multiband, file.run.dir.as_deref())?;
         }
         Reader::Mosaic => {
             let mut file = parse(path, |f: &MosaicFile<RunOptions>| &f.run)?;

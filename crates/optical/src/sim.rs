@@ -68,7 +68,14 @@ pub struct SimArgs {
     /// bias holds only the bias structure (overscan-subtracted, zero level).
     #[arg(long, value_name = "COLS", default_value_t = 0)]
     pub overscan: usize,
+    /// Extra bright stars (r from 18 to 19) absent in the first band (magnitude
+    /// [`DROPOUT_MAG`] there), for forced photometry; left out of the reference catalogue.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub dropouts: usize,
 }
+
+/// The first-band magnitude of a dropout star (its flux there is below 10⁻²⁷ e-).
+pub const DROPOUT_MAG: f64 = 99.0;
 
 /// Options of the data set beyond size and seed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,6 +88,9 @@ pub struct DataSetOptions {
     pub amplifiers: usize,
     /// Overscan columns per amplifier (default 0).
     pub overscan: usize,
+    /// Extra stars absent in the first band (default 0; drawn from their own generator, so the
+    /// other objects do not change).
+    pub dropouts: usize,
 }
 
 impl Default for DataSetOptions {
@@ -90,6 +100,7 @@ impl Default for DataSetOptions {
             reference_noise_mas: 20.0,
             amplifiers: 1,
             overscan: 0,
+            dropouts: 0,
         }
     }
 }
@@ -711,7 +722,7 @@ fn power_law_mag(rng: &mut ChaCha8Rng, lo: f64, hi: f64, slope: f64) -> f64 {
     (a + u * (b - a)).log10() / slope
 }
 
-fn sky_objects(s: &Survey, rng: &mut ChaCha8Rng) -> Vec<SkyObject> {
+fn sky_objects(s: &Survey, rng: &mut ChaCha8Rng, dropouts: usize, seed: u64) -> Vec<SkyObject> {
     let fp_w = s.ccd_cols as f64 * s.width as f64 + (s.ccd_cols - 1) as f64 * GAP;
     let fp_h = s.ccd_rows as f64 * s.height as f64 + (s.ccd_rows - 1) as f64 * GAP;
     let margin = 300.0;
@@ -809,6 +820,25 @@ fn sky_objects(s: &Survey, rng: &mut ChaCha8Rng) -> Vec<SkyObject> {
             pair: -1,
         });
     }
+    // Dropouts: their own generator, so that the objects above do not depend on their number.
+    let mut drng = ChaCha8Rng::seed_from_u64(seed ^ 0xd20b_0075);
+    for _ in 0..dropouts {
+        let id = out.len() as i64;
+        let m = drng.random_range(18.0..19.0);
+        let mut mags = color(&mut drng, m);
+        mags[0] = DROPOUT_MAG;
+        out.push(SkyObject {
+            id,
+            ra: FIELD.0 + drng.random_range(-hw..hw) / cosd,
+            dec: FIELD.1 + drng.random_range(-hh..hh),
+            mags,
+            kind: Kind::Star,
+            size: 0.0,
+            q: 1.0,
+            theta: 0.0,
+            pair: -1,
+        });
+    }
     out
 }
 
@@ -827,7 +857,7 @@ pub fn write_data_set_with(
     let wcs_error = options.wcs_error;
     let s = survey(size);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let objects = sky_objects(&s, &mut rng);
+    let objects = sky_objects(&s, &mut rng, options.dropouts, seed);
     let nccd = s.ccd_cols * s.ccd_rows;
     let nb = s.bands.len();
     let gain = 1.5;
@@ -837,7 +867,7 @@ pub fn write_data_set_with(
     // Reference catalogue: stars brighter than r = 21.5, positions with the configured noise.
     let stars: Vec<&SkyObject> = objects
         .iter()
-        .filter(|o| o.kind == Kind::Star && o.mags[1.min(nb - 1)] < 21.5)
+        .filter(|o| o.kind == Kind::Star && o.mags[1.min(nb - 1)] < 21.5 && o.mags[0] < DROPOUT_MAG)
         .collect();
     let cosd = FIELD.1.to_radians().cos();
     let noise = options.reference_noise_mas / 1000.0 / 3600.0;
@@ -1173,6 +1203,7 @@ pub fn run(args: &SimArgs) -> u8 {
         reference_noise_mas: args.reference_noise_mas,
         amplifiers: args.amplifiers,
         overscan: args.overscan,
+        dropouts: args.dropouts,
     };
     if !(1..=2).contains(&options.amplifiers) {
         eprintln!("error: --amplifiers must be 1 or 2");

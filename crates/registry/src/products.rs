@@ -651,6 +651,33 @@ impl Registry {
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
+    /// Every coadd row, ordered by (tract, patch, band).
+    pub fn all_coadds(&self) -> Result<Vec<CoaddRecord>, RegistryError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT tract, patch_x, patch_y, band, path, inputs, depth FROM coadd
+                 ORDER BY tract, patch_x, patch_y, band",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(CoaddRecord {
+                    patch: PatchId {
+                        tract: r.get(0)?,
+                        x: r.get(1)?,
+                        y: r.get(2)?,
+                    },
+                    band: r.get(3)?,
+                    path: PathBuf::from(r.get::<_, String>(4)?),
+                    inputs: r.get(5)?,
+                    depth: r.get(6)?,
+                })
+            })
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
     /// Records multiband catalogues in one transaction (replacing earlier rows for the patch).
     pub fn record_multiband(&mut self, rows: &[MultibandRecord]) -> Result<(), RegistryError> {
         let map = self.require_skymap()?;

@@ -964,6 +964,7 @@ fn skymap_and_patch_products_round_trip() {
     };
     reg.record_coadds(std::slice::from_ref(&coadd)).unwrap();
     assert_eq!(reg.coadds(patch).unwrap(), vec![coadd.clone()]);
+    assert_eq!(reg.all_coadds().unwrap(), vec![coadd.clone()]);
     let cat = MultibandRecord {
         patch,
         path: "multiband/3-1-2.fits".into(),
