@@ -73,8 +73,12 @@ rm -rf "$img_data" "$img_run"
 target/release/skypipe-sim image --size tiny --out "$img_data"
 target/release/skypipe-ingest --input "$img_data/units.json" --run-dir "$img_run"
 # configs/chain-imaging.toml with the demo's data paths: a patch's warps start as soon as the
-# CCDs overlapping it are registered, while other CCDs are still being processed.
-sed -e "s|data/image|$img_data|g" configs/chain-imaging.toml > "$img_data/chain.toml"
+# CCDs overlapping it are registered, while other CCDs are still being processed. The tiny
+# camera has too few stars per CCD for the joint astrometric solution, so the demo's coadds
+# use single-frame WCS (no mosaic stage).
+sed -e "s|data/image|$img_data|g" -e 's/^stages = \["singleframe", "mosaic", "coadd"\]/stages = ["singleframe", "coadd"]/' \
+  -e 's/^wcs = "mosaic"/wcs = "singleframe"/' configs/chain-imaging.toml |
+  awk '/^\[/ { skip = ($0 ~ /^\[mosaic[].]/) } !skip' > "$img_data/chain.toml"
 "${mpirun[@]}" target/release/skypipe-run --config "$img_data/chain.toml" --run-dir "$img_run"
 echo
 echo "== 8. skypipe-status $img_run"
