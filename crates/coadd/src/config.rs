@@ -25,8 +25,33 @@ pub enum WcsSource {
     /// The registry's fitted WCS of the CCD, or its calexp's header WCS when uncalibrated.
     #[default]
     Singleframe,
-    /// The registry's `mosaic_wcs` row of the CCD in the patch's tract (`skypipe-mosaic`).
+    /// The registry's `mosaic_wcs` row of the CCD in the patch's tract (`skypipe-mosaic`); a CCD
+    /// the mosaic left unsolved (too few stars) keeps its single-frame WCS, flagged in the warp
+    /// (`WCSSRC`) and the coadd (`INWCSn`, `NWCSFALL`).
     Mosaic,
+}
+
+/// The WCS a warp was actually made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WcsUsed {
+    /// The single-frame WCS, as configured (`wcs = "singleframe"`).
+    Singleframe,
+    /// Mosaic's corrected WCS.
+    Mosaic,
+    /// The single-frame WCS because the mosaic of the tract left the CCD unsolved
+    /// (`wcs = "mosaic"`).
+    SingleframeFallback,
+}
+
+impl WcsUsed {
+    /// The FITS card value (`WCSSRC`, `INWCSn`).
+    pub fn card_value(self) -> &'static str {
+        match self {
+            WcsUsed::Singleframe => "singleframe",
+            WcsUsed::Mosaic => "mosaic",
+            WcsUsed::SingleframeFallback => "singleframe-fallback",
+        }
+    }
 }
 
 /// What a warp does with a CCD that has no zero point in the registry.

@@ -2,6 +2,7 @@
 //! patch WCS), the quicklook PNG and the coadd catalogue. Formats: `docs/formats.md`, `## Coadd`.
 //! Every write goes through a temporary name (atomic); every error names the file.
 
+use crate::config::WcsUsed;
 use crate::detect::{CoaddPlanes, Detection};
 use crate::patch::{PatchGrid, PatchKey};
 use crate::stage::{WarpUnit, mask as coadd_mask};
@@ -186,6 +187,8 @@ pub struct WarpMeta<'a> {
     pub coarse_step: usize,
     /// PSF FWHM of the CCD, pixels.
     pub psf_fwhm: f64,
+    /// The WCS the CCD was warped with.
+    pub wcs: WcsUsed,
 }
 
 /// Writes a warp.
@@ -230,6 +233,11 @@ pub fn write_warp(
         ),
         Card::real("PSFFWHM", meta.psf_fwhm, "[pix] PSF FWHM of the input CCD"),
         Card::text("RESAMPLE", "LANCZOS3", "resampling kernel"),
+        Card::text(
+            "WCSSRC",
+            meta.wcs.card_value(),
+            "WCS the CCD was warped with",
+        ),
     ]);
     w.primary_keys(&cards)?;
     write_planes(&mut w, grid, &warped.image, &warped.variance, &warped.mask)?;
@@ -264,6 +272,8 @@ pub struct InputMeta {
     pub weight: f64,
     /// Flux scale applied to it.
     pub flux_scale: f64,
+    /// The WCS it was warped with.
+    pub wcs: WcsUsed,
 }
 
 /// Header values of a coadd.
@@ -307,6 +317,14 @@ pub fn write_coadd(
         ),
         Card::real("DEPTH", meta.depth, "[mag] 5 sigma point-source depth"),
         Card::int("NINPUTS", meta.inputs.len() as i64, "warps combined"),
+        Card::int(
+            "NWCSFALL",
+            meta.inputs
+                .iter()
+                .filter(|i| i.wcs == WcsUsed::SingleframeFallback)
+                .count() as i64,
+            "inputs warped with single-frame WCS (mosaic unsolved)",
+        ),
     ]);
     for (k, i) in meta.inputs.iter().enumerate() {
         let n = k + 1;
@@ -315,6 +333,7 @@ pub fn write_coadd(
             Card::int(&format!("INCCD{n}"), i64::from(i.ccd), "input CCD"),
             Card::real(&format!("INWGT{n}"), i.weight, "input weight"),
             Card::real(&format!("INSCL{n}"), i.flux_scale, "input flux scale"),
+            Card::text(&format!("INWCS{n}"), i.wcs.card_value(), "input WCS source"),
         ]);
     }
     w.primary_keys(&cards)?;

@@ -1,7 +1,7 @@
 //! The `coadd` stage: units, planning from the registry, connections, and the three unit
 //! kinds (warp, coadd, detect).
 
-use crate::config::{CoaddConfig, MissingZeroPoint, WcsSource};
+use crate::config::{CoaddConfig, MissingZeroPoint, WcsSource, WcsUsed};
 use crate::kernels::{self, ClipParams, StackInput};
 use crate::output::{self, CoaddError};
 use crate::patch::{PatchGrid, PatchKey};
@@ -10,7 +10,7 @@ use skypipe_core::warp::{self, CoarseMap, FluxScaling, Source, WarpParams};
 use skypipe_optical::singleframe::{
     DATASET_CALEXP, DATASET_REGISTERED, output_paths, registered_path,
 };
-use skypipe_registry::{CoaddRecord, Registry, SkyMap, SkyPoint, WarpRecord};
+use skypipe_registry::{CcdRecord, CoaddRecord, Registry, SkyMap, SkyPoint, WarpRecord};
 use skypipe_stage::{
     Connections, FailureKind, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure,
     UnitId, WorkUnit, fingerprint_of,
@@ -116,6 +116,8 @@ pub struct WarpValue {
     pub flux_scale: f64,
     /// PSF FWHM of the CCD, pixels (registry).
     pub psf_fwhm: f64,
+    /// The WCS the warp was made with.
+    pub wcs: WcsUsed,
 }
 
 /// What a coadd unit hands to its detect unit.
@@ -321,6 +323,25 @@ impl Coadd {
         Ok(warps)
     }
 
+    /// The CCD's single-frame WCS: the registry's fitted WCS, or its calexp's header WCS when
+    /// single-frame processing did not calibrate it.
+    fn singleframe_wcs(&self, w: &WarpUnit, rec: &CcdRecord) -> Result<Wcs, UnitFailure> {
+        match &rec.calibration {
+            Some(c) => Wcs::from_header(
+                &format!(
+                    "{}: fitted WCS of visit {} ccd {}",
+                    self.registry.display(),
+                    w.visit,
+                    w.ccd
+                ),
+                &c.wcs,
+            )
+            .map_err(UnitFailure::bad_input),
+            None => skypipe_optical::wcs::read_hdu_wcs(&w.calexp, "IMAGE")
+                .map_err(UnitFailure::bad_input),
+        }
+    }
+
     fn run_warp(&self, w: &WarpUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
         let reg = Registry::open_read_only(&self.registry).map_err(UnitFailure::transient)?;
         let rec = reg
@@ -348,34 +369,14 @@ impl Coadd {
                 });
             }
         };
-        let wcs = match self.config.wcs {
-            WcsSource::Singleframe => match &rec.calibration {
-                Some(c) => Wcs::from_header(
-                    &format!(
-                        "{}: fitted WCS of visit {} ccd {}",
-                        self.registry.display(),
-                        w.visit,
-                        w.ccd
-                    ),
-                    &c.wcs,
-                )
-                .map_err(UnitFailure::bad_input)?,
-                None => skypipe_optical::wcs::read_hdu_wcs(&w.calexp, "IMAGE")
-                    .map_err(UnitFailure::bad_input)?,
-            },
-            WcsSource::Mosaic => {
-                let text = reg
-                    .mosaic_wcs(w.visit, w.ccd, w.patch.tract)
-                    .map_err(UnitFailure::transient)?
-                    .ok_or_else(|| {
-                        UnitFailure::bad_input(format!(
-                            "{}: no mosaic WCS for visit {} ccd {} in tract {} (run skypipe-mosaic)",
-                            self.registry.display(),
-                            w.visit,
-                            w.ccd,
-                            w.patch.tract
-                        ))
-                    })?;
+        let mosaic_text = match self.config.wcs {
+            WcsSource::Singleframe => None,
+            WcsSource::Mosaic => reg
+                .mosaic_wcs(w.visit, w.ccd, w.patch.tract)
+                .map_err(UnitFailure::transient)?,
+        };
+        let (wcs, wcs_used) = match (self.config.wcs, mosaic_text) {
+            (_, Some(text)) => (
                 Wcs::from_header(
                     &format!(
                         "{}: mosaic WCS of visit {} ccd {} in tract {}",
@@ -386,7 +387,23 @@ impl Coadd {
                     ),
                     &text,
                 )
-                .map_err(UnitFailure::bad_input)?
+                .map_err(UnitFailure::bad_input)?,
+                WcsUsed::Mosaic,
+            ),
+            (WcsSource::Singleframe, None) => {
+                (self.singleframe_wcs(w, &rec)?, WcsUsed::Singleframe)
+            }
+            (WcsSource::Mosaic, None) => {
+                // The warp ran after its tract's mosaic (a declared input), which recorded no
+                // corrected WCS for this CCD: it was left unsolved.
+                tracing::warn!(
+                    "visit {} ccd {}: the mosaic of tract {} left it unsolved; warping with its \
+                     single-frame WCS (WCSSRC = 'singleframe-fallback')",
+                    w.visit,
+                    w.ccd,
+                    w.patch.tract
+                );
+                (self.singleframe_wcs(w, &rec)?, WcsUsed::SingleframeFallback)
             }
         };
         drop(reg);
@@ -420,6 +437,7 @@ impl Coadd {
             interpolation_error,
             coarse_step: self.config.coarse_step,
             psf_fwhm: rec.psf_fwhm,
+            wcs: wcs_used,
         };
         output::write_warp(&ctx.run_dir.join(&rel), &grid, &warped, &meta, ctx.durable)
             .map_err(failure)?;
@@ -431,6 +449,7 @@ impl Coadd {
             weight,
             flux_scale,
             psf_fwhm: rec.psf_fwhm,
+            wcs: wcs_used,
         });
         Ok(Outcome::Done)
     }
@@ -508,6 +527,7 @@ impl Coadd {
                 ccd: v.ccd,
                 weight: v.weight,
                 flux_scale: v.flux_scale,
+                wcs: v.wcs,
             })
             .collect();
         let meta = output::CoaddMeta {
