@@ -432,3 +432,136 @@ fn singleframe_mosaic_and_coadd_chain_puts_stars_at_their_true_positions() {
     println!("header WCS: {n} bright coadd stars, median offset {header_median:.4}\"");
     assert!(header_median > 1.0, "{header_median}");
 }
+
+/// Every file under `dir` (recursively) whose name ends in `.fits`.
+fn fits_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(fits_files(&path));
+        } else if path.extension().is_some_and(|e| e == "fits") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// `(tract, visit, ccd)` of a warp from its path `coadd/warp/tTTTT/pXXX-YYY/vVVVV-cCC.fits`.
+fn warp_ids(path: &Path) -> (u32, u64, u32) {
+    let stem = path.file_stem().unwrap().to_str().unwrap();
+    let (v, c) = stem.split_once("-c").unwrap();
+    let tract_dir = path
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap();
+    let tract = tract_dir.to_str().unwrap()[1..].parse().unwrap();
+    (tract, v[1..].parse().unwrap(), c.parse().unwrap())
+}
+
+/// The tiny camera's CCDs hold 3–9 reference stars each: with `min_stars_per_ccd = 6` the
+/// mosaic solves some CCDs of a tract and leaves the others without a WCS. Coadd with
+/// `wcs = "mosaic"` still warps every CCD: a solved one with its mosaic WCS, an unsolved one
+/// with its single-frame WCS, flagged `WCSSRC = 'singleframe-fallback'` in the warp and
+/// counted in the coadd's `NWCSFALL` / `INWCSn`; no unit fails.
+#[test]
+fn a_ccd_the_mosaic_left_unsolved_is_warped_with_its_single_frame_wcs_and_flagged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = run(direct(
+        &bin("sim"),
+        &["image", "--out", data.to_str().unwrap(), "--size", "tiny"],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let run_dir = tmp.path().join("run");
+    let out = run(direct(
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-ingest")),
+        &[
+            "--input",
+            data.join("units.json").to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let reference = data.join("reference.fits");
+    let skymap = "rings = 359\npixel_scale = 0.2\npatch_size = 2000\nborder = 100\n";
+    let chain = tmp.path().join("chain.toml");
+    std::fs::write(
+        &chain,
+        format!(
+            "[run]\nfsync = false\n[chain]\nstages = [\"singleframe\", \"mosaic\", \"coadd\"]\n\
+             [singleframe]\ninput = {units:?}\n[singleframe.calibration]\nreference = {reference:?}\n\
+             [mosaic]\nreference = {reference:?}\nplan_margin_arcsec = 60.0\nmin_stars_per_ccd = 6\n\
+             [mosaic.skymap]\n{skymap}\
+             [coadd]\nwcs = \"mosaic\"\nzero_point = 27.0\nplan_margin_arcsec = 60.0\n\
+             [coadd.skymap]\n{skymap}",
+            units = data.join("units.json").to_str().unwrap(),
+            reference = reference.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let out = run(mpirun(
+        2,
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-run")),
+        &[
+            "--config",
+            chain.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    for stage in ["singleframe", "mosaic", "coadd"] {
+        for r in ledger(&run_dir, stage) {
+            let outcome = r["outcome"].as_str().unwrap();
+            assert!(outcome == "done" || outcome == "no-work", "{stage}: {r}");
+        }
+    }
+
+    let registry = Registry::open_read_only(run_dir.join("registry.sqlite3")).unwrap();
+    let (mut solved, mut fallback) = (0, 0);
+    for warp in fits_files(&run_dir.join("coadd/warp")) {
+        let (tract, visit, ccd) = warp_ids(&warp);
+        let source = FitsReader::open(&warp)
+            .unwrap()
+            .key_string(Hdu::Primary, "WCSSRC")
+            .unwrap();
+        let has_mosaic_wcs = registry.mosaic_wcs(visit, ccd, tract).unwrap().is_some();
+        let expected = if has_mosaic_wcs {
+            solved += 1;
+            "mosaic"
+        } else {
+            fallback += 1;
+            "singleframe-fallback"
+        };
+        assert_eq!(source, expected, "{}", warp.display());
+    }
+    println!("warps with the mosaic WCS: {solved}, with the single-frame fallback: {fallback}");
+    assert!(
+        solved > 0 && fallback > 0,
+        "{solved} solved, {fallback} fallback"
+    );
+
+    let mut flagged_in_coadds = 0;
+    for coadd in fits_files(&run_dir.join("coadd/coadd")) {
+        let mut r = FitsReader::open(&coadd).unwrap();
+        let inputs = r.key_i64(Hdu::Primary, "NINPUTS").unwrap();
+        let flagged = (1..=inputs)
+            .filter(|n| {
+                r.key_string(Hdu::Primary, &format!("INWCS{n}")).unwrap() == "singleframe-fallback"
+            })
+            .count() as i64;
+        assert_eq!(
+            r.key_i64(Hdu::Primary, "NWCSFALL").unwrap(),
+            flagged,
+            "{}",
+            coadd.display()
+        );
+        flagged_in_coadds += flagged;
+    }
+    assert!(flagged_in_coadds > 0);
+}

@@ -171,6 +171,23 @@ fn multiband_catalogues_of_the_tiny_field() {
         "temporaries left"
     );
 
+    // No barrier between phases: some patch's measurement is recorded before another patch's
+    // merged detections (ledger sequence numbers are the order in which units ended).
+    let seq_of = |step: &str| -> Vec<u64> {
+        ledger(&run_dir, "multiband")
+            .iter()
+            .filter(|r| r["unit"].as_str().unwrap().ends_with(step))
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let merges = seq_of("step=merge-detections");
+    let first_measure = seq_of("step=measure").into_iter().min().unwrap();
+    assert!(merges.len() >= 3, "{merges:?}");
+    assert!(
+        first_measure < merges.into_iter().max().unwrap(),
+        "every merge-detections unit ended before the first measure: a barrier"
+    );
+
     // Registry rows: one per patch, with its object count.
     let reg = Registry::open_read_only(&registry).unwrap();
     let mut patches: Vec<PatchId> = reg.all_coadds().unwrap().iter().map(|c| c.patch).collect();

@@ -219,15 +219,24 @@ pub fn write_catalog(
         ]);
     }
     let bands: Vec<&str> = c.bands.iter().map(|(b, _)| b.as_str()).collect();
-    let mut cards = vec![
-        Card::text("BANDS", &bands.join(","), "bands of the flux columns"),
-        Card::real(
+    let mut cards = vec![Card::text(
+        "BANDS",
+        &bands.join(","),
+        "bands of the flux columns",
+    )];
+    // A tract catalogue none of whose patches succeeded has no zero point (and no rows).
+    if zero_point.is_finite() {
+        cards.push(Card::real(
             "MAGZERO",
             zero_point,
             "[mag] mag = MAGZERO - 2.5 log10(flux)",
-        ),
-        Card::int("NMISSING", missing.len() as i64, "rows of table MISSING"),
-    ];
+        ));
+    }
+    cards.push(Card::int(
+        "NMISSING",
+        missing.len() as i64,
+        "rows of table MISSING",
+    ));
     cards.extend_from_slice(extra);
     for (key, bit, what) in flag::NAMES {
         cards.push(Card::int(key, i64::from(bit), what));
@@ -363,5 +372,24 @@ mod tests {
         assert_eq!(back.ref_band, c.ref_band);
         assert_eq!(back.bands[1], c.bands[1]);
         assert!(back.bands[0].1.flux_psf[1].is_nan());
+    }
+
+    /// A tract catalogue none of whose patches succeeded (no rows, zero point unknown) is
+    /// still written, without `MAGZERO`, listing what is missing.
+    #[test]
+    fn an_empty_catalogue_without_zero_point_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tract.fits");
+        let missing = vec![Missing {
+            patch: "2,2".into(),
+            band: String::new(),
+            reason: "unit tract=1,patch=2,2,step=catalog: dependency-failed".into(),
+        }];
+        write_catalog(&path, &Catalog::default(), f64::NAN, &[], &missing, false).unwrap();
+        let (back, m) = read_catalog(&path).unwrap();
+        assert_eq!(back.len(), 0);
+        assert_eq!(m, missing);
+        let mut r = FitsReader::open(&path).unwrap();
+        assert_eq!(r.key_f64_opt(Hdu::Name(TABLE), "MAGZERO").unwrap(), None);
     }
 }

@@ -106,13 +106,20 @@ fn non_negative(field: &'static str, value: f64) -> Result<(), RecordError> {
     }
 }
 
-fn path_text<'a>(field: &'static str, path: &'a std::path::Path) -> Result<&'a str, RecordError> {
-    path.to_str()
+/// A product's path as stored: absolute (made so against the writer's working directory), so
+/// that a reader in another directory finds the file a writer given a relative run directory
+/// wrote.
+fn path_text(field: &'static str, path: &std::path::Path) -> Result<String, RecordError> {
+    let bad = || RecordError::BadPath {
+        field,
+        path: path.to_path_buf(),
+    };
+    let absolute = std::path::absolute(path).map_err(|_| bad())?;
+    absolute
+        .to_str()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| RecordError::BadPath {
-            field,
-            path: path.to_path_buf(),
-        })
+        .map(str::to_string)
+        .ok_or_else(bad)
 }
 
 /// `u64` → SQLite integer, refusing what does not fit.

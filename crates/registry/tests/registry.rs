@@ -953,8 +953,16 @@ fn skymap_and_patch_products_round_trip() {
 
     reg.insert_ccds(&[square_record(1, 4, "g", 1.0, 1.0, 1.2, 1.2)])
         .unwrap();
+    // Relative paths are stored made absolute against the writer's working directory.
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap();
     reg.record_warps(std::slice::from_ref(&warp)).unwrap();
-    assert_eq!(reg.warps(patch).unwrap(), vec![warp.clone()]);
+    assert_eq!(
+        reg.warps(patch).unwrap(),
+        vec![WarpRecord {
+            path: absolute(&warp.path),
+            ..warp.clone()
+        }]
+    );
     let coadd = CoaddRecord {
         patch,
         band: "g".into(),
@@ -963,15 +971,25 @@ fn skymap_and_patch_products_round_trip() {
         depth: 25.3,
     };
     reg.record_coadds(std::slice::from_ref(&coadd)).unwrap();
-    assert_eq!(reg.coadds(patch).unwrap(), vec![coadd.clone()]);
-    assert_eq!(reg.all_coadds().unwrap(), vec![coadd.clone()]);
+    let stored = CoaddRecord {
+        path: absolute(&coadd.path),
+        ..coadd.clone()
+    };
+    assert_eq!(reg.coadds(patch).unwrap(), vec![stored.clone()]);
+    assert_eq!(reg.all_coadds().unwrap(), vec![stored]);
     let cat = MultibandRecord {
         patch,
         path: "multiband/3-1-2.fits".into(),
         objects: 1234,
     };
     reg.record_multiband(std::slice::from_ref(&cat)).unwrap();
-    assert_eq!(reg.multiband(patch).unwrap(), Some(cat));
+    assert_eq!(
+        reg.multiband(patch).unwrap(),
+        Some(MultibandRecord {
+            path: absolute(&cat.path),
+            ..cat
+        })
+    );
     let mosaic = MosaicWcs {
         visit: 1,
         ccd: 4,
