@@ -96,6 +96,10 @@ border = 100
 TOML
 "${mpirun[@]}" target/release/skypipe-multiband --config "$img_data/multiband.toml" --run-dir "$img_run"
 echo "catalogues: $(find "$img_run/multiband" -name '*.fits' | wc -l) FITS under $img_run/multiband"
+echo "== the tract catalogue against the simulation's truth: astrometric and photometric residuals"
+for catalog in "$img_run"/multiband/t*.fits; do
+  target/release/skypipe-sim residuals --data "$img_data" --catalog "$catalog" --out demo-run/image-residuals.png
+done
 
 echo
 echo "== 9. skypipe-status $img_run"

@@ -244,6 +244,50 @@ fn multiband_catalogues_of_the_tiny_field() {
         "{stdout}"
     );
 
+    // `skypipe-sim residuals`: the catalogue against the truth, figures and picture. PSF
+    // magnitudes of stars within a few per cent of the truth (an aperture correction taken
+    // over every bright object, galaxies and blends included, put them 6-7 % too bright).
+    let picture = tmp.path().join("residuals.png");
+    let catalog = run_dir.join(format!("multiband/t{tract:04}.fits"));
+    let out = run(direct(
+        &bin("sim"),
+        &[
+            "residuals",
+            "--data",
+            s(&data),
+            "--catalog",
+            s(&catalog),
+            "--out",
+            s(&picture),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{printed}");
+    let matched: Vec<usize> = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("matched "))
+        .unwrap()
+        .split(' ')
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(matched[0] * 10 >= matched[1] * 9, "{printed}");
+    let mut bands = 0;
+    for line in printed.lines().filter(|l| l.starts_with("photometry ")) {
+        let median: f64 = line
+            .split("true ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(median.abs() < 0.04, "{line}");
+        bands += 1;
+    }
+    assert_eq!(bands, 2, "{printed}");
+    let png = std::fs::read(&picture).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+
     // A corrupt coadd of one patch and band: its measure and forced units fail, nothing else.
     let victim_patch = patches[patches.len() / 2];
     let victim = reg

@@ -77,6 +77,7 @@ pub mod figure;
 pub mod frames;
 pub mod gainfit;
 pub mod healpix;
+pub mod plot;
 pub mod pointing;
 pub mod quat;
 pub mod quicklook;

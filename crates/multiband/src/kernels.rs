@@ -277,20 +277,73 @@ pub fn measure_at(p: &Prepared, x: f64, y: f64, s: &MeasureAt) -> Measurement {
     }
 }
 
-/// The aperture correction of PSF fluxes: the median of aperture / PSF flux over unflagged
-/// measurements with PSF S/N at least `min_snr`; 1 when there are none.
-pub fn aperture_correction(measurements: &[Measurement], min_snr: f64) -> f64 {
-    let mut ratios: Vec<f64> = measurements
+/// The aperture correction of PSF fluxes: the median aperture / PSF flux ratio over the
+/// stellar locus, 1 when it is empty. Candidates are unflagged measurements with PSF S/N at
+/// least `min_snr`, finite adaptive moments, and no other measurement within `isolation`
+/// pixels brighter than 1 % of their aperture flux; the locus is those whose size
+/// `sqrt((Ixx + Iyy) / 2)` lies within 15 % of the candidates' 20th-percentile size. Galaxies,
+/// blends and crowded stars hold more light in the aperture than the PSF model sees, so with
+/// them the median would scale every PSF flux up.
+pub fn aperture_correction(
+    measurements: &[Measurement],
+    min_snr: f64,
+    isolation: f64,
+) -> ApertureCorrection {
+    // Measurements sorted by x: the neighbours within `isolation` are a contiguous run.
+    let mut by_x: Vec<(f64, usize)> = measurements
         .iter()
-        .filter(|m| m.flags == 0 && m.snr() >= min_snr && m.flux_psf > 0.0)
-        .map(|m| m.flux_aper / m.flux_psf)
-        .filter(|r| r.is_finite())
+        .enumerate()
+        .map(|(j, m)| (m.x, j))
         .collect();
-    if ratios.is_empty() {
-        return 1.0;
+    by_x.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let crowded = |i: usize, m: &Measurement| {
+        let start = by_x.partition_point(|&(x, _)| x < m.x - isolation);
+        by_x[start..]
+            .iter()
+            .take_while(|&&(x, _)| x <= m.x + isolation)
+            .any(|&(_, j)| {
+                let o = &measurements[j];
+                j != i
+                    && (o.x - m.x).hypot(o.y - m.y) < isolation
+                    && o.flux_aper > 0.01 * m.flux_aper
+            })
+    };
+    let candidates: Vec<(f64, f64)> = measurements
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.flags == 0 && m.snr() >= min_snr && m.flux_psf > 0.0)
+        .filter(|&(i, m)| !crowded(i, m))
+        .map(|(_, m)| (((m.ixx + m.iyy) / 2.0).sqrt(), m.flux_aper / m.flux_psf))
+        .filter(|(size, ratio)| size.is_finite() && *size > 0.0 && ratio.is_finite())
+        .collect();
+    if candidates.is_empty() {
+        return ApertureCorrection {
+            factor: 1.0,
+            stars: 0,
+        };
     }
+    let mut sizes: Vec<f64> = candidates.iter().map(|c| c.0).collect();
+    sizes.sort_by(f64::total_cmp);
+    let p20 = sizes[sizes.len() / 5];
+    let mut ratios: Vec<f64> = candidates
+        .iter()
+        .filter(|(size, _)| (0.85 * p20..=1.15 * p20).contains(size))
+        .map(|c| c.1)
+        .collect();
     let mid = ratios.len() / 2;
-    *ratios.select_nth_unstable_by(mid, f64::total_cmp).1
+    ApertureCorrection {
+        factor: *ratios.select_nth_unstable_by(mid, f64::total_cmp).1,
+        stars: ratios.len(),
+    }
+}
+
+/// An aperture correction and the number of stars it is the median of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ApertureCorrection {
+    /// Factor applied to PSF fluxes and their errors.
+    pub factor: f64,
+    /// Stars of the locus it was measured on (0: none, factor 1).
+    pub stars: usize,
 }
 
 /// The reference band of an object from its S/N per band (`None` for a missing band): the
@@ -461,11 +514,16 @@ mod tests {
         );
     }
 
-    /// The median ratio of unflagged bright measurements; 1 without any.
+    /// The median ratio of unflagged, bright, isolated measurements of stellar size; 1 without
+    /// any.
     #[test]
     fn aperture_correction_is_the_median_ratio() {
+        let at = std::cell::Cell::new(0.0);
         let m = |aper: f64, psf: f64, flags: u32| Measurement {
-            x: 0.0,
+            x: {
+                at.set(at.get() + 100.0);
+                at.get()
+            },
             y: 0.0,
             flux_aper: aper,
             flux_aper_err: 1.0,
@@ -483,8 +541,36 @@ mod tests {
             m(300.0, 100.0, 1),
             m(6.0, 5.0, 0),
         ];
-        assert_eq!(aperture_correction(&list, 50.0), 1.1);
-        assert_eq!(aperture_correction(&list[3..], 50.0), 1.0);
+        assert_eq!(aperture_correction(&list, 50.0, 20.0).factor, 1.1);
+        assert_eq!(aperture_correction(&list[3..], 50.0, 20.0).factor, 1.0);
+        // Galaxies (twice the stars' size, aperture flux 40 % above the PSF flux) outnumber
+        // the stars but do not move the correction.
+        let galaxy = Measurement {
+            ixx: 4.0,
+            iyy: 4.0,
+            ..m(140.0, 100.0, 0)
+        };
+        let mut crowd = list.to_vec();
+        crowd.extend((0..6).map(|_| Measurement {
+            x: m(0.0, 1.0, 0).x,
+            ..galaxy
+        }));
+        assert_eq!(aperture_correction(&crowd, 50.0, 20.0).factor, 1.1);
+        // Stars with a neighbour within the isolation radius (aperture flux 50 % above the PSF
+        // flux) are left out too: with them the median would be 1.2.
+        let mut crowded = list.to_vec();
+        for _ in 0..2 {
+            let star = m(150.0, 100.0, 0);
+            crowded.push(star);
+            crowded.push(Measurement {
+                x: star.x + 5.0,
+                flux_aper: 6.0,
+                flux_psf: 5.0,
+                ..star
+            });
+        }
+        assert_eq!(aperture_correction(&crowded, 50.0, 20.0).factor, 1.1);
+        assert_eq!(aperture_correction(&crowded, 50.0, 1.0).factor, 1.2);
     }
 
     /// The priority list wins above the threshold; otherwise the highest S/N; missing bands

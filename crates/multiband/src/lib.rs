@@ -28,6 +28,7 @@ pub mod config;
 pub mod kernels;
 pub mod output;
 pub mod stage;
+pub mod truth;
 
 pub use config::{MultibandConfig, MultibandFile};
 pub use stage::{Multiband, MultibandUnit, MultibandValue};

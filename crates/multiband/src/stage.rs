@@ -436,11 +436,20 @@ impl Multiband {
         let mut rows: Vec<Measurement> = positions
             .map(|(x, y)| kernels::measure_at(&prepared, x, y, settings))
             .collect();
-        let correction =
-            kernels::aperture_correction(&rows, self.config.aperture_correction_min_snr);
+        let correction = kernels::aperture_correction(
+            &rows,
+            self.config.aperture_correction_min_snr,
+            2.0 * self.aperture_radius(),
+        );
+        tracing::debug!(
+            "{}: aperture correction {:.4} from {} stars",
+            coadd.display(),
+            correction.factor,
+            correction.stars
+        );
         for m in &mut rows {
-            m.flux_psf *= correction;
-            m.flux_psf_err *= correction;
+            m.flux_psf *= correction.factor;
+            m.flux_psf_err *= correction.factor;
         }
         Ok(rows)
     }

@@ -258,6 +258,19 @@ impl TanWcs {
         let dy = (-a21 * xi + a11 * eta) / det;
         Some((self.crpix[0] + dx, self.crpix[1] + dy))
     }
+
+    /// Sky position (ra, dec) in degrees of 1-based pixel `(x, y)`, RA in `[0, 360)`.
+    pub fn pixel_to_sky(&self, x: f64, y: f64) -> (f64, f64) {
+        let (dx, dy) = (x - self.crpix[0], y - self.crpix[1]);
+        let [[a11, a12], [a21, a22]] = self.cd;
+        let xi = (a11 * dx + a12 * dy).to_radians();
+        let eta = (a21 * dx + a22 * dy).to_radians();
+        let (a0, d0) = (self.crval[0].to_radians(), self.crval[1].to_radians());
+        let denominator = d0.cos() - eta * d0.sin();
+        let ra = a0 + xi.atan2(denominator);
+        let dec = (d0.sin() + eta * d0.cos()).atan2(xi.hypot(denominator));
+        (ra.to_degrees().rem_euclid(360.0), dec.to_degrees())
+    }
 }
 
 #[cfg(test)]
@@ -295,6 +308,16 @@ mod tests {
             );
         }
         assert_eq!(w.sky_to_pixel(w.crval[0] + 180.0, 30.0), None);
+        // The inverse projection agrees with WCSLIB too.
+        for (p, s) in pixels.iter().zip(wcs.pixel_to_sky(&pixels).unwrap()) {
+            let s = s.unwrap();
+            let (ra, dec) = w.pixel_to_sky(p[0], p[1]);
+            let dra = ((ra - s[0] + 180.0).rem_euclid(360.0) - 180.0) * dec.to_radians().cos();
+            assert!(
+                dra.abs() < 1e-11 && (dec - s[1]).abs() < 1e-11,
+                "{p:?}: {ra},{dec} vs {s:?}"
+            );
+        }
     }
 
     #[test]
