@@ -548,7 +548,10 @@ fn a_large_tract_shared_by_three_ranks_gives_the_one_rank_outputs_and_fails_whol
             .parse()
             .unwrap();
         tracts.push(tract);
-        let ranks = r.get("ranks").and_then(|v| v.as_array()).map_or(1, Vec::len);
+        let ranks = r
+            .get("ranks")
+            .and_then(|v| v.as_array())
+            .map_or(1, Vec::len);
         println!("tract {tract}: {ranks} ranks");
         if ranks > 1 {
             large = Some(tract);
@@ -563,9 +566,15 @@ fn a_large_tract_shared_by_three_ranks_gives_the_one_rank_outputs_and_fails_whol
         three_files.keys().collect::<Vec<_>>()
     );
     for (name, bytes) in &one_files {
-        assert!(three_files[name] == *bytes, "{name} differs between 1 and 3 ranks");
+        assert!(
+            three_files[name] == *bytes,
+            "{name} differs between 1 and 3 ranks"
+        );
     }
-    assert!(one_rows.len() >= 16, "the large tract solves its CCDs: {one_rows:?}");
+    assert!(
+        one_rows.len() >= 16,
+        "the large tract solves its CCDs: {one_rows:?}"
+    );
     assert_eq!(one_rows, three_rows);
 
     // A truncated catalogue of the last CCD (in the unit's (visit, ccd) order, so read by the

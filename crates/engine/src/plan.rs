@@ -527,7 +527,10 @@ mod tests {
         assert_eq!(plan.ranks, vec![3, 2, 2], "a cap above the job's 3 gives 3");
         let mut plan = Plan::default();
         let err = plan.extend(0, "s", planned(), 1, false).unwrap_err();
-        assert!(err.contains("u=2 needs 2 ranks"), "a requirement stays one: {err}");
+        assert!(
+            err.contains("u=2 needs 2 ranks"),
+            "a requirement stays one: {err}"
+        );
         let mut plan = Plan::default();
         let capped_only = erased(vec![PlannedUnit::new(U(0)).on_up_to_ranks(4)]);
         plan.extend(0, "s", capped_only, 1, false).unwrap();

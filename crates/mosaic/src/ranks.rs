@@ -89,9 +89,8 @@ mod tests {
         let coll = SoloCollectives;
         let values = vec![[0.1 + 0.2, f64::MIN_POSITIVE / 3.0], [-0.0, f64::NAN]];
         let gathered = gather_blocks(&coll, Ok(values.clone())).unwrap();
-        let bits = |v: &[[f64; 2]]| -> Vec<u64> {
-            v.iter().flatten().map(|x| x.to_bits()).collect()
-        };
+        let bits =
+            |v: &[[f64; 2]]| -> Vec<u64> { v.iter().flatten().map(|x| x.to_bits()).collect() };
         assert_eq!(bits(&gathered), bits(&values));
         let failure = UnitFailure::bad_input("c01.fits: truncated");
         let err = gather_blocks::<u8>(&coll, Err(failure.clone())).unwrap_err();

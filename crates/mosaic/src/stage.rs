@@ -528,6 +528,7 @@ impl Stage for Mosaic {
         // CCD reach every rank, in CCD order.
         let mine = ranks::block(unit.ccds.len(), coll.size(), coll.rank());
         let run_dir = ctx.run_dir.as_path();
+        let mut phases = PhaseTimes::start();
         let read = pool.as_ref().map_err(Clone::clone).and_then(|pool| {
             pool.install(|| self.read_ccds(&unit.ccds[mine.clone()], &tract, run_dir))
         });
@@ -539,17 +540,20 @@ impl Stage for Mosaic {
             Err(e) => (Vec::new(), Err(e)),
         };
         let sources = ranks::gather_blocks(coll, sources)?;
+        phases.read_s = phases.lap();
         // Every rank's pool was built, or the exchange above failed on every rank.
         let pool = pool?;
         let solution = ranks::from_rank_zero(coll, || {
             pool.install(|| self.solve_sources(unit.tract, &tract, &sources))
                 .map_err(failure_of)
         })?;
+        phases.solve_s = phases.lap();
         let fitted = pool.install(|| {
             self.fit_ccds(wcs, &sources[mine.clone()], &solution.ccds[mine])
                 .map_err(failure_of)
         });
         let ccds = ranks::gather_blocks(coll, fitted)?;
+        phases.fit_s = phases.lap();
         if coll.rank() != 0 {
             return Ok(Outcome::Done);
         }
@@ -558,8 +562,50 @@ impl Stage for Mosaic {
             summary: solution.summary,
         };
         self.write_outputs(unit.tract, &solved, ctx)?;
+        phases.write_s = phases.lap();
         log_tract(unit.tract, &solved);
+        tracing::debug!(
+            "mosaic[tract={}]: {} CCDs on {} ranks: read {:.3} s, solve {:.3} s, fit {:.3} s, \
+             write {:.3} s",
+            unit.tract,
+            unit.ccds.len(),
+            coll.size(),
+            phases.read_s,
+            phases.solve_s,
+            phases.fit_s,
+            phases.write_s
+        );
         Ok(Outcome::Done)
+    }
+}
+
+/// Wall-clock seconds of a tract unit's phases on its rank 0 (each up to the end of the
+/// exchange that follows it), logged at debug level: which part a large tract's ranks share.
+struct PhaseTimes {
+    last: std::time::Instant,
+    read_s: f64,
+    solve_s: f64,
+    fit_s: f64,
+    write_s: f64,
+}
+
+impl PhaseTimes {
+    fn start() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            read_s: 0.0,
+            solve_s: 0.0,
+            fit_s: 0.0,
+            write_s: 0.0,
+        }
+    }
+
+    /// Seconds since the previous lap (or the start).
+    fn lap(&mut self) -> f64 {
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        elapsed
     }
 }
 
@@ -599,8 +645,7 @@ impl Mosaic {
             RegistryError::SkyMapConflict { .. } => UnitFailure::bad_input(e),
             _ => UnitFailure::transient(e),
         })?;
-        reg.record_mosaic_wcs(&rows)
-            .map_err(UnitFailure::transient)
+        reg.record_mosaic_wcs(&rows).map_err(UnitFailure::transient)
     }
 }
 
@@ -1236,7 +1281,11 @@ fn write_tract(
             "chi-square of the final solve",
         ),
         Card::real("DOF", r.summary.solution_dof, "its degrees of freedom"),
-        Card::int("NITER", r.summary.iterations as i64, "solves (rejection rounds)"),
+        Card::int(
+            "NITER",
+            r.summary.iterations as i64,
+            "solves (rejection rounds)",
+        ),
         Card::int(
             "NINTERN",
             s.n_internal as i64,
