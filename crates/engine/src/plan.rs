@@ -31,6 +31,9 @@ pub(crate) struct Plan {
     pub needs: Vec<Vec<usize>>,
     /// Ranks each one needs.
     pub ranks: Vec<usize>,
+    /// Whether each one's ranks are a cap its stage set (`PlannedUnit::on_up_to_ranks`),
+    /// already resolved in `ranks` against the job.
+    pub capped: Vec<bool>,
     /// Whether each one runs after failed inputs too.
     pub tolerant: Vec<bool>,
     /// Indices of the units whose ranks each one prefers (its stage's affinity hint).
@@ -103,6 +106,7 @@ impl Plan {
             self.ids.push(id);
             self.hints.push(p.cost_hint);
             self.ranks.push(ranks);
+            self.capped.push(p.ranks_capped);
             self.tolerant.push(p.tolerate_failed_inputs);
             self.after.push(Vec::new());
             self.affinity.push(Vec::new());
@@ -259,6 +263,7 @@ impl Plan {
         self.affinity.truncate(len);
         self.needs.truncate(len);
         self.ranks.truncate(len);
+        self.capped.truncate(len);
         self.tolerant.truncate(len);
         self.connections.truncate(len);
         self.missing_inputs.retain(|&i, _| i < len);
@@ -525,6 +530,7 @@ mod tests {
         let mut plan = Plan::default();
         plan.extend(0, "s", planned(), 3, false).unwrap();
         assert_eq!(plan.ranks, vec![3, 2, 2], "a cap above the job's 3 gives 3");
+        assert_eq!(plan.capped, vec![true, true, false]);
         let mut plan = Plan::default();
         let err = plan.extend(0, "s", planned(), 1, false).unwrap_err();
         assert!(

@@ -1444,6 +1444,33 @@ mod tests {
     }
 
     #[test]
+    fn how_a_tract_is_shared_among_ranks_is_checked_and_not_fingerprinted() {
+        let config = MosaicConfig {
+            registry: Some("registry.sqlite3".into()),
+            reference: Some("reference.fits".into()),
+            ..MosaicConfig::default()
+        };
+        let fingerprint = |c: &MosaicConfig| Mosaic::new(c.clone()).unwrap().config_fingerprint();
+        let shared = MosaicConfig {
+            large_tract_ccds: 3,
+            ranks_per_large_tract: 2,
+            ..config.clone()
+        };
+        assert_eq!(fingerprint(&config), fingerprint(&shared));
+        let affine_to_quadratic = MosaicConfig {
+            order: 2,
+            ..config.clone()
+        };
+        assert_ne!(fingerprint(&config), fingerprint(&affine_to_quadratic));
+        let no_ranks = MosaicConfig {
+            ranks_per_large_tract: 0,
+            ..config
+        };
+        let err = Mosaic::new(no_ranks).unwrap_err();
+        assert!(err.contains("ranks_per_large_tract must be ≥ 1"), "{err}");
+    }
+
+    #[test]
     fn output_path_and_centroid_errors() {
         assert_eq!(
             tract_output_path(7),
