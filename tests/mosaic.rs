@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use skypipe_io::fits::{FitsReader, Hdu};
 use skypipe_optical::registry::Registry;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -371,7 +372,7 @@ fn singleframe_mosaic_and_coadd_chain_puts_stars_at_their_true_positions() {
     ));
     assert_eq!(code(&out.status), 0, "{}", text(&out));
 
-    let mosaic_seq: std::collections::BTreeMap<String, u64> = ledger(&run_dir, "mosaic")
+    let mosaic_seq: BTreeMap<String, u64> = ledger(&run_dir, "mosaic")
         .into_iter()
         .map(|r| {
             assert_eq!(r["outcome"], "done", "{r}");
@@ -431,6 +432,178 @@ fn singleframe_mosaic_and_coadd_chain_puts_stars_at_their_true_positions() {
     let (header_median, n) = coadd_offsets_from_reference(&header_run, &reference);
     println!("header WCS: {n} bright coadd stars, median offset {header_median:.4}\"");
     assert!(header_median > 1.0, "{header_median}");
+}
+
+/// Runs `cmd` to completion within `limit`, killing its process group after that (a hang
+/// fails the test instead of stalling it).
+fn run_within(mut cmd: Command, limit: std::time::Duration) -> std::process::Output {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    wait_with_deadline(cmd.spawn().unwrap(), limit)
+}
+
+/// The mosaic outputs of a run directory that must not depend on the ranks: every tract file's
+/// bytes, and every `mosaic_wcs` row of the registry (`(visit, ccd, tract)` → keyrecords).
+fn mosaic_outputs(run_dir: &Path, tracts: &[u32]) -> (BTreeMap<String, Vec<u8>>, Vec<String>) {
+    let tract_files = files(&run_dir.join("mosaic"));
+    let reg = Registry::open_read_only(run_dir.join("registry.sqlite3")).unwrap();
+    let mut rows = Vec::new();
+    for &tract in tracts {
+        for visit in 1..=4u64 {
+            for ccd in 0..4u32 {
+                if let Some(cards) = reg.mosaic_wcs(visit, ccd, tract).unwrap() {
+                    rows.push(format!("{tract} {visit} {ccd} {cards}"));
+                }
+            }
+        }
+    }
+    (tract_files, rows)
+}
+
+/// With `large_tract_ccds = 10` the tract holding all 16 CCDs of the small camera is planned on
+/// up to 4 ranks: on a 3-rank job it runs on several (each reading and fitting a block of
+/// CCDs), and its tract file and registry rows are the same bits as a one-rank job's. A corrupt
+/// catalogue read by one of its ranks fails that tract alone as bad input naming the file, on
+/// every rank (no rank is left waiting in a collective): the job ends with exit 2.
+#[test]
+fn a_large_tract_shared_by_three_ranks_gives_the_one_rank_outputs_and_fails_whole_on_a_bad_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = run(direct(
+        &bin("sim"),
+        &[
+            "image",
+            "--out",
+            data.to_str().unwrap(),
+            "--size",
+            "small",
+            "--seed",
+            "7",
+            "--wcs-error",
+            "3,0.01,0.0003",
+            "--reference-noise-mas",
+            "2",
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let one = tmp.path().join("one");
+    let sf = tmp.path().join("singleframe.toml");
+    std::fs::write(&sf, "[run]\nfsync = false\n").unwrap();
+    let out = run(mpirun(
+        2,
+        &bin("singleframe"),
+        &[
+            "--config",
+            sf.to_str().unwrap(),
+            "--input",
+            data.join("units.json").to_str().unwrap(),
+            "--run-dir",
+            one.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let three = tmp.path().join("three");
+    let corrupt = tmp.path().join("corrupt");
+    copy_dir(&one, &three);
+    copy_dir(&one, &corrupt);
+
+    // The sky map of the first test: two tracts, the lower one holding all 16 CCDs.
+    let cfg = tmp.path().join("mosaic.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nfsync = false\n[mosaic]\nreference = {:?}\nreference_error_mas = 2.0\n\
+             bright = {{ snr = 20.0 }}\nlarge_tract_ccds = 10\nranks_per_large_tract = 4\n\
+             [mosaic.skymap]\nrings = 88\npatch_size = 200\nborder = 10\n",
+            data.join("reference.fits").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let args = |run_dir: &Path| {
+        vec![
+            "--config".to_string(),
+            cfg.to_str().unwrap().to_string(),
+            "--run-dir".to_string(),
+            run_dir.to_str().unwrap().to_string(),
+        ]
+    };
+    let limit = std::time::Duration::from_secs(60);
+    let one_args = args(&one);
+    let one_args: Vec<&str> = one_args.iter().map(String::as_str).collect();
+    let out = run_within(direct(&bin("mosaic"), &one_args), limit);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let three_args = args(&three);
+    let three_args: Vec<&str> = three_args.iter().map(String::as_str).collect();
+    let out = run_within(mpirun(3, &bin("mosaic"), &three_args), limit);
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+
+    // Which tract is large, and on how many ranks it ran.
+    let records = ledger(&three, "mosaic");
+    assert_eq!(records.len(), 2, "{records:?}");
+    let mut tracts = Vec::new();
+    let mut large = None;
+    for r in &records {
+        assert_eq!(r["outcome"], "done", "{r}");
+        let tract: u32 = r["unit"].as_str().unwrap()["tract=".len()..]
+            .parse()
+            .unwrap();
+        tracts.push(tract);
+        let ranks = r
+            .get("ranks")
+            .and_then(|v| v.as_array())
+            .map_or(1, Vec::len);
+        println!("tract {tract}: {ranks} ranks");
+        if ranks > 1 {
+            large = Some(tract);
+        }
+    }
+    let large = large.expect("the 16-CCD tract ran on several ranks");
+    let (one_files, one_rows) = mosaic_outputs(&one, &tracts);
+    let (three_files, three_rows) = mosaic_outputs(&three, &tracts);
+    assert_eq!(one_files.len(), 2, "{:?}", one_files.keys());
+    assert_eq!(
+        one_files.keys().collect::<Vec<_>>(),
+        three_files.keys().collect::<Vec<_>>()
+    );
+    for (name, bytes) in &one_files {
+        assert!(
+            three_files[name] == *bytes,
+            "{name} differs between 1 and 3 ranks"
+        );
+    }
+    assert!(
+        one_rows.len() >= 16,
+        "the large tract solves its CCDs: {one_rows:?}"
+    );
+    assert_eq!(one_rows, three_rows);
+
+    // A truncated catalogue of the last CCD (in the unit's (visit, ccd) order, so read by the
+    // large tract's last rank) that lies in the large tract only.
+    let reg = Registry::open_read_only(one.join("registry.sqlite3")).unwrap();
+    let (visit, ccd) = (1..=4u64)
+        .flat_map(|v| (0..4u32).map(move |c| (v, c)))
+        .filter(|&(v, c)| {
+            tracts
+                .iter()
+                .all(|&t| reg.mosaic_wcs(v, c, t).unwrap().is_some() == (t == large))
+        })
+        .last()
+        .expect("a CCD in the large tract only");
+    let catalog = corrupt.join(format!("singleframe/src/v{visit:04}/c{ccd:02}.fits"));
+    let bytes = std::fs::read(&catalog).unwrap();
+    std::fs::write(&catalog, &bytes[..bytes.len() / 2]).unwrap();
+    let corrupt_args = args(&corrupt);
+    let corrupt_args: Vec<&str> = corrupt_args.iter().map(String::as_str).collect();
+    let out = run_within(mpirun(3, &bin("mosaic"), &corrupt_args), limit);
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    for (unit, outcome, message) in outcomes(&corrupt) {
+        if unit == format!("tract={large}") {
+            assert_eq!(outcome, "bad-input", "{message}");
+            assert!(message.contains(catalog.to_str().unwrap()), "{message}");
+        } else {
+            assert_eq!(outcome, "done", "{unit}: {message}");
+        }
+    }
 }
 
 /// Every file under `dir` (recursively) whose name ends in `.fits`.

@@ -219,10 +219,10 @@ pub(crate) fn dry_run(
             out,
             "{}\t{state}\t{hint}\t{}\t{}",
             plan.label(stages, i),
-            if plan.ranks[i] == usize::MAX {
-                "all".to_string()
-            } else {
-                plan.ranks[i].to_string()
+            match (plan.ranks[i], plan.capped[i]) {
+                (usize::MAX, _) => "all".to_string(),
+                (ranks, true) => format!("≤{ranks}"),
+                (ranks, false) => ranks.to_string(),
             },
             if after.is_empty() { "-" } else { &after }
         );

@@ -31,6 +31,9 @@ pub(crate) struct Plan {
     pub needs: Vec<Vec<usize>>,
     /// Ranks each one needs.
     pub ranks: Vec<usize>,
+    /// Whether each one's ranks are a cap its stage set (`PlannedUnit::on_up_to_ranks`),
+    /// already resolved in `ranks` against the job.
+    pub capped: Vec<bool>,
     /// Whether each one runs after failed inputs too.
     pub tolerant: Vec<bool>,
     /// Indices of the units whose ranks each one prefers (its stage's affinity hint).
@@ -91,11 +94,7 @@ impl Plan {
                     crate::follow::readable_number(h)
                 ));
             }
-            let ranks = if p.ranks == ALL_RANKS {
-                max_ranks
-            } else {
-                p.ranks
-            };
+            let ranks = resolved_ranks(p.ranks, p.ranks_capped, max_ranks);
             if ranks == 0 || ranks > max_ranks {
                 self.rollback(first);
                 return Err(format!(
@@ -107,6 +106,7 @@ impl Plan {
             self.ids.push(id);
             self.hints.push(p.cost_hint);
             self.ranks.push(ranks);
+            self.capped.push(p.ranks_capped);
             self.tolerant.push(p.tolerate_failed_inputs);
             self.after.push(Vec::new());
             self.affinity.push(Vec::new());
@@ -263,6 +263,7 @@ impl Plan {
         self.affinity.truncate(len);
         self.needs.truncate(len);
         self.ranks.truncate(len);
+        self.capped.truncate(len);
         self.tolerant.truncate(len);
         self.connections.truncate(len);
         self.missing_inputs.retain(|&i, _| i < len);
@@ -394,6 +395,19 @@ pub(crate) struct Selection {
     pub missing: Vec<(usize, OutcomeKind, String)>,
 }
 
+/// The ranks a unit planned with `ranks` gets from a job that can give a unit at most
+/// `max_ranks`: every one for [`ALL_RANKS`], at most `max_ranks` for a cap
+/// (`PlannedUnit::on_up_to_ranks`), else exactly `ranks` (checked by the caller).
+fn resolved_ranks(ranks: usize, capped: bool, max_ranks: usize) -> usize {
+    if ranks == ALL_RANKS {
+        max_ranks
+    } else if capped {
+        ranks.min(max_ranks)
+    } else {
+        ranks
+    }
+}
+
 /// Asks every stage instance for its units, joins them by their files and checks them.
 pub(crate) fn plan_stages(
     set: &StageSet<'_>,
@@ -433,6 +447,7 @@ mod tests {
                     cost_hint: p.cost_hint,
                     after: p.after,
                     ranks: p.ranks,
+                    ranks_capped: p.ranks_capped,
                     tolerate_failed_inputs: p.tolerate_failed_inputs,
                     affinity: p.affinity,
                 },
@@ -501,6 +516,42 @@ mod tests {
             .unwrap(),
             vec![4]
         );
+    }
+
+    #[test]
+    fn a_rank_cap_resolves_to_what_the_job_can_give_and_a_requirement_does_not() {
+        let planned = || {
+            erased(vec![
+                PlannedUnit::new(U(0)).on_up_to_ranks(4),
+                PlannedUnit::new(U(1)).on_up_to_ranks(2),
+                PlannedUnit::new(U(2)).on_up_to_ranks(4).on_ranks(2),
+            ])
+        };
+        let mut plan = Plan::default();
+        plan.extend(0, "s", planned(), 3, false).unwrap();
+        assert_eq!(plan.ranks, vec![3, 2, 2], "a cap above the job's 3 gives 3");
+        assert_eq!(plan.capped, vec![true, true, false]);
+        let mut plan = Plan::default();
+        let err = plan.extend(0, "s", planned(), 1, false).unwrap_err();
+        assert!(
+            err.contains("u=2 needs 2 ranks"),
+            "a requirement stays one: {err}"
+        );
+        let mut plan = Plan::default();
+        let capped_only = erased(vec![PlannedUnit::new(U(0)).on_up_to_ranks(4)]);
+        plan.extend(0, "s", capped_only, 1, false).unwrap();
+        assert_eq!(plan.ranks, vec![1], "a one-rank job runs it on one");
+        let mut plan = Plan::default();
+        let err = plan
+            .extend(
+                0,
+                "s",
+                erased(vec![PlannedUnit::new(U(0)).on_up_to_ranks(0)]),
+                3,
+                false,
+            )
+            .unwrap_err();
+        assert!(err.contains("needs 0 ranks"), "{err}");
     }
 
     #[test]

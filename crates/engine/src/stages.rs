@@ -51,6 +51,7 @@ fn erase<S: Stage>(stage: &S, p: PlannedUnit<S::Unit>, run_dir: &Path) -> Erased
             cost_hint: p.cost_hint,
             after: p.after,
             ranks: p.ranks,
+            ranks_capped: p.ranks_capped,
             tolerate_failed_inputs: p.tolerate_failed_inputs,
             affinity: p.affinity,
         },

@@ -41,11 +41,12 @@
 //! such detections is left out and reported ([`CcdOutcome::Unsolved`]) — never a NaN.
 
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use skypipe_astrometry::linalg::median;
 use skypipe_astrometry::tansip::terms;
 
 /// How pixel coordinates of a CCD are normalised for its correction polynomial.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CcdFrame {
     /// Centre pixel `(x₀, y₀)` (1-based like the detections).
     pub centre: [f64; 2],
@@ -125,7 +126,7 @@ pub struct SolveParams {
 }
 
 /// The correction of one CCD: `pixel + δ(pixel)` is where the current WCS is evaluated.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Correction {
     /// Normalisation of the pixel coordinates.
     pub frame: CcdFrame,
@@ -171,7 +172,7 @@ impl Correction {
 }
 
 /// What became of one CCD.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CcdOutcome {
     /// Solved.
     Solved(Correction),
@@ -649,7 +650,7 @@ pub fn solve_joint(
 }
 
 /// RMS residuals of a tract before and after its correction.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct ResidualStats {
     /// Detections in the internal statistic (of stars seen at least twice).
     pub n_internal: usize,
@@ -675,7 +676,7 @@ pub struct ResidualStats {
 
 /// Per-CCD residuals: detections used and their RMS about the star's reference position (or
 /// mean position, without one), pixels, before and after.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct CcdResiduals {
     /// Detections used.
     pub n: usize,

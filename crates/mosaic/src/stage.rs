@@ -24,8 +24,17 @@
 //!    `mosaic/tract-TTTT.fits` atomically, then the registry's sky map and `mosaic_wcs` rows.
 //!
 //! A missing or unreadable catalogue or calexp fails the unit as bad input naming the file.
+//!
+//! A tract with at least `large_tract_ccds` CCDs is planned on up to `ranks_per_large_tract`
+//! ranks ([`PlannedUnit::on_up_to_ranks`]): each rank reads a contiguous block of the CCDs
+//! (step 1) and later fits their corrected WCS (step 5); the selected sources reach every
+//! rank in CCD order, the unit's rank 0 alone resolves the CCD list, votes, matches, solves
+//! (steps 2–4) and writes every output, so the outputs are the same bits as on one rank. Every
+//! exchange carries each rank's failure, so a bad file on one rank fails the unit on all
+//! ([`crate::ranks`]).
 
 use crate::crossmatch::{group_detections, match_to_reference, offset_by_voting};
+use crate::ranks;
 use crate::solve::{
     CcdFrame, CcdOutcome, CcdResiduals, Correction, JointProblem, JointSolution, Observation,
     ReferencePosition, ResidualStats, SolveError, SolveParams, residual_stats, solve_joint,
@@ -105,6 +114,12 @@ pub struct MosaicConfig {
     /// run plans mosaic before single-frame processing): their header region grown by this
     /// much. Default 60.
     pub plan_margin_arcsec: f64,
+    /// A tract with at least this many CCDs is large: its unit runs on up to
+    /// `ranks_per_large_tract` ranks. Default 500. Results do not depend on it.
+    pub large_tract_ccds: usize,
+    /// Ranks sharing a large tract's unit (reading catalogues and WCS, fitting the corrected
+    /// WCS; at most what the job can give a unit). Default 4. Results do not depend on it.
+    pub ranks_per_large_tract: usize,
 }
 
 impl Default for MosaicConfig {
@@ -124,6 +139,8 @@ impl Default for MosaicConfig {
             bright: Bright::Snr(50.0),
             threads: 1,
             plan_margin_arcsec: 60.0,
+            large_tract_ccds: 500,
+            ranks_per_large_tract: 4,
         }
     }
 }
@@ -156,6 +173,11 @@ impl MosaicConfig {
         if self.iterations == 0 || self.threads == 0 || self.min_stars_per_ccd == 0 {
             return Err(
                 "mosaic.iterations, mosaic.threads and mosaic.min_stars_per_ccd must be ≥ 1".into(),
+            );
+        }
+        if self.large_tract_ccds == 0 || self.ranks_per_large_tract == 0 {
+            return Err(
+                "mosaic.large_tract_ccds and mosaic.ranks_per_large_tract must be ≥ 1".into(),
             );
         }
         match self.bright {
@@ -363,7 +385,8 @@ impl Stage for Mosaic {
         "mosaic"
     }
 
-    /// Everything but `registry` and `threads` (results do not depend on them).
+    /// Everything but `registry`, `threads`, `large_tract_ccds` and `ranks_per_large_tract`
+    /// (they change how a tract is computed, not what).
     fn config_fingerprint(&self) -> String {
         let c = &self.config;
         fingerprint_of(&(
@@ -450,8 +473,13 @@ impl Stage for Mosaic {
             .into_iter()
             .map(|(tract, mut ccds)| {
                 ccds.sort_by_key(|c| (c.visit, c.ccd));
-                let n = ccds.len() as f64;
-                PlannedUnit::new(MosaicUnit { tract, ccds }).cost(n)
+                let n = ccds.len();
+                let planned = PlannedUnit::new(MosaicUnit { tract, ccds }).cost(n as f64);
+                if n >= self.config.large_tract_ccds {
+                    planned.on_up_to_ranks(self.config.ranks_per_large_tract)
+                } else {
+                    planned
+                }
             })
             .collect())
     }
@@ -478,31 +506,127 @@ impl Stage for Mosaic {
         )
     }
 
+    /// On several ranks (a large tract), each reads a block of the CCDs and later fits their
+    /// corrected WCS; the unit's rank 0 resolves the CCD list, solves and writes every output
+    /// ([`crate::ranks`]). The outputs are the same bits on any number of ranks.
     fn run(&self, unit: &MosaicUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
         let tract = self.skymap.tract(unit.tract).ok_or_else(|| {
             UnitFailure::bad_input(format!("tract {} is not in the sky map", unit.tract))
         })?;
-        let unit = &self.with_registered_ccds(unit)?;
+        let coll = ctx.collectives();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.config.threads)
+            .build()
+            .map_err(UnitFailure::transient);
+        let unit = &ranks::from_rank_zero(coll, || self.with_registered_ccds(unit))?;
         if unit.ccds.is_empty() {
             return Ok(Outcome::NoWork {
                 reason: format!("no processed CCD overlaps tract {}", unit.tract),
             });
         }
-        let refcat = self.refcat().map_err(UnitFailure::bad_input)?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(self.config.threads)
-            .build()
-            .map_err(UnitFailure::transient)?;
-        let run_dir = ctx.run_dir.clone();
-        let result = pool.install(|| self.solve_tract(unit, &tract, &refcat, &run_dir));
-        let solved = result.map_err(|e| match e {
-            MosaicError::Fits(FitsError::Write { .. } | FitsError::Io(_)) => {
-                UnitFailure::transient(e)
+        // Every rank reads its block of CCDs and keeps their WCS; the selected sources of every
+        // CCD reach every rank, in CCD order.
+        let mine = ranks::block(unit.ccds.len(), coll.size(), coll.rank());
+        let run_dir = ctx.run_dir.as_path();
+        let mut phases = PhaseTimes::start();
+        let read = pool.as_ref().map_err(Clone::clone).and_then(|pool| {
+            pool.install(|| self.read_ccds(&unit.ccds[mine.clone()], &tract, run_dir))
+        });
+        let (wcs, sources): (Vec<Wcs>, Result<Vec<CcdSources>, UnitFailure>) = match read {
+            Ok(data) => {
+                let (wcs, sources) = data.into_iter().map(|d| (d.wcs, d.sources)).unzip();
+                (wcs, Ok(sources))
             }
-            _ => UnitFailure::bad_input(e),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        let sources = ranks::gather_blocks(coll, sources)?;
+        phases.read_s = phases.lap();
+        // Every rank's pool was built, or the exchange above failed on every rank.
+        let pool = pool?;
+        let solution = ranks::from_rank_zero(coll, || {
+            pool.install(|| self.solve_sources(unit.tract, &tract, &sources))
+                .map_err(failure_of)
         })?;
-        let path = ctx.run_dir.join(tract_output_path(unit.tract));
-        write_tract(&path, unit.tract, &solved, self.config.order, ctx.durable)
+        phases.solve_s = phases.lap();
+        let fitted = pool.install(|| {
+            self.fit_ccds(wcs, &sources[mine.clone()], &solution.ccds[mine])
+                .map_err(failure_of)
+        });
+        let ccds = ranks::gather_blocks(coll, fitted)?;
+        phases.fit_s = phases.lap();
+        if coll.rank() != 0 {
+            return Ok(Outcome::Done);
+        }
+        let solved = TractResult {
+            ccds,
+            summary: solution.summary,
+        };
+        self.write_outputs(unit.tract, &solved, ctx)?;
+        phases.write_s = phases.lap();
+        log_tract(unit.tract, &solved);
+        tracing::debug!(
+            "mosaic[tract={}]: {} CCDs on {} ranks: read {:.3} s, solve {:.3} s, fit {:.3} s, \
+             write {:.3} s",
+            unit.tract,
+            unit.ccds.len(),
+            coll.size(),
+            phases.read_s,
+            phases.solve_s,
+            phases.fit_s,
+            phases.write_s
+        );
+        Ok(Outcome::Done)
+    }
+}
+
+/// Wall-clock seconds of a tract unit's phases on its rank 0 (each up to the end of the
+/// exchange that follows it), logged at debug level: which part a large tract's ranks share.
+struct PhaseTimes {
+    last: std::time::Instant,
+    read_s: f64,
+    solve_s: f64,
+    fit_s: f64,
+    write_s: f64,
+}
+
+impl PhaseTimes {
+    fn start() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            read_s: 0.0,
+            solve_s: 0.0,
+            fit_s: 0.0,
+            write_s: 0.0,
+        }
+    }
+
+    /// Seconds since the previous lap (or the start).
+    fn lap(&mut self) -> f64 {
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        elapsed
+    }
+}
+
+/// A unit's failure from a tract error: transient for a failed write, else bad input.
+fn failure_of(e: MosaicError) -> UnitFailure {
+    match e {
+        MosaicError::Fits(FitsError::Write { .. } | FitsError::Io(_)) => UnitFailure::transient(e),
+        _ => UnitFailure::bad_input(e),
+    }
+}
+
+impl Mosaic {
+    /// Writes `mosaic/tract-TTTT.fits`, then the registry's sky map and `mosaic_wcs` rows.
+    fn write_outputs(
+        &self,
+        tract: u32,
+        solved: &TractResult,
+        ctx: &UnitContext,
+    ) -> Result<(), UnitFailure> {
+        let path = ctx.run_dir.join(tract_output_path(tract));
+        write_tract(&path, tract, solved, self.config.order, ctx.durable)
             .map_err(UnitFailure::transient)?;
         let rows: Vec<MosaicWcs> = solved
             .ccds
@@ -511,7 +635,7 @@ impl Stage for Mosaic {
                 c.corrected.as_ref().map(|w| MosaicWcs {
                     visit: c.visit,
                     ccd: c.ccd,
-                    tract: unit.tract,
+                    tract,
                     wcs: w.keyrecords().concat(),
                 })
             })
@@ -521,18 +645,22 @@ impl Stage for Mosaic {
             RegistryError::SkyMapConflict { .. } => UnitFailure::bad_input(e),
             _ => UnitFailure::transient(e),
         })?;
-        reg.record_mosaic_wcs(&rows)
-            .map_err(UnitFailure::transient)?;
-        log_tract(unit.tract, &solved);
-        Ok(Outcome::Done)
+        reg.record_mosaic_wcs(&rows).map_err(UnitFailure::transient)
     }
 }
 
-/// A CCD's inputs as the unit reads them.
+/// A CCD's inputs as the rank reading it keeps them: its WCS (WCSLIB's, which stays on that
+/// rank) and what every rank of the unit receives.
 struct CcdData {
+    wcs: Wcs,
+    sources: CcdSources,
+}
+
+/// A CCD's size and selected sources, sent to every rank of the unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CcdSources {
     visit: u64,
     ccd: u32,
-    wcs: Wcs,
     width: f64,
     height: f64,
     sip_order: usize,
@@ -540,7 +668,7 @@ struct CcdData {
 }
 
 /// A selected source.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Detection {
     pixel: [f64; 2],
     position: [f64; 2],
@@ -549,6 +677,7 @@ struct Detection {
 }
 
 /// What the unit made of one CCD.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct CcdResult {
     visit: u64,
     ccd: u32,
@@ -567,12 +696,36 @@ struct CcdResult {
 /// What the unit made of its tract.
 struct TractResult {
     ccds: Vec<CcdResult>,
+    summary: TractSummary,
+}
+
+/// The joint solution's statistics of a tract.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct TractSummary {
     stats: ResidualStats,
     n_stars: usize,
     n_reference_stars: usize,
     solution_chi2: f64,
     solution_dof: f64,
     iterations: usize,
+}
+
+/// The joint solution of a tract, as the unit's rank 0 finds it and sends to every rank.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TractSolution {
+    /// Per CCD, in the unit's order.
+    ccds: Vec<CcdSolution>,
+    summary: TractSummary,
+}
+
+/// One CCD's part of the joint solution: what fitting its corrected WCS needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CcdSolution {
+    outcome: CcdOutcome,
+    residuals: CcdResiduals,
+    /// The offset from the reference removed before the solve, pixels.
+    shift: [f64; 2],
+    frame: CcdFrame,
 }
 
 /// Centroid error floor, pixels (added in quadrature to [`centroid_sigma_px`]'s noise term).
@@ -712,29 +865,44 @@ impl Mosaic {
             });
         }
         Ok(CcdData {
-            visit: c.visit,
-            ccd: c.ccd,
             wcs,
-            width,
-            height,
-            sip_order,
-            detections,
+            sources: CcdSources {
+                visit: c.visit,
+                ccd: c.ccd,
+                width,
+                height,
+                sip_order,
+                detections,
+            },
         })
     }
 
-    fn solve_tract(
+    /// Reads `ccds` (in parallel on the current pool), in their order.
+    fn read_ccds(
         &self,
-        unit: &MosaicUnit,
+        ccds: &[TractCcd],
         tract: &Tract,
-        refcat: &ReferenceCatalog,
         run_dir: &Path,
-    ) -> Result<TractResult, MosaicError> {
+    ) -> Result<Vec<CcdData>, UnitFailure> {
         let centre = [tract.centre.ra(), tract.centre.dec()];
-        let mut data: Vec<CcdData> = unit
-            .ccds
-            .par_iter()
+        ccds.par_iter()
             .map(|c| self.read_ccd(c, centre, run_dir))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .map_err(failure_of)
+    }
+
+    /// The joint solution of tract `tract_id` from every CCD's selected sources: offsets from
+    /// the reference catalogue, stars matched across CCDs and to the reference, the solve and
+    /// its residual statistics.
+    fn solve_sources(
+        &self,
+        tract_id: u32,
+        tract: &Tract,
+        sources: &[CcdSources],
+    ) -> Result<TractSolution, MosaicError> {
+        let refcat = self.refcat()?;
+        let centre = [tract.centre.ra(), tract.centre.dec()];
+        let mut data = sources.to_vec();
         // Reference stars over the CCDs' detections plus the search margin.
         let margin = self.config.max_offset_arcsec + self.config.match_radius_arcsec;
         let mut lo = [f64::INFINITY; 2];
@@ -768,7 +936,7 @@ impl Mosaic {
                     tracing::warn!(
                         "mosaic[tract={}]: visit {} ccd {}: no offset from the reference found \
                          (fewer than {MIN_OFFSET_PAIRS} pairs within {} arcsec); none applied",
-                        unit.tract,
+                        tract_id,
                         c.visit,
                         c.ccd,
                         self.config.max_offset_arcsec
@@ -856,67 +1024,86 @@ impl Mosaic {
         }
         let solution =
             solve_joint(&problem, &self.solve_params()).map_err(|source| MosaicError::Solve {
-                tract: unit.tract,
+                tract: tract_id,
                 source,
             })?;
         // "Before" means the WCS as single-frame left it: without the offsets removed above.
         let (stats, per_ccd) = before_without_shift(&problem, &solution, &shifts);
-        let ccds = data
-            .into_par_iter()
-            .zip(solution.ccds.par_iter())
-            .zip(per_ccd.into_par_iter())
-            .zip(shifts.par_iter())
-            .zip(problem.ccds.par_iter())
-            .map(|((((d, outcome), res), shift), frame)| {
-                self.ccd_result(&d, outcome, res, *shift, *frame)
+        let ccds = solution
+            .ccds
+            .into_iter()
+            .zip(per_ccd)
+            .zip(shifts)
+            .zip(&problem.ccds)
+            .map(|(((outcome, residuals), shift), frame)| CcdSolution {
+                outcome,
+                residuals,
+                shift,
+                frame: *frame,
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(TractResult {
+            .collect();
+        Ok(TractSolution {
             ccds,
-            stats,
-            n_stars: problem.n_stars,
-            n_reference_stars: problem.references.len(),
-            solution_chi2: solution.chi2,
-            solution_dof: solution.dof,
-            iterations: solution.iterations,
+            summary: TractSummary {
+                stats,
+                n_stars: problem.n_stars,
+                n_reference_stars: problem.references.len(),
+                solution_chi2: solution.chi2,
+                solution_dof: solution.dof,
+                iterations: solution.iterations,
+            },
         })
+    }
+
+    /// The corrected WCS of each CCD of a block (`wcs`, `sources` and `solved` side by side,
+    /// in parallel on the current pool), in order.
+    fn fit_ccds(
+        &self,
+        wcs: Vec<Wcs>,
+        sources: &[CcdSources],
+        solved: &[CcdSolution],
+    ) -> Result<Vec<CcdResult>, MosaicError> {
+        wcs.into_par_iter()
+            .zip(sources)
+            .zip(solved)
+            .map(|((wcs, d), solved)| self.ccd_result(&wcs, d, solved))
+            .collect()
     }
 
     fn ccd_result(
         &self,
-        d: &CcdData,
-        outcome: &CcdOutcome,
-        residuals: CcdResiduals,
-        shift: [f64; 2],
-        frame: CcdFrame,
+        wcs: &Wcs,
+        d: &CcdSources,
+        solved: &CcdSolution,
     ) -> Result<CcdResult, MosaicError> {
+        let residuals = solved.residuals;
         let keep = |note: String| -> Result<CcdResult, MosaicError> {
             Ok(CcdResult {
                 visit: d.visit,
                 ccd: d.ccd,
                 corrected: None,
-                kept: d.wcs.to_records()?.concat(),
+                kept: wcs.to_records()?.concat(),
                 note,
                 residuals,
                 representation_px: 0.0,
             })
         };
-        let correction = match outcome {
-            CcdOutcome::Solved(c) => c.clone().shifted(shift),
+        let correction = match &solved.outcome {
+            CcdOutcome::Solved(c) => c.clone().shifted(solved.shift),
             CcdOutcome::Unsolved(why) => return keep(why.clone()),
         };
         match corrected_wcs(
-            &d.wcs,
+            wcs,
             &correction,
-            frame,
+            solved.frame,
             d.width,
             d.height,
             self.config.order.max(d.sip_order),
         )? {
-            Some((wcs, representation_px)) => Ok(CcdResult {
+            Some((corrected, representation_px)) => Ok(CcdResult {
                 visit: d.visit,
                 ccd: d.ccd,
-                corrected: Some(wcs),
+                corrected: Some(corrected),
                 kept: String::new(),
                 note: String::new(),
                 residuals,
@@ -1021,18 +1208,18 @@ pub fn corrected_wcs(
 }
 
 fn log_tract(tract: u32, r: &TractResult) {
-    let s = &r.stats;
+    let s = &r.summary.stats;
     let solved = r.ccds.iter().filter(|c| c.corrected.is_some()).count();
     tracing::info!(
         "mosaic[tract={tract}]: {solved}/{} CCDs solved, {} stars ({} reference), χ²/dof = {:.1}/{:.0} \
          after {} solves; internal RMS {:.4}″ → {:.4}″ ({:.4} → {:.4} px, {} detections); \
          against the reference {:.4}″ → {:.4}″ ({:.4} → {:.4} px, {} detections)",
         r.ccds.len(),
-        r.n_stars,
-        r.n_reference_stars,
-        r.solution_chi2,
-        r.solution_dof,
-        r.iterations,
+        r.summary.n_stars,
+        r.summary.n_reference_stars,
+        r.summary.solution_chi2,
+        r.summary.solution_dof,
+        r.summary.iterations,
         s.internal_before_arcsec,
         s.internal_after_arcsec,
         s.internal_before_px,
@@ -1066,7 +1253,7 @@ fn write_tract(
     order: usize,
     durable: bool,
 ) -> Result<(), FitsError> {
-    let s = &r.stats;
+    let s = &r.summary.stats;
     let solved = r.ccds.iter().filter(|c| c.corrected.is_some()).count();
     let representation = r
         .ccds
@@ -1082,19 +1269,23 @@ fn write_tract(
             order as i64,
             "polynomial order of the corrections",
         ),
-        Card::int("NSTARS", r.n_stars as i64, "stars in the joint fit"),
+        Card::int("NSTARS", r.summary.n_stars as i64, "stars in the joint fit"),
         Card::int(
             "NREFSTAR",
-            r.n_reference_stars as i64,
+            r.summary.n_reference_stars as i64,
             "of which matched to the reference",
         ),
         Card::real(
             "CHI2",
-            finite(r.solution_chi2),
+            finite(r.summary.solution_chi2),
             "chi-square of the final solve",
         ),
-        Card::real("DOF", r.solution_dof, "its degrees of freedom"),
-        Card::int("NITER", r.iterations as i64, "solves (rejection rounds)"),
+        Card::real("DOF", r.summary.solution_dof, "its degrees of freedom"),
+        Card::int(
+            "NITER",
+            r.summary.iterations as i64,
+            "solves (rejection rounds)",
+        ),
         Card::int(
             "NINTERN",
             s.n_internal as i64,
@@ -1250,6 +1441,33 @@ mod tests {
                 assert!(d < 0.05, "sip {sip}: {p:?} {d} mas");
             }
         }
+    }
+
+    #[test]
+    fn how_a_tract_is_shared_among_ranks_is_checked_and_not_fingerprinted() {
+        let config = MosaicConfig {
+            registry: Some("registry.sqlite3".into()),
+            reference: Some("reference.fits".into()),
+            ..MosaicConfig::default()
+        };
+        let fingerprint = |c: &MosaicConfig| Mosaic::new(c.clone()).unwrap().config_fingerprint();
+        let shared = MosaicConfig {
+            large_tract_ccds: 3,
+            ranks_per_large_tract: 2,
+            ..config.clone()
+        };
+        assert_eq!(fingerprint(&config), fingerprint(&shared));
+        let affine_to_quadratic = MosaicConfig {
+            order: 2,
+            ..config.clone()
+        };
+        assert_ne!(fingerprint(&config), fingerprint(&affine_to_quadratic));
+        let no_ranks = MosaicConfig {
+            ranks_per_large_tract: 0,
+            ..config
+        };
+        let err = Mosaic::new(no_ranks).unwrap_err();
+        assert!(err.contains("ranks_per_large_tract must be ≥ 1"), "{err}");
     }
 
     #[test]

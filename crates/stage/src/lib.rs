@@ -5,7 +5,7 @@
 //! receive the values they set ([`UnitContext::input_values`]): that is how a stage gathers
 //! over any subset of its units (all CCDs of a visit) and scatters the result to a follow-up
 //! phase, with no barrier for the rest. A unit may also run on several ranks at once
-//! ([`PlannedUnit::on_ranks`], [`UnitContext::collectives`]). It never knows which rank it runs on or how many there are: the engine
+//! ([`PlannedUnit::on_ranks`], [`PlannedUnit::on_up_to_ranks`], [`UnitContext::collectives`]). It never knows which rank it runs on or how many there are: the engine
 //! (crate `skypipe-engine`) decides that, records every unit's [`Outcome`] or
 //! [`UnitFailure`] in its ledger, and retries what [`FailureKind`] says may be retried.
 //!
@@ -101,6 +101,9 @@ pub struct PlannedUnit<U> {
     /// [`Stage::run`] with [`UnitContext::collectives`] over exactly those ranks; [`ALL_RANKS`]
     /// for every rank of the job.
     pub ranks: usize,
+    /// Whether [`PlannedUnit::ranks`] is a cap rather than a requirement (default false): the
+    /// engine gives the unit `min(ranks, ranks of the job)` (see [`PlannedUnit::on_up_to_ranks`]).
+    pub ranks_capped: bool,
     /// Run once every input has ended, even if some failed (default false): a gather that can
     /// work with the members that succeeded (a visit's registry rows without a broken CCD).
     /// Failed inputs appear in [`UnitContext::inputs`] with their outcome and no value.
@@ -120,6 +123,7 @@ impl<U> PlannedUnit<U> {
             cost_hint: None,
             after: Vec::new(),
             ranks: 1,
+            ranks_capped: false,
             tolerate_failed_inputs: false,
             affinity: Vec::new(),
         }
@@ -137,9 +141,21 @@ impl<U> PlannedUnit<U> {
         self
     }
 
-    /// Runs on `ranks` ranks at once with collectives among them.
+    /// Runs on `ranks` ranks at once with collectives among them; a job that cannot give a
+    /// unit that many ranks refuses the plan.
     pub fn on_ranks(mut self, ranks: usize) -> Self {
         self.ranks = ranks;
+        self.ranks_capped = false;
+        self
+    }
+
+    /// Runs on up to `ranks` ranks at once: the engine resolves the cap, when it plans, to
+    /// the smaller of `ranks` and the most ranks the job can give a unit (a stage never learns
+    /// the number of ranks), so the same plan runs on any job. Run alone (`--unit`), it runs
+    /// on one. For work that shares well over a few ranks (a large tract's CCDs).
+    pub fn on_up_to_ranks(mut self, ranks: usize) -> Self {
+        self.ranks = ranks;
+        self.ranks_capped = true;
         self
     }
 
@@ -147,6 +163,7 @@ impl<U> PlannedUnit<U> {
     /// the job holds (a map made from every observation). Run alone (`--unit`), it runs on one.
     pub fn on_all_ranks(mut self) -> Self {
         self.ranks = ALL_RANKS;
+        self.ranks_capped = false;
         self
     }
 
