@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cmb;
+pub mod content;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;

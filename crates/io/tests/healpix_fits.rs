@@ -166,6 +166,7 @@ fn header(case: &Case) -> HealpixHeader<'static> {
         nested: case.nested,
         coordsys: case.coordsys,
         cards: vec![Card::text("STAGE", "mapmake", "written by")],
+        provenance: None,
     }
 }
 
