@@ -60,6 +60,17 @@ fn chain_under_mpirun_is_reproducible_and_equals_single_units() {
         );
     }
 
+    // `skypipe-status --explain` follows a calibrated file to its pointing file and, through
+    // both, to the raw observation.
+    let chain = explain(&run1.join("calibrate/obs=0002.h5"));
+    let raw = absolute(&list.parent().unwrap().join("obs/obs=0002.h5"));
+    let pointing = absolute(&run1.join("pointing/obs=0002.h5"));
+    assert!(chain.contains("stage calibrate, unit obs=0002"), "{chain}");
+    assert!(chain.contains(&format!("- pointing {pointing}")), "{chain}");
+    assert!(chain.contains("stage pointing, unit obs=0002"), "{chain}");
+    assert!(chain.contains(&format!("- observation {raw}")), "{chain}");
+    assert!(chain.contains("no skypipe provenance (input data"), "{chain}");
+
     // The outputs read with h5py: layout, attributes, finite calibrated data, and gains close to
     // the truth (noise, 1/f and the sky bias the fit at the per-cent level in 60 s).
     let check = r#"
