@@ -34,6 +34,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use skypipe_astrometry::tansip::{self, FitParams, TanSip};
 use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
+use skypipe_io::provenance::Provenance;
 use skypipe_optical::calibration::ReferenceCatalog;
 use skypipe_optical::measure::flags;
 use skypipe_optical::singleframe::{
@@ -502,8 +503,14 @@ impl Stage for Mosaic {
             _ => UnitFailure::bad_input(e),
         })?;
         let path = ctx.run_dir.join(tract_output_path(unit.tract));
-        write_tract(&path, unit.tract, &solved, self.config.order, ctx.durable)
-            .map_err(UnitFailure::transient)?;
+        // The CCDs this unit read (in a chain run, those its registered visits brought in).
+        let provenance = Provenance::of_unit(self, unit, &ctx.run_dir);
+        let out = TractFile {
+            path: &path,
+            provenance: &provenance,
+            durable: ctx.durable,
+        };
+        write_tract(&out, unit.tract, &solved, self.config.order).map_err(UnitFailure::transient)?;
         let rows: Vec<MosaicWcs> = solved
             .ccds
             .iter()
@@ -1059,12 +1066,20 @@ fn finite(v: f64) -> f64 {
     if v.is_finite() { v } else { -1.0 }
 }
 
+/// Where a tract file goes, where it came from, and whether to sync it.
+struct TractFile<'a> {
+    path: &'a Path,
+    provenance: &'a Provenance,
+    durable: bool,
+}
+
+/// Writes `mosaic/tract-TTTT.fits`: the solution's statistics and provenance in the primary
+/// header, one row per CCD in table `MOSAIC`.
 fn write_tract(
-    path: &Path,
+    out: &TractFile<'_>,
     tract: u32,
     r: &TractResult,
     order: usize,
-    durable: bool,
 ) -> Result<(), FitsError> {
     let s = &r.stats;
     let solved = r.ccds.iter().filter(|c| c.corrected.is_some()).count();
@@ -1199,9 +1214,10 @@ fn write_tract(
                 .collect(),
         ),
     ];
-    let mut w = FitsWriter::create(path, durable, None)?;
+    let mut w = FitsWriter::create(out.path, out.durable, None)?;
     w.primary_keys(&primary)?;
     w.table("MOSAIC", &columns, &[])?;
+    out.provenance.write_fits(&mut w)?;
     w.commit()?;
     Ok(())
 }
