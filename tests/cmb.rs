@@ -69,7 +69,10 @@ fn chain_under_mpirun_is_reproducible_and_equals_single_units() {
     assert!(chain.contains(&format!("- pointing {pointing}")), "{chain}");
     assert!(chain.contains("stage pointing, unit obs=0002"), "{chain}");
     assert!(chain.contains(&format!("- observation {raw}")), "{chain}");
-    assert!(chain.contains("no skypipe provenance (input data"), "{chain}");
+    assert!(
+        chain.contains("no skypipe provenance (input data"),
+        "{chain}"
+    );
 
     // The outputs read with h5py: layout, attributes, finite calibrated data, and gains close to
     // the truth (noise, 1/f and the sky bias the fit at the per-cent level in 60 s).
@@ -657,7 +660,10 @@ fn files_compared_without_provenance_still_differ_in_their_data() {
     };
     let cards = fits("a.fits", &provenance(2, "run1"), 2.0);
     assert!(cards == fits("b.fits", &provenance(3, "a/much/longer/run/directory"), 2.0));
-    assert!(cards == fits("c.fits", &provenance(100, "run2"), 2.0), "table");
+    assert!(
+        cards == fits("c.fits", &provenance(100, "run2"), 2.0),
+        "table"
+    );
     assert!(cards != fits("d.fits", &provenance(2, "run1"), 3.0));
     let hdf5 = |name: &str, p: &Provenance, value: f64| {
         let path = tmp.path().join(name);

@@ -195,7 +195,10 @@ fn noiseless_chain_maps_the_input_sky_identically_on_1_to_4_ranks_from_owned_sub
         assert!(chain.contains("made from 12 file(s)"), "{chain}");
         for obs in 0..6 {
             let calibrated = absolute(&inputs.join(format!("calibrate/obs={obs:04}.h5")));
-            assert!(chain.contains(&format!("- calibrated {calibrated}")), "{chain}");
+            assert!(
+                chain.contains(&format!("- calibrated {calibrated}")),
+                "{chain}"
+            );
             let pointing = absolute(&inputs.join(format!("pointing/obs={obs:04}.h5")));
             assert!(chain.contains(&format!("- pointing {pointing}")), "{chain}");
         }

@@ -185,15 +185,24 @@ fn mosaic_corrects_wrong_header_wcs_to_the_truth_and_a_corrupt_catalogue_fails_i
     // catalogue and calexp of each of its CCDs.
     for &tract in &tracts {
         let path = run1.join(format!("mosaic/tract-{tract:04}.fits"));
-        let p = Provenance::read(&path).unwrap().expect("a tract file has provenance");
-        assert_eq!((p.stage.as_str(), p.unit.clone()), ("mosaic", format!("tract={tract}")));
+        let p = Provenance::read(&path)
+            .unwrap()
+            .expect("a tract file has provenance");
+        assert_eq!(
+            (p.stage.as_str(), p.unit.clone()),
+            ("mosaic", format!("tract={tract}"))
+        );
         let ccds = FitsReader::open(&path)
             .unwrap()
             .key_i64(Hdu::Primary, "NCCD")
             .unwrap() as usize;
         let count = |kind: &str| p.inputs.iter().filter(|i| i.kind == kind).count();
         assert_eq!(
-            (count("sources"), count("calexp"), count("reference-catalog")),
+            (
+                count("sources"),
+                count("calexp"),
+                count("reference-catalog")
+            ),
             (ccds, ccds, 1),
             "{p:?}"
         );

@@ -69,7 +69,9 @@ fn fits_without_provenance(bytes: &[u8]) -> Vec<u8> {
 
 fn is_provenance_key(key: &str) -> bool {
     PROVENANCE_KEYS.contains(&key)
-        || (key.len() == 8 && key.starts_with("SPIN") && key[4..].bytes().all(|b| b.is_ascii_digit()))
+        || (key.len() == 8
+            && key.starts_with("SPIN")
+            && key[4..].bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The 80-character cards of the header starting `bytes`, up to (without) `END`.

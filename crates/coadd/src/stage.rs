@@ -6,8 +6,8 @@ use crate::kernels::{self, ClipParams, StackInput};
 use crate::output::{self, CoaddError};
 use crate::patch::{PatchGrid, PatchKey};
 use serde::{Deserialize, Serialize};
-use skypipe_io::provenance::Provenance;
 use skypipe_core::warp::{self, CoarseMap, FluxScaling, Source, WarpParams};
+use skypipe_io::provenance::Provenance;
 use skypipe_optical::singleframe::{
     DATASET_CALEXP, DATASET_REGISTERED, output_paths, registered_path,
 };

@@ -22,8 +22,8 @@
 //! assert_eq!(r.column_f64(Hdu::Name("SOURCES"), "X").unwrap(), vec![1.0, 2.0]);
 //! ```
 
-use crate::{AtomicFile, Durability, IoError};
 use crate::provenance::Provenance;
+use crate::{AtomicFile, Durability, IoError};
 use fitsio::FitsFile;
 use fitsio::hdu::{FitsHdu, HduInfo};
 use fitsio::images::{ImageDescription, ImageType};

@@ -510,7 +510,8 @@ impl Stage for Mosaic {
             provenance: &provenance,
             durable: ctx.durable,
         };
-        write_tract(&out, unit.tract, &solved, self.config.order).map_err(UnitFailure::transient)?;
+        write_tract(&out, unit.tract, &solved, self.config.order)
+            .map_err(UnitFailure::transient)?;
         let rows: Vec<MosaicWcs> = solved
             .ccds
             .iter()

@@ -356,7 +356,12 @@ mod tests {
             band: "i".into(),
             reason: "unit x: bad-input".into(),
         }];
-        let provenance = Provenance::new("multiband", "tract=1,step=catalog", "f", [("multiband-patch".to_string(), "p.fits")]);
+        let provenance = Provenance::new(
+            "multiband",
+            "tract=1,step=catalog",
+            "f",
+            [("multiband-patch".to_string(), "p.fits")],
+        );
         let out = OutputFile {
             path: &path,
             provenance: &provenance,

@@ -5,11 +5,11 @@ use crate::config::MultibandConfig;
 use crate::kernels::{self, MeasureAt, Measurement, Peak, flag};
 use crate::output::{self, BandColumns, Catalog, Missing, MultibandError};
 use serde::{Deserialize, Serialize};
+use skypipe_coadd::output::OutputFile;
 use skypipe_coadd::patch::{PatchGrid, PatchKey};
 use skypipe_coadd::stage::{
     DATASET_COADD, DATASET_COADD_SOURCES, mask as coadd_mask, paths as coadd_paths,
 };
-use skypipe_coadd::output::OutputFile;
 use skypipe_io::fits::Card;
 use skypipe_io::provenance::Provenance;
 use skypipe_registry::{MultibandRecord, Registry, SkyMap};
