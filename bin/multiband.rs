@@ -28,6 +28,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    skypipe_io::provenance::set_build_commit(option_env!("SKYPIPE_GIT_COMMIT"));
     let cli = Cli::parse();
     let (launched, _) = run_binary(&cli.engine, |mut file: MultibandFile<RunOptions>| {
         if let Some(registry) = cli.registry {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::cmb::*;
+use common::content::*;
 use common::*;
 use std::path::Path;
 
@@ -22,7 +23,8 @@ fn chain_under_mpirun_is_reproducible_and_equals_single_units() {
     assert_eq!(outcomes(&run1, "pointing"), all_done(4));
     assert_eq!(outcomes(&run1, "calibrate"), all_done(4));
 
-    // A second run on a different number of ranks writes byte-identical files.
+    // A second run on a different number of ranks writes byte-identical files but for their
+    // provenance (another run directory, another configuration fingerprint).
     let run2 = tmp.path().join("run2");
     let out = run_stage("pointing", &pcfg, &list, &run2, 2, &[]);
     assert_eq!(code(&out.status), 0, "{}", text(&out));
@@ -36,10 +38,10 @@ fn chain_under_mpirun_is_reproducible_and_equals_single_units() {
     let out = run_stage("calibrate", &ccfg2, &list, &run2, 2, &[]);
     assert_eq!(code(&out.status), 0, "{}", text(&out));
     for stage in ["pointing", "calibrate"] {
-        let a = files(&run1.join(stage));
+        let a = files_without_provenance(&run1.join(stage));
         assert_eq!(a.len(), 4, "{stage}: {:?}", a.keys());
         assert!(
-            a == files(&run2.join(stage)),
+            a == files_without_provenance(&run2.join(stage)),
             "{stage} outputs differ between runs"
         );
     }
@@ -50,13 +52,27 @@ fn chain_under_mpirun_is_reproducible_and_equals_single_units() {
         let cfg = if stage == "pointing" { &pcfg } else { &ccfg };
         let out = run_stage(stage, cfg, &list, &run3, 0, &["--unit", "obs=0002"]);
         assert_eq!(code(&out.status), 0, "{}", text(&out));
-        let one = std::fs::read(run3.join(stage).join("obs=0002.h5")).unwrap();
-        let all = std::fs::read(run1.join(stage).join("obs=0002.h5")).unwrap();
+        let one = without_provenance(&run3.join(stage).join("obs=0002.h5"));
+        let all = without_provenance(&run1.join(stage).join("obs=0002.h5"));
         assert!(
             one == all,
             "{stage}: --unit output differs from the mpirun output"
         );
     }
+
+    // `skypipe-status --explain` follows a calibrated file to its pointing file and, through
+    // both, to the raw observation.
+    let chain = explain(&run1.join("calibrate/obs=0002.h5"));
+    let raw = absolute(&list.parent().unwrap().join("obs/obs=0002.h5"));
+    let pointing = absolute(&run1.join("pointing/obs=0002.h5"));
+    assert!(chain.contains("stage calibrate, unit obs=0002"), "{chain}");
+    assert!(chain.contains(&format!("- pointing {pointing}")), "{chain}");
+    assert!(chain.contains("stage pointing, unit obs=0002"), "{chain}");
+    assert!(chain.contains(&format!("- observation {raw}")), "{chain}");
+    assert!(
+        chain.contains("no skypipe provenance (input data"),
+        "{chain}"
+    );
 
     // The outputs read with h5py: layout, attributes, finite calibrated data, and gains close to
     // the truth (noise, 1/f and the sky bias the fit at the per-cent level in 60 s).
@@ -614,4 +630,51 @@ fn an_observation_list_renumbering_a_file_is_said() {
         "{all}"
     );
     assert!(tmp.path().join("run/pointing/obs=0001.h5").is_file());
+}
+
+/// The comparison the reproducibility tests make: provenance (cards or a table, HDF5
+/// attributes) is left out, and a changed value is still seen.
+#[test]
+fn files_compared_without_provenance_still_differ_in_their_data() {
+    use skypipe_io::Durability;
+    use skypipe_io::fits::{Column, FitsWriter};
+    use skypipe_io::hdf5::H5Writer;
+    use skypipe_io::provenance::Provenance;
+    let tmp = tempfile::tempdir().unwrap();
+    let provenance = |inputs: usize, run: &str| {
+        Provenance::new(
+            "calibrate",
+            "obs=0001",
+            run,
+            (0..inputs).map(|i| ("raw".to_string(), format!("/{run}/obs={i:04}.h5"))),
+        )
+    };
+    let fits = |name: &str, p: &Provenance, value: f64| {
+        let path = tmp.path().join(name);
+        let mut w = FitsWriter::create(&path, false, None).unwrap();
+        w.table("DATA", &[Column::f64("X", "m", vec![1.0, value])], &[])
+            .unwrap();
+        p.write_fits(&mut w).unwrap();
+        w.commit().unwrap();
+        without_provenance(&path)
+    };
+    let cards = fits("a.fits", &provenance(2, "run1"), 2.0);
+    assert!(cards == fits("b.fits", &provenance(3, "a/much/longer/run/directory"), 2.0));
+    assert!(
+        cards == fits("c.fits", &provenance(100, "run2"), 2.0),
+        "table"
+    );
+    assert!(cards != fits("d.fits", &provenance(2, "run1"), 3.0));
+    let hdf5 = |name: &str, p: &Provenance, value: f64| {
+        let path = tmp.path().join(name);
+        let w = H5Writer::create(&path, Durability::ProcessCrashOnly).unwrap();
+        w.attr_str("", "format", "test/1").unwrap();
+        p.write_hdf5(&w).unwrap();
+        w.write_1d("detectors/a/signal", &[1.0, value]).unwrap();
+        w.commit().unwrap();
+        without_provenance(&path)
+    };
+    let attributes = hdf5("a.h5", &provenance(2, "run1"), 2.0);
+    assert!(attributes == hdf5("b.h5", &provenance(5, "run2"), 2.0));
+    assert!(attributes != hdf5("c.h5", &provenance(2, "run1"), 3.0));
 }

@@ -230,6 +230,32 @@ fn coadds_of_the_tiny_field_from_the_registry() {
     println!("coarse-grid interpolation error: max {max_error:.2e} pixel");
     assert!(max_error < 1e-3, "{max_error}");
 
+    // `skypipe-status --explain` follows a coadd to its warps and each warp to its calexp, and
+    // a detection catalogue to its coadd.
+    let coadd = &reg.coadds(*patches.first().unwrap()).unwrap()[0];
+    let chain = explain(&coadd.path);
+    assert!(chain.contains("stage coadd, unit tract="), "{chain}");
+    let listed = |kind: &str| {
+        chain
+            .lines()
+            .filter(|l| l.trim_start().starts_with(&format!("- {kind} ")))
+            .count()
+    };
+    assert_eq!(listed("warp"), coadd.inputs as usize, "{chain}");
+    assert_eq!(listed("calexp"), coadd.inputs as usize, "{chain}");
+    assert!(chain.contains("stage singleframe, unit visit="), "{chain}");
+    assert!(chain.contains("- raw "), "{chain}");
+    let catalog = coadd
+        .path
+        .to_string_lossy()
+        .replace("/coadd/coadd/", "/coadd/src/");
+    let chain = explain(Path::new(&catalog));
+    assert!(chain.contains("stage coadd, unit tract="), "{chain}");
+    assert!(
+        chain.contains(&format!("- coadd {}", absolute(&coadd.path))),
+        "{chain}"
+    );
+
     // astropy: WCS of the coadds, quicklooks, flux of isolated stars through warp + coadd.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/coadd/check.py");
     let py = Command::new("/usr/bin/python3")

@@ -187,6 +187,24 @@ fn noiseless_chain_maps_the_input_sky_identically_on_1_to_4_ranks_from_owned_sub
         assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 400);
         runs.push(s(&run_dir));
     }
+    // `skypipe-status --explain` lists a map's observations (calibrated and pointing file of
+    // each), followed back to the raw observations; the baselines name the same.
+    for file in ["map_destriped.fits", "baselines/obs=0003.h5"] {
+        let chain = explain(&tmp.path().join("map2/mapmake").join(file));
+        assert!(chain.contains("stage mapmake, unit map=full"), "{chain}");
+        assert!(chain.contains("made from 12 file(s)"), "{chain}");
+        for obs in 0..6 {
+            let calibrated = absolute(&inputs.join(format!("calibrate/obs={obs:04}.h5")));
+            assert!(
+                chain.contains(&format!("- calibrated {calibrated}")),
+                "{chain}"
+            );
+            let pointing = absolute(&inputs.join(format!("pointing/obs={obs:04}.h5")));
+            assert!(chain.contains(&format!("- pointing {pointing}")), "{chain}");
+        }
+        assert!(chain.contains("stage calibrate, unit obs=0005"), "{chain}");
+        assert!(chain.contains("- observation "), "{chain}");
+    }
     let mut args = vec![s(&tmp.path().join("data"))];
     args.extend(runs);
     let out = python(CHECK_NOISELESS, &args);

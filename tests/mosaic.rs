@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use skypipe_io::fits::{FitsReader, Hdu};
+use skypipe_io::provenance::Provenance;
 use skypipe_optical::registry::Registry;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -181,6 +182,32 @@ fn mosaic_corrects_wrong_header_wcs_to_the_truth_and_a_corrupt_catalogue_fails_i
         .iter()
         .map(|d| d.0.strip_prefix("tract=").unwrap().parse().unwrap())
         .collect();
+    // Each tract file names what it was made from: the reference catalogue, and the
+    // catalogue and calexp of each of its CCDs.
+    for &tract in &tracts {
+        let path = run1.join(format!("mosaic/tract-{tract:04}.fits"));
+        let p = Provenance::read(&path)
+            .unwrap()
+            .expect("a tract file has provenance");
+        assert_eq!(
+            (p.stage.as_str(), p.unit.clone()),
+            ("mosaic", format!("tract={tract}"))
+        );
+        let ccds = FitsReader::open(&path)
+            .unwrap()
+            .key_i64(Hdu::Primary, "NCCD")
+            .unwrap() as usize;
+        let count = |kind: &str| p.inputs.iter().filter(|i| i.kind == kind).count();
+        assert_eq!(
+            (
+                count("sources"),
+                count("calexp"),
+                count("reference-catalog")
+            ),
+            (ccds, ccds, 1),
+            "{p:?}"
+        );
+    }
     let reg = Registry::open_read_only(run1.join("registry.sqlite3")).unwrap();
     let mut lower = None;
     for &tract in &tracts {

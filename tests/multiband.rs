@@ -203,6 +203,25 @@ fn multiband_catalogues_of_the_tiny_field() {
         rows
     );
 
+    // `skypipe-status --explain` follows the tract catalogue to its patch catalogues, and each
+    // of those to its bands' coadds and coadd catalogues.
+    let chain = explain(&run_dir.join(format!("multiband/t{tract:04}.fits")));
+    assert!(
+        chain.contains(&format!("stage multiband, unit tract={tract},step=catalog")),
+        "{chain}"
+    );
+    let listed = |kind: &str| {
+        chain
+            .lines()
+            .filter(|l| l.trim_start().starts_with(&format!("- {kind} ")))
+            .count()
+    };
+    let coadds = reg.all_coadds().unwrap().len();
+    assert_eq!(listed("multiband-patch"), patches.len(), "{chain}");
+    assert_eq!(listed("coadd-sources"), coadds, "{chain}");
+    assert!(listed("coadd") >= coadds, "{chain}");
+    assert!(chain.contains("stage coadd, unit tract="), "{chain}");
+
     // astropy against the truth.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/multiband/check.py");
     let py = Command::new("/usr/bin/python3")

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cmb;
+pub mod content;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -215,4 +216,21 @@ pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 pub fn report(run_dir: &Path) -> serde_json::Value {
     let bytes = std::fs::read(run_dir.join("run-report.json")).expect("run-report.json");
     serde_json::from_slice(&bytes).unwrap()
+}
+
+/// `skypipe-status --explain FILE`: the provenance chain behind an output (the command must
+/// succeed).
+pub fn explain(file: &Path) -> String {
+    let status = Path::new(env!("CARGO_BIN_EXE_skypipe-status"));
+    let out = run(direct(status, &["--explain", &file.to_string_lossy()]));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// `path` made absolute as provenance records it.
+pub fn absolute(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .display()
+        .to_string()
 }

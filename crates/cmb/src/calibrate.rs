@@ -42,6 +42,7 @@ use skypipe_core::healpix::{Healpix, Ordering};
 use skypipe_core::quat;
 use skypipe_io::Durability;
 use skypipe_io::hdf5::{H5Dataset, H5Error, H5Reader, H5Writer};
+use skypipe_io::provenance::Provenance;
 use skypipe_stage::{
     Connections, FailureKind, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure,
     fingerprint_of,
@@ -767,12 +768,14 @@ impl Calibrate {
         })
     }
 
-    /// Calibrates observation `obs` with pointing from `pointing` into `out` (atomically).
+    /// Calibrates observation `obs` with pointing from `pointing` into `out` (atomically),
+    /// with `provenance` in its `/provenance` attributes.
     pub fn process(
         &self,
         obs: u32,
         pointing: &Path,
         out: &Path,
+        provenance: &Provenance,
         durability: Durability,
     ) -> Result<(), CmbError> {
         // Read and validate every input before writing anything.
@@ -781,6 +784,7 @@ impl Calibrate {
         let inputs = self.detector_inputs(&open)?;
         let w = H5Writer::create(out, durability)?;
         self.write_header(&w, &open)?;
+        provenance.write_hdf5(&w)?;
         for det in &inputs {
             let mut cache = Vec::new();
             let gain = self.find_gain(det, &open, &mut cache)?;
@@ -987,7 +991,8 @@ impl Stage for Calibrate {
             ));
         }
         let out = self.output_path(&ctx.run_dir, unit.obs);
-        self.process(unit.obs, &pointing, &out, durability(ctx))
+        let provenance = Provenance::of_unit(self, unit, &ctx.run_dir);
+        self.process(unit.obs, &pointing, &out, &provenance, durability(ctx))
             .map_err(CmbError::into_failure)?;
         Ok(Outcome::Done)
     }

@@ -17,13 +17,17 @@
 //! - Every input is validated at the I/O boundary ([`model`]); a bad file fails its unit with
 //!   an error naming the file and the dataset, and the other units go on.
 //! - Outputs are written under a temporary name and renamed; identical inputs and
-//!   configuration give byte-identical outputs.
+//!   configuration give byte-identical outputs (their provenance names the inputs by
+//!   absolute path, so runs in two directories differ there and only there).
 //! - Memory per unit is bounded by `chunk_samples`, not by the length of an observation.
 //!
 //! ```no_run
+//! use skypipe_cmb::model::ObsUnit;
 //! use skypipe_cmb::pointing::{Pointing, PointingConfig};
+//! use skypipe_io::provenance::Provenance;
 //! let stage = Pointing::new(PointingConfig { nside: 256, ..Default::default() })?;
-//! stage.process(0, std::path::Path::new("run/pointing/obs=0000.h5"), skypipe_io::Durability::Synced)?;
+//! let provenance = Provenance::of_unit(&stage, &ObsUnit { obs: 0 }, std::path::Path::new("run"));
+//! stage.process(0, std::path::Path::new("run/pointing/obs=0000.h5"), &provenance, skypipe_io::Durability::Synced)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

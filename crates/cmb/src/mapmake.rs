@@ -54,6 +54,7 @@ use skypipe_io::fits::{
     Card, Column, ColumnSpec, ColumnType, HealpixHeader, write_healpix_map_blocks,
 };
 use skypipe_io::hdf5::{H5Error, H5Reader, H5Writer};
+use skypipe_io::provenance::Provenance;
 use skypipe_stage::{
     Collectives, Connections, FailureKind, Outcome, OutcomeKind, PlanError, PlannedUnit, Stage,
     UnitContext, UnitFailure, UnitId, WorkUnit, fingerprint_of,
@@ -446,7 +447,8 @@ pub struct SplitSummary {
 
 /// Writes `OUT_DIR/baselines/obs=NNNN.h5`: one baseline amplitude (K_CMB) per
 /// `baseline_samples` samples of each of `detectors` of observation `obs`, the offsets
-/// subtracted by the destriper.
+/// subtracted by the destriper (solved from every observation of the map, as `provenance`
+/// says).
 fn write_baselines(
     ctx: &UnitContext,
     out_dir: &Path,
@@ -454,6 +456,7 @@ fn write_baselines(
     detectors: &[&DetectorData],
     amplitudes: &[Vec<f64>],
     baseline_samples: usize,
+    provenance: &Provenance,
 ) -> Result<(), UnitFailure> {
     let path = out_dir.join("baselines").join(obs_file_name(obs));
     let write = || -> Result<(), H5Error> {
@@ -461,6 +464,7 @@ fn write_baselines(
         w.attr_str("", "format", BASELINES_FORMAT)?;
         w.attr_i64("", "obs", i64::from(obs))?;
         w.attr_i64("", "baseline_samples", baseline_samples as i64)?;
+        provenance.write_hdf5(&w)?;
         for (det, a) in detectors.iter().zip(amplitudes) {
             let name = format!("detectors/{}/baselines", det.name);
             w.write_1d(&name, a)?;
@@ -468,6 +472,17 @@ fn write_baselines(
         w.commit().map(|_| ())
     };
     write().map_err(|e| UnitFailure::transient(e.to_string()))
+}
+
+/// One map file to write: where, which map, and what goes into its header besides the map.
+#[derive(Clone, Copy)]
+struct MapFile<'a> {
+    path: &'a Path,
+    /// `binned` or `destriped`.
+    kind: &'a str,
+    /// Hit counts as 64-bit integers (some pixel has more than `i32::MAX`).
+    wide_hits: bool,
+    provenance: &'a Provenance,
 }
 
 /// One detector's validated data, pixels in NESTED order.
@@ -688,6 +703,29 @@ impl Mapmake {
     /// The output directory of split `name`: `OUT_DIR/split-NAME`.
     pub fn split_dir(&self, run_dir: &Path, name: &str) -> PathBuf {
         self.out_dir(run_dir).join(format!("split-{name}"))
+    }
+
+    /// Provenance of a map unit's files (the full map's when `split` is `None`): the files
+    /// of its observations' units — calibrated timestreams, and pointing or raw
+    /// observations — in observation order.
+    fn map_provenance(
+        &self,
+        split: Option<&Split>,
+        observations: impl Iterator<Item = u32>,
+        run_dir: &Path,
+    ) -> Provenance {
+        let unit = split.map_or(MapUnit::Map, |s| MapUnit::Split {
+            name: s.name.clone(),
+        });
+        let inputs = observations
+            .flat_map(|obs| self.connections(&MapUnit::Obs { obs }, run_dir).inputs)
+            .map(|d| (d.kind, d.path));
+        Provenance::new(
+            self.name(),
+            &unit.id().to_string(),
+            &self.config_fingerprint(),
+            inputs,
+        )
     }
 
     /// The resolved split named `name`.
@@ -1145,6 +1183,7 @@ impl Mapmake {
             Some(s) => self.split_dir(&ctx.run_dir, &s.name),
             None => self.out_dir(&ctx.run_dir),
         };
+        let provenance = self.map_provenance(split, wanted.keys().copied(), &ctx.run_dir);
         let mut amplitudes = baselines.into_iter();
         for (data, detectors) in &local {
             let per_detector: Vec<Vec<f64>> = amplitudes.by_ref().take(detectors.len()).collect();
@@ -1157,6 +1196,7 @@ impl Mapmake {
                     detectors,
                     &per_detector,
                     baseline_samples,
+                    &provenance,
                 )?;
             }
         }
@@ -1238,7 +1278,7 @@ impl Mapmake {
             maps.push((d, last, "destriped"));
         }
         // 1. Every rank sends its share to the writers, which write into the staging directory.
-        let staged = self.write_maps_gathered(coll, &staging, &maps, &summary, dur);
+        let staged = self.write_maps_gathered(coll, &staging, &maps, &summary, &provenance, dur);
         drop(maps);
         if let Err(e) = agree_on_writes(coll, staged.err()) {
             if rank == 0 {
@@ -1373,6 +1413,7 @@ impl Mapmake {
         staging: &Path,
         maps: &[(BinnedMap, usize, &str)],
         summary: &MapSummary,
+        provenance: &Provenance,
         dur: Durability,
     ) -> Result<(), UnitFailure> {
         let me = coll.rank();
@@ -1404,7 +1445,13 @@ impl Mapmake {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f64>>(1);
                 let path = staging.join(format!("map_{kind}.fits"));
                 writers.push(scope.spawn(move || {
-                    self.write_map(&path, wide_hits, summary, kind, dur, || rx.recv().ok())
+                    let map = MapFile {
+                        path: &path,
+                        kind,
+                        wide_hits,
+                        provenance,
+                    };
+                    self.write_map(&map, summary, dur, || rx.recv().ok())
                 }));
                 senders.push(Some(tx));
             }
@@ -1510,13 +1557,17 @@ impl Mapmake {
     /// pixel, in output order, as `next_records` yields them), block by block.
     fn write_map(
         &self,
-        path: &Path,
-        wide_hits: bool,
+        map: &MapFile<'_>,
         summary: &MapSummary,
-        kind: &str,
         dur: Durability,
         mut next_records: impl FnMut() -> Option<Vec<f64>>,
     ) -> Result<(), UnitFailure> {
+        let MapFile {
+            path,
+            kind,
+            wide_hits,
+            provenance,
+        } = *map;
         let nside = summary.nside;
         let nested = self.config.output_ordering == Ordering::Nested;
         let single = self.config.output_precision == Precision::Single;
@@ -1606,6 +1657,7 @@ impl Mapmake {
                     "ordering the map was made in",
                 ),
             ],
+            provenance: Some(provenance),
         };
         write_healpix_map_blocks(path, &header, &specs, fill, dur)
             .map_err(|e| UnitFailure::transient(format!("{}: {e}", path.display())))
@@ -1925,6 +1977,8 @@ impl Stage for Mapmake {
     }
 
     fn connections(&self, unit: &MapUnit, run_dir: &Path) -> Connections {
+        // A map unit declares no input file: its observations reach it as values of their
+        // units (whose files its provenance names, `Mapmake::map_provenance`).
         let maps = |dir: PathBuf| {
             let c = Connections::new().output(DATASET_MAP, dir.join("map_binned.fits"));
             if self.config.destripe {

@@ -884,6 +884,7 @@ mod tests {
             nested: true,
             coordsys: "E",
             cards: vec![],
+            provenance: None,
         };
         let cols = vec![
             Column::f64("I_STOKES", "K_CMB", i),
@@ -910,6 +911,7 @@ mod tests {
             nested: false,
             coordsys: "G",
             cards: vec![],
+            provenance: None,
         };
         let hits = Column::i32("HITS", "", vec![1; 12]);
         write_healpix_map(

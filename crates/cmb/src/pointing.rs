@@ -22,6 +22,7 @@ use skypipe_core::pointing::{
 use skypipe_core::quat::Quat;
 use skypipe_io::Durability;
 use skypipe_io::hdf5::{H5Error, H5OutDataset, H5Reader, H5Writer};
+use skypipe_io::provenance::Provenance;
 use skypipe_stage::{
     Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, fingerprint_of,
 };
@@ -566,8 +567,15 @@ impl Pointing {
         &self.config
     }
 
-    /// Computes and writes the pointing of observation `obs` to `out` (atomically).
-    pub fn process(&self, obs: u32, out: &Path, durability: Durability) -> Result<(), CmbError> {
+    /// Computes and writes the pointing of observation `obs` to `out` (atomically), with
+    /// `provenance` in its `/provenance` attributes.
+    pub fn process(
+        &self,
+        obs: u32,
+        out: &Path,
+        provenance: &Provenance,
+        durability: Durability,
+    ) -> Result<(), CmbError> {
         let entry = self.list.entry(obs).ok_or_else(|| CmbError::List {
             path: self.config.observations.clone(),
             message: format!("no observation {obs}"),
@@ -587,6 +595,7 @@ impl Pointing {
         w.attr_str("", "frame", out_frame.as_str())?;
         w.attr_str("", "attitude_frame", data.frame.as_str())?;
         w.attr_i64("", "aberration", i64::from(self.config.aberration))?;
+        provenance.write_hdf5(&w)?;
         let mut buf = ChunkPointing::default();
         for d in 0..expand.detector_count() {
             let (det, clock, len) = expand.detector(d);
@@ -693,7 +702,8 @@ impl Stage for Pointing {
 
     fn run(&self, unit: &ObsUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
         let out = output_path(&ctx.run_dir, unit.obs);
-        self.process(unit.obs, &out, durability(ctx))
+        let provenance = Provenance::of_unit(self, unit, &ctx.run_dir);
+        self.process(unit.obs, &out, &provenance, durability(ctx))
             .map_err(CmbError::into_failure)?;
         Ok(Outcome::Done)
     }

@@ -12,6 +12,7 @@ use skypipe_core::warp::Warped;
 use skypipe_io::Durability;
 use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
 use skypipe_io::png::{PngError, write_png_rgb};
+use skypipe_io::provenance::Provenance;
 use skypipe_optical::image::mask;
 use skypipe_optical::measure::flags;
 use skypipe_registry::SkyPoint;
@@ -191,16 +192,41 @@ pub struct WarpMeta<'a> {
     pub wcs: WcsUsed,
 }
 
+/// An output file to write: where, where it came from, and whether to sync it.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputFile<'a> {
+    /// Its final path.
+    pub path: &'a Path,
+    /// Its provenance, written into its primary header.
+    pub provenance: &'a Provenance,
+    /// Sync it before it is renamed into place.
+    pub durable: bool,
+}
+
+impl OutputFile<'_> {
+    /// Starts writing the file.
+    pub fn create(&self) -> Result<FitsWriter, CoaddError> {
+        Ok(FitsWriter::create(self.path, self.durable, None)?)
+    }
+
+    /// Adds the provenance to the primary header (a long input list as a table after the
+    /// file's own extensions) and moves the file into place.
+    pub fn commit(&self, mut w: FitsWriter) -> Result<(), CoaddError> {
+        self.provenance.write_fits(&mut w)?;
+        w.commit()?;
+        Ok(())
+    }
+}
+
 /// Writes a warp.
 pub fn write_warp(
-    path: &Path,
+    out: &OutputFile<'_>,
     grid: &PatchGrid,
     warped: &Warped,
     meta: &WarpMeta,
-    durable: bool,
 ) -> Result<(), CoaddError> {
     let u = meta.unit;
-    let mut w = FitsWriter::create(path, durable, None)?;
+    let mut w = out.create()?;
     let mut cards = patch_cards(u.patch).to_vec();
     cards.extend([
         Card::int("VISIT", u.visit as i64, "visit of the input CCD"),
@@ -241,8 +267,7 @@ pub fn write_warp(
     ]);
     w.primary_keys(&cards)?;
     write_planes(&mut w, grid, &warped.image, &warped.variance, &warped.mask)?;
-    w.commit()?;
-    Ok(())
+    out.commit(w)
 }
 
 /// Reads the planes of a warp or coadd on a grid of `(width, height)`.
@@ -295,13 +320,12 @@ pub struct CoaddMeta<'a> {
 
 /// Writes a coadd: IMAGE, MASK, VARIANCE and NINPUT (inputs used per pixel).
 pub fn write_coadd(
-    path: &Path,
+    out: &OutputFile<'_>,
     grid: &PatchGrid,
     stacked: &crate::kernels::Stacked,
     meta: &CoaddMeta,
-    durable: bool,
 ) -> Result<(), CoaddError> {
-    let mut w = FitsWriter::create(path, durable, None)?;
+    let mut w = out.create()?;
     let mut cards = patch_cards(meta.patch).to_vec();
     cards.extend([
         Card::text("BAND", meta.band, "filter band"),
@@ -347,8 +371,7 @@ pub fn write_coadd(
     let (width, height) = grid.shape();
     let count: Vec<i32> = stacked.count.iter().map(|&c| i32::from(c)).collect();
     w.image_i32("NINPUT", &array(&count, width, height), &wcs_cards(grid)?)?;
-    w.commit()?;
-    Ok(())
+    out.commit(w)
 }
 
 /// Writes the quicklook PNG (the labelled figure of [`crate::kernels::labelled_quicklook`])
@@ -383,13 +406,12 @@ pub fn write_quicklook(
 /// Writes a coadd's catalogue: table `SOURCES` (1-based pixel positions, RA/DEC from the
 /// patch WCS, fluxes in counts at the common zero point, magnitudes).
 pub fn write_catalog(
-    path: &Path,
+    out: &OutputFile<'_>,
     patch: PatchKey,
     band: &str,
     zero_point: f64,
     d: &Detection,
     sky: &[SkyPoint],
-    durable: bool,
 ) -> Result<(), CoaddError> {
     let s = &d.sources;
     let col = |f: &dyn Fn(&skypipe_optical::measure::Source) -> f64| {
@@ -449,9 +471,8 @@ pub fn write_catalog(
     for (key, bit, what) in flags::NAMES {
         cards.push(Card::int(key, i64::from(bit), what));
     }
-    let mut w = FitsWriter::create(path, durable, None)?;
+    let mut w = out.create()?;
     w.primary_keys(&patch_cards(patch))?;
     w.table("SOURCES", &columns, &cards)?;
-    w.commit()?;
-    Ok(())
+    out.commit(w)
 }

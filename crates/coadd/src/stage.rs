@@ -7,6 +7,7 @@ use crate::output::{self, CoaddError};
 use crate::patch::{PatchGrid, PatchKey};
 use serde::{Deserialize, Serialize};
 use skypipe_core::warp::{self, CoarseMap, FluxScaling, Source, WarpParams};
+use skypipe_io::provenance::Provenance;
 use skypipe_optical::singleframe::{
     DATASET_CALEXP, DATASET_REGISTERED, output_paths, registered_path,
 };
@@ -439,8 +440,13 @@ impl Coadd {
             psf_fwhm: rec.psf_fwhm,
             wcs: wcs_used,
         };
-        output::write_warp(&ctx.run_dir.join(&rel), &grid, &warped, &meta, ctx.durable)
-            .map_err(failure)?;
+        let provenance = Provenance::of_unit(self, &CoaddUnit::Warp(w.clone()), &ctx.run_dir);
+        let out = output::OutputFile {
+            path: &ctx.run_dir.join(&rel),
+            provenance: &provenance,
+            durable: ctx.durable,
+        };
+        output::write_warp(&out, &grid, &warped, &meta).map_err(failure)?;
         ctx.set_value(&WarpValue {
             visit: w.visit,
             ccd: w.ccd,
@@ -538,8 +544,13 @@ impl Coadd {
             depth,
             inputs: &inputs_meta,
         };
-        output::write_coadd(&ctx.run_dir.join(&rel), &grid, &stacked, &meta, ctx.durable)
-            .map_err(failure)?;
+        let provenance = self.coadd_provenance(patch, band, &values, &ctx.run_dir);
+        let out = output::OutputFile {
+            path: &ctx.run_dir.join(&rel),
+            provenance: &provenance,
+            durable: ctx.durable,
+        };
+        output::write_coadd(&out, &grid, &stacked, &meta).map_err(failure)?;
         let (rgb, stretch) =
             kernels::asinh_quicklook(&stacked.image, &stacked.variance, width, height);
         let title = format!(
@@ -584,6 +595,29 @@ impl Coadd {
         Ok(Outcome::Done)
     }
 
+    /// Provenance of a coadd: the coadd unit and the warps it combined (which a coadd unit
+    /// receives as values, so its connections do not name them).
+    fn coadd_provenance(
+        &self,
+        patch: PatchKey,
+        band: &str,
+        warps: &[(UnitId, WarpValue)],
+        run_dir: &Path,
+    ) -> Provenance {
+        let unit = CoaddUnit::Coadd {
+            patch,
+            band: band.to_string(),
+        };
+        Provenance::new(
+            self.name(),
+            &unit.id().to_string(),
+            &self.config_fingerprint(),
+            warps
+                .iter()
+                .map(|(_, v)| (DATASET_WARP.to_string(), run_dir.join(&v.path))),
+        )
+    }
+
     fn run_detect(
         &self,
         patch: PatchKey,
@@ -605,16 +639,17 @@ impl Coadd {
             .iter()
             .map(|s| grid.sky_of(s.x, s.y))
             .collect();
-        output::write_catalog(
-            &ctx.run_dir.join(paths::catalog(patch, band)),
+        let unit = CoaddUnit::Detect {
             patch,
-            band,
-            self.config.zero_point,
-            &result,
-            &sky,
-            ctx.durable,
-        )
-        .map_err(failure)?;
+            band: band.to_string(),
+        };
+        let out = output::OutputFile {
+            path: &ctx.run_dir.join(paths::catalog(patch, band)),
+            provenance: &Provenance::of_unit(self, &unit, &ctx.run_dir),
+            durable: ctx.durable,
+        };
+        output::write_catalog(&out, patch, band, self.config.zero_point, &result, &sky)
+            .map_err(failure)?;
         if !self.config.keep_warps {
             self.delete_warps(patch, band)?;
         }

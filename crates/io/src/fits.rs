@@ -22,6 +22,7 @@
 //! assert_eq!(r.column_f64(Hdu::Name("SOURCES"), "X").unwrap(), vec![1.0, 2.0]);
 //! ```
 
+use crate::provenance::Provenance;
 use crate::{AtomicFile, Durability, IoError};
 use fitsio::FitsFile;
 use fitsio::hdu::{FitsHdu, HduInfo};
@@ -1329,8 +1330,11 @@ pub struct HealpixHeader<'a> {
     pub nested: bool,
     /// "G", "E" or "C" (galactic, ecliptic, celestial), written as COORDSYS.
     pub coordsys: &'a str,
-    /// extra keywords (e.g. stage provenance), written after the HEALPix ones.
+    /// extra keywords, written after the HEALPix ones.
     pub cards: Vec<Card>,
+    /// Where the map came from: written into the primary header (and a `PROVENANCE` table
+    /// after the map's, so that the map stays the first extension) when given.
+    pub provenance: Option<&'a Provenance>,
 }
 
 /// Writes a full-sky HEALPix map as `healpy.read_map` reads it: an empty primary HDU and one
@@ -1359,7 +1363,7 @@ pub struct HealpixHeader<'a> {
 /// use skypipe_io::Durability;
 /// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("map.fits");
-/// let header = HealpixHeader { nside: 1, nested: false, coordsys: "G", cards: vec![] };
+/// let header = HealpixHeader { nside: 1, nested: false, coordsys: "G", cards: vec![], provenance: None };
 /// let hits = Column::i32("HITS", "", (0..12).collect());
 /// write_healpix_map(&path, &header, vec![hits], Durability::ProcessCrashOnly).unwrap();
 /// let mut r = FitsReader::open(&path).unwrap();
@@ -1411,7 +1415,7 @@ pub fn write_healpix_map(
 /// use skypipe_io::fits::{write_healpix_map_blocks, Column, ColumnSpec, ColumnType, HealpixHeader};
 /// use skypipe_io::Durability;
 /// let dir = tempfile::tempdir().unwrap();
-/// let header = HealpixHeader { nside: 2, nested: true, coordsys: "G", cards: vec![] };
+/// let header = HealpixHeader { nside: 2, nested: true, coordsys: "G", cards: vec![], provenance: None };
 /// let specs = [ColumnSpec::new("I_STOKES", "K_CMB", ColumnType::F64)];
 /// let fill = |first: usize, n: usize| vec![Column::f64("I_STOKES", "K_CMB", (first..first + n).map(|p| p as f64).collect())];
 /// write_healpix_map_blocks(&dir.path().join("m.fits"), &header, &specs, fill, Durability::ProcessCrashOnly).unwrap();
@@ -1471,6 +1475,9 @@ pub fn write_healpix_map_blocks(
     };
     let mut w = FitsWriter::create(path, durability == Durability::Synced, None)?;
     w.numeric_table_blocks(HEALPIX_EXTNAME, specs, &cards, npix as usize, per_row, fill)?;
+    if let Some(provenance) = header.provenance {
+        provenance.write_fits(&mut w)?;
+    }
     w.commit()?;
     Ok(())
 }

@@ -12,6 +12,7 @@
 use crate::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
 use crate::hdf5::{H5Error, H5Reader, H5Writer};
 use hdf5::types::VarLenUnicode;
+use skypipe_stage::{Stage, WorkUnit};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -94,6 +95,21 @@ impl Provenance {
                 })
                 .collect(),
         }
+    }
+
+    /// Provenance of the outputs of `unit` of `stage`: the stage, the unit, the stage's
+    /// configuration fingerprint and the files its connections declare as inputs.
+    pub fn of_unit<S: Stage>(stage: &S, unit: &S::Unit, run_dir: &Path) -> Self {
+        Self::new(
+            stage.name(),
+            &unit.id().to_string(),
+            &stage.config_fingerprint(),
+            stage
+                .connections(unit, run_dir)
+                .inputs
+                .into_iter()
+                .map(|d| (d.kind, d.path)),
+        )
     }
 
     /// Writes it into the primary header of `file` (and a `PROVENANCE` table when the input

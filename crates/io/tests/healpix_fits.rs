@@ -4,13 +4,15 @@
 //!
 //! Maps at nside 4 (one pixel per table row) and 64 (1024 pixels per row), RING and NESTED, with
 //! I/Q/U (float64, some pixels at healpy's UNSEEN), an int32 HITS and a float64 RCOND column. The expected values travel to Python as raw
-//! little-endian float64 in file order, so every comparison is exact.
+//! little-endian float64 in file order, so every comparison is exact. Two maps carry
+//! provenance, one in header cards and one with a `PROVENANCE` table after the map's.
 
 use skypipe_io::Durability;
 use skypipe_io::fits::{
     Card, Column, ColumnSpec, FitsReader, HEALPIX_EXTNAME, Hdu, HealpixHeader, write_healpix_map,
     write_healpix_map_blocks,
 };
+use skypipe_io::provenance::{MAX_INPUT_CARDS, Provenance};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -62,9 +64,9 @@ except ImportError as e:
 assert hp.UNSEEN == -1.6375e30, hp.UNSEEN
 names = ["I_STOKES", "Q_STOKES", "U_STOKES", "HITS", "RCOND"]
 args = sys.argv[1:]
-for k in range(0, len(args), 5):
-    path, nside, nested, coordsys, expected = args[k:k + 5]
-    nside, nested = int(nside), nested == "1"
+for k in range(0, len(args), 6):
+    path, nside, nested, coordsys, expected, inputs = args[k:k + 6]
+    nside, nested, inputs = int(nside), nested == "1", int(inputs)
     npix = 12 * nside * nside
     exp = np.fromfile(expected, dtype="<f8").reshape(5, npix)
     where = f"{path} (nside {nside}, nested {nested})"
@@ -110,7 +112,10 @@ for k in range(0, len(args), 5):
     # astropy: standard-conforming, one table, one pixel per row, typed columns.
     with fits.open(path) as hdul:
         hdul.verify("exception")
-        assert len(hdul) == 2, where
+        assert len(hdul) == (3 if inputs > 64 else 2), where
+        assert hdul[0].header.get("SPNINPUT", 0) == inputs, where
+        if inputs > 64:
+            assert hdul[2].name == "PROVENANCE" and len(hdul[2].data) == inputs, where
         t = hdul[1]
         assert t.header["XTENSION"] == "BINTABLE" and t.header["EXTNAME"] == "HEALPIX", where
         assert t.columns.names == names, (where, t.columns.names)
@@ -166,20 +171,48 @@ fn header(case: &Case) -> HealpixHeader<'static> {
         nested: case.nested,
         coordsys: case.coordsys,
         cards: vec![Card::text("STAGE", "mapmake", "written by")],
+        provenance: None,
     }
+}
+
+/// The provenance of case `k`: none for the RING maps, a few inputs (header cards) and more
+/// than fit in cards (a `PROVENANCE` table) for the NESTED ones.
+fn provenance(k: usize) -> Option<Provenance> {
+    let inputs = match k {
+        1 => 3,
+        3 => MAX_INPUT_CARDS + 36,
+        _ => return None,
+    };
+    Some(Provenance::new(
+        "mapmake",
+        "map=full",
+        "0123456789abcdef",
+        (0..inputs).map(|i| {
+            (
+                "calibrated".to_string(),
+                format!("/run/calibrate/obs={i:04}.h5"),
+            )
+        }),
+    ))
 }
 
 /// Writes every case into `dir`; returns the file, its values and the raw expected-values file.
 fn write_cases(dir: &Path) -> Vec<(PathBuf, [Vec<f64>; 5], PathBuf)> {
     CASES
         .iter()
-        .map(|case| {
+        .enumerate()
+        .map(|(k, case)| {
             let order = if case.nested { "nest" } else { "ring" };
             let path = dir.join(format!("map_{}_{order}.fits", case.nside));
             let values = map_values((12 * case.nside * case.nside) as usize);
+            let provenance = provenance(k);
+            let header = HealpixHeader {
+                provenance: provenance.as_ref(),
+                ..header(case)
+            };
             write_healpix_map(
                 &path,
-                &header(case),
+                &header,
                 columns(&values),
                 Durability::ProcessCrashOnly,
             )
@@ -201,12 +234,13 @@ fn healpy_and_astropy_read_the_maps_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let written = write_cases(dir.path());
     let mut args = Vec::new();
-    for (case, (path, _, expected)) in CASES.iter().zip(&written) {
+    for (k, (case, (path, _, expected))) in CASES.iter().zip(&written).enumerate() {
         args.push(path.display().to_string());
         args.push(case.nside.to_string());
         args.push(u8::from(case.nested).to_string());
         args.push(case.coordsys.to_string());
         args.push(expected.display().to_string());
+        args.push(provenance(k).map_or(0, |p| p.inputs.len()).to_string());
     }
     let out = Command::new(PYTHON)
         .arg("-c")
@@ -233,7 +267,8 @@ fn healpy_and_astropy_read_the_maps_exactly() {
 #[test]
 fn fits_reader_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    for (case, (path, values, _)) in CASES.iter().zip(write_cases(dir.path())) {
+    for (k, (case, (path, values, _))) in CASES.iter().zip(write_cases(dir.path())).enumerate() {
+        assert_eq!(Provenance::read(&path).unwrap(), provenance(k));
         let npix = 12 * case.nside * case.nside;
         let hdu = Hdu::Name(HEALPIX_EXTNAME);
         let mut r = FitsReader::open(&path).unwrap();

@@ -43,6 +43,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use skypipe_astrometry::tansip::{self, FitParams, TanSip};
 use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
+use skypipe_io::provenance::Provenance;
 use skypipe_optical::calibration::ReferenceCatalog;
 use skypipe_optical::measure::flags;
 use skypipe_optical::singleframe::{
@@ -561,7 +562,7 @@ impl Stage for Mosaic {
             ccds,
             summary: solution.summary,
         };
-        self.write_outputs(unit.tract, &solved, ctx)?;
+        self.write_outputs(unit, &solved, ctx)?;
         phases.write_s = phases.lap();
         log_tract(unit.tract, &solved);
         tracing::debug!(
@@ -618,16 +619,24 @@ fn failure_of(e: MosaicError) -> UnitFailure {
 }
 
 impl Mosaic {
-    /// Writes `mosaic/tract-TTTT.fits`, then the registry's sky map and `mosaic_wcs` rows.
+    /// Writes `mosaic/tract-TTTT.fits` (with its provenance), then the registry's sky map and
+    /// `mosaic_wcs` rows.
     fn write_outputs(
         &self,
-        tract: u32,
+        unit: &MosaicUnit,
         solved: &TractResult,
         ctx: &UnitContext,
     ) -> Result<(), UnitFailure> {
+        let tract = unit.tract;
         let path = ctx.run_dir.join(tract_output_path(tract));
-        write_tract(&path, tract, solved, self.config.order, ctx.durable)
-            .map_err(UnitFailure::transient)?;
+        // The CCDs this unit read (in a chain run, those its registered visits brought in).
+        let provenance = Provenance::of_unit(self, unit, &ctx.run_dir);
+        let out = TractFile {
+            path: &path,
+            provenance: &provenance,
+            durable: ctx.durable,
+        };
+        write_tract(&out, tract, solved, self.config.order).map_err(UnitFailure::transient)?;
         let rows: Vec<MosaicWcs> = solved
             .ccds
             .iter()
@@ -1246,12 +1255,20 @@ fn finite(v: f64) -> f64 {
     if v.is_finite() { v } else { -1.0 }
 }
 
+/// Where a tract file goes, where it came from, and whether to sync it.
+struct TractFile<'a> {
+    path: &'a Path,
+    provenance: &'a Provenance,
+    durable: bool,
+}
+
+/// Writes `mosaic/tract-TTTT.fits`: the solution's statistics and provenance in the primary
+/// header, one row per CCD in table `MOSAIC`.
 fn write_tract(
-    path: &Path,
+    out: &TractFile<'_>,
     tract: u32,
     r: &TractResult,
     order: usize,
-    durable: bool,
 ) -> Result<(), FitsError> {
     let s = &r.summary.stats;
     let solved = r.ccds.iter().filter(|c| c.corrected.is_some()).count();
@@ -1390,9 +1407,10 @@ fn write_tract(
                 .collect(),
         ),
     ];
-    let mut w = FitsWriter::create(path, durable, None)?;
+    let mut w = FitsWriter::create(out.path, out.durable, None)?;
     w.primary_keys(&primary)?;
     w.table("MOSAIC", &columns, &[])?;
+    out.provenance.write_fits(&mut w)?;
     w.commit()?;
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! Every write goes through a temporary name (atomic); every error names the file.
 
 use crate::kernels::flag;
-use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
+use skypipe_coadd::output::OutputFile;
+use skypipe_io::fits::{Card, Column, FitsError, FitsReader, Hdu};
 use std::path::Path;
 
 /// Errors of the stage's files, each naming the file.
@@ -187,12 +188,11 @@ const TABLE: &str = "OBJECTS";
 /// Writes an object catalogue: table `OBJECTS` with the flag bits in its header, `extra`
 /// header cards, and table `MISSING` (patch, band, reason) listing what is missing.
 pub fn write_catalog(
-    path: &Path,
+    out: &OutputFile<'_>,
     c: &Catalog,
     zero_point: f64,
     extra: &[Card],
     missing: &[Missing],
-    durable: bool,
 ) -> Result<(), MultibandError> {
     let unit = skypipe_optical::singleframe::FLUX_UNIT;
     let mut columns = vec![
@@ -241,7 +241,7 @@ pub fn write_catalog(
     for (key, bit, what) in flag::NAMES {
         cards.push(Card::int(key, i64::from(bit), what));
     }
-    let mut w = FitsWriter::create(path, durable, None)?;
+    let mut w = out.create()?;
     w.primary_keys(extra)?;
     w.table(TABLE, &columns, &cards)?;
     w.table(
@@ -253,8 +253,7 @@ pub fn write_catalog(
         ],
         &[],
     )?;
-    w.commit()?;
-    Ok(())
+    Ok(out.commit(w)?)
 }
 
 /// Reads an object catalogue written by [`write_catalog`] (table `OBJECTS`, bands from its
@@ -316,6 +315,7 @@ pub fn read_catalog(path: &Path) -> Result<(Catalog, Vec<Missing>), MultibandErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skypipe_io::provenance::Provenance;
 
     fn one(id: i64, bands: &[&str]) -> Catalog {
         Catalog {
@@ -365,7 +365,22 @@ mod tests {
             band: "i".into(),
             reason: "unit x: bad-input".into(),
         }];
-        write_catalog(&path, &c, 27.0, &[], &missing, false).unwrap();
+        let provenance = Provenance::new(
+            "multiband",
+            "tract=1,step=catalog",
+            "f",
+            [("multiband-patch".to_string(), "p.fits")],
+        );
+        let out = OutputFile {
+            path: &path,
+            provenance: &provenance,
+            durable: false,
+        };
+        write_catalog(&out, &c, 27.0, &[], &missing).unwrap();
+        assert_eq!(
+            Provenance::read(&path).unwrap().map(|p| p.unit),
+            Some("tract=1,step=catalog".to_string())
+        );
         let (back, m) = read_catalog(&path).unwrap();
         assert_eq!(m, missing);
         assert_eq!(back.id, c.id);
@@ -385,7 +400,18 @@ mod tests {
             band: String::new(),
             reason: "unit tract=1,patch=2,2,step=catalog: dependency-failed".into(),
         }];
-        write_catalog(&path, &Catalog::default(), f64::NAN, &[], &missing, false).unwrap();
+        let provenance = Provenance::new(
+            "multiband",
+            "tract=1,step=catalog",
+            "f",
+            [("multiband-patch".to_string(), "p.fits")],
+        );
+        let out = OutputFile {
+            path: &path,
+            provenance: &provenance,
+            durable: false,
+        };
+        write_catalog(&out, &Catalog::default(), f64::NAN, &[], &missing).unwrap();
         let (back, m) = read_catalog(&path).unwrap();
         assert_eq!(back.len(), 0);
         assert_eq!(m, missing);

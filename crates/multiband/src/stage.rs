@@ -5,11 +5,13 @@ use crate::config::MultibandConfig;
 use crate::kernels::{self, MeasureAt, Measurement, Peak, flag};
 use crate::output::{self, BandColumns, Catalog, Missing, MultibandError};
 use serde::{Deserialize, Serialize};
+use skypipe_coadd::output::OutputFile;
 use skypipe_coadd::patch::{PatchGrid, PatchKey};
 use skypipe_coadd::stage::{
     DATASET_COADD, DATASET_COADD_SOURCES, mask as coadd_mask, paths as coadd_paths,
 };
 use skypipe_io::fits::Card;
+use skypipe_io::provenance::Provenance;
 use skypipe_registry::{MultibandRecord, Registry, SkyMap};
 use skypipe_stage::{
     Connections, FailureKind, Outcome, OutcomeKind, PlanError, PlannedUnit, Stage, UnitContext,
@@ -69,8 +71,8 @@ pub enum MultibandUnit {
     PatchCatalog {
         /// The patch.
         patch: PatchKey,
-        /// Its bands.
-        bands: Vec<String>,
+        /// Its bands and their files (the catalogue's provenance).
+        inputs: Vec<BandInput>,
     },
     /// Concatenate the patch catalogues of a tract.
     TractCatalog {
@@ -615,7 +617,7 @@ impl Multiband {
     fn run_patch_catalog(
         &self,
         patch: PatchKey,
-        bands: &[String],
+        inputs: &[BandInput],
         ctx: &UnitContext,
     ) -> Result<Outcome, UnitFailure> {
         let mut reference = None;
@@ -644,7 +646,7 @@ impl Multiband {
         let n = objects.len();
         let mut missing = Vec::new();
         let mut columns = Vec::new();
-        for band in bands {
+        for band in inputs.iter().map(|i| &i.band) {
             match forced.remove(band) {
                 Some(rows) => columns.push((
                     band.clone(),
@@ -704,15 +706,25 @@ impl Multiband {
             ),
         ];
         let rel = paths::patch_catalog(patch);
-        output::write_catalog(
-            &ctx.run_dir.join(&rel),
-            &catalog,
-            zero_point,
-            &cards,
-            &missing_rows,
-            ctx.durable,
-        )
-        .map_err(failure)?;
+        let provenance = self.provenance(
+            &MultibandUnit::PatchCatalog {
+                patch,
+                inputs: inputs.to_vec(),
+            },
+            inputs.iter().flat_map(|i| {
+                [
+                    (DATASET_COADD_SOURCES, i.catalog.clone()),
+                    (DATASET_COADD, i.coadd.clone()),
+                ]
+            }),
+        );
+        let out = OutputFile {
+            path: &ctx.run_dir.join(&rel),
+            provenance: &provenance,
+            durable: ctx.durable,
+        };
+        output::write_catalog(&out, &catalog, zero_point, &cards, &missing_rows)
+            .map_err(failure)?;
         let mut reg = Registry::open(&self.registry).map_err(UnitFailure::transient)?;
         reg.record_multiband(&[MultibandRecord {
             patch: patch.into(),
@@ -724,10 +736,28 @@ impl Multiband {
         Ok(Outcome::Done)
     }
 
+    /// Provenance of a catalogue written by `unit`, made from `inputs` (dataset type, path):
+    /// catalogue units receive their data as values, so their connections name no input.
+    fn provenance(
+        &self,
+        unit: &MultibandUnit,
+        inputs: impl IntoIterator<Item = (&'static str, PathBuf)>,
+    ) -> Provenance {
+        Provenance::new(
+            self.name(),
+            &unit.id().to_string(),
+            &self.config_fingerprint(),
+            inputs
+                .into_iter()
+                .map(|(kind, path)| (kind.to_string(), path)),
+        )
+    }
+
     fn run_tract_catalog(&self, tract: u32, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
         let mut catalog = Catalog::default();
         let mut missing = Vec::new();
         let mut zero_point = f64::NAN;
+        let mut patch_files = Vec::new();
         let decoded: BTreeMap<UnitId, MultibandValue> = values(ctx)?.into_iter().collect();
         for input in ctx.inputs() {
             let patch = input.unit.get("patch").unwrap_or("?").to_string();
@@ -746,17 +776,16 @@ impl Multiband {
                 .map_err(|e| failure(e.into()))?;
             catalog.append(c);
             missing.extend(m);
+            patch_files.push((DATASET_PATCH_CATALOG, file));
         }
         let cards = [Card::int("TRACT", i64::from(tract), "sky-map tract")];
-        output::write_catalog(
-            &ctx.run_dir.join(paths::tract_catalog(tract)),
-            &catalog,
-            zero_point,
-            &cards,
-            &missing,
-            ctx.durable,
-        )
-        .map_err(failure)?;
+        let provenance = self.provenance(&MultibandUnit::TractCatalog { tract }, patch_files);
+        let out = OutputFile {
+            path: &ctx.run_dir.join(paths::tract_catalog(tract)),
+            provenance: &provenance,
+            durable: ctx.durable,
+        };
+        output::write_catalog(&out, &catalog, zero_point, &cards, &missing).map_err(failure)?;
         Ok(Outcome::Done)
     }
 }
@@ -798,10 +827,7 @@ impl Stage for Multiband {
                 measures.push(unit.id());
                 plan.push(PlannedUnit::new(unit).after([merge_id.clone()]));
             }
-            let reference = MultibandUnit::MergeMeasurements {
-                patch,
-                bands: bands.clone(),
-            };
+            let reference = MultibandUnit::MergeMeasurements { patch, bands };
             let reference_id = reference.id();
             plan.push(
                 PlannedUnit::new(reference)
@@ -809,12 +835,15 @@ impl Stage for Multiband {
                     .tolerating_failed_inputs(),
             );
             let mut forced = vec![reference_id.clone()];
-            for input in inputs {
-                let unit = MultibandUnit::Forced { patch, input };
+            for input in &inputs {
+                let unit = MultibandUnit::Forced {
+                    patch,
+                    input: input.clone(),
+                };
                 forced.push(unit.id());
                 plan.push(PlannedUnit::new(unit).after([reference_id.clone()]));
             }
-            let catalog = MultibandUnit::PatchCatalog { patch, bands };
+            let catalog = MultibandUnit::PatchCatalog { patch, inputs };
             tracts.entry(patch.tract).or_default().push(catalog.id());
             plan.push(
                 PlannedUnit::new(catalog)
@@ -867,8 +896,8 @@ impl Stage for Multiband {
                 self.run_merge_measurements(bands, ctx)?
             }
             MultibandUnit::Forced { patch, input } => self.run_forced(*patch, input, ctx)?,
-            MultibandUnit::PatchCatalog { patch, bands } => {
-                return self.run_patch_catalog(*patch, bands, ctx);
+            MultibandUnit::PatchCatalog { patch, inputs } => {
+                return self.run_patch_catalog(*patch, inputs, ctx);
             }
             MultibandUnit::TractCatalog { tract } => return self.run_tract_catalog(*tract, ctx),
         };

@@ -450,13 +450,7 @@ impl Singleframe {
     /// Provenance of `unit`'s outputs: this stage, the unit, the configuration's fingerprint
     /// and the inputs its connections declare.
     fn provenance(&self, unit: &SingleframeUnit, run_dir: &Path) -> Provenance {
-        let inputs = self.connections(unit, run_dir).inputs;
-        Provenance::new(
-            self.name(),
-            &unit.id().to_string(),
-            &self.config_fingerprint(),
-            inputs.into_iter().map(|d| (d.kind, d.path)),
-        )
+        Provenance::of_unit(self, unit, run_dir)
     }
 
     /// The exposure-wide fit of a visit from its CCDs' values.
