@@ -56,9 +56,10 @@ fn residuals(args: &ResidualArgs) -> u8 {
                 r.matched, r.objects
             );
             println!(
-                "astrometry: {} stars brighter than {} mag, RMS {:.2} mas",
+                "astrometry: {} stars brighter than {} mag, median offset {:.2} mas, RMS {:.2} mas",
                 r.astrometric_mas.len(),
                 r.bright_mag,
+                r.astrometric_median_mas(),
                 r.astrometric_rms_mas()
             );
             for (band, (median, n)) in r.bright_median_dmag() {

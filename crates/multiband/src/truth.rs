@@ -111,6 +111,17 @@ impl Residuals {
             .sqrt()
     }
 
+    /// Median distance of the astrometric offsets from zero, mas (robust against the few
+    /// mismatches and blends that dominate the RMS).
+    pub fn astrometric_median_mas(&self) -> f64 {
+        let mut d: Vec<f64> = self
+            .astrometric_mas
+            .iter()
+            .map(|(a, d)| a.hypot(*d))
+            .collect();
+        median(&mut d)
+    }
+
     /// Per band: median magnitude residual of stars brighter than the cut, and their number.
     pub fn bright_median_dmag(&self) -> BTreeMap<String, (f64, usize)> {
         self.photometric
@@ -121,17 +132,20 @@ impl Residuals {
                     .filter(|(mag, _)| *mag < self.bright_mag)
                     .map(|(_, dm)| *dm)
                     .collect();
-                d.sort_by(f64::total_cmp);
-                let median = if d.is_empty() {
-                    f64::NAN
-                } else if d.len() % 2 == 1 {
-                    d[d.len() / 2]
-                } else {
-                    0.5 * (d[d.len() / 2 - 1] + d[d.len() / 2])
-                };
-                (band.clone(), (median, d.len()))
+                (band.clone(), (median(&mut d), d.len()))
             })
             .collect()
+    }
+}
+
+/// Median of `values` (sorted in place); NaN when empty.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => 0.5 * (values[n / 2 - 1] + values[n / 2]),
     }
 }
 
@@ -313,9 +327,10 @@ pub fn draw(residuals: &Residuals, width: u32) -> Canvas {
         width,
         height,
         &format!(
-            "astrometry vs truth: {} stars < {} mag, RMS {:.1} mas",
+            "astrometry vs truth: {} stars < {} mag, median {:.1} mas, RMS {:.1} mas",
             residuals.astrometric_mas.len(),
             residuals.bright_mag,
+            residuals.astrometric_median_mas(),
             residuals.astrometric_rms_mas()
         ),
         &Axes {
@@ -504,6 +519,7 @@ mod tests {
         assert_eq!(res.photometric["r"].len(), 1);
         assert!(res.photometric["r"][0].1.abs() < 1e-9);
         assert!((res.astrometric_rms_mas() - 500f64.sqrt()).abs() < 1e-3);
+        assert!((res.astrometric_median_mas() - 500f64.sqrt()).abs() < 1e-3);
         let medians = res.bright_median_dmag();
         assert_eq!(medians["r"].1, 1);
     }
