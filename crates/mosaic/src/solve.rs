@@ -28,7 +28,8 @@
 //! `P × P` block per pair of CCDs that share a star (`P = 2 × terms`), and is solved by a dense
 //! Cholesky factorisation — a few hundred CCDs per tract give a few thousand unknowns. Star
 //! positions follow by back-substitution. Stars are independent, so the reduction is
-//! accumulated in parallel over stars (rayon: a partial `S` per worker, summed). This is exact
+//! accumulated in parallel over stars (rayon: a partial `S` per fixed block of stars, summed in
+//! block order, so the bits do not depend on the number of threads). This is exact
 //! (not alternating), so a noise-free problem is recovered in one solve.
 //!
 //! ## Outliers and degenerate CCDs
@@ -395,62 +396,70 @@ fn solve_once(
         }
         (h, g, pieces)
     };
-    let zero = || (vec![0.0; n * n], vec![0.0; n]);
-    // Each worker accumulates a dense partial S: few workers (long runs of stars each).
-    let min_len = (problem.n_stars / (4 * rayon::current_num_threads())).max(64);
-    let (mut s_mat, mut rhs) = (0..problem.n_stars)
-        .into_par_iter()
-        .with_min_len(min_len)
-        .filter(|&s| star_on[s])
-        .fold(zero, |(mut a, mut b), s| {
-            let (h, g, pieces) = star_terms(s);
-            // H_cs for this star, per CCD slot: −Σ w Bᵀ (P × 2), accumulated per piece.
-            let mut hcs: Vec<(usize, Vec<[f64; 2]>)> = Vec::new();
-            for piece in &pieces {
-                let (c, bm, w, t) = (&piece.slot, &piece.design, &piece.weight, &piece.position);
-                let base = c * p;
-                // H_cc += w BᵀB; g_c += −w Bᵀ t.
-                for i in 0..p {
-                    for j in 0..=i {
-                        a[(base + i) * n + base + j] +=
-                            w * (bm[0][i] * bm[0][j] + bm[1][i] * bm[1][j]);
-                    }
-                    b[base + i] -= w * (bm[0][i] * t[0] + bm[1][i] * t[1]);
+    // Adds star `s`'s terms to a partial S (`a`, lower triangle) and right-hand side `b`.
+    let accumulate = |a: &mut [f64], b: &mut [f64], s: usize| {
+        let (h, g, pieces) = star_terms(s);
+        // H_cs for this star, per CCD slot: −Σ w Bᵀ (P × 2), accumulated per piece.
+        let mut hcs: Vec<(usize, Vec<[f64; 2]>)> = Vec::new();
+        for piece in &pieces {
+            let (c, bm, w, t) = (&piece.slot, &piece.design, &piece.weight, &piece.position);
+            let base = c * p;
+            // H_cc += w BᵀB; g_c += −w Bᵀ t.
+            for i in 0..p {
+                for j in 0..=i {
+                    a[(base + i) * n + base + j] += w * (bm[0][i] * bm[0][j] + bm[1][i] * bm[1][j]);
                 }
-                let entry = match hcs.iter().position(|e| e.0 == *c) {
-                    Some(k) => &mut hcs[k].1,
-                    None => {
-                        hcs.push((*c, vec![[0.0; 2]; p]));
-                        &mut hcs.last_mut().expect("just pushed").1
-                    }
-                };
-                for (e, (b0, b1)) in entry.iter_mut().zip(bm[0].iter().zip(&bm[1])) {
-                    e[0] -= w * b0;
-                    e[1] -= w * b1;
-                }
+                b[base + i] -= w * (bm[0][i] * t[0] + bm[1][i] * t[1]);
             }
-            // Eliminate the star: S −= H_cs H_sc / h, rhs −= H_cs g / h.
-            for (c1, m1) in &hcs {
-                for (i, u) in m1.iter().enumerate() {
-                    let row = c1 * p + i;
-                    b[row] -= (u[0] * g[0] + u[1] * g[1]) / h;
-                    for (c2, m2) in &hcs {
-                        for (j, v) in m2.iter().enumerate() {
-                            let col = c2 * p + j;
-                            if col <= row {
-                                a[row * n + col] -= (u[0] * v[0] + u[1] * v[1]) / h;
-                            }
+            let entry = match hcs.iter().position(|e| e.0 == *c) {
+                Some(k) => &mut hcs[k].1,
+                None => {
+                    hcs.push((*c, vec![[0.0; 2]; p]));
+                    &mut hcs.last_mut().expect("just pushed").1
+                }
+            };
+            for (e, (b0, b1)) in entry.iter_mut().zip(bm[0].iter().zip(&bm[1])) {
+                e[0] -= w * b0;
+                e[1] -= w * b1;
+            }
+        }
+        // Eliminate the star: S −= H_cs H_sc / h, rhs −= H_cs g / h.
+        for (c1, m1) in &hcs {
+            for (i, u) in m1.iter().enumerate() {
+                let row = c1 * p + i;
+                b[row] -= (u[0] * g[0] + u[1] * g[1]) / h;
+                for (c2, m2) in &hcs {
+                    for (j, v) in m2.iter().enumerate() {
+                        let col = c2 * p + j;
+                        if col <= row {
+                            a[row * n + col] -= (u[0] * v[0] + u[1] * v[1]) / h;
                         }
                     }
                 }
             }
+        }
+    };
+    // Contiguous blocks of stars, each into its own dense partial S (in parallel), summed in
+    // block order: the same bits whatever the number of threads.
+    let block_len = problem.n_stars.div_ceil(SCHUR_BLOCKS).max(1);
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = (0..SCHUR_BLOCKS)
+        .into_par_iter()
+        .map(|k| {
+            let (mut a, mut b) = (vec![0.0; n * n], vec![0.0; n]);
+            let stars =
+                (k * block_len).min(problem.n_stars)..((k + 1) * block_len).min(problem.n_stars);
+            for s in stars.filter(|&s| star_on[s]) {
+                accumulate(&mut a, &mut b, s);
+            }
             (a, b)
         })
-        .reduce(zero, |(mut a, mut b), (a2, b2)| {
-            a.iter_mut().zip(&a2).for_each(|(x, y)| *x += y);
-            b.iter_mut().zip(&b2).for_each(|(x, y)| *x += y);
-            (a, b)
-        });
+        .collect();
+    let mut blocks = partials.into_iter();
+    let (mut s_mat, mut rhs) = blocks.next().expect("SCHUR_BLOCKS ≥ 1");
+    for (a2, b2) in blocks {
+        s_mat.iter_mut().zip(&a2).for_each(|(x, y)| *x += y);
+        rhs.iter_mut().zip(&b2).for_each(|(x, y)| *x += y);
+    }
     let prior = 1.0 / (DEGENERACY_PRIOR_PX * DEGENERACY_PRIOR_PX);
     for i in 0..n {
         s_mat[i * n + i] += prior;
@@ -483,6 +492,11 @@ fn solve_once(
         .collect();
     Ok(Solved { coeffs, stars })
 }
+
+/// Stars are accumulated into the reduced system in this many contiguous blocks, each with its
+/// own dense partial matrix, summed in block order: the result does not depend on the number of
+/// threads (at most this many work on it at once; memory is this many n × n matrices).
+const SCHUR_BLOCKS: usize = 4;
 
 /// The corrected position of an observation under coefficients `a` (arcsec).
 fn corrected(o: &Observation, frame: &CcdFrame, order: usize, a: &[f64]) -> [f64; 2] {
@@ -1006,6 +1020,23 @@ mod tests {
         }
         let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
         assert!((mean - 1.0).abs() < 0.05, "{ratios:?}");
+    }
+
+    /// The solution is the same bits on 1, 3 and 8 threads, and on repeated runs.
+    #[test]
+    fn the_solution_does_not_depend_on_the_threads() {
+        let (problem, _, _) = problem(21, 600, 60, 0.05, 0.01);
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| solve_joint(&problem, &params()).unwrap())
+        };
+        let one = on(1);
+        for threads in [3, 8, 8] {
+            assert!(on(threads) == one, "{threads} threads differ from one");
+        }
     }
 
     #[test]
