@@ -106,12 +106,12 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
-#[test]
-fn mosaic_corrects_wrong_header_wcs_to_the_truth_and_a_corrupt_catalogue_fails_its_tract() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    // Header WCS wrong by a few arcseconds (the simulator's own error plus 3″, 0.01°, 3e-4);
-    // reference positions with 2 mas noise.
+/// The `small` camera simulated into `dir/data` (header WCS wrong by a few arcseconds: the
+/// simulator's own error plus 3″, 0.01°, 3e-4; reference positions with 2 mas noise), then
+/// single-frame processing without calibration into `run_dir` on 2 ranks. Returns the data
+/// directory.
+fn simulated_singleframe_run(dir: &Path, run_dir: &Path) -> PathBuf {
+    let data = dir.join("data");
     let out = run(direct(
         &bin("sim"),
         &[
@@ -129,8 +129,7 @@ fn mosaic_corrects_wrong_header_wcs_to_the_truth_and_a_corrupt_catalogue_fails_i
         ],
     ));
     assert_eq!(code(&out.status), 0, "{}", text(&out));
-    let run1 = tmp.path().join("run");
-    let sf = tmp.path().join("singleframe.toml");
+    let sf = dir.join("singleframe.toml");
     std::fs::write(&sf, "[run]\nfsync = false\n").unwrap();
     let out = run(mpirun(
         2,
@@ -141,10 +140,18 @@ fn mosaic_corrects_wrong_header_wcs_to_the_truth_and_a_corrupt_catalogue_fails_i
             "--input",
             data.join("units.json").to_str().unwrap(),
             "--run-dir",
-            run1.to_str().unwrap(),
+            run_dir.to_str().unwrap(),
         ],
     ));
     assert_eq!(code(&out.status), 0, "{}", text(&out));
+    data
+}
+
+#[test]
+fn mosaic_corrects_wrong_header_wcs_to_the_truth_and_a_corrupt_catalogue_fails_its_tract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run1 = tmp.path().join("run");
+    let data = simulated_singleframe_run(tmp.path(), &run1);
     let run2 = tmp.path().join("run2");
     copy_dir(&run1, &run2);
 
@@ -497,40 +504,8 @@ fn mosaic_outputs(run_dir: &Path, tracts: &[u32]) -> (BTreeMap<String, Vec<u8>>,
 #[test]
 fn a_large_tract_shared_by_three_ranks_gives_the_one_rank_outputs_and_fails_whole_on_a_bad_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let out = run(direct(
-        &bin("sim"),
-        &[
-            "image",
-            "--out",
-            data.to_str().unwrap(),
-            "--size",
-            "small",
-            "--seed",
-            "7",
-            "--wcs-error",
-            "3,0.01,0.0003",
-            "--reference-noise-mas",
-            "2",
-        ],
-    ));
-    assert_eq!(code(&out.status), 0, "{}", text(&out));
     let one = tmp.path().join("one");
-    let sf = tmp.path().join("singleframe.toml");
-    std::fs::write(&sf, "[run]\nfsync = false\n").unwrap();
-    let out = run(mpirun(
-        2,
-        &bin("singleframe"),
-        &[
-            "--config",
-            sf.to_str().unwrap(),
-            "--input",
-            data.join("units.json").to_str().unwrap(),
-            "--run-dir",
-            one.to_str().unwrap(),
-        ],
-    ));
-    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let data = simulated_singleframe_run(tmp.path(), &one);
     let three = tmp.path().join("three");
     let corrupt = tmp.path().join("corrupt");
     copy_dir(&one, &three);

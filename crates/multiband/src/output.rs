@@ -347,6 +347,22 @@ mod tests {
         }
     }
 
+    /// Writes `c` to `path` as the tract catalogue unit of tract 1 would (not synced).
+    fn write_test_catalog(path: &Path, c: &Catalog, zero_point: f64, missing: &[Missing]) {
+        let provenance = Provenance::new(
+            "multiband",
+            "tract=1,step=catalog",
+            "f",
+            [("multiband-patch".to_string(), "p.fits")],
+        );
+        let out = OutputFile {
+            path,
+            provenance: &provenance,
+            durable: false,
+        };
+        write_catalog(&out, c, zero_point, &[], missing).unwrap();
+    }
+
     /// Appending catalogues with different bands fills the gaps as missing; a written catalogue
     /// reads back equal, with its MISSING rows.
     #[test]
@@ -365,18 +381,7 @@ mod tests {
             band: "i".into(),
             reason: "unit x: bad-input".into(),
         }];
-        let provenance = Provenance::new(
-            "multiband",
-            "tract=1,step=catalog",
-            "f",
-            [("multiband-patch".to_string(), "p.fits")],
-        );
-        let out = OutputFile {
-            path: &path,
-            provenance: &provenance,
-            durable: false,
-        };
-        write_catalog(&out, &c, 27.0, &[], &missing).unwrap();
+        write_test_catalog(&path, &c, 27.0, &missing);
         assert_eq!(
             Provenance::read(&path).unwrap().map(|p| p.unit),
             Some("tract=1,step=catalog".to_string())
@@ -400,18 +405,7 @@ mod tests {
             band: String::new(),
             reason: "unit tract=1,patch=2,2,step=catalog: dependency-failed".into(),
         }];
-        let provenance = Provenance::new(
-            "multiband",
-            "tract=1,step=catalog",
-            "f",
-            [("multiband-patch".to_string(), "p.fits")],
-        );
-        let out = OutputFile {
-            path: &path,
-            provenance: &provenance,
-            durable: false,
-        };
-        write_catalog(&out, &Catalog::default(), f64::NAN, &[], &missing).unwrap();
+        write_test_catalog(&path, &Catalog::default(), f64::NAN, &missing);
         let (back, m) = read_catalog(&path).unwrap();
         assert_eq!(back.len(), 0);
         assert_eq!(m, missing);
