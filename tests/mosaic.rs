@@ -340,6 +340,32 @@ fn coadd_offsets_from_reference(run_dir: &Path, reference: &Path) -> (f64, usize
     (offsets[offsets.len() / 2], offsets.len())
 }
 
+/// Records the raw regions of `data`'s CCDs in `run_dir` (`skypipe-ingest`), then runs the
+/// chain file `chain` there on 2 ranks; both must exit 0.
+fn ingest_and_run_chain(data: &Path, run_dir: &Path, chain: &Path) {
+    let out = run(direct(
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-ingest")),
+        &[
+            "--input",
+            data.join("units.json").to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let out = run(mpirun(
+        2,
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-run")),
+        &[
+            "--config",
+            chain.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+}
+
 /// Single-frame processing, mosaic and coadd (`wcs = "mosaic"`) as one chain planned from the
 /// ingested raw regions, on CCDs whose header WCS is wrong by arcseconds (single-frame without
 /// calibration keeps it): every unit ends well, each tract's mosaic is recorded before the warps
@@ -367,16 +393,6 @@ fn singleframe_mosaic_and_coadd_chain_puts_stars_at_their_true_positions() {
     ));
     assert_eq!(code(&out.status), 0, "{}", text(&out));
     let run_dir = tmp.path().join("run");
-    let out = run(direct(
-        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-ingest")),
-        &[
-            "--input",
-            data.join("units.json").to_str().unwrap(),
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-        ],
-    ));
-    assert_eq!(code(&out.status), 0, "{}", text(&out));
     let reference = data.join("reference.fits");
     let skymap = "rings = 359\npixel_scale = 0.2\npatch_size = 1000\nborder = 50\n";
     let chain = tmp.path().join("chain.toml");
@@ -394,17 +410,7 @@ fn singleframe_mosaic_and_coadd_chain_puts_stars_at_their_true_positions() {
         ),
     )
     .unwrap();
-    let out = run(mpirun(
-        2,
-        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-run")),
-        &[
-            "--config",
-            chain.to_str().unwrap(),
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-        ],
-    ));
-    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    ingest_and_run_chain(&data, &run_dir, &chain);
 
     let mosaic_seq: BTreeMap<String, u64> = ledger(&run_dir, "mosaic")
         .into_iter()
@@ -654,16 +660,6 @@ fn a_ccd_the_mosaic_left_unsolved_is_warped_with_its_single_frame_wcs_and_flagge
     ));
     assert_eq!(code(&out.status), 0, "{}", text(&out));
     let run_dir = tmp.path().join("run");
-    let out = run(direct(
-        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-ingest")),
-        &[
-            "--input",
-            data.join("units.json").to_str().unwrap(),
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-        ],
-    ));
-    assert_eq!(code(&out.status), 0, "{}", text(&out));
     let reference = data.join("reference.fits");
     let skymap = "rings = 359\npixel_scale = 0.2\npatch_size = 2000\nborder = 100\n";
     let chain = tmp.path().join("chain.toml");
@@ -681,17 +677,7 @@ fn a_ccd_the_mosaic_left_unsolved_is_warped_with_its_single_frame_wcs_and_flagge
         ),
     )
     .unwrap();
-    let out = run(mpirun(
-        2,
-        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-run")),
-        &[
-            "--config",
-            chain.to_str().unwrap(),
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-        ],
-    ));
-    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    ingest_and_run_chain(&data, &run_dir, &chain);
     for stage in ["singleframe", "mosaic", "coadd"] {
         for r in ledger(&run_dir, stage) {
             let outcome = r["outcome"].as_str().unwrap();
