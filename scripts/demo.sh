@@ -72,29 +72,18 @@ img_run=demo-run/image
 rm -rf "$img_data" "$img_run"
 target/release/skypipe-sim image --size tiny --out "$img_data"
 target/release/skypipe-ingest --input "$img_data/units.json" --run-dir "$img_run"
-# configs/chain-imaging.toml with the demo's data paths: a tract's mosaic starts as soon as its
-# CCDs are registered and a patch's warps as soon as their tract's mosaic is written, while
-# other CCDs are still being processed. The tiny camera has only 3-9 reference stars per CCD, so
-# the demo lets the mosaic solve a CCD from 6 (default 10); a CCD it still cannot solve is warped
-# with its single-frame WCS and flagged (WCSSRC = 'singleframe-fallback').
-sed -e "s|data/image|$img_data|g" configs/chain-imaging.toml |
-  awk '{ print } /^\[mosaic\]$/ { print "min_stars_per_ccd = 6" }' > "$img_data/chain.toml"
-"${mpirun[@]}" target/release/skypipe-run --config "$img_data/chain.toml" --run-dir "$img_run"
+# configs/chain-imaging-demo.toml (configs/chain-imaging.toml with the demo's paths): a tract's
+# mosaic starts as soon as its CCDs are registered and a patch's warps as soon as their tract's
+# mosaic is written, while other CCDs are still being processed. The tiny camera has only 3-9
+# reference stars per CCD, so the demo lets the mosaic solve a CCD from 6 (default 10); a CCD
+# it still cannot solve is warped with its single-frame WCS and flagged
+# (WCSSRC = 'singleframe-fallback').
+"${mpirun[@]}" target/release/skypipe-run --config configs/chain-imaging-demo.toml --run-dir "$img_run"
 echo "warps with the mosaic WCS: $(grep -l "WCSSRC  = 'mosaic" -r "$img_run/coadd/warp" | wc -l), with the single-frame fallback: $(grep -l "WCSSRC  = 'singleframe-fallback" -r "$img_run/coadd/warp" | wc -l)"
 
 echo
 echo "== 8. skypipe-multiband on the coadds: merged detections, measurement, forced photometry, catalogues"
-cat > "$img_data/multiband.toml" <<TOML
-[run]
-fsync = false
-[multiband]
-[multiband.skymap]
-rings = 359
-pixel_scale = 0.2
-patch_size = 2000
-border = 100
-TOML
-"${mpirun[@]}" target/release/skypipe-multiband --config "$img_data/multiband.toml" --run-dir "$img_run"
+"${mpirun[@]}" target/release/skypipe-multiband --config configs/multiband-demo.toml --run-dir "$img_run"
 echo "catalogues: $(find "$img_run/multiband" -name '*.fits' | wc -l) FITS under $img_run/multiband"
 echo "== the tract catalogue against the simulation's truth: astrometric and photometric residuals"
 for catalog in "$img_run"/multiband/t*.fits; do
