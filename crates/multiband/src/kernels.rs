@@ -289,32 +289,23 @@ pub fn aperture_correction(
     min_snr: f64,
     isolation: f64,
 ) -> ApertureCorrection {
-    // Measurements sorted by x: the neighbours within `isolation` are a contiguous run.
-    let mut by_x: Vec<(f64, usize)> = measurements
-        .iter()
-        .enumerate()
-        .map(|(j, m)| (m.x, j))
-        .collect();
-    by_x.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let crowded = |i: usize, m: &Measurement| {
-        let start = by_x.partition_point(|&(x, _)| x < m.x - isolation);
-        by_x[start..]
-            .iter()
-            .take_while(|&&(x, _)| x <= m.x + isolation)
-            .any(|&(_, j)| {
-                let o = &measurements[j];
-                j != i
-                    && (o.x - m.x).hypot(o.y - m.y) < isolation
-                    && o.flux_aper > 0.01 * m.flux_aper
-            })
-    };
-    let candidates: Vec<(f64, f64)> = measurements
+    let neighbours = measure::NeighbourIndex::new(measurements.iter().map(|m| m.x));
+    let candidates: Vec<(usize, f64)> = measurements
         .iter()
         .enumerate()
         .filter(|(_, m)| m.flags == 0 && m.snr() >= min_snr && m.flux_psf > 0.0)
-        .filter(|&(i, m)| !crowded(i, m))
-        .map(|(_, m)| (((m.ixx + m.iyy) / 2.0).sqrt(), m.flux_aper / m.flux_psf))
-        .filter(|(size, ratio)| size.is_finite() && *size > 0.0 && ratio.is_finite())
+        .filter(|(_, m)| (m.flux_aper / m.flux_psf).is_finite())
+        .filter(|&(i, m)| {
+            !neighbours.any_within(
+                i,
+                (m.x, m.y),
+                isolation,
+                |j| (measurements[j].x, measurements[j].y),
+                |j| measurements[j].flux_aper > 0.01 * m.flux_aper,
+            )
+        })
+        .map(|(i, m)| (i, ((m.ixx + m.iyy) / 2.0).sqrt()))
+        .filter(|(_, size)| size.is_finite() && *size > 0.0)
         .collect();
     if candidates.is_empty() {
         return ApertureCorrection {
@@ -322,13 +313,9 @@ pub fn aperture_correction(
             stars: 0,
         };
     }
-    let mut sizes: Vec<f64> = candidates.iter().map(|c| c.0).collect();
-    sizes.sort_by(f64::total_cmp);
-    let p20 = sizes[sizes.len() / 5];
-    let mut ratios: Vec<f64> = candidates
+    let mut ratios: Vec<f64> = measure::stellar_locus(&candidates)
         .iter()
-        .filter(|(size, _)| (0.85 * p20..=1.15 * p20).contains(size))
-        .map(|c| c.1)
+        .map(|&(i, _)| measurements[i].flux_aper / measurements[i].flux_psf)
         .collect();
     let mid = ratios.len() / 2;
     ApertureCorrection {

@@ -446,25 +446,19 @@ pub fn psf_fwhm_from_stars(sources: &mut [Source], min_snr: f64, isolation: f64)
         | flags::BAD_PIXELS
         | flags::CENTROID_FAILED
         | flags::MOMENTS_FAILED;
+    let neighbours = NeighbourIndex::new(sources.iter().map(|o| o.x));
     let mut cand: Vec<(usize, f64)> = Vec::new();
-    // Sources sorted by x: the neighbours within `isolation` are a contiguous run.
-    let mut by_x: Vec<(f64, usize)> = sources.iter().enumerate().map(|(j, o)| (o.x, j)).collect();
-    by_x.sort_by(|a, b| a.0.total_cmp(&b.0));
     for (i, s) in sources.iter().enumerate() {
         if s.flags & bad != 0 || s.flux_aper_err <= 0.0 || s.flux_aper / s.flux_aper_err < min_snr {
             continue;
         }
-        // One pixel of slack each side keeps every source the exact test below could accept.
-        let start = by_x.partition_point(|&(x, _)| x < s.x - isolation - 1.0);
-        let crowded = by_x[start..]
-            .iter()
-            .take_while(|&&(x, _)| x <= s.x + isolation + 1.0)
-            .any(|&(_, j)| {
-                let o = &sources[j];
-                j != i
-                    && (o.x - s.x).hypot(o.y - s.y) < isolation
-                    && o.flux_aper > 0.01 * s.flux_aper
-            });
+        let crowded = neighbours.any_within(
+            i,
+            (s.x, s.y),
+            isolation,
+            |j| (sources[j].x, sources[j].y),
+            |j| sources[j].flux_aper > 0.01 * s.flux_aper,
+        );
         if !crowded {
             cand.push((i, ((s.ixx + s.iyy) / 2.0).sqrt()));
         }
@@ -472,20 +466,63 @@ pub fn psf_fwhm_from_stars(sources: &mut [Source], min_snr: f64, isolation: f64)
     if cand.len() < 3 {
         return None;
     }
-    let mut sizes: Vec<f64> = cand.iter().map(|c| c.1).collect();
-    sizes.sort_by(f64::total_cmp);
-    let p20 = sizes[sizes.len() / 5];
-    let stars: Vec<&(usize, f64)> = cand
-        .iter()
-        .filter(|c| c.1 >= 0.85 * p20 && c.1 <= 1.15 * p20)
-        .collect();
+    let stars = stellar_locus(&cand);
     let mut locus: Vec<f64> = stars.iter().map(|c| c.1).collect();
     locus.sort_by(f64::total_cmp);
     let size = locus[locus.len() / 2];
-    for c in stars {
+    for c in &stars {
         sources[c.0].flags |= flags::PSF_STAR;
     }
     Some(size / FWHM_TO_SIGMA)
+}
+
+/// Positions sorted by x, so that the neighbours of a point within a radius are a contiguous
+/// run of them.
+pub struct NeighbourIndex {
+    by_x: Vec<(f64, usize)>,
+}
+
+impl NeighbourIndex {
+    /// The index of items with these x coordinates (item `j` is the `j`th).
+    pub fn new(xs: impl Iterator<Item = f64>) -> Self {
+        let mut by_x: Vec<(f64, usize)> = xs.enumerate().map(|(j, x)| (x, j)).collect();
+        by_x.sort_by(|a, b| a.0.total_cmp(&b.0));
+        NeighbourIndex { by_x }
+    }
+
+    /// Whether an item other than `i`, at `position(j)` closer than `radius` to `at`, has
+    /// `counts(j)`.
+    pub fn any_within(
+        &self,
+        i: usize,
+        at: (f64, f64),
+        radius: f64,
+        position: impl Fn(usize) -> (f64, f64),
+        counts: impl Fn(usize) -> bool,
+    ) -> bool {
+        // One pixel of slack each side keeps every item the exact test below could accept.
+        let start = self.by_x.partition_point(|&(x, _)| x < at.0 - radius - 1.0);
+        self.by_x[start..]
+            .iter()
+            .take_while(|&&(x, _)| x <= at.0 + radius + 1.0)
+            .any(|&(_, j)| {
+                let (x, y) = position(j);
+                j != i && (x - at.0).hypot(y - at.1) < radius && counts(j)
+            })
+    }
+}
+
+/// The stellar locus of `(index, size)` candidates (at least one): those whose size lies
+/// within 15 % of the candidates' 20th-percentile size (galaxies and blends are larger).
+pub fn stellar_locus(candidates: &[(usize, f64)]) -> Vec<(usize, f64)> {
+    let mut sizes: Vec<f64> = candidates.iter().map(|c| c.1).collect();
+    sizes.sort_by(f64::total_cmp);
+    let p20 = sizes[sizes.len() / 5];
+    candidates
+        .iter()
+        .filter(|c| c.1 >= 0.85 * p20 && c.1 <= 1.15 * p20)
+        .copied()
+        .collect()
 }
 
 /// Scales every PSF flux by the median aperture/PSF flux ratio of the PSF stars (the aperture
