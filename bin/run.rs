@@ -14,6 +14,7 @@ use skypipe_coadd::Coadd;
 use skypipe_engine::{ChainFile, ChainMember, EngineArgs, StageSet, launch_stages};
 use skypipe_loadtest::Loadtest;
 use skypipe_mosaic::{Mosaic, MosaicConfig};
+use skypipe_multiband::Multiband;
 use skypipe_optical::singleframe::Singleframe;
 use std::path::Path;
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ const KINDS: &[&str] = &[
     "singleframe",
     "mosaic",
     "coadd",
+    "multiband",
     "loadtest",
 ];
 
@@ -49,11 +51,19 @@ enum AnyStage {
     Singleframe(Singleframe),
     Mosaic(Mosaic),
     Coadd(Coadd),
+    Multiband(Multiband),
     Loadtest(Loadtest),
 }
 
-/// Builds one member; `run_dir` is the chain's run directory (mosaic's default registry is in it).
-fn build(member: &ChainMember, run_dir: Option<&Path>) -> Result<AnyStage, String> {
+/// Builds member `index` of `members`; `run_dir` is the chain's run directory (the default
+/// registry is in it). A multiband stage plans from the plan of the nearest coadd stage before
+/// it, whose coadds do not exist yet when the chain starts.
+fn build(
+    members: &[ChainMember],
+    index: usize,
+    run_dir: Option<&Path>,
+) -> Result<AnyStage, String> {
+    let member = &members[index];
     let named = |e: String| format!("[{}]: {e}", member.name);
     Ok(match member.kind.as_str() {
         "pointing" => AnyStage::Pointing(Pointing::new(member.config()?).map_err(named)?),
@@ -68,6 +78,18 @@ fn build(member: &ChainMember, run_dir: Option<&Path>) -> Result<AnyStage, Strin
             AnyStage::Mosaic(Mosaic::new(c).map_err(named)?)
         }
         "coadd" => AnyStage::Coadd(Coadd::new(member.config()?, run_dir).map_err(named)?),
+        "multiband" => {
+            let stage = Multiband::new(member.config()?, run_dir).map_err(named)?;
+            let upstream = members[..index].iter().rev().find(|m| m.kind == "coadd");
+            AnyStage::Multiband(match (upstream, run_dir) {
+                (Some(coadd), Some(dir)) => {
+                    let coadd = Coadd::new(coadd.config()?, run_dir)
+                        .map_err(|e| format!("[{}]: {e}", coadd.name))?;
+                    stage.planning_after(coadd, dir).map_err(named)?
+                }
+                _ => stage,
+            })
+        }
         "loadtest" => AnyStage::Loadtest(Loadtest::new(member.config()?).map_err(named)?),
         other => return Err(format!("[{}]: unknown stage kind '{other}'", member.name)),
     })
@@ -91,7 +113,8 @@ fn main() -> ExitCode {
     let built: Result<Vec<AnyStage>, String> = file
         .members
         .iter()
-        .map(|m| build(m, run_dir.as_deref()))
+        .enumerate()
+        .map(|(i, _)| build(&file.members, i, run_dir.as_deref()))
         .collect();
     let built = match built {
         Ok(b) => b,
@@ -109,6 +132,7 @@ fn main() -> ExitCode {
             AnyStage::Singleframe(s) => set.with(&member.name, s),
             AnyStage::Mosaic(s) => set.with(&member.name, s),
             AnyStage::Coadd(s) => set.with(&member.name, s),
+            AnyStage::Multiband(s) => set.with(&member.name, s),
             AnyStage::Loadtest(s) => set.with(&member.name, s),
         };
     }

@@ -22,6 +22,8 @@ fn bin(name: &str) -> PathBuf {
         "sim" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-sim")),
         "singleframe" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-singleframe")),
         "coadd" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-coadd")),
+        "ingest" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-ingest")),
+        "run" => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-run")),
         _ => PathBuf::from(env!("CARGO_BIN_EXE_skypipe-multiband")),
     }
 }
@@ -365,4 +367,95 @@ fn multiband_catalogues_of_the_tiny_field() {
         let in_victim = px[k] == i64::from(victim_patch.x) && py[k] == i64::from(victim_patch.y);
         assert_eq!(flags[k] & 256 != 0, in_victim, "row {k}");
     }
+}
+
+/// singleframe → coadd → multiband as one chain job, planned from the ingested raw regions
+/// (multiband plans from coadd's plan; patches and bands that no CCD reaches end no-work): the
+/// same catalogues as the stages run as separate jobs, some multiband unit ends before the
+/// last coadd unit (no barrier between the stages), and `skypipe-multiband` alone on the chain's
+/// run directory then finds nothing left to do.
+#[test]
+fn a_chain_job_through_multiband_gives_the_catalogues_of_separate_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let separate = tmp.path().join("separate");
+    let data = coadd_run(tmp.path(), &separate);
+    let cfg = config(tmp.path(), "multiband");
+    let out = run(mpirun(
+        2,
+        &bin("multiband"),
+        &["--config", s(&cfg), "--run-dir", s(&separate)],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+
+    let chained = tmp.path().join("chained");
+    let out = run(direct(
+        &bin("ingest"),
+        &[
+            "--input",
+            s(&data.join("units.json")),
+            "--run-dir",
+            s(&chained),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let chain = tmp.path().join("chain.toml");
+    std::fs::write(
+        &chain,
+        format!(
+            "[run]\nfsync = false\n[chain]\nstages = [\"singleframe\", \"coadd\", \"multiband\"]\n\
+             [singleframe]\ninput = {:?}\n[singleframe.calibration]\nreference = {:?}\n\
+             [coadd.skymap]\n{SKYMAP}[multiband.skymap]\n{SKYMAP}",
+            s(&data.join("units.json")),
+            s(&data.join("reference.fits")),
+        ),
+    )
+    .unwrap();
+    let out = run(mpirun(
+        2,
+        &bin("run"),
+        &["--config", s(&chain), "--run-dir", s(&chained)],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let units = outcomes(&chained);
+    assert!(
+        units.iter().all(|u| u.1 == "done" || u.1 == "no-work"),
+        "{units:?}"
+    );
+    let no_coadd = units
+        .iter()
+        .filter(|u| u.0.ends_with("step=measure") && u.1 == "no-work")
+        .count();
+    assert!(no_coadd > 0, "no band planned without data: {units:?}");
+
+    let catalogues = |dir: &Path| common::content::files_without_provenance(&dir.join("multiband"));
+    let expected = catalogues(&separate);
+    assert!(expected.len() >= 4, "{:?}", expected.keys());
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        catalogues(&chained).keys().collect::<Vec<_>>()
+    );
+    assert!(
+        expected == catalogues(&chained),
+        "the chain's catalogues differ from the separate jobs'"
+    );
+
+    let seqs = |stage: &str| -> Vec<u64> {
+        ledger(&chained, stage)
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let last_coadd = seqs("coadd").into_iter().max().unwrap();
+    let first_multiband = seqs("multiband").into_iter().min().unwrap();
+    assert!(
+        first_multiband < last_coadd,
+        "every coadd unit ended before the first multiband unit: a barrier between the stages"
+    );
+
+    let out = run(direct(
+        &bin("multiband"),
+        &["--config", s(&cfg), "--run-dir", s(&chained)],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    assert!(text(&out).contains(" 0 ran "), "{}", text(&out));
 }

@@ -200,6 +200,16 @@ impl Coadd {
         &self.config
     }
 
+    /// The (patch, band) pairs this stage's plan makes a coadd of: the pairs of its planned
+    /// warps, including those of CCDs known only from their raw regions.
+    pub fn planned_coadds(&self) -> Result<BTreeSet<(PatchKey, String)>, PlanError> {
+        Ok(self
+            .planned_warps()?
+            .into_iter()
+            .map(|w| (w.patch, w.band))
+            .collect())
+    }
+
     /// The registry database this stage plans from.
     pub fn registry_path(&self) -> &Path {
         &self.registry

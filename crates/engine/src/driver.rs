@@ -575,6 +575,7 @@ pub(crate) fn dispatcher(
         rank: 0,
         durable: setup.opts.fsync,
         isolation: setup.isolation.clone(),
+        isolated_child: false,
     };
     let (local_tx, local_rx) = mpsc::channel::<ToWorker>();
     let (event_tx, event_rx) = mpsc::channel::<ToDispatcher>();

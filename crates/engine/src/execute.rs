@@ -22,21 +22,28 @@ pub(crate) struct RankContext {
     pub durable: bool,
     /// Run single-rank units in memory-limited child processes.
     pub isolation: Option<Arc<Isolation>>,
+    /// This process is an isolated unit's child: its address-space limit, not the unit's
+    /// declared estimate, bounds what file readers may read.
+    pub isolated_child: bool,
 }
 
 /// Runs one unit, turning a panic into a bad-input failure; returns the result and seconds.
+/// With `reads_within_estimate`, file readers refuse reads beyond the unit's memory estimate.
 pub(crate) fn run_unit(
     stages: &StageSet<'_>,
     unit: &ErasedUnit,
     id: &UnitId,
     ctx: &UnitContext,
+    reads_within_estimate: bool,
 ) -> (Result<Outcome, UnitFailure>, f64) {
     let instance = &stages.instances[unit.instance as usize];
     let span = tracing::debug_span!("unit", stage = %instance.name, rank = ctx.rank, unit = %id, attempt = ctx.attempt);
     let _entered = span.enter();
     let start = Instant::now();
     let result = match catch_unwind(AssertUnwindSafe(|| {
-        instance.stage.run_erased(&unit.bytes, ctx)
+        instance
+            .stage
+            .run_erased(&unit.bytes, ctx, reads_within_estimate)
     })) {
         Ok(result) => result,
         Err(payload) => {
@@ -74,12 +81,19 @@ pub(crate) fn run_assignment(
         base.rank,
         base.durable,
     )
-    .with_inputs(assignment.inputs);
+    .with_inputs(assignment.inputs)
+    .with_unproduced_inputs(assignment.unproduced);
     if let Some(c) = collectives {
         ctx = ctx.with_collectives(c);
     }
     let started = unix_now();
-    let (result, elapsed_s) = run_unit(stages, &assignment.unit, &assignment.id, &ctx);
+    let (result, elapsed_s) = run_unit(
+        stages,
+        &assignment.unit,
+        &assignment.id,
+        &ctx,
+        !base.isolated_child,
+    );
     stats.busy_s += elapsed_s;
     stats.units += 1;
     let value = ctx.take_value().filter(|_| keep_value && result.is_ok());
@@ -112,7 +126,8 @@ pub(crate) fn run_batch(
         match &base.isolation {
             Some(iso) => {
                 let index = assignment.index;
-                match run_isolated(iso, assignment, base, stats) {
+                let estimate = stages.memory_estimate_mb(&assignment.unit);
+                match run_isolated(iso, assignment, estimate, base, stats) {
                     Some(report) => reports.push(report),
                     None => returned.push(index),
                 }

@@ -118,7 +118,7 @@ pub(crate) fn run_one(stages: &StageSet<'_>, id: &str, run_dir: &Path, durable: 
         }
     }
     let ctx = UnitContext::new(1, run_dir, 0, durable).with_inputs(inputs);
-    let (result, elapsed) = run_unit(stages, &plan.units[index], &plan.ids[index], &ctx);
+    let (result, elapsed) = run_unit(stages, &plan.units[index], &plan.ids[index], &ctx, true);
     let mut out = std::io::stdout().lock();
     let shown = if stages.is_chain() {
         label

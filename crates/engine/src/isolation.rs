@@ -27,30 +27,46 @@ pub(crate) struct Isolation {
     pub exe: PathBuf,
     /// Its arguments (those of this process).
     pub args: Vec<OsString>,
-    /// Address-space limit of the first attempt, MiB (0: none).
+    /// Address-space limit of the first attempt of a unit whose stage declares no memory
+    /// estimate, MiB (0: none).
     pub limit_mb: u64,
+    /// Added to a unit's declared estimate for its first attempt: the process's own address
+    /// space (binary, libraries, stacks, allocator arenas), MiB.
+    pub overhead_mb: u64,
     /// Factor applied to the limit after each out-of-memory failure.
     pub growth: f64,
-    /// Largest limit, MiB.
-    pub cap_mb: u64,
+    /// Largest limit, MiB; `None`: four times the unit's first limit.
+    pub cap_mb: Option<u64>,
 }
 
 impl Isolation {
-    /// The limit for attempt `attempt` (1-based), if any.
-    pub fn limit_for(&self, attempt: u32) -> Option<u64> {
-        if self.limit_mb == 0 {
-            return None;
-        }
-        let grown = self.limit_mb as f64 * self.growth.powi(attempt.saturating_sub(1) as i32);
-        Some((grown.round() as u64).min(self.cap_mb.max(self.limit_mb)))
+    /// The first attempt's limit of a unit with memory estimate `estimate_mb`, if any: the
+    /// estimate plus the process overhead when the stage declares one, else `limit_mb`; never
+    /// above the cap.
+    pub fn first_limit(&self, estimate_mb: Option<u64>) -> Option<u64> {
+        let first = match estimate_mb {
+            Some(e) => e.saturating_add(self.overhead_mb),
+            None if self.limit_mb == 0 => return None,
+            None => self.limit_mb,
+        };
+        Some(self.cap_mb.map_or(first, |cap| first.min(cap)))
     }
 
-    /// Whether an out-of-memory failure at `attempt` may be retried with a larger limit.
-    pub fn may_grow(&self, attempt: u32) -> bool {
-        match (self.limit_for(attempt), self.limit_for(attempt + 1)) {
-            (Some(now), Some(next)) => next > now,
-            _ => false,
-        }
+    /// The limit of attempt `attempt` (1-based) of a unit whose first limit is `first_mb`:
+    /// grown by the factor per attempt, up to the cap.
+    pub fn limit_at(&self, first_mb: u64, attempt: u32) -> u64 {
+        let cap = self
+            .cap_mb
+            .unwrap_or(first_mb.saturating_mul(4))
+            .max(first_mb);
+        let grown = first_mb as f64 * self.growth.powi(attempt.saturating_sub(1) as i32);
+        (grown.round() as u64).min(cap)
+    }
+
+    /// Whether an out-of-memory failure at `attempt` of a unit whose first limit was
+    /// `first_mb` may be retried with a larger limit.
+    pub fn may_grow(&self, first_mb: u64, attempt: u32) -> bool {
+        self.limit_at(first_mb, attempt + 1) > self.limit_at(first_mb, attempt)
     }
 }
 
@@ -71,12 +87,15 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 pub(crate) fn run_isolated(
     iso: &Isolation,
     assignment: Assignment,
+    estimate_mb: Option<u64>,
     base: &RankContext,
     stats: &mut RankStats,
 ) -> Option<UnitReport> {
     let index = assignment.index;
     let attempt = assignment.attempt;
-    let limit = iso.limit_for(attempt);
+    let limit = iso
+        .first_limit(estimate_mb)
+        .map(|first| iso.limit_at(first, attempt));
     let scratch = base.run_dir.join("isolation");
     let stem = scratch.join(format!(
         "{}-rank{}-{}-{}",
@@ -341,6 +360,7 @@ pub(crate) fn child_main(stages: &StageSet<'_>, stem: &Path) -> u8 {
         rank: request.rank,
         durable: request.durable,
         isolation: None,
+        isolated_child: true,
     };
     let mut stats = RankStats::default();
     let report = run_assignment(stages, request.assignment, &base, None, &mut stats);
@@ -364,15 +384,38 @@ mod tests {
             exe: PathBuf::new(),
             args: vec![],
             limit_mb: 100,
+            overhead_mb: 50,
             growth: 2.0,
-            cap_mb: 300,
+            cap_mb: Some(300),
         };
-        let limits: Vec<Option<u64>> = (1..=4).map(|a| iso.limit_for(a)).collect();
-        assert_eq!(limits, vec![Some(100), Some(200), Some(300), Some(300)]);
-        assert!(iso.may_grow(1) && iso.may_grow(2));
-        assert!(!iso.may_grow(3));
+        assert_eq!(iso.first_limit(None), Some(100));
+        let limits: Vec<u64> = (1..=4).map(|a| iso.limit_at(100, a)).collect();
+        assert_eq!(limits, vec![100, 200, 300, 300]);
+        assert!(iso.may_grow(100, 1) && iso.may_grow(100, 2));
+        assert!(!iso.may_grow(100, 3));
         let unlimited = Isolation { limit_mb: 0, ..iso };
-        assert_eq!(unlimited.limit_for(1), None);
-        assert!(!unlimited.may_grow(1));
+        assert_eq!(unlimited.first_limit(None), None);
+    }
+
+    #[test]
+    fn a_declared_estimate_sets_the_first_limit_and_the_default_cap_is_four_times_it() {
+        let iso = Isolation {
+            exe: PathBuf::new(),
+            args: vec![],
+            limit_mb: 1000,
+            overhead_mb: 50,
+            growth: 2.0,
+            cap_mb: None,
+        };
+        assert_eq!(iso.first_limit(Some(30)), Some(80));
+        let limits: Vec<u64> = (1..=4).map(|a| iso.limit_at(80, a)).collect();
+        assert_eq!(limits, vec![80, 160, 320, 320]);
+        assert!(!iso.may_grow(80, 3));
+        let capped = Isolation {
+            cap_mb: Some(60),
+            ..iso
+        };
+        assert_eq!(capped.first_limit(Some(30)), Some(60));
+        assert!(!capped.may_grow(60, 1));
     }
 }

@@ -175,17 +175,13 @@ fn isolation(opts: &RunOptions) -> Option<std::sync::Arc<Isolation>> {
         return None;
     }
     let exe = std::env::current_exe().ok()?;
-    let cap_mb = if opts.memory_cap_mb == 0 {
-        opts.memory_limit_mb.saturating_mul(4)
-    } else {
-        opts.memory_cap_mb
-    };
     Some(std::sync::Arc::new(Isolation {
         exe,
         args: std::env::args_os().skip(1).collect(),
         limit_mb: opts.memory_limit_mb,
+        overhead_mb: opts.memory_overhead_mb,
         growth: opts.memory_growth,
-        cap_mb,
+        cap_mb: (opts.memory_cap_mb != 0).then_some(opts.memory_cap_mb),
     }))
 }
 
@@ -254,6 +250,7 @@ pub fn launch_stages(stages: &StageSet<'_>, run: &RunOptions, args: &EngineArgs)
             rank: rank as usize,
             durable: opts.fsync,
             isolation,
+            isolated_child: false,
         };
         let exit_code = worker(stages, &comms, &base);
         return Launched::code(exit_code);

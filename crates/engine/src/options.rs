@@ -46,11 +46,18 @@ pub struct RunOptions {
     /// memory or crashes in a C library fails alone. Default false (costs a process start per
     /// unit; see docs/benchmarks.md).
     pub isolate: bool,
-    /// With `isolate`: address-space limit of a unit's first attempt, MiB; 0 (default) for none.
+    /// With `isolate`: address-space limit of the first attempt of a unit whose stage declares
+    /// no memory estimate, MiB; 0 (default) for none. A unit with an estimate starts at its
+    /// estimate plus `memory_overhead_mb`.
     pub memory_limit_mb: u64,
+    /// With `isolate`: added to a unit's declared memory estimate for its first attempt, for
+    /// the process's own address space (binary, libraries, thread stacks, allocator arenas),
+    /// MiB. Default 512.
+    pub memory_overhead_mb: u64,
     /// With `isolate`: factor applied to the limit after each out-of-memory failure. Default 2.
     pub memory_growth: f64,
-    /// With `isolate`: the largest limit a retry may use, MiB; 0 (default) means 4 × memory_limit_mb.
+    /// With `isolate`: the largest limit any attempt may use, MiB; 0 (default) means four
+    /// times the unit's first limit.
     pub memory_cap_mb: u64,
 }
 
@@ -67,6 +74,7 @@ impl Default for RunOptions {
             max_batch: 1024,
             isolate: false,
             memory_limit_mb: 0,
+            memory_overhead_mb: 512,
             memory_growth: 2.0,
             memory_cap_mb: 0,
         }

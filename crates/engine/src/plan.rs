@@ -13,7 +13,7 @@ use crate::report::UnitResult;
 use crate::stages::{ErasedPlanned, ErasedUnit, StageSet};
 use skypipe_stage::{ALL_RANKS, Connections, OutcomeKind, UnitId};
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The run's plan, checked: unique IDs per stage instance, known dependencies, sane hints and
 /// rank counts, inputs matched to the units that write them.
@@ -241,6 +241,11 @@ impl Plan {
         self.producers = producers;
         self.kinds_produced = kinds;
         Ok(())
+    }
+
+    /// The planned unit that writes `path` (an absolute path, as connections hold them).
+    pub fn producer(&self, path: &Path) -> Option<usize> {
+        self.producers.get(path).copied()
     }
 
     /// `NAME[ID]` in a chain, `ID` alone otherwise.

@@ -3,6 +3,7 @@
 use crate::stages::ErasedUnit;
 use serde::{Deserialize, Serialize};
 use skypipe_stage::{Input, Outcome, UnitFailure, UnitId};
+use std::path::PathBuf;
 
 /// Tag of dispatcher → worker messages.
 pub(crate) const TAG_TO_WORKER: i32 = 11;
@@ -22,6 +23,8 @@ pub(crate) struct Assignment {
     pub unit: ErasedUnit,
     /// Outcomes and values of the units it runs after.
     pub inputs: Vec<Input>,
+    /// Its declared input files whose writing unit ended no-work (absolute paths).
+    pub unproduced: Vec<PathBuf>,
 }
 
 /// Dispatcher → worker.

@@ -35,8 +35,16 @@ pub(crate) trait ErasedStage: Send + Sync {
     fn plan_erased(&self, run_dir: &Path) -> Result<Vec<ErasedPlanned>, PlanError>;
     /// Units from a `--follow` unit list.
     fn parse_list_erased(&self, path: &Path, run_dir: &Path) -> Result<Vec<ErasedPlanned>, String>;
-    /// Decodes and runs one unit within its memory estimate.
-    fn run_erased(&self, unit: &[u8], ctx: &UnitContext) -> Result<Outcome, UnitFailure>;
+    /// Decodes and runs one unit; with `reads_within_estimate`, file readers refuse reads
+    /// larger than its memory estimate.
+    fn run_erased(
+        &self,
+        unit: &[u8],
+        ctx: &UnitContext,
+        reads_within_estimate: bool,
+    ) -> Result<Outcome, UnitFailure>;
+    /// The unit's memory estimate, MiB, if its stage declares one (undecodable: none).
+    fn memory_estimate_erased(&self, unit: &[u8]) -> Option<u64>;
 }
 
 fn erase<S: Stage>(stage: &S, p: PlannedUnit<S::Unit>, run_dir: &Path) -> ErasedPlanned {
@@ -78,15 +86,28 @@ impl<S: Stage> ErasedStage for S {
             .collect())
     }
 
-    fn run_erased(&self, unit: &[u8], ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+    fn run_erased(
+        &self,
+        unit: &[u8],
+        ctx: &UnitContext,
+        reads_within_estimate: bool,
+    ) -> Result<Outcome, UnitFailure> {
         let unit: S::Unit = postcard::from_bytes(unit).map_err(|e| UnitFailure {
             kind: skypipe_stage::FailureKind::BadInput,
             message: format!("{}: undecodable unit: {e}", self.name()),
         })?;
-        // File readers refuse, before allocating, reads larger than the unit's estimate.
-        let estimate = self.memory_estimate_mb(&unit);
+        // File readers refuse, before allocating, reads larger than the unit's estimate
+        // (an isolated child's address-space limit, grown on retries, bounds them instead).
+        let estimate = self
+            .memory_estimate_mb(&unit)
+            .filter(|_| reads_within_estimate);
         let _limit = skypipe_io::limits::MemoryLimitScope::enter(estimate.map(|mb| mb << 20));
         self.run(&unit, ctx)
+    }
+
+    fn memory_estimate_erased(&self, unit: &[u8]) -> Option<u64> {
+        let unit: S::Unit = postcard::from_bytes(unit).ok()?;
+        self.memory_estimate_mb(&unit)
     }
 }
 
@@ -150,6 +171,14 @@ impl<'a> StageSet<'a> {
             [one] => &one.name,
             _ => "chain",
         }
+    }
+
+    /// The memory estimate its stage declares for `unit`, MiB, if any.
+    pub(crate) fn memory_estimate_mb(&self, unit: &ErasedUnit) -> Option<u64> {
+        self.instances
+            .get(unit.instance as usize)?
+            .stage
+            .memory_estimate_erased(&unit.bytes)
     }
 
     /// How a unit is named in logs and reports: `ID` in a one-stage run, `NAME[ID]` in a chain.

@@ -201,12 +201,23 @@ impl<'a> RunState<'a> {
                 value: self.values[a].clone(),
             })
             .collect();
+        let unproduced = self.plan.connections[index]
+            .inputs
+            .iter()
+            .filter(|input| {
+                self.plan
+                    .producer(&input.path)
+                    .is_some_and(|p| self.outcomes[p] == Some(OutcomeKind::NoWork))
+            })
+            .map(|input| input.path.clone())
+            .collect();
         Assignment {
             index: index as u64,
             attempt,
             id: self.plan.ids[index].clone(),
             unit: self.plan.units[index].clone(),
             inputs,
+            unproduced,
         }
     }
 
@@ -249,10 +260,16 @@ impl<'a> RunState<'a> {
     fn retried_again(&self, report: &UnitReport) -> bool {
         match &report.result {
             Err(f) if f.kind == FailureKind::Transient => report.attempt <= self.max_retries,
-            Err(f) if f.kind == FailureKind::OutOfMemory => self
-                .isolation
-                .as_ref()
-                .is_some_and(|iso| iso.may_grow(report.attempt)),
+            Err(f) if f.kind == FailureKind::OutOfMemory => {
+                let first = self
+                    .memory_limits
+                    .get(&(report.index as usize))
+                    .and_then(|limits| limits.first());
+                match (&self.isolation, first) {
+                    (Some(iso), Some(&first)) => iso.may_grow(first, report.attempt),
+                    _ => false,
+                }
+            }
             _ => false,
         }
     }

@@ -5,6 +5,7 @@ use crate::config::MultibandConfig;
 use crate::kernels::{self, MeasureAt, Measurement, Peak, flag};
 use crate::output::{self, BandColumns, Catalog, Missing, MultibandError};
 use serde::{Deserialize, Serialize};
+use skypipe_coadd::Coadd;
 use skypipe_coadd::output::OutputFile;
 use skypipe_coadd::patch::{PatchGrid, PatchKey};
 use skypipe_coadd::stage::{
@@ -223,6 +224,15 @@ pub struct Multiband {
     config: MultibandConfig,
     registry: PathBuf,
     skymap: SkyMap,
+    upstream: Option<UpstreamCoadd>,
+}
+
+/// The coadd stage of the same chain, whose plan (not yet the registry's coadd rows) says
+/// which patches and bands will have coadds.
+#[derive(Debug, Clone)]
+struct UpstreamCoadd {
+    stage: Coadd,
+    run_dir: PathBuf,
 }
 
 fn failure(e: MultibandError) -> UnitFailure {
@@ -244,6 +254,13 @@ fn failed_inputs(ctx: &UnitContext) -> Vec<(UnitId, OutcomeKind)> {
         .filter(|i| !i.outcome.is_success())
         .map(|i| (i.unit.clone(), i.outcome))
         .collect()
+}
+
+/// Whether an input ended no-work (a patch without any coadd, in a chain).
+fn no_work_input(ctx: &UnitContext) -> bool {
+    ctx.inputs()
+        .iter()
+        .any(|i| i.outcome == OutcomeKind::NoWork && i.unit.get("band").is_none())
 }
 
 fn dependency_failed(what: String) -> UnitFailure {
@@ -270,7 +287,27 @@ impl Multiband {
             config,
             registry,
             skymap,
+            upstream: None,
         })
+    }
+
+    /// Plans from `coadd`'s plan instead of the registry's coadd rows, for a chain that runs
+    /// that coadd stage in `run_dir` before this one: its coadds need not exist yet, and a
+    /// coadd that ends no-work (no CCD left data on the patch) leaves its band out of the
+    /// patch. The sky maps must be the same.
+    pub fn planning_after(mut self, coadd: Coadd, run_dir: &Path) -> Result<Self, String> {
+        if coadd.config().skymap != self.config.skymap {
+            return Err(format!(
+                "[multiband.skymap] {:?} differs from the chain's [coadd.skymap] {:?}",
+                self.config.skymap,
+                coadd.config().skymap
+            ));
+        }
+        self.upstream = Some(UpstreamCoadd {
+            stage: coadd,
+            run_dir: std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()),
+        });
+        Ok(self)
     }
 
     /// The configuration.
@@ -290,6 +327,9 @@ impl Multiband {
     /// The bands of every patch with coadds in the registry (in the configured tracts,
     /// patches and bands), with their coadd and catalogue files.
     pub fn planned_patches(&self) -> Result<BTreeMap<PatchKey, Vec<BandInput>>, PlanError> {
+        if let Some(up) = &self.upstream {
+            return self.planned_after_coadd(up);
+        }
         if !self.registry.is_file() {
             return Err(PlanError(format!(
                 "{}: no registry (run skypipe-coadd first; or set multiband.registry)",
@@ -308,14 +348,10 @@ impl Multiband {
                 self.skymap.config()
             )));
         }
-        let patches = self.config.patch_filter().map_err(PlanError)?;
         let mut out: BTreeMap<PatchKey, Vec<BandInput>> = BTreeMap::new();
         for rec in reg.all_coadds().map_err(|e| PlanError::from_error(&e))? {
             let p: PatchKey = rec.patch.into();
-            if (!self.config.tracts.is_empty() && !self.config.tracts.contains(&p.tract))
-                || (!patches.is_empty() && !patches.contains(&(p.x, p.y)))
-                || (!self.config.bands.is_empty() && !self.config.bands.contains(&rec.band))
-            {
+            if !self.selected(p, &rec.band)? {
                 continue;
             }
             let coadd = if rec.path.is_absolute() {
@@ -350,16 +386,49 @@ impl Multiband {
         Ok(out)
     }
 
+    /// [`Multiband::planned_patches`] from the plan of the chain's coadd stage.
+    fn planned_after_coadd(
+        &self,
+        up: &UpstreamCoadd,
+    ) -> Result<BTreeMap<PatchKey, Vec<BandInput>>, PlanError> {
+        let mut out: BTreeMap<PatchKey, Vec<BandInput>> = BTreeMap::new();
+        for (p, band) in up.stage.planned_coadds()? {
+            if self.selected(p, &band)? {
+                out.entry(p).or_default().push(BandInput {
+                    coadd: up.run_dir.join(coadd_paths::coadd(p, &band)),
+                    catalog: up.run_dir.join(coadd_paths::catalog(p, &band)),
+                    band,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the configured tracts, patches and bands include this patch and band.
+    fn selected(&self, p: PatchKey, band: &str) -> Result<bool, PlanError> {
+        let patches = self.config.patch_filter().map_err(PlanError)?;
+        Ok(
+            (self.config.tracts.is_empty() || self.config.tracts.contains(&p.tract))
+                && (patches.is_empty() || patches.contains(&(p.x, p.y)))
+                && (self.config.bands.is_empty() || self.config.bands.iter().any(|b| b == band)),
+        )
+    }
+
     fn run_merge_detections(
         &self,
         patch: PatchKey,
         inputs: &[BandInput],
+        ctx: &UnitContext,
     ) -> Result<MultibandValue, UnitFailure> {
         self.grid(patch).map_err(UnitFailure::bad_input)?;
         let mut peaks = Vec::new();
         let mut psf_fwhm = Vec::new();
         let mut zero_point = None;
         for (b, input) in inputs.iter().enumerate() {
+            if ctx.unproduced(&input.catalog) {
+                tracing::info!(band = %input.band, "no coadd in this band: merged without it");
+                continue;
+            }
             let det = output::read_detections(&input.catalog).map_err(failure)?;
             match zero_point {
                 None => zero_point = Some(det.zero_point),
@@ -501,7 +570,7 @@ impl Multiband {
         &self,
         bands: &[String],
         ctx: &UnitContext,
-    ) -> Result<MultibandValue, UnitFailure> {
+    ) -> Result<Option<MultibandValue>, UnitFailure> {
         let mut merged = None;
         let mut measured: BTreeMap<String, Vec<Measurement>> = BTreeMap::new();
         for (_, v) in values(ctx)? {
@@ -518,6 +587,9 @@ impl Multiband {
             }
         }
         let Some((objects, psf_fwhm, zero_point)) = merged else {
+            if no_work_input(ctx) {
+                return Ok(None);
+            }
             return Err(dependency_failed(
                 "merge-detections of the patch failed".into(),
             ));
@@ -566,12 +638,12 @@ impl Multiband {
             };
             rows.push(row);
         }
-        Ok(MultibandValue::Reference {
+        Ok(Some(MultibandValue::Reference {
             objects: rows,
             psf_fwhm,
             zero_point,
             excluded,
-        })
+        }))
     }
 
     fn run_forced(
@@ -637,6 +709,11 @@ impl Multiband {
             }
         }
         let Some((objects, zero_point, excluded)) = reference else {
+            if no_work_input(ctx) {
+                return Ok(Outcome::NoWork {
+                    reason: "the patch has no coadd in any band".into(),
+                });
+            }
             return Err(dependency_failed(
                 "merge-measurements of the patch failed".into(),
             ));
@@ -646,6 +723,12 @@ impl Multiband {
         let n = objects.len();
         let mut missing = Vec::new();
         let mut columns = Vec::new();
+        // Forced photometry ends no-work only for a band without a coadd.
+        let no_coadd = |band: &str| {
+            ctx.inputs()
+                .iter()
+                .any(|i| i.outcome == OutcomeKind::NoWork && i.unit.get("band") == Some(band))
+        };
         for band in inputs.iter().map(|i| &i.band) {
             match forced.remove(band) {
                 Some(rows) => columns.push((
@@ -658,6 +741,9 @@ impl Multiband {
                         flags: rows.iter().map(|m| m.flags as i32).collect(),
                     },
                 )),
+                // In a chain, a band planned for the patch that got no coadd (no CCD left
+                // data on it) is left out, as when planning from the registry's coadd rows.
+                None if no_coadd(band) => {}
                 None => {
                     let reason = failed
                         .iter()
@@ -760,6 +846,9 @@ impl Multiband {
         let mut patch_files = Vec::new();
         let decoded: BTreeMap<UnitId, MultibandValue> = values(ctx)?.into_iter().collect();
         for input in ctx.inputs() {
+            if input.outcome == OutcomeKind::NoWork {
+                continue;
+            }
             let patch = input.unit.get("patch").unwrap_or("?").to_string();
             let Some(MultibandValue::Patch { path, .. }) = decoded.get(&input.unit) else {
                 missing.push(Missing {
@@ -887,13 +976,34 @@ impl Stage for Multiband {
     }
 
     fn run(&self, unit: &MultibandUnit, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
+        if let MultibandUnit::Measure { input, .. } | MultibandUnit::Forced { input, .. } = unit
+            && ctx.unproduced(&input.coadd)
+        {
+            return Ok(Outcome::NoWork {
+                reason: format!("the patch has no coadd in band {}", input.band),
+            });
+        }
+        if let MultibandUnit::MergeDetections { inputs, .. } = unit
+            && inputs.iter().all(|i| ctx.unproduced(&i.catalog))
+        {
+            return Ok(Outcome::NoWork {
+                reason: "the patch has no coadd in any band".into(),
+            });
+        }
         let value = match unit {
             MultibandUnit::MergeDetections { patch, inputs } => {
-                self.run_merge_detections(*patch, inputs)?
+                self.run_merge_detections(*patch, inputs, ctx)?
             }
             MultibandUnit::Measure { patch, input } => self.run_measure(*patch, input, ctx)?,
             MultibandUnit::MergeMeasurements { bands, .. } => {
-                self.run_merge_measurements(bands, ctx)?
+                match self.run_merge_measurements(bands, ctx)? {
+                    Some(value) => value,
+                    None => {
+                        return Ok(Outcome::NoWork {
+                            reason: "the patch has no coadd in any band".into(),
+                        });
+                    }
+                }
             }
             MultibandUnit::Forced { patch, input } => self.run_forced(*patch, input, ctx)?,
             MultibandUnit::PatchCatalog { patch, inputs } => {

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The outcome and value of a unit that this unit runs after.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +89,7 @@ pub struct UnitContext {
     /// Whether outputs must be fsynced before they are renamed into place.
     pub durable: bool,
     inputs: Vec<Input>,
+    unproduced: Vec<PathBuf>,
     collectives: Option<Box<dyn Collectives>>,
     value: RefCell<Option<Vec<u8>>>,
 }
@@ -118,6 +119,7 @@ impl UnitContext {
             rank,
             durable,
             inputs: Vec::new(),
+            unproduced: Vec::new(),
             collectives: None,
             value: RefCell::new(None),
         }
@@ -127,6 +129,20 @@ impl UnitContext {
     pub fn with_inputs(mut self, inputs: Vec<Input>) -> Self {
         self.inputs = inputs;
         self
+    }
+
+    /// Adds the declared input files whose writing unit in this run ended no-work.
+    pub fn with_unproduced_inputs(mut self, paths: Vec<PathBuf>) -> Self {
+        self.unproduced = paths;
+        self
+    }
+
+    /// Whether `path`, one of the unit's declared input files, was to be written by a unit of
+    /// this run that ended no-work: the file is absent by design, not by error (a coadd of a
+    /// patch that no CCD reached, in a chain planned before the CCDs were processed).
+    pub fn unproduced(&self, path: &Path) -> bool {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        self.unproduced.contains(&abs)
     }
 
     /// Adds the collectives of a multi-rank unit.
@@ -223,5 +239,15 @@ mod tests {
         assert_eq!(v, [1.0, 2.0]);
         assert_eq!(c.all_gather_bytes(b"x"), vec![b"x".to_vec()]);
         assert_eq!((c.rank(), c.size()), (0, 1));
+    }
+
+    #[test]
+    fn unproduced_inputs_are_matched_by_absolute_path() {
+        let cwd = std::env::current_dir().unwrap();
+        let ctx = UnitContext::new(1, "/tmp", 0, false)
+            .with_unproduced_inputs(vec![cwd.join("coadd/g.fits")]);
+        assert!(ctx.unproduced(Path::new("coadd/g.fits")));
+        assert!(ctx.unproduced(&cwd.join("coadd/g.fits")));
+        assert!(!ctx.unproduced(Path::new("coadd/r.fits")));
     }
 }
