@@ -9,18 +9,25 @@
 # by this script (BENCH_DIR/venv: `pip install toast healpy h5py numpy`, made once), the
 # simulation (skypipe-sim cmb with 1/f noise, its input sky in data/truth/sky.h5), the
 # skypipe run (pointing NESTED at the sky's nside, calibration with the true gains table so
-# that both map-makers see the same calibrated samples, mapmake), TOAST's maps and logs, and
+# that both map-makers see the same calibrated samples), each map-maker's maps and logs, and
 # results.json. benches/mapmake_toast.py loads skypipe's calibrated timestreams and dense
 # pointing (pixels, I/Q/U weights) into TOAST observations, so both map-makers use identical
 # samples, pointing, flags, detector weights (1/(NET^2 rate)), baseline length, rcond cut.
 #
-# TOAST runs twice: with its defaults (convergence 1e-12 on |r|^2/|b|^2, i.e. 1e-6 on |r|/|b|,
-# at most 100 iterations) and with skypipe's criterion (1e-10 on |r|/|b|, i.e. 1e-20 on
-# TOAST's squared ratio, at most TOAST_ITER_MAX iterations).
+# Three map-making runs, one process and one thread each (OMP/TOAST/RAYON threads = 1):
+#  1. skypipe-mapmake with the shipped defaults (blocks per observation + coarse space,
+#     tolerance 1e-10 on |r|/|b|);
+#  2. TOAST's MapMaker with its defaults (convergence 1e-12 on |r|^2/|b|^2, at most 100
+#     iterations; its PCG also stops when the residual has not halved in 10 iterations);
+#  3. skypipe-mapmake with TOAST's preconditioner (the diagonal: block_baselines = 0,
+#     coarse_space = "none") and tolerance = the |r|/|b| TOAST ended at.
+# CPU = user + sys: skypipe's whole process (GNU time: start-up, reading the files, writing
+# the FITS maps); TOAST's loading of the same files into observations + MapMaker.apply
+# (resource.getrusage; Python and TOAST import excluded).
 #
 # Knobs (environment): OBSERVATIONS (default 24), OBS_S (seconds per observation, 120),
-# PAIRS (detector pairs, 4), NSIDE (sky and map nside, 64), FKNEE_HZ (0.1), BASELINE_S (1.0),
-# TOAST_ITER_MAX (500), CARGO_TARGET_DIR as for cargo. Needs GNU time (/usr/bin/time).
+# PAIRS (detector pairs, 4), NSIDE (sky and map nside, 64), FKNEE_HZ (1.0), BASELINE_S (1.0),
+# CARGO_TARGET_DIR as for cargo. Needs GNU time (/usr/bin/time). About 2 minutes.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 BENCH_DIR" >&2; exit 1; }
 mkdir -p "$1"
@@ -31,9 +38,8 @@ observations=${OBSERVATIONS:-24}
 obs_s=${OBS_S:-120}
 pairs=${PAIRS:-4}
 nside=${NSIDE:-64}
-fknee=${FKNEE_HZ:-0.1}
+fknee=${FKNEE_HZ:-1.0}
 baseline_s=${BASELINE_S:-1.0}
-toast_iter_max=${TOAST_ITER_MAX:-500}
 rcond=1e-3
 
 venv=$bench/venv
@@ -55,7 +61,7 @@ export OMP_NUM_THREADS=1 TOAST_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 RAYON_NUM_TH
 
 data=$bench/data
 run=$bench/run
-rm -rf "$data" "$run" "$bench"/toast-*
+rm -rf "$data" "$run" "$bench"/toast "$bench"/toast-* "$bench"/skypipe-*
 printf 'observations = %s\nobs_duration_s = %s\ndetector_pairs = %s\nsky_nside = %s\nfknee_hz = %s\nprecession_deg = 7.5\nprecession_period_days = 0.01\n' \
   "$observations" "$obs_s" "$pairs" "$nside" "$fknee" > "$bench/sim.toml"
 echo "== simulating: $(tr '\n' ' ' < "$bench/sim.toml")"
@@ -67,36 +73,50 @@ sed -e "s/^nside = .*/nside = $nside/" -e 's/^ordering = .*/ordering = "nested"/
 sed -e 's/^fsync = true/fsync = false/' \
   -e "s|^gains = \"fit\"|gains = \"table\"\ngain_table = \"$data/truth/gains.h5\"|" \
   configs/calibrate.toml > "$bench/calibrate.toml"
-sed -e 's/^fsync = true/fsync = false/' -e 's/^quicklook_width = .*/quicklook_width = 0/' \
-  -e "s/^baseline_s = .*/baseline_s = $baseline_s/" -e "s/^rcond_min = .*/rcond_min = $rcond/" \
-  configs/mapmake.toml > "$bench/mapmake.toml"
 echo "== skypipe-pointing, skypipe-calibrate (true gains)"
 "$bin/skypipe-pointing" --config "$bench/pointing.toml" --observations "$list" --run-dir "$run" \
   >"$bench/pointing.log" 2>&1
 "$bin/skypipe-calibrate" --config "$bench/calibrate.toml" --observations "$list" --run-dir "$run" \
   >"$bench/calibrate.log" 2>&1
 
-echo "== skypipe-mapmake (one process)"
-/usr/bin/time -f '%U %S %M' -o "$bench/mapmake.time" "$bin/skypipe-mapmake" \
-  --config "$bench/mapmake.toml" --observations "$list" --run-dir "$run" >"$bench/mapmake.log" 2>&1
-read -r user sys rss < "$bench/mapmake.time"
-printf '{"user_s": %s, "sys_s": %s, "peak_rss_mb": %s, "rcond_min": %s}\n' \
-  "$user" "$sys" "$((rss / 1024))" "$rcond" > "$run/mapmake-cpu.json"
+# skypipe-mapmake in one process, its own run directory reading the shared pointing and
+# calibrated files; extra settings ("key = value" lines) replace the shipped defaults.
+mapmake() {
+  local dir=$1
+  shift
+  mkdir -p "$dir"
+  sed -e 's/^fsync = true/fsync = false/' -e 's/^quicklook_width = .*/quicklook_width = 0/' \
+    -e "s/^baseline_s = .*/baseline_s = $baseline_s/" -e "s/^rcond_min = .*/rcond_min = $rcond/" \
+    -e "s|^\[mapmake\]|[mapmake]\npointing_dir = \"$run/pointing\"\ncalibrated_dir = \"$run/calibrate\"|" \
+    configs/mapmake.toml > "$dir/mapmake.toml"
+  local setting
+  for setting in "$@"; do
+    sed -i "s|^${setting%% =*} = .*|$setting|" "$dir/mapmake.toml"
+  done
+  /usr/bin/time -f '%U %S %M' -o "$dir/mapmake.time" "$bin/skypipe-mapmake" \
+    --config "$dir/mapmake.toml" --observations "$list" --run-dir "$dir" >"$dir/mapmake.log" 2>&1
+  local user sys rss
+  read -r user sys rss < "$dir/mapmake.time"
+  printf '{"user_s": %s, "sys_s": %s, "peak_rss_mb": %s}\n' "$user" "$sys" "$((rss / 1024))" \
+    > "$dir/mapmake-cpu.json"
+}
 
-labels=()
-dirs=()
-for setting in "default 1e-12 100" "matched 1e-20 $toast_iter_max"; do
-  read -r name conv iters <<< "$setting"
-  out=$bench/toast-$name
-  mkdir -p "$out"
-  echo "== TOAST MapMaker, $name convergence ($conv on |r|^2/|b|^2, at most $iters iterations)"
-  TOAST_LOGLEVEL=INFO "$py" benches/mapmake_toast.py toast "$data" "$run" "$out" "$baseline_s" \
-    "$rcond" "$conv" "$iters" >"$out/toast.log" 2>&1 || { tail -20 "$out/toast.log"; exit 1; }
-  labels+=("TOAST $name")
-  dirs+=("$out")
-done
+echo "== skypipe-mapmake, shipped defaults (two-level preconditioner, tolerance 1e-10)"
+mapmake "$bench/skypipe-default"
+
+echo "== TOAST MapMaker, its defaults (convergence 1e-12 on |r|^2/|b|^2, at most 100 iterations)"
+mkdir -p "$bench/toast"
+TOAST_LOGLEVEL=INFO "$py" benches/mapmake_toast.py toast "$data" "$run" "$bench/toast" \
+  "$baseline_s" "$rcond" 1e-12 100 >"$bench/toast.log" 2>&1 || { tail -20 "$bench/toast.log"; exit 1; }
+mv "$bench/toast.log" "$bench/toast/toast.log"
+reached=$("$py" benches/mapmake_toast.py toast-residual "$bench/toast")
+
+echo "== skypipe-mapmake, TOAST's preconditioner (diagonal) and stopping point (|r|/|b| $reached)"
+mapmake "$bench/skypipe-diagonal" "block_baselines = 0" 'coarse_space = "none"' \
+  "tolerance = $reached"
 
 echo "== comparison"
-labels_csv=$(IFS=,; echo "${labels[*]}")
-"$py" benches/mapmake_toast.py report "$data" "$run" "$bench/results.json" "${dirs[@]}" \
-  --labels "$labels_csv"
+"$py" benches/mapmake_toast.py report "$data" "$bench/results.json" \
+  "skypipe:skypipe-mapmake defaults:$bench/skypipe-default" \
+  "skypipe:skypipe-mapmake diagonal, TOAST's stop:$bench/skypipe-diagonal" \
+  "toast:TOAST $("$py" -c 'import toast; print(toast.__version__)') MapMaker:$bench/toast"
