@@ -61,9 +61,16 @@ export OMP_NUM_THREADS=1 TOAST_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 RAYON_NUM_TH
 
 data=$bench/data
 run=$bench/run
-rm -rf "$data" "$run" "$bench"/toast "$bench"/toast-* "$bench"/skypipe-*
-printf 'observations = %s\nobs_duration_s = %s\ndetector_pairs = %s\nsky_nside = %s\nfknee_hz = %s\nprecession_deg = 7.5\nprecession_period_days = 0.01\n' \
-  "$observations" "$obs_s" "$pairs" "$nside" "$fknee" > "$bench/sim.toml"
+rm -rf "$data" "$run" "$bench/toast" "$bench"/skypipe-*
+{
+  echo "observations = $observations"
+  echo "obs_duration_s = $obs_s"
+  echo "detector_pairs = $pairs"
+  echo "sky_nside = $nside"
+  echo "fknee_hz = $fknee"
+  echo "precession_deg = 7.5"
+  echo "precession_period_days = 0.01"
+} > "$bench/sim.toml"
 echo "== simulating: $(tr '\n' ' ' < "$bench/sim.toml")"
 "$bin/skypipe-sim" cmb --size tiny --config "$bench/sim.toml" --out "$data" >/dev/null
 list=$data/observations.json
