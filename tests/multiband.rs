@@ -459,3 +459,151 @@ fn a_chain_job_through_multiband_gives_the_catalogues_of_separate_jobs() {
     assert_eq!(code(&out.status), 0, "{}", text(&out));
     assert!(text(&out).contains(" 0 ran "), "{}", text(&out));
 }
+
+/// One patch whose g detections are shredded into 200,000 noise peaks: its units need far more
+/// memory than their stage's estimate. Isolated (`[run] isolate`, each unit's limit its estimate
+/// plus a small `memory_overhead_mb`), the units of that patch that exceed it are killed for
+/// memory and retried with four times the limit, and everything completes; with
+/// `memory_growth = 1` (no larger limit to retry with) they stay out-of-memory, named in the
+/// report, while every other patch's catalogue is complete and the tract catalogue lists the
+/// patch as missing.
+#[test]
+fn units_killed_for_memory_are_retried_with_more_and_fail_alone_when_they_cannot_grow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    coadd_run(tmp.path(), &run_dir);
+    let registry = run_dir.join("registry.sqlite3");
+    let reg = Registry::open_read_only(&registry).unwrap();
+    let coadds = reg.all_coadds().unwrap();
+    let in_both: Vec<PatchId> = coadds
+        .iter()
+        .filter(|c| c.band == "g" && coadds.iter().any(|o| o.patch == c.patch && o.band == "r"))
+        .map(|c| c.patch)
+        .collect();
+    let victim = in_both[in_both.len() / 2];
+    let victim_text = format!("patch={},{}", victim.x, victim.y);
+    let normal = tmp.path().join("normal");
+    let cfg = config(tmp.path(), "multiband");
+    let out = run(mpirun(
+        2,
+        &bin("multiband"),
+        &[
+            "--config",
+            s(&cfg),
+            "--registry",
+            s(&registry),
+            "--run-dir",
+            s(&normal),
+        ],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+
+    let catalog = reg
+        .coadds(victim)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.band == "g")
+        .unwrap()
+        .path
+        .to_str()
+        .unwrap()
+        .replace("/coadd/coadd/", "/coadd/src/");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/multiband/shred.py");
+    let py = Command::new("/usr/bin/python3")
+        .args([s(&script), &catalog, "200000", "440"])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    let isolated = |name: &str, growth: &str| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[run]\nfsync = false\nisolate = true\nmemory_overhead_mb = 16\n\
+                 memory_growth = {growth}\n[multiband.skymap]\n{SKYMAP}"
+            ),
+        )
+        .unwrap();
+        let dir = tmp.path().join(name);
+        let out = run(mpirun(
+            2,
+            &bin("multiband"),
+            &[
+                "--config",
+                s(&path),
+                "--registry",
+                s(&registry),
+                "--run-dir",
+                s(&dir),
+            ],
+        ));
+        (dir, out)
+    };
+
+    let (grown, out) = isolated("grown", "4");
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let records = ledger(&grown, "multiband");
+    let retried: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["attempts"].as_u64().unwrap() > 1)
+        .collect();
+    assert!(
+        !retried.is_empty(),
+        "no unit needed more memory: {records:?}"
+    );
+    for r in &retried {
+        let unit = r["unit"].as_str().unwrap();
+        assert!(unit.contains(&victim_text), "{unit} retried");
+        assert_eq!(r["outcome"], "done", "{r}");
+        let limits: Vec<u64> = r["memory_limits_mb"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_u64().unwrap())
+            .collect();
+        assert_eq!(limits.len(), 2, "{r}");
+        assert_eq!(limits[1], 4 * limits[0], "{r}");
+    }
+    assert!(
+        retried
+            .iter()
+            .any(|r| r["unit"].as_str().unwrap().contains("band=")),
+        "no patch+band unit exceeded its limit: {retried:?}"
+    );
+
+    let (capped, out) = isolated("capped", "1");
+    assert_eq!(code(&out.status), 2, "{}", text(&out));
+    let mut out_of_memory = 0;
+    for (unit, outcome, message) in outcomes(&capped) {
+        if outcome == "out-of-memory" {
+            assert!(unit.contains(&victim_text), "{unit}: {message}");
+            assert!(
+                message.contains("out of memory at memory limit"),
+                "{message}"
+            );
+            assert!(text(&out).contains(&unit), "report does not name {unit}");
+            out_of_memory += 1;
+        } else if !unit.contains(&victim_text) {
+            assert_eq!(outcome, "done", "{unit}: {message}");
+        }
+    }
+    assert!(out_of_memory > 0);
+    let mut patches: Vec<PatchId> = coadds.iter().map(|c| c.patch).collect();
+    patches.dedup();
+    for p in patches.iter().filter(|p| **p != victim) {
+        let name = format!("multiband/t{:04}/p{:03}-{:03}.fits", p.tract, p.x, p.y);
+        assert_eq!(ids(&capped.join(&name)), ids(&normal.join(&name)), "{name}");
+    }
+    let mut r =
+        FitsReader::open(capped.join(format!("multiband/t{:04}.fits", victim.tract))).unwrap();
+    let missing = r.column_string(Hdu::Name("MISSING"), "PATCH").unwrap();
+    assert!(
+        missing.contains(&format!("{},{}", victim.x, victim.y)),
+        "{missing:?}"
+    );
+}

@@ -111,11 +111,32 @@ pub fn merge_peaks(peaks: &[Peak], radius: f64) -> Vec<MergedObject> {
             .sum::<f64>()
             / w;
     }
-    let positions: Vec<(f64, f64)> = objects.iter().map(|o| (o.x, o.y)).collect();
-    for (k, o) in objects.iter_mut().enumerate() {
-        o.blended = positions.iter().enumerate().any(|(j, &(x, y))| {
-            j != k && (x - o.x).abs() <= 2.0 * radius && (x - o.x).hypot(y - o.y) <= 2.0 * radius
-        });
+    // Blended: another object within twice the radius (neighbours found through a grid of
+    // that cell size, so crowded or shredded patches stay linear in the number of objects).
+    let reach = 2.0 * radius;
+    let wide = reach.max(1e-6);
+    let wide_key = |x: f64, y: f64| ((x / wide).floor() as i64, (y / wide).floor() as i64);
+    let mut near: std::collections::HashMap<(i64, i64), Vec<usize>> = Default::default();
+    for (k, o) in objects.iter().enumerate() {
+        near.entry(wide_key(o.x, o.y)).or_default().push(k);
+    }
+    let blended: Vec<bool> = objects
+        .iter()
+        .enumerate()
+        .map(|(k, o)| {
+            let (cx, cy) = wide_key(o.x, o.y);
+            (cx - 1..=cx + 1).any(|gx| {
+                (cy - 1..=cy + 1).any(|gy| {
+                    near.get(&(gx, gy))
+                        .into_iter()
+                        .flatten()
+                        .any(|&j| j != k && (objects[j].x - o.x).hypot(objects[j].y - o.y) <= reach)
+                })
+            })
+        })
+        .collect();
+    for (o, b) in objects.iter_mut().zip(blended) {
+        o.blended = b;
     }
     objects.sort_by(|a, b| {
         (a.y, a.x)
