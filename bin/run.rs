@@ -54,21 +54,25 @@ enum AnyStage {
 
 /// Builds one member; `run_dir` is the chain's run directory (mosaic's default registry is in it).
 fn build(member: &ChainMember, run_dir: Option<&Path>) -> Result<AnyStage, String> {
-    let named = |e: String| format!("[{}]: {e}", member.name);
+    let named = |e: &dyn std::fmt::Display| format!("[{}]: {e}", member.name);
     Ok(match member.kind.as_str() {
-        "pointing" => AnyStage::Pointing(Pointing::new(member.config()?).map_err(named)?),
-        "calibrate" => AnyStage::Calibrate(Calibrate::new(member.config()?).map_err(named)?),
-        "mapmake" => AnyStage::Mapmake(Mapmake::new(member.config()?).map_err(named)?),
-        "singleframe" => AnyStage::Singleframe(Singleframe::new(member.config()?).map_err(named)?),
+        "pointing" => AnyStage::Pointing(Pointing::new(member.config()?).map_err(|e| named(&e))?),
+        "calibrate" => {
+            AnyStage::Calibrate(Calibrate::new(member.config()?).map_err(|e| named(&e))?)
+        }
+        "mapmake" => AnyStage::Mapmake(Mapmake::new(member.config()?).map_err(|e| named(&e))?),
+        "singleframe" => {
+            AnyStage::Singleframe(Singleframe::new(member.config()?).map_err(|e| named(&e))?)
+        }
         "mosaic" => {
             let mut c: MosaicConfig = member.config()?;
             if c.registry.is_none() {
                 c.registry = run_dir.map(|d| d.join("registry.sqlite3"));
             }
-            AnyStage::Mosaic(Mosaic::new(c).map_err(named)?)
+            AnyStage::Mosaic(Mosaic::new(c).map_err(|e| named(&e))?)
         }
-        "coadd" => AnyStage::Coadd(Coadd::new(member.config()?, run_dir).map_err(named)?),
-        "loadtest" => AnyStage::Loadtest(Loadtest::new(member.config()?).map_err(named)?),
+        "coadd" => AnyStage::Coadd(Coadd::new(member.config()?, run_dir).map_err(|e| named(&e))?),
+        "loadtest" => AnyStage::Loadtest(Loadtest::new(member.config()?).map_err(|e| named(&e))?),
         other => return Err(format!("[{}]: unknown stage kind '{other}'", member.name)),
     })
 }
