@@ -30,7 +30,10 @@ fn main() -> ExitCode {
         if let Some(o) = cli.observations {
             file.calibrate.observations = o;
         }
-        Ok((file.run, Calibrate::new(file.calibrate)?))
+        Ok((
+            file.run,
+            Calibrate::new(file.calibrate).map_err(|e| e.to_string())?,
+        ))
     });
     launched.exit_code()
 }

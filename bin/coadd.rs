@@ -32,7 +32,10 @@ fn main() -> ExitCode {
             file.coadd.registry = Some(registry);
         }
         let run_dir = cli.engine.run_dir.clone().or_else(|| file.run.dir.clone());
-        Ok((file.run, Coadd::new(file.coadd, run_dir.as_deref())?))
+        Ok((
+            file.run,
+            Coadd::new(file.coadd, run_dir.as_deref()).map_err(|e| e.to_string())?,
+        ))
     });
     launched.exit_code()
 }

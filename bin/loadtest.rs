@@ -40,7 +40,10 @@ fn main() -> ExitCode {
         }
         file.loadtest.hints |= cli.hints;
         file.loadtest.gather |= cli.gather;
-        Ok((file.run, Loadtest::new(file.loadtest)?))
+        Ok((
+            file.run,
+            Loadtest::new(file.loadtest).map_err(|e| e.to_string())?,
+        ))
     });
     if let (Some(summary), Some(stage)) = (&launched.summary, &stage)
         && let Ok(workload) = Workload::load(&stage.config().workload)

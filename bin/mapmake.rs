@@ -32,7 +32,10 @@ fn main() -> ExitCode {
         if let Some(o) = cli.observations {
             file.mapmake.observations = o;
         }
-        Ok((file.run, Mapmake::new(file.mapmake)?))
+        Ok((
+            file.run,
+            Mapmake::new(file.mapmake).map_err(|e| e.to_string())?,
+        ))
     });
     launched.exit_code()
 }

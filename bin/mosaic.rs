@@ -28,7 +28,10 @@ fn main() -> ExitCode {
             let run_dir = cli.engine.run_dir.clone().or_else(|| file.run.dir.clone());
             file.mosaic.registry = run_dir.map(|d| d.join("registry.sqlite3"));
         }
-        Ok((file.run, Mosaic::new(file.mosaic)?))
+        Ok((
+            file.run,
+            Mosaic::new(file.mosaic).map_err(|e| e.to_string())?,
+        ))
     });
     launched.exit_code()
 }

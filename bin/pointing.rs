@@ -30,7 +30,10 @@ fn main() -> ExitCode {
         if let Some(o) = cli.observations {
             file.pointing.observations = o;
         }
-        Ok((file.run, Pointing::new(file.pointing)?))
+        Ok((
+            file.run,
+            Pointing::new(file.pointing).map_err(|e| e.to_string())?,
+        ))
     });
     launched.exit_code()
 }

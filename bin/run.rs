@@ -64,33 +64,37 @@ fn build(
     run_dir: Option<&Path>,
 ) -> Result<AnyStage, String> {
     let member = &members[index];
-    let named = |e: String| format!("[{}]: {e}", member.name);
+    let named = |e: &dyn std::fmt::Display| format!("[{}]: {e}", member.name);
     Ok(match member.kind.as_str() {
-        "pointing" => AnyStage::Pointing(Pointing::new(member.config()?).map_err(named)?),
-        "calibrate" => AnyStage::Calibrate(Calibrate::new(member.config()?).map_err(named)?),
-        "mapmake" => AnyStage::Mapmake(Mapmake::new(member.config()?).map_err(named)?),
-        "singleframe" => AnyStage::Singleframe(Singleframe::new(member.config()?).map_err(named)?),
+        "pointing" => AnyStage::Pointing(Pointing::new(member.config()?).map_err(|e| named(&e))?),
+        "calibrate" => {
+            AnyStage::Calibrate(Calibrate::new(member.config()?).map_err(|e| named(&e))?)
+        }
+        "mapmake" => AnyStage::Mapmake(Mapmake::new(member.config()?).map_err(|e| named(&e))?),
+        "singleframe" => {
+            AnyStage::Singleframe(Singleframe::new(member.config()?).map_err(|e| named(&e))?)
+        }
         "mosaic" => {
             let mut c: MosaicConfig = member.config()?;
             if c.registry.is_none() {
                 c.registry = run_dir.map(|d| d.join("registry.sqlite3"));
             }
-            AnyStage::Mosaic(Mosaic::new(c).map_err(named)?)
+            AnyStage::Mosaic(Mosaic::new(c).map_err(|e| named(&e))?)
         }
-        "coadd" => AnyStage::Coadd(Coadd::new(member.config()?, run_dir).map_err(named)?),
+        "coadd" => AnyStage::Coadd(Coadd::new(member.config()?, run_dir).map_err(|e| named(&e))?),
         "multiband" => {
-            let stage = Multiband::new(member.config()?, run_dir).map_err(named)?;
+            let stage = Multiband::new(member.config()?, run_dir).map_err(|e| named(&e))?;
             let upstream = members[..index].iter().rev().find(|m| m.kind == "coadd");
             AnyStage::Multiband(match (upstream, run_dir) {
                 (Some(coadd), Some(dir)) => {
                     let coadd = Coadd::new(coadd.config()?, run_dir)
                         .map_err(|e| format!("[{}]: {e}", coadd.name))?;
-                    stage.planning_after(coadd, dir).map_err(named)?
+                    stage.planning_after(coadd, dir).map_err(|e| named(&e))?
                 }
                 _ => stage,
             })
         }
-        "loadtest" => AnyStage::Loadtest(Loadtest::new(member.config()?).map_err(named)?),
+        "loadtest" => AnyStage::Loadtest(Loadtest::new(member.config()?).map_err(|e| named(&e))?),
         other => return Err(format!("[{}]: unknown stage kind '{other}'", member.name)),
     })
 }

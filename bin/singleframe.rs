@@ -31,7 +31,10 @@ fn main() -> ExitCode {
         if let Some(input) = cli.input {
             file.singleframe.input = Some(input);
         }
-        Ok((file.run, Singleframe::new(file.singleframe)?))
+        Ok((
+            file.run,
+            Singleframe::new(file.singleframe).map_err(|e| e.to_string())?,
+        ))
     });
     launched.exit_code()
 }

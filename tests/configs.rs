@@ -121,7 +121,11 @@ fn parse<F: serde::de::DeserializeOwned + Default>(
 
 /// Reads `path` as `reader`'s binary does and builds its stage; `observations` is the list
 /// the CMB stages are pointed at.
-fn check(path: &Path, reader: Reader, observations: &Path) -> Result<(), String> {
+fn check(
+    path: &Path,
+    reader: Reader,
+    observations: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
     match reader {
         Reader::SimCmb => unreachable!("simulated first"),
         Reader::Loadtest => {
@@ -204,7 +208,9 @@ fn check(path: &Path, reader: Reader, observations: &Path) -> Result<(), String>
                         }
                         Mosaic::new(c)?;
                     }
-                    other => return Err(format!("{}: no check for kind {other}", path.display())),
+                    other => {
+                        return Err(format!("{}: no check for kind {other}", path.display()).into());
+                    }
                 }
             }
         }
@@ -244,7 +250,7 @@ fn every_shipped_config_parses_with_its_binarys_reader_and_builds_its_stage() {
                 observations.get_or_insert(list);
             }),
             _ => match &observations {
-                Some(list) => check(path, *reader, list),
+                Some(list) => check(path, *reader, list).map_err(|e| e.to_string()),
                 None => Err("no configs/sim-cmb*.toml to simulate the CMB data with".into()),
             },
         };
@@ -275,7 +281,7 @@ fn an_unknown_key_is_refused_by_each_reader() {
         }
         let path = tmp.path().join(format!("{prefix}.toml"));
         std::fs::write(&path, format!("[{prefix}]\nno_such_key = 1\n")).unwrap();
-        let err = check(&path, reader, &list).expect_err(prefix);
+        let err = check(&path, reader, &list).expect_err(prefix).to_string();
         assert!(err.contains("no_such_key"), "{prefix}: {err}");
     }
 }

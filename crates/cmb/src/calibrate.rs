@@ -25,7 +25,7 @@
 //! (`[pointing] output_precision`) are read; the stored types are checked when opening.
 
 use crate::model::{
-    AttitudeData, CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_MAP,
+    AttitudeData, CALIBRATED_FORMAT, CmbError, ConfigError, DATASET_CALIBRATED, DATASET_MAP,
     DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec, FLAG_NONFINITE, FocalPlane, Frame,
     GainTable, ObsUnit, ObservationList, SkyMap, TimestreamInfo, read_attitude, stage_file,
     timestream_info, warn_if_obs_differs,
@@ -49,7 +49,7 @@ use skypipe_stage::{
 };
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Where gains come from.
@@ -159,30 +159,31 @@ impl Default for CalibrateConfig {
 
 impl CalibrateConfig {
     /// The solar velocity the keys describe (Planck 2018 unless set).
-    pub fn solar_velocity(&self) -> Result<SolarVelocity, String> {
+    pub fn solar_velocity(&self) -> Result<SolarVelocity, ConfigError> {
         let mut v = SolarVelocity::planck_2018();
         let l = self.solar_l_deg.unwrap_or(v.l_deg);
         let b = self.solar_b_deg.unwrap_or(v.b_deg);
         if !(l.is_finite() && b.is_finite() && (-90.0..=90.0).contains(&b)) {
-            return Err(format!(
-                "calibrate.solar_l_deg / solar_b_deg must be finite with |b| ≤ 90, got ({l}, {b})"
+            return Err(ConfigError::value(
+                "calibrate.solar_l_deg / solar_b_deg",
+                format!("must be finite with |b| ≤ 90, got ({l}, {b})"),
             ));
         }
         match (self.solar_speed_km_s, self.solar_amplitude_uk) {
             (Some(_), Some(_)) => {
-                return Err(
-                    "calibrate.solar_speed_km_s and calibrate.solar_amplitude_uk are exclusive"
-                        .into(),
-                );
+                return Err(ConfigError::value(
+                    "calibrate.solar_speed_km_s and calibrate.solar_amplitude_uk",
+                    "are exclusive",
+                ));
             }
             (Some(speed), None) => v.speed_km_s = speed,
             (None, Some(a)) => v = SolarVelocity::from_amplitude(a * 1e-6, self.t_cmb, l, b),
             (None, None) => {}
         }
         if !(v.speed_km_s.is_finite() && v.speed_km_s >= 0.0 && v.speed_km_s < C_KM_S) {
-            return Err(format!(
-                "calibrate: solar speed {} km/s must be in [0, c)",
-                v.speed_km_s
+            return Err(ConfigError::value(
+                "calibrate.solar_speed_km_s / solar_amplitude_uk",
+                format!("give a solar speed of {} km/s, not in [0, c)", v.speed_km_s),
             ));
         }
         v.l_deg = l;
@@ -200,7 +201,7 @@ pub struct Calibrate {
     table: Option<GainTable>,
     /// The sky model, read by the first unit that needs it: in a chain it is the map an
     /// earlier stage writes (declared as an input, so those units run after it).
-    sky: OnceLock<Result<SkyMap, String>>,
+    sky: OnceLock<Result<SkyMap, Arc<CmbError>>>,
     solar: SolarVelocity,
     /// `q(ν) − 1` per detector (focal-plane order), 0 without the quadrupole.
     quadrupole: Vec<f64>,
@@ -287,12 +288,18 @@ struct DetectorGain {
 impl Calibrate {
     /// Checks the configuration and reads the list, focal plane and gain table (the sky model
     /// is read by the first unit that needs it).
-    pub fn new(config: CalibrateConfig) -> Result<Self, String> {
+    pub fn new(config: CalibrateConfig) -> Result<Self, ConfigError> {
         if config.chunk_samples == 0 {
-            return Err("calibrate.chunk_samples must be at least 1".into());
+            return Err(ConfigError::value(
+                "calibrate.chunk_samples",
+                "must be at least 1",
+            ));
         }
         if !(config.t_cmb.is_finite() && config.t_cmb > 0.0) {
-            return Err(format!("calibrate.t_cmb must be > 0, got {}", config.t_cmb));
+            return Err(ConfigError::value(
+                "calibrate.t_cmb",
+                format!("must be > 0, got {}", config.t_cmb),
+            ));
         }
         let solar = config.solar_velocity()?;
         match (config.pointing, &config.expand) {
@@ -300,34 +307,38 @@ impl Calibrate {
                 g.grid("calibrate.expand")?;
             }
             (PointingSource::File, Some(_)) => {
-                return Err(
-                    "calibrate.expand is set but calibrate.pointing is not \"expand\"".into(),
-                );
+                return Err(ConfigError::value(
+                    "calibrate.expand",
+                    "is set but calibrate.pointing is not \"expand\"",
+                ));
             }
             _ => {}
         }
         let table = match (config.gains, &config.gain_table) {
-            (GainMode::Table, Some(p)) => Some(GainTable::read(p).map_err(|e| e.to_string())?),
+            (GainMode::Table, Some(p)) => Some(GainTable::read(p)?),
             (GainMode::Table, None) => {
-                return Err("calibrate.gains = \"table\" needs calibrate.gain_table".into());
+                return Err(ConfigError::value(
+                    "calibrate.gains = \"table\"",
+                    "needs calibrate.gain_table",
+                ));
             }
             (GainMode::Fit, _) => None,
         };
-        let list = ObservationList::load(&config.observations).map_err(|e| e.to_string())?;
-        let focal_plane = FocalPlane::read(&list.focal_plane).map_err(|e| e.to_string())?;
+        let list = ObservationList::load(&config.observations)?;
+        let focal_plane = FocalPlane::read(&list.focal_plane)?;
         let quadrupole = focal_plane
             .detectors
             .iter()
             .map(|d| match (config.quadrupole, d.freq_ghz) {
                 (false, _) => Ok(0.0),
                 (true, Some(f)) => Ok(quadrupole_factor(f * 1e9, config.t_cmb)),
-                (true, None) => Err(format!(
-                    "{}: detector {} has no freq_ghz (needed by calibrate.quadrupole = true)",
-                    list.focal_plane.display(),
-                    d.name
-                )),
+                (true, None) => Err(ConfigError::NoFrequency {
+                    path: list.focal_plane.clone(),
+                    detector: d.name.clone(),
+                    key: "calibrate.quadrupole",
+                }),
             })
-            .collect::<Result<Vec<f64>, String>>()?;
+            .collect::<Result<Vec<f64>, ConfigError>>()?;
         Ok(Self {
             config,
             list,
@@ -367,12 +378,12 @@ impl Calibrate {
         };
         match self
             .sky
-            .get_or_init(|| SkyMap::load(path).map_err(|e| e.to_string()))
+            .get_or_init(|| SkyMap::load(path).map_err(Arc::new))
         {
             Ok(map) => Ok(Some(map)),
-            Err(message) => Err(CmbError::SkyModel {
+            Err(source) => Err(CmbError::SkyModel {
                 path: path.clone(),
-                message: message.clone(),
+                source: Arc::clone(source),
             }),
         }
     }
@@ -1042,7 +1053,12 @@ mod tests {
             solar_speed_km_s: Some(370.0),
             ..Default::default()
         };
-        assert!(both.solar_velocity().unwrap_err().contains("exclusive"));
+        assert!(
+            both.solar_velocity()
+                .unwrap_err()
+                .to_string()
+                .contains("exclusive")
+        );
         let bad = CalibrateConfig {
             solar_b_deg: Some(95.0),
             ..Default::default()

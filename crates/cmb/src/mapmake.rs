@@ -35,7 +35,7 @@
 //! Unobserved pixels and pixels under the rcond cut are `UNSEEN` (−1.6375e30).
 
 use crate::model::{
-    CALIBRATED_FORMAT, CmbError, DATASET_CALIBRATED, DATASET_MAP, DATASET_OBSERVATION,
+    CALIBRATED_FORMAT, CmbError, ConfigError, DATASET_CALIBRATED, DATASET_MAP, DATASET_OBSERVATION,
     DATASET_POINTING, FLAG_NONFINITE, FocalPlane, Frame, ObservationList, POINTING_FORMAT,
     TimestreamInfo, obs_file_name, stage_file, timestream_info,
 };
@@ -230,17 +230,20 @@ fn resolve_split(
     config: &SplitConfig,
     observations: &[u32],
     detectors: &[&str],
-) -> Result<Split, String> {
+) -> Result<Split, ConfigError> {
     let name = &config.name;
-    let bad = |message: String| Err(format!("mapmake.split '{name}': {message}"));
+    let bad = |problem: String| {
+        Err(ConfigError::Split {
+            name: name.clone(),
+            problem,
+        })
+    };
     if name.is_empty()
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(format!(
-            "mapmake.split name '{name}' must be letters, digits, '-' and '_'"
-        ));
+        return Err(ConfigError::SplitName(name.clone()));
     }
     let mut sorted = observations.to_vec();
     sorted.sort_unstable();
@@ -577,55 +580,66 @@ pub struct Mapmake {
 
 impl Mapmake {
     /// Loads the observation list and focal plane and checks the configuration.
-    pub fn new(config: MapmakeConfig) -> Result<Self, String> {
+    pub fn new(config: MapmakeConfig) -> Result<Self, ConfigError> {
         if !(config.rcond_min.is_finite() && (0.0..1.0).contains(&config.rcond_min)) {
-            return Err(format!(
-                "mapmake.rcond_min must be in [0, 1), got {}",
-                config.rcond_min
+            return Err(ConfigError::value(
+                "mapmake.rcond_min",
+                format!("must be in [0, 1), got {}", config.rcond_min),
             ));
         }
         if let Some(sub) = config.submap_nside
             && !sub.is_power_of_two()
         {
-            return Err(format!(
-                "mapmake.submap_nside must be a power of two, got {sub}"
+            return Err(ConfigError::value(
+                "mapmake.submap_nside",
+                format!("must be a power of two, got {sub}"),
             ));
         }
         if let Some(n) = config.nside {
-            Healpix::new(n, Ordering::Nested).map_err(|e| format!("mapmake.nside: {e}"))?;
+            Healpix::new(n, Ordering::Nested).map_err(|source| ConfigError::Nside {
+                key: "mapmake.nside".into(),
+                source,
+            })?;
             if let Some(sub) = config.submap_nside
                 && sub > n
             {
-                return Err(format!(
-                    "mapmake.submap_nside {sub} exceeds mapmake.nside {n}"
+                return Err(ConfigError::value(
+                    format!("mapmake.submap_nside {sub}"),
+                    format!("exceeds mapmake.nside {n}"),
                 ));
             }
         }
         if !(1..=MAX_COARSE_GROUPS).contains(&config.coarse_segments) {
-            return Err(format!(
-                "mapmake.coarse_segments must be in 1..={MAX_COARSE_GROUPS}, got {}",
-                config.coarse_segments
+            return Err(ConfigError::value(
+                "mapmake.coarse_segments",
+                format!(
+                    "must be in 1..={MAX_COARSE_GROUPS}, got {}",
+                    config.coarse_segments
+                ),
             ));
         }
         let widths = quicklook::MIN_WIDTH..=quicklook::MAX_WIDTH;
         if config.quicklook_width != 0 && !widths.contains(&config.quicklook_width) {
-            return Err(format!(
-                "mapmake.quicklook_width must be 0 or in {}..={}, got {}",
-                quicklook::MIN_WIDTH,
-                quicklook::MAX_WIDTH,
-                config.quicklook_width
+            return Err(ConfigError::value(
+                "mapmake.quicklook_width",
+                format!(
+                    "must be 0 or in {}..={}, got {}",
+                    quicklook::MIN_WIDTH,
+                    quicklook::MAX_WIDTH,
+                    config.quicklook_width
+                ),
             ));
         }
         if !(config.baseline_s.is_finite() && config.baseline_s > 0.0) {
-            return Err(format!(
-                "mapmake.baseline_s must be > 0, got {}",
-                config.baseline_s
+            return Err(ConfigError::value(
+                "mapmake.baseline_s",
+                format!("must be > 0, got {}", config.baseline_s),
             ));
         }
         if !(config.tolerance.is_finite() && config.tolerance >= 0.0) {
-            return Err(format!(
-                "mapmake.tolerance must be >= 0, got {}",
-                config.tolerance
+            return Err(ConfigError::value(
+                "mapmake.tolerance",
+                format!("must be >= 0, got {}", config.tolerance),
             ));
         }
         match (config.pointing, &config.expand) {
@@ -633,12 +647,15 @@ impl Mapmake {
                 g.grid("mapmake.expand")?;
             }
             (PointingSource::File, Some(_)) => {
-                return Err("mapmake.expand is set but mapmake.pointing is not \"expand\"".into());
+                return Err(ConfigError::value(
+                    "mapmake.expand",
+                    "is set but mapmake.pointing is not \"expand\"",
+                ));
             }
             _ => {}
         }
-        let list = ObservationList::load(&config.observations).map_err(|e| e.to_string())?;
-        let focal_plane = FocalPlane::read(&list.focal_plane).map_err(|e| e.to_string())?;
+        let list = ObservationList::load(&config.observations)?;
+        let focal_plane = FocalPlane::read(&list.focal_plane)?;
         let numbers: Vec<u32> = list.observations.iter().map(|o| o.obs).collect();
         let names: Vec<&str> = focal_plane
             .detectors
@@ -649,7 +666,7 @@ impl Mapmake {
         for c in &config.split {
             let split = resolve_split(c, &numbers, &names)?;
             if splits.iter().any(|s| s.name == split.name) {
-                return Err(format!("mapmake.split '{}' is given twice", split.name));
+                return Err(ConfigError::SplitTwice(split.name));
             }
             splits.push(split);
         }
@@ -2042,7 +2059,12 @@ mod tests {
             "the odd one in the first half"
         );
         assert_eq!(half(2).unwrap(), set(&[7, 9]));
-        assert!(half(3).unwrap_err().contains("half_mission must be 1 or 2"));
+        assert!(
+            half(3)
+                .unwrap_err()
+                .to_string()
+                .contains("half_mission must be 1 or 2")
+        );
         let c = SplitConfig {
             observations: Some(vec![9, 1, 5]),
             obs_range: Some([2, 9]),
@@ -2057,7 +2079,7 @@ mod tests {
             Some(["a".to_string(), "c".to_string()].into_iter().collect())
         );
         assert_eq!(mixed.ranks, Some(2));
-        let error = |c: SplitConfig| resolve_split(&c, &obs, &dets).unwrap_err();
+        let error = |c: SplitConfig| resolve_split(&c, &obs, &dets).unwrap_err().to_string();
         assert!(error(split_config("a/b")).contains("letters, digits"));
         let unknown_obs = SplitConfig {
             observations: Some(vec![4]),

@@ -49,12 +49,13 @@ pub enum CmbError {
         message: String,
     },
     /// The sky model could not be read (it is read once, by the first unit that needs it).
-    #[error("{path}: sky model: {message}")]
+    #[error("{path}: sky model: {source}")]
     SkyModel {
         /// The sky model file.
         path: PathBuf,
-        /// Why it could not be read.
-        message: String,
+        /// Why it could not be read (shared by the units of a process, which read it once).
+        #[source]
+        source: std::sync::Arc<CmbError>,
     },
 }
 
@@ -73,6 +74,66 @@ impl CmbError {
             skypipe_stage::UnitFailure::transient(self)
         } else {
             skypipe_stage::UnitFailure::bad_input(self)
+        }
+    }
+}
+
+/// A `[pointing]`, `[calibrate]` or `[mapmake]` table the stage refuses, or an input it reads
+/// when it is built (observation list, focal plane, gain table); each names the key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key's value is out of range, or conflicts with another key.
+    #[error("{key} {problem}")]
+    Value {
+        /// The key, with its table (`mapmake.baseline_s`).
+        key: String,
+        /// What is wrong, as the rest of a sentence (`must be > 0, got 0`).
+        problem: String,
+    },
+    /// An `nside` that is not a valid HEALPix resolution.
+    #[error("{key}: {source}")]
+    Nside {
+        /// The key, with its table.
+        key: String,
+        /// Why.
+        #[source]
+        source: skypipe_core::healpix::HealpixError,
+    },
+    /// A detector lacks what a key needs of it.
+    #[error("{path}: detector {detector} has no freq_ghz (needed by {key} = true)")]
+    NoFrequency {
+        /// The focal plane.
+        path: PathBuf,
+        /// The detector.
+        detector: String,
+        /// The key that needs it.
+        key: &'static str,
+    },
+    /// A `[[mapmake.split]]` that cannot be resolved against the list and focal plane.
+    #[error("mapmake.split '{name}': {problem}")]
+    Split {
+        /// The split's name.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A split name that cannot name a directory and a unit.
+    #[error("mapmake.split name '{0}' must be letters, digits, '-' and '_'")]
+    SplitName(String),
+    /// Two splits of one name.
+    #[error("mapmake.split '{0}' is given twice")]
+    SplitTwice(String),
+    /// The observation list, focal plane or gain table cannot be read.
+    #[error(transparent)]
+    Input(#[from] CmbError),
+}
+
+impl ConfigError {
+    /// A [`ConfigError::Value`].
+    pub fn value(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Value {
+            key: key.into(),
+            problem: problem.into(),
         }
     }
 }

@@ -8,9 +8,9 @@
 //! memory does not grow with the length of an observation.
 
 use crate::model::{
-    AttitudeData, CmbError, DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec, FocalPlane, Frame,
-    ObsUnit, ObservationList, POINTING_FORMAT, TimestreamInfo, obs_file_name, read_attitude,
-    timestream_info, warn_if_obs_differs,
+    AttitudeData, CmbError, ConfigError, DATASET_OBSERVATION, DATASET_POINTING, DetectorSpec,
+    FocalPlane, Frame, ObsUnit, ObservationList, POINTING_FORMAT, TimestreamInfo, obs_file_name,
+    read_attitude, timestream_info, warn_if_obs_differs,
 };
 use serde::{Deserialize, Serialize};
 use skypipe_core::aberration::Beta;
@@ -126,11 +126,17 @@ impl Default for PointingGeometry {
 
 impl PointingGeometry {
     /// The output grid, or an error naming `table` (e.g. `calibrate.expand`).
-    pub fn grid(&self, table: &str) -> Result<Healpix, String> {
+    pub fn grid(&self, table: &str) -> Result<Healpix, ConfigError> {
         if self.chunk_samples == 0 {
-            return Err(format!("{table}.chunk_samples must be at least 1"));
+            return Err(ConfigError::value(
+                format!("{table}.chunk_samples"),
+                "must be at least 1",
+            ));
         }
-        Healpix::new(self.nside, self.ordering).map_err(|e| format!("{table}.nside: {e}"))
+        Healpix::new(self.nside, self.ordering).map_err(|source| ConfigError::Nside {
+            key: format!("{table}.nside"),
+            source,
+        })
     }
 }
 
@@ -546,14 +552,20 @@ pub struct Pointing {
 impl Pointing {
     /// Checks the configuration and reads the observation list and the focal plane (errors
     /// here stop the run before any unit starts).
-    pub fn new(config: PointingConfig) -> Result<Self, String> {
-        let grid = Healpix::new(config.nside, config.ordering)
-            .map_err(|e| format!("pointing.nside: {e}"))?;
+    pub fn new(config: PointingConfig) -> Result<Self, ConfigError> {
+        let grid =
+            Healpix::new(config.nside, config.ordering).map_err(|source| ConfigError::Nside {
+                key: "pointing.nside".into(),
+                source,
+            })?;
         if config.chunk_samples == 0 {
-            return Err("pointing.chunk_samples must be at least 1".into());
+            return Err(ConfigError::value(
+                "pointing.chunk_samples",
+                "must be at least 1",
+            ));
         }
-        let list = ObservationList::load(&config.observations).map_err(|e| e.to_string())?;
-        let focal_plane = FocalPlane::read(&list.focal_plane).map_err(|e| e.to_string())?;
+        let list = ObservationList::load(&config.observations)?;
+        let focal_plane = FocalPlane::read(&list.focal_plane)?;
         Ok(Self {
             config,
             list,

@@ -190,16 +190,16 @@ impl SimConfig {
     }
 
     /// The preset overridden by the keys of a TOML file (unknown keys refused).
-    pub fn from_toml(size: Size, text: &str) -> Result<Self, String> {
-        let mut table = toml::Table::try_from(Self::preset(size)).map_err(|e| e.to_string())?;
-        let overlay: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(size: Size, text: &str) -> Result<Self, SimConfigError> {
+        let mut table = toml::Table::try_from(Self::preset(size))?;
+        let overlay: toml::Table = toml::from_str(text)?;
         for (k, v) in overlay {
             table.insert(k, v);
         }
-        table.try_into().map_err(|e: toml::de::Error| e.to_string())
+        Ok(table.try_into()?)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), SimConfigError> {
         let positive = [
             ("obs_duration_s", self.obs_duration_s),
             ("rate_hz", self.rate_hz),
@@ -207,31 +207,62 @@ impl SimConfig {
             ("gain", self.gain),
             ("precession_period_days", self.precession_period_days),
         ];
+        let bad = |key: &str, problem: String| {
+            Err(SimConfigError::Value {
+                key: key.into(),
+                problem,
+            })
+        };
         for (k, v) in positive {
             if !(v.is_finite() && v > 0.0) {
-                return Err(format!("{k} must be > 0, got {v}"));
+                return bad(k, format!("must be > 0, got {v}"));
             }
         }
         if self.observations == 0 || self.detector_pairs == 0 {
-            return Err("observations and detector_pairs must be at least 1".into());
+            return bad(
+                "observations and detector_pairs",
+                "must be at least 1".into(),
+            );
         }
         if !(0.0..=1.0).contains(&self.pol_efficiency) {
-            return Err("pol_efficiency must be in [0, 1]".into());
+            return bad("pol_efficiency", "must be in [0, 1]".into());
         }
-        Healpix::new(self.sky_nside, Ordering::Ring).map_err(|e| format!("sky_nside: {e}"))?;
+        Healpix::new(self.sky_nside, Ordering::Ring).map_err(SimConfigError::SkyNside)?;
         if let Some(f) = self.freq_ghz
             && !(f.is_finite() && f >= 0.0)
         {
-            return Err(format!("freq_ghz must be finite and ≥ 0, got {f}"));
+            return bad("freq_ghz", format!("must be finite and ≥ 0, got {f}"));
         }
         if self.quadrupole && self.freq_ghz.is_none() {
-            return Err("quadrupole = true needs freq_ghz".into());
+            return bad("quadrupole = true", "needs freq_ghz".into());
         }
         if self.obs_duration_s * self.rate_hz < 10.0 {
-            return Err("observations must hold at least 10 samples".into());
+            return bad("observations", "must hold at least 10 samples".into());
         }
         Ok(())
     }
+}
+
+/// A simulation configuration refused; each names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum SimConfigError {
+    /// The file is not TOML, or has an unknown key or a value of the wrong type.
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    /// The preset could not be turned into a TOML table to overlay the file on.
+    #[error(transparent)]
+    Preset(#[from] toml::ser::Error),
+    /// A key's value is out of range.
+    #[error("{key} {problem}")]
+    Value {
+        /// The key.
+        key: String,
+        /// What is wrong, as the rest of a sentence.
+        problem: String,
+    },
+    /// `sky_nside` is not a valid HEALPix resolution.
+    #[error("sky_nside: {0}")]
+    SkyNside(#[source] skypipe_core::healpix::HealpixError),
 }
 
 /// A seeded generator for one purpose (`stream`) and indices, independent of the order in which
@@ -607,7 +638,7 @@ pub fn run(args: &SimArgs) -> u8 {
     let mut config = match &args.config {
         Some(p) => match std::fs::read_to_string(p)
             .map_err(|e| e.to_string())
-            .and_then(|t| SimConfig::from_toml(args.size, &t))
+            .and_then(|t| SimConfig::from_toml(args.size, &t).map_err(|e| e.to_string()))
         {
             Ok(c) => c,
             Err(e) => {
@@ -692,7 +723,8 @@ mod tests {
             (7, 0.0, 60.0)
         );
         let e = SimConfig::from_toml(Size::Tiny, "observation = 7\n").unwrap_err();
-        assert!(e.contains("observation"), "{e}");
+        assert!(matches!(e, SimConfigError::Toml(_)), "{e}");
+        assert!(e.to_string().contains("observation"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `[coadd.detection]`). Unknown keys are refused.
 
 use serde::{Deserialize, Serialize};
-use skypipe_registry::SkyMapConfig;
+use skypipe_registry::{SkyMapConfig, SkyMapError};
 use std::path::PathBuf;
 
 /// The configuration file: the engine's `[run]` table (type `R`, the engine's `RunOptions` in
@@ -166,8 +166,8 @@ impl Default for DetectionConfig {
 
 impl CoaddConfig {
     /// Checks values that types cannot, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
-        self.skymap.validate().map_err(|e| format!("coadd.{e}"))?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.skymap.validate().map_err(ConfigError::SkyMap)?;
         let positive = [
             ("zero_point", self.zero_point),
             ("clip_sigma", self.clip_sigma),
@@ -178,46 +178,90 @@ impl CoaddConfig {
         ];
         for (k, v) in positive {
             if !(v.is_finite() && v > 0.0) {
-                return Err(format!("coadd.{k} must be finite and > 0, got {v}"));
+                return Err(ConfigError::value(
+                    format!("coadd.{k}"),
+                    format!("must be finite and > 0, got {v}"),
+                ));
             }
         }
         if !(self.clip_amplitude_fraction.is_finite() && self.clip_amplitude_fraction >= 0.0) {
-            return Err(format!(
-                "coadd.clip_amplitude_fraction must be finite and ≥ 0, got {}",
-                self.clip_amplitude_fraction
+            return Err(ConfigError::value(
+                "coadd.clip_amplitude_fraction",
+                format!(
+                    "must be finite and ≥ 0, got {}",
+                    self.clip_amplitude_fraction
+                ),
             ));
         }
         if !(0.0..1.0).contains(&self.detection.deblend_contrast) {
-            return Err(format!(
-                "coadd.detection.deblend_contrast must be in [0, 1), got {}",
-                self.detection.deblend_contrast
+            return Err(ConfigError::value(
+                "coadd.detection.deblend_contrast",
+                format!("must be in [0, 1), got {}", self.detection.deblend_contrast),
             ));
         }
         if !(self.plan_margin_arcsec.is_finite() && self.plan_margin_arcsec >= 0.0) {
-            return Err(format!(
-                "coadd.plan_margin_arcsec must be finite and ≥ 0, got {}",
-                self.plan_margin_arcsec
+            return Err(ConfigError::value(
+                "coadd.plan_margin_arcsec",
+                format!("must be finite and ≥ 0, got {}", self.plan_margin_arcsec),
             ));
         }
         if self.coarse_step == 0 {
-            return Err("coadd.coarse_step must be at least 1".into());
+            return Err(ConfigError::value(
+                "coadd.coarse_step",
+                "must be at least 1",
+            ));
         }
         if self.detection.background_cell < 8 {
-            return Err("coadd.detection.background_cell must be at least 8".into());
+            return Err(ConfigError::value(
+                "coadd.detection.background_cell",
+                "must be at least 8",
+            ));
         }
         self.patch_filter()?;
         Ok(())
     }
 
     /// The `patches` filter as (x, y) pairs.
-    pub fn patch_filter(&self) -> Result<Vec<(u32, u32)>, String> {
+    pub fn patch_filter(&self) -> Result<Vec<(u32, u32)>, ConfigError> {
         self.patches
             .iter()
             .map(|s| {
                 s.split_once(',')
                     .and_then(|(x, y)| Some((x.trim().parse().ok()?, y.trim().parse().ok()?)))
-                    .ok_or_else(|| format!("coadd.patches: '{s}' is not \"x,y\""))
+                    .ok_or_else(|| ConfigError::Patch(s.clone()))
             })
             .collect()
+    }
+}
+
+/// A `[coadd]` table the stage refuses; each names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A key's value is out of range.
+    #[error("{key} {problem}")]
+    Value {
+        /// The key, with its table (`coadd.clip_sigma`).
+        key: String,
+        /// What is wrong, as the rest of a sentence (`must be at least 1`).
+        problem: String,
+    },
+    /// `[coadd.skymap]` is not a valid sky map.
+    #[error("coadd.{0}")]
+    SkyMap(#[source] SkyMapError),
+    /// An entry of `patches` is not `"x,y"`.
+    #[error("coadd.patches: '{0}' is not \"x,y\"")]
+    Patch(String),
+    /// Neither `registry` nor a run directory is given.
+    #[error("coadd.registry is not set and there is no run directory to find it in")]
+    NoRegistry,
+}
+
+impl ConfigError {
+    /// A [`ConfigError::Value`].
+    pub fn value(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Value {
+            key: key.into(),
+            problem: problem.into(),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The `coadd` stage: units, planning from the registry, connections, and the three unit
 //! kinds (warp, coadd, detect).
 
-use crate::config::{CoaddConfig, MissingZeroPoint, WcsSource, WcsUsed};
+use crate::config::{CoaddConfig, ConfigError, MissingZeroPoint, WcsSource, WcsUsed};
 use crate::kernels::{self, ClipParams, StackInput};
 use crate::output::{self, CoaddError};
 use crate::patch::{PatchGrid, PatchKey};
@@ -176,18 +176,14 @@ pub struct Coadd {
 impl Coadd {
     /// Checks the configuration (naming the key) and builds the stage; the registry defaults to
     /// `RUN_DIR/registry.sqlite3`.
-    pub fn new(config: CoaddConfig, run_dir: Option<&Path>) -> Result<Self, String> {
+    pub fn new(config: CoaddConfig, run_dir: Option<&Path>) -> Result<Self, ConfigError> {
         config.validate()?;
         let registry = match (&config.registry, run_dir) {
             (Some(r), _) => r.clone(),
             (None, Some(d)) => d.join("registry.sqlite3"),
-            (None, None) => {
-                return Err(
-                    "coadd.registry is not set and there is no run directory to find it in".into(),
-                );
-            }
+            (None, None) => return Err(ConfigError::NoRegistry),
         };
-        let skymap = SkyMap::new(config.skymap).map_err(|e| format!("coadd.{e}"))?;
+        let skymap = SkyMap::new(config.skymap).map_err(ConfigError::SkyMap)?;
         Ok(Self {
             config,
             registry,
@@ -224,12 +220,13 @@ impl Coadd {
         }
     }
 
-    fn grid(&self, p: PatchKey) -> Result<PatchGrid, String> {
+    /// The patch's pixel grid; bad input when the sky map has no such patch.
+    fn grid(&self, p: PatchKey) -> Result<PatchGrid, UnitFailure> {
         let tract = self
             .skymap
             .tract(p.tract)
             .filter(|t| p.x < t.patches_x && p.y < t.patches_y)
-            .ok_or_else(|| format!("patch {p:?} is not in the sky map"))?;
+            .ok_or_else(|| UnitFailure::bad_input(format!("patch {p:?} is not in the sky map")))?;
         Ok(PatchGrid::new(tract, p.x, p.y))
     }
 
@@ -255,7 +252,10 @@ impl Coadd {
                 self.skymap.config()
             )));
         }
-        let patches = self.config.patch_filter().map_err(PlanError)?;
+        let patches = self
+            .config
+            .patch_filter()
+            .map_err(|e| PlanError::from_error(&e))?;
         let bands = &self.config.bands;
         let mut warps = Vec::new();
         for rec in reg.all().map_err(|e| PlanError::from_error(&e))? {
@@ -418,7 +418,7 @@ impl Coadd {
             }
         };
         drop(reg);
-        let grid = self.grid(w.patch).map_err(UnitFailure::bad_input)?;
+        let grid = self.grid(w.patch)?;
         let calexp = output::read_calexp(&w.calexp).map_err(failure)?;
         let (warped, interpolation_error) =
             warp_onto_patch(&grid, &wcs, &calexp, flux_scale, self.config.coarse_step)
@@ -483,7 +483,7 @@ impl Coadd {
             });
         }
         values.sort_by_key(|(_, v)| (v.visit, v.ccd));
-        let grid = self.grid(patch).map_err(UnitFailure::bad_input)?;
+        let grid = self.grid(patch)?;
         let (width, height) = grid.shape();
         let mut warps = Vec::with_capacity(values.len());
         for (_, v) in &values {
@@ -640,7 +640,7 @@ impl Coadd {
                 reason: format!("patch has no coadd in band {band}"),
             });
         };
-        let grid = self.grid(patch).map_err(UnitFailure::bad_input)?;
+        let grid = self.grid(patch)?;
         let coadd =
             output::read_planes(&ctx.run_dir.join(&v.path), grid.shape()).map_err(failure)?;
         let result = crate::detect::detect_and_measure(&coadd, v.psf_fwhm, &self.config.detection);

@@ -248,22 +248,50 @@ impl Provenance {
 
     /// Reads the provenance of a FITS or HDF5 file (by its first bytes); `Ok(None)` for a
     /// file of either kind without provenance, an error for any other file.
-    pub fn read(path: &Path) -> Result<Option<Self>, String> {
+    pub fn read(path: &Path) -> Result<Option<Self>, ProvenanceError> {
         let mut head = [0u8; 8];
         let n = std::fs::File::open(path)
             .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|source| ProvenanceError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if n >= 6 && head.starts_with(b"SIMPLE") {
-            Self::read_fits(path).map_err(|e| e.to_string())
+            Ok(Self::read_fits(path)?)
         } else if n == 8 && head == *b"\x89HDF\r\n\x1a\n" {
-            Self::read_hdf5(path).map_err(|e| e.to_string())
+            Ok(Self::read_hdf5(path)?)
         } else {
-            Err(format!(
-                "{}: neither a FITS nor an HDF5 file, so it carries no provenance",
-                path.display()
-            ))
+            Err(ProvenanceError::NotFitsOrHdf5 {
+                path: path.to_path_buf(),
+            })
         }
     }
+}
+
+/// Why [`Provenance::read`] could not read a file's provenance; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvenanceError {
+    /// The file could not be opened or its first bytes read.
+    #[error("{path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is neither FITS nor HDF5.
+    #[error("{path}: neither a FITS nor an HDF5 file, so it carries no provenance")]
+    NotFitsOrHdf5 {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A FITS file whose provenance cards are unreadable.
+    #[error(transparent)]
+    Fits(#[from] FitsError),
+    /// An HDF5 file whose provenance attributes are unreadable.
+    #[error(transparent)]
+    H5(#[from] H5Error),
 }
 
 fn input_text(input: &ProvenanceInput) -> String {
@@ -341,6 +369,7 @@ mod tests {
         assert!(
             Provenance::read(&text)
                 .unwrap_err()
+                .to_string()
                 .contains("neither a FITS nor an HDF5")
         );
     }

@@ -165,6 +165,17 @@ struct GroupValue {
     sum_s: f64,
 }
 
+/// A `[loadtest]` table the stage refuses; each names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// `time_scale` is negative or not a number.
+    #[error("loadtest.time_scale must be a non-negative number, got {0}")]
+    TimeScale(f64),
+    /// A unit ID of `[loadtest.inject]` does not parse.
+    #[error("loadtest.inject: {0}")]
+    Inject(#[source] skypipe_stage::ParseUnitIdError),
+}
+
 /// The load-test stage.
 #[derive(Debug, Clone)]
 pub struct Loadtest {
@@ -173,12 +184,9 @@ pub struct Loadtest {
 
 impl Loadtest {
     /// A load test with this configuration; checks it (exit code 1 territory on error).
-    pub fn new(config: LoadtestConfig) -> Result<Self, String> {
+    pub fn new(config: LoadtestConfig) -> Result<Self, ConfigError> {
         if !(config.time_scale.is_finite() && config.time_scale >= 0.0) {
-            return Err(format!(
-                "loadtest.time_scale must be a non-negative number, got {}",
-                config.time_scale
-            ));
+            return Err(ConfigError::TimeScale(config.time_scale));
         }
         let inject = &config.inject;
         for id in inject
@@ -187,8 +195,7 @@ impl Loadtest {
             .chain(&inject.panic)
             .chain(&inject.transient)
         {
-            id.parse::<UnitId>()
-                .map_err(|e| format!("loadtest.inject: {e}"))?;
+            id.parse::<UnitId>().map_err(ConfigError::Inject)?;
         }
         Ok(Self { config })
     }
@@ -588,6 +595,7 @@ mod tests {
         assert!(
             Loadtest::new(config)
                 .unwrap_err()
+                .to_string()
                 .contains("loadtest.time_scale")
         );
         let config = LoadtestConfig {
@@ -598,9 +606,7 @@ mod tests {
             ..LoadtestConfig::default()
         };
         assert!(
-            Loadtest::new(config)
-                .unwrap_err()
-                .contains("loadtest.inject")
+            matches!(Loadtest::new(config), Err(ConfigError::Inject(e)) if e.to_string().contains("task 3"))
         );
         let err = toml::from_str::<LoadtestFile>("[loadtest]\nworkloud = \"x\"\n").unwrap_err();
         assert!(

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use skypipe_astrometry::tansip::{self, FitParams, TanSip};
 use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
 use skypipe_io::provenance::Provenance;
-use skypipe_optical::calibration::ReferenceCatalog;
+use skypipe_optical::calibration::{ReferenceCatalog, ReferenceError};
 use skypipe_optical::measure::flags;
 use skypipe_optical::singleframe::{
     DATASET_CALEXP, DATASET_REFERENCE, DATASET_REGISTERED, DATASET_SOURCES, output_paths,
@@ -148,7 +148,7 @@ impl Default for MosaicConfig {
 
 impl MosaicConfig {
     /// Checks values that types cannot, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (k, v) in [
             ("match_radius_arcsec", self.match_radius_arcsec),
             ("max_offset_arcsec", self.max_offset_arcsec),
@@ -156,40 +156,80 @@ impl MosaicConfig {
             ("clip", self.clip),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(format!("mosaic.{k} must be finite and > 0, got {v}"));
+                return Err(ConfigError::value(
+                    format!("mosaic.{k}"),
+                    format!("must be finite and > 0, got {v}"),
+                ));
             }
         }
         if !(self.plan_margin_arcsec.is_finite() && self.plan_margin_arcsec >= 0.0) {
-            return Err(format!(
-                "mosaic.plan_margin_arcsec must be finite and ≥ 0, got {}",
-                self.plan_margin_arcsec
+            return Err(ConfigError::value(
+                "mosaic.plan_margin_arcsec",
+                format!("must be finite and ≥ 0, got {}", self.plan_margin_arcsec),
             ));
         }
         if !(1..=3).contains(&self.order) {
-            return Err(format!(
-                "mosaic.order must be 1, 2 or 3, got {}",
-                self.order
+            return Err(ConfigError::value(
+                "mosaic.order",
+                format!("must be 1, 2 or 3, got {}", self.order),
             ));
         }
         if self.iterations == 0 || self.threads == 0 || self.min_stars_per_ccd == 0 {
-            return Err(
-                "mosaic.iterations, mosaic.threads and mosaic.min_stars_per_ccd must be ≥ 1".into(),
-            );
+            return Err(ConfigError::value(
+                "mosaic.iterations, mosaic.threads and mosaic.min_stars_per_ccd",
+                "must be ≥ 1",
+            ));
         }
         if self.large_tract_ccds == 0 || self.ranks_per_large_tract == 0 {
-            return Err(
-                "mosaic.large_tract_ccds and mosaic.ranks_per_large_tract must be ≥ 1".into(),
-            );
+            return Err(ConfigError::value(
+                "mosaic.large_tract_ccds and mosaic.ranks_per_large_tract",
+                "must be ≥ 1",
+            ));
         }
         match self.bright {
             Bright::Snr(v) | Bright::Mag(v) if !v.is_finite() => {
-                return Err(format!("mosaic.bright must be finite, got {v}"));
+                return Err(ConfigError::value(
+                    "mosaic.bright",
+                    format!("must be finite, got {v}"),
+                ));
             }
             _ => {}
         }
-        self.skymap
-            .validate()
-            .map_err(|e: SkyMapError| format!("mosaic.skymap: {e}"))
+        self.skymap.validate().map_err(ConfigError::SkyMap)
+    }
+}
+
+/// A `[mosaic]` table the stage refuses; each names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A key's value is out of range.
+    #[error("{key} {problem}")]
+    Value {
+        /// The key or keys, with their table (`mosaic.clip`).
+        key: String,
+        /// What is wrong, as the rest of a sentence (`must be ≥ 1`).
+        problem: String,
+    },
+    /// A key that has no default is not set.
+    #[error("{key} is not set ({what})")]
+    Missing {
+        /// The key, with its table.
+        key: &'static str,
+        /// What it names.
+        what: &'static str,
+    },
+    /// `[mosaic.skymap]` is not a valid sky map.
+    #[error("mosaic.skymap: {0}")]
+    SkyMap(#[source] SkyMapError),
+}
+
+impl ConfigError {
+    /// A [`ConfigError::Value`].
+    pub fn value(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Value {
+            key: key.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -259,9 +299,10 @@ pub enum MosaicError {
         /// What is wrong.
         message: String,
     },
-    /// The reference catalogue could not be read (the message names the file).
-    #[error("{0}")]
-    Reference(String),
+    /// The reference catalogue could not be read (names the file; shared by the units of a
+    /// process, which read it once).
+    #[error(transparent)]
+    Reference(Arc<ReferenceError>),
     /// The registry refused a read or write.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -282,21 +323,22 @@ pub struct Mosaic {
     registry: PathBuf,
     reference: PathBuf,
     skymap: SkyMap,
-    refcat: OnceLock<Result<Arc<ReferenceCatalog>, String>>,
+    refcat: OnceLock<Result<Arc<ReferenceCatalog>, Arc<ReferenceError>>>,
 }
 
 impl Mosaic {
     /// Checks the configuration (naming the key) and builds the stage.
-    pub fn new(config: MosaicConfig) -> Result<Self, String> {
+    pub fn new(config: MosaicConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let registry = config.registry.clone().ok_or(
-            "mosaic.registry is not set (the run directory's registry.sqlite3 by default)",
-        )?;
-        let reference = config
-            .reference
-            .clone()
-            .ok_or("mosaic.reference is not set (the reference catalogue, e.g. reference.fits)")?;
-        let skymap = SkyMap::new(config.skymap).map_err(|e| format!("mosaic.skymap: {e}"))?;
+        let registry = config.registry.clone().ok_or(ConfigError::Missing {
+            key: "mosaic.registry",
+            what: "the run directory's registry.sqlite3 by default",
+        })?;
+        let reference = config.reference.clone().ok_or(ConfigError::Missing {
+            key: "mosaic.reference",
+            what: "the reference catalogue, e.g. reference.fits",
+        })?;
+        let skymap = SkyMap::new(config.skymap).map_err(ConfigError::SkyMap)?;
         Ok(Self {
             config,
             registry,
@@ -313,7 +355,11 @@ impl Mosaic {
 
     fn refcat(&self) -> Result<Arc<ReferenceCatalog>, MosaicError> {
         self.refcat
-            .get_or_init(|| ReferenceCatalog::read(&self.reference).map(Arc::new))
+            .get_or_init(|| {
+                ReferenceCatalog::read(&self.reference)
+                    .map(Arc::new)
+                    .map_err(Arc::new)
+            })
             .clone()
             .map_err(MosaicError::Reference)
     }
@@ -1485,7 +1531,11 @@ mod tests {
             ..config
         };
         let err = Mosaic::new(no_ranks).unwrap_err();
-        assert!(err.contains("ranks_per_large_tract must be ≥ 1"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("ranks_per_large_tract must be ≥ 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -47,36 +47,40 @@ impl Section {
     /// assert_eq!(s.to_fits(), "[57:1080,51:4146]");
     /// assert!(Section::parse("[1080:57,51:4146]").is_err());
     /// ```
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SectionError> {
         let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        let shape = || SectionError::Shape { text: text.into() };
         let inner = compact
             .strip_prefix('[')
             .and_then(|s| s.strip_suffix(']'))
-            .ok_or_else(|| format!("'{text}' is not a section '[x1:x2,y1:y2]'"))?;
-        let range = |part: &str, axis: &str| -> Result<(usize, usize), String> {
-            let (a, b) = part
-                .split_once(':')
-                .ok_or_else(|| format!("'{text}': the {axis} range '{part}' has no ':'"))?;
+            .ok_or_else(shape)?;
+        let range = |part: &str, axis: &'static str| -> Result<(usize, usize), SectionError> {
+            let (a, b) = part.split_once(':').ok_or_else(|| SectionError::NoColon {
+                text: text.into(),
+                axis,
+                part: part.into(),
+            })?;
             let parse = |v: &str| {
-                v.parse::<usize>()
-                    .map_err(|_| format!("'{text}': '{v}' is not a pixel index"))
+                v.parse::<usize>().map_err(|_| SectionError::Index {
+                    text: text.into(),
+                    value: v.into(),
+                })
             };
             let (a, b) = (parse(a)?, parse(b)?);
             if a == 0 {
-                return Err(format!("'{text}': pixel indices start at 1"));
+                return Err(SectionError::Zero { text: text.into() });
             }
             if a > b {
-                return Err(format!(
-                    "'{text}': the {axis} range {a}:{b} is flipped (a readout direction); \
-                     flipped sections are not supported — the header WCS describes the pixels \
-                     as stored, so give the section in increasing order"
-                ));
+                return Err(SectionError::Flipped {
+                    text: text.into(),
+                    axis,
+                    first: a,
+                    last: b,
+                });
             }
             Ok((a - 1, b))
         };
-        let (xs, ys) = inner
-            .split_once(',')
-            .ok_or_else(|| format!("'{text}' is not a section '[x1:x2,y1:y2]'"))?;
+        let (xs, ys) = inner.split_once(',').ok_or_else(shape)?;
         let (x0, x1) = range(xs, "x")?;
         let (y0, y1) = range(ys, "y")?;
         Ok(Self { x0, x1, y0, y1 })
@@ -177,6 +181,55 @@ pub struct Readout {
     pub amplifiers: Vec<Amplifier>,
 }
 
+/// Why a FITS section (`[x1:x2,y1:y2]`) was refused; each quotes the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SectionError {
+    /// Not of the form `[x1:x2,y1:y2]`.
+    #[error("'{text}' is not a section '[x1:x2,y1:y2]'")]
+    Shape {
+        /// The text given.
+        text: String,
+    },
+    /// A range without its `:`.
+    #[error("'{text}': the {axis} range '{part}' has no ':'")]
+    NoColon {
+        /// The text given.
+        text: String,
+        /// `x` or `y`.
+        axis: &'static str,
+        /// The range.
+        part: String,
+    },
+    /// A bound that is not a pixel index.
+    #[error("'{text}': '{value}' is not a pixel index")]
+    Index {
+        /// The text given.
+        text: String,
+        /// The bound.
+        value: String,
+    },
+    /// A bound of 0 (FITS indices are 1-based).
+    #[error("'{text}': pixel indices start at 1")]
+    Zero {
+        /// The text given.
+        text: String,
+    },
+    /// A decreasing range.
+    #[error(
+        "'{text}': the {axis} range {first}:{last} is flipped (a readout direction); flipped sections are not supported — the header WCS describes the pixels as stored, so give the section in increasing order"
+    )]
+    Flipped {
+        /// The text given.
+        text: String,
+        /// `x` or `y`.
+        axis: &'static str,
+        /// The first index.
+        first: usize,
+        /// The last index, below the first.
+        last: usize,
+    },
+}
+
 /// A header keyword of the readout geometry that is missing, malformed or inconsistent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("keyword {keyword}: {message}")]
@@ -250,7 +303,7 @@ impl ReadoutKeywords {
     fn section(&self, key: &str) -> Result<Option<Section>, ReadoutError> {
         self.sections
             .get(key)
-            .map(|v| Section::parse(v).map_err(|m| err(key, m)))
+            .map(|v| Section::parse(v).map_err(|e| err(key, e.to_string())))
             .transpose()
     }
 }
@@ -654,7 +707,19 @@ mod tests {
             assert!(Section::parse(bad).is_err(), "{bad}");
         }
         let flipped = Section::parse("[10:1,1:4]").unwrap_err();
-        assert!(flipped.contains("flipped"), "{flipped}");
+        assert!(
+            matches!(
+                flipped,
+                SectionError::Flipped {
+                    axis: "x",
+                    first: 10,
+                    last: 1,
+                    ..
+                }
+            ),
+            "{flipped}"
+        );
+        assert!(flipped.to_string().contains("flipped"), "{flipped}");
     }
 
     #[test]

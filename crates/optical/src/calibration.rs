@@ -7,12 +7,13 @@
 //! is recorded (header keywords, a log line), not a failure.
 
 use crate::measure::{Source, flags};
+use crate::singleframe::ConfigError;
 use crate::wcs::{Wcs, WcsError};
 use serde::{Deserialize, Serialize};
 use skypipe_astrometry::matching::{self, Affine, MatchParams, Star};
 use skypipe_astrometry::photometry::{self, ZeroPoint};
 use skypipe_astrometry::tansip::{self, FitParams, TanSip};
-use skypipe_io::fits::{FitsReader, Hdu};
+use skypipe_io::fits::{FitsError, FitsReader, Hdu};
 use std::path::{Path, PathBuf};
 
 /// The `[singleframe.calibration]` table. Calibration runs when `reference` is set.
@@ -88,7 +89,7 @@ impl Default for CalibrationParams {
 
 impl CalibrationParams {
     /// Checks values that types cannot, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (k, v) in [
             ("match_radius_arcsec", self.match_radius_arcsec),
             ("clip", self.clip),
@@ -98,40 +99,64 @@ impl CalibrationParams {
             ("reference_error_mas", self.reference_error_mas),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(format!(
-                    "singleframe.calibration.{k} must be finite and > 0, got {v}"
+                return Err(ConfigError::value(
+                    format!("singleframe.calibration.{k}"),
+                    format!("must be finite and > 0, got {v}"),
                 ));
             }
         }
         if self.sip_order > 6 {
-            return Err(format!(
-                "singleframe.calibration.sip_order must be at most 6, got {}",
-                self.sip_order
+            return Err(ConfigError::value(
+                "singleframe.calibration.sip_order",
+                format!("must be at most 6, got {}", self.sip_order),
             ));
         }
         if self.exposure_order > 6 {
-            return Err(format!(
-                "singleframe.calibration.exposure_order must be at most 6, got {}",
-                self.exposure_order
+            return Err(ConfigError::value(
+                "singleframe.calibration.exposure_order",
+                format!("must be at most 6, got {}", self.exposure_order),
             ));
         }
         if self.exposure_wide && self.reference.is_none() {
-            return Err(
-                "singleframe.calibration.exposure_wide needs singleframe.calibration.reference"
-                    .into(),
-            );
+            return Err(ConfigError::value(
+                "singleframe.calibration.exposure_wide",
+                "needs singleframe.calibration.reference",
+            ));
         }
         if self.bright < 3 {
-            return Err("singleframe.calibration.bright must be at least 3".into());
+            return Err(ConfigError::value(
+                "singleframe.calibration.bright",
+                "must be at least 3",
+            ));
         }
         if self.min_matches < 4 || self.min_zero_point_stars < 1 {
-            return Err(
-                "singleframe.calibration.min_matches must be ≥ 4 and min_zero_point_stars ≥ 1"
-                    .into(),
-            );
+            return Err(ConfigError::value(
+                "singleframe.calibration.min_matches",
+                "must be ≥ 4 and min_zero_point_stars ≥ 1",
+            ));
         }
         Ok(())
     }
+}
+
+/// Why the reference catalogue could not be read; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    /// The file, its `REFCAT` table or a column could not be read.
+    #[error("{path}: reference catalogue: {source}")]
+    Fits {
+        /// The catalogue.
+        path: PathBuf,
+        /// Cause (names the HDU or column).
+        #[source]
+        source: Box<FitsError>,
+    },
+    /// A position is NaN or infinite.
+    #[error("{path}: reference catalogue: RA and DEC must be finite")]
+    NonFinite {
+        /// The catalogue.
+        path: PathBuf,
+    },
 }
 
 /// The reference catalogue: positions and magnitudes per band.
@@ -160,21 +185,26 @@ impl std::fmt::Debug for ReferenceCatalog {
 impl ReferenceCatalog {
     /// Reads table `REFCAT` (`RA`, `DEC`, `MAG_<BAND>`; other columns ignored). Errors name
     /// the file.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let e = |m: String| format!("{}: reference catalogue: {m}", path.display());
-        let mut r = FitsReader::open(path).map_err(|x| e(x.to_string()))?;
+    pub fn read(path: &Path) -> Result<Self, ReferenceError> {
+        let e = |source: FitsError| ReferenceError::Fits {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
+        let mut r = FitsReader::open(path).map_err(e)?;
         let hdu = Hdu::Name("REFCAT");
-        let ra = r.column_f64(hdu, "RA").map_err(|x| e(x.to_string()))?;
-        let dec = r.column_f64(hdu, "DEC").map_err(|x| e(x.to_string()))?;
+        let ra = r.column_f64(hdu, "RA").map_err(e)?;
+        let dec = r.column_f64(hdu, "DEC").map_err(e)?;
         let mut mags = Vec::new();
-        for name in r.column_names(hdu).map_err(|x| e(x.to_string()))? {
+        for name in r.column_names(hdu).map_err(e)? {
             if let Some(band) = name.strip_prefix("MAG_") {
-                let m = r.column_f64(hdu, &name).map_err(|x| e(x.to_string()))?;
+                let m = r.column_f64(hdu, &name).map_err(e)?;
                 mags.push((band.to_lowercase(), m));
             }
         }
         if ra.iter().chain(&dec).any(|v| !v.is_finite()) {
-            return Err(e("RA and DEC must be finite".into()));
+            return Err(ReferenceError::NonFinite {
+                path: path.to_path_buf(),
+            });
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -206,13 +236,68 @@ pub struct Astrometry {
     pub rms_arcsec: f64,
 }
 
+/// Why a CCD's header WCS is kept (no astrometric fit).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AstrometryError {
+    /// Pattern matching found no correspondence.
+    #[error("no pattern match between {sources} sources and {references} reference stars")]
+    NoPatternMatch {
+        /// Sources offered.
+        sources: usize,
+        /// Reference stars over the CCD.
+        references: usize,
+    },
+    /// Too few matches for even a pure TAN fit.
+    #[error("{matches} matches are too few for a fit of pure TAN")]
+    TooFewForTan {
+        /// Matches.
+        matches: usize,
+    },
+    /// No fit at all.
+    #[error("no fit")]
+    NoFit,
+    /// Fewer matches than `min_matches` survived clipping.
+    #[error("{used} matches after clipping, fewer than min_matches = {min}")]
+    Clipped {
+        /// Matches kept.
+        used: usize,
+        /// `[singleframe.calibration] min_matches`.
+        min: usize,
+    },
+    /// WCSLIB refuses the fitted WCS's keyrecords.
+    #[error("the fitted WCS is refused by WCSLIB: {0}")]
+    Refused(#[source] WcsError),
+}
+
+/// Why a CCD has no zero point.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ZeroPointError {
+    /// No astrometric fit, so no matches.
+    #[error("no matches ({0})")]
+    NoMatches(#[source] AstrometryError),
+    /// The reference catalogue has no magnitudes in the CCD's band.
+    #[error("{path}: no column MAG_{band}")]
+    NoBand {
+        /// The reference catalogue.
+        path: PathBuf,
+        /// The band, upper case.
+        band: String,
+    },
+    /// Too few stars with magnitudes after clipping.
+    #[error("fewer than {min} stars with magnitudes after clipping")]
+    TooFewStars {
+        /// `[singleframe.calibration] min_zero_point_stars`.
+        min: usize,
+    },
+}
+
 /// What calibration made of one CCD.
 #[derive(Debug)]
 pub struct CcdCalibration {
     /// The fitted WCS, or why the header WCS is kept.
-    pub astrometry: Result<Astrometry, String>,
+    pub astrometry: Result<Astrometry, AstrometryError>,
     /// The zero point (e- in the exposure: `mag = ZP − 2.5 log10(FLUX_PSF)`), or why none.
-    pub zero_point: Result<ZeroPoint, String>,
+    pub zero_point: Result<ZeroPoint, ZeroPointError>,
     /// The matches the last fit kept after clipping (also when the fit was then refused for
     /// having fewer than `min_matches`); empty when there was no fit (pattern matching found
     /// none, or too few to fit: such unchecked candidates could be false). The exposure-wide
@@ -392,12 +477,11 @@ pub fn calibrate_ccd(
         })
         .collect();
     let zero_point = match (&astrometry, mags) {
-        (Err(e), _) => Err(format!("no matches ({e})")),
-        (_, None) => Err(format!(
-            "{}: no column MAG_{}",
-            refcat.path.display(),
-            band.to_uppercase()
-        )),
+        (Err(e), _) => Err(ZeroPointError::NoMatches(e.clone())),
+        (_, None) => Err(ZeroPointError::NoBand {
+            path: refcat.path.clone(),
+            band: band.to_uppercase(),
+        }),
         (Ok(_), Some(mags)) => {
             let mut rm = Vec::new();
             let mut im = Vec::new();
@@ -414,12 +498,9 @@ pub fn calibrate_ccd(
                     ie.push(e);
                 }
             }
-            photometry::zero_point(&rm, &im, &ie, p.clip, 0.002, p.min_zero_point_stars).ok_or_else(
-                || {
-                    format!(
-                        "fewer than {} stars with magnitudes after clipping",
-                        p.min_zero_point_stars
-                    )
+            photometry::zero_point(&rm, &im, &ie, p.clip, 0.002, p.min_zero_point_stars).ok_or(
+                ZeroPointError::TooFewStars {
+                    min: p.min_zero_point_stars,
                 },
             )
         }
@@ -453,7 +534,7 @@ fn fit(
     size: [f64; 2],
     margin_px: f64,
     p: &CalibrationParams,
-) -> (Result<Astrometry, String>, Vec<(usize, usize)>) {
+) -> (Result<Astrometry, AstrometryError>, Vec<(usize, usize)>) {
     let mut kept = Vec::new();
     let result = fit_kept(
         refcat, src, src_sigma, refs, ref_stars, header, crpix, crval, scale, size, margin_px, p,
@@ -478,7 +559,7 @@ fn fit_kept(
     margin_px: f64,
     p: &CalibrationParams,
     kept: &mut Vec<(usize, usize)>,
-) -> Result<Astrometry, String> {
+) -> Result<Astrometry, AstrometryError> {
     let radius = p.match_radius_arcsec / 3600.0 / scale;
     // As many references as the sources' `bright` on the same area of sky.
     let area = (size[0] + 2.0 * margin_px) * (size[1] + 2.0 * margin_px) / (size[0] * size[1]);
@@ -489,13 +570,11 @@ fn fit_kept(
         max_rotation_deg: p.max_rotation_deg,
         radius,
     };
-    let found = matching::match_lists(src, ref_stars, &mp).ok_or_else(|| {
-        format!(
-            "no pattern match between {} sources and {} reference stars",
-            src.len(),
-            refs.len()
-        )
-    })?;
+    let found =
+        matching::match_lists(src, ref_stars, &mp).ok_or(AstrometryError::NoPatternMatch {
+            sources: src.len(),
+            references: refs.len(),
+        })?;
     let bounds = [[0.5, size[0] + 0.5], [0.5, size[1] + 0.5]];
     // The SIP order is lowered until the fit keeps at least four matches per unknown of an
     // axis (a polynomial fitted to fewer strays between and beyond the stars).
@@ -525,8 +604,9 @@ fn fit_kept(
         let px: Vec<[f64; 2]> = pairs.iter().map(|&(i, _)| [src[i].x, src[i].y]).collect();
         let sky: Vec<[f64; 2]> = pairs.iter().map(|&(_, j)| sky_of_ref(j)).collect();
         let sigma: Vec<f64> = pairs.iter().map(|&(i, _)| src_sigma[i]).collect();
-        let f = fit_with(&px, &sky, &sigma)
-            .ok_or_else(|| format!("{} matches are too few for a fit of pure TAN", pairs.len()))?;
+        let f = fit_with(&px, &sky, &sigma).ok_or(AstrometryError::TooFewForTan {
+            matches: pairs.len(),
+        })?;
         let used: Vec<(usize, usize)> = pairs
             .iter()
             .zip(&f.used)
@@ -554,17 +634,17 @@ fn fit_kept(
         let identity = Affine([0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
         pairs = matching::nearest_pairs(src, &projected, &identity, radius);
     }
-    let (f, used) = solution.ok_or("no fit")?;
+    let (f, used) = solution.ok_or(AstrometryError::NoFit)?;
     *kept = used;
     if f.n_used < p.min_matches {
-        return Err(format!(
-            "{} matches after clipping, fewer than min_matches = {}",
-            f.n_used, p.min_matches
-        ));
+        return Err(AstrometryError::Clipped {
+            used: f.n_used,
+            min: p.min_matches,
+        });
     }
     let name = format!("fitted WCS (from {})", header.header_name());
-    let wcs = Wcs::from_header(&name, &f.wcs.keyrecords().concat())
-        .map_err(|e| format!("the fitted WCS is refused by WCSLIB: {e}"))?;
+    let wcs =
+        Wcs::from_header(&name, &f.wcs.keyrecords().concat()).map_err(AstrometryError::Refused)?;
     Ok(Astrometry {
         tan_sip: f.wcs,
         wcs,
@@ -584,16 +664,26 @@ mod tests {
             match_radius_arcsec: 0.0,
             ..CalibrationParams::default()
         };
+        let e = bad.validate().unwrap_err();
         assert!(
-            bad.validate()
-                .unwrap_err()
-                .contains("singleframe.calibration.match_radius_arcsec")
+            matches!(&e, ConfigError::Value { key, .. } if key == "singleframe.calibration.match_radius_arcsec"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("singleframe.calibration.match_radius_arcsec must be finite"),
+            "{e}"
         );
         let bad = CalibrationParams {
             sip_order: 9,
             ..CalibrationParams::default()
         };
-        assert!(bad.validate().unwrap_err().contains("sip_order"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sip_order")
+        );
         let e: Result<CalibrationParams, _> = toml_like("unknown = 1");
         assert!(e.is_err());
     }

@@ -15,7 +15,7 @@
 //! out of the fit and not placed.
 
 use crate::calibration::{CalibrationParams, Match};
-use crate::wcs::Wcs;
+use crate::wcs::{Wcs, WcsError};
 use skypipe_astrometry::exposure::{CcdMatches, ExposureFit, Placement, fit_exposure};
 use skypipe_astrometry::tansip::{self, FitParams, TanSip};
 
@@ -49,13 +49,114 @@ pub struct CcdSolution {
 #[derive(Debug, Clone)]
 pub struct VisitSolution {
     /// Per CCD in the order given: its WCS, or why the visit cannot place it.
-    pub ccds: Vec<(u32, Result<CcdSolution, String>)>,
+    pub ccds: Vec<(u32, Result<CcdSolution, VisitError>)>,
     /// Matches used in all.
     pub n_matches: usize,
     /// RMS of their 2-D residuals, arcsec.
     pub rms_arcsec: f64,
     /// Order of the fitted distortion (1: none).
     pub order: usize,
+}
+
+/// Why the exposure-wide step cannot solve a visit, or place one of its CCDs; each names the
+/// visit and, where one is to blame, the CCD.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VisitError {
+    /// A CCD's header WCS cannot be evaluated.
+    #[error("visit {visit}: ccd {ccd}: {source}")]
+    Header {
+        /// The visit.
+        visit: u64,
+        /// The CCD.
+        ccd: u32,
+        /// WCSLIB's refusal.
+        #[source]
+        source: WcsError,
+    },
+    /// A CCD's header WCS has no sky position near the CCD's centre.
+    #[error("visit {visit}: ccd {ccd}: the header WCS gives no sky position near the CCD centre")]
+    NoSkyPosition {
+        /// The visit.
+        visit: u64,
+        /// The CCD.
+        ccd: u32,
+    },
+    /// A CCD's header puts it on the far side of the sky from the visit's mean position.
+    #[error("visit {visit}: ccd {ccd}: the header puts it on the far side of the sky")]
+    FarSide {
+        /// The visit.
+        visit: u64,
+        /// The CCD.
+        ccd: u32,
+    },
+    /// A CCD's header WCS has a singular Jacobian.
+    #[error("visit {visit}: ccd {ccd}: singular header WCS")]
+    Singular {
+        /// The visit.
+        visit: u64,
+        /// The CCD.
+        ccd: u32,
+    },
+    /// The visit has no CCD.
+    #[error("visit {visit}: no CCD to fit")]
+    NoCcd {
+        /// The visit.
+        visit: u64,
+    },
+    /// The headers' median pixel scale is zero or not finite.
+    #[error("visit {visit}: the header WCSs have no pixel scale")]
+    NoPixelScale {
+        /// The visit.
+        visit: u64,
+    },
+    /// Two CCDs' headers put them on the same part of the focal plane.
+    #[error(
+        "visit {visit}: the header WCSs put ccd {first} and ccd {second} on the same part of the focal plane (centres {apart:.0} pixels apart): no camera geometry"
+    )]
+    Overlap {
+        /// The visit.
+        visit: u64,
+        /// One CCD.
+        first: u32,
+        /// The other.
+        second: u32,
+        /// Their centres' distance, nominal pixels.
+        apart: f64,
+    },
+    /// Too few matches for any exposure-wide fit.
+    #[error(
+        "visit {visit}: {offered} matches over {ccds} CCDs are too few for an exposure-wide fit"
+    )]
+    TooFewMatches {
+        /// The visit.
+        visit: u64,
+        /// Matches offered.
+        offered: usize,
+        /// CCDs.
+        ccds: usize,
+    },
+    /// Fewer matches than `min_matches` survived clipping.
+    #[error("visit {visit}: {used} matches after clipping, fewer than min_matches = {min}")]
+    Clipped {
+        /// The visit.
+        visit: u64,
+        /// Matches kept.
+        used: usize,
+        /// `[singleframe.calibration] min_matches`.
+        min: usize,
+    },
+    /// A CCD whose matches disagree with the other CCDs' fit (left out and not placed).
+    #[error(
+        "visit {visit} cannot place ccd {ccd}: its {matches} matches disagree with the other CCDs' (its header WCS puts it elsewhere in the focal plane)"
+    )]
+    Misplaced {
+        /// The visit.
+        visit: u64,
+        /// The CCD.
+        ccd: u32,
+        /// Its matches.
+        matches: usize,
+    },
 }
 
 /// Unit vector of (ra, dec) in degrees.
@@ -70,7 +171,7 @@ pub fn solve_visit(
     visit: u64,
     ccds: &[CcdForExposure<'_>],
     p: &CalibrationParams,
-) -> Result<VisitSolution, String> {
+) -> Result<VisitSolution, VisitError> {
     // Each CCD's centre and a square of half-size d around it on the sky, through its header.
     let mut probes = Vec::with_capacity(ccds.len());
     for c in ccds {
@@ -86,18 +187,17 @@ pub fn solve_visit(
         let sky = c
             .header
             .pixel_to_sky(&pixels)
-            .map_err(|e| format!("visit {visit}: ccd {}: {e}", c.ccd))?;
+            .map_err(|source| VisitError::Header {
+                visit,
+                ccd: c.ccd,
+                source,
+            })?;
         let sky: Option<Vec<[f64; 2]>> = sky.into_iter().collect();
-        let sky = sky.ok_or_else(|| {
-            format!(
-                "visit {visit}: ccd {}: the header WCS gives no sky position near the CCD centre",
-                c.ccd
-            )
-        })?;
+        let sky = sky.ok_or(VisitError::NoSkyPosition { visit, ccd: c.ccd })?;
         probes.push((centre, d, sky));
     }
     if probes.is_empty() {
-        return Err(format!("visit {visit}: no CCD to fit"));
+        return Err(VisitError::NoCcd { visit });
     }
     let mut mean = [0.0; 3];
     for (_, _, sky) in &probes {
@@ -111,9 +211,7 @@ pub fn solve_visit(
         mean[2].atan2(mean[0].hypot(mean[1])).to_degrees(),
     ];
     let project = |ccd: u32, s: [f64; 2]| {
-        tansip::project(tangent, s).ok_or_else(|| {
-            format!("visit {visit}: ccd {ccd}: the header puts it on the far side of the sky")
-        })
+        tansip::project(tangent, s).ok_or(VisitError::FarSide { visit, ccd })
     };
     // Local jacobians (degrees per pixel) in the visit's tangent plane.
     let mut local = Vec::with_capacity(ccds.len());
@@ -141,9 +239,7 @@ pub fn solve_visit(
     scales.sort_by(f64::total_cmp);
     let scale = scales[scales.len() / 2];
     if !(scale.is_finite() && scale > 0.0) {
-        return Err(format!(
-            "visit {visit}: the header WCSs have no pixel scale"
-        ));
+        return Err(VisitError::NoPixelScale { visit });
     }
     let mut placements = Vec::with_capacity(ccds.len());
     for (c, (centre, focal, j)) in ccds.iter().zip(&local) {
@@ -152,7 +248,7 @@ pub fn solve_visit(
             [j[1][0] / scale, j[1][1] / scale],
         ];
         let placement = Placement::rigid(*centre, [focal[0] / scale, focal[1] / scale], jn)
-            .ok_or_else(|| format!("visit {visit}: ccd {}: singular header WCS", c.ccd))?;
+            .ok_or(VisitError::Singular { visit, ccd: c.ccd })?;
         placements.push(placement);
     }
     // Two CCDs of one camera never overlap: headers that say so give no geometry.
@@ -163,11 +259,12 @@ pub fn solve_visit(
             let apart = (fa[0] - fb[0]).hypot(fa[1] - fb[1]);
             let side = |c: &CcdForExposure<'_>| c.width.min(c.height) as f64;
             if apart < 0.5 * side(&ccds[a]).min(side(&ccds[b])) {
-                return Err(format!(
-                    "visit {visit}: the header WCSs put ccd {} and ccd {} on the same part of \
-                     the focal plane (centres {apart:.0} pixels apart): no camera geometry",
-                    ccds[a].ccd, ccds[b].ccd
-                ));
+                return Err(VisitError::Overlap {
+                    visit,
+                    first: ccds[a].ccd,
+                    second: ccds[b].ccd,
+                    apart,
+                });
             }
         }
     }
@@ -226,10 +323,11 @@ pub fn solve_visit(
         offered,
     )?;
     if fit.n_used < p.min_matches {
-        return Err(format!(
-            "visit {visit}: {} matches after clipping, fewer than min_matches = {}",
-            fit.n_used, p.min_matches
-        ));
+        return Err(VisitError::Clipped {
+            visit,
+            used: fit.n_used,
+            min: p.min_matches,
+        });
     }
     let order = fit.model.sip.as_ref().map_or(1, |s| s.order);
     let solved = ccds
@@ -239,12 +337,11 @@ pub fn solve_visit(
         .zip(&misplaced)
         .map(|(((c, m), r), out)| {
             let placed = if *out {
-                Err(format!(
-                    "visit {visit} cannot place ccd {}: its {} matches disagree with the other \
-                     CCDs' (its header WCS puts it elsewhere in the focal plane)",
-                    c.ccd,
-                    m.pixels.len()
-                ))
+                Err(VisitError::Misplaced {
+                    visit,
+                    ccd: c.ccd,
+                    matches: m.pixels.len(),
+                })
             } else {
                 Ok(CcdSolution {
                     tan_sip: fit.ccd_wcs(&m.placement, m.size),
@@ -317,7 +414,7 @@ fn fit_interpolating(
     tangent: [f64; 2],
     p: &CalibrationParams,
     offered: usize,
-) -> Result<ExposureFit, String> {
+) -> Result<ExposureFit, VisitError> {
     let mut order = p.exposure_order.max(1);
     loop {
         let fp = FitParams {
@@ -325,12 +422,10 @@ fn fit_interpolating(
             clip: p.clip,
             max_iterations: 10,
         };
-        let fit = fit_exposure(matches, tangent, &fp).ok_or_else(|| {
-            format!(
-                "visit {visit}: {offered} matches over {} CCDs are too few for an exposure-wide \
-                 fit",
-                matches.len()
-            )
+        let fit = fit_exposure(matches, tangent, &fp).ok_or(VisitError::TooFewMatches {
+            visit,
+            offered,
+            ccds: matches.len(),
         })?;
         let fitted = fit.model.sip.as_ref().map_or(1, |s| s.order);
         let covered = matches
@@ -398,7 +493,7 @@ mod tests {
             .collect()
     }
 
-    fn solve(headers: &[Wcs], m: &[Vec<Match>]) -> Result<VisitSolution, String> {
+    fn solve(headers: &[Wcs], m: &[Vec<Match>]) -> Result<VisitSolution, VisitError> {
         let ccds: Vec<CcdForExposure<'_>> = headers
             .iter()
             .zip(m)
@@ -447,7 +542,21 @@ mod tests {
         }
         let solution = solve(&headers, &m).unwrap();
         let why = solution.ccds[1].1.as_ref().unwrap_err();
-        assert!(why.contains("visit 7 cannot place ccd 1"), "{why}");
+        assert!(
+            matches!(
+                why,
+                VisitError::Misplaced {
+                    visit: 7,
+                    ccd: 1,
+                    ..
+                }
+            ),
+            "{why}"
+        );
+        assert!(
+            why.to_string().contains("visit 7 cannot place ccd 1"),
+            "{why}"
+        );
         let placed: Vec<String> = solution
             .ccds
             .iter()
@@ -462,10 +571,23 @@ mod tests {
         overlapping.push(header(0));
         let e = solve(&overlapping, &m).unwrap_err();
         assert!(
-            e.contains("visit 7") && e.contains("ccd 0 and ccd 3"),
+            matches!(
+                e,
+                VisitError::Overlap {
+                    visit: 7,
+                    first: 0,
+                    second: 3,
+                    ..
+                }
+            ),
             "{e}"
         );
+        assert!(e.to_string().contains("ccd 0 and ccd 3"), "{e}");
         let e = solve(&headers, &[vec![], vec![], vec![], matches(3, 2)]).unwrap_err();
-        assert!(e.contains("too few"), "{e}");
+        assert!(
+            matches!(e, VisitError::TooFewMatches { visit: 7, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("too few"), "{e}");
     }
 }

@@ -7,7 +7,7 @@
 //! for them ([`skypipe_registry::Registry::planning_ccds_overlapping`]). Ingest reads only each
 //! raw file's primary header (keywords and WCS), never its pixels.
 
-use crate::singleframe::CcdInput;
+use crate::singleframe::{CcdError, CcdInput};
 use crate::wcs::read_primary_wcs;
 use rayon::prelude::*;
 use skypipe_io::fits::{FitsReader, Hdu};
@@ -37,42 +37,39 @@ pub struct IngestSummary {
 /// The registry record of one raw CCD: the band of the CCD list (it wins over the header's, as
 /// in single-frame processing) and the outer corners of its `NAXIS1` × `NAXIS2` pixels through
 /// the primary header's WCS.
-pub fn raw_record(c: &CcdInput) -> Result<RawCcdRecord, String> {
+pub fn raw_record(c: &CcdInput) -> Result<RawCcdRecord, CcdError> {
     let path = &c.raw;
-    let mut reader = FitsReader::open(path).map_err(|e| e.to_string())?;
-    let mut size = |key: &str| -> Result<f64, String> {
-        let n = reader
-            .key_i64(Hdu::Primary, key)
-            .map_err(|e| e.to_string())?;
+    let header = |message: String| CcdError::Header {
+        path: path.clone(),
+        message,
+    };
+    let mut reader = FitsReader::open(path)?;
+    let mut size = |key: &str| -> Result<f64, CcdError> {
+        let n = reader.key_i64(Hdu::Primary, key)?;
         if n <= 0 {
-            return Err(format!(
-                "{}: primary HDU: {key} = {n}, expected a positive image size",
-                path.display()
-            ));
+            return Err(header(format!(
+                "{key} = {n}, expected a positive image size"
+            )));
         }
         Ok(n as f64)
     };
     let (w, h) = (size("NAXIS1")?, size("NAXIS2")?);
-    let wcs = read_primary_wcs(path).map_err(|e| e.to_string())?;
+    let wcs = read_primary_wcs(path)?;
     let pixels = [
         [0.5, 0.5],
         [w + 0.5, 0.5],
         [w + 0.5, h + 0.5],
         [0.5, h + 0.5],
     ];
-    let sky = wcs.pixel_to_sky(&pixels).map_err(|e| e.to_string())?;
+    let sky = wcs.pixel_to_sky(&pixels)?;
     let mut corners = Vec::with_capacity(4);
     for (k, s) in sky.iter().enumerate() {
         let [ra, dec] = s.ok_or_else(|| {
-            format!(
-                "{}: primary HDU: corner {k} of the image has no sky position through its WCS",
-                path.display()
-            )
+            header(format!(
+                "corner {k} of the image has no sky position through its WCS"
+            ))
         })?;
-        corners.push(
-            SkyPoint::new(ra, dec)
-                .map_err(|e| format!("{}: primary HDU: corner {k}: {e}", path.display()))?,
-        );
+        corners.push(SkyPoint::new(ra, dec).map_err(|e| header(format!("corner {k}: {e}")))?);
     }
     Ok(RawCcdRecord {
         visit: c.visit,
@@ -92,7 +89,7 @@ pub fn ingest(
     registry: &Path,
     threads: usize,
 ) -> Result<IngestSummary, RegistryError> {
-    let read = |c: &CcdInput| raw_record(c).map_err(|message| (c.visit, c.ccd, message));
+    let read = |c: &CcdInput| raw_record(c).map_err(|e| (c.visit, c.ccd, e.to_string()));
     let results: Vec<Result<RawCcdRecord, (u64, u32, String)>> =
         match rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))

@@ -10,6 +10,7 @@ use crate::image::{Image, mask};
 use crate::isr::{self, OverscanMethod, OverscanParams};
 use crate::measure::{self, FWHM_TO_SIGMA, MeasureParams, Source};
 use crate::psfprofile::{self, ProfileFit};
+use crate::singleframe::ConfigError;
 use crate::timing::{Laps, StepTime};
 use serde::{Deserialize, Serialize};
 
@@ -76,7 +77,7 @@ impl Default for ChainParams {
 
 impl ChainParams {
     /// Checks values that types cannot, naming the key (under `singleframe.`).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("threshold", self.threshold),
             ("deblend_nsigma", self.deblend_nsigma),
@@ -88,28 +89,35 @@ impl ChainParams {
         ];
         for (k, v) in positive {
             if !(v.is_finite() && v > 0.0) {
-                return Err(format!("singleframe.{k} must be finite and > 0, got {v}"));
+                return Err(ConfigError::value(
+                    format!("singleframe.{k}"),
+                    format!("must be finite and > 0, got {v}"),
+                ));
             }
         }
         if !(0.0..1.0).contains(&self.deblend_contrast) {
-            return Err(format!(
-                "singleframe.deblend_contrast must be in [0, 1), got {}",
-                self.deblend_contrast
+            return Err(ConfigError::value(
+                "singleframe.deblend_contrast",
+                format!("must be in [0, 1), got {}", self.deblend_contrast),
             ));
         }
         if self.background_cell < 8 {
-            return Err("singleframe.background_cell must be at least 8".into());
+            return Err(ConfigError::value(
+                "singleframe.background_cell",
+                "must be at least 8",
+            ));
         }
         match (self.overscan, self.overscan_fit_order) {
             (OverscanMethod::Mean, Some(_)) => {
-                return Err(
-                    "singleframe.chain.overscan_fit_order applies to overscan = \"median-per-row\" only"
-                        .into(),
-                );
+                return Err(ConfigError::value(
+                    "singleframe.chain.overscan_fit_order",
+                    "applies to overscan = \"median-per-row\" only",
+                ));
             }
             (_, Some(order)) if order > 5 => {
-                return Err(format!(
-                    "singleframe.chain.overscan_fit_order must be at most 5, got {order}"
+                return Err(ConfigError::value(
+                    "singleframe.chain.overscan_fit_order",
+                    format!("must be at most 5, got {order}"),
                 ));
             }
             _ => {}

@@ -283,14 +283,37 @@ pub struct HeaderWcsError {
     pub scale: f64,
 }
 
+/// Why a `--wcs-error` value was refused; each quotes the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseHeaderWcsError {
+    /// A part is not a number.
+    #[error("'{text}': {source} (expected ARCSEC,DEG,FRAC)")]
+    Number {
+        /// The text given.
+        text: String,
+        /// Cause.
+        #[source]
+        source: std::num::ParseFloatError,
+    },
+    /// Not three finite numbers, or a scale error of -0.5 or less.
+    #[error("'{text}': expected three finite numbers ARCSEC,DEG,FRAC with FRAC > -0.5")]
+    Values {
+        /// The text given.
+        text: String,
+    },
+}
+
 impl HeaderWcsError {
     /// Parses `ARCSEC,DEG,FRAC`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ParseHeaderWcsError> {
         let v: Vec<f64> = s
             .split(',')
             .map(|x| x.trim().parse::<f64>())
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("'{s}': {e} (expected ARCSEC,DEG,FRAC)"))?;
+            .map_err(|source| ParseHeaderWcsError::Number {
+                text: s.into(),
+                source,
+            })?;
         match v[..] {
             [offset_arcsec, rotation_deg, scale]
                 if v.iter().all(|x| x.is_finite()) && scale > -0.5 =>
@@ -301,9 +324,7 @@ impl HeaderWcsError {
                     scale,
                 })
             }
-            _ => Err(format!(
-                "'{s}': expected three finite numbers ARCSEC,DEG,FRAC with FRAC > -0.5"
-            )),
+            _ => Err(ParseHeaderWcsError::Values { text: s.into() }),
         }
     }
 

@@ -23,7 +23,9 @@
 //! configured. Formats: `docs/formats.md`, `## Imaging`.
 
 use crate::amplifiers::{Readout, ReadoutKeywords};
-use crate::calibration::{self, CalibrationParams, CcdCalibration, Match, ReferenceCatalog};
+use crate::calibration::{
+    self, CalibrationParams, CcdCalibration, Match, ReferenceCatalog, ReferenceError,
+};
 use crate::exposure::{self, CcdForExposure};
 use crate::image::{Image, mask};
 use crate::isr::OverscanMethod;
@@ -287,6 +289,78 @@ pub struct ZeroPointSummary {
     pub n_stars: usize,
 }
 
+/// A `[singleframe]` table the stage refuses; each names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A key's value is out of range, or conflicts with another key.
+    #[error("{key} {problem}")]
+    Value {
+        /// The key, with its table (`singleframe.calibration.clip`).
+        key: String,
+        /// What is wrong, as the rest of a sentence (`must be at least 1`).
+        problem: String,
+    },
+    /// A key that has no default is not set.
+    #[error("{key} is not set ({what})")]
+    Missing {
+        /// The key, with its table.
+        key: &'static str,
+        /// What it names.
+        what: &'static str,
+    },
+}
+
+impl ConfigError {
+    /// A [`ConfigError::Value`].
+    pub fn value(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Value {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A CCD list ([`Singleframe::read_list`]) that cannot be used; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The list.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a CCD list in JSON.
+    #[error("{path}: not a CCD list: {source}")]
+    Json {
+        /// The list.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The list's `format` is not [`CCD_LIST_FORMAT`].
+    #[error("{path}: format '{found}', expected '{CCD_LIST_FORMAT}'")]
+    Format {
+        /// The list.
+        path: PathBuf,
+        /// Its `format`.
+        found: String,
+    },
+    /// A CCD appears twice.
+    #[error("{path}: visit {visit} ccd {ccd} is listed twice")]
+    Twice {
+        /// The list.
+        path: PathBuf,
+        /// The visit.
+        visit: u64,
+        /// The CCD.
+        ccd: u32,
+    },
+}
+
 /// Errors of a CCD unit, each naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CcdError {
@@ -296,9 +370,10 @@ pub enum CcdError {
     /// The header WCS is missing or refused (names the file, HDU and keyword).
     #[error(transparent)]
     Wcs(#[from] WcsError),
-    /// The reference catalogue could not be read (the message names the file).
-    #[error("{0}")]
-    Reference(String),
+    /// The reference catalogue could not be read (names the file; shared by the units of a
+    /// process, which read it once).
+    #[error(transparent)]
+    Reference(Arc<ReferenceError>),
     /// The header has an unusable value.
     #[error("{path}: primary HDU: {message}")]
     Header {
@@ -327,19 +402,22 @@ pub struct Singleframe {
     config: SingleframeConfig,
     input: PathBuf,
     /// The reference catalogue, read by the first CCD unit that needs it.
-    refcat: OnceLock<Result<Arc<ReferenceCatalog>, String>>,
+    refcat: OnceLock<Result<Arc<ReferenceCatalog>, Arc<ReferenceError>>>,
 }
 
 impl Singleframe {
     /// Checks the configuration (naming the key) and builds the stage.
-    pub fn new(config: SingleframeConfig) -> Result<Self, String> {
-        let input = config
-            .input
-            .clone()
-            .ok_or("singleframe.input is not set (the CCD list, e.g. units.json; or --input)")?;
+    pub fn new(config: SingleframeConfig) -> Result<Self, ConfigError> {
+        let input = config.input.clone().ok_or(ConfigError::Missing {
+            key: "singleframe.input",
+            what: "the CCD list, e.g. units.json; or --input",
+        })?;
         config.chain.validate()?;
         if config.threads == 0 {
-            return Err("singleframe.threads must be at least 1".into());
+            return Err(ConfigError::value(
+                "singleframe.threads",
+                "must be at least 1",
+            ));
         }
         config.calibration.validate()?;
         Ok(Self {
@@ -355,16 +433,20 @@ impl Singleframe {
     }
 
     /// Reads the CCD list, resolving its paths against the list's directory.
-    pub fn read_list(path: &Path) -> Result<Vec<CcdInput>, String> {
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let list: CcdList = serde_json::from_slice(&text)
-            .map_err(|e| format!("{}: not a CCD list: {e}", path.display()))?;
+    pub fn read_list(path: &Path) -> Result<Vec<CcdInput>, ListError> {
+        let text = std::fs::read(path).map_err(|source| ListError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let list: CcdList = serde_json::from_slice(&text).map_err(|source| ListError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if list.format != CCD_LIST_FORMAT {
-            return Err(format!(
-                "{}: format '{}', expected '{CCD_LIST_FORMAT}'",
-                path.display(),
-                list.format
-            ));
+            return Err(ListError::Format {
+                path: path.to_path_buf(),
+                found: list.format,
+            });
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &PathBuf| {
@@ -378,12 +460,11 @@ impl Singleframe {
         let mut out = Vec::with_capacity(list.units.len());
         for u in list.units {
             if !seen.insert((u.visit, u.ccd)) {
-                return Err(format!(
-                    "{}: visit {} ccd {} is listed twice",
-                    path.display(),
-                    u.visit,
-                    u.ccd
-                ));
+                return Err(ListError::Twice {
+                    path: path.to_path_buf(),
+                    visit: u.visit,
+                    ccd: u.ccd,
+                });
             }
             out.push(CcdInput {
                 raw: resolve(&u.raw),
@@ -409,7 +490,7 @@ impl Singleframe {
             return Ok(None);
         };
         self.refcat
-            .get_or_init(|| ReferenceCatalog::read(path).map(Arc::new))
+            .get_or_init(|| ReferenceCatalog::read(path).map(Arc::new).map_err(Arc::new))
             .clone()
             .map(Some)
             .map_err(CcdError::Reference)
@@ -492,11 +573,13 @@ impl Singleframe {
             .map(|((_, v), (_, placed))| CcdFinalWcs {
                 summary: v.summary,
                 header_wcs: v.header_wcs,
-                wcs: placed.map(|s| AstrometrySummary {
-                    wcs: s.tan_sip.keyrecords().concat(),
-                    n_matches: s.n_matches,
-                    rms_arcsec: s.rms_arcsec,
-                }),
+                wcs: placed
+                    .map(|s| AstrometrySummary {
+                        wcs: s.tan_sip.keyrecords().concat(),
+                        n_matches: s.n_matches,
+                        rms_arcsec: s.rms_arcsec,
+                    })
+                    .map_err(|e| e.to_string()),
             })
             .collect();
         ctx.set_value(&VisitWcs {
@@ -653,7 +736,7 @@ impl Stage for Singleframe {
     }
 
     fn plan(&self) -> Result<Vec<PlannedUnit<SingleframeUnit>>, PlanError> {
-        let ccds = Self::read_list(&self.input).map_err(PlanError)?;
+        let ccds = Self::read_list(&self.input).map_err(|e| PlanError::from_error(&e))?;
         let mut visits: std::collections::BTreeMap<u64, Vec<UnitId>> = Default::default();
         let mut plan = Vec::with_capacity(ccds.len() + 8);
         for c in ccds {
@@ -1251,7 +1334,11 @@ fn calibration_cards(cal: Option<&CcdCalibration>) -> Vec<Card> {
         Err(why) => cards.extend([
             Card::int("ASTFIT", 0, "0: header WCS kept (no fit)"),
             Card::int("ASTNMAT", 0, "astrometric matches used"),
-            Card::text("ASTNOTE", &truncate(why), "why the header WCS was kept"),
+            Card::text(
+                "ASTNOTE",
+                &truncate(&why.to_string()),
+                "why the header WCS was kept",
+            ),
         ]),
     }
     match &cal.zero_point {
@@ -1267,7 +1354,11 @@ fn calibration_cards(cal: Option<&CcdCalibration>) -> Vec<Card> {
         ]),
         Err(why) => cards.extend([
             Card::int("PHOTFIT", 0, "0: no zero point"),
-            Card::text("PHOTNOTE", &truncate(why), "why there is no zero point"),
+            Card::text(
+                "PHOTNOTE",
+                &truncate(&why.to_string()),
+                "why there is no zero point",
+            ),
         ]),
     }
     cards

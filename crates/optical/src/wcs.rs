@@ -31,12 +31,30 @@ pub fn read_primary_wcs_moved(path: &Path, dx: usize, dy: usize) -> Result<Wcs, 
     }
     let name = format!("{}: primary HDU", path.display());
     let text = primary_header_text(path)
-        .and_then(|t| move_reference_pixel(&t, dx as f64, dy as f64))
+        .and_then(|t| move_reference_pixel(&t, dx as f64, dy as f64).map_err(|e| e.to_string()))
         .map_err(|message| WcsError::Text {
             header: name.clone(),
             message,
         })?;
     Wcs::from_header(&name, &text)
+}
+
+/// Why [`move_reference_pixel`] refused a header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoveError {
+    /// A keyrecord is not ASCII.
+    #[error("header text is not ASCII")]
+    NotAscii,
+    /// A `CRPIXj[a]` value is not a number.
+    #[error("keyword {keyword} = '{value}' (record {record}) is not a number")]
+    NotANumber {
+        /// The keyword.
+        keyword: String,
+        /// Its value as written.
+        value: String,
+        /// The keyrecord's number, from 1.
+        record: usize,
+    },
 }
 
 /// The header text (80-character keyrecords) with every `CRPIXj[a]` value lowered by `dx` for
@@ -49,11 +67,10 @@ pub fn read_primary_wcs_moved(path: &Path, dx: usize, dy: usize) -> Result<Wcs, 
 /// assert!(moved.starts_with("CRPIX1  =                  6.5 /"));
 /// assert!(moved[80..].starts_with("CRPIX2B =                   18 /"));
 /// ```
-pub fn move_reference_pixel(text: &str, dx: f64, dy: f64) -> Result<String, String> {
+pub fn move_reference_pixel(text: &str, dx: f64, dy: f64) -> Result<String, MoveError> {
     let mut out = String::with_capacity(text.len());
     for (i, record) in text.as_bytes().chunks(80).enumerate() {
-        let record =
-            std::str::from_utf8(record).map_err(|_| "header text is not ASCII".to_string())?;
+        let record = std::str::from_utf8(record).map_err(|_| MoveError::NotAscii)?;
         let key = record.get(..8).unwrap_or(record).trim_end();
         let axis_shift = key.strip_prefix("CRPIX").and_then(|rest| {
             let mut chars = rest.chars();
@@ -69,12 +86,15 @@ pub fn move_reference_pixel(text: &str, dx: f64, dy: f64) -> Result<String, Stri
         match axis_shift {
             Some(shift) if record.get(8..10) == Some("= ") => {
                 let value = record[10..].split('/').next().unwrap_or("").trim();
-                let v: f64 = value.replace(['D', 'd'], "E").parse().map_err(|_| {
-                    format!(
-                        "keyword {key} = '{value}' (record {}) is not a number",
-                        i + 1
-                    )
-                })?;
+                let v: f64 =
+                    value
+                        .replace(['D', 'd'], "E")
+                        .parse()
+                        .map_err(|_| MoveError::NotANumber {
+                            keyword: key.into(),
+                            value: value.into(),
+                            record: i + 1,
+                        })?;
                 let moved = format!(
                     "{key:<8}= {:>20} / moved by the trim of the raw frame",
                     v - shift

@@ -21,7 +21,7 @@ mod script;
 mod time;
 
 pub use script::render_script;
-pub use time::{Estimate, format_time, parse_time};
+pub use time::{Estimate, TimeError, format_time, parse_time};
 
 use serde::{Deserialize, Serialize};
 use skypipe_status::rundir::{self, LedgerPaths};

@@ -2,16 +2,25 @@
 
 use serde::Serialize;
 
+/// Why a Slurm time limit was refused; each names the text given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    /// Not one of Slurm's time formats.
+    #[error(
+        "time `{0}`: expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (e.g. 90 or 01:30:00)"
+    )]
+    Format(String),
+    /// A limit of zero seconds.
+    #[error("time `{0}`: must be longer than zero")]
+    Zero(String),
+}
+
 /// Parses a Slurm time limit (`MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`)
 /// into seconds. `UNLIMITED` and `infinite` are refused: a time limit is the point here.
-pub fn parse_time(text: &str) -> Result<u64, String> {
+pub fn parse_time(text: &str) -> Result<u64, TimeError> {
     let t = text.trim();
-    let err = || {
-        format!(
-            "time `{text}`: expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (e.g. 90 or 01:30:00)"
-        )
-    };
-    let number = |s: &str| -> Result<u64, String> {
+    let err = || TimeError::Format(text.to_string());
+    let number = |s: &str| -> Result<u64, TimeError> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err());
         }
@@ -32,7 +41,7 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
         _ => return Err(err()),
     };
     if seconds == 0 {
-        return Err(format!("time `{text}`: must be longer than zero"));
+        return Err(TimeError::Zero(text.to_string()));
     }
     Ok(seconds)
 }
@@ -139,6 +148,10 @@ mod tests {
         }
         for bad in ["", "UNLIMITED", "1:2:3:4", "a:10", "-5", "1-", "0", "1.5"] {
             assert!(parse_time(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_time("0"), Err(TimeError::Zero("0".into())));
+        for bad in ["1:2:3:4", "1.5"] {
+            assert_eq!(parse_time(bad), Err(TimeError::Format(bad.into())));
         }
         assert_eq!(format_time(5400), "01:30:00");
         assert_eq!(format_time(86400 + 7384), "1-02:03:04");

@@ -2,7 +2,7 @@
 //! the provenance each skypipe output carries (FITS header cards, HDF5 attributes), followed
 //! through its inputs back to files skypipe did not write.
 
-use skypipe_io::provenance::Provenance;
+use skypipe_io::provenance::{Provenance, ProvenanceError};
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -12,7 +12,7 @@ const MAX_DEPTH: usize = 12;
 
 /// The provenance chain of `file` as indented text: what wrote it, then each input in turn.
 /// Fails only when `file` itself cannot be read as a FITS or HDF5 file.
-pub fn explain(file: &Path) -> Result<String, String> {
+pub fn explain(file: &Path) -> Result<String, ProvenanceError> {
     let mut out = String::new();
     let provenance = Provenance::read(file)?;
     let _ = writeln!(out, "{}", file.display());
