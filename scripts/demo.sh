@@ -4,8 +4,8 @@
 #      does at a time limit), resumed, with injected failures, then the run report;
 #   2. the CMB chain: skypipe-sim cmb, then pointing -> calibrate -> mapmake as one chain job
 #      (skypipe-run), then skypipe-status on the run directory;
-#   3. imaging: skypipe-sim image -> skypipe-ingest -> singleframe, mosaic and coadd as one chain
-#      job (skypipe-run), then skypipe-multiband on the coadds, then skypipe-status.
+#   3. imaging: skypipe-sim image -> skypipe-ingest -> singleframe, mosaic, coadd and multiband
+#      as one chain job (skypipe-run), then skypipe-status.
 # Each part ends with its per-rank timeline, demo-run/{loadtest,cmb,image}-timeline.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +66,7 @@ target/release/skypipe-status "$cmb_run" --timeline demo-run/cmb-timeline.svg
 
 echo
 echo "== 7. Imaging: simulate 16 small CCD exposures (2 bands x 2 visits x 4 CCDs); record their raw"
-echo "==    regions (skypipe-ingest), then singleframe -> mosaic -> coadd as one chain job on 4 ranks"
+echo "==    regions (skypipe-ingest), then singleframe -> mosaic -> coadd -> multiband as one chain job on 4 ranks"
 img_data=demo-run/image-data
 img_run=demo-run/image
 rm -rf "$img_data" "$img_run"
@@ -81,17 +81,14 @@ target/release/skypipe-ingest --input "$img_data/units.json" --run-dir "$img_run
 "${mpirun[@]}" target/release/skypipe-run --config configs/chain-imaging-demo.toml --run-dir "$img_run"
 echo "warps with the mosaic WCS: $(grep -l "WCSSRC  = 'mosaic" -r "$img_run/coadd/warp" | wc -l), with the single-frame fallback: $(grep -l "WCSSRC  = 'singleframe-fallback" -r "$img_run/coadd/warp" | wc -l)"
 
-echo
-echo "== 8. skypipe-multiband on the coadds: merged detections, measurement, forced photometry, catalogues"
-"${mpirun[@]}" target/release/skypipe-multiband --config configs/multiband-demo.toml --run-dir "$img_run"
-echo "catalogues: $(find "$img_run/multiband" -name '*.fits' | wc -l) FITS under $img_run/multiband"
+echo "multiband catalogues: $(find "$img_run/multiband" -name '*.fits' | wc -l) FITS under $img_run/multiband"
 echo "== the tract catalogue against the simulation's truth: astrometric and photometric residuals"
 for catalog in "$img_run"/multiband/t*.fits; do
   target/release/skypipe-sim residuals --data "$img_data" --catalog "$catalog" --out demo-run/image-residuals.png
 done
 
 echo
-echo "== 9. skypipe-status $img_run"
+echo "== 8. skypipe-status $img_run"
 target/release/skypipe-status "$img_run"
 target/release/skypipe-status "$img_run" --timeline demo-run/image-timeline.svg
 echo "calibrated exposures and catalogues: $(find "$img_run/singleframe" -type f | wc -l) files; registry: $img_run/registry.sqlite3"
