@@ -70,6 +70,7 @@ const CHAIN_KINDS: &[&str] = &[
     "singleframe",
     "mosaic",
     "coadd",
+    "multiband",
     "loadtest",
 ];
 
@@ -199,6 +200,16 @@ fn check(
                     }
                     "coadd" => {
                         Coadd::new(member.config()?, file.run.dir.as_deref())?;
+                    }
+                    "multiband" => {
+                        // As skypipe-run does: planned from the chain's coadd stage, whose sky
+                        // map must be the same.
+                        let stage = Multiband::new(member.config()?, file.run.dir.as_deref())?;
+                        let coadd = file.members.iter().find(|m| m.kind == "coadd");
+                        if let (Some(coadd), Some(dir)) = (coadd, file.run.dir.as_deref()) {
+                            let coadd = Coadd::new(coadd.config()?, Some(dir))?;
+                            stage.planning_after(coadd, dir)?;
+                        }
                     }
                     "mosaic" => {
                         // As skypipe-run does: the registry defaults to the run directory's.
