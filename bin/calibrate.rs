@@ -30,10 +30,7 @@ fn main() -> ExitCode {
         if let Some(o) = cli.observations {
             file.calibrate.observations = o;
         }
-        Ok((
-            file.run,
-            Calibrate::new(file.calibrate).map_err(|e| e.to_string())?,
-        ))
+        Calibrate::new(file.calibrate).map(|stage| (file.run, stage))
     });
     launched.exit_code()
 }

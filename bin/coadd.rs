@@ -32,10 +32,7 @@ fn main() -> ExitCode {
             file.coadd.registry = Some(registry);
         }
         let run_dir = cli.engine.run_dir.clone().or_else(|| file.run.dir.clone());
-        Ok((
-            file.run,
-            Coadd::new(file.coadd, run_dir.as_deref()).map_err(|e| e.to_string())?,
-        ))
+        Coadd::new(file.coadd, run_dir.as_deref()).map(|stage| (file.run, stage))
     });
     launched.exit_code()
 }

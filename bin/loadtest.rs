@@ -40,10 +40,7 @@ fn main() -> ExitCode {
         }
         file.loadtest.hints |= cli.hints;
         file.loadtest.gather |= cli.gather;
-        Ok((
-            file.run,
-            Loadtest::new(file.loadtest).map_err(|e| e.to_string())?,
-        ))
+        Loadtest::new(file.loadtest).map(|stage| (file.run, stage))
     });
     if let (Some(summary), Some(stage)) = (&launched.summary, &stage)
         && let Ok(workload) = Workload::load(&stage.config().workload)

@@ -32,10 +32,7 @@ fn main() -> ExitCode {
         if let Some(o) = cli.observations {
             file.mapmake.observations = o;
         }
-        Ok((
-            file.run,
-            Mapmake::new(file.mapmake).map_err(|e| e.to_string())?,
-        ))
+        Mapmake::new(file.mapmake).map(|stage| (file.run, stage))
     });
     launched.exit_code()
 }

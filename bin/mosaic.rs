@@ -28,10 +28,7 @@ fn main() -> ExitCode {
             let run_dir = cli.engine.run_dir.clone().or_else(|| file.run.dir.clone());
             file.mosaic.registry = run_dir.map(|d| d.join("registry.sqlite3"));
         }
-        Ok((
-            file.run,
-            Mosaic::new(file.mosaic).map_err(|e| e.to_string())?,
-        ))
+        Mosaic::new(file.mosaic).map(|stage| (file.run, stage))
     });
     launched.exit_code()
 }

@@ -35,10 +35,7 @@ fn main() -> ExitCode {
             file.multiband.registry = Some(registry);
         }
         let run_dir = cli.engine.run_dir.clone().or_else(|| file.run.dir.clone());
-        Ok((
-            file.run,
-            Multiband::new(file.multiband, run_dir.as_deref())?,
-        ))
+        Multiband::new(file.multiband, run_dir.as_deref()).map(|stage| (file.run, stage))
     });
     launched.exit_code()
 }

@@ -30,10 +30,7 @@ fn main() -> ExitCode {
         if let Some(o) = cli.observations {
             file.pointing.observations = o;
         }
-        Ok((
-            file.run,
-            Pointing::new(file.pointing).map_err(|e| e.to_string())?,
-        ))
+        Pointing::new(file.pointing).map(|stage| (file.run, stage))
     });
     launched.exit_code()
 }

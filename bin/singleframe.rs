@@ -31,10 +31,7 @@ fn main() -> ExitCode {
         if let Some(input) = cli.input {
             file.singleframe.input = Some(input);
         }
-        Ok((
-            file.run,
-            Singleframe::new(file.singleframe).map_err(|e| e.to_string())?,
-        ))
+        Singleframe::new(file.singleframe).map(|stage| (file.run, stage))
     });
     launched.exit_code()
 }

@@ -140,15 +140,16 @@ fn command_line(retry: bool) -> String {
 
 /// The whole `main` of a stage binary after argument parsing: reads the configuration named
 /// by `--config` (defaults without one), builds the stage from it, and launches it. `build`
-/// returns the `[run]` options and the stage, or a message naming the bad key; any error exits
-/// with code 1 before a unit runs.
-pub fn run_binary<F, S>(
+/// returns the `[run]` options and the stage, or an error whose text names the bad key; any
+/// error exits with code 1 before a unit runs.
+pub fn run_binary<F, S, E>(
     args: &EngineArgs,
-    build: impl FnOnce(F) -> Result<(RunOptions, S), String>,
+    build: impl FnOnce(F) -> Result<(RunOptions, S), E>,
 ) -> (Launched, Option<S>)
 where
     F: DeserializeOwned + Default,
     S: Stage,
+    E: std::fmt::Display,
 {
     let file: F = match load_config(args.config.as_deref()) {
         Ok(f) => f,

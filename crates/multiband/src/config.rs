@@ -2,7 +2,7 @@
 //! `[multiband.skymap]`). Unknown keys are refused.
 
 use serde::{Deserialize, Serialize};
-use skypipe_registry::SkyMapConfig;
+use skypipe_registry::{SkyMapConfig, SkyMapError};
 use std::path::PathBuf;
 
 /// The configuration file: the engine's `[run]` table (type `R`, the engine's `RunOptions` in
@@ -69,10 +69,8 @@ impl Default for MultibandConfig {
 
 impl MultibandConfig {
     /// Checks values that types cannot, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
-        self.skymap
-            .validate()
-            .map_err(|e| format!("multiband.{e}"))?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.skymap.validate().map_err(ConfigError::SkyMap)?;
         let positive = [
             ("match_radius_arcsec", self.match_radius_arcsec),
             ("aperture_radius_arcsec", self.aperture_radius_arcsec),
@@ -84,26 +82,72 @@ impl MultibandConfig {
         ];
         for (k, v) in positive {
             if !(v.is_finite() && v > 0.0) {
-                return Err(format!("multiband.{k} must be finite and > 0, got {v}"));
+                return Err(ConfigError::value(
+                    format!("multiband.{k}"),
+                    format!("must be finite and > 0, got {v}"),
+                ));
             }
         }
         if self.background_cell < 8 {
-            return Err("multiband.background_cell must be at least 8".into());
+            return Err(ConfigError::value(
+                "multiband.background_cell",
+                "must be at least 8",
+            ));
         }
         self.patch_filter()?;
         Ok(())
     }
 
     /// The `patches` filter as (x, y) pairs.
-    pub fn patch_filter(&self) -> Result<Vec<(u32, u32)>, String> {
+    pub fn patch_filter(&self) -> Result<Vec<(u32, u32)>, ConfigError> {
         self.patches
             .iter()
             .map(|s| {
                 s.split_once(',')
                     .and_then(|(x, y)| Some((x.trim().parse().ok()?, y.trim().parse().ok()?)))
-                    .ok_or_else(|| format!("multiband.patches: '{s}' is not \"x,y\""))
+                    .ok_or_else(|| ConfigError::Patch(s.clone()))
             })
             .collect()
+    }
+}
+
+/// A `[multiband]` table the stage refuses; each names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A key's value is out of range.
+    #[error("{key} {problem}")]
+    Value {
+        /// The key, with its table (`multiband.match_radius_arcsec`).
+        key: String,
+        /// What is wrong, as the rest of a sentence (`must be at least 8`).
+        problem: String,
+    },
+    /// `[multiband.skymap]` is not a valid sky map.
+    #[error("multiband.{0}")]
+    SkyMap(#[source] SkyMapError),
+    /// An entry of `patches` is not `"x,y"`.
+    #[error("multiband.patches: '{0}' is not \"x,y\"")]
+    Patch(String),
+    /// Neither `registry` nor a run directory is given.
+    #[error("multiband.registry is not set and there is no run directory to find it in")]
+    NoRegistry,
+    /// The chain's coadd stage, which this stage plans after, uses another sky map.
+    #[error("[multiband.skymap] {ours:?} differs from the chain's [coadd.skymap] {coadd:?}")]
+    SkyMapDiffers {
+        /// `[multiband.skymap]`.
+        ours: SkyMapConfig,
+        /// The coadd stage's `[coadd.skymap]`.
+        coadd: SkyMapConfig,
+    },
+}
+
+impl ConfigError {
+    /// A [`ConfigError::Value`].
+    pub fn value(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Value {
+            key: key.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -119,15 +163,25 @@ mod tests {
             match_radius_arcsec: 0.0,
             ..Default::default()
         };
-        assert!(
-            bad.validate()
-                .unwrap_err()
-                .contains("multiband.match_radius_arcsec")
+        let err = bad.validate().unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::value(
+                "multiband.match_radius_arcsec",
+                "must be finite and > 0, got 0"
+            )
+        );
+        assert_eq!(
+            err.to_string(),
+            "multiband.match_radius_arcsec must be finite and > 0, got 0"
         );
         let bad = MultibandConfig {
             patches: vec!["1;2".into()],
             ..Default::default()
         };
-        assert!(bad.validate().unwrap_err().contains("multiband.patches"));
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "multiband.patches: '1;2' is not \"x,y\""
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The `multiband` stage: units, planning from the registry's coadd rows, connections, and
 //! the six unit kinds.
 
-use crate::config::MultibandConfig;
+use crate::config::{ConfigError, MultibandConfig};
 use crate::kernels::{self, MeasureAt, Measurement, Peak, flag};
 use crate::output::{self, BandColumns, Catalog, Missing, MultibandError};
 use serde::{Deserialize, Serialize};
@@ -270,19 +270,14 @@ fn dependency_failed(what: String) -> UnitFailure {
 impl Multiband {
     /// Checks the configuration (naming the key) and builds the stage; the registry defaults to
     /// `RUN_DIR/registry.sqlite3`.
-    pub fn new(config: MultibandConfig, run_dir: Option<&Path>) -> Result<Self, String> {
+    pub fn new(config: MultibandConfig, run_dir: Option<&Path>) -> Result<Self, ConfigError> {
         config.validate()?;
         let registry = match (&config.registry, run_dir) {
             (Some(r), _) => r.clone(),
             (None, Some(d)) => d.join("registry.sqlite3"),
-            (None, None) => {
-                return Err(
-                    "multiband.registry is not set and there is no run directory to find it in"
-                        .into(),
-                );
-            }
+            (None, None) => return Err(ConfigError::NoRegistry),
         };
-        let skymap = SkyMap::new(config.skymap).map_err(|e| format!("multiband.{e}"))?;
+        let skymap = SkyMap::new(config.skymap).map_err(ConfigError::SkyMap)?;
         Ok(Self {
             config,
             registry,
@@ -295,13 +290,12 @@ impl Multiband {
     /// that coadd stage in `run_dir` before this one: its coadds need not exist yet, and a
     /// coadd that ends no-work (no CCD left data on the patch) leaves its band out of the
     /// patch. The sky maps must be the same.
-    pub fn planning_after(mut self, coadd: Coadd, run_dir: &Path) -> Result<Self, String> {
+    pub fn planning_after(mut self, coadd: Coadd, run_dir: &Path) -> Result<Self, ConfigError> {
         if coadd.config().skymap != self.config.skymap {
-            return Err(format!(
-                "[multiband.skymap] {:?} differs from the chain's [coadd.skymap] {:?}",
-                self.config.skymap,
-                coadd.config().skymap
-            ));
+            return Err(ConfigError::SkyMapDiffers {
+                ours: self.config.skymap,
+                coadd: coadd.config().skymap,
+            });
         }
         self.upstream = Some(UpstreamCoadd {
             stage: coadd,
@@ -315,12 +309,13 @@ impl Multiband {
         &self.config
     }
 
-    fn grid(&self, p: PatchKey) -> Result<PatchGrid, String> {
+    /// The patch's pixel grid; bad input when the sky map has no such patch.
+    fn grid(&self, p: PatchKey) -> Result<PatchGrid, UnitFailure> {
         let tract = self
             .skymap
             .tract(p.tract)
             .filter(|t| p.x < t.patches_x && p.y < t.patches_y)
-            .ok_or_else(|| format!("patch {p:?} is not in the sky map"))?;
+            .ok_or_else(|| UnitFailure::bad_input(format!("patch {p:?} is not in the sky map")))?;
         Ok(PatchGrid::new(tract, p.x, p.y))
     }
 
@@ -406,7 +401,10 @@ impl Multiband {
 
     /// Whether the configured tracts, patches and bands include this patch and band.
     fn selected(&self, p: PatchKey, band: &str) -> Result<bool, PlanError> {
-        let patches = self.config.patch_filter().map_err(PlanError)?;
+        let patches = self
+            .config
+            .patch_filter()
+            .map_err(|e| PlanError::from_error(&e))?;
         Ok(
             (self.config.tracts.is_empty() || self.config.tracts.contains(&p.tract))
                 && (patches.is_empty() || patches.contains(&(p.x, p.y)))
@@ -420,7 +418,7 @@ impl Multiband {
         inputs: &[BandInput],
         ctx: &UnitContext,
     ) -> Result<MultibandValue, UnitFailure> {
-        self.grid(patch).map_err(UnitFailure::bad_input)?;
+        self.grid(patch)?;
         let mut peaks = Vec::new();
         let mut psf_fwhm = Vec::new();
         let mut zero_point = None;
@@ -492,7 +490,7 @@ impl Multiband {
         positions: impl Iterator<Item = (f64, f64)>,
         settings: &MeasureAt,
     ) -> Result<Vec<Measurement>, UnitFailure> {
-        let grid = self.grid(patch).map_err(UnitFailure::bad_input)?;
+        let grid = self.grid(patch)?;
         let planes = skypipe_coadd::output::read_planes(coadd, grid.shape())
             .map_err(|e| failure(e.into()))?;
         let prepared = kernels::prepare(
@@ -718,7 +716,7 @@ impl Multiband {
                 "merge-measurements of the patch failed".into(),
             ));
         };
-        let grid = self.grid(patch).map_err(UnitFailure::bad_input)?;
+        let grid = self.grid(patch)?;
         let failed = failed_inputs(ctx);
         let n = objects.len();
         let mut missing = Vec::new();
