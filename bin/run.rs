@@ -11,7 +11,7 @@ use skypipe_cmb::calibrate::Calibrate;
 use skypipe_cmb::mapmake::Mapmake;
 use skypipe_cmb::pointing::Pointing;
 use skypipe_coadd::Coadd;
-use skypipe_engine::{ChainFile, ChainMember, EngineArgs, StageSet, launch_stages};
+use skypipe_engine::{ChainError, ChainFile, ChainMember, EngineArgs, StageSet, launch_stages};
 use skypipe_loadtest::Loadtest;
 use skypipe_mosaic::{Mosaic, MosaicConfig};
 use skypipe_multiband::Multiband;
@@ -62,40 +62,42 @@ fn build(
     members: &[ChainMember],
     index: usize,
     run_dir: Option<&Path>,
-) -> Result<AnyStage, String> {
+) -> Result<AnyStage, ChainError> {
     let member = &members[index];
-    let named = |e: &dyn std::fmt::Display| format!("[{}]: {e}", member.name);
     Ok(match member.kind.as_str() {
-        "pointing" => AnyStage::Pointing(Pointing::new(member.config()?).map_err(|e| named(&e))?),
-        "calibrate" => {
-            AnyStage::Calibrate(Calibrate::new(member.config()?).map_err(|e| named(&e))?)
-        }
-        "mapmake" => AnyStage::Mapmake(Mapmake::new(member.config()?).map_err(|e| named(&e))?),
-        "singleframe" => {
-            AnyStage::Singleframe(Singleframe::new(member.config()?).map_err(|e| named(&e))?)
-        }
-        "mosaic" => {
-            let mut c: MosaicConfig = member.config()?;
+        "pointing" => AnyStage::Pointing(member.build(Pointing::new)?),
+        "calibrate" => AnyStage::Calibrate(member.build(Calibrate::new)?),
+        "mapmake" => AnyStage::Mapmake(member.build(Mapmake::new)?),
+        "singleframe" => AnyStage::Singleframe(member.build(Singleframe::new)?),
+        "mosaic" => AnyStage::Mosaic(member.build(|mut c: MosaicConfig| {
             if c.registry.is_none() {
                 c.registry = run_dir.map(|d| d.join("registry.sqlite3"));
             }
-            AnyStage::Mosaic(Mosaic::new(c).map_err(|e| named(&e))?)
-        }
-        "coadd" => AnyStage::Coadd(Coadd::new(member.config()?, run_dir).map_err(|e| named(&e))?),
+            Mosaic::new(c)
+        })?),
+        "coadd" => AnyStage::Coadd(member.build(|c| Coadd::new(c, run_dir))?),
         "multiband" => {
-            let stage = Multiband::new(member.config()?, run_dir).map_err(|e| named(&e))?;
             let upstream = members[..index].iter().rev().find(|m| m.kind == "coadd");
-            AnyStage::Multiband(match (upstream, run_dir) {
-                (Some(coadd), Some(dir)) => {
-                    let coadd = Coadd::new(coadd.config()?, run_dir)
-                        .map_err(|e| format!("[{}]: {e}", coadd.name))?;
-                    stage.planning_after(coadd, dir).map_err(|e| named(&e))?
+            let upstream = match (upstream, run_dir) {
+                (Some(coadd), Some(dir)) => Some((coadd.build(|c| Coadd::new(c, run_dir))?, dir)),
+                _ => None,
+            };
+            AnyStage::Multiband(member.build(|c| {
+                let stage = Multiband::new(c, run_dir)?;
+                match upstream {
+                    Some((coadd, dir)) => stage.planning_after(coadd, dir),
+                    None => Ok(stage),
                 }
-                _ => stage,
-            })
+            })?)
         }
-        "loadtest" => AnyStage::Loadtest(Loadtest::new(member.config()?).map_err(|e| named(&e))?),
-        other => return Err(format!("[{}]: unknown stage kind '{other}'", member.name)),
+        "loadtest" => AnyStage::Loadtest(member.build(Loadtest::new)?),
+        other => {
+            return Err(ChainError::UnknownKind {
+                name: member.name.clone(),
+                kind: other.to_string(),
+                known: KINDS.iter().map(|k| k.to_string()).collect(),
+            });
+        }
     })
 }
 
@@ -114,7 +116,7 @@ fn main() -> ExitCode {
         }
     };
     let run_dir = cli.engine.run_dir.clone().or_else(|| file.run.dir.clone());
-    let built: Result<Vec<AnyStage>, String> = file
+    let built: Result<Vec<AnyStage>, ChainError> = file
         .members
         .iter()
         .enumerate()

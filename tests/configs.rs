@@ -114,8 +114,8 @@ fn simulate_with(config: &Path, out: &Path) -> Result<PathBuf, String> {
 fn parse<F: serde::de::DeserializeOwned + Default>(
     path: &Path,
     run: impl FnOnce(&F) -> &RunOptions,
-) -> Result<F, String> {
-    let file: F = load_config(Some(path)).map_err(|e| e.to_string())?;
+) -> Result<F, Box<dyn std::error::Error>> {
+    let file: F = load_config(Some(path))?;
     run(&file).validate()?;
     Ok(file)
 }
@@ -176,7 +176,7 @@ fn check(
             Mosaic::new(file.mosaic)?;
         }
         Reader::Chain => {
-            let file = ChainFile::load(path, CHAIN_KINDS).map_err(|e| e.to_string())?;
+            let file = ChainFile::load(path, CHAIN_KINDS)?;
             file.run.validate()?;
             for member in &file.members {
                 match member.kind.as_str() {

@@ -46,11 +46,81 @@ pub struct ChainMember {
 impl ChainMember {
     /// The instance's table as the stage's configuration type; unknown keys are refused
     /// when the type says so, naming the instance.
-    pub fn config<C: serde::de::DeserializeOwned>(&self) -> Result<C, String> {
+    pub fn config<C: serde::de::DeserializeOwned>(&self) -> Result<C, ChainError> {
         toml::Value::Table(self.table.clone())
             .try_into()
-            .map_err(|e: toml::de::Error| format!("[{}]: {}", self.name, e.message()))
+            .map_err(|source| ChainError::Table {
+                table: self.name.clone(),
+                source,
+            })
     }
+
+    /// Builds the instance's stage with `new` from its table ([`ChainMember::config`]); a
+    /// stage that refuses its configuration fails naming the instance.
+    pub fn build<C, S, E>(&self, new: impl FnOnce(C) -> Result<S, E>) -> Result<S, ChainError>
+    where
+        C: serde::de::DeserializeOwned,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        new(self.config()?).map_err(|e| ChainError::Stage {
+            instance: self.name.clone(),
+            source: Box::new(e),
+        })
+    }
+}
+
+/// A chain file or chain member the binary refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The file is not TOML.
+    #[error("{0}")]
+    Toml(#[source] toml::de::Error),
+    /// A table does not have the keys or types its owner expects.
+    #[error("[{table}]: {}", .source.message())]
+    Table {
+        /// The table (`run`, `chain` or an instance name).
+        table: String,
+        /// The deserializer's error.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// There is no `[chain]` table.
+    #[error("a chain file needs a [chain] table listing its stages")]
+    NoChain,
+    /// `[chain] stages` is empty.
+    #[error("[chain] stages is empty")]
+    NoStages,
+    /// `[chain] kinds` names an instance not in `stages`.
+    #[error("[chain] kinds names '{0}', which is not in stages")]
+    KindOfUnlisted(String),
+    /// An instance's kind is not one the binary can build.
+    #[error(
+        "[chain] stage '{name}' is of kind '{kind}', which this binary does not know (known: {}); name its kind in [chain] kinds",
+        .known.join(", ")
+    )]
+    UnknownKind {
+        /// The instance name.
+        name: String,
+        /// Its stage kind.
+        kind: String,
+        /// The kinds the binary knows.
+        known: Vec<String>,
+    },
+    /// An instance's entry is a value, not a table.
+    #[error("'{0}' must be a table")]
+    NotATable(String),
+    /// A top-level table or key that is not `run`, `chain` or an instance.
+    #[error("unknown table or key '{0}' (not run, chain or a listed stage)")]
+    Unknown(String),
+    /// An instance's stage refused its configuration.
+    #[error("[{instance}]: {source}")]
+    Stage {
+        /// The instance name.
+        instance: String,
+        /// The stage's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// A parsed chain file.
@@ -71,41 +141,46 @@ impl ChainFile {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| err(format!("cannot read the configuration: {e}")))?;
-        Self::parse(&text, known_kinds).map_err(err)
+        Self::parse(&text, known_kinds).map_err(|e| err(e.to_string()))
     }
 
     /// Parses a chain file's text.
-    pub fn parse(text: &str, known_kinds: &[&str]) -> Result<Self, String> {
-        let mut top: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str, known_kinds: &[&str]) -> Result<Self, ChainError> {
+        let mut top: toml::Table = toml::from_str(text).map_err(ChainError::Toml)?;
+        let table = |name: &'static str| {
+            move |source: toml::de::Error| ChainError::Table {
+                table: name.to_string(),
+                source,
+            }
+        };
         let run: RunOptions = match top.remove("run") {
-            Some(v) => v
-                .try_into()
-                .map_err(|e: toml::de::Error| format!("[run]: {}", e.message()))?,
+            Some(v) => v.try_into().map_err(table("run"))?,
             None => RunOptions::default(),
         };
         let chain: ChainTable = top
             .remove("chain")
-            .ok_or("a chain file needs a [chain] table listing its stages")?
+            .ok_or(ChainError::NoChain)?
             .try_into()
-            .map_err(|e: toml::de::Error| format!("[chain]: {}", e.message()))?;
+            .map_err(table("chain"))?;
         if chain.stages.is_empty() {
-            return Err("[chain] stages is empty".into());
+            return Err(ChainError::NoStages);
         }
         if let Some(k) = chain.kinds.keys().find(|k| !chain.stages.contains(k)) {
-            return Err(format!("[chain] kinds names '{k}', which is not in stages"));
+            return Err(ChainError::KindOfUnlisted(k.clone()));
         }
         let mut members = Vec::with_capacity(chain.stages.len());
         for name in &chain.stages {
             let kind = chain.kinds.get(name).unwrap_or(name).clone();
             if !known_kinds.contains(&kind.as_str()) {
-                return Err(format!(
-                    "[chain] stage '{name}' is of kind '{kind}', which this binary does not know (known: {}); name its kind in [chain] kinds",
-                    known_kinds.join(", ")
-                ));
+                return Err(ChainError::UnknownKind {
+                    name: name.clone(),
+                    kind,
+                    known: known_kinds.iter().map(|k| k.to_string()).collect(),
+                });
             }
             let table = match top.remove(name) {
                 Some(toml::Value::Table(t)) => t,
-                Some(_) => return Err(format!("'{name}' must be a table")),
+                Some(_) => return Err(ChainError::NotATable(name.clone())),
                 None => toml::Table::new(),
             };
             members.push(ChainMember {
@@ -115,9 +190,7 @@ impl ChainFile {
             });
         }
         if let Some(extra) = top.keys().next() {
-            return Err(format!(
-                "unknown table or key '{extra}' (not run, chain or a listed stage)"
-            ));
+            return Err(ChainError::Unknown(extra.clone()));
         }
         Ok(Self { run, members })
     }
@@ -166,7 +239,7 @@ mod tests {
 
     #[test]
     fn unknown_tables_kinds_and_keys_are_refused() {
-        let err = |text: &str| ChainFile::parse(text, KINDS).unwrap_err();
+        let err = |text: &str| ChainFile::parse(text, KINDS).unwrap_err().to_string();
         assert!(err("[run]\n").contains("[chain]"));
         assert!(err("[chain]\nstages = [\"coadd\"]\n").contains("kind 'coadd'"));
         assert!(err("[chain]\nstages = [\"pointing\"]\n[mapmake]\n").contains("'mapmake'"));
@@ -189,7 +262,11 @@ mod tests {
             KINDS,
         )
         .unwrap();
-        let e = file.members[0].config::<Cfg>().unwrap_err();
+        let e = file.members[0].config::<Cfg>().unwrap_err().to_string();
         assert!(e.contains("[pointing]") && e.contains("nsid"), "{e}");
+        let e = good.members[0]
+            .build(|c: Cfg| format!("{}x", c.nside).parse::<u32>())
+            .unwrap_err();
+        assert_eq!(e.to_string(), "[pointing]: invalid digit found in string");
     }
 }

@@ -2,6 +2,7 @@
 //! rank works. Only this module, `collectives` and `launch` touch MPI.
 
 use crate::collectives::MpiCollectives;
+use crate::error::RunError;
 use crate::execute::{RankContext, run_assignment, run_batch};
 use crate::follow::Follow;
 use crate::graph::Next;
@@ -410,7 +411,7 @@ impl Dispatcher<'_> {
                         path.display()
                     );
                 }
-                Err(reason) => follow.reject(&path, reason),
+                Err(reason) => follow.reject(&path, reason.to_string()),
             }
         }
         // The manifest counts every planned unit, those of unit lists included, so that
@@ -505,13 +506,13 @@ impl Dispatcher<'_> {
     }
 }
 
-/// Rank 0: plan, dispatch, record, report. Returns the summary, or an error message when the
-/// run could not start.
+/// Rank 0: plan, dispatch, record, report. Returns the summary, or why the run could not
+/// start or had to stop.
 pub(crate) fn dispatcher(
     stages: &StageSet<'_>,
     comms: Comms,
     setup: &RunSetup<'_>,
-) -> Result<RunSummary, String> {
+) -> Result<RunSummary, RunError> {
     let Comms {
         world,
         units,
@@ -524,12 +525,12 @@ pub(crate) fn dispatcher(
     } else {
         size.saturating_sub(1).max(1)
     };
-    let cannot_start = |e: String| {
+    let cannot_start = |e: RunError| {
         stop_workers(world, size, &mut Vec::new(), EXIT_CANNOT_START, true);
         Err(e)
     };
     if stages.is_chain() && setup.follow.is_some() {
-        return cannot_start("--follow runs one stage, not a chain".into());
+        return cannot_start(RunError::FollowChain);
     }
     let (plan, ledgers) = match prepare(stages, setup, max_ranks) {
         Ok(p) => p,
@@ -550,10 +551,10 @@ pub(crate) fn dispatcher(
     };
     let state = match RunState::new(stages, plan, ledgers, state_setup) {
         Ok(s) => s,
-        Err(e) => return cannot_start(e),
+        Err(e) => return cannot_start(e.into()),
     };
     if let Err(e) = state.write_manifests() {
-        return cannot_start(e);
+        return cannot_start(e.into());
     }
     let selection = &state.selection;
     tracing::info!(
@@ -740,7 +741,7 @@ pub(crate) fn dispatcher(
         stats.sort_by_key(|s| s.rank);
         summary.rank_stats = stats;
         if let Some(e) = d.state.ledger_error {
-            return Err(format!("the ledger could not be written: {e}"));
+            return Err(RunError::LedgerWrite(e));
         }
         Ok(summary)
     })
@@ -751,7 +752,7 @@ fn prepare(
     stages: &StageSet<'_>,
     setup: &RunSetup<'_>,
     max_ranks: usize,
-) -> Result<(Plan, Vec<Ledger>), String> {
+) -> Result<(Plan, Vec<Ledger>), RunError> {
     stages.check()?;
     let ledgers = stages
         .instances
@@ -765,7 +766,6 @@ fn prepare(
                 setup.opts.fsync,
                 Duration::from_secs_f64(setup.opts.ledger_sync_interval_s),
             )
-            .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
     remove_dead_files(setup.run_dir);

@@ -12,6 +12,8 @@
 //! is rejected, never waited on); costs must be finite and non-negative; a list dropped after
 //! `STOP` is rejected too (it would never run), as is one still there when the job ends.
 
+use crate::error::RunError;
+use crate::plan::PlanningError;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use skypipe_stage::{PlannedUnit, UnitId};
@@ -57,28 +59,101 @@ pub(crate) fn readable_number(x: f64) -> String {
     }
 }
 
+/// A unit list rejected whole; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UnitListError {
+    /// The file cannot be opened or read.
+    #[error("{}: {source}", .path.display())]
+    Read {
+        /// The list.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name is not a regular file's (a FIFO, directory, device...).
+    #[error(
+        "{}: not a regular file ({kind}); unit lists must be regular files",
+        .path.display()
+    )]
+    NotAFile {
+        /// The list.
+        path: PathBuf,
+        /// What it is instead (`a FIFO`).
+        kind: &'static str,
+    },
+    /// The JSON is not a unit list of the stage's units.
+    #[error("{}: not a unit list: {source}", .path.display())]
+    Json {
+        /// The list.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The `format` key is not [`UNIT_LIST_FORMAT`].
+    #[error("{}: key 'format' is \"{found}\", expected \"{UNIT_LIST_FORMAT}\"", .path.display())]
+    Format {
+        /// The list.
+        path: PathBuf,
+        /// The format it gives.
+        found: String,
+    },
+    /// A cost is negative or not finite.
+    #[error(
+        "{}: unit {unit} has cost {}; a cost must be a finite number ≥ 0",
+        .path.display(),
+        readable_number(*.cost)
+    )]
+    Cost {
+        /// The list.
+        path: PathBuf,
+        /// 1-based position of the unit in the list.
+        unit: usize,
+        /// Its cost.
+        cost: f64,
+    },
+    /// The units do not fit the plan (an unknown dependency, a file written twice...).
+    #[error("{}: {source}", .path.display())]
+    Plan {
+        /// The list.
+        path: PathBuf,
+        /// Why the plan refuses them.
+        #[source]
+        source: PlanningError,
+    },
+    /// The units close a dependency cycle.
+    #[error("{}: unit {unit} is on a dependency cycle", .path.display())]
+    Cycle {
+        /// The list.
+        path: PathBuf,
+        /// A unit on the cycle.
+        unit: String,
+    },
+}
+
 /// Reads a regular file without ever blocking on it (a FIFO or device named `*.json`).
-fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
+fn read_regular_file(path: &Path) -> Result<Vec<u8>, UnitListError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
+    let read_error = |source| UnitListError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
     if !meta.is_file() {
-        return Err(format!(
-            "{}: not a regular file ({}); unit lists must be regular files",
-            path.display(),
-            kind_of(&meta.file_type())
-        ));
+        return Err(UnitListError::NotAFile {
+            path: path.to_path_buf(),
+            kind: kind_of(&meta.file_type()),
+        });
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.read_to_end(&mut bytes).map_err(read_error)?;
     Ok(bytes)
 }
 
@@ -100,27 +175,30 @@ fn kind_of(t: &std::fs::FileType) -> &'static str {
 }
 
 /// Parses a unit list file.
-pub(crate) fn parse_list<U: DeserializeOwned>(path: &Path) -> Result<Vec<PlannedUnit<U>>, String> {
+pub(crate) fn parse_list<U: DeserializeOwned>(
+    path: &Path,
+) -> Result<Vec<PlannedUnit<U>>, UnitListError> {
     let bytes = read_regular_file(path)?;
-    let list: UnitList<U> = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{}: not a unit list: {e}", path.display()))?;
+    let list: UnitList<U> =
+        serde_json::from_slice(&bytes).map_err(|source| UnitListError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if list.format != UNIT_LIST_FORMAT {
-        return Err(format!(
-            "{}: key 'format' is \"{}\", expected \"{UNIT_LIST_FORMAT}\"",
-            path.display(),
-            list.format
-        ));
+        return Err(UnitListError::Format {
+            path: path.to_path_buf(),
+            found: list.format,
+        });
     }
     for (i, e) in list.units.iter().enumerate() {
         if let Some(cost) = e.cost
             && !(cost.is_finite() && cost >= 0.0)
         {
-            return Err(format!(
-                "{}: unit {} has cost {}; a cost must be a finite number ≥ 0",
-                path.display(),
-                i + 1,
-                readable_number(cost)
-            ));
+            return Err(UnitListError::Cost {
+                path: path.to_path_buf(),
+                unit: i + 1,
+                cost,
+            });
         }
     }
     Ok(list
@@ -148,8 +226,10 @@ pub(crate) struct Follow {
 
 impl Follow {
     /// Follows `dir` (created if missing).
-    pub fn new(dir: PathBuf) -> Result<Self, String> {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("--follow {}: {e}", dir.display()))?;
+    pub fn new(dir: PathBuf) -> Result<Self, RunError> {
+        if let Err(source) = std::fs::create_dir_all(&dir) {
+            return Err(RunError::FollowDir { dir, source });
+        }
         Ok(Self {
             dir,
             seen: HashSet::new(),
@@ -262,10 +342,13 @@ mod tests {
             r#"{"format":"skypipe-unit-list/1","units":[{"unit":{"obz":1}}]}"#,
         )
         .unwrap();
-        let err = parse_list::<Obs>(&bad).unwrap_err();
+        let err = parse_list::<Obs>(&bad).unwrap_err().to_string();
         assert!(err.contains("b.json") && err.contains("obs"), "{err}");
         std::fs::write(&bad, r#"{"format":"other","units":[]}"#).unwrap();
-        assert!(parse_list::<Obs>(&bad).unwrap_err().contains("'format'"));
+        assert!(matches!(
+            parse_list::<Obs>(&bad),
+            Err(UnitListError::Format { found, .. }) if found == "other"
+        ));
     }
 
     #[test]
@@ -275,7 +358,7 @@ mod tests {
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: mkfifo on a path we own.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        let err = parse_list::<Obs>(&fifo).unwrap_err();
+        let err = parse_list::<Obs>(&fifo).unwrap_err().to_string();
         assert!(err.contains("pipe.json") && err.contains("a FIFO"), "{err}");
         let costly = dir.path().join("cost.json");
         std::fs::write(
@@ -283,7 +366,7 @@ mod tests {
             r#"{"format":"skypipe-unit-list/1","units":[{"unit":{"obs":1},"cost":-1e308}]}"#,
         )
         .unwrap();
-        let err = parse_list::<Obs>(&costly).unwrap_err();
+        let err = parse_list::<Obs>(&costly).unwrap_err().to_string();
         assert!(err.contains("cost -1e308"), "{err}");
         assert!(err.len() < 200, "{err}");
         assert_eq!(readable_number(2.5), "2.5");

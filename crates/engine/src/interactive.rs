@@ -1,28 +1,32 @@
 //! Running without MPI: one unit for debugging (`--unit ID`) and the plan listing (`--dry-run`).
 
+use crate::error::RunError;
 use crate::execute::run_unit;
-use crate::ledger::{LedgerPaths, LedgerRecord, latest_by_unit, read_manifest, read_records};
+use crate::ledger::{
+    LedgerError, LedgerPaths, LedgerRecord, latest_by_unit, read_manifest, read_records,
+};
 use crate::plan::{Plan, plan_stages};
 use crate::report::{EXIT_CANNOT_START, EXIT_OK, EXIT_UNITS_FAILED};
 use crate::stages::StageSet;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use skypipe_stage::{Input, Outcome, UnitContext, UnitId};
+use skypipe_stage::{Input, Outcome, ParseUnitIdError, UnitContext, UnitId};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-fn previous_records(stage: &str, run_dir: &Path) -> Result<HashMap<String, LedgerRecord>, String> {
-    read_records(&LedgerPaths::new(run_dir, stage).records)
-        .map(latest_by_unit)
-        .map_err(|e| e.to_string())
+fn previous_records(
+    stage: &str,
+    run_dir: &Path,
+) -> Result<HashMap<String, LedgerRecord>, LedgerError> {
+    read_records(&LedgerPaths::new(run_dir, stage).records).map(latest_by_unit)
 }
 
 /// The ledgers of every stage instance, read without locking.
 fn all_previous(
     stages: &StageSet<'_>,
     run_dir: &Path,
-) -> Result<Vec<HashMap<String, LedgerRecord>>, String> {
+) -> Result<Vec<HashMap<String, LedgerRecord>>, LedgerError> {
     stages
         .instances
         .iter()
@@ -30,14 +34,46 @@ fn all_previous(
         .collect()
 }
 
+/// A `--unit` argument that names no planned unit.
+#[derive(Debug, thiserror::Error)]
+enum UnitArgError {
+    /// `STAGE[ID]` names a stage instance not in the run.
+    #[error("--unit: no stage '{0}' in this run")]
+    NoStage(String),
+    /// A chain's unit is named without its stage instance.
+    #[error("--unit: in a chain, name the stage too, e.g. {example}")]
+    StageNeeded {
+        /// A planned unit's label, or `STAGE[ID]` when nothing is planned.
+        example: String,
+    },
+    /// The ID does not parse.
+    #[error("--unit: {0}")]
+    BadId(#[source] ParseUnitIdError),
+    /// The stage instance plans no unit with this ID.
+    #[error(
+        "{stage}: no unit {id} in the plan of {planned} units (e.g. {})",
+        .examples.join(", ")
+    )]
+    NotPlanned {
+        /// The stage instance.
+        stage: String,
+        /// The ID asked for.
+        id: UnitId,
+        /// How many units are planned.
+        planned: usize,
+        /// The labels of the first few planned units.
+        examples: Vec<String>,
+    },
+}
+
 /// Finds the unit a `--unit` argument names: `ID` for one stage, `STAGE[ID]` in a chain.
-fn find_unit(stages: &StageSet<'_>, plan: &Plan, wanted: &str) -> Result<usize, String> {
+fn find_unit(stages: &StageSet<'_>, plan: &Plan, wanted: &str) -> Result<usize, UnitArgError> {
     let (instance, id) = match wanted.strip_suffix(']').and_then(|w| w.split_once('[')) {
         Some((name, id)) => {
             let k = stages
                 .names()
                 .position(|n| n == name)
-                .ok_or_else(|| format!("--unit: no stage '{name}' in this run"))?;
+                .ok_or_else(|| UnitArgError::NoStage(name.to_string()))?;
             (k, id)
         }
         None if stages.is_chain() => {
@@ -46,26 +82,21 @@ fn find_unit(stages: &StageSet<'_>, plan: &Plan, wanted: &str) -> Result<usize, 
             } else {
                 plan.label(stages, 0)
             };
-            return Err(format!(
-                "--unit: in a chain, name the stage too, e.g. {example}"
-            ));
+            return Err(UnitArgError::StageNeeded { example });
         }
         None => (0, wanted),
     };
-    let id: UnitId = id.parse().map_err(|e| format!("--unit: {e}"))?;
+    let id: UnitId = id.parse().map_err(UnitArgError::BadId)?;
     plan.index
         .get(&(instance as u32, id.clone()))
         .copied()
-        .ok_or_else(|| {
-            let examples: Vec<String> = (0..plan.ids.len().min(3))
+        .ok_or_else(|| UnitArgError::NotPlanned {
+            stage: stages.instances[instance].name.clone(),
+            id,
+            planned: plan.ids.len(),
+            examples: (0..plan.ids.len().min(3))
                 .map(|i| plan.label(stages, i))
-                .collect();
-            format!(
-                "{}: no unit {id} in the plan of {} units (e.g. {})",
-                stages.instances[instance].name,
-                plan.ids.len(),
-                examples.join(", ")
-            )
+                .collect(),
         })
 }
 
@@ -143,20 +174,18 @@ pub(crate) fn run_one(stages: &StageSet<'_>, id: &str, run_dir: &Path, durable: 
 
 /// Refuses, as a real run would, a run directory whose ledger was written with another
 /// configuration.
-fn check_fingerprints(stages: &StageSet<'_>, run_dir: &Path) -> Result<(), String> {
+fn check_fingerprints(stages: &StageSet<'_>, run_dir: &Path) -> Result<(), RunError> {
     for inst in &stages.instances {
         let path = LedgerPaths::new(run_dir, &inst.name).manifest;
-        let manifest = read_manifest(&path).map_err(|e| e.to_string())?;
-        if let Some(m) = manifest
+        if let Some(m) = read_manifest(&path)?
             && m.config_fingerprint != inst.stage.fingerprint()
         {
-            return Err(format!(
-                "{}: this run directory was written by {} with configuration fingerprint {}, but the configuration now gives {}; the run would be refused (use a new run directory, or --allow-config-change)",
-                path.display(),
-                inst.name,
-                m.config_fingerprint,
-                inst.stage.fingerprint()
-            ));
+            return Err(RunError::ConfigChanged {
+                stage: inst.name.clone(),
+                found: m.config_fingerprint,
+                expected: inst.stage.fingerprint(),
+                path,
+            });
         }
     }
     Ok(())
@@ -179,7 +208,7 @@ pub(crate) fn dry_run(
             (Some(d), false) => check_fingerprints(stages, d),
             _ => Ok(()),
         })
-        .and_then(|()| plan_stages(stages, dir, usize::MAX));
+        .and_then(|()| plan_stages(stages, dir, usize::MAX).map_err(RunError::from));
     let plan = match checked {
         Ok(p) => p,
         Err(e) => {

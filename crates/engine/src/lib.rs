@@ -32,6 +32,7 @@
 mod chain;
 mod collectives;
 mod driver;
+mod error;
 mod execute;
 mod follow;
 mod graph;
@@ -50,12 +51,12 @@ mod state;
 #[cfg(test)]
 mod testutil;
 
-pub use chain::{ChainFile, ChainMember};
+pub use chain::{ChainError, ChainFile, ChainMember};
 pub use follow::{STOP_FILE, UNIT_LIST_FORMAT};
 pub use launch::{
     ConfigError, EngineArgs, Launched, init_logging, launch, launch_stages, load_config, run_binary,
 };
-pub use options::{RunOptions, Schedule};
+pub use options::{OptionsError, RunOptions, Schedule};
 pub use protocol::RankStats;
 pub use report::{
     EXIT_CANNOT_START, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNITS_FAILED, RankUsage, RunReport,

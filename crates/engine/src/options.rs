@@ -83,44 +83,69 @@ impl Default for RunOptions {
 
 impl RunOptions {
     /// Checks values that TOML types cannot, naming the offending key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), OptionsError> {
         let positive = [
             ("run.progress_interval_s", self.progress_interval_s),
             ("run.ledger_sync_interval_s", self.ledger_sync_interval_s),
         ];
         for (key, value) in positive {
             if !(value.is_finite() && value > 0.0) {
-                return Err(format!(
-                    "{key} must be a positive number of seconds, got {value}"
-                ));
+                return Err(OptionsError::NotPositive { key, value });
             }
         }
         if !(self.stop_grace_s.is_finite() && self.stop_grace_s >= 0.0) {
-            return Err(format!(
-                "run.stop_grace_s must be zero or a positive number of seconds, got {}",
-                self.stop_grace_s
-            ));
+            return Err(OptionsError::StopGrace(self.stop_grace_s));
         }
         if !(self.memory_growth.is_finite() && self.memory_growth >= 1.0) {
-            return Err(format!(
-                "run.memory_growth must be at least 1, got {}",
-                self.memory_growth
-            ));
+            return Err(OptionsError::MemoryGrowth(self.memory_growth));
         }
         if self.memory_cap_mb != 0 && self.memory_cap_mb < self.memory_limit_mb {
-            return Err(format!(
-                "run.memory_cap_mb ({}) is below run.memory_limit_mb ({})",
-                self.memory_cap_mb, self.memory_limit_mb
-            ));
+            return Err(OptionsError::CapBelowLimit {
+                cap_mb: self.memory_cap_mb,
+                limit_mb: self.memory_limit_mb,
+            });
         }
         if self.memory_limit_mb != 0 && !self.isolate {
-            return Err("run.memory_limit_mb needs run.isolate = true".to_string());
+            return Err(OptionsError::LimitWithoutIsolate);
         }
         if self.max_batch == 0 {
-            return Err("run.max_batch must be at least 1".to_string());
+            return Err(OptionsError::MaxBatch);
         }
         Ok(())
     }
+}
+
+/// A `[run]` value that TOML types cannot refuse; each names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OptionsError {
+    /// An interval that must be a positive number of seconds is not.
+    #[error("{key} must be a positive number of seconds, got {value}")]
+    NotPositive {
+        /// The key, with its table (`run.progress_interval_s`).
+        key: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// `run.stop_grace_s` is negative or not finite.
+    #[error("run.stop_grace_s must be zero or a positive number of seconds, got {0}")]
+    StopGrace(f64),
+    /// `run.memory_growth` is below 1 or not finite.
+    #[error("run.memory_growth must be at least 1, got {0}")]
+    MemoryGrowth(f64),
+    /// `run.memory_cap_mb` is below `run.memory_limit_mb`.
+    #[error("run.memory_cap_mb ({cap_mb}) is below run.memory_limit_mb ({limit_mb})")]
+    CapBelowLimit {
+        /// `run.memory_cap_mb`.
+        cap_mb: u64,
+        /// `run.memory_limit_mb`.
+        limit_mb: u64,
+    },
+    /// `run.memory_limit_mb` is set without `run.isolate`.
+    #[error("run.memory_limit_mb needs run.isolate = true")]
+    LimitWithoutIsolate,
+    /// `run.max_batch` is 0.
+    #[error("run.max_batch must be at least 1")]
+    MaxBatch,
 }
 
 #[cfg(test)]
@@ -141,10 +166,16 @@ mod tests {
             progress_interval_s: 0.0,
             ..RunOptions::default()
         };
-        assert!(
-            bad.validate()
-                .unwrap_err()
-                .contains("run.progress_interval_s")
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            OptionsError::NotPositive {
+                key: "run.progress_interval_s",
+                value: 0.0
+            }
+        );
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "run.progress_interval_s must be a positive number of seconds, got 0"
         );
     }
 }

@@ -68,7 +68,7 @@ impl Plan {
         planned: Vec<ErasedPlanned>,
         max_ranks: usize,
         skip_known: bool,
-    ) -> Result<Vec<usize>, String> {
+    ) -> Result<Vec<usize>, PlanningError> {
         let first = self.units.len();
         let inst = instance as u32;
         let mut fresh = Vec::with_capacity(planned.len());
@@ -83,24 +83,30 @@ impl Plan {
                     continue;
                 }
                 self.rollback(first);
-                return Err(format!("{stage}: the plan lists unit {id} twice"));
+                return Err(PlanningError::Twice {
+                    stage: stage.to_string(),
+                    id,
+                });
             }
             if let Some(h) = p.cost_hint
                 && !(h.is_finite() && h >= 0.0)
             {
                 self.rollback(first);
-                return Err(format!(
-                    "{stage}: unit {id} has an invalid cost hint {}",
-                    crate::follow::readable_number(h)
-                ));
+                return Err(PlanningError::CostHint {
+                    stage: stage.to_string(),
+                    id,
+                    hint: h,
+                });
             }
             let ranks = resolved_ranks(p.ranks, p.ranks_capped, max_ranks);
             if ranks == 0 || ranks > max_ranks {
                 self.rollback(first);
-                return Err(format!(
-                    "{stage}: unit {id} needs {} ranks, but this job can give a unit at most {max_ranks}",
-                    p.ranks
-                ));
+                return Err(PlanningError::TooManyRanks {
+                    stage: stage.to_string(),
+                    id,
+                    ranks: p.ranks,
+                    max_ranks,
+                });
             }
             self.index.insert((inst, id.clone()), self.units.len());
             self.ids.push(id);
@@ -127,14 +133,19 @@ impl Plan {
                     Some(_) => {
                         let id = self.ids[i].clone();
                         self.rollback(first);
-                        return Err(format!("{stage}: unit {id} runs after itself"));
+                        return Err(PlanningError::AfterItself {
+                            stage: stage.to_string(),
+                            id,
+                        });
                     }
                     None => {
                         let id = self.ids[i].clone();
                         self.rollback(first);
-                        return Err(format!(
-                            "{stage}: unit {id} runs after unit {a}, which is not in the plan"
-                        ));
+                        return Err(PlanningError::AfterUnplanned {
+                            stage: stage.to_string(),
+                            id,
+                            after: a,
+                        });
                     }
                 }
             }
@@ -148,9 +159,11 @@ impl Plan {
                     None => {
                         let id = self.ids[i].clone();
                         self.rollback(first);
-                        return Err(format!(
-                            "{stage}: unit {id} prefers the ranks of unit {a}, which is not in the plan"
-                        ));
+                        return Err(PlanningError::AffinityUnplanned {
+                            stage: stage.to_string(),
+                            id,
+                            preferred: a,
+                        });
                     }
                 }
             }
@@ -166,7 +179,7 @@ impl Plan {
     /// that every input exists or will exist. A missing input whose type a planned unit
     /// produces is an error naming the unit and file (nothing is added); any other missing
     /// input marks the reading unit in [`Plan::missing_inputs`].
-    pub fn connect(&mut self, set: &StageSet<'_>, from: usize) -> Result<(), String> {
+    pub fn connect(&mut self, set: &StageSet<'_>, from: usize) -> Result<(), PlanningError> {
         for c in &mut self.connections[from..] {
             for d in c.inputs.iter_mut().chain(c.outputs.iter_mut()) {
                 if let Ok(abs) = std::path::absolute(&d.path) {
@@ -179,12 +192,11 @@ impl Plan {
         for i in from..self.units.len() {
             for out in &self.connections[i].outputs {
                 if let Some(&other) = producers.get(&out.path) {
-                    return Err(format!(
-                        "{} and {} both write {}",
-                        self.label(set, other),
-                        self.label(set, i),
-                        out.path.display()
-                    ));
+                    return Err(PlanningError::SharedOutput {
+                        first: self.label(set, other),
+                        second: self.label(set, i),
+                        path: out.path.clone(),
+                    });
                 }
                 producers.insert(out.path.clone(), i);
                 kinds.insert(out.kind.clone());
@@ -200,12 +212,11 @@ impl Plan {
                     Some(_) => {}
                     None if input.path.exists() => {}
                     None if kinds.contains(&input.kind) => {
-                        return Err(format!(
-                            "{} reads {} ({}), which no planned unit writes and which does not exist",
-                            self.label(set, i),
-                            input.path.display(),
-                            input.kind
-                        ));
+                        return Err(PlanningError::MissingProduct {
+                            unit: self.label(set, i),
+                            path: input.path.clone(),
+                            kind: input.kind.clone(),
+                        });
                     }
                     None if input.prerequisite => missing.push((
                         i,
@@ -381,6 +392,112 @@ impl Plan {
     }
 }
 
+/// A plan the engine refuses before any unit runs; each names the stage instance or unit.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlanningError {
+    /// A stage could not plan.
+    #[error("{stage}: planning failed: {source}")]
+    Stage {
+        /// The stage instance.
+        stage: String,
+        /// The stage's error.
+        #[source]
+        source: skypipe_stage::PlanError,
+    },
+    /// A unit ID is planned twice by one stage instance.
+    #[error("{stage}: the plan lists unit {id} twice")]
+    Twice {
+        /// The stage instance.
+        stage: String,
+        /// The unit.
+        id: UnitId,
+    },
+    /// A cost hint is negative or not finite.
+    #[error("{stage}: unit {id} has an invalid cost hint {}", crate::follow::readable_number(*.hint))]
+    CostHint {
+        /// The stage instance.
+        stage: String,
+        /// The unit.
+        id: UnitId,
+        /// The hint.
+        hint: f64,
+    },
+    /// A unit needs more ranks than the job can give it (or none).
+    #[error(
+        "{stage}: unit {id} needs {ranks} ranks, but this job can give a unit at most {max_ranks}"
+    )]
+    TooManyRanks {
+        /// The stage instance.
+        stage: String,
+        /// The unit.
+        id: UnitId,
+        /// The ranks it asks for.
+        ranks: usize,
+        /// The most ranks a unit can get.
+        max_ranks: usize,
+    },
+    /// A unit runs after itself.
+    #[error("{stage}: unit {id} runs after itself")]
+    AfterItself {
+        /// The stage instance.
+        stage: String,
+        /// The unit.
+        id: UnitId,
+    },
+    /// A unit runs after a unit that is not planned.
+    #[error("{stage}: unit {id} runs after unit {after}, which is not in the plan")]
+    AfterUnplanned {
+        /// The stage instance.
+        stage: String,
+        /// The unit.
+        id: UnitId,
+        /// The unit it runs after.
+        after: UnitId,
+    },
+    /// A unit prefers the ranks of a unit that is not planned.
+    #[error("{stage}: unit {id} prefers the ranks of unit {preferred}, which is not in the plan")]
+    AffinityUnplanned {
+        /// The stage instance.
+        stage: String,
+        /// The unit.
+        id: UnitId,
+        /// The unit whose ranks it prefers.
+        preferred: UnitId,
+    },
+    /// Two units declare the same output file.
+    #[error("{first} and {second} both write {}", .path.display())]
+    SharedOutput {
+        /// The unit planned first.
+        first: String,
+        /// The unit planned second.
+        second: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A unit reads a file of a type some planned unit produces, but no planned unit writes
+    /// this one and it does not exist (the chain is mis-wired).
+    #[error(
+        "{unit} reads {} ({kind}), which no planned unit writes and which does not exist",
+        .path.display()
+    )]
+    MissingProduct {
+        /// The reading unit.
+        unit: String,
+        /// The file.
+        path: PathBuf,
+        /// Its dataset type.
+        kind: String,
+    },
+    /// The units' dependencies form a cycle.
+    #[error("{run}: unit {unit} is on a dependency cycle")]
+    Cycle {
+        /// The run's name (a stage's, or `chain`).
+        run: String,
+        /// A unit on the cycle.
+        unit: String,
+    },
+}
+
 /// What the ledger says about the planned units.
 #[derive(Debug, Default)]
 pub(crate) struct Selection {
@@ -418,13 +535,16 @@ pub(crate) fn plan_stages(
     set: &StageSet<'_>,
     run_dir: &std::path::Path,
     max_ranks: usize,
-) -> Result<Plan, String> {
+) -> Result<Plan, PlanningError> {
     let mut plan = Plan::default();
     for (k, inst) in set.instances.iter().enumerate() {
         let planned = inst
             .stage
             .plan_erased(run_dir)
-            .map_err(|e| format!("{}: planning failed: {e}", inst.name))?;
+            .map_err(|source| PlanningError::Stage {
+                stage: inst.name.clone(),
+                source,
+            })?;
         plan.extend(k, &inst.name, planned, max_ranks, false)?;
     }
     plan.connect(set, 0)?;
@@ -489,7 +609,8 @@ mod tests {
                 2,
                 false,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("u=3 runs after unit u=9, which is not in the plan"),
             "{err}"
@@ -503,13 +624,13 @@ mod tests {
                 2,
                 false,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("needs 3 ranks"), "{err}");
-        assert!(
-            plan.extend(0, "s", erased(vec![PlannedUnit::new(U(0))]), 2, false)
-                .unwrap_err()
-                .contains("twice")
-        );
+        assert!(matches!(
+            plan.extend(0, "s", erased(vec![PlannedUnit::new(U(0))]), 2, false),
+            Err(PlanningError::Twice { .. })
+        ));
         assert_eq!(
             plan.extend(
                 0,
@@ -537,7 +658,10 @@ mod tests {
         assert_eq!(plan.ranks, vec![3, 2, 2], "a cap above the job's 3 gives 3");
         assert_eq!(plan.capped, vec![true, true, false]);
         let mut plan = Plan::default();
-        let err = plan.extend(0, "s", planned(), 1, false).unwrap_err();
+        let err = plan
+            .extend(0, "s", planned(), 1, false)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("u=2 needs 2 ranks"),
             "a requirement stays one: {err}"
@@ -555,7 +679,8 @@ mod tests {
                 3,
                 false,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("needs 0 ranks"), "{err}");
     }
 
@@ -640,13 +765,13 @@ mod tests {
         // that are not planned: refused before anything runs, naming the unit and the file.
         let third = Files::new("third", Some("mid"), "other", 4);
         let set = StageSet::new().with("first", &first).with("third", &third);
-        let err = plan_stages(&set, run, 1).err().unwrap();
+        let err = plan_stages(&set, run, 1).err().unwrap().to_string();
         assert!(err.contains("third[u=3] reads"), "{err}");
         assert!(err.contains("mid/3"), "{err}");
 
         // Two units writing one file.
         let set = StageSet::new().with("first", &first).with("again", &first);
-        let err = plan_stages(&set, run, 1).err().unwrap();
+        let err = plan_stages(&set, run, 1).err().unwrap().to_string();
         assert!(
             err.contains("first[u=0] and again[u=0] both write"),
             "{err}"

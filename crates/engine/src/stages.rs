@@ -1,7 +1,8 @@
 //! The stages of one run, with their unit types erased, so that one job can run several
 //! stages (a chain) as one graph and the rest of the engine handles units as bytes.
 
-use crate::follow::parse_list;
+use crate::error::RunError;
+use crate::follow::{UnitListError, parse_list};
 use serde::{Deserialize, Serialize};
 use skypipe_stage::{
     Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId, WorkUnit,
@@ -34,7 +35,11 @@ pub(crate) trait ErasedStage: Send + Sync {
     /// Its plan, with each unit's connections in `run_dir`.
     fn plan_erased(&self, run_dir: &Path) -> Result<Vec<ErasedPlanned>, PlanError>;
     /// Units from a `--follow` unit list.
-    fn parse_list_erased(&self, path: &Path, run_dir: &Path) -> Result<Vec<ErasedPlanned>, String>;
+    fn parse_list_erased(
+        &self,
+        path: &Path,
+        run_dir: &Path,
+    ) -> Result<Vec<ErasedPlanned>, UnitListError>;
     /// Decodes and runs one unit; with `reads_within_estimate`, file readers refuse reads
     /// larger than its memory estimate.
     fn run_erased(
@@ -79,7 +84,11 @@ impl<S: Stage> ErasedStage for S {
             .collect())
     }
 
-    fn parse_list_erased(&self, path: &Path, run_dir: &Path) -> Result<Vec<ErasedPlanned>, String> {
+    fn parse_list_erased(
+        &self,
+        path: &Path,
+        run_dir: &Path,
+    ) -> Result<Vec<ErasedPlanned>, UnitListError> {
         Ok(parse_list::<S::Unit>(path)?
             .into_iter()
             .map(|p| erase(self, p, run_dir))
@@ -191,9 +200,9 @@ impl<'a> StageSet<'a> {
     }
 
     /// Checks instance names: non-empty, unique, usable as file names.
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), RunError> {
         if self.instances.is_empty() {
-            return Err("no stage to run".into());
+            return Err(RunError::NoStage);
         }
         for (i, inst) in self.instances.iter().enumerate() {
             let ok = !inst.name.is_empty()
@@ -202,16 +211,10 @@ impl<'a> StageSet<'a> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !ok {
-                return Err(format!(
-                    "stage instance name '{}' must be letters, digits, '-' or '_'",
-                    inst.name
-                ));
+                return Err(RunError::InstanceName(inst.name.clone()));
             }
             if self.instances[..i].iter().any(|o| o.name == inst.name) {
-                return Err(format!(
-                    "stage instance name '{}' is used twice in the chain",
-                    inst.name
-                ));
+                return Err(RunError::InstanceTwice(inst.name.clone()));
             }
         }
         Ok(())

@@ -2,10 +2,11 @@
 //! the ledgers, each unit's outcome and value, retries and the results so far. The dispatcher
 //! (`driver`) only moves messages; every decision about what a report means is taken here.
 
+use crate::follow::UnitListError;
 use crate::graph::{Graph, Next};
-use crate::ledger::{AttemptRecord, Ledger, LedgerRecord, OutputRecord, unix_now};
+use crate::ledger::{AttemptRecord, Ledger, LedgerError, LedgerRecord, OutputRecord, unix_now};
 use crate::options::Schedule;
-use crate::plan::{Plan, Selection};
+use crate::plan::{Plan, PlanningError, Selection};
 use crate::protocol::{Assignment, UnitReport};
 use crate::report::UnitResult;
 use crate::stages::StageSet;
@@ -61,7 +62,7 @@ pub(crate) struct RunState<'a> {
     /// Memory isolation, whose limits decide out-of-memory retries.
     isolation: Option<std::sync::Arc<crate::isolation::Isolation>>,
     /// The first error writing a ledger; the run must stop.
-    pub ledger_error: Option<String>,
+    pub ledger_error: Option<LedgerError>,
 }
 
 /// What the state is built from.
@@ -91,7 +92,7 @@ impl<'a> RunState<'a> {
         plan: Plan,
         ledgers: Vec<Ledger>,
         setup: StateSetup,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PlanningError> {
         let previous: Vec<HashMap<String, LedgerRecord>> =
             ledgers.iter().map(|l| l.previous().clone()).collect();
         let all: Vec<usize> = (0..plan.units.len()).collect();
@@ -105,12 +106,9 @@ impl<'a> RunState<'a> {
         }
         let missing = std::mem::take(&mut selection.missing);
         let (graph, blocked) = Graph::new(specs, setup.size, setup.schedule, setup.max_batch)
-            .map_err(|on_cycle| {
-                format!(
-                    "{}: unit {} is on a dependency cycle",
-                    stages.run_name(),
-                    plan.label(stages, on_cycle)
-                )
+            .map_err(|on_cycle| PlanningError::Cycle {
+                run: stages.run_name().to_string(),
+                unit: plan.label(stages, on_cycle),
             })?;
         let n = plan.units.len();
         let mut state = Self {
@@ -165,14 +163,12 @@ impl<'a> RunState<'a> {
     }
 
     /// Writes each instance's manifest with its number of planned units.
-    pub fn write_manifests(&self) -> Result<(), String> {
+    pub fn write_manifests(&self) -> Result<(), LedgerError> {
         for (k, inst) in self.stages.instances.iter().enumerate() {
             let planned = (0..self.plan.units.len())
                 .filter(|&i| self.plan.instance(i) == k)
                 .count();
-            self.ledgers[k]
-                .write_manifest(&inst.name, &inst.stage.fingerprint(), planned)
-                .map_err(|e| e.to_string())?;
+            self.ledgers[k].write_manifest(&inst.name, &inst.stage.fingerprint(), planned)?;
         }
         Ok(())
     }
@@ -372,7 +368,7 @@ impl<'a> RunState<'a> {
         record.seq = self.seq;
         let instance = self.plan.instance(index);
         if let Err(e) = self.ledgers[instance].append(&record) {
-            self.ledger_error.get_or_insert(e.to_string());
+            self.ledger_error.get_or_insert(e);
         }
         let mut result = UnitResult::from(&record);
         result.unit = self.plan.label(self.stages, index);
@@ -424,7 +420,7 @@ impl<'a> RunState<'a> {
         path: &Path,
         run_dir: &Path,
         max_ranks: usize,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, UnitListError> {
         let stages = self.stages;
         let stage = &stages.instances[0];
         let planned = stage.stage.parse_list_erased(path, run_dir)?;
@@ -438,9 +434,12 @@ impl<'a> RunState<'a> {
             });
         let indices = match added {
             Ok(i) => i,
-            Err(reason) => {
+            Err(source) => {
                 self.plan.truncate(first);
-                return Err(format!("{}: {reason}", path.display()));
+                return Err(UnitListError::Plan {
+                    path: path.to_path_buf(),
+                    source,
+                });
             }
         };
         let (specs, mut selection) = self.plan.node_specs(
@@ -467,12 +466,12 @@ impl<'a> RunState<'a> {
                 Ok(selection.to_run)
             }
             Err(on_cycle) => {
-                let id = self.plan.label(stages, on_cycle);
+                let unit = self.plan.label(stages, on_cycle);
                 self.plan.truncate(first);
-                Err(format!(
-                    "{}: unit {id} is on a dependency cycle",
-                    path.display()
-                ))
+                Err(UnitListError::Cycle {
+                    path: path.to_path_buf(),
+                    unit,
+                })
             }
         }
     }
@@ -481,7 +480,7 @@ impl<'a> RunState<'a> {
     pub fn commit_if_due(&mut self) {
         for k in 0..self.ledgers.len() {
             if let Err(e) = self.ledgers[k].commit_if_due() {
-                self.ledger_error.get_or_insert(e.to_string());
+                self.ledger_error.get_or_insert(e);
             }
         }
     }
@@ -490,7 +489,7 @@ impl<'a> RunState<'a> {
     pub fn commit(&mut self) {
         for k in 0..self.ledgers.len() {
             if let Err(e) = self.ledgers[k].commit() {
-                self.ledger_error.get_or_insert(e.to_string());
+                self.ledger_error.get_or_insert(e);
             }
         }
     }
