@@ -280,3 +280,46 @@ pub(crate) fn dry_run(
     );
     EXIT_OK
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Files;
+
+    /// `--unit` finds `ID` alone, `STAGE[ID]` in a chain, and says what is wrong otherwise.
+    #[test]
+    fn unit_arguments_are_found_or_refused_naming_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Files::new("first", None, "mid", 2);
+        let second = Files::new("second", Some("mid"), "out", 2);
+        let single = StageSet::single(&first);
+        let plan = plan_stages(&single, dir.path(), 1).unwrap();
+        assert_eq!(find_unit(&single, &plan, "u=1").unwrap(), 1);
+        let err = find_unit(&single, &plan, "u=7").unwrap_err();
+        assert!(matches!(&err, UnitArgError::NotPlanned { planned: 2, .. }));
+        assert_eq!(
+            err.to_string(),
+            "first: no unit u=7 in the plan of 2 units (e.g. u=0, u=1)"
+        );
+        assert!(matches!(
+            find_unit(&single, &plan, "u"),
+            Err(UnitArgError::BadId(_))
+        ));
+
+        let chain = StageSet::new()
+            .with("first", &first)
+            .with("second", &second);
+        let plan = plan_stages(&chain, dir.path(), 1).unwrap();
+        assert_eq!(find_unit(&chain, &plan, "second[u=0]").unwrap(), 2);
+        assert_eq!(
+            find_unit(&chain, &plan, "u=0").unwrap_err().to_string(),
+            "--unit: in a chain, name the stage too, e.g. first[u=0]"
+        );
+        assert_eq!(
+            find_unit(&chain, &plan, "third[u=0]")
+                .unwrap_err()
+                .to_string(),
+            "--unit: no stage 'third' in this run"
+        );
+    }
+}
