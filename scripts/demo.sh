@@ -53,8 +53,12 @@ printf 'observations = 12\nobs_duration_s = 120.0\ndetector_pairs = 4\nprecessio
 target/release/skypipe-sim cmb --size tiny --config "$cmb_data/../cmb-sim.toml" --out "$cmb_data"
 # The three stages as one chain job (configs/chain-cmb.toml): calibrate[obs=N] starts as soon
 # as pointing[obs=N] is written. The shipped config is nside 2048; the demo's maps use nside 64
-# (49 152 pixels).
+# (49 152 pixels). Calibration fits each gain against the dipole plus a sky model, here the
+# simulation's input sky standing in for an earlier survey's map: without one the CMB
+# anisotropies leak into the gains (calibrate then says so, and configs/chain-cmb-iterate.toml
+# makes the model from a first pass).
 sed -e "s|data/cmb/observations.json|$cmb_data/observations.json|" -e 's/^nside = 2048/nside = 64/' \
+  -e "/^\[calibrate\]/a sky_model = \"$cmb_data/truth/sky.h5\"" \
   configs/chain-cmb.toml > "$cmb_data/chain.toml"
 "${mpirun[@]}" target/release/skypipe-run --config "$cmb_data/chain.toml" --run-dir "$cmb_run"
 echo "maps: $(ls "$cmb_run/mapmake" | tr '\n' ' ')"
@@ -65,19 +69,18 @@ target/release/skypipe-status "$cmb_run"
 target/release/skypipe-status "$cmb_run" --timeline demo-run/cmb-timeline.svg
 
 echo
-echo "== 7. Imaging: simulate 16 small CCD exposures (2 bands x 2 visits x 4 CCDs); record their raw"
+echo "== 7. Imaging: simulate 16 CCD exposures of 512x1024 (2 bands x 2 visits x 4 CCDs); record their raw"
 echo "==    regions (skypipe-ingest), then singleframe -> mosaic -> coadd -> multiband as one chain job on 4 ranks"
 img_data=demo-run/image-data
 img_run=demo-run/image
 rm -rf "$img_data" "$img_run"
-target/release/skypipe-sim image --size tiny --out "$img_data"
+target/release/skypipe-sim image --size small --out "$img_data"
 target/release/skypipe-ingest --input "$img_data/units.json" --run-dir "$img_run"
 # configs/chain-imaging-demo.toml (configs/chain-imaging.toml with the demo's paths): a tract's
 # mosaic starts as soon as its CCDs are registered and a patch's warps as soon as their tract's
-# mosaic is written, while other CCDs are still being processed. The tiny camera has only 3-9
-# reference stars per CCD, so the demo lets the mosaic solve a CCD from 6 (default 10); a CCD
-# it still cannot solve is warped with its single-frame WCS and flagged
-# (WCSSRC = 'singleframe-fallback').
+# mosaic is written, while other CCDs are still being processed. A CCD the mosaic cannot solve
+# (fewer than min_stars_per_ccd usable stars) would be warped with its single-frame WCS and
+# flagged (WCSSRC = 'singleframe-fallback'); on these CCDs every one is solved.
 "${mpirun[@]}" target/release/skypipe-run --config configs/chain-imaging-demo.toml --run-dir "$img_run"
 echo "warps with the mosaic WCS: $(grep -l "WCSSRC  = 'mosaic" -r "$img_run/coadd/warp" | wc -l), with the single-frame fallback: $(grep -l "WCSSRC  = 'singleframe-fallback" -r "$img_run/coadd/warp" | wc -l)"
 

@@ -796,12 +796,16 @@ impl Calibrate {
         let w = H5Writer::create(out, durability)?;
         self.write_header(&w, &open)?;
         provenance.write_hdf5(&w)?;
+        let mut fitted = Vec::new();
         for det in &inputs {
             let mut cache = Vec::new();
             let gain = self.find_gain(det, &open, &mut cache)?;
-            self.write_detector(&w, det, &open, &gain, cache)?;
+            if let Some(error) = self.write_detector(&w, det, &open, &gain, cache)? {
+                fitted.push((det.spec.name.as_str(), gain.cal.gain, error));
+            }
         }
         w.commit()?;
+        self.report_gain_errors(obs, &fitted);
         let expanding: Duration = inputs
             .iter()
             .filter_map(|d| match &d.pointing {
@@ -846,7 +850,7 @@ impl Calibrate {
     }
 
     /// Pass 2: the calibrated, dipole-subtracted samples of one detector, the residual
-    /// statistics of a fit, and the detector's attributes.
+    /// statistics of a fit, and the detector's attributes. Returns the fitted gain's error.
     fn write_detector(
         &self,
         w: &H5Writer,
@@ -854,7 +858,7 @@ impl Calibrate {
         open: &OpenObservation,
         gain: &DetectorGain,
         cache: Vec<Chunk>,
-    ) -> Result<(), CmbError> {
+    ) -> Result<Option<GainError>, CmbError> {
         let (info, group) = (&inputs.info, &inputs.group);
         let cal = gain.cal;
         w.group(group)?;
@@ -873,9 +877,12 @@ impl Calibrate {
         let sig = w.dataset::<f64>(&format!("{group}/signal"), &[len])?;
         sig.attr_str("units", "K_CMB")?;
         let flg = w.dataset::<u8>(&format!("{group}/flags"), &[len])?;
-        let mut stats = gain.fit.map(|f| ResidualStats::new(f.block_len()));
+        let mut stats = gain
+            .fit
+            .map(|f| ResidualStats::new(f.block_len(), f.template_mean));
         let mut chunk = Chunk::default();
-        let (mut out, mut out_flags, mut residuals) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut out, mut out_flags) = (Vec::new(), Vec::new());
+        let (mut xs, mut residuals) = (Vec::new(), Vec::new());
         let mut cached = cache.into_iter();
         let mut start = 0;
         while start < len {
@@ -893,8 +900,9 @@ impl Calibrate {
                 &mut out_flags,
             );
             if let Some(st) = &mut stats {
-                cal.fit_residuals(&chunk.raw, &chunk.flags, chunk.template(), &mut residuals);
-                st.add_batch(&residuals);
+                let template = chunk.template();
+                cal.fit_residuals(&chunk.raw, &chunk.flags, template, &mut xs, &mut residuals);
+                st.add_batch(&xs, &residuals);
             }
             sig.write_rows(start, &out)?;
             flg.write_rows(start, &out_flags)?;
@@ -903,47 +911,47 @@ impl Calibrate {
         if gain.n_unseen > 0 {
             w.attr_i64(group, "n_sky_unseen", gain.n_unseen as i64)?;
         }
-        if let (Some(st), Some(fit)) = (stats, gain.fit) {
-            let e = st.gain_error(&fit);
-            self.write_gain_error(w, inputs, open.obs, cal.gain, &e)?;
+        let error = stats.zip(gain.fit).map(|(st, fit)| st.gain_error(&fit));
+        if let Some(e) = &error {
+            write_gain_error(w, &inputs.group, cal.gain, e)?;
         }
-        Ok(())
+        Ok(error)
     }
 
-    /// The error attributes of a fitted gain, and a warning when the unmodelled residual
-    /// dominates it.
-    fn write_gain_error(
-        &self,
-        w: &H5Writer,
-        inputs: &DetectorInputs<'_>,
-        obs: u32,
-        gain: f64,
-        e: &GainError,
-    ) -> Result<(), CmbError> {
-        let group = &inputs.group;
-        w.attr_f64(group, "gain_error", e.total)?;
-        w.attr_f64(group, "gain_error_white", e.white)?;
-        w.attr_f64(group, "gain_error_sky", e.sky)?;
-        w.attr_f64(group, "noise_rms", e.noise_rms / gain.abs())?;
-        w.attr_f64(group, "excess_rms", e.excess_rms / gain.abs())?;
-        let warn = e.sky > WARN_SKY_RATIO * e.white;
-        w.attr_i64(group, "gain_warning", i64::from(warn))?;
-        if warn {
+    /// One log line per observation on its fitted gains' errors: a warning when their median
+    /// exceeds [`WARN_GAIN_ERROR_RATIO`] times the white-noise error (the template leaves
+    /// signal unmodelled: the sky, or low-frequency noise), else at info level.
+    fn report_gain_errors(&self, obs: u32, fitted: &[(&str, f64, GainError)]) {
+        if fitted.is_empty() {
+            return;
+        }
+        let mut ratios: Vec<f64> = fitted.iter().map(|(_, _, e)| e.total / e.white).collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        let mut relative: Vec<f64> = fitted.iter().map(|(_, g, e)| e.total / g.abs()).collect();
+        relative.sort_by(f64::total_cmp);
+        let worst = fitted
+            .iter()
+            .max_by(|a, b| (a.2.total / a.2.white).total_cmp(&(b.2.total / b.2.white)))
+            .map(|(name, _, e)| format!("{name} {:.1}×", e.total / e.white))
+            .unwrap_or_default();
+        let summary = format!(
+            "obs={obs:04}: {} fitted gains, median relative error {:.2e}, {median:.1}× the white-noise error (largest {worst})",
+            fitted.len(),
+            relative[relative.len() / 2],
+        );
+        if median > WARN_GAIN_ERROR_RATIO {
             tracing::warn!(
-                "obs={obs:04} {}: the residual holds {:.3} µK RMS of smooth signal the template does not model (noise {:.1} µK per sample); gain error {:.2e} is {:.0}× the white-noise error{}",
-                inputs.spec.name,
-                e.excess_rms / gain.abs() * 1e6,
-                e.noise_rms / gain.abs() * 1e6,
-                e.total / gain.abs(),
-                e.total / e.white,
+                "{summary}: the residual holds signal the template does not model, the sky or low-frequency noise{}",
                 if self.config.sky_model.is_some() {
-                    " (the sky model does not match this detector's sky)"
+                    " (the sky model does not explain it)"
                 } else {
-                    ": set calibrate.sky_model for a correct gain"
+                    "; a sky model (calibrate.sky_model) removes the sky's part"
                 }
             );
+        } else {
+            tracing::info!("{summary}");
         }
-        Ok(())
     }
 
     fn too_few(&self, inputs: &DetectorInputs<'_>, n: u64, n_unseen: u64) -> CmbError {
@@ -971,9 +979,26 @@ impl Calibrate {
     }
 }
 
-/// A fitted gain whose error from the unmodelled residual exceeds this multiple of its
-/// white-noise error is reported with a warning.
-pub const WARN_SKY_RATIO: f64 = 3.0;
+/// A detector whose gain error exceeds this multiple of its white-noise error gets
+/// `gain_warning = 1`.
+pub const FLAG_GAIN_ERROR_RATIO: f64 = 3.0;
+
+/// An observation whose fitted gains' median error exceeds this multiple of their white-noise
+/// errors is reported with a warning. Low-frequency noise alone gives `√(1 + P₁/f(f)/P_white)`
+/// at the template's frequency (2 for a knee at three times the spin frequency).
+pub const WARN_GAIN_ERROR_RATIO: f64 = 4.0;
+
+/// The error attributes of a fitted gain `gain` in `group`.
+fn write_gain_error(w: &H5Writer, group: &str, gain: f64, e: &GainError) -> Result<(), CmbError> {
+    w.attr_f64(group, "gain_error", e.total)?;
+    w.attr_f64(group, "gain_error_white", e.white)?;
+    w.attr_f64(group, "gain_error_sky", e.sky)?;
+    w.attr_f64(group, "noise_rms", e.noise_rms / gain.abs())?;
+    w.attr_f64(group, "excess_rms", e.excess_rms / gain.abs())?;
+    let flagged = e.total > FLAG_GAIN_ERROR_RATIO * e.white;
+    w.attr_i64(group, "gain_warning", i64::from(flagged))?;
+    Ok(())
+}
 
 impl Stage for Calibrate {
     type Unit = ObsUnit;
