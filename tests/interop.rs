@@ -7,8 +7,8 @@
 //!   attributes; healpy reads both maps and their headers give the configured NSIDE, ORDERING and
 //!   COORDSYS (the HITS column equals the pointing's pixels moved to that ordering); astropy
 //!   verifies them; the run report, ledgers, summary and timeline parse.
-//! - Imaging (`imaging_outputs.py`): astropy opens and verifies every FITS file of the simulation
-//!   and the run, evaluates every WCS (round trip pixel → sky → pixel), reads every table with its
+//! - Imaging (`imaging_outputs.py`): after the chain singleframe → mosaic → coadd → multiband,
+//!   astropy opens and verifies every FITS file of the simulation and the run, evaluates every WCS (round trip pixel → sky → pixel), reads every table with its
 //!   units, reads the calexp planes as `CCDData` in electrons; the catalogues' RA/DEC are the
 //!   calexp WCS of X/Y; the `sqlite3` shell runs the overlap query of docs/formats.md as written.
 
@@ -90,23 +90,49 @@ fn imaging_outputs_read_with_astropy_and_sqlite3() {
         &["image", "--out", &s(&data), "--size", "tiny", "--seed", "3"],
     ));
     assert_eq!(code(&out.status), 0, "{}", text(&out));
-    let config = stage_config(
-        tmp.path(),
-        "singleframe.toml",
-        "singleframe",
-        &format!(
-            "input = \"{}\"\n[singleframe.calibration]\nreference = \"{}\"",
-            data.join("units.json").display(),
-            data.join("reference.fits").display()
-        ),
-    );
+    // The whole imaging chain, so every stage's images and catalogues are read: calibrated
+    // exposures, source catalogues, mosaic tract files, warps, coadds, their catalogues and
+    // multiband's patch and tract catalogues.
     let run_dir = tmp.path().join("run");
-    let out = run(mpirun(
-        2,
-        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-singleframe")),
-        &["--config", &config, "--run-dir", &s(&run_dir)],
+    let out = run(direct(
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-ingest")),
+        &[
+            "--input",
+            &s(&data.join("units.json")),
+            "--run-dir",
+            &s(&run_dir),
+        ],
     ));
     assert_eq!(code(&out.status), 0, "{}", text(&out));
+    let skymap = "rings = 359\npixel_scale = 0.2\npatch_size = 400\nborder = 20\n";
+    let chain = tmp.path().join("chain.toml");
+    std::fs::write(
+        &chain,
+        format!(
+            "[run]\nfsync = false\n\
+             [chain]\nstages = [\"singleframe\", \"mosaic\", \"coadd\", \"multiband\"]\n\
+             [singleframe]\ninput = {:?}\n[singleframe.calibration]\nreference = {:?}\n\
+             [mosaic]\nreference = {:?}\nmin_stars_per_ccd = 6\n[mosaic.skymap]\n{skymap}\
+             [coadd]\nwcs = \"mosaic\"\n[coadd.skymap]\n{skymap}[multiband.skymap]\n{skymap}",
+            s(&data.join("units.json")),
+            s(&data.join("reference.fits")),
+            s(&data.join("reference.fits")),
+        ),
+    )
+    .unwrap();
+    let out = run(mpirun(
+        2,
+        &PathBuf::from(env!("CARGO_BIN_EXE_skypipe-run")),
+        &["--config", &s(&chain), "--run-dir", &s(&run_dir)],
+    ));
+    assert_eq!(code(&out.status), 0, "{}", text(&out));
+    for stage in ["mosaic", "coadd", "multiband"] {
+        assert!(
+            run_dir.join(stage).is_dir(),
+            "no {stage} outputs:\n{}",
+            text(&out)
+        );
+    }
     python_script(
         "imaging_outputs.py",
         &[

@@ -192,10 +192,16 @@ print("registry:", len(rows), "rows, overlap query answered")
 with open(f"{run}/run-report.json") as fh:
     report = json.load(fh)
 assert report["format"] == "skypipe-run-report/1", report.get("format")
-with open(f"{run}/ledger/singleframe.manifest.json") as fh:
-    assert json.load(fh)["format"] == "skypipe-ledger/1"
-with open(f"{run}/ledger/singleframe.jsonl") as fh:
-    records = [json.loads(line) for line in fh]
-assert len(records) == report["planned"] and all(r["outcome"] == "done" for r in records), records
-print("run directory: report, ledger")
+stages = sorted(name[: -len(".manifest.json")] for name in os.listdir(f"{run}/ledger") if name.endswith(".manifest.json"))
+assert {"singleframe", "mosaic", "coadd", "multiband"} <= set(stages), stages
+recorded = 0
+for stage in stages:
+    with open(f"{run}/ledger/{stage}.manifest.json") as fh:
+        assert json.load(fh)["format"] == "skypipe-ledger/1", stage
+    with open(f"{run}/ledger/{stage}.jsonl") as fh:
+        records = [json.loads(line) for line in fh]
+    assert records and all(r["outcome"] in ("done", "no-work") for r in records), (stage, records)
+    recorded += len(records)
+assert recorded == report["planned"], (recorded, report["planned"])
+print("run directory: report, ledgers of", stages)
 print("ok")
