@@ -82,6 +82,7 @@
 use crate::binning::{
     BinAccumulator, BinnedMap, BinningError, Components, SparseMap, SubmapLayout,
 };
+use crate::dense::{Pivots, cholesky, cholesky_solve};
 
 /// One detector's (chunk of) timestream, as binned: pixels, `(I, Q, U)` weights, calibrated
 /// signal, optional flags (`0` = good) and the white-noise weight `1/σ²`.
@@ -578,7 +579,8 @@ impl Coarse {
                 e[i * k + i] = 1.0;
             }
         }
-        let (chol, dropped) = cholesky_dropping(e, k);
+        let (chol, dropped) =
+            cholesky(e, k, 1e-8, Pivots::Drop).expect("dropping pivots never refuses");
         if dropped.iter().all(|&d| d) {
             return None;
         }
@@ -743,8 +745,8 @@ impl BlockJacobi {
                 for (i, &(d, kb)) in members.iter().enumerate() {
                     a[i * n + i] += 1e-10 * weight[d as usize][kb as usize];
                 }
-                let chol = match cholesky(a, n) {
-                    Some(c) => c,
+                let chol = match cholesky(a, n, 1e-13, Pivots::Refuse) {
+                    Some((c, _)) => c,
                     None => {
                         // Fall back to the diagonal of Fᵀ N⁻¹ F for this block.
                         let mut c = vec![0.0; n * n];
@@ -840,81 +842,6 @@ fn block_matrix(
         start = end;
     }
     a
-}
-
-/// `v ← (L Lᵀ)⁻¹ v` for the row-major lower factor `l` of size `k`.
-fn cholesky_solve(c: &[f64], k: usize, v: &mut [f64]) {
-    for i in 0..k {
-        let s: f64 = (0..i).map(|j| c[i * k + j] * v[j]).sum();
-        v[i] = (v[i] - s) / c[i * k + i];
-    }
-    for i in (0..k).rev() {
-        let s: f64 = (i + 1..k).map(|j| c[j * k + i] * v[j]).sum();
-        v[i] = (v[i] - s) / c[i * k + i];
-    }
-}
-
-/// Cholesky factor (lower, row-major) of the symmetric positive semi-definite `k × k` matrix
-/// `a` restricted to the columns that are not (numerically) combinations of earlier ones: a
-/// column whose pivot is not clearly positive (relative to the largest diagonal element) is
-/// dropped — its row and column of the factor zero but for a unit diagonal, so that
-/// [`cholesky_solve`] on a vector that is 0 there solves the restricted system and leaves it
-/// 0. Returns the factor and the dropped columns.
-fn cholesky_dropping(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<bool>) {
-    let max_diag = (0..k).map(|i| a[i * k + i]).fold(0.0, f64::max);
-    let mut dropped = vec![false; k];
-    for j in 0..k {
-        let s: f64 = (0..j).map(|m| a[j * k + m] * a[j * k + m]).sum();
-        let d = a[j * k + j] - s;
-        if d.is_nan() || d <= 1e-8 * max_diag {
-            dropped[j] = true;
-            for m in 0..j {
-                a[j * k + m] = 0.0;
-            }
-            a[j * k + j] = 1.0;
-            for i in j + 1..k {
-                a[i * k + j] = 0.0;
-            }
-            continue;
-        }
-        let d = d.sqrt();
-        a[j * k + j] = d;
-        for i in j + 1..k {
-            let s: f64 = (0..j).map(|m| a[i * k + m] * a[j * k + m]).sum();
-            a[i * k + j] = (a[i * k + j] - s) / d;
-        }
-    }
-    for i in 0..k {
-        for j in i + 1..k {
-            a[i * k + j] = 0.0;
-        }
-    }
-    (a, dropped)
-}
-
-/// Cholesky factor (lower, row-major) of the symmetric `k × k` matrix `a`, or `None` when a
-/// pivot is not clearly positive (relative to the largest diagonal element).
-fn cholesky(mut a: Vec<f64>, k: usize) -> Option<Vec<f64>> {
-    let max_diag = (0..k).map(|i| a[i * k + i]).fold(0.0, f64::max);
-    for j in 0..k {
-        let s: f64 = (0..j).map(|m| a[j * k + m] * a[j * k + m]).sum();
-        let d = a[j * k + j] - s;
-        if d.is_nan() || d <= 1e-13 * max_diag {
-            return None;
-        }
-        let d = d.sqrt();
-        a[j * k + j] = d;
-        for i in j + 1..k {
-            let s: f64 = (0..j).map(|m| a[i * k + m] * a[j * k + m]).sum();
-            a[i * k + j] = (a[i * k + j] - s) / d;
-        }
-    }
-    for i in 0..k {
-        for j in i + 1..k {
-            a[i * k + j] = 0.0;
-        }
-    }
-    Some(a)
 }
 
 /// Destripe the timestreams held by this process; `reduce` sums over all processes (use

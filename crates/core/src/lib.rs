@@ -17,6 +17,7 @@
 //!   residual.
 //! - [`binning`]: noise-weighted I/Q/U accumulation into sparse sub-maps (only touched blocks
 //!   allocated, reducible in bounded chunks) and the per-pixel 3×3 solve with an rcond cut.
+//! - [`dense`]: cache-blocked Cholesky factorisation and solve of dense symmetric systems.
 //! - [`destripe`]: baseline offsets by preconditioned conjugate gradient, with the map
 //!   reduction pluggable ([`destripe::Reduce`]) so each iteration can reduce over MPI ranks.
 //! - [`trig`]: a branch-free polynomial `sin_cos` (within 5e-16 of libm) for vectorised loops.
@@ -71,6 +72,7 @@
 pub mod aberration;
 pub mod attitude;
 pub mod binning;
+pub mod dense;
 pub mod destripe;
 pub mod dipole;
 pub mod figure;
