@@ -45,6 +45,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use skypipe_astrometry::linalg::median;
 use skypipe_astrometry::tansip::terms;
+use skypipe_core::dense::{self, Pivots};
 
 /// How pixel coordinates of a CCD are normalised for its correction polynomial.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -297,29 +298,9 @@ fn design(o: &Observation, frame: &CcdFrame, order: usize) -> [Vec<f64>; 2] {
 /// Dense Cholesky solve of the symmetric positive definite `a` (`n × n`, row-major, lower
 /// triangle read) for `b`; `None` when not positive definite.
 pub fn cholesky_solve(a: &[f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
-    let mut l = vec![0.0; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let s = a[i * n + j] - dot(&l[i * n..i * n + j], &l[j * n..j * n + j]);
-            if i == j {
-                if s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-                    return None;
-                }
-                l[i * n + i] = s.sqrt();
-            } else {
-                l[i * n + j] = s / l[j * n + j];
-            }
-        }
-    }
-    let mut y = vec![0.0; n];
-    for i in 0..n {
-        y[i] = (b[i] - dot(&l[i * n..i * n + i], &y[..i])) / l[i * n + i];
-    }
-    let mut x = vec![0.0; n];
-    for i in (0..n).rev() {
-        let s: f64 = (i + 1..n).map(|j| l[j * n + i] * x[j]).sum();
-        x[i] = (y[i] - s) / l[i * n + i];
-    }
+    let (l, _) = dense::cholesky(a.to_vec(), n, 0.0, Pivots::Refuse)?;
+    let mut x = b.to_vec();
+    dense::cholesky_solve(&l, n, &mut x);
     Some(x)
 }
 
