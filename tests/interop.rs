@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::cmb::{bin, s, simulate, stage_config};
+use common::cmb::{bin, s, simulate};
 use common::{code, direct, mpirun, run, text};
 use std::path::{Path, PathBuf};
 use std::process::Command;
