@@ -9,7 +9,7 @@ use skypipe_core::attitude::{SampleClock, validate_attitude};
 use skypipe_core::healpix;
 use skypipe_core::quat::{self, Quat};
 use skypipe_io::hdf5::{H5Error, H5Reader, H5Writer};
-use skypipe_stage::{UnitId, WorkUnit};
+use skypipe_stage::{KeyError, UnitId, WorkUnit};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -83,13 +83,8 @@ impl CmbError {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A key's value is out of range, or conflicts with another key.
-    #[error("{key} {problem}")]
-    Value {
-        /// The key, with its table (`mapmake.baseline_s`).
-        key: String,
-        /// What is wrong, as the rest of a sentence (`must be > 0, got 0`).
-        problem: String,
-    },
+    #[error(transparent)]
+    Value(#[from] KeyError),
     /// An `nside` that is not a valid HEALPix resolution.
     #[error("{key}: {source}")]
     Nside {
@@ -131,10 +126,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// A [`ConfigError::Value`].
     pub fn value(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self::Value {
-            key: key.into(),
-            problem: problem.into(),
-        }
+        Self::Value(KeyError::new(key, problem))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use skypipe_registry::{SkyMapConfig, SkyMapError};
+use skypipe_stage::KeyError;
 use std::path::PathBuf;
 
 /// The configuration file: the engine's `[run]` table (type `R`, the engine's `RunOptions` in
@@ -238,13 +239,8 @@ impl CoaddConfig {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     /// A key's value is out of range.
-    #[error("{key} {problem}")]
-    Value {
-        /// The key, with its table (`coadd.clip_sigma`).
-        key: String,
-        /// What is wrong, as the rest of a sentence (`must be at least 1`).
-        problem: String,
-    },
+    #[error(transparent)]
+    Value(#[from] KeyError),
     /// `[coadd.skymap]` is not a valid sky map.
     #[error("coadd.{0}")]
     SkyMap(#[source] SkyMapError),
@@ -259,9 +255,6 @@ pub enum ConfigError {
 impl ConfigError {
     /// A [`ConfigError::Value`].
     pub fn value(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self::Value {
-            key: key.into(),
-            problem: problem.into(),
-        }
+        Self::Value(KeyError::new(key, problem))
     }
 }

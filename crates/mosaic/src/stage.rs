@@ -54,8 +54,8 @@ use skypipe_registry::{
     CcdStatus, MosaicWcs, Registry, RegistryError, SkyMap, SkyMapConfig, SkyMapError, Tract,
 };
 use skypipe_stage::{
-    Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId,
-    WorkUnit, fingerprint_of,
+    Connections, KeyError, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure,
+    UnitId, WorkUnit, fingerprint_of,
 };
 use skypipe_wcs::{Wcs, WcsError};
 use std::collections::BTreeMap;
@@ -203,13 +203,8 @@ impl MosaicConfig {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     /// A key's value is out of range.
-    #[error("{key} {problem}")]
-    Value {
-        /// The key or keys, with their table (`mosaic.clip`).
-        key: String,
-        /// What is wrong, as the rest of a sentence (`must be ≥ 1`).
-        problem: String,
-    },
+    #[error(transparent)]
+    Value(#[from] KeyError),
     /// A key that has no default is not set.
     #[error("{key} is not set ({what})")]
     Missing {
@@ -226,10 +221,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// A [`ConfigError::Value`].
     pub fn value(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self::Value {
-            key: key.into(),
-            problem: problem.into(),
-        }
+        Self::Value(KeyError::new(key, problem))
     }
 }
 

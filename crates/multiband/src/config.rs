@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use skypipe_registry::{SkyMapConfig, SkyMapError};
+use skypipe_stage::KeyError;
 use std::path::PathBuf;
 
 /// The configuration file: the engine's `[run]` table (type `R`, the engine's `RunOptions` in
@@ -115,13 +116,8 @@ impl MultibandConfig {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     /// A key's value is out of range.
-    #[error("{key} {problem}")]
-    Value {
-        /// The key, with its table (`multiband.match_radius_arcsec`).
-        key: String,
-        /// What is wrong, as the rest of a sentence (`must be at least 8`).
-        problem: String,
-    },
+    #[error(transparent)]
+    Value(#[from] KeyError),
     /// `[multiband.skymap]` is not a valid sky map.
     #[error("multiband.{0}")]
     SkyMap(#[source] SkyMapError),
@@ -144,10 +140,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// A [`ConfigError::Value`].
     pub fn value(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self::Value {
-            key: key.into(),
-            problem: problem.into(),
-        }
+        Self::Value(KeyError::new(key, problem))
     }
 }
 

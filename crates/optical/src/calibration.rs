@@ -666,7 +666,7 @@ mod tests {
         };
         let e = bad.validate().unwrap_err();
         assert!(
-            matches!(&e, ConfigError::Value { key, .. } if key == "singleframe.calibration.match_radius_arcsec"),
+            matches!(&e, ConfigError::Value(k) if k.key == "singleframe.calibration.match_radius_arcsec"),
             "{e}"
         );
         assert!(

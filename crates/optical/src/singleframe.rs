@@ -39,8 +39,8 @@ use skypipe_io::fits::{Card, Column, FitsError, FitsReader, FitsWriter, Hdu};
 use skypipe_io::provenance::Provenance;
 use skypipe_registry::{CcdFit, CcdRecord, CcdStatus, Registry, SkyPoint};
 use skypipe_stage::{
-    Connections, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure, UnitId,
-    WorkUnit, fingerprint_of,
+    Connections, KeyError, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure,
+    UnitId, WorkUnit, fingerprint_of,
 };
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -293,13 +293,8 @@ pub struct ZeroPointSummary {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A key's value is out of range, or conflicts with another key.
-    #[error("{key} {problem}")]
-    Value {
-        /// The key, with its table (`singleframe.calibration.clip`).
-        key: String,
-        /// What is wrong, as the rest of a sentence (`must be at least 1`).
-        problem: String,
-    },
+    #[error(transparent)]
+    Value(#[from] KeyError),
     /// A key that has no default is not set.
     #[error("{key} is not set ({what})")]
     Missing {
@@ -313,10 +308,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// A [`ConfigError::Value`].
     pub fn value(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self::Value {
-            key: key.into(),
-            problem: problem.into(),
-        }
+        Self::Value(KeyError::new(key, problem))
     }
 }
 

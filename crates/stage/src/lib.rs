@@ -61,11 +61,13 @@
 //! assert_eq!(Visits.plan().unwrap().len(), 10);
 //! ```
 
+mod config_key;
 mod connections;
 mod context;
 mod failure;
 mod unit_id;
 
+pub use config_key::KeyError;
 pub use connections::{Connections, Dataset};
 pub use context::{Collectives, Input, SoloCollectives, UnitContext};
 pub use failure::{FailureKind, Outcome, OutcomeKind, UnitFailure, storage_failure};
