@@ -1245,7 +1245,7 @@ impl Mapmake {
         let mut reduce = OwnedReduce::new(coll);
         let destripe = binning.destripe.as_ref();
         let solution = self.solve(&timestreams, binning.layout, destripe, &mut reduce)?;
-        // 3. Write: every rank the baselines of the observations it binned, in parallel.
+        // 3. Write: every rank writes the baselines of the observations it binned, in parallel.
         let out_dir = match split {
             Some(s) => self.split_dir(&ctx.run_dir, &s.name),
             None => self.out_dir(&ctx.run_dir),
@@ -1278,7 +1278,8 @@ impl Mapmake {
                 "the destriper did not reach its tolerance"
             );
         }
-        // Rank 0 writes the binned map and the summary, the last rank the destriped map.
+        // Rank 0 writes the binned map and the summary, the last rank the destriped map: every
+        // rank sends its owned pieces to them in bounded steps, so the two writes overlap.
         let mut maps = vec![(solution.binned, 0, "binned")];
         if let Some(d) = solution.destriped {
             maps.push((d, coll.size() - 1, "destriped"));
