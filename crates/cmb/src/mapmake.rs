@@ -36,14 +36,15 @@
 
 use crate::model::{
     CALIBRATED_FORMAT, CmbError, ConfigError, DATASET_CALIBRATED, DATASET_MAP, DATASET_OBSERVATION,
-    DATASET_POINTING, FLAG_NONFINITE, FocalPlane, Frame, ObservationList, POINTING_FORMAT,
-    TimestreamInfo, obs_file_name, stage_file, timestream_info,
+    DATASET_POINTING, DetectorSpec, FLAG_NONFINITE, FocalPlane, Frame, ObservationList,
+    POINTING_FORMAT, TimestreamInfo, obs_file_name, stage_file, timestream_info,
 };
 use crate::pointing::{
     ChunkPointing, ObservationPointing, PointingGeometry, PointingSource, durability,
 };
 use crate::submaps::OwnedReduce;
 use rayon::prelude::*;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use skypipe_core::binning::{BinAccumulator, BinnedMap, Components, SubmapLayout, UNSEEN};
 use skypipe_core::destripe::{DestripeConfig, MAX_COARSE_GROUPS, Reduce, Timestream, destripe};
@@ -448,33 +449,38 @@ pub struct SplitSummary {
     pub detectors: Vec<String>,
 }
 
-/// Writes `OUT_DIR/baselines/obs=NNNN.h5`: one baseline amplitude (K_CMB) per
-/// `baseline_samples` samples of each of `detectors` of observation `obs`, the offsets
-/// subtracted by the destriper (solved from every observation of the map, as `provenance`
-/// says).
+/// Writes `OUT_DIR/baselines/obs=NNNN.h5` for each observation of `local`: one baseline
+/// amplitude (K_CMB) per `baseline_samples` samples of each of its detectors, taken in turn
+/// from `baselines` (in the order of this rank's timestreams), the offsets subtracted by the
+/// destriper (solved from every observation of the map, as `provenance` says).
 fn write_baselines(
     ctx: &UnitContext,
     out_dir: &Path,
-    obs: u32,
-    detectors: &[&DetectorData],
-    amplitudes: &[Vec<f64>],
+    local: &[LocalObs<'_>],
+    baselines: Vec<Vec<f64>>,
     baseline_samples: usize,
     provenance: &Provenance,
 ) -> Result<(), UnitFailure> {
-    let path = out_dir.join("baselines").join(obs_file_name(obs));
-    let write = || -> Result<(), H5Error> {
-        let w = H5Writer::create(&path, durability(ctx))?;
-        w.attr_str("", "format", BASELINES_FORMAT)?;
-        w.attr_i64("", "obs", i64::from(obs))?;
-        w.attr_i64("", "baseline_samples", baseline_samples as i64)?;
-        provenance.write_hdf5(&w)?;
-        for (det, a) in detectors.iter().zip(amplitudes) {
-            let name = format!("detectors/{}/baselines", det.name);
-            w.write_1d(&name, a)?;
-        }
-        w.commit().map(|_| ())
-    };
-    write().map_err(|e| UnitFailure::transient(e.to_string()))
+    let mut amplitudes = baselines.into_iter();
+    for (data, detectors) in local {
+        let obs = data.summary.obs;
+        let per_detector: Vec<Vec<f64>> = amplitudes.by_ref().take(detectors.len()).collect();
+        let path = out_dir.join("baselines").join(obs_file_name(obs));
+        let write = || -> Result<(), H5Error> {
+            let w = H5Writer::create(&path, durability(ctx))?;
+            w.attr_str("", "format", BASELINES_FORMAT)?;
+            w.attr_i64("", "obs", i64::from(obs))?;
+            w.attr_i64("", "baseline_samples", baseline_samples as i64)?;
+            provenance.write_hdf5(&w)?;
+            for (det, a) in detectors.iter().zip(&per_detector) {
+                let name = format!("detectors/{}/baselines", det.name);
+                w.write_1d(&name, a)?;
+            }
+            w.commit().map(|_| ())
+        };
+        write().map_err(|e| UnitFailure::transient(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// One map file to write: where, which map, and what goes into its header besides the map.
@@ -564,6 +570,338 @@ impl DetectorData {
             group,
         }
     }
+
+    /// Converts its unflagged pixels from `grid`'s ordering to NESTED (they were checked to
+    /// be below `npix`).
+    fn convert_to_nested(&mut self, grid: Healpix) {
+        if grid.ordering() == Ordering::Ring {
+            for (p, &f) in self.pixels.iter_mut().zip(&self.flags) {
+                if f == 0 {
+                    *p = grid.to_nested(*p).expect("pixel checked below npix");
+                }
+            }
+        }
+    }
+}
+
+/// The HDF5 group of detector `name` in the pointing and calibrated files.
+fn detector_group(name: &str) -> String {
+    format!("detectors/{name}")
+}
+
+/// One observation's input files, open: the reading side of [`Mapmake::load`], each read
+/// paired with the checks that name the file at fault.
+struct ObsFiles {
+    /// The calibrated timestreams.
+    cal: H5Reader,
+    /// The pointing file, or with `pointing = "expand"` the raw observation file.
+    pt: H5Reader,
+    /// The pointing expanded from the raw observation file (`pointing = "expand"`).
+    expanded: Option<ObservationPointing>,
+}
+
+/// The pointing's grid and frame, as an observation's files give them.
+struct ObsHeader {
+    /// nside and ordering of the pointing's pixels.
+    grid: Healpix,
+    /// Coordinate frame of the pointing.
+    frame: Frame,
+    /// The frame as the pointing file spells it (the expander's name when expanded).
+    frame_text: String,
+}
+
+impl ObsFiles {
+    /// Checks that each file holds observation `obs` in its format (the pointing file only
+    /// when the pointing is read from it).
+    fn check_identity(&self, obs: u32) -> Result<(), CmbError> {
+        let checked: &[(&H5Reader, &str)] = if self.expanded.is_some() {
+            &[(&self.cal, CALIBRATED_FORMAT)]
+        } else {
+            &[(&self.pt, POINTING_FORMAT), (&self.cal, CALIBRATED_FORMAT)]
+        };
+        for &(r, format) in checked {
+            let found = r.attr_str("", "format")?;
+            if found != format {
+                return Err(H5Error::invalid(
+                    r.path(),
+                    "@format",
+                    format!("'{found}', expected '{format}'"),
+                )
+                .into());
+            }
+            let found = r.attr_i64("", "obs")?;
+            if found != i64::from(obs) {
+                return Err(H5Error::invalid(
+                    r.path(),
+                    "@obs",
+                    format!("holds observation {found}, expected {obs}"),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The pointing's grid and frame: the expander's, or the pointing file's `@nside`,
+    /// `@ordering` and `@frame`, each checked to be valid.
+    fn read_header(&self) -> Result<ObsHeader, CmbError> {
+        if let Some(e) = &self.expanded {
+            let frame = e.out_frame();
+            return Ok(ObsHeader {
+                grid: e.grid(),
+                frame,
+                frame_text: frame.as_str().to_string(),
+            });
+        }
+        let (pt, path) = (&self.pt, self.pt.path());
+        let nside_attr = pt.attr_i64("", "nside")?;
+        let ordering_text = pt.attr_str("", "ordering")?;
+        let ordering = Ordering::parse_header(&ordering_text).ok_or_else(|| {
+            H5Error::invalid(
+                path,
+                "@ordering",
+                format!("unknown ordering '{ordering_text}'"),
+            )
+        })?;
+        let grid = u64::try_from(nside_attr)
+            .ok()
+            .and_then(|n| Healpix::new(n, ordering).ok())
+            .ok_or_else(|| {
+                H5Error::invalid(
+                    path,
+                    "@nside",
+                    format!("{nside_attr} is not a valid HEALPix nside"),
+                )
+            })?;
+        let frame_text = pt.attr_str("", "frame")?;
+        let frame = Frame::parse(&frame_text).ok_or_else(|| {
+            H5Error::invalid(path, "@frame", format!("unknown frame '{frame_text}'"))
+        })?;
+        Ok(ObsHeader {
+            grid,
+            frame,
+            frame_text,
+        })
+    }
+
+    /// Checks that the calibrated file's `@frame` (the frame of the pointing it was
+    /// calibrated with) is the pointing's.
+    fn check_frame(&self, header: &ObsHeader) -> Result<(), CmbError> {
+        let cal_frame = self.cal.attr_str("", "frame")?;
+        if Frame::parse(&cal_frame) != Some(header.frame) {
+            return Err(H5Error::invalid(
+                self.cal.path(),
+                "@frame",
+                format!(
+                    "calibrated with pointing in '{cal_frame}', but {} is in '{}'",
+                    self.pt.path().display(),
+                    header.frame_text
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The clock and length of detector `d`'s pointing (read, or the expander's) and of its
+    /// calibrated timestream, in this order.
+    fn read_clocks(&self, d: usize, det: &DetectorSpec) -> Result<[TimestreamInfo; 2], CmbError> {
+        let group = detector_group(&det.name);
+        let pointing = match &self.expanded {
+            Some(e) => {
+                let (_, clock, len) = e.detector(d);
+                TimestreamInfo {
+                    t0: clock.t0(),
+                    first_sample: clock.first_sample(),
+                    rate_hz: clock.rate(),
+                    len,
+                }
+            }
+            None => timestream_info(&self.pt, &group, "pixels", Some(det.rate_hz))?,
+        };
+        let calibrated = timestream_info(&self.cal, &group, "signal", Some(det.rate_hz))?;
+        Ok([pointing, calibrated])
+    }
+
+    /// Checks that detector `name`'s pointing and calibrated clocks (of
+    /// [`ObsFiles::read_clocks`]) agree, and that its rate is `rate_hz`, the first
+    /// detector's (one baseline length per map).
+    fn check_clocks(
+        &self,
+        name: &str,
+        [pinfo, cinfo]: [TimestreamInfo; 2],
+        rate_hz: f64,
+    ) -> Result<(), CmbError> {
+        let group = detector_group(name);
+        if pinfo != cinfo {
+            return Err(H5Error::invalid(
+                self.cal.path(),
+                &group,
+                format!(
+                    "clock/length (t0 {}, {} Hz, {} samples) differs from the pointing's in {} (t0 {}, {} Hz, {} samples)",
+                    cinfo.t0,
+                    cinfo.rate_hz,
+                    cinfo.len,
+                    self.pt.path().display(),
+                    pinfo.t0,
+                    pinfo.rate_hz,
+                    pinfo.len
+                ),
+            )
+            .into());
+        }
+        if (rate_hz - pinfo.rate_hz).abs() > 1e-9 * rate_hz {
+            return Err(H5Error::invalid(
+                self.pt.path(),
+                &format!("{group}@rate_hz"),
+                format!(
+                    "{} Hz differs from the other detectors' {rate_hz} Hz (one baseline length per map)",
+                    pinfo.rate_hz
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Reads the `len` samples of detector `d` (named `name`, weighing `inv_var`): pixels
+    /// and weights (from the pointing file, or expanded), signal and flags, pixels as stored.
+    fn read_detector(
+        &self,
+        d: usize,
+        name: &str,
+        len: usize,
+        inv_var: f64,
+    ) -> Result<DetectorData, CmbError> {
+        let group = detector_group(name);
+        let len = Some(len);
+        let (pixels, weights) = match &self.expanded {
+            Some(e) => expand_detector(e, d, self.pt.path(), &group)?,
+            None => {
+                let pt = &self.pt;
+                // Pointing files hold int64 or int32 pixels and float64 or float32 weights.
+                pt.dataset(&format!("{group}/pixels"), &[len])?
+                    .require_numeric(true)?;
+                pt.dataset(&format!("{group}/weights"), &[len, Some(3)])?
+                    .require_numeric(false)?;
+                let pixels: Vec<u64> = pt.read_1d(&format!("{group}/pixels"), len)?;
+                let weights: Vec<[f64; 3]> = pt.read_2d(&format!("{group}/weights"), len)?;
+                (pixels, weights)
+            }
+        };
+        let signal: Vec<f64> = self.cal.read_1d(&format!("{group}/signal"), len)?;
+        let flags: Vec<u8> = self.cal.read_1d(&format!("{group}/flags"), len)?;
+        Ok(DetectorData {
+            name: name.to_string(),
+            pixels,
+            weights,
+            signal,
+            flags,
+            inv_var,
+        })
+    }
+
+    /// Checks every unflagged sample of `data` (as read, of a grid of `npix` pixels): pixel
+    /// below `npix`, finite weights and signal. Returns how many there are.
+    fn check_samples(&self, data: &DetectorData, npix: u64) -> Result<u64, CmbError> {
+        let group = detector_group(&data.name);
+        let DetectorData {
+            pixels,
+            weights,
+            signal,
+            flags,
+            ..
+        } = data;
+        let mut good_samples = 0;
+        for i in 0..pixels.len() {
+            if flags[i] != 0 {
+                continue;
+            }
+            if pixels[i] >= npix {
+                return Err(H5Error::invalid(
+                    self.pt.path(),
+                    &format!("{group}/pixels"),
+                    format!("sample {i}: pixel {} is not below npix {npix}", pixels[i]),
+                )
+                .into());
+            }
+            if !weights[i].iter().all(|w| w.is_finite()) {
+                return Err(H5Error::invalid(
+                    self.pt.path(),
+                    &format!("{group}/weights"),
+                    format!("sample {i}: weights {:?} are not finite", weights[i]),
+                )
+                .into());
+            }
+            if !signal[i].is_finite() {
+                return Err(H5Error::invalid(
+                    self.cal.path(),
+                    &format!("{group}/signal"),
+                    format!(
+                        "sample {i}: unflagged value {} is not finite (flag it, e.g. with {FLAG_NONFINITE:#x})",
+                        signal[i]
+                    ),
+                )
+                .into());
+            }
+            good_samples += 1;
+        }
+        Ok(good_samples)
+    }
+}
+
+/// An observation this rank bins in a map unit, with its detectors in the map's selection.
+type LocalObs<'a> = (&'a ObsData, Vec<&'a DetectorData>);
+
+/// A map unit's inputs, as the engine hands them over.
+struct MapInputs {
+    /// Its observations' summaries (their units' values), in observation order.
+    summaries: Vec<ObsSummary>,
+    /// Samples of each of those observations, by number.
+    wanted: BTreeMap<u32, u64>,
+    /// Its observation units that failed (`allow_failed_observations`).
+    missing: Vec<String>,
+    /// The NESTED grid every observation shares.
+    grid: Healpix,
+}
+
+/// What a map unit's ranks agreed on before binning ([`Mapmake::plan_binning`]).
+struct Binning {
+    /// The sub-maps of the map's grid.
+    layout: SubmapLayout,
+    /// The destriper's settings (`None`: the binned map alone).
+    destripe: Option<DestripeConfig>,
+    /// `[unflagged samples, hit sub-maps]` of each rank's timestreams, in rank order.
+    extents: Vec<[u64; 2]>,
+    /// Observations read again because no rank held them.
+    reread: usize,
+}
+
+/// The figures of the destriper's conjugate gradient, for the summary.
+struct SolverFigures {
+    /// Iterations (0 without destriping).
+    iterations: usize,
+    /// Final relative residual.
+    residual: f64,
+    /// Whether the tolerance was reached (true without destriping).
+    converged: bool,
+    /// Relative residual before the first iteration and after each one.
+    residual_history: Vec<f64>,
+    /// Templates in the coarse space.
+    coarse_templates: usize,
+}
+
+/// What the solve phase of a map unit gives this rank ([`Mapmake::solve`]).
+struct Solution {
+    /// This rank's owned share of the binned map.
+    binned: BinnedMap,
+    /// This rank's owned share of the destriped map (with destriping).
+    destriped: Option<BinnedMap>,
+    /// Baseline amplitudes of each of this rank's timestreams, in their order (empty
+    /// without destriping).
+    baselines: Vec<Vec<f64>>,
+    /// The destriper's figures.
+    figures: SolverFigures,
 }
 
 /// The `skypipe-mapmake` stage.
@@ -769,8 +1107,42 @@ impl Mapmake {
         }
     }
 
-    /// Reads and validates one observation (pixels converted to NESTED).
+    /// Reads and validates one observation (pixels converted to NESTED): opens its files and
+    /// checks their headers against each other and the configuration, then reads each
+    /// detector and checks its samples before the next. Errors name the file at fault.
     fn load(&self, run_dir: &Path, obs: u32) -> Result<ObsData, CmbError> {
+        let files = self.open_observation(run_dir, obs)?;
+        files.check_identity(obs)?;
+        let header = files.read_header()?;
+        self.check_nside(files.pt.path(), header.grid.nside())?;
+        files.check_frame(&header)?;
+        let mut detectors = Vec::with_capacity(self.focal_plane.detectors.len());
+        let (mut rate, mut good_samples) = (None, 0);
+        for (d, det) in self.focal_plane.detectors.iter().enumerate() {
+            let clocks = files.read_clocks(d, det)?;
+            files.check_clocks(&det.name, clocks, *rate.get_or_insert(clocks[0].rate_hz))?;
+            let inv_var = self.inv_var(det.net_k_sqrt_s, clocks[0].rate_hz);
+            let mut data = files.read_detector(d, &det.name, clocks[0].len, inv_var)?;
+            good_samples += files.check_samples(&data, header.grid.npix())?;
+            data.convert_to_nested(header.grid);
+            detectors.push(data);
+        }
+        Ok(ObsData {
+            summary: ObsSummary {
+                obs,
+                nside: header.grid.nside(),
+                frame: header.frame.as_str().to_string(),
+                rate_hz: rate.unwrap_or(0.0),
+                samples: detectors.iter().map(|d| d.pixels.len() as u64).sum(),
+                good_samples,
+            },
+            detectors,
+        })
+    }
+
+    /// Opens the input files of `obs`: its calibrated timestreams, and its pointing file or,
+    /// with `pointing = "expand"`, its raw observation file with the pointing expander.
+    fn open_observation(&self, run_dir: &Path, obs: u32) -> Result<ObsFiles, CmbError> {
         let cal = H5Reader::open(self.calibrated_path(run_dir, obs))?;
         let (pt, expanded) = match self.config.pointing {
             PointingSource::File => (H5Reader::open(self.pointing_path(run_dir, obs))?, None),
@@ -785,71 +1157,17 @@ impl Mapmake {
                 (raw, Some(e))
             }
         };
-        let (pt_path, cal_path) = (pt.path().to_path_buf(), cal.path().to_path_buf());
-        let checked: &[(&H5Reader, &str)] = if expanded.is_some() {
-            &[(&cal, CALIBRATED_FORMAT)]
-        } else {
-            &[(&pt, POINTING_FORMAT), (&cal, CALIBRATED_FORMAT)]
-        };
-        for &(r, format) in checked {
-            let found = r.attr_str("", "format")?;
-            if found != format {
-                return Err(H5Error::invalid(
-                    r.path(),
-                    "@format",
-                    format!("'{found}', expected '{format}'"),
-                )
-                .into());
-            }
-            let found = r.attr_i64("", "obs")?;
-            if found != i64::from(obs) {
-                return Err(H5Error::invalid(
-                    r.path(),
-                    "@obs",
-                    format!("holds observation {found}, expected {obs}"),
-                )
-                .into());
-            }
-        }
-        let (grid, ordering, frame_text, frame) = match &expanded {
-            Some(e) => {
-                let grid = e.grid();
-                let f = e.out_frame();
-                (grid, grid.ordering(), f.as_str().to_string(), f)
-            }
-            None => {
-                let nside_attr = pt.attr_i64("", "nside")?;
-                let ordering_text = pt.attr_str("", "ordering")?;
-                let ordering = Ordering::parse_header(&ordering_text).ok_or_else(|| {
-                    H5Error::invalid(
-                        &pt_path,
-                        "@ordering",
-                        format!("unknown ordering '{ordering_text}'"),
-                    )
-                })?;
-                let grid = u64::try_from(nside_attr)
-                    .ok()
-                    .and_then(|n| Healpix::new(n, ordering).ok())
-                    .ok_or_else(|| {
-                        H5Error::invalid(
-                            &pt_path,
-                            "@nside",
-                            format!("{nside_attr} is not a valid HEALPix nside"),
-                        )
-                    })?;
-                let frame_text = pt.attr_str("", "frame")?;
-                let frame = Frame::parse(&frame_text).ok_or_else(|| {
-                    H5Error::invalid(&pt_path, "@frame", format!("unknown frame '{frame_text}'"))
-                })?;
-                (grid, ordering, frame_text, frame)
-            }
-        };
-        let nside = grid.nside();
+        Ok(ObsFiles { cal, pt, expanded })
+    }
+
+    /// Checks the pointing's `nside` (read from `path`) against `mapmake.nside` and
+    /// `mapmake.submap_nside`.
+    fn check_nside(&self, path: &Path, nside: u64) -> Result<(), CmbError> {
         if let Some(expected) = self.config.nside
             && expected != nside
         {
             return Err(H5Error::invalid(
-                &pt_path,
+                path,
                 "@nside",
                 format!("pointing has nside {nside}, but mapmake.nside is {expected}"),
             )
@@ -859,152 +1177,13 @@ impl Mapmake {
             && sub > nside
         {
             return Err(H5Error::invalid(
-                &pt_path,
+                path,
                 "@nside",
                 format!("pointing nside {nside} is below mapmake.submap_nside {sub}"),
             )
             .into());
         }
-        let cal_frame = cal.attr_str("", "frame")?;
-        if Frame::parse(&cal_frame) != Some(frame) {
-            return Err(H5Error::invalid(
-                &cal_path,
-                "@frame",
-                format!(
-                    "calibrated with pointing in '{cal_frame}', but {} is in '{frame_text}'",
-                    pt_path.display()
-                ),
-            )
-            .into());
-        }
-        let npix = grid.npix();
-        let mut detectors = Vec::with_capacity(self.focal_plane.detectors.len());
-        let (mut samples, mut good_samples) = (0u64, 0u64);
-        let mut rate = None;
-        for (d, det) in self.focal_plane.detectors.iter().enumerate() {
-            let group = format!("detectors/{}", det.name);
-            let pinfo = match &expanded {
-                Some(e) => {
-                    let (_, clock, len) = e.detector(d);
-                    TimestreamInfo {
-                        t0: clock.t0(),
-                        first_sample: clock.first_sample(),
-                        rate_hz: clock.rate(),
-                        len,
-                    }
-                }
-                None => timestream_info(&pt, &group, "pixels", Some(det.rate_hz))?,
-            };
-            let cinfo = timestream_info(&cal, &group, "signal", Some(det.rate_hz))?;
-            if pinfo != cinfo {
-                return Err(H5Error::invalid(
-                    &cal_path,
-                    &group,
-                    format!(
-                        "clock/length (t0 {}, {} Hz, {} samples) differs from the pointing's in {} (t0 {}, {} Hz, {} samples)",
-                        cinfo.t0,
-                        cinfo.rate_hz,
-                        cinfo.len,
-                        pt_path.display(),
-                        pinfo.t0,
-                        pinfo.rate_hz,
-                        pinfo.len
-                    ),
-                )
-                .into());
-            }
-            match rate {
-                None => rate = Some(pinfo.rate_hz),
-                Some(r) if (r - pinfo.rate_hz).abs() > 1e-9 * r => {
-                    return Err(H5Error::invalid(
-                        &pt_path,
-                        &format!("{group}@rate_hz"),
-                        format!(
-                            "{} Hz differs from the other detectors' {r} Hz (one baseline length per map)",
-                            pinfo.rate_hz
-                        ),
-                    )
-                    .into());
-                }
-                Some(_) => {}
-            }
-            let len = Some(pinfo.len);
-            let (mut pixels, weights) = match &expanded {
-                Some(e) => expand_detector(e, d, &pt_path, &group)?,
-                None => {
-                    // Pointing files hold int64 or int32 pixels and float64 or float32 weights.
-                    pt.dataset(&format!("{group}/pixels"), &[len])?
-                        .require_numeric(true)?;
-                    pt.dataset(&format!("{group}/weights"), &[len, Some(3)])?
-                        .require_numeric(false)?;
-                    let pixels: Vec<u64> = pt.read_1d(&format!("{group}/pixels"), len)?;
-                    let weights: Vec<[f64; 3]> = pt.read_2d(&format!("{group}/weights"), len)?;
-                    (pixels, weights)
-                }
-            };
-            let signal: Vec<f64> = cal.read_1d(&format!("{group}/signal"), len)?;
-            let flags: Vec<u8> = cal.read_1d(&format!("{group}/flags"), len)?;
-            for i in 0..pixels.len() {
-                if flags[i] != 0 {
-                    continue;
-                }
-                if pixels[i] >= npix {
-                    return Err(H5Error::invalid(
-                        &pt_path,
-                        &format!("{group}/pixels"),
-                        format!("sample {i}: pixel {} is not below npix {npix}", pixels[i]),
-                    )
-                    .into());
-                }
-                if !weights[i].iter().all(|w| w.is_finite()) {
-                    return Err(H5Error::invalid(
-                        &pt_path,
-                        &format!("{group}/weights"),
-                        format!("sample {i}: weights {:?} are not finite", weights[i]),
-                    )
-                    .into());
-                }
-                if !signal[i].is_finite() {
-                    return Err(H5Error::invalid(
-                        &cal_path,
-                        &format!("{group}/signal"),
-                        format!(
-                            "sample {i}: unflagged value {} is not finite (flag it, e.g. with {FLAG_NONFINITE:#x})",
-                            signal[i]
-                        ),
-                    )
-                    .into());
-                }
-                good_samples += 1;
-            }
-            if ordering == Ordering::Ring {
-                for (p, &f) in pixels.iter_mut().zip(&flags) {
-                    if f == 0 {
-                        *p = grid.to_nested(*p).expect("pixel checked below npix");
-                    }
-                }
-            }
-            samples += pixels.len() as u64;
-            detectors.push(DetectorData {
-                name: det.name.clone(),
-                pixels,
-                weights,
-                signal,
-                flags,
-                inv_var: self.inv_var(det.net_k_sqrt_s, pinfo.rate_hz),
-            });
-        }
-        Ok(ObsData {
-            summary: ObsSummary {
-                obs,
-                nside,
-                frame: frame.as_str().to_string(),
-                rate_hz: rate.unwrap_or(0.0),
-                samples,
-                good_samples,
-            },
-            detectors,
-        })
+        Ok(())
     }
 
     fn run_obs(&self, obs: u32, ctx: &UnitContext) -> Result<Outcome, UnitFailure> {
@@ -1041,11 +1220,87 @@ impl Mapmake {
     }
 
     /// The map unit of the full map (`split` `None`) or of a split: the maps of its
-    /// observations (its unit's inputs) and detectors.
+    /// observations (its unit's inputs) and detectors. Every rank goes through the same
+    /// phases, making the same collective calls in the same order: gather
+    /// ([`Mapmake::gather_observations`], [`Mapmake::plan_binning`]), solve
+    /// ([`Mapmake::solve`]), write (baselines, [`Mapmake::stage_maps`], and on rank 0
+    /// [`Mapmake::publish`] with the summary).
     fn run_map(&self, ctx: &UnitContext, split: Option<&Split>) -> Result<Outcome, UnitFailure> {
         let selection = split.and_then(|s| s.detectors.as_ref());
         let coll = ctx.collectives();
         let started = std::time::Instant::now();
+        let inputs = self.map_inputs(ctx)?;
+        // 1. Gather: each observation from the rank holding it, or read again.
+        let (mine, reread) = self.gather_observations(ctx, &inputs.wanted)?;
+        let read_s = started.elapsed().as_secs_f64();
+        let held = self.held.lock().expect("no panic while locked");
+        let local: Vec<LocalObs<'_>> = mine
+            .keep
+            .iter()
+            .chain(&mine.read)
+            .map(|o| (&held[o], held[o].detectors_in(selection)))
+            .collect();
+        let (timestreams, binning) = self.plan_binning(coll, &inputs, &local, reread);
+        // 2. Solve: this rank's share of the maps.
+        let mut reduce = OwnedReduce::new(coll);
+        let destripe = binning.destripe.as_ref();
+        let solution = self.solve(&timestreams, binning.layout, destripe, &mut reduce)?;
+        // 3. Write: every rank writes the baselines of the observations it binned, in parallel.
+        let out_dir = match split {
+            Some(s) => self.split_dir(&ctx.run_dir, &s.name),
+            None => self.out_dir(&ctx.run_dir),
+        };
+        let provenance = self.map_provenance(split, inputs.wanted.keys().copied(), &ctx.run_dir);
+        if let Some(cfg) = destripe {
+            let (baselines, length) = (solution.baselines, cfg.baseline_length);
+            write_baselines(ctx, &out_dir, &local, baselines, length, &provenance)?;
+        }
+        drop(timestreams);
+        drop(held);
+        let solve_s = started.elapsed().as_secs_f64() - read_s;
+        let mut totals = [
+            solution.binned.observed_pixels().count() as u64,
+            solution.binned.cut_pixels().len() as u64,
+            binning.extents[coll.rank()][0],
+        ];
+        coll.all_reduce_sum_u64(&mut totals);
+        tracing::info!(
+            read_s,
+            solve_s,
+            "map unit: inputs read and shared, maps solved"
+        );
+        let figures = solution.figures;
+        let mut summary = self.map_summary(split, inputs, &binning, &reduce, figures, totals);
+        if !summary.converged && coll.rank() == 0 {
+            tracing::warn!(
+                iterations = summary.iterations,
+                residual = summary.residual,
+                "the destriper did not reach its tolerance"
+            );
+        }
+        // Rank 0 writes the binned map and the summary, the last rank the destriped map: every
+        // rank sends its owned pieces to them in bounded steps, so the two writes overlap.
+        let mut maps = vec![(solution.binned, 0, "binned")];
+        if let Some(d) = solution.destriped {
+            maps.push((d, coll.size() - 1, "destriped"));
+        }
+        let staging = out_dir.join(STAGING_DIR);
+        let dur = durability(ctx);
+        self.stage_maps(coll, &staging, maps, &summary, &provenance, dur)?;
+        account_memory(coll, &reduce, &mut summary);
+        if coll.rank() != 0 {
+            return agree_on_writes(coll, None).map(|()| Outcome::Done);
+        }
+        let write_s = started.elapsed().as_secs_f64() - read_s - solve_s;
+        summary.seconds = [read_s, solve_s, write_s];
+        self.publish(coll, &staging, &out_dir, &mut summary, dur)?;
+        ctx.set_value(&summary);
+        Ok(Outcome::Done)
+    }
+
+    /// A map unit's inputs: its observations' summaries, the observation units that failed,
+    /// and the grid the observations share ([`Mapmake::check_consistent`]).
+    fn map_inputs(&self, ctx: &UnitContext) -> Result<MapInputs, UnitFailure> {
         let summaries: Vec<ObsSummary> = ctx
             .input_values::<ObsSummary>()?
             .into_iter()
@@ -1058,9 +1313,26 @@ impl Mapmake {
             .map(|i| i.unit.to_string())
             .collect();
         let grid = self.check_consistent(&ctx.run_dir, &summaries)?;
+        let wanted = summaries.iter().map(|s| (s.obs, s.samples)).collect();
+        Ok(MapInputs {
+            summaries,
+            wanted,
+            missing,
+            grid,
+        })
+    }
 
-        // Who holds what: keep each observation on the lowest rank holding it, read the rest.
-        let wanted: BTreeMap<u32, u64> = summaries.iter().map(|s| (s.obs, s.samples)).collect();
+    /// The gather phase of a map unit (two collectives): its ranks tell each other which of
+    /// the `wanted` observations they hold, each observation stays on the lowest rank holding
+    /// it, the rest are read into memory by the ranks [`assign_observations`] gives them, and
+    /// every rank learns of any read error. Returns this rank's assignment and how many
+    /// observations were read again over all ranks.
+    fn gather_observations(
+        &self,
+        ctx: &UnitContext,
+        wanted: &BTreeMap<u32, u64>,
+    ) -> Result<(Assignment, usize), UnitFailure> {
+        let coll = ctx.collectives();
         let mine: Vec<u32> = {
             let held = self.held.lock().expect("no panic while locked");
             held.keys()
@@ -1068,14 +1340,10 @@ impl Mapmake {
                 .filter(|o| wanted.contains_key(o))
                 .collect()
         };
-        let gathered: Vec<Vec<u32>> = coll
-            .all_gather_bytes(&serde_json::to_vec(&mine).expect("a list encodes"))
-            .iter()
-            .map(|b| serde_json::from_slice(b).expect("every rank sends a list"))
-            .collect();
-        let assignment = assign_observations(&gathered, &wanted);
+        let gathered: Vec<Vec<u32>> = all_gather_json(coll, &mine);
+        let mut assignment = assign_observations(&gathered, wanted);
         let reread = assignment.iter().map(|a| a.read.len()).sum::<usize>();
-        let me = &assignment[coll.rank()];
+        let me = assignment.swap_remove(coll.rank());
         let mut load_errors = Vec::new();
         for &obs in &me.read {
             match self.load(&ctx.run_dir, obs) {
@@ -1089,100 +1357,121 @@ impl Mapmake {
             }
         }
         agree(coll, load_errors)?;
-        let read_s = started.elapsed().as_secs_f64();
+        Ok((me, reread))
+    }
 
-        let held = self.held.lock().expect("no panic while locked");
-        let local: Vec<(&ObsData, Vec<&DetectorData>)> = me
-            .keep
-            .iter()
-            .chain(&me.read)
-            .map(|o| (&held[o], held[o].detectors_in(selection)))
+    /// What the map unit's ranks agree on before binning, in two collectives: the most
+    /// detectors any rank bins of one observation (which sizes the destriper's coarse space),
+    /// then every rank's unflagged samples and hit sub-maps. Returns this rank's timestreams
+    /// of `local` and the [`Binning`]; a timestream's group (preconditioner block and coarse
+    /// template) is its observation's position among `inputs`', alike on every rank.
+    fn plan_binning<'a>(
+        &self,
+        coll: &dyn Collectives,
+        inputs: &MapInputs,
+        local: &'a [LocalObs<'a>],
+        reread: usize,
+    ) -> (Vec<Timestream<'a>>, Binning) {
+        let position: BTreeMap<u32, usize> = inputs
+            .wanted
+            .keys()
+            .enumerate()
+            .map(|(i, &o)| (o, i))
             .collect();
-        // Groups (preconditioner blocks and coarse templates): one per observation, numbered
-        // by its position in the sorted list, alike on every rank.
-        let position: BTreeMap<u32, usize> =
-            wanted.keys().enumerate().map(|(i, &o)| (o, i)).collect();
         let local_detectors = local.iter().map(|(_, d)| d.len()).max().unwrap_or(0);
-        let most_detectors: usize = coll
-            .all_gather_bytes(&serde_json::to_vec(&local_detectors).expect("encodes"))
-            .iter()
-            .map(|b| serde_json::from_slice::<usize>(b).expect("every rank sends a count"))
+        let most_detectors = all_gather_json(coll, &local_detectors)
+            .into_iter()
             .max()
             .unwrap_or(0);
-        let (coarse_groups, coarse_detectors, segments) = coarse_layout(
+        let (coarse_groups, coarse_detectors, coarse_segments) = coarse_layout(
             self.config.coarse_space,
             self.config.coarse_segments,
-            wanted.len(),
+            inputs.wanted.len(),
             most_detectors,
         );
-        let timestreams: Vec<Timestream<'_>> = local
+        let timestreams: Vec<Timestream<'a>> = local
             .iter()
             .flat_map(|(data, detectors)| {
                 let at = position[&data.summary.obs];
                 detectors.iter().map(move |d| d.timestream(at))
             })
             .collect();
-        let good_samples: u64 = timestreams
-            .iter()
-            .map(|ts| {
-                ts.flags
-                    .map_or(ts.signal.len(), |f| f.iter().filter(|&&f| f == 0).count())
-                    as u64
-            })
-            .sum();
+        let grid = inputs.grid;
         let layout = SubmapLayout::new(
             grid.npix(),
             (grid.nside() / self.submap_nside(grid.nside())).pow(2),
         )
         .expect("nside and submap_nside are powers of two");
+        let (samples, submaps) = local_extent(&timestreams, layout);
+        let extents: Vec<[u64; 2]> = all_gather_json(coll, &[samples, submaps as u64]);
+        let rate = inputs.summaries.first().map_or(1.0, |s| s.rate_hz);
+        let baseline_length = ((self.config.baseline_s * rate).round() as usize).max(1);
+        let destripe = self.config.destripe.then_some(DestripeConfig {
+            baseline_length,
+            tolerance: self.config.tolerance,
+            max_iterations: self.config.max_iterations,
+            rcond_min: self.config.rcond_min,
+            coarse_groups,
+            coarse_segments,
+            coarse_detectors,
+            block_baselines: self.config.block_baselines,
+        });
+        let binning = Binning {
+            layout,
+            destripe,
+            extents,
+            reread,
+        };
+        (timestreams, binning)
+    }
+
+    /// The solve phase of a map unit, without file I/O: bins `timestreams` into `layout`'s
+    /// sub-maps and reduces them to their owner ranks over `reduce` (with `destriping`, by
+    /// the destriper, which solves the baselines first), then solves this rank's owned
+    /// pixels.
+    fn solve(
+        &self,
+        timestreams: &[Timestream<'_>],
+        layout: SubmapLayout,
+        destriping: Option<&DestripeConfig>,
+        reduce: &mut OwnedReduce<'_>,
+    ) -> Result<Solution, UnitFailure> {
         let comps = self.config.components.kernel();
-        let (local_samples, local_submaps_count) = local_extent(&timestreams, layout);
-        let extents: Vec<[u64; 2]> = coll
-            .all_gather_bytes(
-                &serde_json::to_vec(&[local_samples, local_submaps_count as u64]).expect("encodes"),
-            )
-            .iter()
-            .map(|b| serde_json::from_slice(b).expect("every rank sends two counts"))
-            .collect();
-        let rate = summaries.first().map_or(1.0, |s| s.rate_hz);
-        let baseline_samples = ((self.config.baseline_s * rate).round() as usize).max(1);
-        let mut reduce = OwnedReduce::new(coll);
-        let mut baselines = Vec::new();
-        let solver = if self.config.destripe {
-            let cfg = DestripeConfig {
-                baseline_length: baseline_samples,
-                tolerance: self.config.tolerance,
-                max_iterations: self.config.max_iterations,
-                rcond_min: self.config.rcond_min,
-                coarse_groups,
-                coarse_segments: segments,
-                coarse_detectors,
-                block_baselines: self.config.block_baselines,
-            };
-            let out = destripe(&timestreams, layout, comps, &cfg, &mut reduce)
-                .map_err(|e| UnitFailure::bad_input(format!("destriping: {e}")))?;
-            tracing::info!(
-                iterations = out.iterations,
-                coarse_templates = out.coarse_dimension,
-                residuals = ?out.residual_history,
-                "destriper: relative residual per iteration"
-            );
-            baselines = out.baselines;
-            (
-                out.iterations,
-                out.residual,
-                out.converged,
-                out.residual_history,
-                out.coarse_dimension,
-            )
-        } else {
-            let mut acc = BinAccumulator::new(layout, comps);
-            for ts in &timestreams {
-                acc.accumulate(ts.pixels, ts.weights, ts.signal, ts.flags, ts.inv_var)
-                    .map_err(|e| UnitFailure::bad_input(format!("binning: {e}")))?;
+        let (baselines, figures) = match destriping {
+            Some(cfg) => {
+                let out = destripe(timestreams, layout, comps, cfg, reduce)
+                    .map_err(|e| UnitFailure::bad_input(format!("destriping: {e}")))?;
+                tracing::info!(
+                    iterations = out.iterations,
+                    coarse_templates = out.coarse_dimension,
+                    residuals = ?out.residual_history,
+                    "destriper: relative residual per iteration"
+                );
+                let figures = SolverFigures {
+                    iterations: out.iterations,
+                    residual: out.residual,
+                    converged: out.converged,
+                    residual_history: out.residual_history,
+                    coarse_templates: out.coarse_dimension,
+                };
+                (out.baselines, figures)
             }
-            reduce.reduce_map(acc.map_mut());
-            (0, 0.0, true, Vec::new(), 0)
+            None => {
+                let mut acc = BinAccumulator::new(layout, comps);
+                for ts in timestreams {
+                    acc.accumulate(ts.pixels, ts.weights, ts.signal, ts.flags, ts.inv_var)
+                        .map_err(|e| UnitFailure::bad_input(format!("binning: {e}")))?;
+                }
+                reduce.reduce_map(acc.map_mut());
+                let figures = SolverFigures {
+                    iterations: 0,
+                    residual: 0.0,
+                    converged: true,
+                    residual_history: Vec::new(),
+                    coarse_templates: 0,
+                };
+                (Vec::new(), figures)
+            }
         };
         // This rank's share of the maps: the sums it owns, solved here.
         let mut owned = reduce.take_owned().into_iter();
@@ -1195,61 +1484,50 @@ impl Mapmake {
                 .solve_rhs(&rhs)
                 .expect("the right-hand side has the components' values")
         });
-        // Every rank writes the baselines of the observations it binned, in parallel.
-        let out_dir = match split {
-            Some(s) => self.split_dir(&ctx.run_dir, &s.name),
-            None => self.out_dir(&ctx.run_dir),
-        };
-        let provenance = self.map_provenance(split, wanted.keys().copied(), &ctx.run_dir);
-        let mut amplitudes = baselines.into_iter();
-        for (data, detectors) in &local {
-            let per_detector: Vec<Vec<f64>> = amplitudes.by_ref().take(detectors.len()).collect();
-            if self.config.destripe {
-                let obs = data.summary.obs;
-                write_baselines(
-                    ctx,
-                    &out_dir,
-                    obs,
-                    detectors,
-                    &per_detector,
-                    baseline_samples,
-                    &provenance,
-                )?;
-            }
-        }
-        drop(timestreams);
-        drop(held);
-        let solve_s = started.elapsed().as_secs_f64() - read_s;
-        let mut pixel_counts = [
-            binned.observed_pixels().count() as u64,
-            binned.cut_pixels().len() as u64,
-            good_samples,
-        ];
-        coll.all_reduce_sum_u64(&mut pixel_counts);
-        tracing::info!(
-            read_s,
-            solve_s,
-            "map unit: inputs read and shared, maps solved"
-        );
-        // Rank 0 writes the binned map and the summary, the last rank the destriped map: every
-        // rank sends its owned pieces to them in bounded steps, so the two writes overlap. Every
-        // rank joins the agreements on the writes, so the product appears whole or not at all.
-        let (rank, last) = (coll.rank(), coll.size() - 1);
-        let frame = summaries
-            .first()
-            .map_or("galactic".to_string(), |s| s.frame.clone());
-        let mut summary = MapSummary {
+        Ok(Solution {
+            binned,
+            destriped,
+            baselines,
+            figures,
+        })
+    }
+
+    /// The summary of a map unit (its value and `summary.json`) from its `inputs`, the
+    /// agreed `binning`, the reduction's sub-map counts, the destriper's `figures` and the
+    /// `totals` over all ranks (`[observed pixels, cut pixels, samples]`); the per-rank
+    /// memory figures, the files and the timings are filled in as they are known.
+    fn map_summary(
+        &self,
+        split: Option<&Split>,
+        inputs: MapInputs,
+        binning: &Binning,
+        reduce: &OwnedReduce<'_>,
+        figures: SolverFigures,
+        totals: [u64; 3],
+    ) -> MapSummary {
+        let selection = split.and_then(|s| s.detectors.as_ref());
+        let MapInputs {
+            summaries,
+            missing,
+            grid,
+            ..
+        } = inputs;
+        let layout = binning.layout;
+        MapSummary {
             nside: grid.nside(),
-            frame: frame.clone(),
+            frame: summaries
+                .first()
+                .map_or("galactic".to_string(), |s| s.frame.clone()),
             observations: summaries.len(),
             missing_observations: missing,
-            samples: pixel_counts[2],
-            observed_pixels: pixel_counts[0],
-            cut_pixels: pixel_counts[1],
-            ranks: coll.size(),
-            reread_observations: reread,
-            samples_per_rank: extents.iter().map(|e| e[0]).collect(),
-            submaps_per_rank: extents.iter().map(|e| e[1]).collect(),
+            samples: totals[2],
+            observed_pixels: totals[0],
+            cut_pixels: totals[1],
+            // One extent per rank of the unit.
+            ranks: binning.extents.len(),
+            reread_observations: binning.reread,
+            samples_per_rank: binning.extents.iter().map(|e| e[0]).collect(),
+            submaps_per_rank: binning.extents.iter().map(|e| e[1]).collect(),
             observed_submaps: reduce.union_submaps() as u64,
             owned_submaps_per_rank: Vec::new(),
             peak_submaps_per_rank: Vec::new(),
@@ -1257,16 +1535,12 @@ impl Mapmake {
             shared_submaps: reduce.shared_submaps() as u64,
             submap_pixels: layout.submap_size() as u64,
             submaps: layout.n_submaps() as u64,
-            baseline_samples: if self.config.destripe {
-                baseline_samples
-            } else {
-                0
-            },
-            iterations: solver.0,
-            residual: solver.1,
-            converged: solver.2,
-            residual_history: solver.3,
-            coarse_templates: solver.4,
+            baseline_samples: binning.destripe.map_or(0, |c| c.baseline_length),
+            iterations: figures.iterations,
+            residual: figures.residual,
+            converged: figures.converged,
+            residual_history: figures.residual_history,
+            coarse_templates: figures.coarse_templates,
             files: Vec::new(),
             split: split.map(|s| SplitSummary {
                 name: s.name.clone(),
@@ -1280,59 +1554,43 @@ impl Mapmake {
                     .collect(),
             }),
             seconds: [0.0; 3],
-        };
-        if !summary.converged && rank == 0 {
-            tracing::warn!(
-                iterations = summary.iterations,
-                residual = summary.residual,
-                "the destriper did not reach its tolerance"
-            );
         }
-        let staging = out_dir.join(STAGING_DIR);
-        let dur = durability(ctx);
-        let mut maps = vec![(binned, 0, "binned")];
-        if let Some(d) = destriped {
-            maps.push((d, last, "destriped"));
-        }
-        // 1. Every rank sends its share to the writers, which write into the staging directory.
-        let staged = self.write_maps_gathered(coll, &staging, &maps, &summary, &provenance, dur);
+    }
+
+    /// Writes every map `(this rank's owned share, writing rank, kind)` into `staging`
+    /// ([`Mapmake::write_maps_gathered`]), and every rank joins the agreement on the writes,
+    /// so the product appears whole or not at all; on a failure anywhere, rank 0 removes
+    /// `staging`.
+    fn stage_maps(
+        &self,
+        coll: &dyn Collectives,
+        staging: &Path,
+        maps: Vec<(BinnedMap, usize, &str)>,
+        summary: &MapSummary,
+        provenance: &Provenance,
+        dur: Durability,
+    ) -> Result<(), UnitFailure> {
+        let staged = self.write_maps_gathered(coll, staging, &maps, summary, provenance, dur);
         drop(maps);
-        if let Err(e) = agree_on_writes(coll, staged.err()) {
-            if rank == 0 {
-                let _ = std::fs::remove_dir_all(&staging);
+        agree_on_writes(coll, staged.err()).inspect_err(|_| {
+            if coll.rank() == 0 {
+                let _ = std::fs::remove_dir_all(staging);
             }
-            return Err(e);
-        }
-        // The memory this rank's process needed (its high-water mark, maps written).
-        let peak_mb = peak_memory_mb();
-        tracing::info!(
-            peak_memory_mb = peak_mb,
-            hit_submaps = local_submaps_count,
-            owned_submaps = reduce.owned_submaps(),
-            peak_submaps = reduce.peak_submaps(),
-            exchanged_values = reduce.sent_values(),
-            "map unit: memory of this rank"
-        );
-        let accounting: Vec<[f64; 3]> = coll
-            .all_gather_bytes(
-                &serde_json::to_vec(&[
-                    reduce.owned_submaps() as f64,
-                    reduce.peak_submaps() as f64,
-                    peak_mb,
-                ])
-                .expect("encodes"),
-            )
-            .iter()
-            .map(|b| serde_json::from_slice(b).expect("every rank sends three values"))
-            .collect();
-        summary.owned_submaps_per_rank = accounting.iter().map(|a| a[0] as u64).collect();
-        summary.peak_submaps_per_rank = accounting.iter().map(|a| a[1] as u64).collect();
-        summary.peak_memory_mb_per_rank = accounting.iter().map(|a| a[2]).collect();
-        if rank != 0 {
-            return agree_on_writes(coll, None).map(|()| Outcome::Done);
-        }
-        // 2. Rank 0 moves the staged maps into place, then writes the summary (the manifest,
-        //    written last, listing only what exists); on any failure it removes what it moved.
+        })
+    }
+
+    /// The publish step, on rank 0: moves the staged maps into `out_dir`, then writes the
+    /// summary (the manifest, written last, listing only what exists); on any failure it
+    /// removes what it moved. It then removes `staging` and joins the other ranks'
+    /// agreement on the writes.
+    fn publish(
+        &self,
+        coll: &dyn Collectives,
+        staging: &Path,
+        out_dir: &Path,
+        summary: &mut MapSummary,
+        dur: Durability,
+    ) -> Result<(), UnitFailure> {
         let kinds: &[&str] = if self.config.destripe {
             &["binned", "destriped"]
         } else {
@@ -1346,25 +1604,13 @@ impl Mapmake {
                 names.extend(quicklook_names(name, nnz).into_iter().map(|(_, file)| file));
             }
         }
-        summary.seconds = [
-            read_s,
-            solve_s,
-            started.elapsed().as_secs_f64() - read_s - solve_s,
-        ];
-        let published = publish_maps(
-            &staging,
-            &out_dir,
-            &names,
-            &mut summary,
-            self.config.destripe,
-            dur,
-        );
+        let published = publish_maps(staging, out_dir, &names, summary, self.config.destripe, dur);
         if published.is_err() {
             for name in &names {
                 let _ = std::fs::remove_file(out_dir.join(name));
             }
         }
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = std::fs::remove_dir_all(staging);
         agree_on_writes(coll, published.err())?;
         tracing::info!(
             observations = summary.observations,
@@ -1375,8 +1621,7 @@ impl Mapmake {
             "maps written to {}",
             out_dir.display()
         );
-        ctx.set_value(&summary);
-        Ok(Outcome::Done)
+        Ok(())
     }
 
     /// Every observation must share nside, frame and sample rate.
@@ -1850,11 +2095,7 @@ pub fn assign_observations(held: &[Vec<u32>], wanted: &BTreeMap<u32, u64>) -> Ve
 /// Every rank shares its errors; if any rank has one, every rank fails with all of them (so
 /// no rank goes on to a collective the others will never join).
 fn agree(coll: &dyn Collectives, errors: Vec<String>) -> Result<(), UnitFailure> {
-    let all: Vec<String> = coll
-        .all_gather_bytes(&serde_json::to_vec(&errors).expect("strings encode"))
-        .iter()
-        .flat_map(|b| serde_json::from_slice::<Vec<String>>(b).expect("every rank sends a list"))
-        .collect();
+    let all: Vec<String> = all_gather_json(coll, &errors).concat();
     if all.is_empty() {
         Ok(())
     } else {
@@ -1922,6 +2163,39 @@ fn agree_on_writes(coll: &dyn Collectives, mine: Option<UnitFailure>) -> Result<
     } else {
         Err(UnitFailure::transient(failures.join("; ")))
     }
+}
+
+/// Every rank's `value`, in rank order: one all-gather of their JSON encodings.
+fn all_gather_json<T: Serialize + DeserializeOwned>(coll: &dyn Collectives, value: &T) -> Vec<T> {
+    coll.all_gather_bytes(&serde_json::to_vec(value).expect("the value encodes"))
+        .iter()
+        .map(|b| serde_json::from_slice(b).expect("every rank sends the same type"))
+        .collect()
+}
+
+/// Fills in `summary`'s per-rank memory figures (one collective): the sub-maps each rank
+/// owned and the most it held at once, and its process's peak resident memory (each rank
+/// logs its own).
+fn account_memory(coll: &dyn Collectives, reduce: &OwnedReduce<'_>, summary: &mut MapSummary) {
+    // The memory this rank's process needed (its high-water mark, maps written).
+    let peak_mb = peak_memory_mb();
+    tracing::info!(
+        peak_memory_mb = peak_mb,
+        hit_submaps = summary.submaps_per_rank[coll.rank()],
+        owned_submaps = reduce.owned_submaps(),
+        peak_submaps = reduce.peak_submaps(),
+        exchanged_values = reduce.sent_values(),
+        "map unit: memory of this rank"
+    );
+    let mine = [
+        reduce.owned_submaps() as f64,
+        reduce.peak_submaps() as f64,
+        peak_mb,
+    ];
+    let accounting: Vec<[f64; 3]> = all_gather_json(coll, &mine);
+    summary.owned_submaps_per_rank = accounting.iter().map(|a| a[0] as u64).collect();
+    summary.peak_submaps_per_rank = accounting.iter().map(|a| a[1] as u64).collect();
+    summary.peak_memory_mb_per_rank = accounting.iter().map(|a| a[2]).collect();
 }
 
 impl Stage for Mapmake {
