@@ -1070,8 +1070,17 @@ impl FitsWriter {
             f.create_image(extname, &desc)
         }
         .map_err(self.werr(what.clone()))?;
-        let flat: Vec<T> = data.iter().copied().collect();
-        hdu.write_image(self.f(), &flat)
+        // A standard-layout array is handed to CFITSIO as it is (CFITSIO byte-swaps through its
+        // own small buffer); only another layout is gathered into row order first.
+        let gathered: Vec<T>;
+        let flat = match data.as_slice() {
+            Some(s) => s,
+            None => {
+                gathered = data.iter().copied().collect();
+                &gathered
+            }
+        };
+        hdu.write_image(self.f(), flat)
             .map_err(self.werr(what.clone()))?;
         self.write_cards(&hdu, cards, &what)
     }
@@ -1581,6 +1590,23 @@ mod tests {
             vec!["RA", "ID", "F", "FLAGS", "TYPE"]
         );
         assert!(r.has_hdu("MASK") && !r.has_hdu("VARIANCE"));
+    }
+
+    #[test]
+    fn images_in_any_memory_layout_are_written_in_row_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("layout.fits");
+        let rows = Array2::from_shape_fn((4, 3), |(r, c)| (r * 10 + c) as f32);
+        // The transpose of a (3, 4) array: the same values, stored column by column.
+        let columns = Array2::from_shape_fn((3, 4), |(c, r)| (r * 10 + c) as f32).reversed_axes();
+        assert!(!columns.is_standard_layout());
+        let mut w = FitsWriter::create(&path, false, None).unwrap();
+        w.image_f32("ROWS", &rows, &[]).unwrap();
+        w.image_f32("COLUMNS", &columns, &[]).unwrap();
+        w.commit().unwrap();
+        let mut r = FitsReader::open(&path).unwrap();
+        assert_eq!(r.image_f32(Hdu::Name("ROWS")).unwrap(), rows);
+        assert_eq!(r.image_f32(Hdu::Name("COLUMNS")).unwrap(), rows);
     }
 
     #[test]
