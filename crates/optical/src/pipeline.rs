@@ -286,7 +286,8 @@ fn chain(
         threads,
         &mut sig,
     );
-    let det = detect::detect(&sig, &mut m, &dp);
+    // Fainter footprints are only masked: none of their peaks could be measured below.
+    let det = detect::detect_peaks_above(&sig, &mut m, &dp, p.psf_min_snr);
     let mp = MeasureParams {
         fwhm: p.initial_fwhm,
         aperture_radius: p.aperture_fwhm * p.initial_fwhm,
