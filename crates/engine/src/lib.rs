@@ -35,6 +35,7 @@ mod driver;
 mod execute;
 mod follow;
 mod graph;
+pub mod hugepages;
 mod interactive;
 mod isolation;
 mod launch;
@@ -52,6 +53,7 @@ mod testutil;
 
 pub use chain::{ChainFile, ChainMember};
 pub use follow::{STOP_FILE, UNIT_LIST_FORMAT};
+pub use hugepages::HugePageAlloc;
 pub use launch::{
     ConfigError, EngineArgs, Launched, init_logging, launch, launch_stages, load_config, run_binary,
 };
