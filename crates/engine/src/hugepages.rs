@@ -57,16 +57,13 @@ unsafe impl GlobalAlloc for HugePageAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() < LARGE {
-            // SAFETY: forwarded with the caller's guarantees.
-            return unsafe { System.alloc_zeroed(layout) };
-        }
-        // Advised before the zeroing touches it (calloc could touch it first).
+        // A fresh large block comes zeroed from the kernel and untouched (calloc does not
+        // write it), so the advice still precedes its first touch; pages never touched are
+        // never backed.
         // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { self.alloc(layout) };
-        if !p.is_null() {
-            // SAFETY: `p` is a fresh block of `layout.size()` bytes.
-            unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if layout.size() >= LARGE && !p.is_null() {
+            advise(p, layout.size());
         }
         p
     }
