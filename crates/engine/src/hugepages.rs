@@ -109,7 +109,7 @@ mod tests {
                 );
                 a.dealloc(q, Layout::from_size_align(size * 2, 64).unwrap());
                 let r = a.alloc(layout);
-                assert!(!r.is_null() && (r as usize) % 64 == 0);
+                assert!(!r.is_null() && (r as usize).is_multiple_of(64));
                 a.dealloc(r, layout);
             }
         }
