@@ -293,9 +293,17 @@ fn chain(
         aperture_radius: p.aperture_fwhm * p.initial_fwhm,
         min_significance: p.psf_min_snr,
     };
-    let mut bright = measure::measure_threads(&img, &variance, &m, &det, &mp, threads);
+    let (bright, measured) = measure::psf_from_bright_peaks(
+        &img,
+        &variance,
+        &m,
+        &det,
+        &mp,
+        p.psf_min_snr,
+        5.0 * p.initial_fwhm,
+        threads,
+    );
     drop(det);
-    let measured = measure::psf_fwhm_from_stars(&mut bright, p.psf_min_snr, 5.0 * p.initial_fwhm);
     let psf_measured = measured.is_some();
     let fwhm = measured.unwrap_or(p.initial_fwhm);
     laps.lap("psf");
