@@ -19,6 +19,11 @@ use skypipe_optical::singleframe::Singleframe;
 use std::path::Path;
 use std::process::ExitCode;
 
+/// Huge pages under the image buffers of the imaging chain (results unchanged; see
+/// `skypipe_engine::hugepages`).
+#[global_allocator]
+static ALLOCATOR: skypipe_engine::HugePageAlloc = skypipe_engine::HugePageAlloc;
+
 /// The stage kinds a chain may contain.
 const KINDS: &[&str] = &[
     "pointing",

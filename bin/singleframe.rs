@@ -7,6 +7,10 @@ use skypipe_optical::singleframe::{Singleframe, SingleframeFile};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Huge pages under the image buffers (results unchanged; see `skypipe_engine::hugepages`).
+#[global_allocator]
+static ALLOCATOR: skypipe_engine::HugePageAlloc = skypipe_engine::HugePageAlloc;
+
 /// Single-frame processing: ISR, background, detection, deblending, measurement, registry.
 ///
 /// One unit per CCD of the list, one registry unit per visit; outputs the calexps and source

@@ -36,6 +36,7 @@ mod error;
 mod execute;
 mod follow;
 mod graph;
+pub mod hugepages;
 mod interactive;
 mod isolation;
 mod launch;
@@ -53,6 +54,7 @@ mod testutil;
 
 pub use chain::{ChainError, ChainFile, ChainMember};
 pub use follow::{STOP_FILE, UNIT_LIST_FORMAT};
+pub use hugepages::HugePageAlloc;
 pub use launch::{
     ConfigError, EngineArgs, Launched, init_logging, launch, launch_stages, load_config, run_binary,
 };

@@ -53,10 +53,12 @@ fn sorted_median(v: &[f32]) -> f64 {
     }
 }
 
-/// Sorts in [`f32::total_cmp`] order by an LSD radix sort of the order-preserving bit keys.
+/// Sorts in [`f32::total_cmp`] order by an LSD radix sort of the order-preserving bit keys
+/// (three 11-bit digits, counted in one pass; a digit that every key shares is skipped).
 fn sort_total(values: &mut [f32]) {
     const BITS: u32 = 11;
     const BUCKETS: usize = 1 << BITS;
+    const DIGIT: u32 = (BUCKETS - 1) as u32;
     let key = |x: f32| {
         let b = x.to_bits();
         if b & 0x8000_0000 != 0 {
@@ -66,26 +68,35 @@ fn sort_total(values: &mut [f32]) {
         }
     };
     let n = values.len();
-    let mut keys: Vec<u32> = values.iter().map(|&x| key(x)).collect();
+    if n == 0 {
+        return;
+    }
+    let mut count = [[0u32; BUCKETS]; 3];
+    let mut keys: Vec<u32> = Vec::with_capacity(n);
+    for &x in values.iter() {
+        let k = key(x);
+        count[0][(k & DIGIT) as usize] += 1;
+        count[1][((k >> BITS) & DIGIT) as usize] += 1;
+        count[2][(k >> (2 * BITS)) as usize] += 1;
+        keys.push(k);
+    }
     let mut other = vec![0u32; n];
-    for shift in [0, BITS, 2 * BITS] {
-        let mut count = [0usize; BUCKETS];
-        for &k in &keys {
-            count[((k >> shift) as usize) & (BUCKETS - 1)] += 1;
-        }
-        if count.contains(&n) {
+    for (digit, count) in count.iter_mut().enumerate() {
+        let shift = digit as u32 * BITS;
+        let d = |k: u32| ((k >> shift) & DIGIT) as usize;
+        if count[d(keys[0])] as usize == n {
             continue; // every key has the same digit here
         }
-        let mut start = 0;
+        let mut start = 0u32;
         for c in count.iter_mut() {
             let here = *c;
             *c = start;
             start += here;
         }
         for &k in &keys {
-            let d = ((k >> shift) as usize) & (BUCKETS - 1);
-            other[count[d]] = k;
-            count[d] += 1;
+            let slot = &mut count[d(k)];
+            other[*slot as usize] = k;
+            *slot += 1;
         }
         std::mem::swap(&mut keys, &mut other);
     }
@@ -178,14 +189,19 @@ impl Background {
             let (x0, x1) = (bound(cx, nx, img.width), bound(cx + 1, nx, img.width));
             for y in bound(cy, ny, img.height)..bound(cy + 1, ny, img.height) {
                 let row = y * img.width;
+                // Branch-free: every value is stored, the count advances only past kept ones.
+                let start = buf.len();
+                buf.resize(start + x1 - x0, 0.0);
+                let dst = &mut buf[start..];
+                let mut kept = 0;
                 for (&v, &mm) in img.data[row + x0..row + x1]
                     .iter()
                     .zip(&m.data[row + x0..row + x1])
                 {
-                    if mm & IGNORED == 0 {
-                        buf.push(v);
-                    }
+                    dst[kept] = v;
+                    kept += usize::from(mm & IGNORED == 0);
                 }
+                buf.truncate(start + kept);
             }
             clipped_level(buf)
         };
@@ -372,13 +388,19 @@ mod tests {
         let n = Normal::new(0.0f32, 1e3).unwrap();
         let mut v: Vec<f32> = (0..5000).map(|_| n.sample(&mut rng)).collect();
         v.extend([0.0, -0.0, f32::MAX, f32::MIN, 1e-40, -1e-40, 350.25, 350.25]);
-        let mut want = v.clone();
-        want.sort_by(f32::total_cmp);
-        sort_total(&mut v);
-        assert_eq!(
-            v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-        );
+        // A sky-like cell: every key shares its top digit (skipped), and an empty one.
+        let sky: Vec<f32> = (0..4096)
+            .map(|i| 1000.0 + (i * 7919 % 4001) as f32 * 0.01)
+            .collect();
+        for mut v in [v, sky, Vec::new()] {
+            let mut want = v.clone();
+            want.sort_by(f32::total_cmp);
+            sort_total(&mut v);
+            assert_eq!(
+                v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

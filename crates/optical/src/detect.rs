@@ -269,6 +269,20 @@ pub struct Detections {
 /// a peak into a brighter neighbour when its prominence is below the deblending limits.
 /// Marks the footprints [`mask::DETECTED`].
 pub fn detect(sig: &Image<f32>, m: &mut Image<u32>, p: &DetectParams) -> Detections {
+    detect_peaks_above(sig, m, p, f64::NEG_INFINITY)
+}
+
+/// [`detect`] for a pass that wants only the sources whose significance reaches `min_peak`
+/// (and the [`mask::DETECTED`] footprints): a footprint whose highest significance is below
+/// `min_peak` is marked DETECTED and keeps its index, but is not deblended, has no sources
+/// (0 in `children`) and no pixels in `segments`. The sources at or above `min_peak`, their
+/// segments and the mask are those [`detect`] gives.
+pub fn detect_peaks_above(
+    sig: &Image<f32>,
+    m: &mut Image<u32>,
+    p: &DetectParams,
+    min_peak: f64,
+) -> Detections {
     let (w, h) = (sig.width, sig.height);
     let thr = p.threshold as f32;
     // Connected components by flood fill.
@@ -309,6 +323,17 @@ pub fn detect(sig: &Image<f32>, m: &mut Image<u32>, p: &DetectParams) -> Detecti
             continue;
         }
         let fp = children.len();
+        let highest = pix
+            .iter()
+            .map(|&i| sig.data[i])
+            .fold(f32::NEG_INFINITY, f32::max);
+        if f64::from(highest) < min_peak {
+            for &i in &pix {
+                m.data[i] |= mask::DETECTED;
+            }
+            children.push(0);
+            continue;
+        }
         pix.sort_by(|&a, &b| sig.data[b].total_cmp(&sig.data[a]).then(a.cmp(&b)));
         // Union-find over basins; each basin remembers its peak pixel.
         let mut parent: Vec<usize> = Vec::new();
@@ -529,6 +554,70 @@ mod tests {
         let expected = flux / (2.0 * (4.0 * std::f64::consts::PI * s * s).sqrt());
         let got = f64::from(sig.get(20, 20));
         assert!((got / expected - 1.0).abs() < 0.01, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn a_pass_for_bright_peaks_keeps_their_sources_segments_and_the_whole_mask() {
+        // Noise with bright and faint blobs, some blended, on a significance-like image.
+        let (w, h) = (120, 90);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let n = Normal::new(0.0f32, 1.0).unwrap();
+        let mut sig = Image::from_vec(w, h, (0..w * h).map(|_| n.sample(&mut rng)).collect());
+        let blobs = [
+            (20.0, 20.0, 80.0),
+            (26.0, 22.0, 45.0),
+            (60.0, 40.0, 12.0),
+            (90.0, 70.0, 31.0),
+            (95.0, 20.0, 8.0),
+            (40.0, 75.0, 29.9),
+        ];
+        for y in 0..h {
+            for x in 0..w {
+                let v: f64 = blobs
+                    .iter()
+                    .map(|&(cx, cy, a)| {
+                        a * (-((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)) / 8.0).exp()
+                    })
+                    .sum();
+                sig.data[y * w + x] += v as f32;
+            }
+        }
+        let p = DetectParams::default();
+        let mut m_all = Image::filled(w, h, 0u32);
+        let all = detect(&sig, &mut m_all, &p);
+        let mut m_bright = Image::filled(w, h, 0u32);
+        let bright = detect_peaks_above(&sig, &mut m_bright, &p, 30.0);
+        assert_eq!(m_bright.data, m_all.data);
+        assert_eq!(bright.children.len(), all.children.len());
+        let kept: Vec<&Peak> = all
+            .peaks
+            .iter()
+            .filter(|k| k.significance >= 30.0)
+            .collect();
+        assert!(kept.len() >= 3 && kept.len() < all.peaks.len());
+        for (i, k) in all.peaks.iter().enumerate() {
+            let Some(j) = bright.peaks.iter().position(|b| (b.x, b.y) == (k.x, k.y)) else {
+                assert!(
+                    k.significance < 30.0,
+                    "bright peak lost at {}, {}",
+                    k.x,
+                    k.y
+                );
+                continue;
+            };
+            let b = &bright.peaks[j];
+            assert_eq!(
+                (b.footprint, b.area, b.significance),
+                (k.footprint, k.area, k.significance)
+            );
+            assert_eq!(bright.children[b.footprint], all.children[k.footprint]);
+            let seg = |d: &Detections, label: usize| -> Vec<usize> {
+                (0..w * h)
+                    .filter(|&q| d.segments.data[q] as usize == label + 1)
+                    .collect()
+            };
+            assert_eq!(seg(&bright, j), seg(&all, i));
+        }
     }
 
     #[test]

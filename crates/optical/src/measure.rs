@@ -332,67 +332,179 @@ pub fn measure_threads(
     p: &MeasureParams,
     threads: usize,
 ) -> Vec<Source> {
-    let sigma = p.fwhm * FWHM_TO_SIGMA;
-    let core = p.fwhm.max(1.5);
     let keep = |pk: &&crate::detect::Peak| f64::from(pk.significance) >= p.min_significance;
-    let one = |pk: &crate::detect::Peak| -> Source {
-        let mut fl = 0;
-        let (x, y) = match windowed_centroid(img, pk.x as f64, pk.y as f64, sigma) {
-            Some(c) => c,
-            None => {
-                fl |= flags::CENTROID_FAILED;
-                (pk.x as f64, pk.y as f64)
-            }
-        };
-        let (fa, fae, bits, outside) = aperture_flux(img, var, m, x, y, p.aperture_radius);
-        let core_bits = mask_bits_within(m, x, y, core);
-        let (fp, fpe) = psf_flux(img, var, x, y, sigma);
-        // The weight may reach well past the source's own segment, never far past it.
-        let seg_radius = (pk.area as f64 / std::f64::consts::PI).sqrt();
-        let max_radius = 2.0 * seg_radius + 6.0 * sigma;
-        let (ixx, iyy, ixy) = match adaptive_moments(img, x, y, sigma, max_radius) {
-            Some(mo) => mo,
-            None => {
-                fl |= flags::MOMENTS_FAILED;
-                (sigma * sigma, sigma * sigma, 0.0)
-            }
-        };
-        if outside || bits & mask::EDGE != 0 {
-            fl |= flags::EDGE;
-        }
-        if core_bits & mask::SAT != 0 || segment_has(det, m, pk, mask::SAT) {
-            fl |= flags::SATURATED;
-        }
-        if core_bits & mask::CR != 0 {
-            fl |= flags::COSMIC_RAY;
-        }
-        if bits & mask::BAD != 0 {
-            fl |= flags::BAD_PIXELS;
-        }
-        if det.children[pk.footprint] > 1 {
-            fl |= flags::BLENDED;
-        }
-        Source {
-            x,
-            y,
-            significance: f64::from(pk.significance),
-            flux_aper: fa,
-            flux_aper_err: fae,
-            flux_psf: fp,
-            flux_psf_err: fpe,
-            ixx,
-            iyy,
-            ixy,
-            footprint: pk.footprint,
-            flags: fl,
-        }
-    };
+    let one = |pk: &crate::detect::Peak| measure_peak(img, var, m, det, pk, p, true);
     if threads > 1 {
         use rayon::prelude::*;
         det.peaks.par_iter().filter(keep).map(one).collect()
     } else {
         det.peaks.iter().filter(keep).map(one).collect()
     }
+}
+
+/// Measures one peak. Without `full`, the PSF flux and the adaptive moments are left out
+/// (zero flux, the PSF's moments, no [`flags::MOMENTS_FAILED`]): [`psf_from_bright_peaks`]
+/// takes the moments of the PSF-star candidates only.
+fn measure_peak(
+    img: &Image<f32>,
+    var: &Image<f32>,
+    m: &Image<u32>,
+    det: &crate::detect::Detections,
+    pk: &crate::detect::Peak,
+    p: &MeasureParams,
+    full: bool,
+) -> Source {
+    let sigma = p.fwhm * FWHM_TO_SIGMA;
+    let core = p.fwhm.max(1.5);
+    let mut fl = 0;
+    let (x, y) = match windowed_centroid(img, pk.x as f64, pk.y as f64, sigma) {
+        Some(c) => c,
+        None => {
+            fl |= flags::CENTROID_FAILED;
+            (pk.x as f64, pk.y as f64)
+        }
+    };
+    let (fa, fae, bits, outside) = aperture_flux(img, var, m, x, y, p.aperture_radius);
+    let core_bits = mask_bits_within(m, x, y, core);
+    let (fp, fpe) = if full {
+        psf_flux(img, var, x, y, sigma)
+    } else {
+        (0.0, 0.0)
+    };
+    let (ixx, iyy, ixy) = if full {
+        match peak_moments(img, pk, x, y, sigma) {
+            Some(mo) => mo,
+            None => {
+                fl |= flags::MOMENTS_FAILED;
+                (sigma * sigma, sigma * sigma, 0.0)
+            }
+        }
+    } else {
+        (sigma * sigma, sigma * sigma, 0.0)
+    };
+    if outside || bits & mask::EDGE != 0 {
+        fl |= flags::EDGE;
+    }
+    if core_bits & mask::SAT != 0 || segment_has(det, m, pk, mask::SAT) {
+        fl |= flags::SATURATED;
+    }
+    if core_bits & mask::CR != 0 {
+        fl |= flags::COSMIC_RAY;
+    }
+    if bits & mask::BAD != 0 {
+        fl |= flags::BAD_PIXELS;
+    }
+    if det.children[pk.footprint] > 1 {
+        fl |= flags::BLENDED;
+    }
+    Source {
+        x,
+        y,
+        significance: f64::from(pk.significance),
+        flux_aper: fa,
+        flux_aper_err: fae,
+        flux_psf: fp,
+        flux_psf_err: fpe,
+        ixx,
+        iyy,
+        ixy,
+        footprint: pk.footprint,
+        flags: fl,
+    }
+}
+
+/// The adaptive moments of a peak's source centred at (x, y), the weight allowed to reach
+/// well past the source's own segment, never far past it.
+fn peak_moments(
+    img: &Image<f32>,
+    pk: &crate::detect::Peak,
+    x: f64,
+    y: f64,
+    sigma: f64,
+) -> Option<(f64, f64, f64)> {
+    let seg_radius = (pk.area as f64 / std::f64::consts::PI).sqrt();
+    adaptive_moments(img, x, y, sigma, 2.0 * seg_radius + 6.0 * sigma)
+}
+
+/// The first pass's PSF size: the peaks of `det` at or above `p.min_significance` measured as
+/// [`measure_threads`] does but without PSF fluxes, and adaptive moments taken only of the
+/// sources [`psf_fwhm_from_stars`] could use (unflagged, aperture S/N ≥ `min_snr`, isolated);
+/// then the size from them as [`psf_fwhm_from_stars`] gives it, the same stars flagged
+/// [`flags::PSF_STAR`]. The other sources carry the PSF's moments and no PSF flux.
+#[allow(clippy::too_many_arguments)]
+pub fn psf_from_bright_peaks(
+    img: &Image<f32>,
+    var: &Image<f32>,
+    m: &Image<u32>,
+    det: &crate::detect::Detections,
+    p: &MeasureParams,
+    min_snr: f64,
+    isolation: f64,
+    threads: usize,
+) -> (Vec<Source>, Option<f64>) {
+    let peaks: Vec<&crate::detect::Peak> = det
+        .peaks
+        .iter()
+        .filter(|pk| f64::from(pk.significance) >= p.min_significance)
+        .collect();
+    let one = |pk: &&crate::detect::Peak| measure_peak(img, var, m, det, pk, p, false);
+    let mut sources: Vec<Source> = if threads > 1 {
+        use rayon::prelude::*;
+        peaks.par_iter().map(one).collect()
+    } else {
+        peaks.iter().map(one).collect()
+    };
+    let sigma = p.fwhm * FWHM_TO_SIGMA;
+    let mut cand = Vec::new();
+    for i in star_candidates(
+        &sources,
+        min_snr,
+        isolation,
+        STAR_BAD & !flags::MOMENTS_FAILED,
+    ) {
+        let s = &mut sources[i];
+        match peak_moments(img, peaks[i], s.x, s.y, sigma) {
+            Some((ixx, iyy, ixy)) => {
+                (s.ixx, s.iyy, s.ixy) = (ixx, iyy, ixy);
+                cand.push((i, ((ixx + iyy) / 2.0).sqrt()));
+            }
+            None => s.flags |= flags::MOMENTS_FAILED,
+        }
+    }
+    let fwhm = size_from_candidates(&mut sources, &cand);
+    (sources, fwhm)
+}
+
+/// Flags that keep a source out of the PSF stars.
+const STAR_BAD: u32 = flags::EDGE
+    | flags::SATURATED
+    | flags::COSMIC_RAY
+    | flags::BLENDED
+    | flags::BAD_PIXELS
+    | flags::CENTROID_FAILED
+    | flags::MOMENTS_FAILED;
+
+/// Indices, in order, of the sources without any of the `bad` flags, with aperture S/N ≥
+/// `min_snr` and no neighbour brighter than 1 % of them within `isolation` pixels.
+fn star_candidates(sources: &[Source], min_snr: f64, isolation: f64, bad: u32) -> Vec<usize> {
+    let neighbours = NeighbourIndex::new(sources.iter().map(|o| o.x));
+    let mut cand = Vec::new();
+    for (i, s) in sources.iter().enumerate() {
+        if s.flags & bad != 0 || s.flux_aper_err <= 0.0 || s.flux_aper / s.flux_aper_err < min_snr {
+            continue;
+        }
+        let crowded = neighbours.any_within(
+            i,
+            (s.x, s.y),
+            isolation,
+            |j| (sources[j].x, sources[j].y),
+            |j| sources[j].flux_aper > 0.01 * s.flux_aper,
+        );
+        if !crowded {
+            cand.push(i);
+        }
+    }
+    cand
 }
 
 /// OR of the mask bits of the pixels whose centres lie within `r` of (cx, cy).
@@ -439,34 +551,20 @@ fn segment_has(
 /// percentile of sizes; galaxies are larger). Marks the sources used with
 /// [`flags::PSF_STAR`]. `None` with fewer than 3 candidates.
 pub fn psf_fwhm_from_stars(sources: &mut [Source], min_snr: f64, isolation: f64) -> Option<f64> {
-    let bad = flags::EDGE
-        | flags::SATURATED
-        | flags::COSMIC_RAY
-        | flags::BLENDED
-        | flags::BAD_PIXELS
-        | flags::CENTROID_FAILED
-        | flags::MOMENTS_FAILED;
-    let neighbours = NeighbourIndex::new(sources.iter().map(|o| o.x));
-    let mut cand: Vec<(usize, f64)> = Vec::new();
-    for (i, s) in sources.iter().enumerate() {
-        if s.flags & bad != 0 || s.flux_aper_err <= 0.0 || s.flux_aper / s.flux_aper_err < min_snr {
-            continue;
-        }
-        let crowded = neighbours.any_within(
-            i,
-            (s.x, s.y),
-            isolation,
-            |j| (sources[j].x, sources[j].y),
-            |j| sources[j].flux_aper > 0.01 * s.flux_aper,
-        );
-        if !crowded {
-            cand.push((i, ((s.ixx + s.iyy) / 2.0).sqrt()));
-        }
-    }
+    let cand: Vec<(usize, f64)> = star_candidates(sources, min_snr, isolation, STAR_BAD)
+        .into_iter()
+        .map(|i| (i, ((sources[i].ixx + sources[i].iyy) / 2.0).sqrt()))
+        .collect();
+    size_from_candidates(sources, &cand)
+}
+
+/// The stellar locus of the `(index, size)` candidates, its median size as a FWHM, and its
+/// stars flagged [`flags::PSF_STAR`]; `None` with fewer than 3 candidates.
+fn size_from_candidates(sources: &mut [Source], cand: &[(usize, f64)]) -> Option<f64> {
     if cand.len() < 3 {
         return None;
     }
-    let stars = stellar_locus(&cand);
+    let stars = stellar_locus(cand);
     let mut locus: Vec<f64> = stars.iter().map(|c| c.1).collect();
     locus.sort_by(f64::total_cmp);
     let size = locus[locus.len() / 2];
@@ -579,6 +677,90 @@ mod tests {
             }
         }
         img
+    }
+
+    #[test]
+    fn first_pass_psf_size_is_that_of_the_full_measurement() {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        // Stars of σ 1.5 px (bright and faint, a blended pair, one at the edge), two wider
+        // galaxies, on noise of σ 3.
+        let (w, h) = (220, 180);
+        let mut img = Image::filled(w, h, 0.0f32);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let noise = Normal::new(0.0f32, 3.0).unwrap();
+        img.data
+            .iter_mut()
+            .for_each(|v| *v = noise.sample(&mut rng));
+        let objects: [(f64, f64, f64, f64); 11] = [
+            (30.3, 30.6, 2e4, 2.25),
+            (80.1, 40.2, 5e4, 2.25),
+            (150.7, 35.4, 3e4, 2.25),
+            (40.2, 120.9, 8e3, 2.25),
+            (110.5, 100.5, 4e4, 2.25),
+            (114.0, 101.0, 2e4, 2.25),
+            (190.4, 150.3, 1.5e4, 2.25),
+            (2.0, 90.0, 3e4, 2.25),
+            (170.2, 90.8, 6e2, 2.25),
+            (60.5, 160.2, 3e4, 9.0),
+            (140.0, 150.0, 2e4, 6.0),
+        ];
+        for &(cx, cy, flux, s2) in &objects {
+            let g = gaussian(
+                31,
+                31,
+                15.0 + cx.fract(),
+                15.0 + cy.fract(),
+                flux,
+                s2,
+                s2,
+                0.0,
+            );
+            for y in 0..31 {
+                for x in 0..31 {
+                    let (ix, iy) = (
+                        cx.trunc() as i64 - 15 + x as i64,
+                        cy.trunc() as i64 - 15 + y as i64,
+                    );
+                    if (0..w as i64).contains(&ix) && (0..h as i64).contains(&iy) {
+                        img.data[iy as usize * w + ix as usize] += g.get(x, y);
+                    }
+                }
+            }
+        }
+        let var = Image::filled(w, h, 9.0f32);
+        let mut m = Image::filled(w, h, 0u32);
+        let sig = crate::detect::significance(&img, &var, &m, 1.3);
+        let det = crate::detect::detect(&sig, &mut m, &crate::detect::DetectParams::default());
+        let p = MeasureParams {
+            fwhm: 3.0,
+            aperture_radius: 12.0,
+            min_significance: 30.0,
+        };
+        let mut full = measure(&img, &var, &m, &det, &p);
+        let want = psf_fwhm_from_stars(&mut full, 30.0, 15.0);
+        for threads in [1, 2] {
+            let (lazy, got) = psf_from_bright_peaks(&img, &var, &m, &det, &p, 30.0, 15.0, threads);
+            assert!(want.is_some());
+            assert_eq!(got.map(f64::to_bits), want.map(f64::to_bits));
+            assert_eq!(lazy.len(), full.len());
+            for (a, b) in lazy.iter().zip(&full) {
+                assert_eq!(
+                    (a.x, a.y, a.flux_aper, a.flux_aper_err),
+                    (b.x, b.y, b.flux_aper, b.flux_aper_err)
+                );
+                assert_eq!(a.flags & flags::PSF_STAR, b.flags & flags::PSF_STAR);
+                if a.flags & flags::PSF_STAR != 0 {
+                    assert_eq!((a.ixx, a.iyy, a.ixy), (b.ixx, b.iyy, b.ixy));
+                }
+            }
+        }
+        assert!(
+            full.iter()
+                .filter(|s| s.flags & flags::PSF_STAR != 0)
+                .count()
+                >= 3
+        );
     }
 
     #[test]

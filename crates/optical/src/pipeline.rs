@@ -286,15 +286,24 @@ fn chain(
         threads,
         &mut sig,
     );
-    let det = detect::detect(&sig, &mut m, &dp);
+    // Fainter footprints are only masked: none of their peaks could be measured below.
+    let det = detect::detect_peaks_above(&sig, &mut m, &dp, p.psf_min_snr);
     let mp = MeasureParams {
         fwhm: p.initial_fwhm,
         aperture_radius: p.aperture_fwhm * p.initial_fwhm,
         min_significance: p.psf_min_snr,
     };
-    let mut bright = measure::measure_threads(&img, &variance, &m, &det, &mp, threads);
+    let (bright, measured) = measure::psf_from_bright_peaks(
+        &img,
+        &variance,
+        &m,
+        &det,
+        &mp,
+        p.psf_min_snr,
+        5.0 * p.initial_fwhm,
+        threads,
+    );
     drop(det);
-    let measured = measure::psf_fwhm_from_stars(&mut bright, p.psf_min_snr, 5.0 * p.initial_fwhm);
     let psf_measured = measured.is_some();
     let fwhm = measured.unwrap_or(p.initial_fwhm);
     laps.lap("psf");
