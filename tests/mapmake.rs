@@ -706,3 +706,36 @@ fn splits_equal_their_subsets_mapped_alone_and_run_side_by_side() {
     }
     eprint!("{}", python(CHECK_SPLITS, &compare));
 }
+
+/// A baselines file that one rank cannot write (a directory squats on its path) fails the map
+/// unit on both ranks, with the path named: the rank that wrote its baselines does not wait
+/// for the other in the collectives that send the maps to their writers.
+#[test]
+fn a_baselines_file_one_rank_cannot_write_fails_the_map_on_every_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (list, inputs) = prepare(tmp.path(), NOISELESS, POINTING, true);
+    let run_dir = tmp.path().join("map");
+    let squatter = run_dir.join("mapmake/baselines/obs=0002.h5");
+    std::fs::create_dir_all(squatter.join("in-the-way")).unwrap();
+    let cfg = map_config(
+        tmp.path(),
+        "m.toml",
+        &inputs,
+        "destripe = true\nmax_iterations = 5",
+    );
+    let started = std::time::Instant::now();
+    let out = run_stage("mapmake", &cfg, &list, &run_dir, 2, &[]);
+    assert_ne!(code(&out.status), 0, "{}", text(&out));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(100),
+        "the job waited for mpirun's timeout:\n{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("obs=0002.h5"), "{}", text(&out));
+    let states = outcomes(&run_dir, "mapmake");
+    assert!(
+        states.iter().any(|(u, o)| u == "map=full" && o != "done"),
+        "{states:?}"
+    );
+    assert!(!run_dir.join("mapmake/map_binned.fits").exists());
+}

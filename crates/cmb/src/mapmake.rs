@@ -1253,7 +1253,10 @@ impl Mapmake {
         let provenance = self.map_provenance(split, inputs.wanted.keys().copied(), &ctx.run_dir);
         if let Some(cfg) = destripe {
             let (baselines, length) = (solution.baselines, cfg.baseline_length);
-            write_baselines(ctx, &out_dir, &local, baselines, length, &provenance)?;
+            // Every rank learns whether any rank failed to write (a full disk on one node),
+            // before the collectives that send the maps to their writers.
+            let written = write_baselines(ctx, &out_dir, &local, baselines, length, &provenance);
+            agree_on_writes(coll, written.err())?;
         }
         drop(timestreams);
         drop(held);
