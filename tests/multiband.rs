@@ -45,6 +45,13 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `skypipe-multiband --config CFG --run-dir RUN_DIR EXTRA…` on 2 ranks.
+fn run_multiband(cfg: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--config", s(cfg), "--run-dir", s(run_dir)];
+    args.extend_from_slice(extra);
+    run(mpirun(2, &bin("multiband"), &args))
+}
+
 /// Simulates the tiny camera with 40 g dropouts and runs singleframe and coadd into `run_dir`.
 fn coadd_run(tmp: &Path, run_dir: &Path) -> PathBuf {
     let data = tmp.join("data");
@@ -148,11 +155,7 @@ fn multiband_catalogues_of_the_tiny_field() {
     ));
     assert!(text(&out).contains("[multiband.skymap]"), "{}", text(&out));
 
-    let out = run(mpirun(
-        2,
-        &bin("multiband"),
-        &["--config", s(&cfg), "--run-dir", s(&run_dir)],
-    ));
+    let out = run_multiband(&cfg, &run_dir, &[]);
     assert_eq!(code(&out.status), 0, "{}", text(&out));
     let done = outcomes(&run_dir);
     assert!(done.iter().all(|u| u.1 == "done"), "{done:?}");
@@ -322,18 +325,7 @@ fn multiband_catalogues_of_the_tiny_field() {
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&victim, bytes).unwrap();
     let run2 = tmp.path().join("run2");
-    let out = run(mpirun(
-        2,
-        &bin("multiband"),
-        &[
-            "--config",
-            s(&cfg),
-            "--registry",
-            s(&registry),
-            "--run-dir",
-            s(&run2),
-        ],
-    ));
+    let out = run_multiband(&cfg, &run2, &["--registry", s(&registry)]);
     assert_eq!(code(&out.status), 2, "{}", text(&out));
     let patch_text = format!("patch={},{}", victim_patch.x, victim_patch.y);
     for (unit, outcome, message) in outcomes(&run2) {
@@ -380,11 +372,7 @@ fn a_chain_job_through_multiband_gives_the_catalogues_of_separate_jobs() {
     let separate = tmp.path().join("separate");
     let data = coadd_run(tmp.path(), &separate);
     let cfg = config(tmp.path(), "multiband");
-    let out = run(mpirun(
-        2,
-        &bin("multiband"),
-        &["--config", s(&cfg), "--run-dir", s(&separate)],
-    ));
+    let out = run_multiband(&cfg, &separate, &[]);
     assert_eq!(code(&out.status), 0, "{}", text(&out));
 
     let chained = tmp.path().join("chained");

@@ -222,6 +222,8 @@ pub fn object_id(p: PatchKey, k: usize) -> Option<i64> {
 #[derive(Debug, Clone)]
 pub struct Multiband {
     config: MultibandConfig,
+    /// The `patches` key parsed (empty: every patch).
+    patches: Vec<(u32, u32)>,
     registry: PathBuf,
     skymap: SkyMap,
     upstream: Option<UpstreamCoadd>,
@@ -256,11 +258,12 @@ fn failed_inputs(ctx: &UnitContext) -> Vec<(UnitId, OutcomeKind)> {
         .collect()
 }
 
-/// Whether an input ended no-work (a patch without any coadd, in a chain).
-fn no_work_input(ctx: &UnitContext) -> bool {
+/// Whether an input of `band` (`None`: a patch-level input) ended no-work: in a chain, a band
+/// of the patch without a coadd, or a patch without any.
+fn no_work_input(ctx: &UnitContext, band: Option<&str>) -> bool {
     ctx.inputs()
         .iter()
-        .any(|i| i.outcome == OutcomeKind::NoWork && i.unit.get("band").is_none())
+        .any(|i| i.outcome == OutcomeKind::NoWork && i.unit.get("band") == band)
 }
 
 fn dependency_failed(what: String) -> UnitFailure {
@@ -279,6 +282,7 @@ impl Multiband {
         };
         let skymap = SkyMap::new(config.skymap).map_err(ConfigError::SkyMap)?;
         Ok(Self {
+            patches: config.patch_filter()?,
             config,
             registry,
             skymap,
@@ -346,7 +350,7 @@ impl Multiband {
         let mut out: BTreeMap<PatchKey, Vec<BandInput>> = BTreeMap::new();
         for rec in reg.all_coadds().map_err(|e| PlanError::from_error(&e))? {
             let p: PatchKey = rec.patch.into();
-            if !self.selected(p, &rec.band)? {
+            if !self.selected(p, &rec.band) {
                 continue;
             }
             let coadd = if rec.path.is_absolute() {
@@ -388,7 +392,7 @@ impl Multiband {
     ) -> Result<BTreeMap<PatchKey, Vec<BandInput>>, PlanError> {
         let mut out: BTreeMap<PatchKey, Vec<BandInput>> = BTreeMap::new();
         for (p, band) in up.stage.planned_coadds()? {
-            if self.selected(p, &band)? {
+            if self.selected(p, &band) {
                 out.entry(p).or_default().push(BandInput {
                     coadd: up.run_dir.join(coadd_paths::coadd(p, &band)),
                     catalog: up.run_dir.join(coadd_paths::catalog(p, &band)),
@@ -400,16 +404,10 @@ impl Multiband {
     }
 
     /// Whether the configured tracts, patches and bands include this patch and band.
-    fn selected(&self, p: PatchKey, band: &str) -> Result<bool, PlanError> {
-        let patches = self
-            .config
-            .patch_filter()
-            .map_err(|e| PlanError::from_error(&e))?;
-        Ok(
-            (self.config.tracts.is_empty() || self.config.tracts.contains(&p.tract))
-                && (patches.is_empty() || patches.contains(&(p.x, p.y)))
-                && (self.config.bands.is_empty() || self.config.bands.iter().any(|b| b == band)),
-        )
+    fn selected(&self, p: PatchKey, band: &str) -> bool {
+        (self.config.tracts.is_empty() || self.config.tracts.contains(&p.tract))
+            && (self.patches.is_empty() || self.patches.contains(&(p.x, p.y)))
+            && (self.config.bands.is_empty() || self.config.bands.iter().any(|b| b == band))
     }
 
     fn run_merge_detections(
@@ -585,7 +583,7 @@ impl Multiband {
             }
         }
         let Some((objects, psf_fwhm, zero_point)) = merged else {
-            if no_work_input(ctx) {
+            if no_work_input(ctx, None) {
                 return Ok(None);
             }
             return Err(dependency_failed(
@@ -707,7 +705,7 @@ impl Multiband {
             }
         }
         let Some((objects, zero_point, excluded)) = reference else {
-            if no_work_input(ctx) {
+            if no_work_input(ctx, None) {
                 return Ok(Outcome::NoWork {
                     reason: "the patch has no coadd in any band".into(),
                 });
@@ -721,12 +719,6 @@ impl Multiband {
         let n = objects.len();
         let mut missing = Vec::new();
         let mut columns = Vec::new();
-        // Forced photometry ends no-work only for a band without a coadd.
-        let no_coadd = |band: &str| {
-            ctx.inputs()
-                .iter()
-                .any(|i| i.outcome == OutcomeKind::NoWork && i.unit.get("band") == Some(band))
-        };
         for band in inputs.iter().map(|i| &i.band) {
             match forced.remove(band) {
                 Some(rows) => columns.push((
@@ -741,7 +733,8 @@ impl Multiband {
                 )),
                 // In a chain, a band planned for the patch that got no coadd (no CCD left
                 // data on it) is left out, as when planning from the registry's coadd rows.
-                None if no_coadd(band) => {}
+                // Forced photometry ends no-work only for a band without a coadd.
+                None if no_work_input(ctx, Some(band)) => {}
                 None => {
                     let reason = failed
                         .iter()
