@@ -1134,6 +1134,10 @@ impl FitsWriter {
             f.create_image(extname, &desc)
         }
         .map_err(self.werr(what.clone()))?;
+        // The keywords first: a header that outgrows its block before the data exist moves
+        // nothing, after them CFITSIO would shift every pixel written (a TAN-SIP WCS on three
+        // 8 MB planes cost 0.05 s per CCD).
+        self.write_cards(&hdu, cards, &what)?;
         // A standard-layout array is written as it is; only another layout is gathered into
         // row order first.
         let gathered: Vec<T>;
@@ -1148,8 +1152,7 @@ impl FitsWriter {
             path: self.final_path.clone(),
             what: format!("{what}'s pixels"),
             message: format!("CFITSIO status {status}"),
-        })?;
-        self.write_cards(&hdu, cards, &what)
+        })
     }
 
     /// Appends a binary table extension. All columns must have the same length.
