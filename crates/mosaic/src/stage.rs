@@ -55,7 +55,7 @@ use skypipe_registry::{
 };
 use skypipe_stage::{
     Connections, KeyError, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure,
-    UnitId, WorkUnit, fingerprint_of,
+    UnitId, UnsetKey, WorkUnit, fingerprint_of,
 };
 use skypipe_wcs::{Wcs, WcsError};
 use std::collections::BTreeMap;
@@ -206,13 +206,8 @@ pub enum ConfigError {
     #[error(transparent)]
     Value(#[from] KeyError),
     /// A key that has no default is not set.
-    #[error("{key} is not set ({what})")]
-    Missing {
-        /// The key, with its table.
-        key: &'static str,
-        /// What it names.
-        what: &'static str,
-    },
+    #[error(transparent)]
+    Missing(#[from] UnsetKey),
     /// `[mosaic.skymap]` is not a valid sky map.
     #[error("mosaic.skymap: {0}")]
     SkyMap(#[source] SkyMapError),
@@ -322,14 +317,20 @@ impl Mosaic {
     /// Checks the configuration (naming the key) and builds the stage.
     pub fn new(config: MosaicConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let registry = config.registry.clone().ok_or(ConfigError::Missing {
-            key: "mosaic.registry",
-            what: "the run directory's registry.sqlite3 by default",
-        })?;
-        let reference = config.reference.clone().ok_or(ConfigError::Missing {
-            key: "mosaic.reference",
-            what: "the reference catalogue, e.g. reference.fits",
-        })?;
+        let registry = config
+            .registry
+            .clone()
+            .ok_or(ConfigError::Missing(UnsetKey {
+                key: "mosaic.registry",
+                what: "the run directory's registry.sqlite3 by default",
+            }))?;
+        let reference = config
+            .reference
+            .clone()
+            .ok_or(ConfigError::Missing(UnsetKey {
+                key: "mosaic.reference",
+                what: "the reference catalogue, e.g. reference.fits",
+            }))?;
         let skymap = SkyMap::new(config.skymap).map_err(ConfigError::SkyMap)?;
         Ok(Self {
             config,

@@ -332,14 +332,33 @@ pub fn measure_threads(
     p: &MeasureParams,
     threads: usize,
 ) -> Vec<Source> {
-    let keep = |pk: &&crate::detect::Peak| f64::from(pk.significance) >= p.min_significance;
-    let one = |pk: &crate::detect::Peak| measure_peak(img, var, m, det, pk, p, true);
-    if threads > 1 {
+    measure_selected(img, var, m, det, p, threads, true).1
+}
+
+/// The peaks of `det` at or above `p.min_significance`, in order, and their sources
+/// ([`measure_peak`] with `full`), the peaks shared among `threads` threads.
+fn measure_selected<'d>(
+    img: &Image<f32>,
+    var: &Image<f32>,
+    m: &Image<u32>,
+    det: &'d crate::detect::Detections,
+    p: &MeasureParams,
+    threads: usize,
+    full: bool,
+) -> (Vec<&'d crate::detect::Peak>, Vec<Source>) {
+    let peaks: Vec<&crate::detect::Peak> = det
+        .peaks
+        .iter()
+        .filter(|pk| f64::from(pk.significance) >= p.min_significance)
+        .collect();
+    let one = |pk: &&crate::detect::Peak| measure_peak(img, var, m, det, pk, p, full);
+    let sources = if threads > 1 {
         use rayon::prelude::*;
-        det.peaks.par_iter().filter(keep).map(one).collect()
+        peaks.par_iter().map(one).collect()
     } else {
-        det.peaks.iter().filter(keep).map(one).collect()
-    }
+        peaks.iter().map(one).collect()
+    };
+    (peaks, sources)
 }
 
 /// Measures one peak. Without `full`, the PSF flux and the adaptive moments are left out
@@ -442,18 +461,7 @@ pub fn psf_from_bright_peaks(
     isolation: f64,
     threads: usize,
 ) -> (Vec<Source>, Option<f64>) {
-    let peaks: Vec<&crate::detect::Peak> = det
-        .peaks
-        .iter()
-        .filter(|pk| f64::from(pk.significance) >= p.min_significance)
-        .collect();
-    let one = |pk: &&crate::detect::Peak| measure_peak(img, var, m, det, pk, p, false);
-    let mut sources: Vec<Source> = if threads > 1 {
-        use rayon::prelude::*;
-        peaks.par_iter().map(one).collect()
-    } else {
-        peaks.iter().map(one).collect()
-    };
+    let (peaks, mut sources) = measure_selected(img, var, m, det, p, threads, false);
     let sigma = p.fwhm * FWHM_TO_SIGMA;
     let mut cand = Vec::new();
     for i in star_candidates(

@@ -40,7 +40,7 @@ use skypipe_io::provenance::Provenance;
 use skypipe_registry::{CcdFit, CcdRecord, CcdStatus, Registry, SkyPoint};
 use skypipe_stage::{
     Connections, KeyError, Outcome, PlanError, PlannedUnit, Stage, UnitContext, UnitFailure,
-    UnitId, WorkUnit, fingerprint_of,
+    UnitId, UnsetKey, WorkUnit, fingerprint_of,
 };
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -296,13 +296,8 @@ pub enum ConfigError {
     #[error(transparent)]
     Value(#[from] KeyError),
     /// A key that has no default is not set.
-    #[error("{key} is not set ({what})")]
-    Missing {
-        /// The key, with its table.
-        key: &'static str,
-        /// What it names.
-        what: &'static str,
-    },
+    #[error(transparent)]
+    Missing(#[from] UnsetKey),
 }
 
 impl ConfigError {
@@ -400,10 +395,10 @@ pub struct Singleframe {
 impl Singleframe {
     /// Checks the configuration (naming the key) and builds the stage.
     pub fn new(config: SingleframeConfig) -> Result<Self, ConfigError> {
-        let input = config.input.clone().ok_or(ConfigError::Missing {
+        let input = config.input.clone().ok_or(ConfigError::Missing(UnsetKey {
             key: "singleframe.input",
             what: "the CCD list, e.g. units.json; or --input",
-        })?;
+        }))?;
         config.chain.validate()?;
         if config.threads == 0 {
             return Err(ConfigError::value(

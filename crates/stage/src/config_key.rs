@@ -1,4 +1,5 @@
-//! The one refusal every stage's configuration shares: a key whose value is out of range.
+//! The refusals every stage's configuration shares: a key whose value is out of range, and a
+//! key without default that is not set.
 
 /// A configuration key whose value is refused, read as one sentence: `{key} {problem}`
 /// (`coadd.clip_sigma must be positive`). Each stage's own configuration error wraps it
@@ -20,4 +21,14 @@ impl KeyError {
             problem: problem.into(),
         }
     }
+}
+
+/// A configuration key that has no default and is not set: `{key} is not set ({what})`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} is not set ({what})")]
+pub struct UnsetKey {
+    /// The key, with its table (`mosaic.reference`).
+    pub key: &'static str,
+    /// What it names (`the reference catalogue, e.g. reference.fits`).
+    pub what: &'static str,
 }

@@ -67,7 +67,7 @@ mod context;
 mod failure;
 mod unit_id;
 
-pub use config_key::KeyError;
+pub use config_key::{KeyError, UnsetKey};
 pub use connections::{Connections, Dataset};
 pub use context::{Collectives, Input, SoloCollectives, UnitContext};
 pub use failure::{FailureKind, Outcome, OutcomeKind, UnitFailure, storage_failure};
